@@ -1,0 +1,127 @@
+"""One training run, as a plain dataclass: the single source of truth for every sweepable key.
+
+The grid runner overrides fields from the command line (`--grid kernel_size=3,7`), validates them
+with `validate()` before anything runs, and derives each run's id from `to_dict()`.
+"""
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig
+
+DATASETS = ("synthetic", "cifar10", "cifar100", "imagefolder")
+SCHEDULES = ("onecycle", "cosine")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# Native image side of the datasets whose size is known before loading them.
+NATIVE_IMAGE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32}
+
+
+class ConfigError(ValueError):
+    """A config value that is not accepted; the message is one line naming key, value and what is accepted."""
+
+
+@dataclass
+class RunConfig:
+    # model (defaults: the reference CIFAR-10 ConvMixer-256/8)
+    dim: int = 256
+    depth: int = 8
+    kernel_size: int = 5
+    patch_size: int = 2
+    residual: str = "depthwise"
+    norm: str = "batch"
+    activation: str = "gelu"
+    # data
+    dataset: str = "synthetic"
+    data_root: str = "data"
+    image_size: int = 0  # 0: the dataset's native size
+    train_subset: int = 0  # 0: all images; else this many, stratified by class
+    test_subset: int = 0
+    # augmentation (the reference recipe's switches; 0 turns one off)
+    scale: float = 0.75  # random-resized-crop minimum area fraction; 1.0 = no crop
+    hflip: bool = True
+    randaug_n: int = 1  # RandAugment ops per image
+    randaug_m: int = 8  # RandAugment magnitude, 0..30
+    jitter: float = 0.1  # colour jitter strength
+    reprob: float = 0.25  # random erasing probability
+    mixup: float = 0.0  # mixup Beta(alpha, alpha); 0 = off
+    cutmix: float = 0.0  # cutmix Beta(alpha, alpha); 0 = off
+    # training
+    epochs: int = 25
+    batch_size: int = 512
+    lr: float = 0.01
+    weight_decay: float = 0.01
+    schedule: str = "onecycle"
+    warmup_epochs: int = 0  # cosine only
+    label_smoothing: float = 0.0
+    clip_norm: float = 1.0  # 0 = no gradient clipping
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key {unknown[0]!r}")
+        return cls(**values)
+
+    def run_id(self) -> str:
+        """A stable id from every field but `data_root` (where the data lives does not change the run)."""
+        identity = {k: v for k, v in self.to_dict().items() if k != "data_root"}
+        digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+        return digest
+
+    def model_config(self, n_classes: int, in_chans: int = 3) -> ConvMixerConfig:
+        return ConvMixerConfig(
+            self.dim, self.depth, self.kernel_size, self.patch_size, n_classes, in_chans,
+            self.residual, self.norm, self.activation,
+        )
+
+    def validate(self) -> None:
+        """Raise ConfigError on the first value that is out of type, range or choice."""
+        def bad(key: str, accepted: str) -> ConfigError:
+            return ConfigError(f"{key}={getattr(self, key)!r} is not accepted: {accepted}")
+
+        for key in ("dim", "depth", "kernel_size", "patch_size", "epochs", "batch_size"):
+            if getattr(self, key) < (0 if key == "depth" else 1):
+                raise bad(key, f"expected an integer >= {0 if key == 'depth' else 1}")
+        for key in ("image_size", "train_subset", "test_subset", "randaug_n", "warmup_epochs", "seed"):
+            if getattr(self, key) < 0:
+                raise bad(key, "expected an integer >= 0")
+        for key, choices in (
+            ("residual", RESIDUALS), ("norm", NORMS), ("activation", ACTIVATIONS),
+            ("dataset", DATASETS), ("schedule", SCHEDULES), ("precision", PRECISIONS),
+        ):
+            if getattr(self, key) not in choices:
+                raise bad(key, f"choose one of {', '.join(choices)}")
+        for key, low, high in (
+            ("scale", 0.0, 1.0), ("jitter", 0.0, 1.0), ("reprob", 0.0, 1.0), ("label_smoothing", 0.0, 1.0),
+        ):
+            if not low <= getattr(self, key) <= high:
+                raise bad(key, f"expected a number in [{low}, {high}]")
+        if self.scale == 0.0:
+            raise bad("scale", "expected a number in (0, 1]")
+        if not 0 <= self.randaug_m <= 30:
+            raise bad("randaug_m", "expected an integer in [0, 30]")
+        for key in ("lr", "weight_decay", "mixup", "cutmix", "clip_norm"):
+            if getattr(self, key) < 0:
+                raise bad(key, "expected a number >= 0")
+        if self.lr == 0:
+            raise bad("lr", "expected a number > 0")
+        size = self.image_size or NATIVE_IMAGE_SIZE.get(self.dataset)
+        if size is not None and self.patch_size > size:
+            raise ConfigError(
+                f"patch_size={self.patch_size} is not accepted: larger than the {size}x{size} images of {self.dataset}"
+            )
+
+
+def field_types() -> dict[str, type]:
+    """The Python type of each config key, for parsing command-line values."""
+    return {f.name: type(f.default) for f in dataclasses.fields(RunConfig)}
