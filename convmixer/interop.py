@@ -1,0 +1,183 @@
+"""Exact state-dict converters between the modular ConvMixer, the tweet's nn.Sequential and timm's ConvMixer.
+
+The three hold the same tensors under different names; timm's layout is the one of the released ImageNet
+checkpoints. Each layout is a table from modular module names to its own, so one renaming routine serves
+every direction and rejects any state dict with a missing or unexpected key. Only the tweet's architecture
+(depthwise residual, BatchNorm, 3 input channels for the tweet) has a counterpart in the other layouts.
+"""
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from convmixer.model import ConvMixer, ConvMixerConfig
+
+StateDict = Mapping[str, torch.Tensor]
+
+CONV = ("weight", "bias")
+LINEAR = ("weight", "bias")
+BATCH_NORM = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _modular_modules(depth: int) -> dict[str, tuple[str, ...]]:
+    """Every module of a depth-`depth` modular ConvMixer that owns tensors, with the names of those tensors."""
+    modules = {"stem.conv": CONV, "stem.norm": BATCH_NORM}
+    for i in range(depth):
+        for branch in ("depthwise", "pointwise"):
+            modules[f"blocks.{i}.{branch}.conv"] = CONV
+            modules[f"blocks.{i}.{branch}.norm"] = BATCH_NORM
+    modules["head.fc"] = LINEAR
+    return modules
+
+
+def _modular_names(depth: int) -> dict[str, str]:
+    return {name: name for name in _modular_modules(depth)}
+
+
+def _tweet_names(depth: int) -> dict[str, str]:
+    # The tweet is S(A(stem), *[S(R(A(depthwise)), A(pointwise))], pool, flatten, linear) with A = S(conv, act, BN).
+    names = {"stem.conv": "0.0", "stem.norm": "0.2", "head.fc": str(depth + 3)}
+    for i in range(depth):
+        names |= {
+            f"blocks.{i}.depthwise.conv": f"{i + 1}.0.0.0",
+            f"blocks.{i}.depthwise.norm": f"{i + 1}.0.0.2",
+            f"blocks.{i}.pointwise.conv": f"{i + 1}.1.0",
+            f"blocks.{i}.pointwise.norm": f"{i + 1}.1.2",
+        }
+    return names
+
+
+def _timm_names(depth: int) -> dict[str, str]:
+    # timm/models/convmixer.py: stem = S(conv, act, BN); block = S(Residual(fn=S(conv, act, BN)), conv, act, BN);
+    # its `pooling` (SelectAdaptivePool2d) and `head_drop` hold no tensors.
+    names = {"stem.conv": "stem.0", "stem.norm": "stem.2", "head.fc": "head"}
+    for i in range(depth):
+        names |= {
+            f"blocks.{i}.depthwise.conv": f"blocks.{i}.0.fn.0",
+            f"blocks.{i}.depthwise.norm": f"blocks.{i}.0.fn.2",
+            f"blocks.{i}.pointwise.conv": f"blocks.{i}.1",
+            f"blocks.{i}.pointwise.norm": f"blocks.{i}.3",
+        }
+    return names
+
+
+def _depth_from_blocks(keys: Iterable[str]) -> int:
+    indices = [int(match.group(1)) for key in keys if (match := re.match(r"blocks\.(\d+)\.", key))]
+    return max(indices) + 1 if indices else 0
+
+
+def _depth_from_tweet(keys: Iterable[str]) -> int:
+    # The classifier is the last module of the Sequential, at index depth + 3.
+    indices = [int(match.group(1)) for key in keys if (match := re.match(r"(\d+)\.", key))]
+    if not indices or max(indices) < 3:
+        raise ValueError("not a tweet ConvMixer state dict: expected keys like '0.0.weight' ... '<depth+3>.weight'")
+    return max(indices) - 3
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one implementation names the tensors of a ConvMixer, for any depth."""
+
+    name: str
+    module_names: Callable[[int], dict[str, str]]  # depth -> {modular module name: this layout's name}
+    infer_depth: Callable[[Iterable[str]], int]
+
+    def key_map(self, depth: int) -> dict[str, str]:
+        """{modular key: this layout's key} for every tensor of a depth-`depth` model."""
+        names = self.module_names(depth)
+        return {
+            f"{module}.{tensor}": f"{names[module]}.{tensor}"
+            for module, tensors in _modular_modules(depth).items()
+            for tensor in tensors
+        }
+
+
+MODULAR = Layout("modular", _modular_names, _depth_from_blocks)
+TWEET = Layout("tweet", _tweet_names, _depth_from_tweet)
+TIMM = Layout("timm", _timm_names, _depth_from_blocks)
+LAYOUTS = {layout.name: layout for layout in (MODULAR, TWEET, TIMM)}
+
+
+def _mismatch_message(
+    source: Layout, depth: int, expected: list[str], missing: list[str], unexpected: list[str]
+) -> str:
+    running_stats = [key for key in expected if key.rsplit(".", 1)[-1] in RUNNING_STATS]
+    if missing == running_stats and not unexpected:
+        return (
+            f"{source.name} state dict has norms without running statistics (a norm='layer' model?); "
+            "only BatchNorm ConvMixers have a tweet/timm counterpart"
+        )
+    return (
+        f"{source.name} state dict does not match the {source.name} layout of a depth-{depth} ConvMixer: "
+        f"missing {missing[:6]}{' ...' if len(missing) > 6 else ''}, "
+        f"unexpected {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}"
+    )
+
+
+def convert(state_dict: StateDict, source: str, target: str) -> dict[str, torch.Tensor]:
+    """Rename every tensor of `state_dict` from the `source` layout to the `target` one (same tensor objects)."""
+    for role, name in (("source", source), ("target", target)):
+        if name not in LAYOUTS:
+            raise ValueError(f"{role}={name!r} is not accepted; choose one of {', '.join(map(repr, LAYOUTS))}")
+    source_layout, target_layout = LAYOUTS[source], LAYOUTS[target]
+    depth = source_layout.infer_depth(state_dict)
+    source_keys = source_layout.key_map(depth)
+    expected = list(source_keys.values())
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        raise ValueError(_mismatch_message(source_layout, depth, expected, missing, unexpected))
+    in_chans = state_dict[source_keys["stem.conv.weight"]].shape[1]
+    if target == "tweet" and in_chans != 3:
+        raise ValueError(f"the tweet hard-codes 3 input channels; this state dict has in_chans={in_chans}")
+    target_keys = target_layout.key_map(depth)
+    return {target_keys[modular_key]: state_dict[key] for modular_key, key in source_keys.items()}
+
+
+def tweet_to_modular(state_dict: StateDict) -> dict[str, torch.Tensor]:
+    return convert(state_dict, "tweet", "modular")
+
+
+def modular_to_tweet(state_dict: StateDict) -> dict[str, torch.Tensor]:
+    return convert(state_dict, "modular", "tweet")
+
+
+def timm_to_modular(state_dict: StateDict) -> dict[str, torch.Tensor]:
+    return convert(state_dict, "timm", "modular")
+
+
+def modular_to_timm(state_dict: StateDict) -> dict[str, torch.Tensor]:
+    return convert(state_dict, "modular", "timm")
+
+
+def infer_config(state_dict: StateDict, activation: str) -> ConvMixerConfig:
+    """The config of the model a modular state dict belongs to, read off its tensor shapes.
+
+    The activation leaves no trace in the weights, so it must be given (timm's convmixer_768_32 uses "relu",
+    the other released models "gelu"). A depth-0 model has no depthwise kernel; it gets the default kernel size.
+    """
+    depth = MODULAR.infer_depth(state_dict)
+    dim, in_chans, patch_size, _ = state_dict["stem.conv.weight"].shape
+    n_classes = state_dict["head.fc.weight"].shape[0]
+    kernel_size = state_dict["blocks.0.depthwise.conv.weight"].shape[-1] if depth else ConvMixerConfig.kernel_size
+    return ConvMixerConfig(dim, depth, kernel_size, patch_size, n_classes, in_chans, activation=activation)
+
+
+def load_timm_checkpoint(checkpoint: str | Path | StateDict, activation: str) -> ConvMixer:
+    """A modular ConvMixer holding the weights of a timm ConvMixer checkpoint (a file or a state dict).
+
+    A file saved by timm's train.py wraps the weights in {"state_dict": ...}; both forms are accepted. Files are
+    loaded with `weights_only=True`; a trusted pickle holding other objects can be loaded by hand and passed as a dict.
+    """
+    if isinstance(checkpoint, str | Path):
+        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if "state_dict" in checkpoint:
+        checkpoint = checkpoint["state_dict"]
+    modular_state_dict = timm_to_modular(checkpoint)
+    model = infer_config(modular_state_dict, activation).build()
+    model.load_state_dict(modular_state_dict)
+    return model
