@@ -1,0 +1,373 @@
+"""Parameters, MACs and FLOPs of a ConvMixer, traced with fvcore and checked against a closed form.
+
+Two independent counts must agree to the integer: an fvcore trace of the real module (the modular
+model or the tweet), with a handle for every op it runs, and a formula written from the architecture.
+A disagreement, or an op without a handle, raises `CountError` instead of silently undercounting.
+Also measures inference throughput. Run `python -m convmixer.count --help`.
+"""
+
+import argparse
+import dataclasses
+import json
+import resource
+import statistics
+import sys
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig
+from convmixer.registry import get_config, list_models
+from convmixer.tweet import ConvMixer as TweetConvMixer
+
+with warnings.catch_warnings():  # fvcore.nn scripts its losses at import; torch now warns about that
+    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+    from fvcore.nn.jit_analysis import JitModelAnalysis
+    from fvcore.nn.jit_handles import (
+        Handle,
+        batchnorm_flop_jit,
+        conv_flop_count,
+        conv_flop_jit,
+        elementwise_flop_counter,
+        get_shape,
+        linear_flop_jit,
+        norm_flop_counter,
+    )
+
+CATEGORIES = ("conv", "linear", "norm", "activation", "residual", "pool")
+NORM_MACS_PER_ELEMENT = {"batch": 2, "layer": 5}  # fvcore's: eval BatchNorm scale+shift; LayerNorm "rough estimate"
+RESIDUAL_ADDS_PER_LAYER = {"depthwise": 1, "pointwise": 1, "block": 1, "both": 2, "none": 0}
+CONVENTION = (
+    "per image (traced at batch 1, eval mode); 1 MAC = 2 FLOPs",
+    "conv: Cout*Hout*Wout*(Cin/groups)*kh*kw; linear: in*out; biases are not counted",
+    "norm (fvcore's rule): BatchNorm 2 per element (eval: scale + shift), LayerNorm 5 per element",
+    "activation (GELU, ReLU) and residual add: 1 per output element; global avg pool: 1 per input element",
+    "flatten and permute are free; conv+linear MACs (matmul work alone) is the figure papers usually quote",
+)
+
+
+class CountError(RuntimeError):
+    """The trace ran an op nobody priced, or disagrees with the closed form: a bug, not bad input."""
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Per-image counts: trainable parameters and MACs by category (see CONVENTION)."""
+
+    params: int
+    by_category: dict[str, int]
+
+    @property
+    def macs(self) -> int:
+        return sum(self.by_category.values())
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+    @property
+    def conv_linear_macs(self) -> int:
+        return self.by_category["conv"] + self.by_category["linear"]
+
+    def to_dict(self) -> dict:
+        return {
+            "params": self.params,
+            "macs": self.macs,
+            "flops": self.flops,
+            "conv_linear_macs": self.conv_linear_macs,
+            "by_category": dict(self.by_category),
+        }
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def closed_form(config: ConvMixerConfig, image_size: int) -> Counts:
+    """The counts of `config` on image_size x image_size inputs, from the architecture alone."""
+    if config.residual not in RESIDUAL_ADDS_PER_LAYER or config.norm not in NORM_MACS_PER_ELEMENT:
+        raise ValueError(f"residual={config.residual!r}, norm={config.norm!r}: choose from {RESIDUALS} and {NORMS}")
+    if image_size < config.patch_size:
+        raise ValueError(f"image_size={image_size} is not accepted; it must be >= patch_size={config.patch_size}")
+    dim, depth, k, p, c = config.dim, config.depth, config.kernel_size, config.patch_size, config.in_chans
+    positions = (image_size // p) ** 2  # a stride-p conv without padding drops the remainder pixels
+    maps = dim * positions  # elements of one feature map; "same" padding keeps it for every kernel
+    convs_with_act_norm = 1 + 2 * depth
+    by_category = {
+        "conv": maps * c * p * p + depth * (maps * k * k + maps * dim),
+        "linear": dim * config.n_classes,
+        "norm": convs_with_act_norm * NORM_MACS_PER_ELEMENT[config.norm] * maps,
+        "activation": convs_with_act_norm * maps,
+        "residual": depth * RESIDUAL_ADDS_PER_LAYER[config.residual] * maps,
+        "pool": maps,
+    }
+    norm_params = 2 * dim  # weight and bias, for BatchNorm and LayerNorm alike
+    params = (
+        dim * c * p * p + dim + norm_params
+        + depth * (dim * k * k + dim + norm_params + dim * dim + dim + norm_params)
+        + dim * config.n_classes + config.n_classes
+    )  # fmt: skip
+    return Counts(params, by_category)
+
+
+def _convolution_mode_flop_jit(inputs: list, outputs: list) -> int:
+    """`padding="same"` traces to aten::_convolution_mode, which fvcore does not know (it would drop it)."""
+    return conv_flop_count(get_shape(inputs[0]), get_shape(inputs[1]), get_shape(outputs[0]))
+
+
+def _in_category(category: str, handle: Handle) -> Handle:
+    def counted(inputs: list, outputs: list) -> Counter:
+        count = handle(inputs, outputs)
+        return Counter({category: sum(count.values()) if isinstance(count, Counter) else count})
+
+    return counted
+
+
+# Every op ConvMixer runs, priced; fvcore's own handles wherever it has one.
+OP_HANDLES: dict[str, Handle] = {
+    "aten::_convolution": _in_category("conv", conv_flop_jit),
+    "aten::_convolution_mode": _in_category("conv", _convolution_mode_flop_jit),
+    "aten::linear": _in_category("linear", linear_flop_jit),
+    "aten::batch_norm": _in_category("norm", batchnorm_flop_jit),
+    "aten::layer_norm": _in_category("norm", norm_flop_counter(2)),
+    "aten::gelu": _in_category("activation", elementwise_flop_counter(0, 1)),
+    "aten::relu": _in_category("activation", elementwise_flop_counter(0, 1)),
+    "aten::add": _in_category("residual", elementwise_flop_counter(0, 1)),
+    "aten::adaptive_avg_pool2d": _in_category("pool", elementwise_flop_counter(1, 0)),
+}
+FREE_OPS = ("aten::flatten", "aten::permute")
+
+
+def trace_counts(model: nn.Module, image_size: int, in_chans: int = 3) -> Counts:
+    """Count any ConvMixer-like module by tracing one image through it in eval mode with fvcore."""
+    parameter = next(model.parameters())
+    image = torch.randn(1, in_chans, image_size, image_size, device=parameter.device, dtype=parameter.dtype)
+    analysis = JitModelAnalysis(model, image)
+    # fvcore silently skips ~60 ops (relu and clamp among them); with that list emptied, an op that is
+    # neither priced in OP_HANDLES nor declared free (a None handle) is reported as unsupported.
+    analysis._ignored_ops.clear()
+    analysis.set_op_handle(**OP_HANDLES, **dict.fromkeys(FREE_OPS))
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Using padding='same' with even kernel")  # speed, not counts
+            by_operator, unsupported = analysis.by_operator(), analysis.unsupported_ops()
+    finally:
+        model.train(was_training)
+    if unsupported:
+        raise CountError(f"no count for op(s) {dict(unsupported)}; add a handle to convmixer.count.OP_HANDLES")
+    return Counts(count_parameters(model), {category: int(by_operator[category]) for category in CATEGORIES})
+
+
+def build_model(config: ConvMixerConfig, *, tweet: bool = False) -> nn.Module:
+    """The modular ConvMixer of `config`, or the tweet's nn.Sequential where the tweet can express it."""
+    if not tweet:
+        return config.build()
+    with torch.device("meta"):
+        config.build()  # validates every field without allocating weights
+    tweet_knobs = ConvMixerConfig(config.dim, config.depth, config.kernel_size, config.patch_size, config.n_classes)
+    if config != tweet_knobs:
+        raise ValueError(
+            f"the tweet has only in_chans=3, residual='depthwise', norm='batch', activation='gelu'; got "
+            f"in_chans={config.in_chans}, residual={config.residual!r}, norm={config.norm!r}, "
+            f"activation={config.activation!r} (drop --tweet to count the modular model)"
+        )
+    if config.kernel_size % 2 == 0:
+        raise ValueError(
+            f"kernel_size={config.kernel_size} cannot run in the tweet: its padding=k//2 grows the map by one "
+            "pixel for even kernels and the residual add fails; use an odd kernel or drop --tweet"
+        )
+    return TweetConvMixer(config.dim, config.depth, config.kernel_size, config.patch_size, config.n_classes)
+
+
+def count_model(config: ConvMixerConfig, image_size: int, *, tweet: bool = False) -> Counts:
+    """Trace the model of `config` (or the tweet) and return its counts, which must equal the closed form."""
+    expected = closed_form(config, image_size)
+    traced = trace_counts(build_model(config, tweet=tweet), image_size, config.in_chans)
+    if traced != expected:
+        raise CountError(f"fvcore trace {traced.to_dict()} != closed form {expected.to_dict()} for {config}")
+    return traced
+
+
+def _parse_device(device: str | torch.device) -> torch.device:
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={str(device)!r} is not accepted; choose cpu, cuda or cuda:N")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} is not accepted: CUDA is not available on this machine")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device={str(device)!r} is not accepted: there are {torch.cuda.device_count()} GPU(s)")
+    return parsed
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def measure_throughput(
+    model: nn.Module,
+    image_size: int,
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    *,
+    in_chans: int = 3,
+    warmup: int = 3,
+    repeats: int = 10,
+    dtype: str = "fp32",
+    channels_last: bool = False,
+) -> dict:
+    """Inference images/s (median over `repeats` timed batches) and peak memory of `model` on `device`.
+
+    Peak memory is torch.cuda.max_memory_allocated on CUDA. On CPU it is how much the process's peak
+    resident set grew during warm-up and timing: a lower bound, 0 if an earlier peak was already higher.
+    """
+    for name, value, minimum in (("batch_size", batch_size, 1), ("repeats", repeats, 1), ("warmup", warmup, 0)):
+        if value < minimum:
+            raise ValueError(f"{name}={value} is not accepted; it must be an integer >= {minimum}")
+    if dtype not in AUTOCAST_DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not accepted; choose one of {', '.join(AUTOCAST_DTYPES)}")
+    device = _parse_device(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format).eval()
+    images = torch.randn(batch_size, in_chans, image_size, image_size, device=device)
+    images = images.contiguous(memory_format=memory_format)
+    autocast = torch.autocast(device.type, dtype=AUTOCAST_DTYPES[dtype], enabled=dtype != "fp32")
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # CUDA launches are asynchronous; time the work, not the launch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = _peak_rss_mb()
+    seconds = []
+    with torch.inference_mode(), autocast:
+        for step in range(warmup + repeats):
+            synchronize()
+            start = time.perf_counter()
+            model(images)
+            synchronize()
+            if step >= warmup:
+                seconds.append(time.perf_counter() - start)
+    median = statistics.median(seconds)
+    if device.type == "cuda":
+        peak_mb, peak_kind = torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated"
+    else:
+        peak_mb, peak_kind = _peak_rss_mb() - rss_before, "growth of the process's peak RSS, a lower bound"
+    return {
+        "device": str(device),
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "channels_last": channels_last,
+        "repeats": repeats,
+        "median_batch_s": median,
+        "images_per_s": batch_size / median,
+        "peak_memory_mb": peak_mb,
+        "peak_memory_kind": peak_kind,
+    }
+
+
+SHAPE_FLAGS = ("dim", "depth", "kernel_size", "patch_size", "n_classes", "in_chans", "residual", "norm", "activation")
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    usage = "%(prog)s (--model NAME | --dim D --depth N) [shape flags] [--tweet] [--json] [--throughput ...]"
+    parser = argparse.ArgumentParser(
+        prog="python -m convmixer.count", usage=usage, description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--model",
+        choices=list_models(),
+        metavar="NAME",
+        help=f"one of {', '.join(list_models())}; shape flags override it",
+    )
+    for flag in ("dim", "depth", "kernel_size", "patch_size", "n_classes", "in_chans"):
+        parser.add_argument("--" + flag.replace("_", "-"), type=int, help=f"model {flag}")
+    parser.add_argument("--residual", choices=RESIDUALS)
+    parser.add_argument("--norm", choices=NORMS)
+    parser.add_argument("--activation", choices=ACTIVATIONS)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--tweet", action="store_true", help="count the 280-character tweet model itself")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--throughput", action="store_true", help="also time inference")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--dtype", choices=tuple(AUTOCAST_DTYPES), default="fp32", help="autocast dtype")
+    parser.add_argument("--channels-last", action="store_true")
+    return parser, parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> ConvMixerConfig:
+    overrides = {flag: getattr(args, flag) for flag in SHAPE_FLAGS if getattr(args, flag) is not None}
+    if args.model:
+        return dataclasses.replace(get_config(args.model), **overrides)
+    if args.dim is None or args.depth is None:
+        raise ValueError("--dim and --depth are required unless --model NAME is given")
+    return ConvMixerConfig(**overrides)
+
+
+def format_text(config: ConvMixerConfig, image_size: int, tweet: bool, counts: Counts, speed: dict | None) -> str:
+    side = image_size // config.patch_size
+    lines = [
+        f"{'tweet ' if tweet else ''}ConvMixer-{config.dim}/{config.depth}: kernel {config.kernel_size}, "
+        f"patch {config.patch_size}, {config.n_classes} classes, residual {config.residual}, "
+        f"norm {config.norm}, activation {config.activation}",
+        f"input {config.in_chans}x{image_size}x{image_size} -> {side}x{side} patches",
+        f"{'params':<18}{counts.params / 1e6:10.3f} M  {counts.params:>18,}",
+    ]
+    for label, value in (("MACs", counts.macs), ("FLOPs", counts.flops), ("conv+linear MACs", counts.conv_linear_macs)):
+        lines.append(f"{label:<18}{value / 1e9:10.3f} G  {value:>18,}")
+    lines.append("MACs by category")
+    lines += [f"  {category:<16}{value / 1e9:10.3f} G  {value:>18,}" for category, value in counts.by_category.items()]
+    lines.append("check: fvcore trace == closed form (params and every category, exactly)")
+    lines += ["convention:"] + [f"  {line}" for line in CONVENTION]
+    if speed:
+        lines.append(
+            f"throughput on {speed['device']}, batch {speed['batch_size']}, {speed['dtype']}, "
+            f"channels_last={speed['channels_last']}, median of {speed['repeats']}"
+        )
+        lines.append(f"  {'images/s':<16}{speed['images_per_s']:10.1f}")
+        lines.append(f"  {'peak memory':<16}{speed['peak_memory_mb']:10.1f} MB  ({speed['peak_memory_kind']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, args = parse_args(argv)
+    try:
+        config = config_from_args(args)
+        counts = count_model(config, args.image_size, tweet=args.tweet)
+        speed = None
+        if args.throughput:
+            model = build_model(config, tweet=args.tweet)
+            speed = measure_throughput(
+                model, args.image_size, args.batch_size, args.device, in_chans=config.in_chans,
+                warmup=args.warmup, repeats=args.repeats, dtype=args.dtype, channels_last=args.channels_last,
+            )  # fmt: skip
+    except ValueError as error:
+        parser.error(str(error))  # one line, exit code 2
+    if args.json:
+        model_fields = {**dataclasses.asdict(config), "tweet": args.tweet, "image_size": args.image_size}
+        report = {"model": model_fields, **counts.to_dict(), "convention": list(CONVENTION)}
+        print(json.dumps({**report, "throughput": speed} if speed else report, indent=2))
+    else:
+        print(format_text(config, args.image_size, args.tweet, counts, speed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
