@@ -6,10 +6,14 @@ A reader (or a sweep restarted after SIGKILL) sees either the old file or the ne
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, IO
+from typing import IO, Any
 
 import torch
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -17,6 +21,8 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600; results are meant to be read by others (a shared cluster folder).
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -80,12 +80,20 @@ class RunConfig:
 
     def model_config(self, n_classes: int, in_chans: int = 3) -> ConvMixerConfig:
         return ConvMixerConfig(
-            self.dim, self.depth, self.kernel_size, self.patch_size, n_classes, in_chans,
-            self.residual, self.norm, self.activation,
+            self.dim,
+            self.depth,
+            self.kernel_size,
+            self.patch_size,
+            n_classes,
+            in_chans,
+            self.residual,
+            self.norm,
+            self.activation,
         )
 
     def validate(self) -> None:
         """Raise ConfigError on the first value that is out of type, range or choice."""
+
         def bad(key: str, accepted: str) -> ConfigError:
             return ConfigError(f"{key}={getattr(self, key)!r} is not accepted: {accepted}")
 
@@ -96,13 +104,20 @@ class RunConfig:
             if getattr(self, key) < 0:
                 raise bad(key, "expected an integer >= 0")
         for key, choices in (
-            ("residual", RESIDUALS), ("norm", NORMS), ("activation", ACTIVATIONS),
-            ("dataset", DATASETS), ("schedule", SCHEDULES), ("precision", PRECISIONS),
+            ("residual", RESIDUALS),
+            ("norm", NORMS),
+            ("activation", ACTIVATIONS),
+            ("dataset", DATASETS),
+            ("schedule", SCHEDULES),
+            ("precision", PRECISIONS),
         ):
             if getattr(self, key) not in choices:
                 raise bad(key, f"choose one of {', '.join(choices)}")
         for key, low, high in (
-            ("scale", 0.0, 1.0), ("jitter", 0.0, 1.0), ("reprob", 0.0, 1.0), ("label_smoothing", 0.0, 1.0),
+            ("scale", 0.0, 1.0),
+            ("jitter", 0.0, 1.0),
+            ("reprob", 0.0, 1.0),
+            ("label_smoothing", 0.0, 1.0),
         ):
             if not low <= getattr(self, key) <= high:
                 raise bad(key, f"expected a number in [{low}, {high}]")

@@ -136,11 +136,11 @@ class ConvMixer(nn.Module):
         _check_choice("residual", residual, RESIDUALS)
         _check_choice("norm", norm, NORMS)
         _check_choice("activation", activation, ACTIVATIONS)
-        self.config = ConvMixerConfig(dim, depth, kernel_size, patch_size, n_classes, in_chans, residual, norm, activation)
-        self.stem = PatchEmbed(in_chans, dim, patch_size, norm, activation)
-        self.blocks = nn.Sequential(
-            *[MixerLayer(dim, kernel_size, residual, norm, activation) for _ in range(depth)]
+        self.config = ConvMixerConfig(
+            dim, depth, kernel_size, patch_size, n_classes, in_chans, residual, norm, activation
         )
+        self.stem = PatchEmbed(in_chans, dim, patch_size, norm, activation)
+        self.blocks = nn.Sequential(*[MixerLayer(dim, kernel_size, residual, norm, activation) for _ in range(depth)])
         self.head = ClassifierHead(dim, n_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
