@@ -1,0 +1,241 @@
+"""Where the images come from: torchvision's CIFAR, an ImageFolder tree (folder or tar archive), or the synthetic set.
+
+Every source ends as a `Split` of uint8 NCHW images and int64 labels. Decoding JPEGs is the slow part, so a
+decoded split is saved once under the cache folder ($CONVMIXER_CACHE, default ~/.cache/convmixer), keyed by a
+hash of the source's content, and every later run of a sweep loads the tensors instead of decoding again.
+"""
+
+import hashlib
+import io
+import os
+import tarfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+
+import torch
+from PIL import Image, ImageOps
+from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms.functional import pil_to_tensor
+from tqdm import tqdm
+
+from ablations import atomic, synthetic
+
+CACHE_FORMAT = "v1"  # bump when decoding changes, so old cache files are not reused
+SUBSET_SEED = 0  # subsets are the same for every run seed
+TEST_SPLIT_NAMES = ("test", "val")
+
+
+class DataError(ValueError):
+    """The data cannot be found or read; the message is one line saying what to change."""
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, N x C x H x W
+    labels: torch.Tensor  # int64, N
+    classes: list[str]
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        return Split(self.images[index], self.labels[index], self.classes)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CONVMIXER_CACHE", "~/.cache/convmixer")).expanduser()
+
+
+def cached(name: str, build: Callable[[], Split]) -> Split:
+    """Load split `name` from the cache folder, or build it and save it there (atomically) for the next run."""
+    path = cache_dir() / f"{name}-{CACHE_FORMAT}.pt"
+    if path.exists():
+        return Split(**torch.load(path, weights_only=True))
+    split = build()
+    atomic.torch_save(asdict(split), path)
+    return split
+
+
+def class_quotas(counts: torch.Tensor, n: int) -> torch.Tensor:
+    """How many items to take from each class so they sum to n (n < counts.sum()), as equal as the counts allow:
+    classes are served smallest first, each taking an equal share of what is left (or all it has)."""
+    quotas = torch.zeros_like(counts)
+    left = n
+    for served, c in enumerate(torch.argsort(counts, stable=True).tolist()):
+        quotas[c] = min(int(counts[c]), left // (len(counts) - served))
+        left -= int(quotas[c])
+    return quotas
+
+
+def stratified_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """Sorted indices of n items (all when n is 0 or too many), stratified by class with `class_quotas`.
+
+    Items are taken in one fixed random order, so the pick does not depend on how the source is sorted.
+    """
+    if n == 0 or n >= len(labels):
+        return torch.arange(len(labels))
+    counts = torch.bincount(labels)
+    quota = class_quotas(counts, n)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SUBSET_SEED))
+    by_class, position = torch.sort(labels[order], stable=True)
+    rank_in_class = torch.arange(len(labels)) - (counts.cumsum(0) - counts)[by_class]
+    keep = rank_in_class < quota[by_class]
+    return order[position[keep]].sort().values
+
+
+def load_synthetic(train: bool) -> Split:
+    # Keyed by the generator's own source code, so editing the generator never reuses stale images.
+    digest = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
+    split = "train" if train else "test"
+    return cached(f"synthetic-{digest}-{split}", lambda: Split(*synthetic.make_split(train), synthetic.CLASSES))
+
+
+def load_cifar(name: str, root: str, train: bool) -> Split:
+    """CIFAR-10/100 in torchvision's format under `root`, downloaded there when missing and online."""
+    dataset_class = CIFAR10 if name == "cifar10" else CIFAR100
+    try:
+        dataset = dataset_class(root, train=train, download=False)
+    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+        try:
+            dataset = dataset_class(root, train=train, download=True)
+        except (OSError, RuntimeError) as error:
+            raise DataError(
+                f"{name}: no {dataset_class.base_folder}/ under data_root={root!r} and downloading it failed "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'offline?'}); set data_root "
+                f"to the folder holding {dataset_class.base_folder}/, or use dataset=imagefolder with data_root "
+                "set to an ImageFolder tree or .tar.gz (e.g. ../shared/data/cifar10-jpeg.tar.gz)"
+            ) from error
+    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
+    return Split(images, torch.tensor(dataset.targets), list(dataset.classes))
+
+
+def decode_image(data: bytes, size: int) -> torch.Tensor:
+    """One image file as a 3 x size x size uint8 tensor: RGB, centre-cropped to a square, resized (bilinear)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image = image.convert("RGB")
+        if image.size != (size, size):
+            image = ImageOps.fit(image, (size, size), Image.Resampling.BILINEAR)
+        return pil_to_tensor(image)
+
+
+def is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS) and not PurePosixPath(name).name.startswith(".")
+
+
+@dataclass
+class TreeSplit:
+    paths: list[str]  # as named inside the folder or archive, sorted by class then path
+    labels: torch.Tensor
+
+
+class ImageTree:
+    """An ImageFolder-style tree, root/{train,test}/<class>/<image>, in a folder or a tar archive.
+
+    The tree may sit one or more folders down (an archive of cifar10-jpeg/train/...); `val` stands in for a
+    missing `test`. Archives are read straight from the file into memory, never extracted, so they suit
+    datasets that fit in memory; stream a larger one from an extracted folder.
+    """
+
+    def __init__(self, source: Path) -> None:
+        if not source.exists():
+            raise DataError(
+                f"imagefolder: data_root={str(source)!r} does not exist; point it at a folder or a .tar/.tar.gz"
+            )
+        if source.is_file() and not tarfile.is_tarfile(source):
+            raise DataError(f"imagefolder: data_root={str(source)!r} is a file but not a tar archive")
+        self.source, self.is_archive = source, source.is_file()
+
+    @cached_property
+    def _archived(self) -> dict[str, bytes]:
+        """Every image file of an archive, name -> bytes, read in one pass: a tar.gz has no random access, and
+        listing one is the slow part (seconds for 60k members), so it is listed and read together, once."""
+        with tarfile.open(self.source) as tar:
+            return {m.name: tar.extractfile(m).read() for m in tar if m.isfile() and is_image(m.name)}
+
+    @cached_property
+    def _files(self) -> list[str]:
+        if self.is_archive:
+            return sorted(self._archived)
+        return sorted(
+            name
+            for name in (path.relative_to(self.source).as_posix() for path in self.source.rglob("*") if path.is_file())
+            if is_image(name)
+        )
+
+    @cached_property
+    def _layout(self) -> tuple[list[str], dict[str, TreeSplit]]:
+        found: dict[str, list[tuple[str, str]]] = {}  # split folder -> (class, file name) pairs
+        for name in self._files:
+            parts = PurePosixPath(name).parts
+            for depth, part in enumerate(parts[:-2]):
+                if part == "train" or part in TEST_SPLIT_NAMES:
+                    found.setdefault("/".join(parts[: depth + 1]), []).append((parts[depth + 1], name))
+                    break
+        train_dirs = sorted((key for key in found if PurePosixPath(key).name == "train"), key=len)
+        if not train_dirs:
+            raise DataError(f"imagefolder: no train/<class>/<image> found in data_root={str(self.source)!r}")
+        beside_train = (str(PurePosixPath(train_dirs[0]).parent / name) for name in TEST_SPLIT_NAMES)
+        test_dirs = [key for key in beside_train if key in found]
+        if not test_dirs:
+            raise DataError(f"imagefolder: no test/<class>/<image> (or val/) beside {train_dirs[0]} in {self.source}")
+        classes = sorted({label for label, _ in found[train_dirs[0]]})
+        unknown = {label for label, _ in found[test_dirs[0]]} - set(classes)
+        if unknown:
+            raise DataError(f"imagefolder: test classes {sorted(unknown)} in {self.source} have no train images")
+        index = {label: i for i, label in enumerate(classes)}
+        splits = {}
+        for split, key in (("train", train_dirs[0]), ("test", test_dirs[0])):
+            entries = sorted(found[key])
+            splits[split] = TreeSplit([name for _, name in entries], torch.tensor([index[c] for c, _ in entries]))
+        return classes, splits
+
+    @property
+    def classes(self) -> list[str]:
+        return self._layout[0]
+
+    @property
+    def splits(self) -> dict[str, TreeSplit]:
+        """'train' and 'test' file lists, labels indexing `classes`."""
+        return self._layout[1]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the archive's bytes, or of every image file's path and bytes in the folder."""
+        digest = hashlib.sha256()
+        if self.is_archive:
+            with open(self.source, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        else:
+            for name in self._files:
+                data = self.read(name)
+                digest.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+        return digest.hexdigest()
+
+    def read(self, name: str) -> bytes:
+        return self._archived[name] if self.is_archive else (self.source / name).read_bytes()
+
+    def native_size(self) -> int:
+        """The shorter side of the first training image: the size used when image_size is 0."""
+        with Image.open(io.BytesIO(self.read(self.splits["train"].paths[0]))) as image:
+            return min(image.size)
+
+    def decode(self, split: str, size: int, subset: int) -> Split:
+        """The stratified subset of a split, decoded (and resized to size x size) into one uint8 tensor."""
+        files = self.splits[split]
+        keep = stratified_subset(files.labels, subset)
+        images = torch.empty(len(keep), 3, size, size, dtype=torch.uint8)
+        progress = tqdm(keep.tolist(), desc=f"decoding {split}", leave=False, disable=None)
+        for slot, i in enumerate(progress):
+            try:
+                images[slot] = decode_image(self.read(files.paths[i]), size)
+            except OSError as error:  # PIL's UnidentifiedImageError, a truncated file, an unreadable one
+                raise DataError(f"imagefolder: cannot decode {files.paths[i]} in {self.source}: {error}") from error
+        return Split(images, files.labels[keep], self.classes)
+
+    def load(self, split: str, image_size: int, subset: int) -> Split:
+        """A decoded split from the cache, decoding it on a miss. For an archive the cache is checked first,
+        so a hit never lists the archive (listing a 60k-image tar.gz takes seconds)."""
+        size_name = f"{image_size}px" if image_size else "native"
+        name = f"imagefolder-{self.fingerprint[:16]}-{split}-{size_name}-n{subset}"
+        return cached(name, lambda: self.decode(split, image_size or self.native_size(), subset))
