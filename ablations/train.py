@@ -1,0 +1,252 @@
+"""The training engine: one run of one RunConfig, resumable after any epoch and bit-exact on CPU.
+
+Data and augmentation already live on the device (ablations.data), so the hot loop is forward, loss, backward,
+clip, AdamW step, with losses and accuracies summed on the device and read back once per epoch; that single
+read is also where a non-finite loss is caught and the run is stopped as "diverged". Each epoch ends with an
+atomic checkpoint holding only tensors and plain Python values (it loads with `weights_only=True`). Every random
+draw comes from (seed, epoch), so a resumed run replays exactly what an uninterrupted one would have done.
+"""
+
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ablations import atomic
+from ablations.config import ConfigError, RunConfig
+from ablations.data import TestLoader, TrainLoader, build_data
+from ablations.schedule import learning_rate
+from convmixer.count import count_model
+
+CHECKPOINT, HISTORY, METRICS = "checkpoint.pt", "history.json", "metrics.json"
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. fp16 needs a GradScaler, which we only run on CUDA."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"precision='fp16' is not accepted on {device.type}: it needs CUDA; use bf16 or fp32")
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def seed_epoch(seed: int, epoch: int) -> None:
+    # The data loader draws from its own (seed, epoch) generators; reseeding the global RNG as well makes any
+    # other draw during the epoch (a module's, a library's) replay identically after a resume.
+    torch.manual_seed(seed * 1_000_003 + epoch)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Trainer:
+    """The model, optimiser and scaler of one run, with one method per phase of an epoch."""
+
+    def __init__(self, cfg: RunConfig, model: nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
+        self.cfg, self.model, self.device, self.dtype = cfg, model, device, dtype
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        model.to(device=device, memory_format=self.memory_format)
+        self.forward = torch.compile(model) if cfg.compile else model
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda"
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            return self.forward(images.contiguous(memory_format=self.memory_format)).float()
+
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step; returns the batch's summed loss and number correct, still on the device."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        logits = self.logits(images)
+        # Soft targets (mixup/cutmix) are class probabilities, which cross_entropy accepts as they are.
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        labels = targets if targets.ndim == 1 else targets.argmax(1)
+        return loss.detach() * len(targets), (logits.detach().argmax(1) == labels).sum()
+
+    def train_epoch(self, loader: TrainLoader, epoch: int, progress: bool) -> dict:
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen, lr = 0, 0.0
+        synchronize(self.device)
+        start = time.perf_counter()
+        batches = tqdm(
+            loader.epoch(epoch), total=len(loader), leave=False, disable=not progress, desc=f"epoch {epoch + 1}"
+        )
+        for step, (images, targets) in enumerate(batches):
+            lr = learning_rate(self.cfg, epoch, step, len(loader))
+            batch_loss, batch_correct = self.train_step(images, targets, lr)
+            loss_sum += batch_loss
+            correct += batch_correct
+            seen += len(targets)
+        synchronize(self.device)
+        train_time = time.perf_counter() - start
+        return {
+            "train_loss": loss_sum.item() / seen,
+            "train_acc": correct.item() / seen,
+            "lr": lr,
+            "train_time_s": train_time,
+            "train_images_per_s": seen / train_time,
+        }
+
+    @torch.no_grad()
+    def evaluate(self, loader: TestLoader) -> dict:
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for images, labels in loader:
+            logits = self.logits(images)
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+            correct += (logits.argmax(1) == labels).sum()
+            seen += len(labels)
+        return {"test_loss": loss_sum.item() / seen, "test_acc": correct.item() / seen}
+
+    def state(self, epochs_done: int, history: list[dict], wall_time_s: float) -> dict:
+        return {
+            "run_id": self.cfg.run_id(),
+            "epoch": epochs_done,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "history": history,
+            "wall_time_s": wall_time_s,
+        }
+
+    def load(self, path: Path) -> dict:
+        checkpoint = torch.load(path, map_location=self.device, weights_only=True)
+        if checkpoint["run_id"] != self.cfg.run_id():
+            raise ValueError(f"{path} belongs to run {checkpoint['run_id']}, not to run {self.cfg.run_id()}")
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        return checkpoint
+
+
+def divergence(record: dict) -> str:
+    """Why an epoch's numbers mean the run diverged, or "" when they are all finite."""
+    for key in ("train_loss", "test_loss"):
+        if not math.isfinite(record[key]):
+            return f"{key.replace('_', ' ')} is {record[key]} in epoch {record['epoch']}"
+    return ""
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: the most memory tensors held on the device. CPU: the peak resident set size of the whole process."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes
+
+
+def device_name(device: torch.device) -> str:
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
+
+
+def final_metrics(history: list[dict], reason: str, device: torch.device, counts: dict, wall_time_s: float) -> dict:
+    """The run's summary: the last completed epoch's numbers (None if none completed) and totals over epochs."""
+    last = history[-1] if history else {}
+    train_time = sum(record["train_time_s"] for record in history)
+    images = sum(record["train_time_s"] * record["train_images_per_s"] for record in history)
+    return {
+        "status": "diverged" if reason else "done",
+        "reason": reason,
+        **{key: last.get(key) for key in ("test_acc", "test_loss", "train_acc", "train_loss")},
+        "train_images_per_s": images / train_time if train_time else None,
+        "peak_memory_mb": peak_memory_mb(device),
+        "train_time_s": train_time,
+        "wall_time_s": wall_time_s,
+        **{key: counts[key] for key in ("params", "macs", "flops")},
+        "epochs_completed": len(history),
+        "device": device_name(device),
+    }
+
+
+def train_run(
+    cfg: RunConfig,
+    run_dir: Path | None,
+    *,
+    device: str | torch.device = "auto",
+    log: Callable[[str], None] = print,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train one run (resuming from run_dir/checkpoint.pt if there is one) and return its final metrics."""
+    started = time.perf_counter()
+    cfg.validate()
+    device = resolve_device(device)
+    dtype = autocast_dtype(cfg.precision, device)  # before loading data, so a bad precision fails at once
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.cuda.reset_peak_memory_stats(device)
+    data = build_data(cfg, device)
+    model_config = cfg.model_config(data.num_classes, data.in_chans)
+    counts = count_model(model_config, data.image_size).to_dict()
+    torch.manual_seed(cfg.seed)
+    trainer = Trainer(cfg, model_config.build(), device, dtype)
+    log(
+        f"{cfg.run_id()}: ConvMixer-{cfg.dim}/{cfg.depth} k{cfg.kernel_size} p{cfg.patch_size}, "
+        f"{counts['params'] / 1e6:.3f} M params, {counts['macs'] / 1e6:.1f} M MACs/image, "
+        f"{data.train.num_samples} train images, {device_name(device)}"
+    )
+
+    history, wall_before = [], 0.0
+    checkpoint_path = Path(run_dir) / CHECKPOINT if run_dir is not None else None
+    if checkpoint_path is not None and checkpoint_path.exists():
+        checkpoint = trainer.load(checkpoint_path)
+        history, wall_before = checkpoint["history"], checkpoint["wall_time_s"]
+        log(f"resumed from {checkpoint_path} after epoch {checkpoint['epoch']}")
+
+    progress = log is print and sys.stderr.isatty()
+    reason = ""
+    for epoch in range(len(history), cfg.epochs):
+        seed_epoch(cfg.seed, epoch)
+        epoch_start = time.perf_counter()
+        record = {"epoch": epoch + 1, **trainer.train_epoch(data.train, epoch, progress), **trainer.evaluate(data.test)}
+        record["epoch_time_s"] = time.perf_counter() - epoch_start
+        reason = divergence(record)
+        if reason:
+            log(f"diverged: {reason}")
+            break
+        history.append(record)
+        if run_dir is not None:
+            wall = wall_before + time.perf_counter() - started
+            # history.json first: if the run is killed in between, the checkpoint is the older of the two and the
+            # resumed run replays that epoch and rewrites both, so history.json never stays short.
+            atomic.write_json(Path(run_dir) / HISTORY, history)
+            atomic.torch_save(trainer.state(len(history), history, wall), checkpoint_path)
+        log(
+            f"epoch {epoch + 1}/{cfg.epochs} train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} | "
+            f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f} | lr {record['lr']:.5f} | "
+            f"{record['epoch_time_s']:.1f} s, {record['train_images_per_s']:.0f} img/s"
+        )
+        if on_epoch is not None:
+            on_epoch(record)
+
+    metrics = final_metrics(history, reason, device, counts, wall_before + time.perf_counter() - started)
+    if run_dir is not None:
+        atomic.write_json(Path(run_dir) / METRICS, metrics)
+    return metrics
