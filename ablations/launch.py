@@ -1,0 +1,164 @@
+"""The local launcher: one worker process per device slot, fed runs one at a time by the sweep process.
+
+Each worker (spawned, so CUDA starts cleanly in it) asks for a run, trains it with execute_run and streams
+its epochs back over a pipe. The sweep process hands out runs, drives the progress bars and rebuilds
+summary.csv after each run. A worker that dies (OOM killer, segfault) has its run recorded as failed and is
+replaced; a worker whose sweep process dies (SIGKILL) exits at once instead of training on unsupervised.
+"""
+
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+import torch
+
+from ablations.config import ConfigError, RunConfig
+from ablations.progress import SweepProgress
+from ablations.store import Store
+from ablations.worker import execute_run, limit_cpu_threads
+
+
+def parse_devices(text: str) -> list[str]:
+    """`auto` (every visible GPU, else the CPU), `cpu`, `cuda` (every GPU), or a list: `0,1` / `cuda:0,cuda:1`."""
+    gpus = torch.cuda.device_count()
+    accepted = f"expected auto, cpu, cuda, or GPU indices like 0,1 or cuda:0,cuda:1 ({gpus} GPUs visible)"
+    word = text.strip().lower()
+    if word in ("auto", "cuda", "gpu") and (gpus or word == "auto"):
+        return [f"cuda:{i}" for i in range(gpus)] or ["cpu"]
+    if word == "cpu":
+        return ["cpu"]
+    devices = []
+    for item in word.split(","):
+        index = item.strip().removeprefix("cuda:")
+        if not index.isdigit() or int(index) >= gpus or f"cuda:{int(index)}" in devices:
+            raise ConfigError(f"--devices {text!r} is not accepted: {accepted}")
+        devices.append(f"cuda:{int(index)}")
+    return devices
+
+
+def _exit_with_sweep() -> None:
+    """Block until the sweep process is gone, then end this worker: an orphan would race a restarted sweep."""
+    multiprocessing.parent_process().join()
+    os._exit(1)
+
+
+def _worker_main(conn: Connection, device: str, store_root: Path, keep_checkpoints: bool) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep process's to handle; it stops us:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # unwind, so temps are cleaned up
+    threading.Thread(target=_exit_with_sweep, daemon=True).start()
+    limit_cpu_threads(device)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    store = Store(store_root)
+    while True:
+        conn.send(("ready",))
+        task = conn.recv()
+        if task is None:
+            return
+        cfg = RunConfig.from_dict(task)
+        run_id = cfg.run_id()
+        metrics = execute_run(
+            cfg, store, device, keep_checkpoints=keep_checkpoints,
+            on_epoch=lambda record, run_id=run_id: conn.send(("epoch", run_id, record)),
+        )  # fmt: skip
+        conn.send(("end", run_id, metrics))
+
+
+@dataclass
+class Worker:
+    device: str
+    process: multiprocessing.process.BaseProcess
+    conn: Connection
+    run_id: str | None = None  # the run it is training
+    healthy: bool = False  # it asked for work at least once, so it started fine
+
+
+class LocalLauncher:
+    def __init__(self, store: Store, devices: list[str], jobs_per_device: int, keep_checkpoints: bool) -> None:
+        self.store, self.keep_checkpoints = store, keep_checkpoints
+        self.slots = [device for device in devices for _ in range(jobs_per_device)]
+        self.context = multiprocessing.get_context("spawn")
+
+    def start_worker(self, device: str) -> Worker:
+        ours, theirs = self.context.Pipe()
+        args = (theirs, device, self.store.root, self.keep_checkpoints)
+        process = self.context.Process(target=_worker_main, args=args)
+        process.start()
+        theirs.close()
+        return Worker(device, process, ours)
+
+    def run(self, configs: list[RunConfig], progress: SweepProgress) -> dict[str, dict]:
+        """Train every config; return {run_id: metrics} of those that ran (all of them unless workers kept dying)."""
+        self.pending = deque(configs)
+        self.progress, self.results = progress, {}
+        self.restarts_left = len(configs)
+        workers = [self.start_worker(device) for device in self.slots[: len(configs)]]
+        try:
+            while workers:
+                ready = wait([w.conn for w in workers] + [w.process.sentinel for w in workers])
+                for worker in [w for w in workers if w.conn in ready or w.process.sentinel in ready]:
+                    self.serve(worker)
+                    if not worker.process.is_alive():
+                        workers.remove(worker)
+                        workers += self.bury(worker)
+        finally:
+            for worker in workers:
+                worker.process.terminate()
+            for worker in workers:
+                worker.process.join(timeout=10)
+                worker.process.kill()  # no-op if it is gone; one stuck in a long native call is not waited for
+        return self.results
+
+    def serve(self, worker: Worker) -> None:
+        """Answer every message the worker has sent."""
+        while worker.conn.poll():
+            try:
+                kind, *payload = worker.conn.recv()
+            except (EOFError, ConnectionResetError):
+                return
+            if kind == "ready":
+                worker.healthy = True
+                cfg = self.pending.popleft() if self.pending else None
+                try:
+                    worker.conn.send(cfg.to_dict() if cfg else None)
+                except OSError:  # it died just after asking; bury() replaces it
+                    self.pending.extendleft([cfg] if cfg else [])
+                    return
+                worker.run_id = cfg.run_id() if cfg else None
+                if cfg:
+                    self.progress.started(worker.run_id, worker.device)
+            elif kind == "epoch":
+                self.progress.epoch(*payload)
+            elif kind == "end":
+                self.finish(*payload)
+                worker.run_id = None
+
+    def finish(self, run_id: str, metrics: dict) -> None:
+        self.results[run_id] = metrics
+        self.progress.finished(run_id, metrics)
+        self.store.write_summary()
+
+    def bury(self, worker: Worker) -> list[Worker]:
+        """A worker has exited: fail the run it died in, and replace it if it was healthy and work is left."""
+        worker.process.join()
+        code = worker.process.exitcode
+        if worker.run_id is not None:
+            run_dir = self.store.runs / worker.run_id
+            metrics = self.store.metrics(run_dir)  # it may have died right after writing them
+            if metrics is None:
+                killed = " (SIGKILL: the kernel's out-of-memory killer?)" if code == -signal.SIGKILL else ""
+                reason = f"worker process on {worker.device} died (exit code {code}){killed}"
+                metrics = self.store.record_failure(run_dir, reason, worker.device)
+            self.finish(worker.run_id, metrics)
+        if not worker.healthy:
+            self.progress.write(f"worker on {worker.device} exited before taking a run (exit code {code}); see above")
+        elif self.pending and self.restarts_left > 0:
+            self.restarts_left -= 1
+            return [self.start_worker(worker.device)]
+        return []

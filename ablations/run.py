@@ -1,0 +1,217 @@
+"""`python -m ablations.run`: train a grid of ConvMixer ablations into a resumable result store.
+
+    python -m ablations.run --grid kernel_size=3,7,9,15                      # smoke preset: a minute on a CPU
+    python -m ablations.run --preset cifar10 --grid patch_size=1,2,4 --seeds 3
+
+Everything is checked before anything runs (bad input: one line on stderr, exit code 2, nothing written).
+Rerunning the same command skips finished runs and resumes unfinished ones; exit code 0 means every run of the
+sweep is done, 1 that some failed or diverged.
+"""
+
+import argparse
+import dataclasses
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from ablations.config import ConfigError, RunConfig
+from ablations.data import DataError, build_data
+from ablations.grid import Sweep, build_sweep
+from ablations.launch import LocalLauncher, parse_devices
+from ablations.presets import DEFAULT_PRESET, PRESETS
+from ablations.progress import SweepProgress, run_label
+from ablations.slurm import SlurmLauncher, SlurmOptions
+from ablations.store import FINISHED, Store, StoreError
+from ablations.train import autocast_dtype
+
+PROG = "python -m ablations.run"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is a ConfigError: reported as one line like every other bad input."""
+
+    def error(self, message: str):
+        raise ConfigError(message)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def keys_help() -> str:
+    fields = "\n".join(
+        f"  {f.name:<16} {type(f.default).__name__:<6} default {f.default!r}" for f in dataclasses.fields(RunConfig)
+    )
+    presets = "\n".join(f"  {name:<16} {preset.description}" for name, preset in PRESETS.items())
+    return f"keys (RunConfig fields; a preset changes some defaults):\n{fields}\n\npresets:\n{presets}"
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog=PROG, description=__doc__, epilog=keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="an axis of the grid")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE,...", help="fix keys for every run")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N", help="repeat every run with seed=0..N-1")
+    parser.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET, help="the recipe the keys override")
+    parser.add_argument("--name", help="sweep name (default: preset and grid keys, e.g. smoke-kernel_size)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="result folder (default: results/<name>)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and their status, write nothing")
+    parser.add_argument("--retry-failed", action="store_true", help="rerun failed runs from their last checkpoint")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoint.pt of finished runs")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    parser.add_argument("--devices", default="auto", help="auto, cpu, cuda, or GPU indices: 0,1 (local launcher)")
+    parser.add_argument("--jobs-per-device", type=int, default=1, metavar="N", help="concurrent runs per device")
+    parser.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition (one GPU per run)")
+    parser.add_argument("--slurm-time", type=int, default=240, metavar="MIN", help="time limit per run in minutes")
+    parser.add_argument("--slurm-cpus", type=int, default=8, metavar="N", help="CPUs per run")
+    return parser
+
+
+def result_dir(args: argparse.Namespace, sweep: Sweep) -> Path:
+    name = args.name or "-".join([args.preset, *sweep.axes])
+    if not name.strip() or "/" in name:
+        raise ConfigError(f"--name {name!r} is not accepted: expected a folder name without '/'")
+    root = args.out if args.out is not None else Path("results") / name
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--out {str(root)!r} is not accepted: it is a file, expected a folder")
+    return root
+
+
+def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: list[str]) -> None:
+    for precision in {cfg.precision for cfg in configs}:
+        for device in devices:
+            autocast_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
+    if args.jobs_per_device < 1:
+        raise ConfigError(f"--jobs-per-device {args.jobs_per_device} is not accepted: expected an integer >= 1")
+    if args.slurm_time < 1 or args.slurm_cpus < 1:
+        raise ConfigError("--slurm-time and --slurm-cpus are not accepted below 1")
+    if args.launcher == "slurm" and shutil.which("sbatch") is None:
+        raise ConfigError("--launcher slurm is not accepted here: no sbatch on PATH; use --launcher local")
+    ids = {}
+    for cfg in configs:
+        if ids.setdefault(cfg.run_id(), cfg) is not cfg:
+            raise ConfigError(f"two runs are the same run {cfg.run_id()} (data_root does not change a run); drop one")
+
+
+def check_data(configs: list[RunConfig]) -> None:
+    """Load each distinct dataset once before the sweep starts: a missing dataset fails now, in one line, not
+    in every run; a download or a decode into the cache happens once here instead of in every worker at once."""
+    groups: dict[tuple, RunConfig] = {}
+    for cfg in configs:
+        key = (cfg.dataset, cfg.data_root, cfg.image_size)
+        if key not in groups or cfg.patch_size > groups[key].patch_size:
+            groups[key] = cfg  # the largest patch, so that build_data's patch-vs-image check covers the group
+    for cfg in groups.values():
+        build_data(cfg, "cpu")
+
+
+def print_table(configs: list[RunConfig], keys: list[str], store: Store) -> None:
+    header = ["run_id", *keys, "status"]
+    rows = [
+        [cfg.run_id(), *(str(getattr(cfg, key)) for key in keys), store.state(store.run_dir(cfg)).describe(cfg.epochs)]
+        for cfg in configs
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def make_launcher(args: argparse.Namespace, store: Store, devices: list[str]) -> LocalLauncher | SlurmLauncher:
+    if args.launcher == "slurm":
+        options = SlurmOptions(args.slurm_partition, args.slurm_time, args.slurm_cpus)
+        return SlurmLauncher(store, options, args.keep_checkpoints)
+    return LocalLauncher(store, devices, args.jobs_per_device, args.keep_checkpoints)
+
+
+def runs_to_train(configs: list[RunConfig], store: Store, retry_failed: bool) -> list[RunConfig]:
+    """The unfinished runs, and with --retry-failed the failed ones (diverged ones would only diverge again)."""
+    statuses = [store.state(store.run_dir(cfg)).status for cfg in configs]
+    return [
+        cfg
+        for cfg, status in zip(configs, statuses, strict=True)
+        if status not in FINISHED or (retry_failed and status == "failed")
+    ]
+
+
+def run_sweep(args, configs: list[RunConfig], todo: list[RunConfig], keys: list[str], store: Store, devices) -> None:
+    """Write the sweep's config files, then train `todo`, rebuilding summary.csv as runs finish."""
+    store.prepare(configs)
+    todo_ids = {cfg.run_id() for cfg in todo}
+    for cfg in configs:
+        if cfg.run_id() in todo_ids:
+            store.forget_failure(store.run_dir(cfg))
+        elif not args.keep_checkpoints:
+            store.drop_checkpoint(store.run_dir(cfg))  # one left by a sweep killed just after the run finished
+    store.write_summary()
+    if not todo:
+        return
+    progress = SweepProgress(
+        {cfg.run_id(): cfg.epochs for cfg in todo},
+        {cfg.run_id(): store.state(store.run_dir(cfg)).epochs for cfg in todo},
+        {cfg.run_id(): run_label(cfg.to_dict(), keys) for cfg in todo},
+    )
+    try:
+        make_launcher(args, store, devices).run(todo, progress)
+    finally:
+        progress.close()
+        store.write_summary()
+
+
+def report(configs: list[RunConfig], keys: list[str], store: Store) -> int:
+    """Print how the sweep ended and where its results are; return the exit code."""
+    states = {cfg.run_id(): store.state(store.run_dir(cfg)) for cfg in configs}
+    counts = {}
+    for state in states.values():
+        counts[state.status] = counts.get(state.status, 0) + 1
+    print(f"{plural(len(configs), 'run')}: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
+    for cfg in configs:
+        state = states[cfg.run_id()]
+        if state.status != "done":
+            print(f"  {cfg.run_id()} {run_label(cfg.to_dict(), keys)}: {state.describe(cfg.epochs)}")
+    if counts.get("failed"):
+        print("  failed runs are skipped when the command is rerun; add --retry-failed to resume them")
+    print(f"summary: {store.summary}")
+    print(f"report:  python -m analysis.report {store.root}")
+    return 0 if counts.get("done", 0) == len(configs) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # --help exits here
+    sweep = build_sweep(PRESETS[args.preset].values, args.set, args.grid, args.seeds)
+    configs = sweep.configs()
+    devices = parse_devices(args.devices) if args.launcher == "local" else []
+    check_options(args, configs, devices)
+    store = Store(result_dir(args, sweep))
+    keys = sweep.varying_keys()
+    todo = runs_to_train(configs, store, args.retry_failed)
+    slots = len(devices) * args.jobs_per_device
+    workers = f"{plural(slots, 'worker')} on {', '.join(devices)}" if devices else "SLURM (one GPU per run)"
+    varying = ", ".join(keys) or "nothing"
+    print(f"sweep {store.root.name}: {plural(len(configs), 'run')} of preset {args.preset}, varying {varying}")
+    print(f"{len(todo)} to train ({len(configs) - len(todo)} finished earlier) with {workers}; results in {store.root}")
+    if args.dry_run:
+        print_table(configs, keys, store)
+        return 0
+    try:
+        check_data(todo)
+        run_sweep(args, configs, todo, keys, store, devices)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume (unfinished runs continue from their last epoch)")
+        return 130
+    return report(configs, keys, store)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    try:
+        return main(argv)
+    except (ConfigError, DataError, StoreError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,121 @@
+"""The result store of a sweep: results/<sweep>/runs/<run_id>/ per run, and summary.csv rebuilt from them.
+
+Every file is written atomically, so a sweep killed at any moment leaves only whole files (and perhaps a
+`.name.*.tmp` that the next start removes). The run files are the truth; summary.csv is only ever derived
+from them, so it can always be rebuilt and never disagrees with them for long. A run is finished iff its
+metrics.json exists; an unfinished run with a checkpoint.pt resumes from it.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ablations import atomic
+from ablations.config import RunConfig
+from ablations.train import CHECKPOINT, HISTORY, METRICS
+
+CONFIG, LOG, SUMMARY = "config.json", "log.txt", "summary.csv"
+METRIC_COLUMNS = (
+    "status", "reason", "test_acc", "params", "macs", "flops",
+    "train_images_per_s", "peak_memory_mb", "train_time_s", "epochs_completed",
+)  # fmt: skip
+SUMMARY_COLUMNS = ("run_id", *(f.name for f in dataclasses.fields(RunConfig)), *METRIC_COLUMNS)
+FINISHED = ("done", "diverged", "failed")
+
+
+class StoreError(RuntimeError):
+    """A store file that cannot be read; the message names it."""
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise StoreError(f"{path} is not valid JSON ({error}); delete it to redo that run") from None
+
+
+@dataclass(frozen=True)
+class RunState:
+    status: str  # done | diverged | failed (finished: metrics.json exists) | partial (has a checkpoint) | pending
+    reason: str = ""
+    epochs: int = 0  # epochs completed
+
+    def describe(self, total_epochs: int) -> str:
+        if self.status == "partial":
+            return f"partial (epoch {self.epochs}/{total_epochs})"
+        return f"{self.status} ({self.reason})" if self.reason else self.status
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.runs = self.root / "runs"
+        self.summary = self.root / SUMMARY
+
+    def run_dir(self, cfg: RunConfig) -> Path:
+        return self.runs / cfg.run_id()
+
+    def metrics(self, run_dir: Path) -> dict | None:
+        """The run's metrics.json, or None while it is unfinished."""
+        return read_json(run_dir / METRICS) if (run_dir / METRICS).exists() else None
+
+    def state(self, run_dir: Path) -> RunState:
+        metrics = self.metrics(run_dir)
+        if metrics is not None:
+            return RunState(metrics["status"], metrics.get("reason", ""), metrics.get("epochs_completed") or 0)
+        if (run_dir / CHECKPOINT).exists():
+            epochs = len(read_json(run_dir / HISTORY)) if (run_dir / HISTORY).exists() else 0
+            return RunState("partial", "", epochs)
+        return RunState("pending")
+
+    def prepare(self, configs: list[RunConfig]) -> None:
+        """Write each run's config.json (so summary.csv lists the whole sweep from the start); drop stale temps."""
+        for stale in self.root.glob(f".{SUMMARY}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        for cfg in configs:
+            path = self.run_dir(cfg) / CONFIG
+            if not path.exists() or read_json(path) != cfg.to_dict():
+                atomic.write_json(path, cfg.to_dict())
+
+    def start_run(self, run_dir: Path) -> None:
+        """Called by the one process about to train this run: temps left by a killed writer are garbage now."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+
+    def forget_failure(self, run_dir: Path) -> None:
+        """Make a failed run unfinished again, so that it resumes from its last checkpoint (--retry-failed)."""
+        (run_dir / METRICS).unlink(missing_ok=True)
+
+    def record_failure(self, run_dir: Path, reason: str, device: str) -> dict:
+        epochs = len(read_json(run_dir / HISTORY)) if (run_dir / HISTORY).exists() else 0
+        metrics = {"status": "failed", "reason": reason, "epochs_completed": epochs, "device": device}
+        atomic.write_json(run_dir / METRICS, metrics)
+        return metrics
+
+    def drop_checkpoint(self, run_dir: Path) -> None:
+        """A done or diverged run will not train again (a failed one may resume), so its checkpoint is dead weight."""
+        if self.state(run_dir).status in ("done", "diverged"):
+            (run_dir / CHECKPOINT).unlink(missing_ok=True)
+
+    def summary_rows(self) -> list[dict]:
+        rows = []
+        for config_path in sorted(self.runs.glob(f"*/{CONFIG}")):
+            run_dir = config_path.parent
+            state = self.state(run_dir)
+            row = {"run_id": run_dir.name, **read_json(config_path), **(self.metrics(run_dir) or {})}
+            row.update(status=state.status, reason=state.reason, epochs_completed=state.epochs)
+            rows.append({column: row.get(column) for column in SUMMARY_COLUMNS})
+        return rows
+
+    def write_summary(self) -> Path:
+        """Rebuild summary.csv from the run folders (atomically: a reader never sees half a table)."""
+        text = io.StringIO()
+        writer = csv.DictWriter(text, SUMMARY_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.summary_rows())
+        atomic.write_text(self.summary, text.getvalue())
+        return self.summary

@@ -1,0 +1,266 @@
+"""The sweep command end to end with the real train_run: store layout, resume after SIGKILL, failures, SLURM."""
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import ablations.worker as worker
+from ablations.config import ConfigError
+from ablations.grid import build_sweep
+from ablations.launch import LocalLauncher, parse_devices
+from ablations.presets import PRESETS
+from ablations.progress import SweepProgress
+from ablations.run import cli
+from ablations.slurm import SlurmLauncher, SlurmOptions
+from ablations.store import Store
+
+TINY_VALUES = {"dim": 8, "depth": 1, "patch_size": 4, "train_subset": 200, "test_subset": 100, "batch_size": 50}
+
+
+def tiny_set(epochs: int = 2, **changes) -> str:
+    """A --set value for runs that take about a second on a CPU core."""
+    return ",".join(f"{key}={value}" for key, value in {**TINY_VALUES, "epochs": epochs, **changes}.items())
+
+
+TINY = ["--set", tiny_set()]
+
+
+def tiny_configs(grid: list[str], epochs: int = 2):
+    return build_sweep(PRESETS["smoke"].values, [tiny_set(epochs)], grid, seeds=1).configs()
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def read_summary(root: Path) -> list[dict]:
+    with open(root / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def snapshot(root: Path) -> dict:
+    """Every file under root with its size, mtime and content hash: equal snapshots mean nothing was touched."""
+    return {
+        str(path): (path.stat().st_size, path.stat().st_mtime_ns, hashlib.sha1(path.read_bytes()).hexdigest())
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def progress_for(configs, kind: type[SweepProgress] = SweepProgress) -> SweepProgress:
+    ids = [cfg.run_id() for cfg in configs]
+    return kind({cfg.run_id(): cfg.epochs for cfg in configs}, dict.fromkeys(ids, 0), dict.fromkeys(ids, ""))
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory) -> tuple[Path, int, str]:
+    """A two-run sweep, one run fine and one whose learning rate explodes: (result folder, exit code, stdout)."""
+    out = tmp_path_factory.mktemp("sweep") / "lr"
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        code = cli([*TINY, "--set", "clip_norm=0", "--grid", "lr=0.01,1e6", "--out", str(out)])
+    return out, code, stdout.getvalue()
+
+
+def test_a_sweep_fills_the_store_and_says_where_the_results_are(finished_sweep):
+    out, code, stdout = finished_sweep
+    rows = {row["lr"]: row for row in read_summary(out)}
+    assert code == 1  # one run diverged
+    assert (rows["0.01"]["status"], rows["1000000.0"]["status"]) == ("done", "diverged")
+    assert "nan" in rows["1000000.0"]["reason"] or "inf" in rows["1000000.0"]["reason"]
+    assert 0 <= float(rows["0.01"]["test_acc"]) <= 1 and int(rows["0.01"]["params"]) > 0
+    for row in rows.values():
+        run_dir = out / "runs" / row["run_id"]
+        files = {"config.json", "log.txt", "metrics.json"} | ({"history.json"} if row["status"] == "done" else set())
+        assert {p.name for p in run_dir.iterdir()} <= files | {"history.json"} and files <= set(os.listdir(run_dir))
+        assert read_json(run_dir / "config.json")["dim"] == 8
+        log = (run_dir / "log.txt").read_text()
+        assert "start on cpu" in log and f"finished: {row['status']}" in log
+    assert "epoch 2/2" in (out / "runs" / rows["0.01"]["run_id"] / "log.txt").read_text()
+    assert [r["epoch"] for r in read_json(out / "runs" / rows["0.01"]["run_id"] / "history.json")] == [1, 2]
+    assert f"summary: {out / 'summary.csv'}" in stdout and f"python -m analysis.report {out}" in stdout
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_rerunning_skips_finished_runs(finished_sweep, capsys):
+    out, _, _ = finished_sweep
+    metrics_before = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+    assert cli([*TINY, "--set", "clip_norm=0", "--grid", "lr=0.01,1e6", "--out", str(out)]) == 1
+    assert "0 to train (2 finished earlier)" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == metrics_before
+
+
+def test_dry_run_lists_status_and_writes_nothing(finished_sweep, capsys):
+    out, _, _ = finished_sweep
+    before = snapshot(out)
+    assert cli([*TINY, "--set", "clip_norm=0", "--grid", "lr=0.01,1e6,0.1", "--out", str(out), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split() == ["run_id", "lr", "status"]
+    statuses = {line.split()[1]: line.split(None, 2)[2] for line in lines[3:]}
+    assert statuses["0.01"] == "done" and statuses["0.1"] == "pending"
+    assert statuses["1000000.0"].startswith("diverged (")
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--grid", "kernel=3,5"], "--grid: unknown key 'kernel'; did you mean 'kernel_size'?"),
+        (["--grid", "kernel_size=3,x"], "--grid: kernel_size='x' is not accepted: expected an integer"),
+        (["--grid", "norm=batch,group"], "norm='group' is not accepted: choose one of batch, layer"),
+        (["--grid", "image_size=32,2"], "patch_size=4 is not accepted: larger than the 2x2 images"),
+        (["--grid", "kernel_size"], "--grid 'kernel_size' is malformed: expected KEY=VALUE"),
+        (["--grid", "kernel_size="], "--grid: empty value for kernel_size"),
+        (["--set", "epochs"], "--set 'epochs' is malformed"),
+        (["--set", "kernel_size=3", "--grid", "kernel_size=5,7"], "'kernel_size' is in both --set and --grid"),
+        (["--devices", "cuda:7"], "--devices 'cuda:7' is not accepted: expected auto, cpu, cuda, or GPU indices"),
+        (["--seeds", "0"], "--seeds 0 is not accepted: expected an integer >= 1"),
+        (["--seeds", "two"], "argument --seeds: invalid int value: 'two'"),
+        (["--preset", "imagenet"], "argument --preset: invalid choice: 'imagenet'"),
+        (["--jobs-per-device", "0"], "--jobs-per-device 0 is not accepted"),
+        (["--set", "precision=fp16", "--devices", "cpu"], "precision='fp16' is not accepted on cpu: it needs CUDA"),
+        (["--set", "dataset=imagefolder,data_root=/no/such/tree"], "data_root='/no/such/tree' does not exist"),
+        (["--grid", "data_root=a,b"], "two runs are the same run"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(finished_sweep, capsys, args, message):
+    out, _, _ = finished_sweep
+    before = snapshot(out)
+    assert cli([*TINY, *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m ablations.run: error: ") and err.count("\n") == 1
+    assert message in err
+    assert snapshot(out) == before
+
+
+def test_the_module_entry_point_reports_bad_input_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "ablations.run", "--grid", "kernal_size=3,7"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "python -m ablations.run: error: --grid: unknown key 'kernal_size'; did you mean 'kernel_size'?\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def session_processes(session: int) -> list[int]:
+    """Pids of the live processes in a session (a sweep started with start_new_session and its workers)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_a_sweep_killed_with_sigkill_resumes_without_loss_or_litter(tmp_path):
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "ablations.run", "--set", tiny_set(epochs=3, train_subset=400)]
+    command += ["--grid", "kernel_size=3,5", "--out", str(out)]
+    sweep = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("runs/*/checkpoint.pt")):
+        assert sweep.poll() is None and time.monotonic() < deadline, "the sweep ended before its first checkpoint"
+        time.sleep(0.02)
+    os.kill(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    assert len(list(out.glob("runs/*/metrics.json"))) < 2  # killed mid-sweep, not after it
+    deadline = time.monotonic() + 30
+    while session_processes(sweep.pid):  # its worker notices and exits instead of training on unsupervised
+        assert time.monotonic() < deadline, "a worker outlived its killed sweep"
+        time.sleep(0.1)
+
+    rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    rows = read_summary(out)
+    assert len(rows) == 2 and {row["status"] for row in rows} == {"done"}
+    for row in rows:
+        assert [r["epoch"] for r in read_json(out / "runs" / row["run_id"] / "history.json")] == [1, 2, 3]
+    assert any("resumed from" in log.read_text() for log in out.glob("runs/*/log.txt"))
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("checkpoint.pt"))
+
+
+class KillWorkerAtFirstEpoch(SweepProgress):
+    """Progress that SIGKILLs the worker process reporting the sweep's first epoch (after its checkpoint)."""
+
+    killed = False
+
+    def epoch(self, run_id: str, record: dict) -> None:
+        super().epoch(run_id, record)
+        if not self.killed:
+            self.killed = True
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGKILL)
+
+
+def test_a_dead_worker_fails_its_run_the_sweep_goes_on_and_retry_resumes(tmp_path, capsys):
+    configs = tiny_configs(["kernel_size=3,5"], epochs=3)
+    store = Store(tmp_path)
+    store.prepare(configs)
+    launcher = LocalLauncher(store, ["cpu"], 1, keep_checkpoints=False)
+    results = launcher.run(configs, progress_for(configs, KillWorkerAtFirstEpoch))
+    first, second = (results[cfg.run_id()] for cfg in configs)
+    assert first["status"] == "failed" and first["reason"].startswith("worker process on cpu died (exit code -9)")
+    assert second["status"] == "done"  # a replacement worker took the rest of the sweep
+    assert (store.run_dir(configs[0]) / "checkpoint.pt").exists()
+    assert {row["status"] for row in read_summary(tmp_path)} == {"failed", "done"}
+
+    args = ["--set", tiny_set(epochs=3), "--grid", "kernel_size=3,5", "--out", str(tmp_path)]
+    assert cli(args) == 1  # a plain rerun leaves the failed run alone
+    assert "--retry-failed" in capsys.readouterr().out
+    assert cli([*args, "--retry-failed"]) == 0
+    assert [r["epoch"] for r in read_json(store.run_dir(configs[0]) / "history.json")] == [1, 2, 3]
+    assert "resumed from" in (store.run_dir(configs[0]) / "log.txt").read_text()
+
+
+def test_an_exception_in_a_run_is_recorded_with_its_reason(tmp_path, monkeypatch):
+    def broken_train_run(cfg, run_dir, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access\nwas encountered")
+
+    monkeypatch.setattr(worker, "train_run", broken_train_run)
+    cfg = tiny_configs([])[0]
+    store = Store(tmp_path)
+    store.prepare([cfg])
+    metrics = worker.execute_run(cfg, store, "cpu")
+    assert metrics["status"] == "failed"
+    assert metrics["reason"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert read_json(store.run_dir(cfg) / "metrics.json") == metrics
+    log = (store.run_dir(cfg) / "log.txt").read_text()
+    assert "Traceback" in log and "broken_train_run" in log and "finished: failed" in log
+
+
+def test_the_slurm_launcher_runs_the_sweep_through_submitit(tmp_path):
+    configs = tiny_configs(["kernel_size=3,5"])
+    store = Store(tmp_path)
+    store.prepare(configs)
+    launcher = SlurmLauncher(store, SlurmOptions(cluster="local", time_min=10, poll_s=0.2), keep_checkpoints=False)
+    results = launcher.run(configs, progress_for(configs))
+    assert [results[cfg.run_id()]["status"] for cfg in configs] == ["done", "done"]
+    assert [row["status"] for row in read_summary(tmp_path)] == ["done", "done"]
+    assert list((tmp_path / "slurm").glob("*_log.out"))  # submitit's own job logs sit beside the runs
+
+
+def test_devices():
+    assert parse_devices("cpu") == ["cpu"]
+    assert parse_devices("auto") in (["cpu"], [f"cuda:{i}" for i in range(len(parse_devices("auto")))])
+    for bad in ("tpu", "0,x", "-1"):
+        with pytest.raises(ConfigError, match=f"--devices '{bad}' is not accepted"):
+            parse_devices(bad)

@@ -1,0 +1,117 @@
+"""The result store: run states from the files, summary.csv rebuilt from them, cleanup after a kill."""
+
+import csv
+import dataclasses
+import json
+
+import pytest
+
+from ablations import atomic
+from ablations.config import RunConfig
+from ablations.store import SUMMARY_COLUMNS, Store, StoreError
+
+
+def configs() -> list[RunConfig]:
+    return [RunConfig(dataset="synthetic", dim=8, depth=1, kernel_size=k, epochs=3) for k in (3, 5, 7)]
+
+
+def read_summary(store: Store) -> list[dict]:
+    with open(store.summary, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def history(epochs: int) -> list[dict]:
+    return [{"epoch": e, "test_acc": 0.1 * e, "train_loss": 1.0 / e} for e in range(1, epochs + 1)]
+
+
+def test_summary_lists_every_run_with_its_state(tmp_path):
+    store = Store(tmp_path)
+    done, partial, pending = configs()
+    store.prepare([done, partial, pending])
+    atomic.write_json(store.run_dir(done) / "history.json", history(3))
+    metrics = {"status": "done", "reason": "", "test_acc": 0.3, "params": 1234, "macs": 5678, "flops": 11356,
+               "train_images_per_s": 99.5, "peak_memory_mb": 12.0, "train_time_s": 4.5, "epochs_completed": 3,
+               "test_loss": 2.0, "device": "cpu"}  # fmt: skip
+    atomic.write_json(store.run_dir(done) / "metrics.json", metrics)
+    atomic.write_json(store.run_dir(partial) / "history.json", history(2))
+    (store.run_dir(partial) / "checkpoint.pt").write_bytes(b"stand-in")
+
+    store.write_summary()
+    rows = {row["run_id"]: row for row in read_summary(store)}
+    assert list(read_summary(store)[0]) == list(SUMMARY_COLUMNS)
+    assert [f.name for f in dataclasses.fields(RunConfig)] == list(SUMMARY_COLUMNS[1:-10])
+    assert set(rows) == {cfg.run_id() for cfg in (done, partial, pending)}
+    row = rows[done.run_id()]
+    assert (row["status"], row["test_acc"], row["params"], row["epochs_completed"]) == ("done", "0.3", "1234", "3")
+    assert (row["kernel_size"], row["dataset"], row["hflip"]) == ("3", "synthetic", "True")
+    assert (rows[partial.run_id()]["status"], rows[partial.run_id()]["epochs_completed"]) == ("partial", "2")
+    assert (rows[pending.run_id()]["status"], rows[pending.run_id()]["test_acc"]) == ("pending", "")
+    assert store.state(store.run_dir(partial)).describe(partial.epochs) == "partial (epoch 2/3)"
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_failure_is_recorded_and_can_be_forgotten_for_a_retry(tmp_path):
+    store = Store(tmp_path)
+    cfg = configs()[0]
+    store.prepare([cfg])
+    run_dir = store.run_dir(cfg)
+    atomic.write_json(run_dir / "history.json", history(1))
+    (run_dir / "checkpoint.pt").write_bytes(b"stand-in")
+    metrics = store.record_failure(run_dir, "RuntimeError: boom", "cpu")
+    assert metrics == {"status": "failed", "reason": "RuntimeError: boom", "epochs_completed": 1, "device": "cpu"}
+    assert store.state(run_dir).describe(cfg.epochs) == "failed (RuntimeError: boom)"
+
+    store.drop_checkpoint(run_dir)  # a failed run keeps its checkpoint: a retry resumes from it
+    assert (run_dir / "checkpoint.pt").exists()
+    store.forget_failure(run_dir)
+    assert store.state(run_dir).status == "partial"
+
+
+def test_checkpoints_of_done_and_diverged_runs_are_dropped(tmp_path):
+    store = Store(tmp_path)
+    done, diverged, running = configs()
+    store.prepare([done, diverged, running])
+    for cfg, status in ((done, "done"), (diverged, "diverged")):
+        atomic.write_json(store.run_dir(cfg) / "metrics.json", {"status": status, "reason": ""})
+    for cfg in (done, diverged, running):
+        (store.run_dir(cfg) / "checkpoint.pt").write_bytes(b"stand-in")
+        store.drop_checkpoint(store.run_dir(cfg))
+    assert [(store.run_dir(cfg) / "checkpoint.pt").exists() for cfg in (done, diverged, running)] == [
+        False, False, True,
+    ]  # fmt: skip
+
+
+def test_temporaries_left_by_a_killed_writer_are_removed(tmp_path):
+    store = Store(tmp_path)
+    cfg = configs()[0]
+    store.prepare([cfg])
+    run_tmp = store.run_dir(cfg) / ".checkpoint.pt.abc123.tmp"
+    summary_tmp = tmp_path / ".summary.csv.def456.tmp"
+    run_tmp.write_bytes(b"half a checkpoint")
+    summary_tmp.write_text("run_id,di")
+    store.prepare([cfg])
+    assert not summary_tmp.exists() and run_tmp.exists()  # only the process that trains a run touches its folder
+    store.start_run(store.run_dir(cfg))
+    assert not run_tmp.exists()
+
+
+def test_prepare_keeps_an_identical_config_and_updates_a_moved_data_root(tmp_path):
+    store = Store(tmp_path)
+    cfg = configs()[0]
+    store.prepare([cfg])
+    path = store.run_dir(cfg) / "config.json"
+    before = path.stat().st_mtime_ns
+    store.prepare([cfg])
+    assert path.stat().st_mtime_ns == before
+    moved = dataclasses.replace(cfg, data_root="/elsewhere")
+    store.prepare([moved])
+    assert moved.run_id() == cfg.run_id() and json.loads(path.read_text())["data_root"] == "/elsewhere"
+
+
+def test_an_unreadable_file_is_named(tmp_path):
+    store = Store(tmp_path)
+    cfg = configs()[0]
+    store.prepare([cfg])
+    (store.run_dir(cfg) / "metrics.json").write_text('{"status": "do')
+    with pytest.raises(StoreError, match=r"metrics.json is not valid JSON .*delete it to redo that run"):
+        store.write_summary()
