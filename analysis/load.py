@@ -1,0 +1,112 @@
+"""Read sweeps from the result store into tidy pandas tables: one row per run, and the per-epoch history in long form.
+
+It reads the run files themselves (config.json, metrics.json, history.json), not summary.csv, so every config key
+and metric is there with its JSON type. Several sweeps load into one table with a `sweep` column.
+"""
+
+import dataclasses
+import json
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from ablations.config import RunConfig
+
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
+# Keys that never make two runs different variants: the seed is what we average over, and data_root is where
+# the same data lives.
+NOT_VARIANT_KEYS = ("seed", "data_root")
+
+
+class AnalysisError(ValueError):
+    """Input the analysis cannot use; the message is one line naming the bad value and what is accepted."""
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise AnalysisError(f"cannot read {path}: {error}") from None
+
+
+def run_dirs(sweep: Path) -> list[Path]:
+    """The run folders of a sweep, in a stable order; raises AnalysisError if `sweep` is not a sweep folder."""
+    runs = Path(sweep) / "runs"
+    if not runs.is_dir():
+        raise AnalysisError(f"{sweep} is not a sweep folder: expected {runs} with one folder per run")
+    return sorted(path for path in runs.iterdir() if path.is_dir() and (path / "config.json").exists())
+
+
+def sweep_name(sweep: Path) -> str:
+    return Path(sweep).resolve().name
+
+
+def load_runs(sweeps: Iterable[Path | str]) -> pd.DataFrame:
+    """One row per run: sweep, run_id, every config key, then metrics.json's fields.
+
+    A run with no metrics.json yet (running, or killed) has status "unfinished". A run id met again in a later
+    sweep is the same config and seed, so only its first occurrence is kept (with a warning), not counted twice.
+    """
+    rows = []
+    for sweep in map(Path, sweeps):
+        for run_dir in run_dirs(sweep):
+            metrics_path = run_dir / "metrics.json"
+            metrics = _read_json(metrics_path) if metrics_path.exists() else {"status": "unfinished", "reason": ""}
+            rows.append(
+                {"sweep": sweep_name(sweep), "run_id": run_dir.name, **_read_json(run_dir / "config.json"), **metrics}
+            )
+    if not rows:
+        return pd.DataFrame(columns=["sweep", "run_id", *CONFIG_KEYS, "status", "reason"])
+    runs = pd.DataFrame(rows)
+    repeated = runs.duplicated("run_id")
+    if repeated.any():
+        warnings.warn(f"{repeated.sum()} run(s) appear in more than one sweep; kept the first of each", stacklevel=2)
+    return runs[~repeated].reset_index(drop=True)
+
+
+def load_history(sweeps: Iterable[Path | str]) -> pd.DataFrame:
+    """Every run's per-epoch record in long form: sweep, run_id, epoch, metric, value (one row per number)."""
+    frames = []
+    for sweep in map(Path, sweeps):
+        for run_dir in run_dirs(sweep):
+            history_path = run_dir / "history.json"
+            records = _read_json(history_path) if history_path.exists() else []
+            if records:
+                wide = pd.DataFrame(records).assign(sweep=sweep_name(sweep), run_id=run_dir.name)
+                frames.append(wide.melt(id_vars=["sweep", "run_id", "epoch"], var_name="metric", value_name="value"))
+    if not frames:
+        return pd.DataFrame(columns=["sweep", "run_id", "epoch", "metric", "value"])
+    return pd.concat(frames, ignore_index=True).drop_duplicates(["run_id", "epoch", "metric"])
+
+
+def variant_keys(runs: pd.DataFrame) -> list[str]:
+    """The config keys that take more than one value across the runs (seed and data_root excepted)."""
+    return [
+        key
+        for key in CONFIG_KEYS
+        if key in runs and key not in NOT_VARIANT_KEYS and runs[key].nunique(dropna=False) > 1
+    ]
+
+
+def dataset_label(runs: pd.DataFrame) -> str:
+    """How to name the data the runs were measured on, e.g. "CIFAR-10 (JPEG q75 copy)"."""
+    labels = sorted(
+        {
+            _dataset_label(row)
+            for row in runs[["dataset", "data_root", "train_subset", "test_subset"]].to_dict("records")
+        }
+    )
+    return "; ".join(labels)
+
+
+def _dataset_label(config: dict) -> str:
+    root = Path(config["data_root"]).name
+    if config["dataset"] == "imagefolder":
+        # The JPEG re-encoding of CIFAR-10 in ../shared/data must never pass for CIFAR-10 itself (see its README).
+        name = "CIFAR-10 (JPEG q75 copy)" if root.startswith("cifar10-jpeg") else f"ImageFolder {root}"
+    else:
+        name = {"synthetic": "synthetic", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(config["dataset"], root)
+    subsets = [f"{config[key]} {key.removesuffix('_subset')}" for key in ("train_subset", "test_subset") if config[key]]
+    return f"{name}, subset: {' / '.join(subsets)} images" if subsets else name

@@ -1,0 +1,107 @@
+"""The one figure style of the toolkit: Okabe-Ito colours (safe for colour-blind readers), paper-sized fonts, PNG + PDF.
+
+Every plot in analysis.plots draws inside `context()` and is written with `save()`, so figures from the report
+and from the notebooks look the same and drop into a paper without restyling. Figures are built with
+matplotlib's object-oriented API (`Figure()` on the Agg canvas), never pyplot, so no GUI backend or global state
+is involved.
+"""
+
+import contextlib
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+from cycler import cycler
+from matplotlib.figure import Figure
+
+# Okabe & Ito (2008), ordered so that the first colours are the most distinct; yellow, weak on white, comes last.
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
+# A marker per colour, so that series stay apart in greyscale print too.
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+WIDTH, HEIGHT = 4.2, 3.0  # inches: one column of a two-column paper at 1.2x, readable at 100%
+
+RC = {
+    "figure.figsize": (WIDTH, HEIGHT),
+    "figure.dpi": 100,
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 7.5,
+    "legend.frameon": False,
+    "axes.prop_cycle": cycler(color=OKABE_ITO),
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": "#d9d9d9",
+    "grid.linewidth": 0.6,
+    "lines.linewidth": 1.5,
+    "lines.markersize": 5,
+    "errorbar.capsize": 2.5,
+    "savefig.dpi": 300,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.03,
+    "pdf.fonttype": 42,  # embed TrueType, so text in the PDF stays text (journals ask for it)
+}
+
+
+# Axis and column names of the config keys, with their units; other keys are shown as they are spelled.
+KEY_LABELS = {
+    "dim": "Width h (channels)",
+    "depth": "Depth d (mixer layers)",
+    "kernel_size": "Kernel size k (pixels)",
+    "patch_size": "Patch size p (pixels)",
+    "residual": "Residual connection",
+    "norm": "Normalisation",
+    "activation": "Activation",
+    "image_size": "Image size (pixels)",
+    "epochs": "Epochs",
+    "batch_size": "Batch size (images)",
+    "lr": "Peak learning rate",
+    "weight_decay": "Weight decay",
+    "label_smoothing": "Label smoothing",
+    "scale": "Crop scale (min. area fraction)",
+    "randaug_n": "RandAugment ops per image",
+    "randaug_m": "RandAugment magnitude",
+    "reprob": "Random-erasing probability",
+    "train_subset": "Training images",
+}
+# Short names for point labels, where a whole axis label does not fit.
+KEY_SHORT = {"dim": "h", "depth": "d", "kernel_size": "k", "patch_size": "p"}
+
+
+def key_label(key: str) -> str:
+    return KEY_LABELS.get(key, key)
+
+
+def short_label(values: dict) -> str:
+    return ", ".join(f"{KEY_SHORT.get(key, key)}={value}" for key, value in values.items())
+
+
+def macs_unit(macs) -> tuple[float, str]:
+    """(divisor, unit) that shows these MAC counts in M or G, whichever keeps the largest one readable."""
+    return (1e9, "G") if pd.Series(macs, dtype=float).max() >= 1e9 else (1e6, "M")
+
+
+def context() -> contextlib.AbstractContextManager:
+    """Draw with the toolkit's style without touching the global matplotlib settings."""
+    return matplotlib.rc_context(RC)
+
+
+LINESTYLES = ["-", "--", ":", "-."]  # from the 9th series on, colours and markers repeat with another line style
+
+
+def series_style(i: int) -> dict:
+    """Colour, marker and line style of the i-th series of a plot."""
+    n = len(OKABE_ITO)
+    return {"color": OKABE_ITO[i % n], "marker": MARKERS[i % n], "linestyle": LINESTYLES[i // n % len(LINESTYLES)]}
+
+
+def save(fig: Figure, stem: Path) -> list[Path]:
+    """Write `stem`.png and `stem`.pdf and return the two paths."""
+    paths = [Path(f"{stem}.png"), Path(f"{stem}.pdf")]
+    with context():
+        for path in paths:
+            fig.savefig(path)
+    return paths

@@ -1,0 +1,119 @@
+"""From runs to variants: group the runs of each config over seeds, summarise them, and compare each with a baseline.
+
+A variant is one value of every swept key (seed aside). Only runs with status "done" enter the statistics; runs
+that diverged, failed or have not finished are counted per variant so that a table can say so.
+"""
+
+import math
+
+import pandas as pd
+
+from ablations.config import RunConfig
+from ablations.grid import parse_value
+from analysis.load import AnalysisError, variant_keys
+from analysis.stats import Difference, mean_ci, welch
+
+METRICS = ("test_acc", "train_images_per_s")  # measured per run: averaged over seeds
+COSTS = ("params", "macs", "flops")  # fixed by the config: the same for every seed
+NOT_DONE = ("diverged", "failed", "unfinished")
+
+
+def _groups(runs: pd.DataFrame, keys: list[str]):
+    """(values, runs) per variant, sorted by the key values; one group of everything when no key varies."""
+    if not keys:
+        return [((), runs)]
+    return list(runs.groupby(keys, sort=True, dropna=False))
+
+
+def variant_label(values: dict) -> str:
+    return ", ".join(f"{key}={value}" for key, value in values.items()) or "all runs"
+
+
+def aggregate(runs: pd.DataFrame, keys: list[str] | None = None, level: float = 0.95) -> pd.DataFrame:
+    """One row per variant: the keys, n (done seeds), mean/sd/CI half-width of each metric, costs, not-done counts."""
+    keys = variant_keys(runs) if keys is None else list(keys)
+    rows = []
+    for values, group in _groups(runs, keys):
+        done = group[group["status"] == "done"]
+        row = dict(zip(keys, values, strict=True))
+        row["n"] = len(done)
+        for metric in METRICS:
+            estimate = mean_ci(done[metric] if metric in done else [], level)
+            row |= {f"{metric}_mean": estimate.mean, f"{metric}_sd": estimate.sd, f"{metric}_ci": estimate.ci}
+        for cost in COSTS:
+            known = group[cost].dropna() if cost in group else []
+            row[cost] = known.iloc[0] if len(known) else math.nan
+        for status in NOT_DONE:
+            row[f"n_{status}"] = int((group["status"] == status).sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def default_baseline(runs: pd.DataFrame, keys: list[str]) -> dict:
+    """Each swept key at its RunConfig default, or at its smallest value where the default was not swept."""
+    defaults = RunConfig().to_dict()
+    values = {key: sorted(runs[key].unique()) for key in keys}
+    return {key: defaults[key] if defaults[key] in values[key] else values[key][0] for key in keys}
+
+
+def parse_baseline(items: list[str], runs: pd.DataFrame, keys: list[str]) -> dict:
+    """Turn ["kernel_size=9", ...] into {"kernel_size": 9}; AnalysisError (or ConfigError) unless it was swept."""
+    baseline = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise AnalysisError(f"--baseline {item!r} is not accepted: expected KEY=VALUE")
+        if key not in keys:
+            accepted = f"choose one of {', '.join(keys)}" if keys else "the runs differ only in their seed"
+            raise AnalysisError(f"--baseline key {key!r} is not a swept key: {accepted}")
+        values = sorted(runs[key].unique())
+        value = parse_value(key, text, "--baseline")
+        if value not in values:
+            accepted = ", ".join(map(str, values))
+            raise AnalysisError(f"--baseline {key}={text} is not in the sweep: {key} takes {accepted}")
+        baseline[key] = value
+    return baseline
+
+
+def compare(
+    runs: pd.DataFrame, baseline: dict, keys: list[str] | None = None, metric: str = "test_acc", level: float = 0.95
+) -> pd.DataFrame:
+    """Each variant minus its baseline: the same variant with the `baseline` keys set to their values (Welch CI).
+
+    With baseline {"kernel_size": 9} and kernel_size x patch_size swept, every variant is compared with the
+    kernel_size=9 run of the same patch_size; the baseline rows themselves get is_baseline=True and no difference.
+    """
+    keys = variant_keys(runs) if keys is None else list(keys)
+    done = runs[runs["status"] == "done"]
+    rows = []
+    for values, group in _groups(runs, keys):
+        variant = dict(zip(keys, values, strict=True))
+        reference = variant | baseline
+        is_baseline = reference == variant
+        selected = done.loc[(done[list(reference)] == pd.Series(reference)).all(axis=1)] if reference else done
+        if is_baseline:
+            d = Difference(math.nan, math.nan, math.nan, math.nan, math.nan)
+        else:
+            d = welch(group.loc[group["status"] == "done", metric], selected[metric], level)
+        rows.append(
+            variant
+            | {
+                "baseline": variant_label(reference),
+                "is_baseline": is_baseline,
+                "diff": d.diff,
+                "diff_low": d.low,
+                "diff_high": d.high,
+                "df": d.df,
+                "p": d.p,
+                "n_baseline": len(selected),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def summarise(runs: pd.DataFrame, baseline: dict, keys: list[str] | None = None, level: float = 0.95) -> pd.DataFrame:
+    """aggregate() and compare() side by side: one row per variant, the numbers of the report's table."""
+    keys = variant_keys(runs) if keys is None else list(keys)
+    # Both list the variants in the same order (sorted by the keys), so they join side by side.
+    differences = compare(runs, baseline, keys, level=level).drop(columns=keys)
+    return pd.concat([aggregate(runs, keys, level), differences], axis=1)

@@ -1,0 +1,257 @@
+"""analysis/: the t distribution against printed tables, seed statistics by hand, and the report of a real sweep.
+
+The sweep is trained by the real runner (`python -m ablations.run`, a tiny model on synthetic data, 2 kernel sizes
+x 3 seeds); test_notebooks.py reuses the same folder, and the runner skips the runs that are already finished.
+"""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from analysis import report
+from analysis.load import dataset_label, load_history, load_runs, variant_keys
+from analysis.stats import mean_ci, pareto_front, t_cdf, t_quantile, welch
+from analysis.variants import aggregate, compare, default_baseline, summarise
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "dataset=synthetic,epochs=2,dim=8,depth=1,train_subset=128,test_subset=64,batch_size=64"
+T_975_2 = 4.302653  # t_{0.975, 2 dof}, for the CI of 3 seeds
+
+
+def run_sweep(folder: Path) -> Path:
+    """Train (or finish) the shared test sweep into `folder` with the real runner; returns the folder."""
+    options = ["--preset", "smoke", "--grid", "kernel_size=3,5", "--seeds", "3", "--set", TINY, "--devices", "cpu"]
+    command = [sys.executable, "-m", "ablations.run", *options, "--out", str(folder)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    return run_sweep(tmp_path_factory.getbasetemp() / "analysis-sweep")
+
+
+def read_run(run_dir: Path, name: str):
+    return json.loads((run_dir / name).read_text())
+
+
+def copy_runs(sweep: Path, target: Path, keep) -> Path:
+    """A sweep folder holding copies of the real runs for which keep(config) is true."""
+    for run_dir in (sweep / "runs").iterdir():
+        if keep(read_run(run_dir, "config.json")):
+            shutil.copytree(run_dir, target / "runs" / run_dir.name)
+    return target
+
+
+# --- the t distribution and the seed statistics ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "p, df, table",
+    [(0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 4, 2.7764), (0.975, 10, 2.2281), (0.975, 30, 2.0423),
+     (0.995, 5, 4.0321), (0.95, 3, 2.3534), (0.975, 1e7, 1.9600)],
+)  # fmt: skip
+def test_t_quantile_matches_printed_tables(p, df, table):
+    assert t_quantile(p, df) == pytest.approx(table, abs=1e-4)
+    assert t_quantile(1 - p, df) == pytest.approx(-table, abs=1e-4)
+
+
+@pytest.mark.parametrize("p", [0.6, 0.9, 0.975, 0.999])
+def test_t_quantile_matches_closed_forms(p):
+    assert t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-9)  # Cauchy
+    assert t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9)
+
+
+@pytest.mark.parametrize("df", [0.7, 3.0, 5.5, 41.3])
+def test_t_quantile_of_any_real_df_matches_integrated_density(df):
+    """Welch's dof is not an integer: integrate the t density from 0 to the quantile, independently of the code."""
+    q = t_quantile(0.975, df)
+    x = np.linspace(0.0, q, 200_001)
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    density = np.exp(log_norm - (df + 1) / 2 * np.log1p(x**2 / df))
+    assert np.trapezoid(density, x) == pytest.approx(0.475, abs=1e-7)
+    assert t_cdf(-q, df) == pytest.approx(0.025, abs=1e-12)
+
+
+def test_mean_ci_by_hand():
+    e = mean_ci([1, 2, 3, 4, 5])
+    assert (e.mean, e.sd, e.n) == (3.0, pytest.approx(math.sqrt(2.5)), 5)
+    assert e.ci == pytest.approx(2.776445 * math.sqrt(2.5) / math.sqrt(5), rel=1e-6)  # 1.963243
+    two = mean_ci([0.5, math.nan, 0.7])  # NaN dropped; t_{0.975,1} * 0.1414 / sqrt(2) = 12.7062 * 0.1
+    assert (two.n, two.mean, two.ci) == (2, pytest.approx(0.6), pytest.approx(1.270620, rel=1e-6))
+    one = mean_ci([0.8])
+    assert (one.mean, one.n) == (0.8, 1) and math.isnan(one.sd) and math.isnan(one.ci)
+    assert mean_ci([]).n == 0
+
+
+def test_welch_by_hand():
+    # Equal n and variances: se = sqrt(1/3 + 1/3), Welch's dof = 4, so the interval uses t_{0.975,4} = 2.776445.
+    d = welch([1, 2, 3], [4, 5, 6])
+    assert d.diff == -3.0 and d.df == pytest.approx(4.0)
+    half = 2.776445 * math.sqrt(2 / 3)
+    assert (d.low, d.high) == (pytest.approx(-3 - half, rel=1e-6), pytest.approx(-3 + half, rel=1e-6))
+    assert 0.02 < d.p < 0.05  # |t| = 3.674 lies between t_{0.975,4} = 2.776 and t_{0.99,4} = 3.747
+    unequal = welch([1, 2, 3, 4, 5], [2, 4, 6, 8, 10])  # df = 2.5^2 / (0.5^2/4 + 2^2/4) = 5.882
+    assert unequal.df == pytest.approx(6.25 / (0.0625 + 1.0))
+    single = welch([0.5], [0.4, 0.6])
+    assert single.diff == pytest.approx(0.0) and math.isnan(single.low) and math.isnan(single.p)
+    exact = welch([0.5, 0.5], [0.25, 0.25])
+    assert (exact.diff, exact.low, exact.high) == (0.25, 0.25, 0.25)
+
+
+def test_pareto_front():
+    macs, accuracy = [1, 2, 3, 4, 4], [0.5, 0.7, 0.6, 0.9, 0.9]
+    assert pareto_front(macs, accuracy).tolist() == [True, True, False, True, True]  # ties both stay
+    throughput = [400, 300, 200, 100]  # more is better
+    assert pareto_front(throughput, [0.5, 0.4, 0.7, 0.6], higher_cost_is_better=True).tolist() == [
+        True, False, True, False]  # fmt: skip
+    assert pareto_front([1, math.nan, 3], [0.5, 0.9, math.nan]).tolist() == [True, False, False]
+
+
+# --- loading and summarising a real sweep -----------------------------------------------------------------------
+
+
+def test_load_runs_reads_every_run_file(sweep):
+    runs = load_runs([sweep])
+    assert len(runs) == 6 and set(runs["status"]) == {"done"} and set(runs["sweep"]) == {sweep.name}
+    for row in runs.to_dict("records"):
+        run_dir = sweep / "runs" / row["run_id"]
+        for source in (read_run(run_dir, "config.json"), read_run(run_dir, "metrics.json")):
+            assert {key: row[key] for key in source} == source
+    assert variant_keys(runs) == ["kernel_size"]
+    assert dataset_label(runs) == "synthetic, subset: 128 train / 64 test images"
+
+
+def test_load_history_is_long_form(sweep):
+    history = load_history([sweep])
+    assert list(history.columns) == ["sweep", "run_id", "epoch", "metric", "value"]
+    for run_dir in (sweep / "runs").iterdir():
+        records = read_run(run_dir, "history.json")
+        mine = history[history["run_id"] == run_dir.name]
+        assert len(mine) == sum(len(record) - 1 for record in records)  # every number but the epoch
+        for record in records:
+            at_epoch = mine[mine["epoch"] == record["epoch"]].set_index("metric")["value"]
+            assert at_epoch.to_dict() == {key: value for key, value in record.items() if key != "epoch"}
+
+
+def test_aggregate_matches_hand_computed_statistics(sweep):
+    runs = load_runs([sweep])
+    variants = aggregate(runs).set_index("kernel_size")
+    for kernel_size in (3, 5):
+        accuracies = [
+            read_run(run_dir, "metrics.json")["test_acc"] for run_dir in (sweep / "runs").iterdir()
+            if read_run(run_dir, "config.json")["kernel_size"] == kernel_size
+        ]  # fmt: skip
+        row = variants.loc[kernel_size]
+        assert row["n"] == 3 and row["test_acc_mean"] == pytest.approx(sum(accuracies) / 3)
+        sd = float(np.std(accuracies, ddof=1))
+        assert row["test_acc_sd"] == pytest.approx(sd) and row["test_acc_ci"] == pytest.approx(T_975_2 * sd / 3**0.5)
+        assert row["params"] == runs.loc[runs["kernel_size"] == kernel_size, "params"].iloc[0]
+        assert row[["n_diverged", "n_failed", "n_unfinished"]].tolist() == [0, 0, 0]
+
+
+def test_compare_subtracts_the_baseline_variant(sweep):
+    runs = load_runs([sweep])
+    assert default_baseline(runs, ["kernel_size"]) == {"kernel_size": 5}  # the RunConfig default was swept
+    table = compare(runs, {"kernel_size": 3}).set_index("kernel_size")
+    means = runs.groupby("kernel_size")["test_acc"].mean()
+    assert table.loc[3, "is_baseline"] and math.isnan(table.loc[3, "diff"])
+    assert table.loc[5, "diff"] == pytest.approx(means[5] - means[3])
+    assert table.loc[5, "diff_low"] <= table.loc[5, "diff"] <= table.loc[5, "diff_high"]
+    assert table.loc[5, "n_baseline"] == 3 and table.loc[5, "baseline"] == "kernel_size=3"
+
+
+def test_several_sweeps_unfinished_runs_and_repeats(sweep, tmp_path):
+    small = copy_runs(sweep, tmp_path / "small", lambda config: config["kernel_size"] == 3)
+    large = copy_runs(sweep, tmp_path / "large", lambda config: config["kernel_size"] == 5)
+    both = load_runs([small, large])
+    assert both.groupby("sweep")["kernel_size"].unique().map(list).to_dict() == {"small": [3], "large": [5]}
+    pd.testing.assert_frame_equal(aggregate(both), aggregate(load_runs([sweep])))
+    killed = next((large / "runs").iterdir())
+    (killed / "metrics.json").unlink()  # what a run killed before its end leaves behind
+    variants = aggregate(load_runs([large]), ["kernel_size"])
+    assert variants[["n", "n_unfinished"]].values.tolist() == [[2, 1]]
+    with pytest.warns(UserWarning, match="more than one sweep"):
+        repeated = load_runs([sweep, large])
+    assert len(repeated) == 6 and set(repeated["sweep"]) == {sweep.name}
+    pd.testing.assert_frame_equal(load_history([sweep, large]).reset_index(drop=True), load_history([sweep]))
+
+
+# --- the report ----------------------------------------------------------------------------------------------------
+
+FIGURES = ("accuracy_vs_kernel_size", "accuracy_vs_macs", "accuracy_vs_params", "accuracy_vs_throughput",
+           "training_curves")  # fmt: skip
+
+
+def test_report_command_writes_tables_and_figures_into_the_sweep(sweep):
+    command = [sys.executable, "-m", "analysis.report", str(sweep), "--baseline", "kernel_size=3"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    out = sweep / "report"  # the default --out
+    figures = [f"{figure}.{ext}" for figure in FIGURES for ext in ("png", "pdf")]
+    names = ["report.md", "table.md", "table.tex", "variants.csv", *figures]
+    assert sorted(path.name for path in out.iterdir()) == sorted(names)
+    assert all((out / name).stat().st_size > 0 for name in names)
+    for figure in FIGURES:
+        with Image.open(out / f"{figure}.png") as image:
+            assert image.format == "PNG" and image.width >= 800
+            image.verify()
+        pdf = (out / f"{figure}.pdf").read_bytes()
+        assert pdf.startswith(b"%PDF-") and b"%%EOF" in pdf[-1024:]
+    markdown = (out / "table.md").read_text()
+    assert "| kernel_size |" in markdown and "| 3 |" in markdown and "| 5 |" in markdown and "baseline" in markdown
+    latex = (out / "table.tex").read_text()
+    assert all(rule in latex for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"kernel\_size", r"$\pm$"))
+    index = (out / "report.md").read_text()
+    assert "Dataset: synthetic" in index and "Device: cpu" in index and "Baseline: kernel_size=3" in index
+    assert all(f"({name})" in index for name in names if name != "report.md")
+
+
+def test_table_with_one_seed_says_there_is_no_ci(sweep, tmp_path):
+    runs = load_runs([copy_runs(sweep, tmp_path / "single", lambda config: config["seed"] == 0)])
+    header, rows = report.table(summarise(runs, {"kernel_size": 5}, ["kernel_size"]), ["kernel_size"])
+    markdown = report.markdown_table(header, rows, n_keys=1)
+    assert markdown.count("± n/a") == 2 and markdown.count("[n/a]") == 1 and "| 5 | " in markdown
+    assert [row[-1] for row in rows] == ["1", "1"]  # n seeds
+
+
+def test_latex_escape():
+    assert report.latex_escape("kernel_size 5% ± -1.20 [Δ –]") == r"kernel\_size 5\% $\pm$ $-$1.20 [$\Delta$ --]"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{missing}"], "is not a sweep folder"),
+        (["{empty}"], "no finished runs"),
+        (["{sweep}", "--baseline", "depth=1"], "'depth' is not a swept key: choose one of kernel_size"),
+        (["{sweep}", "--baseline", "kernel_size=7"], "kernel_size=7 is not in the sweep: kernel_size takes 3, 5"),
+        (["{sweep}", "--baseline", "kernel_size"], "expected KEY=VALUE"),
+        (["{sweep}", "--baseline", "kernel_size=big"], "expected an integer"),
+        (["{sweep}", "--no-such-option"], "unrecognized arguments"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(sweep, tmp_path, capsys, args, message):
+    """What `python -m analysis.report` exits with (main's return value); nothing is written."""
+    empty = copy_runs(sweep, tmp_path / "empty", lambda config: config["seed"] == 0)
+    for run_dir in (empty / "runs").iterdir():
+        (run_dir / "metrics.json").unlink()
+    paths = {"missing": tmp_path / "missing", "empty": empty, "sweep": sweep}
+    out = tmp_path / "out"
+    argv = [arg.format(**paths) for arg in args] + ["--out", str(out)]
+    try:
+        code = report.main(argv)
+    except SystemExit as exit_:  # argparse's own usage errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("error: ")
+    assert not out.exists()
