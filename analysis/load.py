@@ -7,8 +7,9 @@ and metric is there with its JSON type. Several sweeps load into one table with 
 import dataclasses
 import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -24,7 +25,7 @@ class AnalysisError(ValueError):
     """Input the analysis cannot use; the message is one line naming the bad value and what is accepted."""
 
 
-def _read_json(path: Path):
+def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -43,6 +44,13 @@ def sweep_name(sweep: Path) -> str:
     return Path(sweep).resolve().name
 
 
+def _sweep_runs(sweeps: Iterable[Path | str]) -> Iterator[tuple[str, Path]]:
+    """(sweep name, run folder) for every run of every sweep, in order."""
+    for sweep in sweeps:
+        for run_dir in run_dirs(Path(sweep)):
+            yield sweep_name(sweep), run_dir
+
+
 def load_runs(sweeps: Iterable[Path | str]) -> pd.DataFrame:
     """One row per run: sweep, run_id, every config key, then metrics.json's fields.
 
@@ -50,13 +58,10 @@ def load_runs(sweeps: Iterable[Path | str]) -> pd.DataFrame:
     sweep is the same config and seed, so only its first occurrence is kept (with a warning), not counted twice.
     """
     rows = []
-    for sweep in map(Path, sweeps):
-        for run_dir in run_dirs(sweep):
-            metrics_path = run_dir / "metrics.json"
-            metrics = _read_json(metrics_path) if metrics_path.exists() else {"status": "unfinished", "reason": ""}
-            rows.append(
-                {"sweep": sweep_name(sweep), "run_id": run_dir.name, **_read_json(run_dir / "config.json"), **metrics}
-            )
+    for sweep, run_dir in _sweep_runs(sweeps):
+        metrics_path = run_dir / "metrics.json"
+        metrics = _read_json(metrics_path) if metrics_path.exists() else {"status": "unfinished", "reason": ""}
+        rows.append({"sweep": sweep, "run_id": run_dir.name, **_read_json(run_dir / "config.json"), **metrics})
     if not rows:
         return pd.DataFrame(columns=["sweep", "run_id", *CONFIG_KEYS, "status", "reason"])
     runs = pd.DataFrame(rows)
@@ -69,13 +74,12 @@ def load_runs(sweeps: Iterable[Path | str]) -> pd.DataFrame:
 def load_history(sweeps: Iterable[Path | str]) -> pd.DataFrame:
     """Every run's per-epoch record in long form: sweep, run_id, epoch, metric, value (one row per number)."""
     frames = []
-    for sweep in map(Path, sweeps):
-        for run_dir in run_dirs(sweep):
-            history_path = run_dir / "history.json"
-            records = _read_json(history_path) if history_path.exists() else []
-            if records:
-                wide = pd.DataFrame(records).assign(sweep=sweep_name(sweep), run_id=run_dir.name)
-                frames.append(wide.melt(id_vars=["sweep", "run_id", "epoch"], var_name="metric", value_name="value"))
+    for sweep, run_dir in _sweep_runs(sweeps):
+        history_path = run_dir / "history.json"
+        records = _read_json(history_path) if history_path.exists() else []
+        if records:
+            wide = pd.DataFrame(records).assign(sweep=sweep, run_id=run_dir.name)
+            frames.append(wide.melt(id_vars=["sweep", "run_id", "epoch"], var_name="metric", value_name="value"))
     if not frames:
         return pd.DataFrame(columns=["sweep", "run_id", "epoch", "metric", "value"])
     return pd.concat(frames, ignore_index=True).drop_duplicates(["run_id", "epoch", "metric"])

@@ -9,6 +9,7 @@ import pandas as pd
 from matplotlib import transforms
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from numpy.typing import ArrayLike
 
 from analysis import style
 from analysis.stats import mean_ci, pareto_front
@@ -26,7 +27,7 @@ def _is_numeric(values: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
 
 
-def _wide_range(values) -> bool:
+def _wide_range(values: ArrayLike) -> bool:
     """Whether positive values span enough orders of magnitude to read better on a log axis."""
     values = np.asarray(values, dtype=float)
     values = values[~np.isnan(values)]
@@ -39,7 +40,7 @@ def _seed_note(n: pd.Series) -> str:
     return f"mean ± 95% CI over seeds ({seeds})" + ("; one seed: no CI" if low == 1 else "")
 
 
-def _series(agg: pd.DataFrame, others: list[str]):
+def _series(agg: pd.DataFrame, others: list[str]) -> list[tuple[str, pd.DataFrame]]:
     """(label, rows) for each combination of the keys that are not on the x axis."""
     if not others:
         return [("", agg)]

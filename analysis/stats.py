@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 def _beta_continued_fraction(a: float, b: float, x: float, max_iter: int = 500, eps: float = 1e-15) -> float:
@@ -79,7 +80,7 @@ class Estimate:
     n: int
 
 
-def mean_ci(values, level: float = 0.95) -> Estimate:
+def mean_ci(values: ArrayLike, level: float = 0.95) -> Estimate:
     """Mean and Student-t confidence interval of independent samples; NaNs are dropped first."""
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x)]
@@ -103,7 +104,7 @@ class Difference:
     p: float
 
 
-def welch(a, b, level: float = 0.95) -> Difference:
+def welch(a: ArrayLike, b: ArrayLike, level: float = 0.95) -> Difference:
     """Welch's unequal-variance t interval for mean(a) - mean(b); NaN interval when either side has n < 2."""
     ea, eb = mean_ci(a, level), mean_ci(b, level)
     diff = ea.mean - eb.mean
@@ -119,7 +120,7 @@ def welch(a, b, level: float = 0.95) -> Difference:
     return Difference(diff, diff - half, diff + half, df, p)
 
 
-def pareto_front(cost, accuracy, higher_cost_is_better: bool = False) -> np.ndarray:
+def pareto_front(cost: ArrayLike, accuracy: ArrayLike, higher_cost_is_better: bool = False) -> np.ndarray:
     """Mask of the points no other point beats: at least as accurate and at least as cheap, strictly better in one.
 
     For throughput, more is better: pass `higher_cost_is_better=True`. NaN points are never on the front.

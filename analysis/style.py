@@ -13,6 +13,7 @@ import matplotlib
 import pandas as pd
 from cycler import cycler
 from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 
 # Okabe & Ito (2008), ordered so that the first colours are the most distinct; yellow, weak on white, comes last.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
@@ -79,7 +80,7 @@ def short_label(values: dict) -> str:
     return ", ".join(f"{KEY_SHORT.get(key, key)}={value}" for key, value in values.items())
 
 
-def macs_unit(macs) -> tuple[float, str]:
+def macs_unit(macs: ArrayLike) -> tuple[float, str]:
     """(divisor, unit) that shows these MAC counts in M or G, whichever keeps the largest one readable."""
     return (1e9, "G") if pd.Series(macs, dtype=float).max() >= 1e9 else (1e6, "M")
 

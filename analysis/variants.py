@@ -18,7 +18,7 @@ COSTS = ("params", "macs", "flops")  # fixed by the config: the same for every s
 NOT_DONE = ("diverged", "failed", "unfinished")
 
 
-def _groups(runs: pd.DataFrame, keys: list[str]):
+def _groups(runs: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, pd.DataFrame]]:
     """(values, runs) per variant, sorted by the key values; one group of everything when no key varies."""
     if not keys:
         return [((), runs)]

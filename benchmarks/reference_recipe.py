@@ -77,28 +77,9 @@ def train_reference(
     history = []
     for epoch in range(cfg.epochs):
         start = time.perf_counter()
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for i, (images, labels) in enumerate(train_loader):
-            images, labels = images.to(device), labels.to(device)
-            lr = onecycle_lr(epoch + (i + 1) / len(train_loader), cfg.epochs, cfg.lr)
-            optimizer.param_groups[0].update(lr=lr)
-            optimizer.zero_grad()
-            with torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
-                output = model(images)
-                loss = F.cross_entropy(output, labels, label_smoothing=cfg.label_smoothing)
-            scaler.scale(loss).backward()
-            if cfg.clip_norm > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.item() * labels.size(0)
-            correct += (output.max(1)[1] == labels).sum().item()
-            seen += labels.size(0)
+        record, seen = train_epoch_reference(cfg, epoch, model, train_loader, optimizer, scaler, device)
         train_time = time.perf_counter() - start
-        record = {
-            "epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen, "lr": lr,
+        record |= {
             **evaluate_reference(model, test_loader, device, fp16),
             "train_time_s": train_time, "train_images_per_s": seen / train_time,
             "epoch_time_s": time.perf_counter() - start,
@@ -109,6 +90,38 @@ def train_reference(
             f"{record['test_acc']:.4f} | {record['epoch_time_s']:.1f} s, {record['train_images_per_s']:.0f} img/s"
         )
     return history
+
+
+def train_epoch_reference(
+    cfg: RunConfig,
+    epoch: int,
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+) -> tuple[dict, int]:
+    """One epoch of the reference's loop: its record (epoch, train loss and accuracy, last lr) and images seen."""
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for i, (images, labels) in enumerate(loader):
+        images, labels = images.to(device), labels.to(device)
+        lr = onecycle_lr(epoch + (i + 1) / len(loader), cfg.epochs, cfg.lr)
+        optimizer.param_groups[0].update(lr=lr)
+        optimizer.zero_grad()
+        with torch.autocast(device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+            output = model(images)
+            loss = F.cross_entropy(output, labels, label_smoothing=cfg.label_smoothing)
+        scaler.scale(loss).backward()
+        if cfg.clip_norm > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.item() * labels.size(0)
+        correct += (output.max(1)[1] == labels).sum().item()
+        seen += labels.size(0)
+    return {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen, "lr": lr}, seen
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from ablations.config import PRECISIONS, ConfigError, RunConfig  # noqa: E402
 from ablations.data import load_resident  # noqa: E402
 from ablations.datasets import DataError, ImageTree  # noqa: E402
 from ablations.train import autocast_dtype, resolve_device, train_run  # noqa: E402
-from convmixer.count import count_model  # noqa: E402
+from convmixer.count import count_model, parse_device  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data/cifar10-jpeg.tar.gz"
 # Dense bf16/fp16 tensor-core peak from the datasheets (SXM parts), matched against the CUDA device name.
@@ -79,15 +79,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def checked_device(name: str) -> torch.device:
-    try:
-        device = resolve_device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not accepted: choose auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r} is not accepted: CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name!r} is not accepted: choose auto, cpu, cuda or cuda:N")
-    return device
+    """--device: auto (CUDA where there is one), or a device of this machine that `parse_device` accepts."""
+    return resolve_device(name) if name == "auto" else parse_device(name)
 
 
 def peak_tflops(device: torch.device, given: float | None) -> float | None:

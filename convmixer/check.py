@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from convmixer.count import count_parameters
 from convmixer.interop import StateDict, tweet_to_modular
 from convmixer.model import ConvMixer
 from convmixer.registry import create_model, list_models
@@ -215,9 +216,7 @@ def registry_summary() -> str:
     with torch.device("meta"):
         models = {name: create_model(name) for name in list_models()}
         models["ConvMixer(256, 8) defaults"] = ConvMixer(256, 8)
-    counts = (
-        f"  {name:<30} {sum(p.numel() for p in model.parameters()) / 1e6:6.2f}M" for name, model in models.items()
-    )
+    counts = (f"  {name:<30} {count_parameters(model) / 1e6:6.2f}M" for name, model in models.items())
     return "\n".join(["builds (parameters):", *counts])
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from convmixer.arguments import check_choice, check_integer
 from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig
 from convmixer.registry import get_config, list_models
 from convmixer.tweet import ConvMixer as TweetConvMixer
@@ -89,8 +90,8 @@ def count_parameters(model: nn.Module) -> int:
 
 def closed_form(config: ConvMixerConfig, image_size: int) -> Counts:
     """The counts of `config` on image_size x image_size inputs, from the architecture alone."""
-    if config.residual not in RESIDUAL_ADDS_PER_LAYER or config.norm not in NORM_MACS_PER_ELEMENT:
-        raise ValueError(f"residual={config.residual!r}, norm={config.norm!r}: choose from {RESIDUALS} and {NORMS}")
+    check_choice("residual", config.residual, RESIDUAL_ADDS_PER_LAYER)
+    check_choice("norm", config.norm, NORM_MACS_PER_ELEMENT)
     if image_size < config.patch_size:
         raise ValueError(f"image_size={image_size} is not accepted; it must be >= patch_size={config.patch_size}")
     dim, depth, k, p, c = config.dim, config.depth, config.kernel_size, config.patch_size, config.in_chans
@@ -195,7 +196,8 @@ def count_model(config: ConvMixerConfig, image_size: int, *, tweet: bool = False
     return traced
 
 
-def _parse_device(device: str | torch.device) -> torch.device:
+def parse_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device if it is cpu, cuda or cuda:N and exists on this machine, else ValueError."""
     try:
         parsed = torch.device(device)
     except RuntimeError:
@@ -212,6 +214,27 @@ def _parse_device(device: str | torch.device) -> torch.device:
 def _peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # CUDA launches are asynchronous; time the work, not the launch
+
+
+def _batch_seconds(
+    model: nn.Module, images: torch.Tensor, warmup: int, repeats: int, autocast: torch.autocast
+) -> list[float]:
+    """Seconds of each of `repeats` forward passes, timed after `warmup` untimed ones."""
+    seconds = []
+    with torch.inference_mode(), autocast:
+        for step in range(warmup + repeats):
+            _synchronize(images.device)
+            start = time.perf_counter()
+            model(images)
+            _synchronize(images.device)
+            if step >= warmup:
+                seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -235,34 +258,18 @@ def measure_throughput(
     resident set grew during warm-up and timing: a lower bound, 0 if an earlier peak was already higher.
     """
     for name, value, minimum in (("batch_size", batch_size, 1), ("repeats", repeats, 1), ("warmup", warmup, 0)):
-        if value < minimum:
-            raise ValueError(f"{name}={value} is not accepted; it must be an integer >= {minimum}")
-    if dtype not in AUTOCAST_DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not accepted; choose one of {', '.join(AUTOCAST_DTYPES)}")
-    device = _parse_device(device)
+        check_integer(name, value, minimum)
+    check_choice("dtype", dtype, AUTOCAST_DTYPES)
+    device = parse_device(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).eval()
     images = torch.randn(batch_size, in_chans, image_size, image_size, device=device)
     images = images.contiguous(memory_format=memory_format)
     autocast = torch.autocast(device.type, dtype=AUTOCAST_DTYPES[dtype], enabled=dtype != "fp32")
-
-    def synchronize() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # CUDA launches are asynchronous; time the work, not the launch
-
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = _peak_rss_mb()
-    seconds = []
-    with torch.inference_mode(), autocast:
-        for step in range(warmup + repeats):
-            synchronize()
-            start = time.perf_counter()
-            model(images)
-            synchronize()
-            if step >= warmup:
-                seconds.append(time.perf_counter() - start)
-    median = statistics.median(seconds)
+    median = statistics.median(_batch_seconds(model, images, warmup, repeats, autocast))
     if device.type == "cuda":
         peak_mb, peak_kind = torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated"
     else:
@@ -280,7 +287,8 @@ def measure_throughput(
     }
 
 
-SHAPE_FLAGS = ("dim", "depth", "kernel_size", "patch_size", "n_classes", "in_chans", "residual", "norm", "activation")
+SHAPE_FLAGS = tuple(field.name for field in dataclasses.fields(ConvMixerConfig))
+SHAPE_CHOICES = {"residual": RESIDUALS, "norm": NORMS, "activation": ACTIVATIONS}  # every other shape flag is an int
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -294,11 +302,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
         metavar="NAME",
         help=f"one of {', '.join(list_models())}; shape flags override it",
     )
-    for flag in ("dim", "depth", "kernel_size", "patch_size", "n_classes", "in_chans"):
-        parser.add_argument("--" + flag.replace("_", "-"), type=int, help=f"model {flag}")
-    parser.add_argument("--residual", choices=RESIDUALS)
-    parser.add_argument("--norm", choices=NORMS)
-    parser.add_argument("--activation", choices=ACTIVATIONS)
+    for flag in SHAPE_FLAGS:
+        if flag in SHAPE_CHOICES:
+            parser.add_argument(f"--{flag}", choices=SHAPE_CHOICES[flag])
+        else:
+            parser.add_argument("--" + flag.replace("_", "-"), type=int, help=f"model {flag}")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--tweet", action="store_true", help="count the 280-character tweet model itself")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -359,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                 warmup=args.warmup, repeats=args.repeats, dtype=args.dtype, channels_last=args.channels_last,
             )  # fmt: skip
     except ValueError as error:
-        parser.error(str(error))  # one line, exit code 2
+        parser.error(str(error))
     if args.json:
         model_fields = {**dataclasses.asdict(config), "tweet": args.tweet, "image_size": args.image_size}
         report = {"model": model_fields, **counts.to_dict(), "convention": list(CONVENTION)}

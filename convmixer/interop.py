@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from convmixer.arguments import check_choice
 from convmixer.model import ConvMixer, ConvMixerConfig
 
 StateDict = Mapping[str, torch.Tensor]
@@ -34,35 +35,45 @@ def _modular_modules(depth: int) -> dict[str, tuple[str, ...]]:
     return modules
 
 
+def _layout_names(fixed: dict[str, str], per_block: dict[str, str], depth: int) -> dict[str, str]:
+    """{modular module name: layout's name}; `per_block` names use {i} (block index) and {n} (i + 1)."""
+    names = dict(fixed)
+    for i in range(depth):
+        names |= {f"blocks.{i}.{module}": name.format(i=i, n=i + 1) for module, name in per_block.items()}
+    return names
+
+
 def _modular_names(depth: int) -> dict[str, str]:
     return {name: name for name in _modular_modules(depth)}
 
 
 def _tweet_names(depth: int) -> dict[str, str]:
     # The tweet is S(A(stem), *[S(R(A(depthwise)), A(pointwise))], pool, flatten, linear) with A = S(conv, act, BN).
-    names = {"stem.conv": "0.0", "stem.norm": "0.2", "head.fc": str(depth + 3)}
-    for i in range(depth):
-        names |= {
-            f"blocks.{i}.depthwise.conv": f"{i + 1}.0.0.0",
-            f"blocks.{i}.depthwise.norm": f"{i + 1}.0.0.2",
-            f"blocks.{i}.pointwise.conv": f"{i + 1}.1.0",
-            f"blocks.{i}.pointwise.norm": f"{i + 1}.1.2",
-        }
-    return names
+    return _layout_names(
+        {"stem.conv": "0.0", "stem.norm": "0.2", "head.fc": str(depth + 3)},
+        {
+            "depthwise.conv": "{n}.0.0.0",
+            "depthwise.norm": "{n}.0.0.2",
+            "pointwise.conv": "{n}.1.0",
+            "pointwise.norm": "{n}.1.2",
+        },
+        depth,
+    )
 
 
 def _timm_names(depth: int) -> dict[str, str]:
     # timm/models/convmixer.py: stem = S(conv, act, BN); block = S(Residual(fn=S(conv, act, BN)), conv, act, BN);
     # its `pooling` (SelectAdaptivePool2d) and `head_drop` hold no tensors.
-    names = {"stem.conv": "stem.0", "stem.norm": "stem.2", "head.fc": "head"}
-    for i in range(depth):
-        names |= {
-            f"blocks.{i}.depthwise.conv": f"blocks.{i}.0.fn.0",
-            f"blocks.{i}.depthwise.norm": f"blocks.{i}.0.fn.2",
-            f"blocks.{i}.pointwise.conv": f"blocks.{i}.1",
-            f"blocks.{i}.pointwise.norm": f"blocks.{i}.3",
-        }
-    return names
+    return _layout_names(
+        {"stem.conv": "stem.0", "stem.norm": "stem.2", "head.fc": "head"},
+        {
+            "depthwise.conv": "blocks.{i}.0.fn.0",
+            "depthwise.norm": "blocks.{i}.0.fn.2",
+            "pointwise.conv": "blocks.{i}.1",
+            "pointwise.norm": "blocks.{i}.3",
+        },
+        depth,
+    )
 
 
 def _depth_from_blocks(keys: Iterable[str]) -> int:
@@ -120,9 +131,8 @@ def _mismatch_message(
 
 def convert(state_dict: StateDict, source: str, target: str) -> dict[str, torch.Tensor]:
     """Rename every tensor of `state_dict` from the `source` layout to the `target` one (same tensor objects)."""
-    for role, name in (("source", source), ("target", target)):
-        if name not in LAYOUTS:
-            raise ValueError(f"{role}={name!r} is not accepted; choose one of {', '.join(map(repr, LAYOUTS))}")
+    check_choice("source", source, LAYOUTS)
+    check_choice("target", target, LAYOUTS)
     source_layout, target_layout = LAYOUTS[source], LAYOUTS[target]
     depth = source_layout.infer_depth(state_dict)
     source_keys = source_layout.key_map(depth)

@@ -8,40 +8,30 @@ Every conv is followed by an activation and a norm, in that order, as in the pap
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from convmixer.arguments import check_choice, check_integer
 
 RESIDUALS = ("depthwise", "pointwise", "both", "block", "none")
 NORMS = ("batch", "layer")
 ACTIVATIONS = ("gelu", "relu")
 
 
-def _check_choice(name: str, value: object, accepted: tuple) -> None:
-    if value not in accepted:
-        raise ValueError(f"{name}={value!r} is not accepted; choose one of {', '.join(map(repr, accepted))}")
-
-
-def _check_positive_int(name: str, value: object, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} is not accepted; it must be an integer >= {minimum}")
-
-
 class ChannelLayerNorm(nn.LayerNorm):
     """LayerNorm over the channels at each spatial position of an NCHW map (the "layer" ablation)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps).permute(
-            0, 3, 1, 2
-        )
+        # nn.LayerNorm normalises the last dimension: move the channels there and back.
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 def make_norm(norm: str, dim: int) -> nn.Module:
-    _check_choice("norm", norm, NORMS)
+    check_choice("norm", norm, NORMS)
     return nn.BatchNorm2d(dim) if norm == "batch" else ChannelLayerNorm(dim)
 
 
 def make_activation(activation: str) -> nn.Module:
-    _check_choice("activation", activation, ACTIVATIONS)
+    check_choice("activation", activation, ACTIVATIONS)
     return nn.GELU() if activation == "gelu" else nn.ReLU()
 
 
@@ -74,7 +64,7 @@ class MixerLayer(nn.Module):
 
     def __init__(self, dim: int, kernel_size: int, residual: str, norm: str, activation: str) -> None:
         super().__init__()
-        _check_choice("residual", residual, RESIDUALS)
+        check_choice("residual", residual, RESIDUALS)
         self.residual = residual
         self.depthwise = ConvActNorm(nn.Conv2d(dim, dim, kernel_size, groups=dim, padding="same"), norm, activation)
         self.pointwise = ConvActNorm(nn.Conv2d(dim, dim, 1), norm, activation)
@@ -132,10 +122,10 @@ class ConvMixer(nn.Module):
             ("n_classes", n_classes, 1),
             ("in_chans", in_chans, 1),
         ):
-            _check_positive_int(name, value, minimum)
-        _check_choice("residual", residual, RESIDUALS)
-        _check_choice("norm", norm, NORMS)
-        _check_choice("activation", activation, ACTIVATIONS)
+            check_integer(name, value, minimum)
+        check_choice("residual", residual, RESIDUALS)
+        check_choice("norm", norm, NORMS)
+        check_choice("activation", activation, ACTIVATIONS)
         self.config = ConvMixerConfig(
             dim, depth, kernel_size, patch_size, n_classes, in_chans, residual, norm, activation
         )

@@ -4,6 +4,8 @@ The ImageNet names match timm's (`convmixer_1536_20`, ...), whose checkpoints `c
 converts. The CIFAR-10 entries are the reference recipe's ConvMixer-256/8 and the paper's k9 p1 variant.
 """
 
+import dataclasses
+
 from convmixer.model import ConvMixer, ConvMixerConfig
 
 MODEL_CONFIGS: dict[str, ConvMixerConfig] = {
@@ -30,8 +32,8 @@ def get_config(name: str) -> ConvMixerConfig:
 def create_model(name: str, **overrides: object) -> ConvMixer:
     """Build a registered model; keyword overrides replace config fields (e.g. `n_classes=100`)."""
     config = get_config(name)
-    unknown = set(overrides) - set(config.__dataclass_fields__)
+    accepted = sorted(field.name for field in dataclasses.fields(config))
+    unknown = set(overrides) - set(accepted)
     if unknown:
-        raise ValueError(f"unknown override(s) {sorted(unknown)}; accepted: {sorted(config.__dataclass_fields__)}")
-    fields = {**config.__dict__, **overrides}
-    return ConvMixerConfig(**fields).build()
+        raise ValueError(f"unknown override(s) {sorted(unknown)}; accepted: {accepted}")
+    return dataclasses.replace(config, **overrides).build()

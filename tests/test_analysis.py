@@ -1,7 +1,7 @@
 """analysis/: the t distribution against printed tables, seed statistics by hand, and the report of a real sweep.
 
-The sweep is trained by the real runner (`python -m ablations.run`, a tiny model on synthetic data, 2 kernel sizes
-x 3 seeds); test_notebooks.py reuses the same folder, and the runner skips the runs that are already finished.
+The sweep (the `sweep` fixture of conftest.py) is trained once per session by the real runner; test_notebooks.py
+explores the same folder.
 """
 
 import json
@@ -21,23 +21,7 @@ from analysis.load import dataset_label, load_history, load_runs, variant_keys
 from analysis.stats import mean_ci, pareto_front, t_cdf, t_quantile, welch
 from analysis.variants import aggregate, compare, default_baseline, summarise
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = "dataset=synthetic,epochs=2,dim=8,depth=1,train_subset=128,test_subset=64,batch_size=64"
 T_975_2 = 4.302653  # t_{0.975, 2 dof}, for the CI of 3 seeds
-
-
-def run_sweep(folder: Path) -> Path:
-    """Train (or finish) the shared test sweep into `folder` with the real runner; returns the folder."""
-    options = ["--preset", "smoke", "--grid", "kernel_size=3,5", "--seeds", "3", "--set", TINY, "--devices", "cpu"]
-    command = [sys.executable, "-m", "ablations.run", *options, "--out", str(folder)]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return folder
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory) -> Path:
-    return run_sweep(tmp_path_factory.getbasetemp() / "analysis-sweep")
 
 
 def read_run(run_dir: Path, name: str):
@@ -192,9 +176,9 @@ FIGURES = ("accuracy_vs_kernel_size", "accuracy_vs_macs", "accuracy_vs_params", 
            "training_curves")  # fmt: skip
 
 
-def test_report_command_writes_tables_and_figures_into_the_sweep(sweep):
+def test_report_command_writes_tables_and_figures_into_the_sweep(sweep, repo_root):
     command = [sys.executable, "-m", "analysis.report", str(sweep), "--baseline", "kernel_size=3"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     out = sweep / "report"  # the default --out
     figures = [f"{figure}.{ext}" for figure in FIGURES for ext in ("png", "pdf")]

@@ -11,7 +11,15 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from convmixer import count
-from convmixer.count import CountError, build_model, closed_form, count_model, measure_throughput, trace_counts
+from convmixer.count import (
+    CountError,
+    build_model,
+    closed_form,
+    count_model,
+    count_parameters,
+    measure_throughput,
+    trace_counts,
+)
 from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig
 from convmixer.registry import get_config
 
@@ -42,10 +50,17 @@ def test_closed_form_by_hand():
     assert counts.flops == 2 * counts.macs == 2 * sum(counts.by_category.values())
 
 
+def test_bad_arguments_name_what_is_accepted():
+    with pytest.raises(ValueError, match="residual='skip' is not accepted; choose one of 'depthwise', "):
+        closed_form(ConvMixerConfig(4, 1, residual="skip"), 8)
+    with pytest.raises(ValueError, match="dtype='fp8' is not accepted; choose one of 'fp32', 'bf16', 'fp16'"):
+        measure_throughput(ConvMixerConfig(4, 1, 3, 2).build(), 8, 2, dtype="fp8")
+
+
 def test_in_chans_and_parameters_match_the_module():
     config = ConvMixerConfig(6, 2, 5, 3, n_classes=7, in_chans=1, norm="layer")
     model = config.build()
-    assert closed_form(config, 11).params == sum(p.numel() for p in model.parameters())
+    assert closed_form(config, 11).params == count_parameters(model)
     assert count_model(config, 11) == closed_form(config, 11)
 
 

@@ -15,22 +15,9 @@ from ablations.config import ConfigError, RunConfig
 from ablations.data import build_data
 from ablations.datasets import DataError, stratified_subset
 
-SHARED_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpeg.tar.gz"
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TREE_CLASSES = ("cat", "dog", "emu")
 NO_AUGMENT = dict(scale=1.0, hflip=False, randaug_n=0, jitter=0.0, reprob=0.0)
-
-
-@pytest.fixture(scope="session")
-def session_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("convmixer-cache")
-
-
-@pytest.fixture(autouse=True)
-def cache(session_cache, monkeypatch) -> Path:
-    """Every test caches into one folder per test session (the synthetic set is generated once), never ~/.cache."""
-    monkeypatch.setenv("CONVMIXER_CACHE", str(session_cache))
-    return session_cache
 
 
 def write_tree(root: Path, per_class: dict[str, int], size: int = 12) -> None:
@@ -201,9 +188,8 @@ def test_streamed_folder_gives_the_same_batches_as_the_resident_path(tmp_path):
         assert torch.allclose(pixels(resident, ours_images), pixels(streamed, their_images), atol=1e-5)
 
 
-@pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
-def test_shared_cifar10_jpeg_archive_subset():
-    data = build_data(imagefolder(SHARED_ARCHIVE, train_subset=50, test_subset=20, batch_size=25), torch.device("cpu"))
+def test_shared_cifar10_jpeg_archive_subset(cifar10_jpeg):
+    data = build_data(imagefolder(cifar10_jpeg, train_subset=50, test_subset=20, batch_size=25), torch.device("cpu"))
     assert data.classes == CIFAR_CLASSES and data.image_size == 32
     assert (data.train.num_samples, data.test.num_samples, len(data.train)) == (50, 20, 2)
     assert torch.bincount(collect(data.test)[1]).tolist() == [2] * 10

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from convmixer import tweet
-from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ChannelLayerNorm, ConvMixer, MixerLayer
+from convmixer.count import closed_form, count_parameters
+from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ChannelLayerNorm, ConvMixer, ConvMixerConfig, MixerLayer
 from convmixer.registry import create_model, get_config
 
 
@@ -116,12 +117,6 @@ def test_layer_norm_normalises_over_channels_at_each_position() -> None:
     torch.testing.assert_close(norm(x[:1, :, 2:3, 1:2]), out[:1, :, 2:3, 1:2])  # no batch or spatial statistics
 
 
-def closed_form_parameter_count(dim: int, depth: int, kernel_size: int, patch_size: int, n_classes: int) -> int:
-    stem = 3 * dim * patch_size**2 + dim + 2 * dim  # conv weight, conv bias, BatchNorm scale and shift
-    layer = (dim * kernel_size**2 + dim + 2 * dim) + (dim * dim + dim + 2 * dim)
-    return stem + depth * layer + dim * n_classes + n_classes
-
-
 @pytest.mark.parametrize(
     "name,paper_millions",
     [
@@ -134,13 +129,17 @@ def closed_form_parameter_count(dim: int, depth: int, kernel_size: int, patch_si
 def test_registry_matches_paper_parameter_counts(name: str, paper_millions: float) -> None:
     with torch.device("meta"):  # shapes only: no 200 MB of weights to initialise
         model = create_model(name)
-    count = sum(parameter.numel() for parameter in model.parameters())
-    config = get_config(name)
-    formula = closed_form_parameter_count(
-        config.dim, config.depth, config.kernel_size, config.patch_size, config.n_classes
-    )
-    assert count == formula
+    count = count_parameters(model)
+    assert count == closed_form(get_config(name), image_size=224).params
     assert abs(count / 1e6 - paper_millions) < 0.05, count
+
+
+def test_create_model_overrides_config_fields() -> None:
+    with torch.device("meta"):
+        model = create_model("convmixer_256_8_cifar10", n_classes=100, norm="layer")
+    assert model.config == ConvMixerConfig(256, 8, 5, 2, n_classes=100, norm="layer")
+    with pytest.raises(ValueError, match=r"unknown override\(s\) \['width'\]; accepted: \['activation', 'depth'"):
+        create_model("convmixer_256_8_cifar10", width=128)
 
 
 def test_registry_timm_names_use_timm_activations() -> None:

@@ -5,7 +5,6 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from test_analysis import run_sweep
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -44,8 +43,7 @@ def test_committed_without_outputs(name):
     assert notebook.metadata.kernelspec.name == "python3"
 
 
-def test_explore_sweep_runs_on_a_real_sweep(tmp_path_factory, monkeypatch):
-    sweep = run_sweep(tmp_path_factory.getbasetemp() / "analysis-sweep")
+def test_explore_sweep_runs_on_a_real_sweep(sweep, monkeypatch):
     monkeypatch.setenv("CONVMIXER_SWEEP", str(sweep))
     notebook = execute("explore_sweep.ipynb")
     text = text_of(notebook)

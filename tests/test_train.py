@@ -11,7 +11,6 @@ from ablations.config import ConfigError, RunConfig
 from ablations.schedule import learning_rate
 from ablations.train import train_run
 
-CIFAR_ARCHIVE = Path(__file__).resolve().parents[1] / "../shared/data/cifar10-jpeg.tar.gz"
 TIMING_KEYS = {"epoch_time_s", "train_time_s", "train_images_per_s", "peak_memory_mb", "wall_time_s"}
 
 
@@ -171,9 +170,8 @@ def test_fp16_is_refused_on_cpu():
         train_run(tiny(precision="fp16"), None, device="cpu", log=quiet)
 
 
-@pytest.mark.skipif(not CIFAR_ARCHIVE.exists(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
-def test_learns_a_subset_of_real_cifar10(tmp_path):
-    cfg = tiny(dataset="imagefolder", data_root=str(CIFAR_ARCHIVE), kernel_size=5, test_subset=1000, batch_size=100)
+def test_learns_a_subset_of_real_cifar10(cifar10_jpeg, tmp_path):
+    cfg = tiny(dataset="imagefolder", data_root=str(cifar10_jpeg), kernel_size=5, test_subset=1000, batch_size=100)
     metrics = train_run(cfg, tmp_path, device="cpu", log=quiet)
     assert metrics["status"] == "done"
     assert metrics["test_acc"] > 0.25  # chance is 0.10; measured 0.374
