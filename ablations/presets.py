@@ -37,7 +37,7 @@ class Preset:
 
 PRESETS = {
     "smoke": Preset(
-        "ConvMixer-32/3 (patch 4), 5 epochs on 5,000 synthetic images, no augmentation: ~15 s per run on a CPU",
+        "ConvMixer-32/3 (patch 4), 5 epochs on 5,000 synthetic images, flips only: 10-30 s per run on a CPU",
         {
             "dataset": "synthetic",
             "dim": 32,
@@ -48,8 +48,8 @@ PRESETS = {
             "epochs": 5,
             "batch_size": 64,
             "lr": 0.02,
-            # The synthetic set needs no augmentation to generalise, and on a CPU RandAugment would cost more
-            # than the model: without it the smoke sweep shows a clear kernel-size effect in about a minute.
+            # The synthetic set needs no augmentation beyond flips to generalise, and on a CPU RandAugment would cost
+            # more than the model: without it the smoke sweep shows a clear kernel-size effect in about a minute.
             "randaug_n": 0,
             "jitter": 0.0,
             "reprob": 0.0,
