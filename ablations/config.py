@@ -7,6 +7,7 @@ with `validate()` before anything runs, and derives each run's id from `to_dict(
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 
 from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig
@@ -16,6 +17,8 @@ SCHEDULES = ("onecycle", "cosine")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # Native image side of the datasets whose size is known before loading them.
 NATIVE_IMAGE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32}
+# train.seed_epoch multiplies the seed by ~1e6 and torch seeds are 64-bit: 32-bit seeds leave a wide margin.
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(ValueError):
@@ -97,12 +100,17 @@ class RunConfig:
         def bad(key: str, accepted: str) -> ConfigError:
             return ConfigError(f"{key}={getattr(self, key)!r} is not accepted: {accepted}")
 
+        for key in (f.name for f in dataclasses.fields(self) if isinstance(f.default, float)):
+            if not math.isfinite(getattr(self, key)):  # nan slips through every range check below
+                raise bad(key, "expected a finite number")
         for key in ("dim", "depth", "kernel_size", "patch_size", "epochs", "batch_size"):
             if getattr(self, key) < (0 if key == "depth" else 1):
                 raise bad(key, f"expected an integer >= {0 if key == 'depth' else 1}")
         for key in ("image_size", "train_subset", "test_subset", "randaug_n", "warmup_epochs", "seed"):
             if getattr(self, key) < 0:
                 raise bad(key, "expected an integer >= 0")
+        if self.seed > MAX_SEED:
+            raise bad("seed", f"expected an integer in [0, {MAX_SEED}]")
         for key, choices in (
             ("residual", RESIDUALS),
             ("norm", NORMS),

@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import tarfile
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -149,8 +150,11 @@ class ImageTree:
     def _archived(self) -> dict[str, bytes]:
         """Every image file of an archive, name -> bytes, read in one pass: a tar.gz has no random access, and
         listing one is the slow part (seconds for 60k members), so it is listed and read together, once."""
-        with tarfile.open(self.source) as tar:
-            return {m.name: tar.extractfile(m).read() for m in tar if m.isfile() and is_image(m.name)}
+        try:
+            with tarfile.open(self.source) as tar:
+                return {m.name: tar.extractfile(m).read() for m in tar if m.isfile() and is_image(m.name)}
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as error:  # a truncated or corrupt archive
+            raise DataError(f"imagefolder: cannot read the archive data_root={str(self.source)!r}: {error}") from None
 
     @cached_property
     def _files(self) -> list[str]:
@@ -217,8 +221,12 @@ class ImageTree:
 
     def native_size(self) -> int:
         """The shorter side of the first training image: the size used when image_size is 0."""
-        with Image.open(io.BytesIO(self.read(self.splits["train"].paths[0]))) as image:
-            return min(image.size)
+        first = self.splits["train"].paths[0]
+        try:
+            with Image.open(io.BytesIO(self.read(first))) as image:
+                return min(image.size)
+        except OSError as error:  # PIL's UnidentifiedImageError, as in decode()
+            raise DataError(f"imagefolder: cannot decode {first} in {self.source}: {error}") from None
 
     def decode(self, split: str, size: int, subset: int) -> Split:
         """The stratified subset of a split, decoded (and resized to size x size) into one uint8 tensor."""

@@ -10,6 +10,7 @@ sweep is done, 1 that some failed or diverged.
 
 import argparse
 import dataclasses
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -48,6 +49,12 @@ def keys_help() -> str:
     return f"keys (RunConfig fields; a preset changes some defaults):\n{fields}\n\npresets:\n{presets}"
 
 
+def folder_path(text: str) -> Path:
+    if not text.strip():  # Path("") is ".": the sweep would land in the current folder
+        raise argparse.ArgumentTypeError(f"{text!r} is not accepted: expected a folder path")
+    return Path(text)
+
+
 def build_parser() -> OneLineParser:
     parser = OneLineParser(
         prog=PROG, description=__doc__, epilog=keys_help(),
@@ -58,7 +65,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--seeds", type=int, default=1, metavar="N", help="repeat every run with seed=0..N-1")
     parser.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET, help="the recipe the keys override")
     parser.add_argument("--name", help="sweep name (default: preset and grid keys, e.g. smoke-kernel_size)")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="result folder (default: results/<name>)")
+    parser.add_argument("--out", type=folder_path, metavar="DIR", help="result folder (default: results/<name>)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their status, write nothing")
     parser.add_argument("--retry-failed", action="store_true", help="rerun failed runs from their last checkpoint")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoint.pt of finished runs")
@@ -72,13 +79,23 @@ def build_parser() -> OneLineParser:
 
 
 def result_dir(args: argparse.Namespace, sweep: Sweep) -> Path:
-    name = args.name or "-".join([args.preset, *sweep.axes])
-    if not name.strip() or "/" in name:
-        raise ConfigError(f"--name {name!r} is not accepted: expected a folder name without '/'")
+    name = args.name if args.name is not None else "-".join([args.preset, *sweep.axes])
+    if not name.strip() or "/" in name or name in (".", ".."):  # "." and ".." would write results/ or its parent
+        raise ConfigError(f"--name {name!r} is not accepted: expected a folder name without '/', not '.' or '..'")
     root = args.out if args.out is not None else Path("results") / name
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--out {str(root)!r} is not accepted: it is a file, expected a folder")
     return root
+
+
+def create_result_dir(root: Path) -> None:
+    """Create the result folder before the first write, so that one that cannot be a folder fails in one line."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--out {str(root)!r} is not accepted: cannot create it ({error.strerror})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {str(root)!r} is not accepted: it is not writable")
 
 
 def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: list[str]) -> None:
@@ -198,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         check_data(todo)
+        create_result_dir(store.root)
         run_sweep(args, configs, todo, keys, store, devices)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume (unfinished runs continue from their last epoch)")

@@ -33,8 +33,18 @@ class StoreError(RuntimeError):
 def read_json(path: Path):
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except ValueError as error:  # JSONDecodeError, or UnicodeDecodeError for a binary file
         raise StoreError(f"{path} is not valid JSON ({error}); delete it to redo that run") from None
+    except OSError as error:  # a folder where the file should be, no permission
+        raise StoreError(f"{path} cannot be read ({error.strerror}); delete it to redo that run") from None
+
+
+def read_object(path: Path) -> dict:
+    """A JSON object file, as config.json and metrics.json are (a hand edit may have left anything)."""
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise StoreError(f"{path} is not a JSON object; delete it to redo that run")
+    return value
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,16 @@ class Store:
 
     def metrics(self, run_dir: Path) -> dict | None:
         """The run's metrics.json, or None while it is unfinished."""
-        return read_json(run_dir / METRICS) if (run_dir / METRICS).exists() else None
+        if not (run_dir / METRICS).exists():
+            return None
+        metrics = read_object(run_dir / METRICS)
+        status = metrics.get("status")
+        if status not in FINISHED:
+            raise StoreError(
+                f"{run_dir / METRICS} has status {status!r}, expected one of {', '.join(FINISHED)}; "
+                "delete it to redo that run"
+            )
+        return metrics
 
     def state(self, run_dir: Path) -> RunState:
         metrics = self.metrics(run_dir)
@@ -106,7 +125,7 @@ class Store:
         for config_path in sorted(self.runs.glob(f"*/{CONFIG}")):
             run_dir = config_path.parent
             state = self.state(run_dir)
-            row = {"run_id": run_dir.name, **read_json(config_path), **(self.metrics(run_dir) or {})}
+            row = {"run_id": run_dir.name, **read_object(config_path), **(self.metrics(run_dir) or {})}
             row.update(status=state.status, reason=state.reason, epochs_completed=state.epochs)
             rows.append({column: row.get(column) for column in SUMMARY_COLUMNS})
         return rows

@@ -16,9 +16,12 @@ import pandas as pd
 from ablations.config import RunConfig
 
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
+# A config.json written before a key existed ran with that key's default (new keys default to the old behaviour).
+CONFIG_DEFAULTS = RunConfig().to_dict()
 # Keys that never make two runs different variants: the seed is what we average over, and data_root is where
 # the same data lives.
 NOT_VARIANT_KEYS = ("seed", "data_root")
+FINISHED = ("done", "diverged", "failed")  # the statuses of a metrics.json, as in ablations.store
 
 
 class AnalysisError(ValueError):
@@ -28,8 +31,34 @@ class AnalysisError(ValueError):
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8 text
         raise AnalysisError(f"cannot read {path}: {error}") from None
+
+
+def _read_object(path: Path, required: Iterable[str]) -> dict:
+    """A JSON object with every `required` key, as the runner writes it (a hand edit may have left anything)."""
+    value = _read_json(path)
+    if not isinstance(value, dict):
+        raise AnalysisError(f"{path} is not accepted: expected a JSON object, found {type(value).__name__}")
+    missing = [key for key in required if key not in value]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise AnalysisError(f"{path} is not accepted: it has no {missing[0]!r} key{more}")
+    return value
+
+
+def _read_metrics(path: Path) -> dict:
+    metrics = _read_object(path, ["status"])
+    if metrics["status"] not in FINISHED:  # any other status would drop the run from every count
+        raise AnalysisError(f"{path}: status {metrics['status']!r} is not accepted: expected {', '.join(FINISHED)}")
+    return metrics
+
+
+def _read_history(path: Path) -> list[dict]:
+    records = _read_json(path)
+    if not isinstance(records, list) or not all(isinstance(record, dict) and "epoch" in record for record in records):
+        raise AnalysisError(f"{path} is not accepted: expected a JSON list of objects, each with 'epoch'")
+    return records
 
 
 def run_dirs(sweep: Path) -> list[Path]:
@@ -60,8 +89,9 @@ def load_runs(sweeps: Iterable[Path | str]) -> pd.DataFrame:
     rows = []
     for sweep, run_dir in _sweep_runs(sweeps):
         metrics_path = run_dir / "metrics.json"
-        metrics = _read_json(metrics_path) if metrics_path.exists() else {"status": "unfinished", "reason": ""}
-        rows.append({"sweep": sweep, "run_id": run_dir.name, **_read_json(run_dir / "config.json"), **metrics})
+        metrics = _read_metrics(metrics_path) if metrics_path.exists() else {"status": "unfinished", "reason": ""}
+        config = {**CONFIG_DEFAULTS, **_read_object(run_dir / "config.json", [])}
+        rows.append({"sweep": sweep, "run_id": run_dir.name, **config, **metrics})
     if not rows:
         return pd.DataFrame(columns=["sweep", "run_id", *CONFIG_KEYS, "status", "reason"])
     runs = pd.DataFrame(rows)
@@ -76,7 +106,7 @@ def load_history(sweeps: Iterable[Path | str]) -> pd.DataFrame:
     frames = []
     for sweep, run_dir in _sweep_runs(sweeps):
         history_path = run_dir / "history.json"
-        records = _read_json(history_path) if history_path.exists() else []
+        records = _read_history(history_path) if history_path.exists() else []
         if records:
             wide = pd.DataFrame(records).assign(sweep=sweep, run_id=run_dir.name)
             frames.append(wide.melt(id_vars=["sweep", "run_id", "epoch"], var_name="metric", value_name="value"))

@@ -174,15 +174,25 @@ def build_report(sweeps: list[Path], baseline_items: list[str], out: Path | None
     variants = summarise(runs, baseline, keys)
     header, rows = table(variants, keys)
     table_md = markdown_table(header, rows, len(keys))
-    out.mkdir(parents=True, exist_ok=True)
+    history = load_history(sweeps)  # before the first write: a damaged history.json must leave `out` as it was
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AnalysisError(f"--out {str(out)!r} is not accepted: cannot create it ({error.strerror})") from None
     write_text(out / "table.md", f"{table_md}\nTest accuracy on {dataset_label(runs)}. {CI_NOTE}\n{DIFF_NOTE}\n")
     caption = f"Test accuracy on {dataset_label(runs)}. {CI_NOTE} {DIFF_NOTE}"
     write_text(out / "table.tex", latex_table(header, rows, len(keys), caption))
     write_text(out / "variants.csv", variants.to_csv(index=False))
     files = [out / "table.md", out / "table.tex", out / "variants.csv"]
-    files += figures(out, variants, load_history(sweeps), done, keys)
+    files += figures(out, variants, history, done, keys)
     write_text(out / "report.md", index(sweeps, runs, keys, baseline, table_md, files, out))
     return out / "report.md"
+
+
+def folder(text: str) -> Path:
+    if not text.strip():  # Path("") is ".": the report would land in the current folder
+        raise argparse.ArgumentTypeError(f"{text!r} is not accepted: expected a folder path")
+    return Path(text)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -196,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
         prog="python -m analysis.report", description="Tables (Markdown, LaTeX) and figures (PNG, PDF) of sweeps."
     )
-    parser.add_argument("sweeps", nargs="+", type=Path, help="sweep folders, e.g. results/kernel")
+    parser.add_argument("sweeps", nargs="+", type=folder, help="sweep folders, e.g. results/kernel")
     parser.add_argument(
         "--baseline",
         action="append",
@@ -205,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         help="compare every variant with the same variant at KEY=VALUE (repeatable); "
         "default: each swept key at its RunConfig default",
     )
-    parser.add_argument("--out", type=Path, help="output folder (default: <first sweep>/report)")
+    parser.add_argument("--out", type=folder, help="output folder (default: <first sweep>/report)")
     args = parser.parse_args(argv)
     try:
         path = build_report(args.sweeps, args.baseline, args.out)

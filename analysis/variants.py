@@ -66,6 +66,8 @@ def parse_baseline(items: list[str], runs: pd.DataFrame, keys: list[str]) -> dic
         if key not in keys:
             accepted = f"choose one of {', '.join(keys)}" if keys else "the runs differ only in their seed"
             raise AnalysisError(f"--baseline key {key!r} is not a swept key: {accepted}")
+        if key in baseline:  # the last one would silently win
+            raise AnalysisError(f"--baseline key {key!r} is given twice; give each key once")
         values = sorted(runs[key].unique())
         value = parse_value(key, text, "--baseline")
         if value not in values:

@@ -10,6 +10,7 @@ ratios and model FLOP utilisation, and with --out writes the lot as JSON and Mar
 """
 
 import argparse
+import math
 import os
 import shlex
 import statistics
@@ -81,6 +82,24 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def checked_device(name: str) -> torch.device:
     """--device: auto (CUDA where there is one), or a device of this machine that `parse_device` accepts."""
     return resolve_device(name) if name == "auto" else parse_device(name)
+
+
+def check_out(out: Path | None) -> None:
+    """Refuse an --out that cannot be written now, not after the benchmark has trained for an hour."""
+    if out is None:
+        return
+    if out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is not accepted: it is a folder; expected a .json path")
+    if out.suffix == ".md":  # the .md written beside it would replace the JSON
+        raise ValueError(f"--out {str(out)!r} is not accepted: expected a .json path (the .md goes beside it)")
+    if out.with_suffix(".md").is_dir():
+        raise ValueError(f"--out {str(out)!r} is not accepted: {str(out.with_suffix('.md'))!r} is a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out {str(out)!r} is not accepted: cannot create its folder ({error.strerror})") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {str(out)!r} is not accepted: its folder is not writable")
 
 
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
@@ -176,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--workers {args.workers} is not accepted: expected an integer >= 0")
         if not Path(cfg.data_root).exists():
             raise ValueError(f"--data {cfg.data_root!r} is not accepted: it does not exist")
+        if args.peak_tflops is not None and not (math.isfinite(args.peak_tflops) and args.peak_tflops > 0):
+            raise ValueError(f"--peak-tflops {args.peak_tflops} is not accepted: expected a number > 0")
+        check_out(args.out)
     except ValueError as error:  # ConfigError is a ValueError
         parser.error(str(error))
 

@@ -239,9 +239,13 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+MAX_SEED = 2**64 - 1  # torch.manual_seed raises on anything larger
+
+
 def parse_seed(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"invalid seed {text!r}; expected an integer >= 0")
+    # isdigit() alone lets through '²' and other digits int() refuses
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}; expected an integer from 0 to {MAX_SEED}")
     return int(text)
 
 

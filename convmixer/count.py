@@ -9,6 +9,7 @@ Also measures inference throughput. Run `python -m convmixer.count --help`.
 import argparse
 import dataclasses
 import json
+import os
 import resource
 import statistics
 import sys
@@ -92,6 +93,7 @@ def closed_form(config: ConvMixerConfig, image_size: int) -> Counts:
     """The counts of `config` on image_size x image_size inputs, from the architecture alone."""
     check_choice("residual", config.residual, RESIDUAL_ADDS_PER_LAYER)
     check_choice("norm", config.norm, NORM_MACS_PER_ELEMENT)
+    check_integer("patch_size", config.patch_size, 1)  # it divides the image size below
     if image_size < config.patch_size:
         raise ValueError(f"image_size={image_size} is not accepted; it must be >= patch_size={config.patch_size}")
     dim, depth, k, p, c = config.dim, config.depth, config.kernel_size, config.patch_size, config.in_chans
@@ -187,9 +189,23 @@ def build_model(config: ConvMixerConfig, *, tweet: bool = False) -> nn.Module:
     return TweetConvMixer(config.dim, config.depth, config.kernel_size, config.patch_size, config.n_classes)
 
 
+def check_memory(sizes: str, floats: int) -> None:
+    """Refuse `sizes` whose `floats` float32 numbers cannot fit in this machine's memory, before allocating them:
+    a failed allocation is a C++ traceback, and one that nearly fits drives the machine into swap."""
+    needed, available = 4 * floats, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise ValueError(
+            f"{sizes} are not accepted: they need at least {needed / 2**30:.3g} GiB of memory, more than the "
+            f"{available / 2**30:.3g} GiB of this machine"
+        )
+
+
 def count_model(config: ConvMixerConfig, image_size: int, *, tweet: bool = False) -> Counts:
     """Trace the model of `config` (or the tweet) and return its counts, which must equal the closed form."""
     expected = closed_form(config, image_size)
+    # the trace holds the weights, the image and a few feature maps (`pool` reads one map, one MAC per element)
+    floats = expected.params + config.in_chans * image_size**2 + 3 * expected.by_category["pool"]
+    check_memory(f"dim={config.dim}, depth={config.depth}, image_size={image_size}", floats)
     traced = trace_counts(build_model(config, tweet=tweet), image_size, config.in_chans)
     if traced != expected:
         raise CountError(f"fvcore trace {traced.to_dict()} != closed form {expected.to_dict()} for {config}")
@@ -261,6 +277,9 @@ def measure_throughput(
         check_integer(name, value, minimum)
     check_choice("dtype", dtype, AUTOCAST_DTYPES)
     device = parse_device(device)
+    if device.type == "cpu":  # a lower bound: the weights and the batch of images alone
+        floats = count_parameters(model) + batch_size * in_chans * image_size**2
+        check_memory(f"batch_size={batch_size}, image_size={image_size}", floats)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).eval()
     images = torch.randn(batch_size, in_chans, image_size, image_size, device=device)

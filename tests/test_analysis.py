@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from ablations.config import RunConfig
 from analysis import report
 from analysis.load import dataset_label, load_history, load_runs, variant_keys
 from analysis.stats import mean_ci, pareto_front, t_cdf, t_quantile, welch
@@ -221,6 +222,7 @@ def test_latex_escape():
         (["{sweep}", "--baseline", "kernel_size=7"], "kernel_size=7 is not in the sweep: kernel_size takes 3, 5"),
         (["{sweep}", "--baseline", "kernel_size"], "expected KEY=VALUE"),
         (["{sweep}", "--baseline", "kernel_size=big"], "expected an integer"),
+        (["{sweep}", "--baseline", "kernel_size=3", "--baseline", "kernel_size=5"], "'kernel_size' is given twice"),
         (["{sweep}", "--no-such-option"], "unrecognized arguments"),
     ],
 )
@@ -239,3 +241,55 @@ def test_bad_input_is_one_line_and_exit_code_2(sweep, tmp_path, capsys, args, me
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("error: ")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("metrics.json", b"\xff\xfe", "metrics.json: 'utf-8' codec can't decode"),
+        ("metrics.json", b"[]", "metrics.json is not accepted: expected a JSON object, found list"),
+        ("metrics.json", b"{}", "metrics.json is not accepted: it has no 'status' key"),
+        ("metrics.json", b'{"status": "ok"}', "status 'ok' is not accepted: expected done, diverged, failed"),
+        ("config.json", b"[8]", "config.json is not accepted: expected a JSON object, found list"),
+        ("history.json", b'[{"loss": 1.0}]', "history.json is not accepted: expected a JSON list of objects"),
+    ],
+)
+def test_a_hand_damaged_run_file_is_one_line_and_writes_nothing(sweep, tmp_path, capsys, name, content, message):
+    """Each was a traceback, or (no status) a report that silently left the run out; a bad history.json was
+    found only after the tables had been written."""
+    damaged = copy_runs(sweep, tmp_path / "damaged", lambda config: True)
+    path = next((damaged / "runs").iterdir()) / name
+    path.write_bytes(content)
+    out = tmp_path / "out"
+    assert report.main([str(damaged), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}") or err.startswith(f"error: cannot read {path}")
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_an_out_that_cannot_be_a_folder_is_refused(sweep, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where --out "" (Path("") is ".") used to put the report
+    (tmp_path / "file").write_text("x")
+    for out, message in [
+        ("", "argument --out: '' is not accepted: expected a folder path"),
+        ("file", "--out 'file' is not accepted: cannot create it (File exists)"),
+        ("file/sub", "--out 'file/sub' is not accepted: cannot create it (Not a directory)"),
+    ]:
+        try:
+            code = report.main([str(sweep), "--out", out])
+        except SystemExit as exit_:  # argparse's own usage errors
+            code = exit_.code
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1
+    assert [path.name for path in tmp_path.iterdir()] == ["file"]
+
+
+def test_a_config_written_before_a_key_existed_loads_with_that_keys_default(sweep, tmp_path):
+    older = copy_runs(sweep, tmp_path / "older", lambda config: True)
+    for config_path in (older / "runs").glob("*/config.json"):
+        config = json.loads(config_path.read_text())
+        del config["label_smoothing"]
+        config_path.write_text(json.dumps(config))
+    runs = load_runs([older])
+    assert len(runs) == len(load_runs([sweep])) and (runs["label_smoothing"] == RunConfig().label_smoothing).all()

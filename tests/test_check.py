@@ -76,7 +76,9 @@ def test_tweet_failure_on_an_odd_kernel_is_a_failure() -> None:
     "argv,message",
     [
         (["--dtype", "float16"], ("--dtype: invalid choice: 'float16'", "float32", "float64", "both")),
-        (["--seed", "-1"], ("--seed: invalid seed '-1'; expected an integer >= 0",)),
+        (["--seed", "-1"], ("--seed: invalid seed '-1'; expected an integer from 0 to 18446744073709551615",)),
+        (["--seed", str(2**64)], ("--seed: invalid seed '18446744073709551616'; expected an integer from 0",)),
+        (["--seed", "²"], ("--seed: invalid seed '²'; expected an integer from 0",)),
         (["--fast"], ("unrecognized arguments: --fast",)),
     ],
 )

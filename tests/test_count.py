@@ -153,13 +153,20 @@ def test_cli_registry_model_with_override(capsys):
         (["--dim", "8", "--depth", "1", "--kernel-size", "4", "--tweet"], "kernel_size=4 cannot run in the tweet"),
         (["--dim", "8", "--depth", "1", "--image-size", "7", "--throughput", "--device", "tpu"], "device='tpu'"),
         (["--dim", "8", "--depth", "1", "--image-size", "7", "--throughput", "--batch-size", "0"], "batch_size=0"),
+        (["--model", "convmixer_256_8_cifar10", "--patch-size", "0"], "patch_size=0 is not accepted"),
+        # too big for any machine: refused before allocating (or, for the depth, before building 1e9 layers)
+        (["--dim", "8", "--depth", "1", "--image-size", str(10**8)], "image_size=100000000 are not accepted"),
+        (["--dim", str(10**20), "--depth", "1", "--image-size", "32"], "GiB of memory, more than the"),
+        (["--dim", "8", "--depth", str(10**9), "--image-size", "32"], "depth=1000000000, image_size=32 are not"),
+        (["--dim", "8", "--depth", "1", "--throughput", "--batch-size", str(10**12)], "batch_size=1000000000000"),
     ],
 )
 def test_cli_bad_values_exit_2(flags, message, capsys):
     with pytest.raises(SystemExit) as exited:
         count.main(flags)
     assert exited.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 def test_cli_module_entry_point_has_no_traceback():

@@ -89,6 +89,22 @@ def test_every_expanded_config_is_validated():
         build_sweep({}, ["seed=1"], [], seeds=3)
 
 
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"lr": float("nan")}, "lr=nan is not accepted: expected a finite number"),  # passed every range check
+        ({"clip_norm": float("nan")}, "clip_norm=nan is not accepted"),  # silently turned clipping off
+        ({"weight_decay": float("inf")}, "weight_decay=inf is not accepted"),
+        ({"seed": 2**32}, "seed=4294967296 is not accepted: expected an integer in [0, 4294967295]"),
+    ],
+)
+def test_validate_refuses_what_python_api_callers_can_pass(changes, message):
+    """Values the command-line parser already refuses, which benchmarks/train_speed.py and the API can still pass."""
+    with pytest.raises(ConfigError) as caught:
+        RunConfig(**changes).validate()
+    assert message in str(caught.value)
+
+
 def test_presets_are_valid_configs():
     for preset in PRESETS.values():
         RunConfig(**preset.values).validate()

@@ -7,13 +7,17 @@ import io
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
 import ablations.worker as worker
 from ablations.config import ConfigError
@@ -131,6 +135,9 @@ def test_dry_run_lists_status_and_writes_nothing(finished_sweep, capsys):
         (["--set", "precision=fp16", "--devices", "cpu"], "precision='fp16' is not accepted on cpu: it needs CUDA"),
         (["--set", "dataset=imagefolder,data_root=/no/such/tree"], "data_root='/no/such/tree' does not exist"),
         (["--grid", "data_root=a,b"], "two runs are the same run"),
+        (["--name", ""], "--name '' is not accepted: expected a folder name"),  # was ignored: default name
+        (["--name", ".."], "--name '..' is not accepted"),  # would have written runs/ beside results/
+        (["--set", "seed=99999999999999999999"], "seed=99999999999999999999 is not accepted"),  # failed every run
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_touches_nothing(finished_sweep, capsys, args, message):
@@ -155,6 +162,74 @@ def test_the_module_entry_point_reports_bad_input_without_traceback(tmp_path):
         "python -m ablations.run: error: --grid: unknown key 'kernal_size'; did you mean 'kernel_size'?\n"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_out_folder_that_cannot_be_created_is_refused_before_any_write(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where --out "" (Path("") is ".") used to put the sweep
+    (tmp_path / "file").write_text("x")
+    for out, message in [
+        ("", "argument --out: '' is not accepted: expected a folder path"),
+        ("file/sub", "--out 'file/sub' is not accepted: cannot create it (Not a directory)"),  # was a traceback
+    ]:
+        assert cli([*TINY, "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+    assert [path.name for path in tmp_path.iterdir()] == ["file"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"[]", "metrics.json is not a JSON object"),
+        (b"{}", "metrics.json has status None, expected one of done, diverged, failed"),
+        (b"\xff\xfe", "metrics.json is not valid JSON ('utf-8' codec can't decode"),
+        (None, "metrics.json cannot be read (Is a directory)"),
+    ],
+)
+def test_a_damaged_metrics_file_is_named_in_one_line(finished_sweep, tmp_path, capsys, content, message):
+    """What a hand edit may leave; each was a traceback (a truncated file already was a one-line error)."""
+    out = tmp_path / "lr"
+    shutil.copytree(finished_sweep[0], out)
+    metrics = next(out.glob("runs/*/metrics.json"))
+    if content is None:
+        metrics.unlink()
+        metrics.mkdir()
+    else:
+        metrics.write_bytes(content)
+    before = snapshot(out)
+    assert cli([*TINY, "--set", "clip_norm=0", "--grid", "lr=0.01,1e6", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{metrics.parent.name}/{message}" in err and "delete it to redo that run" in err
+    assert snapshot(out) == before
+
+
+def noise_image_tree(root: Path) -> Path:
+    """root/{train,test}/a/*.png of random pixels (incompressible, so a gzip of them is tens of kB)."""
+    generator = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        (root / split / "a").mkdir(parents=True)
+        for i in range(2):
+            pixels = torch.randint(0, 256, (64, 64, 3), dtype=torch.uint8, generator=generator).numpy()
+            Image.fromarray(pixels).save(root / split / "a" / f"{i}.png")
+    return root
+
+
+def test_undecodable_images_and_truncated_archives_are_one_line_errors(tmp_path, capsys):
+    tree = noise_image_tree(tmp_path / "tree")
+    with tarfile.open(tmp_path / "tree.tar.gz", "w:gz") as tar:
+        tar.add(tree, arcname="tree")
+    data = (tmp_path / "tree.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) // 2])  # a download or copy that stopped half way
+    (tree / "train" / "a" / "0.png").write_text("not a png")  # the first training image: read for its size
+    for root, message in [
+        (tmp_path / "cut.tar.gz", "imagefolder: cannot read the archive data_root="),
+        (tree, "imagefolder: cannot decode train/a/0.png in"),
+    ]:
+        out = tmp_path / "out"
+        assert cli(["--set", tiny_set(dataset="imagefolder", data_root=root), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+        assert not out.exists()
 
 
 def session_processes(session: int) -> list[int]:

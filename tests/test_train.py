@@ -1,5 +1,6 @@
 """The training engine: schedules, learning, determinism, bit-exact resume, divergence, checkpoints."""
 
+import importlib
 import json
 from pathlib import Path
 
@@ -175,3 +176,28 @@ def test_learns_a_subset_of_real_cifar10(cifar10_jpeg, tmp_path):
     metrics = train_run(cfg, tmp_path, device="cpu", log=quiet)
     assert metrics["status"] == "done"
     assert metrics["test_acc"] > 0.25  # chance is 0.10; measured 0.374
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "nan"], "lr=nan is not accepted: expected a finite number"),  # was a traceback in AdamW
+        (["--clip-norm", "nan"], "clip_norm=nan is not accepted"),  # silently trained without clipping
+        (["--seed", str(2**64)], "seed=18446744073709551616 is not accepted"),  # was a traceback in manual_seed
+        (["--peak-tflops", "0"], "--peak-tflops 0.0 is not accepted: expected a number > 0"),  # MFU n/a, silently
+        (["--out", "{tmp}"], "is not accepted: it is a folder; expected a .json path"),
+        (["--out", "{tmp}/speed.md"], "expected a .json path (the .md goes beside it)"),  # the .md replaced the JSON
+        (["--out", "{tmp}/file/speed.json"], "is not accepted: cannot create its folder"),
+    ],
+)
+def test_train_speed_refuses_bad_options_before_training(repo_root, tmp_path, monkeypatch, capsys, args, message):
+    """An unwritable --out used to be found only after the whole benchmark had run, losing its results."""
+    monkeypatch.syspath_prepend(str(repo_root / "benchmarks"))
+    train_speed = importlib.import_module("train_speed")
+    (tmp_path / "file").write_text("x")
+    argv = ["--data", str(tmp_path), "--device", "cpu", *(arg.format(tmp=tmp_path) for arg in args)]
+    with pytest.raises(SystemExit) as exited:
+        train_speed.main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and message in err.splitlines()[-1] and "Traceback" not in err
+    assert [path.name for path in tmp_path.iterdir()] == ["file"]
