@@ -19,6 +19,8 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 NATIVE_IMAGE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32}
 # train.seed_epoch multiplies the seed by ~1e6 and torch seeds are 64-bit: 32-bit seeds leave a wide margin.
 MAX_SEED = 2**32 - 1
+# Far above any image a ConvMixer is trained on; beyond it a resize of the dataset only ends in an allocator crash.
+MAX_IMAGE_SIZE = 4096
 
 
 class ConfigError(ValueError):
@@ -109,6 +111,8 @@ class RunConfig:
         for key in ("image_size", "train_subset", "test_subset", "randaug_n", "warmup_epochs", "seed"):
             if getattr(self, key) < 0:
                 raise bad(key, "expected an integer >= 0")
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise bad("image_size", f"expected 0 (the dataset's native size) or an integer up to {MAX_IMAGE_SIZE}")
         if self.seed > MAX_SEED:
             raise bad("seed", f"expected an integer in [0, {MAX_SEED}]")
         for key, choices in (

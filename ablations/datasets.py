@@ -97,9 +97,12 @@ def load_cifar(name: str, root: str, train: bool) -> Split:
     try:
         dataset = dataset_class(root, train=train, download=False)
     except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+        created = not Path(root).exists()
         try:
             dataset = dataset_class(root, train=train, download=True)
         except (OSError, RuntimeError) as error:
+            if created and not any(Path(root).iterdir()):  # torchvision made data_root, then failed: undo that
+                Path(root).rmdir()
             raise DataError(
                 f"{name}: no {dataset_class.base_folder}/ under data_root={root!r} and downloading it failed "
                 f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'offline?'}); set data_root "

@@ -195,16 +195,19 @@ def test_shared_cifar10_jpeg_archive_subset(cifar10_jpeg):
     assert torch.bincount(collect(data.test)[1]).tolist() == [2] * 10
 
 
-def test_cifar10_offline_is_a_one_line_data_error(tmp_path, monkeypatch):
-    def offline(*args, **kwargs):
+def test_cifar10_offline_is_a_one_line_data_error_and_leaves_no_folder(tmp_path, monkeypatch):
+    def offline(url, download_root, *args, **kwargs):
+        Path(download_root).mkdir(parents=True, exist_ok=True)  # as torchvision's download does before it fails
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
+    data_root = tmp_path / "cifar"
     with pytest.raises(DataError) as error:
-        build_data(RunConfig(dataset="cifar10", data_root=str(tmp_path)), torch.device("cpu"))
+        build_data(RunConfig(dataset="cifar10", data_root=str(data_root)), torch.device("cpu"))
     message = str(error.value)
     assert "\n" not in message and "cifar-10-batches-py" in message and "data_root" in message
     assert "imagefolder" in message  # says how to use the shared copy instead
+    assert not data_root.exists()
 
 
 def test_bad_data_roots_and_sizes_are_one_line_errors(tmp_path):

@@ -96,6 +96,7 @@ def test_every_expanded_config_is_validated():
         ({"clip_norm": float("nan")}, "clip_norm=nan is not accepted"),  # silently turned clipping off
         ({"weight_decay": float("inf")}, "weight_decay=inf is not accepted"),
         ({"seed": 2**32}, "seed=4294967296 is not accepted: expected an integer in [0, 4294967295]"),
+        ({"image_size": 100_000}, "image_size=100000 is not accepted: expected 0 (the dataset's native size) or an"),
     ],
 )
 def test_validate_refuses_what_python_api_callers_can_pass(changes, message):
