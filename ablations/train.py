@@ -23,7 +23,7 @@ from ablations import atomic
 from ablations.config import ConfigError, RunConfig
 from ablations.data import TestLoader, TrainLoader, build_data
 from ablations.schedule import learning_rate
-from convmixer.count import count_model
+from convmixer.count import AUTOCAST_DTYPES, count_model, synchronize
 
 CHECKPOINT, HISTORY, METRICS = "checkpoint.pt", "history.json", "metrics.json"
 
@@ -40,18 +40,13 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         raise ConfigError(f"precision='fp16' is not accepted on {device.type}: it needs CUDA; use bf16 or fp32")
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+    return AUTOCAST_DTYPES[precision]
 
 
 def seed_epoch(seed: int, epoch: int) -> None:
     # The data loader draws from its own (seed, epoch) generators; reseeding the global RNG as well makes any
     # other draw during the epoch (a module's, a library's) replay identically after a resume.
     torch.manual_seed(seed * 1_000_003 + epoch)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Trainer:

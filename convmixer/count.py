@@ -232,7 +232,7 @@ def _peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # CUDA launches are asynchronous; time the work, not the launch
 
@@ -244,10 +244,10 @@ def _batch_seconds(
     seconds = []
     with torch.inference_mode(), autocast:
         for step in range(warmup + repeats):
-            _synchronize(images.device)
+            synchronize(images.device)
             start = time.perf_counter()
             model(images)
-            _synchronize(images.device)
+            synchronize(images.device)
             if step >= warmup:
                 seconds.append(time.perf_counter() - start)
     return seconds
