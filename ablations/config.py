@@ -21,6 +21,9 @@ NATIVE_IMAGE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32}
 MAX_SEED = 2**32 - 1
 # Far above any image a ConvMixer is trained on; beyond it a resize of the dataset only ends in an allocator crash.
 MAX_IMAGE_SIZE = 4096
+# Keys added after results were first committed, with the value every earlier run had: a run holding that value
+# leaves the key out of its id, so adding a key never renames the runs already in a store.
+LATER_KEYS: dict[str, object] = {}
 
 
 class ConfigError(ValueError):
@@ -78,8 +81,11 @@ class RunConfig:
         return cls(**values)
 
     def run_id(self) -> str:
-        """A stable id from every field but `data_root` (where the data lives does not change the run)."""
-        identity = {k: v for k, v in self.to_dict().items() if k != "data_root"}
+        """A stable id from every field but `data_root` (where the data lives does not change the run) and the
+        LATER_KEYS that hold the value runs had before the key existed."""
+        identity = {
+            k: v for k, v in self.to_dict().items() if k != "data_root" and not (k in LATER_KEYS and LATER_KEYS[k] == v)
+        }
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         return digest
 

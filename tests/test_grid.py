@@ -2,6 +2,7 @@
 
 import pytest
 
+from ablations import config
 from ablations.config import ConfigError, RunConfig
 from ablations.grid import build_sweep, parse_grid, parse_sets, parse_value
 from ablations.presets import PRESETS
@@ -109,3 +110,12 @@ def test_validate_refuses_what_python_api_callers_can_pass(changes, message):
 def test_presets_are_valid_configs():
     for preset in PRESETS.values():
         RunConfig(**preset.values).validate()
+
+
+def test_run_ids_stay_stable_when_a_key_is_added(monkeypatch):
+    # Committed studies are found by run id: the id of a given config must never change silently.
+    assert RunConfig().run_id() == "640c7794c3"
+    assert RunConfig(data_root="elsewhere").run_id() == "640c7794c3"
+    monkeypatch.setattr(config, "LATER_KEYS", {"epochs": 25})  # as if `epochs` had been added later, default 25
+    assert RunConfig().run_id() != "640c7794c3"  # the key is left out of the id while it holds its old value
+    assert RunConfig(epochs=24).run_id() != RunConfig().run_id()
