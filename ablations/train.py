@@ -7,6 +7,7 @@ atomic checkpoint holding only tensors and plain Python values (it loads with `w
 draw comes from (seed, epoch), so a resumed run replays exactly what an uninterrupted one would have done.
 """
 
+import datetime
 import math
 import resource
 import sys
@@ -24,6 +25,7 @@ from ablations.config import ConfigError, RunConfig
 from ablations.data import TestLoader, TrainLoader, build_data
 from ablations.schedule import learning_rate
 from convmixer.count import AUTOCAST_DTYPES, count_model, synchronize
+from convmixer.runtime import hardware_name, toolkit_commit
 
 CHECKPOINT, HISTORY, METRICS = "checkpoint.pt", "history.json", "metrics.json"
 
@@ -178,6 +180,10 @@ def final_metrics(history: list[dict], reason: str, device: torch.device, counts
         **{key: counts[key] for key in ("params", "macs", "flops")},
         "epochs_completed": len(history),
         "device": device_name(device),
+        "hardware": hardware_name(device),
+        "torch_version": torch.__version__,
+        "toolkit_commit": toolkit_commit(),
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 

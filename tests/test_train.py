@@ -76,6 +76,8 @@ def test_learns_the_synthetic_set(straight_run):
     run_dir, metrics = straight_run
     assert metrics["status"] == "done" and metrics["reason"] == ""
     assert metrics["epochs_completed"] == 4 and metrics["device"] == "cpu"
+    assert metrics["hardware"].endswith("cores)") and metrics["toolkit_commit"] not in ("", "unknown")
+    assert metrics["torch_version"] == torch.__version__ and metrics["finished_at"].startswith("20")
     # Chance is 0.10 (+-0.013 on 500 images); this run measured 0.23 (0.21 with seed 1): the task needs both
     # markers in view, so a 2-layer model learns it slowly.
     assert metrics["test_acc"] > 0.16
