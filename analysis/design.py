@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations.store import StoreError, read_object
+from ablations.store import DESIGN, StoreError, read_object
 from analysis.load import AnalysisError, variant_keys
 from analysis.variants import default_baseline, parse_baseline, variant_label
-
-DESIGN = "sweep.json"
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,6 @@ def caption(runs: pd.DataFrame, designs: dict[str, Design | None], keys: list[st
     facts = setup(runs, designs, keys)
     return (
         f"Test accuracy of {facts['Model']} on {facts['Dataset']}. Training: {facts['Training']}. "
-        f"Augmentation: {facts['Augmentation']}. {facts['Design']}; seeds: {facts['Seeds']}. "
+        f"Augmentation: {facts['Augmentation']}. Design: {facts['Design']}; seeds: {facts['Seeds']}. "
         f"Measured on {facts['Hardware']} with {facts['Software']}, {facts['Date']}."
     )

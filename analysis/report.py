@@ -99,7 +99,12 @@ def seeds_cell(row: dict) -> str:
 
 
 def count_cell(value: float, divisor: float) -> str:
-    return "–" if math.isnan(value) else f"{value / divisor:.3g}"
+    """Three significant digits, trailing zeros kept (1.00, 47.2, 115), so a column reads at one precision."""
+    if math.isnan(value):
+        return "–"
+    scaled = value / divisor
+    decimals = max(0, 2 - math.floor(math.log10(abs(scaled)))) if scaled else 0
+    return f"{scaled:.{decimals}f}"
 
 
 @dataclass(frozen=True)

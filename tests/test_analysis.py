@@ -409,7 +409,7 @@ def test_report_and_captions_say_what_ran(sweep, tmp_path):
         "synthetic, subset: 128 train / 64 test images", "ConvMixer-8/1", "kernel size k = {3, 5}", "patch size p = 4",
         "2 epochs", "batch 64", "peak lr 0.02 on a onecycle schedule", "Augmentation: horizontal flip",
         "seeds 0, 1, 2", metrics["hardware"], metrics["toolkit_commit"], metrics["finished_at"][:10],
-        "preset and design not recorded",
+        f"Design: sweep {sweep.name} (preset smoke)",
     ]  # fmt: skip
     for name in ("report.md", "table.md", "table.tex"):
         text = (out / name).read_text()
@@ -422,6 +422,7 @@ def test_report_and_captions_say_what_ran(sweep, tmp_path):
     assert report.main([str(older), "--out", str(tmp_path / "older-out")]) == 0
     index = (tmp_path / "older-out" / "report.md").read_text()
     assert "- Hardware: not recorded (device cpu)" in index and "- Date: not recorded" in index
+    assert "- Design: older: preset and design not recorded (made before sweep.json)" in index
 
 
 def test_a_rerun_into_the_same_folder_removes_the_figures_it_no_longer_writes(study, sweep, tmp_path):
@@ -437,7 +438,9 @@ def test_a_rerun_into_the_same_folder_removes_the_figures_it_no_longer_writes(st
 def test_counts_are_printed_in_a_readable_unit():
     variants = pd.DataFrame({"params": [6470, 12000], "macs": [3.9e7, 1.2e9]})
     assert style.si_unit(variants["params"]) == (1e3, "k") and style.si_unit(variants["macs"]) == (1e9, "G")
-    assert report.count_cell(6470, 1e3) == "6.47" and style.si_unit([1.2e6]) == (1e6, "M")
+    assert style.si_unit([1.2e6]) == (1e6, "M")
+    cells = [report.count_cell(value, 1e3) for value in (6470, 1000, 47210, 115400, 682, 0, math.nan)]
+    assert cells == ["6.47", "1.00", "47.2", "115", "0.682", "0", "–"]
 
 
 # --- figures: clipped intervals, every seed, short labels, n, the Pareto rule --------------------------------------
