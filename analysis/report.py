@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from ablations.atomic import write_text
 from ablations.config import ConfigError
@@ -236,28 +237,28 @@ def point_labels(variants: pd.DataFrame, scope: Scope) -> list[str]:
     return labels
 
 
-def figures(out: Path, variants: pd.DataFrame, history: pd.DataFrame, scope: Scope) -> list[Path]:
-    """Accuracy against each swept key (in a study: along its axis), against each cost, and training curves."""
-    written = []
+def figure_set(variants: pd.DataFrame, history: pd.DataFrame, scope: Scope) -> dict[str, Figure]:
+    """The report's figures by file stem: accuracy against each swept key (in a study: along its axis), against
+    each cost, and the training curves (in a study: one figure per axis, or every variant would share one)."""
+    made = {}
     done = scope.done
     for key in scope.keys:
         on_axis = axis_rows(variants, key, scope.varied, scope.baseline)
         runs_on_axis = axis_rows(done, key, scope.varied, scope.baseline)
         series_keys = [key, *(other for other in scope.grid_keys if other != key)]
-        figure = plots.accuracy_vs_key(on_axis, runs_on_axis, key, series_keys)
-        written += style.save(figure, out / f"accuracy_vs_{key}")
+        made[f"accuracy_vs_{key}"] = plots.accuracy_vs_key(on_axis, runs_on_axis, key, series_keys)
     measured = variants[variants["n"] > 0]
     hardware = provenance.throughput_label(scope.runs)
     for cost in plots.COSTS:
-        figure = plots.accuracy_vs_cost(measured, done, cost, scope.keys, point_labels(measured, scope), hardware)
-        written += style.save(figure, out / f"accuracy_vs_{cost}")
+        labels = point_labels(measured, scope)
+        made[f"accuracy_vs_{cost}"] = plots.accuracy_vs_cost(measured, done, cost, scope.keys, labels, hardware)
     done_history = history[history["run_id"].isin(done["run_id"])]
-    for key in scope.varied or [None]:  # a study: one figure per axis, or every variant would share one
+    for key in scope.varied or [None]:
         runs = axis_rows(done, key, scope.varied, scope.baseline) if key else done
         curve_keys = [key, *scope.grid_keys] if key else scope.keys
         stem = f"training_curves_{key}" if key else "training_curves"
-        written += style.save(plots.training_curves(done_history, runs, curve_keys), out / stem)
-    return written
+        made[stem] = plots.training_curves(done_history, runs, curve_keys)
+    return made
 
 
 def remove_stale_figures(out: Path, written: list[Path]) -> None:
@@ -325,7 +326,8 @@ def build_report(
     write_text(out / "table.tex", latex_table(made, f"{caption} {notes}"))
     write_text(out / "variants.csv", variants.to_csv(index=False))
     files = [out / "table.md", out / "table.tex", out / "variants.csv"]
-    files += figures(out, variants, history, chosen)
+    for stem, figure in figure_set(variants, history, chosen).items():
+        files += style.save(figure, out / stem)
     remove_stale_figures(out, files)
     write_text(out / "report.md", index(sweeps, chosen, table_md, f"{caption}\n\n{notes}", files, out))
     return out / "report.md"
