@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from ablations.atomic import write_text
 from ablations.config import ConfigError
+from ablations.run import folder_path
 from analysis import plots, provenance, style
 from analysis.design import Design, axis_rows, check_not_mixed, choose_baseline, read_design, swept_keys, vary_keys
 from analysis.load import AnalysisError, load_history, load_runs, sweep_name, variant_keys
@@ -333,12 +334,6 @@ def build_report(
     return out / "report.md"
 
 
-def folder(text: str) -> Path:
-    if not text.strip():  # Path("") is ".": the report would land in the current folder
-        raise argparse.ArgumentTypeError(f"{text!r} is not accepted: expected a folder path")
-    return Path(text)
-
-
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line, like the rest of the toolkit's bad-input errors."""
 
@@ -350,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
         prog="python -m analysis.report", description="Tables (Markdown, LaTeX) and figures (PNG, PDF) of sweeps."
     )
-    parser.add_argument("sweeps", nargs="+", type=folder, help="sweep folders, e.g. results/kernel")
+    parser.add_argument("sweeps", nargs="+", type=folder_path, help="sweep folders, e.g. results/kernel")
     parser.add_argument(
         "--baseline",
         action="append",
@@ -364,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="pool sweeps whose runs differ in keys none of them swept (refused by default: unrelated sweeps)",
     )
-    parser.add_argument("--out", type=folder, help="output folder (default: <first sweep>/report)")
+    parser.add_argument("--out", type=folder_path, help="output folder (default: <first sweep>/report)")
     args = parser.parse_args(argv)
     try:
         path = build_report(args.sweeps, args.baseline, args.out, args.allow_mixed)
