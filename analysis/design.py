@@ -120,3 +120,16 @@ def choose_baseline(runs: pd.DataFrame, keys: list[str], designs: dict[str, Desi
             f"name one that ran with --baseline KEY=VALUE (keys: {', '.join(keys)})"
         )
     return baseline
+
+
+def axis_levels(runs: pd.DataFrame, designs: dict[str, Design | None], key: str, baseline: dict) -> list:
+    """The values of `key` in the order a table or axis shows them: numbers ascending; words (residual, norm) in
+    the order the design lists them, the baseline's first where the list leaves it out, then any others."""
+    present = list(runs[key].unique())
+    if pd.api.types.is_numeric_dtype(runs[key]) and not pd.api.types.is_bool_dtype(runs[key]):
+        return sorted(present)
+    listed = [baseline[key]] if key in baseline else []
+    for design in designs.values():
+        for value in [*design.vary.get(key, []), *design.grid.get(key, [])] if design else []:
+            listed += [] if value in listed else [value]
+    return [value for value in listed if value in present] + sorted(value for value in present if value not in listed)

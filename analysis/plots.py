@@ -83,13 +83,20 @@ def _draw_seeds(ax, transform, xs: ArrayLike, rows: pd.DataFrame, runs: pd.DataF
                 mfc="none", mec=look["color"], alpha=0.8, transform=transform)  # fmt: skip
 
 
-def accuracy_vs_key(agg: pd.DataFrame, runs: pd.DataFrame, key: str, keys: list[str]) -> Figure:
-    """Test accuracy against one swept key, one line per value of the other `keys`; `runs`: the finished runs."""
+def accuracy_vs_key(
+    agg: pd.DataFrame, runs: pd.DataFrame, key: str, keys: list[str], levels: list | None = None, baseline=None
+) -> Figure:
+    """Test accuracy against one swept key, one line per value of the other `keys`; `runs`: the finished runs.
+
+    `levels`: the key's values in the order to show them (default: sorted); the `baseline` value's tick says so.
+    Values that are words (residual, norm) have no order between them, so their points are not joined by lines.
+    """
     with style.context():
         fig = Figure()
         ax = fig.add_subplot()
         numeric = _is_numeric(agg[key])
-        levels = sorted(agg[key].unique())
+        present = set(agg[key])
+        levels = [value for value in levels if value in present] if levels is not None else sorted(present)
         series = _series(agg, [other for other in keys if other != key])
         for i, (label, rows) in enumerate(series):
             rows = rows.sort_values(key)
@@ -100,16 +107,17 @@ def accuracy_vs_key(agg: pd.DataFrame, runs: pd.DataFrame, key: str, keys: list[
             nudge = transforms.offset_copy(ax.transData, fig=fig, x=shift, units="points")
             y = 100 * rows["test_acc_mean"].to_numpy(float)
             error = clipped_error(y, 100 * rows["test_acc_ci"].to_numpy(float))
-            look = style.series_style(i)
+            look = style.series_style(i) | ({} if numeric else {"linestyle": "none"})
             ax.errorbar(x, y, yerr=error, label=label or None, transform=nudge, **look)
             _draw_seeds(ax, transforms.offset_copy(nudge, fig=fig, x=4.0, units="points"), x, rows, runs, keys, look)
             # Artists with their own transform do not widen the axes' limits by themselves.
             ax.update_datalim(np.column_stack([np.concatenate([x, x]), np.concatenate([y - error[0], y + error[1]])]))
         if numeric and _wide_range(levels):
             ax.set_xscale("log")
-        ax.set_xticks(
-            levels if numeric else range(len(levels)), [f"{value:g}" if numeric else str(value) for value in levels]
-        )
+        names = [f"{value:g}" if numeric else str(value) for value in levels]
+        marked = zip(names, levels, strict=True)
+        names = [name + ("\n(baseline)" if value == baseline else "") for name, value in marked]
+        ax.set_xticks(levels if numeric else range(len(levels)), names)
         ax.minorticks_off()
         ax.margins(x=0.08)
         ax.autoscale_view()

@@ -22,7 +22,16 @@ from ablations.atomic import write_text
 from ablations.config import ConfigError
 from ablations.run import folder_path
 from analysis import plots, provenance, style
-from analysis.design import Design, axis_rows, check_not_mixed, choose_baseline, read_design, swept_keys, vary_keys
+from analysis.design import (
+    Design,
+    axis_levels,
+    axis_rows,
+    check_not_mixed,
+    choose_baseline,
+    read_design,
+    swept_keys,
+    vary_keys,
+)
 from analysis.load import AnalysisError, load_history, load_runs, sweep_name, variant_keys
 from analysis.variants import NOT_DONE, summarise, variant_label
 
@@ -57,6 +66,9 @@ class Scope:
     @property
     def grid_keys(self) -> list[str]:
         return [key for key in self.keys if key not in self.varied]
+
+    def levels(self, key: str) -> list:
+        return axis_levels(self.runs, self.designs, key, self.baseline)
 
 
 def scope(sweeps: list[Path], baseline_items: list[str], allow_mixed: bool = False) -> Scope:
@@ -159,7 +171,9 @@ def study_table(variants: pd.DataFrame, scope: Scope, cpu: bool = False) -> Tabl
     grid = scope.grid_keys
     blocks = []
     for key in scope.varied:
-        rows = axis_rows(variants, key, scope.varied, scope.baseline).sort_values([*grid, key])
+        rank = {value: i for i, value in enumerate(scope.levels(key))}
+        rows = axis_rows(variants, key, scope.varied, scope.baseline)
+        rows = rows.assign(rank=rows[key].map(rank)).sort_values([*grid, "rank"])
         block = [
             [
                 *(str(row[other]) for other in grid),
@@ -247,7 +261,9 @@ def figure_set(variants: pd.DataFrame, history: pd.DataFrame, scope: Scope) -> d
         on_axis = axis_rows(variants, key, scope.varied, scope.baseline)
         runs_on_axis = axis_rows(done, key, scope.varied, scope.baseline)
         series_keys = [key, *(other for other in scope.grid_keys if other != key)]
-        made[f"accuracy_vs_{key}"] = plots.accuracy_vs_key(on_axis, runs_on_axis, key, series_keys)
+        made[f"accuracy_vs_{key}"] = plots.accuracy_vs_key(
+            on_axis, runs_on_axis, key, series_keys, scope.levels(key), scope.baseline.get(key)
+        )
     measured = variants[variants["n"] > 0]
     hardware = provenance.throughput_label(scope.runs)
     for cost in plots.COSTS:

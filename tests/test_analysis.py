@@ -18,6 +18,7 @@ from PIL import Image
 
 from ablations.config import RunConfig
 from analysis import plots, provenance, report, style
+from analysis.design import Design, axis_levels
 from analysis.load import dataset_label, load_history, load_runs, variant_keys
 from analysis.stats import mean_ci, pareto_front, t_cdf, t_quantile, welch
 from analysis.variants import aggregate, compare, default_baseline, summarise
@@ -535,3 +536,17 @@ def test_throughput_axis_names_the_hardware_and_flags_a_shared_cpu(sweep):
     agg, fake_runs = fake_variants(3, [0.3, 0.4, 0.5, 0.6], ci=0.05)
     ax = plots.accuracy_vs_cost(agg, fake_runs, "throughput", ["kernel_size"], list("abcd"), label).axes[0]
     assert "indicative" in ax.get_xlabel() and "measured on" in ax.get_xlabel()
+
+
+def test_axes_keep_the_designs_order_and_mark_the_baseline():
+    residuals = ["none", "block", "depthwise", "pointwise", "odd"]
+    runs = pd.DataFrame({"residual": residuals, "kernel_size": [9, 3, 7, 5, 3]})
+    design = Design("s", vary={"residual": ["none", "pointwise", "block"], "kernel_size": [9, 3, 7, 5]})
+    baseline = {"residual": "depthwise", "kernel_size": 7}
+    levels = axis_levels(runs, {"s": design, "old": None}, "residual", baseline)
+    assert levels == ["depthwise", "none", "pointwise", "block", "odd"]  # baseline first, design order, the rest
+    assert axis_levels(runs, {"s": design}, "kernel_size", baseline) == [3, 5, 7, 9]  # numbers ascend
+    agg = pd.DataFrame({"residual": ["none", "depthwise"], "test_acc_mean": [0.5, 0.6], "test_acc_ci": 0.01, "n": 1})
+    ax = plots.accuracy_vs_key(agg, agg, "residual", ["residual"], levels, "depthwise").axes[0]
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["depthwise\n(baseline)", "none"]
+    assert all(line.get_linestyle() == "None" for line in ax.lines)  # words have no order: points, no line
