@@ -106,13 +106,14 @@ def axis_rows(variants: pd.DataFrame, key: str, varied: list[str], baseline: dic
 
 
 def choose_baseline(runs: pd.DataFrame, keys: list[str], designs: dict[str, Design | None], items: list[str]) -> dict:
-    """The baseline: --baseline items over the study's baseline; without items, the study's baseline over
-    default_baseline. AnalysisError when no finished run has the baseline's values (every Δ would be empty)."""
+    """The baseline: --baseline items over the study's baseline; without items, the study's baseline (grid axes
+    are then compared within each cell), else default_baseline. AnalysisError when no finished run has the
+    baseline's values (every Δ would be empty)."""
     study = study_baseline(designs, keys)
     if items:
         baseline = study | parse_baseline(items, runs, keys)
     else:
-        baseline = default_baseline(runs, keys) | study
+        baseline = study or default_baseline(runs, keys)
     done = runs[runs["status"] == "done"]
     if baseline and not (done[list(baseline)] == pd.Series(baseline)).all(axis=1).any():
         raise AnalysisError(

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ablations.config import RunConfig
 from analysis import plots, provenance, report, style
-from analysis.design import Design, axis_levels
+from analysis.design import Design, axis_levels, choose_baseline
 from analysis.load import dataset_label, load_history, load_runs, variant_keys
 from analysis.stats import mean_ci, pareto_front, t_cdf, t_quantile, welch
 from analysis.variants import aggregate, compare, default_baseline, summarise
@@ -550,3 +550,14 @@ def test_axes_keep_the_designs_order_and_mark_the_baseline():
     ax = plots.accuracy_vs_key(agg, agg, "residual", ["residual"], levels, "depthwise").axes[0]
     assert [tick.get_text() for tick in ax.get_xticklabels()] == ["depthwise\n(baseline)", "none"]
     assert all(line.get_linestyle() == "None" for line in ax.lines)  # words have no order: points, no line
+
+
+def test_a_study_with_grid_axes_compares_within_each_grid_cell():
+    runs = pd.DataFrame(
+        [{"kernel_size": k, "patch_size": p, "status": "done"} for k in (3, 5) for p in (2, 4)]
+    )  # fmt: skip
+    design = Design("s", baseline={"kernel_size": 5}, vary={"kernel_size": [3]}, grid={"patch_size": [2, 4]})
+    keys = ["kernel_size", "patch_size"]
+    assert choose_baseline(runs, keys, {"s": design}, []) == {"kernel_size": 5}  # not patch_size's default too
+    assert choose_baseline(runs, keys, {"s": None}, []) == {"kernel_size": 5, "patch_size": 2}  # a grid's default
+    assert choose_baseline(runs, keys, {"s": design}, ["patch_size=4"]) == {"kernel_size": 5, "patch_size": 4}
