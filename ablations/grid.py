@@ -155,5 +155,6 @@ def build_sweep(preset: dict, sets: list[str], grids: list[str], seeds: int, var
     """The sweep from a preset's values and the --set/--grid/--vary/--seeds options (they override the preset)."""
     fixed, axes, vary = parse_sets(sets), parse_grid(grids), parse_grid(list(varies), "--vary")
     sources = {"fixed": "--set", "vary": "--vary", "grid": "--grid", "seeds": "--seeds"}
-    check_sweep(Sweep(fixed, axes, seeds, vary), sources)
+    # A --set key that --vary changes is allowed: --set gives the baseline's value.
+    check_sweep(Sweep({k: v for k, v in fixed.items() if k not in vary}, axes, seeds, vary), sources)
     return Sweep({**preset, **fixed}, axes, seeds, vary)

@@ -90,7 +90,13 @@ def load_design(args: argparse.Namespace) -> tuple[Study | None, str, Sweep]:
     """(the study or None, the preset's name, the sweep) from --study or from the other options."""
     if args.study is None:
         preset = args.preset or DEFAULT_PRESET
-        return None, preset, build_sweep(PRESETS[preset].values, args.set, args.grid, args.seeds or 1, args.vary)
+        return (
+            None,
+            preset,
+            build_sweep(
+                PRESETS[preset].values, args.set, args.grid, 1 if args.seeds is None else args.seeds, args.vary
+            ),
+        )
     given = [name for name in ("grid", "vary", "set") if getattr(args, name)]
     given += [name for name in ("seeds", "preset") if getattr(args, name) is not None]
     if given:
