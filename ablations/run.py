@@ -20,12 +20,13 @@ import torch
 from ablations.config import ConfigError, RunConfig
 from ablations.data import DataError, build_data
 from ablations.grid import Sweep, build_sweep
-from ablations.launch import LocalLauncher, parse_devices
+from ablations.launch import LocalLauncher
 from ablations.presets import DEFAULT_PRESET, PRESETS
 from ablations.progress import SweepProgress, run_label
 from ablations.slurm import SlurmLauncher, SlurmOptions
 from ablations.store import FINISHED, Store, StoreError
-from ablations.train import autocast_dtype
+from ablations.train import run_dtype
+from convmixer.runtime import parse_devices
 
 PROG = "python -m ablations.run"
 
@@ -101,7 +102,7 @@ def create_result_dir(root: Path) -> None:
 def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: list[str]) -> None:
     for precision in {cfg.precision for cfg in configs}:
         for device in devices:
-            autocast_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
+            run_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
     if args.jobs_per_device < 1:
         raise ConfigError(f"--jobs-per-device {args.jobs_per_device} is not accepted: expected an integer >= 1")
     if args.slurm_time < 1 or args.slurm_cpus < 1:
@@ -200,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # --help exits here
     sweep = build_sweep(PRESETS[args.preset].values, args.set, args.grid, args.seeds)
     configs = sweep.configs()
-    devices = parse_devices(args.devices) if args.launcher == "local" else []
+    try:
+        devices = parse_devices(args.devices) if args.launcher == "local" else []
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     check_options(args, configs, devices)
     store = Store(result_dir(args, sweep))
     keys = sweep.varying_keys()

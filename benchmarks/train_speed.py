@@ -27,8 +27,9 @@ from ablations import atomic  # noqa: E402
 from ablations.config import PRECISIONS, ConfigError, RunConfig  # noqa: E402
 from ablations.data import load_resident  # noqa: E402
 from ablations.datasets import DataError, ImageTree  # noqa: E402
-from ablations.train import autocast_dtype, resolve_device, train_run  # noqa: E402
-from convmixer.count import count_model, parse_device  # noqa: E402
+from ablations.train import train_run  # noqa: E402
+from convmixer.count import closed_form  # noqa: E402
+from convmixer.runtime import autocast_dtype, parse_device  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data/cifar10-jpeg.tar.gz"
 # Dense bf16/fp16 tensor-core peak from the datasheets (SXM parts), matched against the CUDA device name.
@@ -77,11 +78,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     )  # fmt: skip
     cfg.validate()
     return cfg
-
-
-def checked_device(name: str) -> torch.device:
-    """--device: auto (CUDA where there is one), or a device of this machine that `parse_device` accepts."""
-    return resolve_device(name) if name == "auto" else parse_device(name)
 
 
 def check_out(out: Path | None) -> None:
@@ -189,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
     try:
         cfg = config_from_args(args)
-        device = checked_device(args.device)
+        device = parse_device(args.device)
         autocast_dtype(cfg.precision, device)
         if args.workers < 0:
             raise ValueError(f"--workers {args.workers} is not accepted: expected an integer >= 0")
@@ -206,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         train_split, test_split = load_resident(cfg, ImageTree(Path(cfg.data_root)))
     except (DataError, ConfigError) as error:
         parser.error(str(error))
-    counts = count_model(cfg.model_config(len(train_split.classes), 3), train_split.images.shape[-1])
+    counts = closed_form(cfg.model_config(len(train_split.classes), 3), train_split.images.shape[-1])
     header = describe(cfg, device, args, peak)
     header.insert(1, f"{len(train_split.labels)} train / {len(test_split.labels)} test images, {cfg.epochs} epochs, "
                   f"{counts.params / 1e6:.3f} M params, {counts.flops / 1e9:.3f} GFLOPs forward per image")  # fmt: skip

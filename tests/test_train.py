@@ -12,7 +12,7 @@ from ablations.config import ConfigError, RunConfig
 from ablations.schedule import learning_rate
 from ablations.train import train_run
 
-TIMING_KEYS = {"epoch_time_s", "train_time_s", "train_images_per_s", "peak_memory_mb", "wall_time_s"}
+TIMING_KEYS = {"epoch_time_s", "train_time_s", "train_images_per_s", "peak_memory_mb", "wall_time_s", "finished_at"}
 
 
 def tiny(**overrides) -> RunConfig:
