@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,10 +24,12 @@ from ablations.grid import Sweep, build_sweep
 from ablations.launch import LocalLauncher
 from ablations.presets import DEFAULT_PRESET, PRESETS
 from ablations.progress import SweepProgress, run_label
-from ablations.slurm import SlurmLauncher, SlurmOptions
 from ablations.store import FINISHED, Store, StoreError
 from ablations.train import run_dtype
 from convmixer.runtime import parse_devices
+
+if TYPE_CHECKING:
+    from ablations.slurm import SlurmLauncher
 
 PROG = "python -m ablations.run"
 
@@ -138,8 +141,10 @@ def print_table(configs: list[RunConfig], keys: list[str], store: Store) -> None
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def make_launcher(args: argparse.Namespace, store: Store, devices: list[str]) -> LocalLauncher | SlurmLauncher:
+def make_launcher(args: argparse.Namespace, store: Store, devices: list[str]) -> "LocalLauncher | SlurmLauncher":
     if args.launcher == "slurm":
+        from ablations.slurm import SlurmLauncher, SlurmOptions  # submitit (the slurm extra) only when asked for
+
         options = SlurmOptions(args.slurm_partition, args.slurm_time, args.slurm_cpus)
         return SlurmLauncher(store, options, args.keep_checkpoints)
     return LocalLauncher(store, devices, args.jobs_per_device, args.keep_checkpoints)
