@@ -247,6 +247,9 @@ def test_the_tf32_key_keeps_run_ids_and_is_checked():
         (["--out", "{tmp}"], "is not accepted: it is a folder; expected a .json path"),
         (["--out", "{tmp}/speed.md"], "expected a .json path (the .md goes beside it)"),  # the .md replaced the JSON
         (["--out", "{tmp}/file/speed.json"], "is not accepted: cannot create its folder"),
+        (["--variants", "engine-fp16"], "engine-fp16 needs CUDA; this device is cpu"),  # fp16 is CUDA-only
+        (["--variants", "engine,engine"], "expected distinct names of engine, engine-fp16, reference"),
+        (["--seeds", "0"], "--seeds 0 is not accepted: expected an integer >= 1"),
     ],
 )
 def test_train_speed_refuses_bad_options_before_training(repo_root, tmp_path, monkeypatch, capsys, args, message):
@@ -260,3 +263,18 @@ def test_train_speed_refuses_bad_options_before_training(repo_root, tmp_path, mo
     err = capsys.readouterr().err
     assert exited.value.code == 2 and message in err.splitlines()[-1] and "Traceback" not in err
     assert [path.name for path in tmp_path.iterdir()] == ["file"]
+
+
+def test_train_speed_compares_variants_over_seeds(cifar10_jpeg, repo_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(repo_root / "benchmarks"))
+    train_speed = importlib.import_module("train_speed")
+    out = tmp_path / "speed.json"
+    argv = ["--data", str(cifar10_jpeg), "--device", "cpu", "--epochs", "1", "--train-subset", "100",
+            "--test-subset", "50", "--width", "8", "--depth", "1", "--batch-size", "50", "--workers", "0",
+            "--seeds", "2", "--variants", "engine,reference-tuned,reference", "--out", str(out)]  # fmt: skip
+    assert train_speed.main(argv) == 0
+    result = read_json(out)
+    assert set(result["summaries"]) == {"engine", "reference-tuned", "reference"} and result["seeds"] == [0, 1]
+    assert all(len(runs) == 2 and len(runs[0]) == 1 for runs in result["histories"].values())
+    table = out.with_suffix(".md").read_text()
+    assert "(2 seeds)" in table and "| speed after epoch 1 / reference |" in table and "| 1.00x |" in table
