@@ -107,7 +107,9 @@ class Check:
         self.rows.append(row)
 
     def run(self, command: list[str], timeout: float) -> subprocess.CompletedProcess:
-        done = subprocess.run(command, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
+        # --device cpu checks the CPU even on a GPU machine: hide the GPUs from the commands it starts
+        env = self.env if self.device.type == "cuda" else {**self.env, "CUDA_VISIBLE_DEVICES": ""}
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
         log = self.work / "logs.txt"
         with open(log, "a") as f:
             f.write(f"===== {' '.join(command)} (exit {done.returncode})\n{done.stdout}\n{done.stderr}\n")
