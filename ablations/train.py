@@ -216,7 +216,7 @@ def train_run(
     with cuda_math_flags(benchmark=device.type == "cuda", tf32=cfg.tf32):
         if cfg.compile:
             torch._dynamo.reset()  # this run's graphs only: a sweep's worker never reaches dynamo's recompile limit
-        graphs_before = compiled_graphs()
+        graphs_before = compiled_graphs() if cfg.compile else 0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         data = build_data(cfg, device)
@@ -232,7 +232,7 @@ def train_run(
         history, reason, wall_before = train_epochs(trainer, data, run_dir, started, log, on_epoch)
     engine = {
         "precision_used": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
-        "tf32": device.type == "cuda" and dtype is None and cfg.tf32,  # fp32 convolutions on TF32 tensor cores
+        "tf32_used": device.type == "cuda" and dtype is None and cfg.tf32,  # fp32 convolutions on TF32 tensor cores
         "compiled_graphs": compiled_graphs() - graphs_before if cfg.compile else None,  # 0: ran eagerly
     }
     metrics = final_metrics(history, reason, device, counts, wall_before + time.perf_counter() - started, engine)

@@ -4,6 +4,8 @@ benchmarks/gpu_check.py runs them (pytest -m cuda) with the rest of the GPU chec
 
 import contextlib
 import io
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -97,9 +99,20 @@ def test_compiled_runs_compile_their_graphs_with_inductor():
 def test_the_cuda_flags_are_restored_and_tf32_recorded():
     before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32)
     metrics = train_run(RunConfig(**{**TINY, "epochs": 1, "precision": "fp32"}), None, device="cuda", log=quiet)
-    assert (metrics["precision_used"], metrics["tf32"]) == ("fp32", True)
+    assert (metrics["precision_used"], metrics["tf32_used"]) == ("fp32", True)
     assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32) == before
     strict = train_run(
         RunConfig(**{**TINY, "epochs": 1, "precision": "fp32", "tf32": False}), None, device="cuda", log=quiet
     )
-    assert strict["tf32"] is False
+    assert strict["tf32_used"] is False
+
+
+def test_the_sweep_process_leaves_cuda_to_its_workers(repo_root):
+    """Spawned workers start CUDA cleanly only if the sweep process has not: listing the devices and checking
+    the precision per device must not create a CUDA context."""
+    code = ("import torch; from convmixer.runtime import parse_devices; from ablations.train import run_dtype; "
+            "devices = parse_devices('auto'); [run_dtype('auto', torch.device(d)) for d in devices]; "
+            "print(devices[0], torch.cuda.is_initialized())")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["cuda:0", "False"]

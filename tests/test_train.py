@@ -207,7 +207,7 @@ def test_padding_the_eval_batch_for_compile_changes_no_logit(straight_run):
 
 def test_metrics_say_how_the_run_ran(straight_run):
     _, metrics = straight_run
-    assert (metrics["precision_used"], metrics["tf32"], metrics["compiled_graphs"]) == ("fp32", False, None)
+    assert (metrics["precision_used"], metrics["tf32_used"], metrics["compiled_graphs"]) == ("fp32", False, None)
 
 
 def test_a_checkpoint_from_another_device_keeps_this_devices_adamw(straight_run, tmp_path):
