@@ -2,6 +2,8 @@
 
     python -m ablations.run --grid kernel_size=3,7,9,15                      # smoke preset: a minute on a CPU
     python -m ablations.run --preset cifar10 --grid patch_size=1,2,4 --seeds 3
+    python -m ablations.run --vary kernel_size=3,9 --vary norm=layer --seeds 3   # one change at a time
+    python -m ablations.run --study studies/cifar10-cpu.toml                 # a study file, into results/<name>/
 
 Everything is checked before anything runs (bad input: one line on stderr, exit code 2, nothing written).
 Rerunning the same command skips finished runs and resumes unfinished ones; exit code 0 means every run of the
@@ -25,6 +27,7 @@ from ablations.launch import LocalLauncher
 from ablations.presets import DEFAULT_PRESET, PRESETS
 from ablations.progress import SweepProgress, run_label
 from ablations.store import FINISHED, Store, StoreError
+from ablations.study import Study, read_study
 from ablations.train import run_dtype
 from convmixer.runtime import parse_devices
 
@@ -64,11 +67,16 @@ def build_parser() -> OneLineParser:
         prog=PROG, description=__doc__, epilog=keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
+    parser.add_argument("--study", type=Path, metavar="FILE", help="a study file (studies/*.toml)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="an axis of the grid")
+    parser.add_argument(
+        "--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+        help="change one key at a time from the baseline (the preset and --set values)",
+    )  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE,...", help="fix keys for every run")
-    parser.add_argument("--seeds", type=int, default=1, metavar="N", help="repeat every run with seed=0..N-1")
-    parser.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET, help="the recipe the keys override")
-    parser.add_argument("--name", help="sweep name (default: preset and grid keys, e.g. smoke-kernel_size)")
+    parser.add_argument("--seeds", type=int, metavar="N", help="repeat every run with seed=0..N-1 (default 1)")
+    parser.add_argument("--preset", choices=PRESETS, help=f"the recipe the keys override (default {DEFAULT_PRESET})")
+    parser.add_argument("--name", help="sweep name (default: the study's, or preset and swept keys: smoke-kernel_size)")
     parser.add_argument("--out", type=folder_path, metavar="DIR", help="result folder (default: results/<name>)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their status, write nothing")
     parser.add_argument("--retry-failed", action="store_true", help="rerun failed runs from their last checkpoint")
@@ -82,8 +90,31 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def result_dir(args: argparse.Namespace, sweep: Sweep) -> Path:
-    name = args.name if args.name is not None else "-".join([args.preset, *sweep.axes])
+def load_design(args: argparse.Namespace) -> tuple[Study | None, str, Sweep]:
+    """(the study or None, the preset's name, the sweep) from --study or from the other options."""
+    if args.study is None:
+        preset = args.preset or DEFAULT_PRESET
+        return (
+            None,
+            preset,
+            build_sweep(
+                PRESETS[preset].values, args.set, args.grid, 1 if args.seeds is None else args.seeds, args.vary
+            ),
+        )
+    given = [name for name in ("grid", "vary", "set") if getattr(args, name)]
+    given += [name for name in ("seeds", "preset") if getattr(args, name) is not None]
+    if given:
+        raise ConfigError(f"--study and --{given[0]} exclude each other: the study file holds the whole design")
+    study = read_study(args.study)
+    return study, study.preset, study.sweep
+
+
+def default_name(study: Study | None, preset: str, sweep: Sweep) -> str:
+    return study.name if study is not None else "-".join([preset, *sweep.vary, *sweep.axes])
+
+
+def result_dir(args: argparse.Namespace, default: str) -> Path:
+    name = args.name if args.name is not None else default
     if not name.strip() or "/" in name or name in (".", ".."):  # "." and ".." would write results/ or its parent
         raise ConfigError(f"--name {name!r} is not accepted: expected a folder name without '/', not '.' or '..'")
     root = args.out if args.out is not None else Path("results") / name
@@ -204,20 +235,21 @@ def report(configs: list[RunConfig], keys: list[str], store: Store) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # --help exits here
-    sweep = build_sweep(PRESETS[args.preset].values, args.set, args.grid, args.seeds)
+    study, preset, sweep = load_design(args)
     configs = sweep.configs()
     try:
         devices = parse_devices(args.devices) if args.launcher == "local" else []
     except ValueError as error:
         raise ConfigError(str(error)) from None
     check_options(args, configs, devices)
-    store = Store(result_dir(args, sweep))
+    store = Store(result_dir(args, default_name(study, preset, sweep)))
     keys = sweep.varying_keys()
     todo = runs_to_train(configs, store, args.retry_failed)
     slots = len(devices) * args.jobs_per_device
     workers = f"{plural(slots, 'worker')} on {', '.join(devices)}" if devices else "SLURM (one GPU per run)"
     varying = ", ".join(keys) or "nothing"
-    print(f"sweep {store.root.name}: {plural(len(configs), 'run')} of preset {args.preset}, varying {varying}")
+    origin = f"study {args.study}" if study is not None else f"preset {preset}"
+    print(f"sweep {store.root.name}: {plural(len(configs), 'run')} of {origin}, varying {varying}")
     print(f"{len(todo)} to train ({len(configs) - len(todo)} finished earlier) with {workers}; results in {store.root}")
     if args.dry_run:
         print_table(configs, keys, store)
@@ -225,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_data(todo)
         create_result_dir(store.root)
+        design = {"name": store.root.name, "preset": preset, "study": str(args.study) if study else None,
+                  "description": study.description if study else "", **sweep.design()}  # fmt: skip
+        store.write_design(design, study.text if study else None)
         run_sweep(args, configs, todo, keys, store, devices)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume (unfinished runs continue from their last epoch)")

@@ -196,7 +196,7 @@ def final_metrics(history: list[dict], reason: str, device: torch.device, counts
         "hardware": hardware_name(device),
         "torch_version": torch.__version__,
         "toolkit_commit": toolkit_commit(),
-        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 
