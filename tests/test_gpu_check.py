@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import re
 
 import pytest
 
@@ -20,7 +21,8 @@ def test_every_stage_of_the_gpu_check_runs_on_a_cpu(gpu_check, tmp_path, capsys)
     assert list(stages) == ["cuda tests", "sync audit", "train", "count", "layernorm", "sweep"]
     assert all(row["status"] == "ok" for row in stages.values())
     assert "skipped" in stages["cuda tests"]["result"]  # no GPU here: the CUDA tests skip, and say so
-    assert "4 runs done on devices ['cpu'] by 2 worker processes" == stages["sweep"]["result"]
+    # 2 slots; a tiny run can end before the second worker has imported torch, so 1 worker may take all 4
+    assert re.fullmatch(r"4 runs done on devices \['cpu'\] by [12] worker processes", stages["sweep"]["result"])
     assert "layer/batch" in stages["layernorm"]["result"] and "test acc" in stages["train"]["result"]
     printed = capsys.readouterr().out
     assert (tmp_path / "gpu_check.txt").read_text().strip() in printed
