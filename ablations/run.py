@@ -12,6 +12,7 @@ sweep is done, 1 that some failed or diverged.
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ablations.config import ConfigError, RunConfig
+from ablations.config import ACCEPTED, ConfigError, RunConfig
 from ablations.data import DataError, build_data
 from ablations.grid import Sweep, build_sweep
 from ablations.launch import LocalLauncher
@@ -48,12 +49,30 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def keys_help() -> str:
-    fields = "\n".join(
-        f"  {f.name:<16} {type(f.default).__name__:<6} default {f.default!r}" for f in dataclasses.fields(RunConfig)
+def keys_help(preset: str) -> str:
+    """Every key with its value under `preset` (what a run gets unless --set/--grid/--vary change it) and what
+    it accepts."""
+    values = RunConfig(**PRESETS[preset].values)
+    rows = []
+    for f in dataclasses.fields(RunConfig):
+        rule = ACCEPTED.get(f.name)
+        accepted = rule.describe().removeprefix("expected ") if rule else "true or false"
+        if f.name == "data_root":
+            accepted = "a folder or archive path (not part of the run id)"
+        rows.append(f"  {f.name:<16} {getattr(values, f.name)!s:<12} {accepted}")
+    presets = "\n".join(f"  {name:<16} {p.description}" for name, p in PRESETS.items())
+    header = (
+        f"keys, with their values in preset {preset} (`--preset NAME --help` shows another's), and what they accept:"
     )
-    presets = "\n".join(f"  {name:<16} {preset.description}" for name, preset in PRESETS.items())
-    return f"keys (RunConfig fields; a preset changes some defaults):\n{fields}\n\npresets:\n{presets}"
+    return f"{header}\n" + "\n".join(rows) + f"\n\npresets:\n{presets}"
+
+
+def help_preset(argv: list[str] | None) -> str:
+    """The preset named on the command line, so that --help can show its values; a bad name is reported later."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=DEFAULT_PRESET)
+    name = pre.parse_known_args(argv)[0].preset
+    return name if name in PRESETS else DEFAULT_PRESET
 
 
 def folder_path(text: str) -> Path:
@@ -62,9 +81,9 @@ def folder_path(text: str) -> Path:
     return Path(text)
 
 
-def build_parser() -> OneLineParser:
+def build_parser(preset: str = DEFAULT_PRESET) -> OneLineParser:
     parser = OneLineParser(
-        prog=PROG, description=__doc__, epilog=keys_help(),
+        prog=PROG, description=__doc__, epilog=keys_help(preset),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument("--study", type=Path, metavar="FILE", help="a study file (studies/*.toml)")
@@ -78,7 +97,10 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--preset", choices=PRESETS, help=f"the recipe the keys override (default {DEFAULT_PRESET})")
     parser.add_argument("--name", help="sweep name (default: the study's, or preset and swept keys: smoke-kernel_size)")
     parser.add_argument("--out", type=folder_path, metavar="DIR", help="result folder (default: results/<name>)")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs and their status, write nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check all a real run checks (the data too), list runs, write nothing"
+    )  # fmt: skip
+    parser.add_argument("--show-config", action="store_true", help="with --dry-run: print each run's full config")
     parser.add_argument("--retry-failed", action="store_true", help="rerun failed runs from their last checkpoint")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoint.pt of finished runs")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
@@ -234,7 +256,7 @@ def report(configs: list[RunConfig], keys: list[str], store: Store) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # --help exits here
+    args = build_parser(help_preset(argv)).parse_args(argv)  # --help exits here
     study, preset, sweep = load_design(args)
     configs = sweep.configs()
     try:
@@ -245,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(result_dir(args, default_name(study, preset, sweep)))
     keys = sweep.varying_keys()
     todo = runs_to_train(configs, store, args.retry_failed)
+    check_data(todo)  # a dry run checks the data too: it is what a real run would fail on first
     slots = len(devices) * args.jobs_per_device
     workers = f"{plural(slots, 'worker')} on {', '.join(devices)}" if devices else "SLURM (one GPU per run)"
     varying = ", ".join(keys) or "nothing"
@@ -253,17 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(todo)} to train ({len(configs) - len(todo)} finished earlier) with {workers}; results in {store.root}")
     if args.dry_run:
         print_table(configs, keys, store)
+        for cfg in configs if args.show_config else []:
+            print(f"{cfg.run_id()} {json.dumps(cfg.to_dict())}")
         return 0
-    try:
-        check_data(todo)
-        create_result_dir(store.root)
-        design = {"name": store.root.name, "preset": preset, "study": str(args.study) if study else None,
-                  "description": study.description if study else "", **sweep.design()}  # fmt: skip
-        store.write_design(design, study.text if study else None)
-        run_sweep(args, configs, todo, keys, store, devices)
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume (unfinished runs continue from their last epoch)")
-        return 130
+    create_result_dir(store.root)
+    design = {"name": store.root.name, "preset": preset, "study": str(args.study) if study else None,
+              "description": study.description if study else "", **sweep.design()}  # fmt: skip
+    store.write_design(design, study.text if study else None)
+    run_sweep(args, configs, todo, keys, store, devices)
     return report(configs, keys, store)
 
 
@@ -273,6 +293,9 @@ def cli(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, StoreError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume (unfinished runs continue from their last epoch)")
+        return 130
 
 
 if __name__ == "__main__":

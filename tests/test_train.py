@@ -230,11 +230,9 @@ def test_a_run_leaves_the_global_cuda_flags_as_it_found_them():
     assert after == before
 
 
-def test_the_tf32_key_keeps_run_ids_and_is_checked():
+def test_the_tf32_key_keeps_run_ids():
     assert RunConfig(tf32=True).run_id() == RunConfig().run_id()  # the value every earlier run had
     assert RunConfig(tf32=False).run_id() != RunConfig().run_id()
-    with pytest.raises(ConfigError, match="tf32='yes' is not accepted: expected true or false"):
-        RunConfig(tf32="yes").validate()
 
 
 @pytest.mark.parametrize(
