@@ -30,7 +30,7 @@ from ablations.progress import SweepProgress, run_label
 from ablations.store import FINISHED, Store, StoreError
 from ablations.study import Study, read_study
 from ablations.train import run_dtype
-from convmixer.runtime import parse_devices
+from convmixer.runtime import parse_devices, usable_cores
 
 if TYPE_CHECKING:
     from ablations.slurm import SlurmLauncher
@@ -105,7 +105,10 @@ def build_parser(preset: str = DEFAULT_PRESET) -> OneLineParser:
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoint.pt of finished runs")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
     parser.add_argument("--devices", default="auto", help="auto, cpu, cuda, or GPU indices: 0,1 (local launcher)")
-    parser.add_argument("--jobs-per-device", type=int, default=1, metavar="N", help="concurrent runs per device")
+    parser.add_argument(
+        "--jobs-per-device", type=int, metavar="N",
+        help="concurrent runs per device (default: 1 per GPU; on the CPU one per core, each run single-threaded)",
+    )  # fmt: skip
     parser.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition (one GPU per run)")
     parser.add_argument("--slurm-time", type=int, default=240, metavar="MIN", help="time limit per run in minutes")
     parser.add_argument("--slurm-cpus", type=int, default=8, metavar="N", help="CPUs per run")
@@ -263,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         devices = parse_devices(args.devices) if args.launcher == "local" else []
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    if args.jobs_per_device is None:
+        args.jobs_per_device = usable_cores() if devices == ["cpu"] else 1
     check_options(args, configs, devices)
     store = Store(result_dir(args, default_name(study, preset, sweep)))
     keys = sweep.varying_keys()

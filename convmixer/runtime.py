@@ -22,6 +22,11 @@ from torch.backends import cudnn
 REPO = Path(__file__).resolve().parent.parent
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_name() -> str:
     """The CPU model as the OS names it, with the cores this process may use: 'AMD EPYC 7B13 (2 cores)'."""
     model = platform.processor() or platform.machine()
@@ -32,8 +37,7 @@ def cpu_name() -> str:
                 break
     except OSError:  # not Linux
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model} ({cores} cores)"
+    return f"{model} ({usable_cores()} cores)"
 
 
 def hardware_name(device: torch.device) -> str:
