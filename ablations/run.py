@@ -17,20 +17,23 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ablations.config import ACCEPTED, ConfigError, RunConfig
 from ablations.data import DataError, build_data
 from ablations.grid import Sweep, build_sweep
-from ablations.launch import LocalLauncher, parse_devices
+from ablations.launch import LocalLauncher
 from ablations.presets import DEFAULT_PRESET, PRESETS
 from ablations.progress import SweepProgress, run_label
-from ablations.slurm import SlurmLauncher, SlurmOptions
 from ablations.store import FINISHED, Store, StoreError
 from ablations.study import Study, read_study
-from ablations.train import autocast_dtype
-from convmixer.runtime import usable_cores
+from ablations.train import run_dtype
+from convmixer.runtime import parse_devices, usable_cores
+
+if TYPE_CHECKING:
+    from ablations.slurm import SlurmLauncher
 
 PROG = "python -m ablations.run"
 
@@ -158,7 +161,7 @@ def create_result_dir(root: Path) -> None:
 def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: list[str]) -> None:
     for precision in {cfg.precision for cfg in configs}:
         for device in devices:
-            autocast_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
+            run_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
     if args.jobs_per_device < 1:
         raise ConfigError(f"--jobs-per-device {args.jobs_per_device} is not accepted: expected an integer >= 1")
     if args.slurm_time < 1 or args.slurm_cpus < 1:
@@ -194,8 +197,10 @@ def print_table(configs: list[RunConfig], keys: list[str], store: Store) -> None
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def make_launcher(args: argparse.Namespace, store: Store, devices: list[str]) -> LocalLauncher | SlurmLauncher:
+def make_launcher(args: argparse.Namespace, store: Store, devices: list[str]) -> "LocalLauncher | SlurmLauncher":
     if args.launcher == "slurm":
+        from ablations.slurm import SlurmLauncher, SlurmOptions  # submitit (the slurm extra) only when asked for
+
         options = SlurmOptions(args.slurm_partition, args.slurm_time, args.slurm_cpus)
         return SlurmLauncher(store, options, args.keep_checkpoints)
     return LocalLauncher(store, devices, args.jobs_per_device, args.keep_checkpoints)
@@ -257,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(help_preset(argv)).parse_args(argv)  # --help exits here
     study, preset, sweep = load_design(args)
     configs = sweep.configs()
-    devices = parse_devices(args.devices) if args.launcher == "local" else []
+    try:
+        devices = parse_devices(args.devices) if args.launcher == "local" else []
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if args.jobs_per_device is None:
         args.jobs_per_device = usable_cores() if devices == ["cpu"] else 1
     check_options(args, configs, devices)
