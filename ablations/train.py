@@ -23,6 +23,7 @@ from ablations import atomic
 from ablations.config import ConfigError, RunConfig
 from ablations.data import Data, TestLoader, TrainLoader, build_data
 from ablations.schedule import learning_rate
+from ablations.store import CHECKPOINT, HISTORY, METRICS
 from convmixer.count import closed_form
 from convmixer.runtime import (
     autocast_dtype,
@@ -35,7 +36,6 @@ from convmixer.runtime import (
     toolkit_commit,
 )
 
-CHECKPOINT, HISTORY, METRICS = "checkpoint.pt", "history.json", "metrics.json"
 COMPILE_BACKEND = "inductor"  # torch.compile's; the tests use "eager" to check graph capture without a C++ build
 
 

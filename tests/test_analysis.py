@@ -247,7 +247,7 @@ def test_bad_input_is_one_line_and_exit_code_2(sweep, tmp_path, capsys, args, me
 @pytest.mark.parametrize(
     "name, content, message",
     [
-        ("metrics.json", b"\xff\xfe", "metrics.json: 'utf-8' codec can't decode"),
+        ("metrics.json", b"\xff\xfe", "metrics.json is not valid JSON ('utf-8' codec can't decode"),
         ("metrics.json", b"[]", "metrics.json is not accepted: expected a JSON object, found list"),
         ("metrics.json", b"{}", "metrics.json is not accepted: it has no 'status' key"),
         ("metrics.json", b'{"status": "ok"}', "status 'ok' is not accepted: expected done, diverged, failed"),
@@ -264,7 +264,7 @@ def test_a_hand_damaged_run_file_is_one_line_and_writes_nothing(sweep, tmp_path,
     out = tmp_path / "out"
     assert report.main([str(damaged), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {path}") or err.startswith(f"error: cannot read {path}")
+    assert err.startswith(f"error: {path}")
     assert message in err and err.count("\n") == 1
     assert not out.exists()
 
