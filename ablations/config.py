@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from convmixer.arguments import check_patch_fits
 from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "imagefolder")
@@ -112,10 +113,15 @@ class RunConfig:
             if not rule.accepts(value):
                 raise ConfigError(f"{key}={value!r} is not accepted: {rule.describe()}")
         size = self.image_size or NATIVE_IMAGE_SIZE.get(self.dataset)
-        if size is not None and self.patch_size > size:
-            raise ConfigError(
-                f"patch_size={self.patch_size} is not accepted: larger than the {size}x{size} images of {self.dataset}"
-            )
+        if size is not None:  # else (an ImageFolder tree at its native size) build_data checks it once loaded
+            self.check_image_size(size, f" of {self.dataset}")
+
+    def check_image_size(self, image_size: int, images: str) -> None:
+        """ConfigError unless this run's patch fits in images of image_size (`images`: whose, for the message)."""
+        try:
+            check_patch_fits(self.patch_size, image_size, images)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
 
 @dataclass(frozen=True)

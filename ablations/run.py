@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from ablations.config import ACCEPTED, ConfigError, RunConfig
-from ablations.data import DataError, build_data
 from ablations.grid import Sweep, build_sweep
 from ablations.launch import LocalLauncher
+from ablations.loaders import DataError, build_data
 from ablations.presets import DEFAULT_PRESET, PRESETS
 from ablations.progress import SweepProgress, run_label
 from ablations.store import FINISHED, Store, StoreError
@@ -175,15 +175,15 @@ def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: l
 
 
 def check_data(configs: list[RunConfig]) -> None:
-    """Load each distinct dataset once before the sweep starts: a missing dataset fails now, in one line, not
-    in every run; a download or a decode into the cache happens once here instead of in every worker at once."""
-    groups: dict[tuple, RunConfig] = {}
+    """Load each distinct dataset once before the sweep starts, as a run would: a missing dataset fails now, in
+    one line, not in every run; a download or a decode into the cache happens once here instead of in every
+    worker at once. Every run's patch is then checked against the size its images load at."""
+    image_sizes: dict[tuple, int] = {}
     for cfg in configs:
         key = (cfg.dataset, cfg.data_root, cfg.image_size)
-        if key not in groups or cfg.patch_size > groups[key].patch_size:
-            groups[key] = cfg  # the largest patch, so that build_data's patch-vs-image check covers the group
-    for cfg in groups.values():
-        build_data(cfg, "cpu")
+        if key not in image_sizes:
+            image_sizes[key] = build_data(cfg, "cpu").image_size
+        cfg.check_image_size(image_sizes[key], f" in data_root={cfg.data_root!r}")
 
 
 def print_table(configs: list[RunConfig], keys: list[str], store: Store) -> None:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))  # run as a script on a machine where the toolkit 
 import torch  # noqa: E402
 
 from ablations.config import RunConfig  # noqa: E402
-from ablations.data import build_data  # noqa: E402
+from ablations.loaders import build_data  # noqa: E402
 from ablations.presets import CIFAR10_RECIPE  # noqa: E402
 from ablations.train import Trainer, run_dtype, train_run  # noqa: E402
 from convmixer.model import ConvMixerConfig  # noqa: E402

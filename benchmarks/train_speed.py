@@ -33,8 +33,7 @@ from reference_recipe import PUBLISHED, TUNED, train_reference  # noqa: E402
 
 from ablations import atomic  # noqa: E402
 from ablations.config import PRECISIONS, ConfigError, RunConfig  # noqa: E402
-from ablations.data import load_resident  # noqa: E402
-from ablations.datasets import DataError, ImageTree, Split  # noqa: E402
+from ablations.sources import DataError, Split, load_splits  # noqa: E402
 from ablations.train import train_run  # noqa: E402
 from convmixer.count import closed_form  # noqa: E402
 from convmixer.runtime import autocast_dtype, cuda_math_flags, parse_device  # noqa: E402
@@ -250,9 +249,11 @@ def main(argv: list[str] | None = None) -> int:
 
     peak = peak_tflops(device, args.peak_tflops)
     try:
-        splits = load_resident(cfg, ImageTree(Path(cfg.data_root)))
+        loaded = load_splits(cfg, resident_bytes=sys.maxsize)  # every variant trains from the same tensors
+        cfg.check_image_size(loaded.image_size, f" in --data {cfg.data_root!r}")
     except (DataError, ConfigError) as error:
         parser.error(str(error))
+    splits = loaded.train, loaded.test
     counts = closed_form(cfg.model_config(len(splits[0].classes), 3), splits[0].images.shape[-1])
     header = describe(cfg, device, args, peak)
     header.insert(1, f"{len(splits[0].labels)} train / {len(splits[1].labels)} test images, {cfg.epochs} epochs, "

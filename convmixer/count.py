@@ -21,7 +21,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from convmixer.arguments import check_choice, check_integer
+from convmixer.arguments import check_choice, check_integer, check_patch_fits
 from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig, count_parameters
 from convmixer.registry import get_config, list_models
 from convmixer.runtime import AUTOCAST_DTYPES, MissingPackage, check_memory, require
@@ -80,8 +80,7 @@ def closed_form(config: ConvMixerConfig, image_size: int) -> Counts:
     check_choice("residual", config.residual, RESIDUAL_ADDS_PER_LAYER)
     check_choice("norm", config.norm, NORM_MACS_PER_ELEMENT)
     check_integer("patch_size", config.patch_size, 1)  # it divides the image size below
-    if image_size < config.patch_size:
-        raise ValueError(f"image_size={image_size} is not accepted; it must be >= patch_size={config.patch_size}")
+    check_patch_fits(config.patch_size, image_size)
     dim, depth, k, p, c = config.dim, config.depth, config.kernel_size, config.patch_size, config.in_chans
     positions = (image_size // p) ** 2  # a stride-p conv without padding drops the remainder pixels
     maps = dim * positions  # elements of one feature map; "same" padding keeps it for every kernel
