@@ -148,7 +148,10 @@ def test_cli_registry_model_with_override(capsys):
         (["--dim", "8", "--depth", "1", "--residual", "foo"], "invalid choice: 'foo'"),
         (["--dim", "0", "--depth", "1"], "dim=0"),
         (["--depth", "1"], "--dim and --depth are required"),
-        (["--dim", "8", "--depth", "1", "--image-size", "5"], "patch_size=7 is not accepted: larger than the 5x5 images"),
+        (
+            ["--dim", "8", "--depth", "1", "--image-size", "5"],
+            "patch_size=7 is not accepted: larger than the 5x5 images",
+        ),
         (["--dim", "8", "--depth", "1", "--kernel-size", "4", "--tweet"], "kernel_size=4 cannot run in the tweet"),
         (["--dim", "8", "--depth", "1", "--image-size", "7", "--throughput", "--device", "tpu"], "device='tpu'"),
         (["--dim", "8", "--depth", "1", "--image-size", "7", "--throughput", "--batch-size", "0"], "batch_size=0"),
