@@ -30,19 +30,13 @@ from ablations.progress import SweepProgress, run_label
 from ablations.store import FINISHED, Store, StoreError
 from ablations.study import Study, read_study
 from ablations.train import run_dtype
+from convmixer.arguments import OneLineParser, folder_path, run_cli
 from convmixer.runtime import parse_devices, usable_cores
 
 if TYPE_CHECKING:
     from ablations.slurm import SlurmLauncher
 
 PROG = "python -m ablations.run"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is a ConfigError: reported as one line like every other bad input."""
-
-    def error(self, message: str):
-        raise ConfigError(message)
 
 
 def plural(n: int, word: str) -> str:
@@ -73,12 +67,6 @@ def help_preset(argv: list[str] | None) -> str:
     pre.add_argument("--preset", default=DEFAULT_PRESET)
     name = pre.parse_known_args(argv)[0].preset
     return name if name in PRESETS else DEFAULT_PRESET
-
-
-def folder_path(text: str) -> Path:
-    if not text.strip():  # Path("") is ".": the sweep would land in the current folder
-        raise argparse.ArgumentTypeError(f"{text!r} is not accepted: expected a folder path")
-    return Path(text)
 
 
 def build_parser(preset: str = DEFAULT_PRESET) -> OneLineParser:
@@ -294,10 +282,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli(argv: list[str] | None = None) -> int:
     try:
-        return main(argv)
-    except (ConfigError, DataError, StoreError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+        return run_cli(main, argv, PROG, (ConfigError, DataError, StoreError))
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume (unfinished runs continue from their last epoch)")
         return 130

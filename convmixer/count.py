@@ -21,7 +21,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from convmixer.arguments import check_choice, check_integer, check_patch_fits
+from convmixer.arguments import OneLineParser, check_choice, check_integer, check_patch_fits, run_cli
 from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig, count_parameters
 from convmixer.registry import get_config, list_models
 from convmixer.runtime import AUTOCAST_DTYPES, MissingPackage, check_memory, require
@@ -198,15 +198,14 @@ def count_model(config: ConvMixerConfig, image_size: int, *, tweet: bool = False
     return traced
 
 
+PROG = "python -m convmixer.count"
 SHAPE_FLAGS = tuple(field.name for field in dataclasses.fields(ConvMixerConfig))
 SHAPE_CHOICES = {"residual": RESIDUALS, "norm": NORMS, "activation": ACTIVATIONS}  # every other shape flag is an int
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     usage = "%(prog)s (--model NAME | --dim D --depth N) [shape flags] [--tweet] [--json] [--throughput ...]"
-    parser = argparse.ArgumentParser(
-        prog="python -m convmixer.count", usage=usage, description=__doc__.split("\n\n")[0]
-    )
+    parser = OneLineParser(prog=PROG, usage=usage, description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--model",
         choices=list_models(),
@@ -228,7 +227,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--dtype", choices=tuple(AUTOCAST_DTYPES), default="fp32", help="autocast dtype")
     parser.add_argument("--channels-last", action="store_true")
-    return parser, parser.parse_args(argv)
+    return parser.parse_args(argv)
 
 
 def config_from_args(args: argparse.Namespace) -> ConvMixerConfig:
@@ -266,19 +265,16 @@ def format_text(config: ConvMixerConfig, image_size: int, tweet: bool, counts: C
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, args = parse_args(argv)
-    try:
-        config = config_from_args(args)
-        counts = count_model(config, args.image_size, tweet=args.tweet)
-        speed = None
-        if args.throughput:
-            model = build_model(config, tweet=args.tweet)
-            speed = measure_throughput(
-                model, args.image_size, args.batch_size, args.device, in_chans=config.in_chans,
-                warmup=args.warmup, repeats=args.repeats, dtype=args.dtype, channels_last=args.channels_last,
-            )  # fmt: skip
-    except (ValueError, MissingPackage) as error:
-        parser.error(str(error))
+    args = parse_args(argv)
+    config = config_from_args(args)
+    counts = count_model(config, args.image_size, tweet=args.tweet)
+    speed = None
+    if args.throughput:
+        model = build_model(config, tweet=args.tweet)
+        speed = measure_throughput(
+            model, args.image_size, args.batch_size, args.device, in_chans=config.in_chans,
+            warmup=args.warmup, repeats=args.repeats, dtype=args.dtype, channels_last=args.channels_last,
+        )  # fmt: skip
     if args.json:
         model_fields = {**dataclasses.asdict(config), "tweet": args.tweet, "image_size": args.image_size}
         report = {"model": model_fields, **counts.to_dict(), "convention": list(CONVENTION)}
@@ -288,5 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv, PROG, (ValueError, MissingPackage))  # bad values raise one-line ValueErrors
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
