@@ -23,7 +23,7 @@ from torch import nn
 
 from convmixer.arguments import OneLineParser, check_choice, check_integer, check_patch_fits, run_cli
 from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig, count_parameters
-from convmixer.registry import get_config, list_models
+from convmixer.registry import default_image_size, get_config, list_models
 from convmixer.runtime import AUTOCAST_DTYPES, MissingPackage, check_memory, require
 from convmixer.throughput import measure_throughput
 from convmixer.tweet import ConvMixer as TweetConvMixer
@@ -199,6 +199,7 @@ def count_model(config: ConvMixerConfig, image_size: int, *, tweet: bool = False
 
 
 PROG = "python -m convmixer.count"
+DEFAULT_IMAGE_SIZE = 224  # without --model: the ImageNet resolution of the paper
 SHAPE_FLAGS = tuple(field.name for field in dataclasses.fields(ConvMixerConfig))
 SHAPE_CHOICES = {"residual": RESIDUALS, "norm": NORMS, "activation": ACTIVATIONS}  # every other shape flag is an int
 
@@ -206,18 +207,23 @@ SHAPE_CHOICES = {"residual": RESIDUALS, "norm": NORMS, "activation": ACTIVATIONS
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     usage = "%(prog)s (--model NAME | --dim D --depth N) [shape flags] [--tweet] [--json] [--throughput ...]"
     parser = OneLineParser(prog=PROG, usage=usage, description=__doc__.split("\n\n")[0])
+    models = ", ".join(f"{name} ({default_image_size(name)} px)" for name in list_models())
     parser.add_argument(
         "--model",
         choices=list_models(),
         metavar="NAME",
-        help=f"one of {', '.join(list_models())}; shape flags override it",
+        help=f"one of {models}: counted at that image size unless --image-size says otherwise; shape flags "
+        "override the model's",
     )
     for flag in SHAPE_FLAGS:
         if flag in SHAPE_CHOICES:
             parser.add_argument(f"--{flag}", choices=SHAPE_CHOICES[flag])
         else:
             parser.add_argument("--" + flag.replace("_", "-"), type=int, help=f"model {flag}")
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument(
+        "--image-size", type=int, metavar="PX",
+        help=f"input side in pixels (default: the --model's size from the registry, else {DEFAULT_IMAGE_SIZE})",
+    )  # fmt: skip
     parser.add_argument("--tweet", action="store_true", help="count the 280-character tweet model itself")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--throughput", action="store_true", help="also time inference")
@@ -227,7 +233,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--dtype", choices=tuple(AUTOCAST_DTYPES), default="fp32", help="autocast dtype")
     parser.add_argument("--channels-last", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.image_size is None:
+        args.image_size = default_image_size(args.model) if args.model else DEFAULT_IMAGE_SIZE
+    return args
 
 
 def config_from_args(args: argparse.Namespace) -> ConvMixerConfig:

@@ -143,6 +143,27 @@ def test_cli_registry_model_with_override(capsys):
 
 
 @pytest.mark.parametrize(
+    "model, image_size",
+    [("convmixer_256_8_cifar10", 32), ("convmixer_256_8_ks9_p1_cifar10", 32), ("convmixer_768_32", 224)],
+)
+def test_cli_counts_a_registry_model_at_its_own_image_size(model, image_size, capsys):
+    """A CIFAR-10 model counted at 224 px overstated its MACs 49-fold; --image-size still overrides."""
+    assert count.main(["--model", model, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"]["image_size"] == image_size
+    assert report["macs"] == closed_form(get_config(model), image_size).macs
+    assert count.main(["--model", model, "--image-size", "64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["image_size"] == 64
+
+
+def test_cli_help_shows_each_models_image_size(capsys):
+    with pytest.raises(SystemExit) as exited:
+        count.main(["--help"])
+    assert exited.value.code == 0
+    assert "convmixer_256_8_cifar10 (32 px)" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(
     "flags,message",
     [
         (["--dim", "8", "--depth", "1", "--residual", "foo"], "invalid choice: 'foo'"),
