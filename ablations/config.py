@@ -10,7 +10,9 @@ import json
 import math
 from dataclasses import dataclass
 
+from convmixer.arguments import check_patch_fits
 from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig
+from convmixer.registry import MODEL_CONFIGS
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "imagefolder")
 SCHEDULES = ("onecycle", "cosine")
@@ -24,6 +26,10 @@ MAX_IMAGE_SIZE = 4096
 # Keys added after results were first committed, with the value every earlier run had: a run holding that value
 # leaves the key out of its id, so adding a key never renames the runs already in a store.
 LATER_KEYS: dict[str, object] = {"tf32": True}
+# The model a run trains unless told otherwise: the CIFAR-10 reference ConvMixer-256/8 (k5, p2), not the model's
+# own defaults (convmixer.model.ConvMixerConfig: the paper's ImageNet signature, k9 p7), since sweeps train on
+# CIFAR-sized images.
+REFERENCE_MODEL = MODEL_CONFIGS["convmixer_256_8_cifar10"]
 
 
 class ConfigError(ValueError):
@@ -32,14 +38,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunConfig:
-    # model (defaults: the reference CIFAR-10 ConvMixer-256/8)
-    dim: int = 256
-    depth: int = 8
-    kernel_size: int = 5
-    patch_size: int = 2
-    residual: str = "depthwise"
-    norm: str = "batch"
-    activation: str = "gelu"
+    # model (defaults: REFERENCE_MODEL, the CIFAR-10 ConvMixer-256/8; classes and channels come from the data)
+    dim: int = REFERENCE_MODEL.dim
+    depth: int = REFERENCE_MODEL.depth
+    kernel_size: int = REFERENCE_MODEL.kernel_size
+    patch_size: int = REFERENCE_MODEL.patch_size
+    residual: str = REFERENCE_MODEL.residual
+    norm: str = REFERENCE_MODEL.norm
+    activation: str = REFERENCE_MODEL.activation
     # data
     dataset: str = "synthetic"
     data_root: str = "data"
@@ -112,10 +118,15 @@ class RunConfig:
             if not rule.accepts(value):
                 raise ConfigError(f"{key}={value!r} is not accepted: {rule.describe()}")
         size = self.image_size or NATIVE_IMAGE_SIZE.get(self.dataset)
-        if size is not None and self.patch_size > size:
-            raise ConfigError(
-                f"patch_size={self.patch_size} is not accepted: larger than the {size}x{size} images of {self.dataset}"
-            )
+        if size is not None:  # else (an ImageFolder tree at its native size) build_data checks it once loaded
+            self.check_image_size(size, f" of {self.dataset}")
+
+    def check_image_size(self, image_size: int, images: str) -> None:
+        """ConfigError unless this run's patch fits in images of image_size (`images`: whose, for the message)."""
+        try:
+            check_patch_fits(self.patch_size, image_size, images)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
 
 @dataclass(frozen=True)

@@ -22,27 +22,21 @@ from typing import TYPE_CHECKING
 import torch
 
 from ablations.config import ACCEPTED, ConfigError, RunConfig
-from ablations.data import DataError, build_data
 from ablations.grid import Sweep, build_sweep
 from ablations.launch import LocalLauncher
+from ablations.loaders import DataError, build_data
 from ablations.presets import DEFAULT_PRESET, PRESETS
 from ablations.progress import SweepProgress, run_label
 from ablations.store import FINISHED, Store, StoreError
 from ablations.study import Study, read_study
 from ablations.train import run_dtype
+from convmixer.arguments import OneLineParser, folder_path, run_cli
 from convmixer.runtime import parse_devices, usable_cores
 
 if TYPE_CHECKING:
     from ablations.slurm import SlurmLauncher
 
 PROG = "python -m ablations.run"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is a ConfigError: reported as one line like every other bad input."""
-
-    def error(self, message: str):
-        raise ConfigError(message)
 
 
 def plural(n: int, word: str) -> str:
@@ -73,12 +67,6 @@ def help_preset(argv: list[str] | None) -> str:
     pre.add_argument("--preset", default=DEFAULT_PRESET)
     name = pre.parse_known_args(argv)[0].preset
     return name if name in PRESETS else DEFAULT_PRESET
-
-
-def folder_path(text: str) -> Path:
-    if not text.strip():  # Path("") is ".": the sweep would land in the current folder
-        raise argparse.ArgumentTypeError(f"{text!r} is not accepted: expected a folder path")
-    return Path(text)
 
 
 def build_parser(preset: str = DEFAULT_PRESET) -> OneLineParser:
@@ -175,15 +163,15 @@ def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: l
 
 
 def check_data(configs: list[RunConfig]) -> None:
-    """Load each distinct dataset once before the sweep starts: a missing dataset fails now, in one line, not
-    in every run; a download or a decode into the cache happens once here instead of in every worker at once."""
-    groups: dict[tuple, RunConfig] = {}
+    """Load each distinct dataset once before the sweep starts, as a run would: a missing dataset fails now, in
+    one line, not in every run; a download or a decode into the cache happens once here instead of in every
+    worker at once. Every run's patch is then checked against the size its images load at."""
+    image_sizes: dict[tuple, int] = {}
     for cfg in configs:
         key = (cfg.dataset, cfg.data_root, cfg.image_size)
-        if key not in groups or cfg.patch_size > groups[key].patch_size:
-            groups[key] = cfg  # the largest patch, so that build_data's patch-vs-image check covers the group
-    for cfg in groups.values():
-        build_data(cfg, "cpu")
+        if key not in image_sizes:
+            image_sizes[key] = build_data(cfg, "cpu").image_size
+        cfg.check_image_size(image_sizes[key], f" in data_root={cfg.data_root!r}")
 
 
 def print_table(configs: list[RunConfig], keys: list[str], store: Store) -> None:
@@ -294,10 +282,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli(argv: list[str] | None = None) -> int:
     try:
-        return main(argv)
-    except (ConfigError, DataError, StoreError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+        return run_cli(main, argv, PROG, (ConfigError, DataError, StoreError))
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume (unfinished runs continue from their last epoch)")
         return 130

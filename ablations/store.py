@@ -4,27 +4,32 @@ Every file is written atomically, so a sweep killed at any moment leaves only wh
 `.name.*.tmp` that the next start removes). The run files are the truth; summary.csv is only ever derived
 from them, so it can always be rebuilt and never disagrees with them for long. A run is finished iff its
 metrics.json exists; an unfinished run with a checkpoint.pt resumes from it.
+
+This module owns the run folder's contract: its file names, the run states and the readers of its JSON files.
+The engine writes the files and analysis reads them, both by these names; the store imports neither of them.
 """
 
 import csv
 import dataclasses
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ablations import atomic
 from ablations.config import RunConfig
-from ablations.train import CHECKPOINT, HISTORY, METRICS
 
-CONFIG, LOG, SUMMARY = "config.json", "log.txt", "summary.csv"
+# A run folder: its config, the engine's per-epoch history, resumable state and final metrics, and its log.
+CONFIG, HISTORY, CHECKPOINT, METRICS, LOG = "config.json", "history.json", "checkpoint.pt", "metrics.json", "log.txt"
+RUNS, SUMMARY = "runs", "summary.csv"  # in the sweep folder: one folder per run, and the table derived from them
 DESIGN, STUDY_COPY = "sweep.json", "study.toml"  # the sweep's design (read by analysis), the study file it came from
 METRIC_COLUMNS = (
     "status", "reason", "test_acc", "params", "macs", "flops",
     "train_images_per_s", "peak_memory_mb", "train_time_s", "epochs_completed",
 )  # fmt: skip
 SUMMARY_COLUMNS = ("run_id", *(f.name for f in dataclasses.fields(RunConfig)), *METRIC_COLUMNS)
-FINISHED = ("done", "diverged", "failed")
+FINISHED = ("done", "diverged", "failed")  # the statuses a metrics.json may hold
 
 
 class StoreError(RuntimeError):
@@ -40,12 +45,45 @@ def read_json(path: Path):
         raise StoreError(f"{path} cannot be read ({error.strerror}); delete it to redo that run") from None
 
 
-def read_object(path: Path) -> dict:
-    """A JSON object file, as config.json and metrics.json are (a hand edit may have left anything)."""
+def read_object(path: Path, required: Iterable[str] = ()) -> dict:
+    """A JSON object file with every `required` key, as config.json and metrics.json are (a hand edit may have
+    left anything)."""
     value = read_json(path)
     if not isinstance(value, dict):
-        raise StoreError(f"{path} is not a JSON object; delete it to redo that run")
+        raise StoreError(
+            f"{path} is not accepted: expected a JSON object, found {type(value).__name__}; delete it to redo that run"
+        )
+    missing = [key for key in required if key not in value]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise StoreError(f"{path} is not accepted: it has no {missing[0]!r} key{more}; delete it to redo that run")
     return value
+
+
+def read_metrics(path: Path) -> dict:
+    """A finished run's metrics.json: an object whose status is one of FINISHED."""
+    metrics = read_object(path, ["status"])
+    if metrics["status"] not in FINISHED:  # any other status would count the run as neither done nor failed
+        raise StoreError(
+            f"{path}: status {metrics['status']!r} is not accepted: expected {', '.join(FINISHED)}; "
+            "delete it to redo that run"
+        )
+    return metrics
+
+
+def read_history(path: Path) -> list[dict]:
+    """A run's history.json: one object per completed epoch, each with its 'epoch' number."""
+    records = read_json(path)
+    if not isinstance(records, list) or not all(isinstance(record, dict) and "epoch" in record for record in records):
+        raise StoreError(
+            f"{path} is not accepted: expected a JSON list of objects, each with 'epoch'; delete it to redo that run"
+        )
+    return records
+
+
+def epochs_completed(run_dir: Path) -> int:
+    """How many epochs the run's history.json records (0 before the first epoch ends)."""
+    return len(read_history(run_dir / HISTORY)) if (run_dir / HISTORY).exists() else 0
 
 
 @dataclass(frozen=True)
@@ -63,7 +101,7 @@ class RunState:
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.runs = self.root / "runs"
+        self.runs = self.root / RUNS
         self.summary = self.root / SUMMARY
 
     def run_dir(self, cfg: RunConfig) -> Path:
@@ -71,24 +109,14 @@ class Store:
 
     def metrics(self, run_dir: Path) -> dict | None:
         """The run's metrics.json, or None while it is unfinished."""
-        if not (run_dir / METRICS).exists():
-            return None
-        metrics = read_object(run_dir / METRICS)
-        status = metrics.get("status")
-        if status not in FINISHED:
-            raise StoreError(
-                f"{run_dir / METRICS} has status {status!r}, expected one of {', '.join(FINISHED)}; "
-                "delete it to redo that run"
-            )
-        return metrics
+        return read_metrics(run_dir / METRICS) if (run_dir / METRICS).exists() else None
 
     def state(self, run_dir: Path) -> RunState:
         metrics = self.metrics(run_dir)
         if metrics is not None:
             return RunState(metrics["status"], metrics.get("reason", ""), metrics.get("epochs_completed") or 0)
         if (run_dir / CHECKPOINT).exists():
-            epochs = len(read_json(run_dir / HISTORY)) if (run_dir / HISTORY).exists() else 0
-            return RunState("partial", "", epochs)
+            return RunState("partial", "", epochs_completed(run_dir))
         return RunState("pending")
 
     def prepare(self, configs: list[RunConfig]) -> None:
@@ -111,8 +139,12 @@ class Store:
         (run_dir / METRICS).unlink(missing_ok=True)
 
     def record_failure(self, run_dir: Path, reason: str, device: str) -> dict:
-        epochs = len(read_json(run_dir / HISTORY)) if (run_dir / HISTORY).exists() else 0
-        metrics = {"status": "failed", "reason": reason, "epochs_completed": epochs, "device": device}
+        metrics = {
+            "status": "failed",
+            "reason": reason,
+            "epochs_completed": epochs_completed(run_dir),
+            "device": device,
+        }
         atomic.write_json(run_dir / METRICS, metrics)
         return metrics
 

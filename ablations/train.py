@@ -1,6 +1,6 @@
 """The training engine: one run of one RunConfig, resumable after any epoch and bit-exact on CPU.
 
-Data and augmentation already live on the device (ablations.data), so the hot loop is forward, loss, backward,
+Data and augmentation already live on the device (ablations.loaders), so the hot loop is forward, loss, backward,
 clip, AdamW step, with losses and accuracies summed on the device and read back once per epoch; that single
 read is also where a non-finite loss is caught and the run is stopped as "diverged". Each epoch ends with an
 atomic checkpoint holding only tensors and plain Python values (it loads with `weights_only=True`). Every random
@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from ablations import atomic
 from ablations.config import ConfigError, RunConfig
-from ablations.data import Data, TestLoader, TrainLoader, build_data
+from ablations.loaders import Data, TestLoader, TrainLoader, build_data
 from ablations.schedule import learning_rate
+from ablations.store import CHECKPOINT, HISTORY, METRICS
 from convmixer.count import closed_form
 from convmixer.runtime import (
     autocast_dtype,
@@ -35,7 +36,6 @@ from convmixer.runtime import (
     toolkit_commit,
 )
 
-CHECKPOINT, HISTORY, METRICS = "checkpoint.pt", "history.json", "metrics.json"
 COMPILE_BACKEND = "inductor"  # torch.compile's; the tests use "eager" to check graph capture without a C++ build
 
 

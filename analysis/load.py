@@ -5,16 +5,15 @@ and metric is there with its JSON type. Several sweeps load into one table with 
 """
 
 import dataclasses
-import json
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ablations.config import RunConfig
-from ablations.store import FINISHED
+from ablations.store import CONFIG, HISTORY, METRICS, RUNS, StoreError, read_history, read_metrics, read_object
 
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
 # A config.json written before a key existed ran with that key's default (new keys default to the old behaviour).
@@ -28,45 +27,20 @@ class AnalysisError(ValueError):
     """Input the analysis cannot use; the message is one line naming the bad value and what is accepted."""
 
 
-def _read_json(path: Path) -> Any:
+def _read(reader: Callable[[Path], Any], path: Path) -> Any:
+    """A run file read by the store's own reader, its StoreError turned into an AnalysisError (same message)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8 text
-        raise AnalysisError(f"cannot read {path}: {error}") from None
-
-
-def _read_object(path: Path, required: Iterable[str]) -> dict:
-    """A JSON object with every `required` key, as the runner writes it (a hand edit may have left anything)."""
-    value = _read_json(path)
-    if not isinstance(value, dict):
-        raise AnalysisError(f"{path} is not accepted: expected a JSON object, found {type(value).__name__}")
-    missing = [key for key in required if key not in value]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise AnalysisError(f"{path} is not accepted: it has no {missing[0]!r} key{more}")
-    return value
-
-
-def _read_metrics(path: Path) -> dict:
-    metrics = _read_object(path, ["status"])
-    if metrics["status"] not in FINISHED:  # any other status would drop the run from every count
-        raise AnalysisError(f"{path}: status {metrics['status']!r} is not accepted: expected {', '.join(FINISHED)}")
-    return metrics
-
-
-def _read_history(path: Path) -> list[dict]:
-    records = _read_json(path)
-    if not isinstance(records, list) or not all(isinstance(record, dict) and "epoch" in record for record in records):
-        raise AnalysisError(f"{path} is not accepted: expected a JSON list of objects, each with 'epoch'")
-    return records
+        return reader(path)
+    except StoreError as error:
+        raise AnalysisError(str(error)) from None
 
 
 def run_dirs(sweep: Path) -> list[Path]:
     """The run folders of a sweep, in a stable order; raises AnalysisError if `sweep` is not a sweep folder."""
-    runs = Path(sweep) / "runs"
+    runs = Path(sweep) / RUNS
     if not runs.is_dir():
         raise AnalysisError(f"{sweep} is not a sweep folder: expected {runs} with one folder per run")
-    return sorted(path for path in runs.iterdir() if path.is_dir() and (path / "config.json").exists())
+    return sorted(path for path in runs.iterdir() if path.is_dir() and (path / CONFIG).exists())
 
 
 def sweep_name(sweep: Path) -> str:
@@ -88,9 +62,9 @@ def load_runs(sweeps: Iterable[Path | str]) -> pd.DataFrame:
     """
     rows = []
     for sweep, run_dir in _sweep_runs(sweeps):
-        metrics_path = run_dir / "metrics.json"
-        metrics = _read_metrics(metrics_path) if metrics_path.exists() else {"status": "unfinished", "reason": ""}
-        config = {**CONFIG_DEFAULTS, **_read_object(run_dir / "config.json", [])}
+        metrics_path = run_dir / METRICS
+        metrics = _read(read_metrics, metrics_path) if metrics_path.exists() else {"status": "unfinished", "reason": ""}
+        config = {**CONFIG_DEFAULTS, **_read(read_object, run_dir / CONFIG)}
         rows.append({"sweep": sweep, "run_id": run_dir.name, **config, **metrics})
     if not rows:
         return pd.DataFrame(columns=["sweep", "run_id", *CONFIG_KEYS, "status", "reason"])
@@ -105,8 +79,8 @@ def load_history(sweeps: Iterable[Path | str]) -> pd.DataFrame:
     """Every run's per-epoch record in long form: sweep, run_id, epoch, metric, value (one row per number)."""
     frames = []
     for sweep, run_dir in _sweep_runs(sweeps):
-        history_path = run_dir / "history.json"
-        records = _read_history(history_path) if history_path.exists() else []
+        history_path = run_dir / HISTORY
+        records = _read(read_history, history_path) if history_path.exists() else []
         if records:
             wide = pd.DataFrame(records).assign(sweep=sweep, run_id=run_dir.name)
             frames.append(wide.melt(id_vars=["sweep", "run_id", "epoch"], var_name="metric", value_name="value"))

@@ -8,7 +8,6 @@ a time from a baseline) gets one block of rows per axis. Runs that differ in a k
 unless --allow-mixed asks for them to be pooled.
 """
 
-import argparse
 import math
 import re
 import sys
@@ -20,7 +19,6 @@ from matplotlib.figure import Figure
 
 from ablations.atomic import write_text
 from ablations.config import ConfigError
-from ablations.run import folder_path
 from analysis import plots, provenance, style
 from analysis.design import (
     Design,
@@ -34,7 +32,9 @@ from analysis.design import (
 )
 from analysis.load import AnalysisError, load_history, load_runs, sweep_name, variant_keys
 from analysis.variants import NOT_DONE, summarise, variant_label
+from convmixer.arguments import OneLineParser, folder_path, run_cli
 
+PROG = "python -m analysis.report"
 CI_NOTE = "Accuracy: mean ± half-width of the 95% Student-t confidence interval over n seeds; n/a: one seed, no CI."
 DIFF_NOTE = (
     "Δ: difference of mean test accuracy from the baseline (the same variant with the baseline's values), "
@@ -350,17 +350,8 @@ def build_report(
     return out / "report.md"
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line, like the rest of the toolkit's bad-input errors."""
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"error: {message}\n")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(
-        prog="python -m analysis.report", description="Tables (Markdown, LaTeX) and figures (PNG, PDF) of sweeps."
-    )
+    parser = OneLineParser(prog=PROG, description="Tables (Markdown, LaTeX) and figures (PNG, PDF) of sweeps.")
     parser.add_argument("sweeps", nargs="+", type=folder_path, help="sweep folders, e.g. results/kernel")
     parser.add_argument(
         "--baseline",
@@ -377,14 +368,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=folder_path, help="output folder (default: <first sweep>/report)")
     args = parser.parse_args(argv)
-    try:
-        path = build_report(args.sweeps, args.baseline, args.out, args.allow_mixed)
-    except (AnalysisError, ConfigError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    path = build_report(args.sweeps, args.baseline, args.out, args.allow_mixed)
     print(f"wrote {path.parent}: report.md, tables and figures")
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv, PROG, (AnalysisError, ConfigError, OSError))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -38,20 +38,22 @@ sys.path.insert(0, str(REPO))  # run as a script on a machine where the toolkit 
 import torch  # noqa: E402
 
 from ablations.config import RunConfig  # noqa: E402
-from ablations.data import build_data  # noqa: E402
+from ablations.loaders import build_data  # noqa: E402
 from ablations.presets import CIFAR10_RECIPE  # noqa: E402
 from ablations.train import Trainer, run_dtype, train_run  # noqa: E402
+from convmixer.arguments import OneLineParser, run_cli  # noqa: E402
 from convmixer.model import ConvMixerConfig  # noqa: E402
 from convmixer.runtime import device_name, parse_device, synchronize  # noqa: E402
 from convmixer.throughput import measure_throughput  # noqa: E402
 
+PROG = "python benchmarks/gpu_check.py"
 DATA_CANDIDATES = (REPO / ".device-data/cifar10-jpeg.tar.gz", REPO.parent / "shared/data/cifar10-jpeg.tar.gz")
 # --tiny: the same stages with a model, data and epochs small enough for a busy 2-core CPU.
 TINY = {"dim": 16, "depth": 1, "patch_size": 4, "train_subset": 256, "test_subset": 128, "batch_size": 64, "epochs": 1}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     candidates = ", ".join(str(path.relative_to(REPO.parent)) for path in DATA_CANDIDATES)
     parser.add_argument("--data", help=f"CIFAR-10 tree or .tar.gz, or 'synthetic' (default: first of {candidates})")
@@ -294,5 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(row["status"] == "ok" for row in check.rows) else 1
 
 
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv, PROG)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -33,9 +33,9 @@ from reference_recipe import PUBLISHED, TUNED, train_reference  # noqa: E402
 
 from ablations import atomic  # noqa: E402
 from ablations.config import PRECISIONS, ConfigError, RunConfig  # noqa: E402
-from ablations.data import load_resident  # noqa: E402
-from ablations.datasets import DataError, ImageTree, Split  # noqa: E402
+from ablations.sources import DataError, Split, load_splits  # noqa: E402
 from ablations.train import train_run  # noqa: E402
+from convmixer.arguments import OneLineParser, UsageError, run_cli  # noqa: E402
 from convmixer.count import closed_form  # noqa: E402
 from convmixer.runtime import autocast_dtype, cuda_math_flags, parse_device  # noqa: E402
 
@@ -43,11 +43,12 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data/cifar10-jpe
 # Dense bf16/fp16 tensor-core peak from the datasheets (SXM parts), matched against the CUDA device name.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 VARIANTS = ("engine", "engine-fp16", "reference", "reference-tuned")
+PROG = "python benchmarks/train_speed.py"
 BASELINE = "reference"  # ratios are to the reference as published
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--epochs", type=int, default=25)
     add("--data", default=str(DEFAULT_DATA), help="ImageFolder tree or .tar.gz of it (train/ and test/)")
@@ -77,7 +78,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
         "(engine-fp16 only on CUDA; default: all that run on the device)")  # fmt: skip
     add("--peak-tflops", type=float, default=None, help="device peak for MFU (default: datasheet table)")
     add("--out", type=Path, default=None, help="write results to this .json and a .md beside it")
-    return parser, parser.parse_args(argv)
+    return parser.parse_args(argv)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -231,7 +232,7 @@ def describe(cfg: RunConfig, device: torch.device, args: argparse.Namespace, pea
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, args = parse_args(argv)
+    args = parse_args(argv)
     try:
         cfg = config_from_args(args)
         device = parse_device(args.device)
@@ -246,13 +247,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--peak-tflops {args.peak_tflops} is not accepted: expected a number > 0")
         check_out(args.out)
     except ValueError as error:  # ConfigError is a ValueError
-        parser.error(str(error))
+        raise UsageError(str(error)) from None
 
     peak = peak_tflops(device, args.peak_tflops)
-    try:
-        splits = load_resident(cfg, ImageTree(Path(cfg.data_root)))
-    except (DataError, ConfigError) as error:
-        parser.error(str(error))
+    loaded = load_splits(cfg, resident_bytes=sys.maxsize)  # every variant trains from the same tensors
+    cfg.check_image_size(loaded.image_size, f" in --data {cfg.data_root!r}")
+    splits = loaded.train, loaded.test
     counts = closed_form(cfg.model_config(len(splits[0].classes), 3), splits[0].images.shape[-1])
     header = describe(cfg, device, args, peak)
     header.insert(1, f"{len(splits[0].labels)} train / {len(splits[1].labels)} test images, {cfg.epochs} epochs, "
@@ -279,5 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv, PROG, (DataError, ConfigError))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

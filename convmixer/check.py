@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from convmixer.arguments import OneLineParser, run_cli
 from convmixer.interop import StateDict, tweet_to_modular
 from convmixer.model import ConvMixer, count_parameters
 from convmixer.registry import create_model, list_models
@@ -32,6 +33,7 @@ Converter = Callable[[StateDict], StateDict]
 TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-4}
 DTYPES = {"float32": (torch.float32,), "float64": (torch.float64,), "both": (torch.float64, torch.float32)}
 COLUMNS = ("eval logits", "train logits", "running stats", "input grad", "param grad")
+PROG = "python -m convmixer.check"
 BATCH_SIZE = 4
 N_CLASSES = 10
 
@@ -233,11 +235,6 @@ def report(rows: Sequence[Row]) -> str:
     return "\n".join(line for line in lines if line)
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 MAX_SEED = 2**64 - 1  # torch.manual_seed raises on anything larger
 
 
@@ -249,9 +246,7 @@ def parse_seed(text: str) -> int:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = OneLineErrorParser(
-        prog="python -m convmixer.check", description="Check that the modular ConvMixer computes the tweet's function."
-    )
+    parser = OneLineParser(prog=PROG, description="Check that the modular ConvMixer computes the tweet's function.")
     parser.add_argument("--dtype", choices=list(DTYPES), default="both", help="precision(s) to compare in")
     parser.add_argument("--quick", action="store_true", help=f"only {len(QUICK_CASES)} of the {len(CASES)} configs")
     parser.add_argument("--seed", type=parse_seed, default=0, help="seed for weights and inputs")
@@ -269,6 +264,10 @@ def main(argv: Sequence[str] | None = None, convert: Converter = tweet_to_modula
     return 1 if any(row.status == "FAIL" for row in rows) else 0
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    return run_cli(main, argv, PROG)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)  # the models are tiny: OpenMP handoffs cost more than they save, worst on a busy CPU
-    sys.exit(main())
+    sys.exit(cli())

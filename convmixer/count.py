@@ -21,9 +21,9 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from convmixer.arguments import check_choice, check_integer
+from convmixer.arguments import OneLineParser, check_choice, check_integer, check_patch_fits, run_cli
 from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig, count_parameters
-from convmixer.registry import get_config, list_models
+from convmixer.registry import default_image_size, get_config, list_models
 from convmixer.runtime import AUTOCAST_DTYPES, MissingPackage, check_memory, require
 from convmixer.throughput import measure_throughput
 from convmixer.tweet import ConvMixer as TweetConvMixer
@@ -80,8 +80,7 @@ def closed_form(config: ConvMixerConfig, image_size: int) -> Counts:
     check_choice("residual", config.residual, RESIDUAL_ADDS_PER_LAYER)
     check_choice("norm", config.norm, NORM_MACS_PER_ELEMENT)
     check_integer("patch_size", config.patch_size, 1)  # it divides the image size below
-    if image_size < config.patch_size:
-        raise ValueError(f"image_size={image_size} is not accepted; it must be >= patch_size={config.patch_size}")
+    check_patch_fits(config.patch_size, image_size)
     dim, depth, k, p, c = config.dim, config.depth, config.kernel_size, config.patch_size, config.in_chans
     positions = (image_size // p) ** 2  # a stride-p conv without padding drops the remainder pixels
     maps = dim * positions  # elements of one feature map; "same" padding keeps it for every kernel
@@ -199,27 +198,32 @@ def count_model(config: ConvMixerConfig, image_size: int, *, tweet: bool = False
     return traced
 
 
+PROG = "python -m convmixer.count"
+DEFAULT_IMAGE_SIZE = 224  # without --model: the ImageNet resolution of the paper
 SHAPE_FLAGS = tuple(field.name for field in dataclasses.fields(ConvMixerConfig))
 SHAPE_CHOICES = {"residual": RESIDUALS, "norm": NORMS, "activation": ACTIVATIONS}  # every other shape flag is an int
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     usage = "%(prog)s (--model NAME | --dim D --depth N) [shape flags] [--tweet] [--json] [--throughput ...]"
-    parser = argparse.ArgumentParser(
-        prog="python -m convmixer.count", usage=usage, description=__doc__.split("\n\n")[0]
-    )
+    parser = OneLineParser(prog=PROG, usage=usage, description=__doc__.split("\n\n")[0])
+    models = ", ".join(f"{name} ({default_image_size(name)} px)" for name in list_models())
     parser.add_argument(
         "--model",
         choices=list_models(),
         metavar="NAME",
-        help=f"one of {', '.join(list_models())}; shape flags override it",
+        help=f"one of {models}: counted at that image size unless --image-size says otherwise; shape flags "
+        "override the model's",
     )
     for flag in SHAPE_FLAGS:
         if flag in SHAPE_CHOICES:
             parser.add_argument(f"--{flag}", choices=SHAPE_CHOICES[flag])
         else:
             parser.add_argument("--" + flag.replace("_", "-"), type=int, help=f"model {flag}")
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument(
+        "--image-size", type=int, metavar="PX",
+        help=f"input side in pixels (default: the --model's size from the registry, else {DEFAULT_IMAGE_SIZE})",
+    )  # fmt: skip
     parser.add_argument("--tweet", action="store_true", help="count the 280-character tweet model itself")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--throughput", action="store_true", help="also time inference")
@@ -229,7 +233,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--dtype", choices=tuple(AUTOCAST_DTYPES), default="fp32", help="autocast dtype")
     parser.add_argument("--channels-last", action="store_true")
-    return parser, parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.image_size is None:
+        args.image_size = default_image_size(args.model) if args.model else DEFAULT_IMAGE_SIZE
+    return args
 
 
 def config_from_args(args: argparse.Namespace) -> ConvMixerConfig:
@@ -267,19 +274,16 @@ def format_text(config: ConvMixerConfig, image_size: int, tweet: bool, counts: C
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, args = parse_args(argv)
-    try:
-        config = config_from_args(args)
-        counts = count_model(config, args.image_size, tweet=args.tweet)
-        speed = None
-        if args.throughput:
-            model = build_model(config, tweet=args.tweet)
-            speed = measure_throughput(
-                model, args.image_size, args.batch_size, args.device, in_chans=config.in_chans,
-                warmup=args.warmup, repeats=args.repeats, dtype=args.dtype, channels_last=args.channels_last,
-            )  # fmt: skip
-    except (ValueError, MissingPackage) as error:
-        parser.error(str(error))
+    args = parse_args(argv)
+    config = config_from_args(args)
+    counts = count_model(config, args.image_size, tweet=args.tweet)
+    speed = None
+    if args.throughput:
+        model = build_model(config, tweet=args.tweet)
+        speed = measure_throughput(
+            model, args.image_size, args.batch_size, args.device, in_chans=config.in_chans,
+            warmup=args.warmup, repeats=args.repeats, dtype=args.dtype, channels_last=args.channels_last,
+        )  # fmt: skip
     if args.json:
         model_fields = {**dataclasses.asdict(config), "tweet": args.tweet, "image_size": args.image_size}
         report = {"model": model_fields, **counts.to_dict(), "convention": list(CONVENTION)}
@@ -289,5 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv, PROG, (ValueError, MissingPackage))  # bad values raise one-line ValueErrors
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -93,25 +93,58 @@ class ClassifierHead(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
+@dataclass(frozen=True)
+class ConvMixerConfig:
+    """Every constructor argument of `ConvMixer`, so a model can be rebuilt or counted from its config.
+
+    These are the model's defaults, and ConvMixer's signature takes them from here. They follow the paper's
+    ImageNet signature (kernel 9, patch 7, 1000 classes, as timm's ConvMixer); ablations.config.RunConfig
+    defaults instead to the CIFAR-10 reference model (the registry's convmixer_256_8_cifar10), which a sweep trains.
+    """
+
+    dim: int
+    depth: int
+    kernel_size: int = 9
+    patch_size: int = 7
+    n_classes: int = 1000
+    in_chans: int = 3
+    residual: str = "depthwise"
+    norm: str = "batch"
+    activation: str = "gelu"
+
+    def build(self) -> "ConvMixer":
+        return ConvMixer(
+            self.dim,
+            self.depth,
+            self.kernel_size,
+            self.patch_size,
+            self.n_classes,
+            in_chans=self.in_chans,
+            residual=self.residual,
+            norm=self.norm,
+            activation=self.activation,
+        )
+
+
 class ConvMixer(nn.Module):
     """ConvMixer-`dim`/`depth`: patch embedding, `depth` mixer layers, classifier head.
 
-    The defaults (`residual="depthwise"`, `norm="batch"`, `activation="gelu"`) are the paper's model;
-    the keyword-only arguments are the ablation knobs.
+    The defaults are ConvMixerConfig's: the paper's model (`residual="depthwise"`, `norm="batch"`,
+    `activation="gelu"`) with its ImageNet kernel, patch and classes; the keyword-only arguments are the ablation knobs.
     """
 
     def __init__(
         self,
         dim: int,
         depth: int,
-        kernel_size: int = 9,
-        patch_size: int = 7,
-        n_classes: int = 1000,
+        kernel_size: int = ConvMixerConfig.kernel_size,
+        patch_size: int = ConvMixerConfig.patch_size,
+        n_classes: int = ConvMixerConfig.n_classes,
         *,
-        in_chans: int = 3,
-        residual: str = "depthwise",
-        norm: str = "batch",
-        activation: str = "gelu",
+        in_chans: int = ConvMixerConfig.in_chans,
+        residual: str = ConvMixerConfig.residual,
+        norm: str = ConvMixerConfig.norm,
+        activation: str = ConvMixerConfig.activation,
     ) -> None:
         super().__init__()
         for name, value, minimum in (
@@ -138,34 +171,6 @@ class ConvMixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
-
-
-@dataclass(frozen=True)
-class ConvMixerConfig:
-    """Every constructor argument of `ConvMixer`, so a model can be rebuilt or counted from its config."""
-
-    dim: int
-    depth: int
-    kernel_size: int = 9
-    patch_size: int = 7
-    n_classes: int = 1000
-    in_chans: int = 3
-    residual: str = "depthwise"
-    norm: str = "batch"
-    activation: str = "gelu"
-
-    def build(self) -> ConvMixer:
-        return ConvMixer(
-            self.dim,
-            self.depth,
-            self.kernel_size,
-            self.patch_size,
-            self.n_classes,
-            in_chans=self.in_chans,
-            residual=self.residual,
-            norm=self.norm,
-            activation=self.activation,
-        )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -2,31 +2,59 @@
 
 The ImageNet names match timm's (`convmixer_1536_20`, ...), whose checkpoints `convmixer.interop`
 converts. The CIFAR-10 entries are the reference recipe's ConvMixer-256/8 and the paper's k9 p1 variant.
+Each entry also records the image side it is meant for, like the input_size of timm's default_cfg: 224 for
+the ImageNet models, 32 for the CIFAR-10 ones (the counter uses it unless told another size).
 """
 
 import dataclasses
+from dataclasses import dataclass
 
 from convmixer.model import ConvMixer, ConvMixerConfig
 
-MODEL_CONFIGS: dict[str, ConvMixerConfig] = {
-    "convmixer_1536_20": ConvMixerConfig(dim=1536, depth=20, kernel_size=9, patch_size=7, n_classes=1000),
-    "convmixer_768_32": ConvMixerConfig(
-        dim=768, depth=32, kernel_size=7, patch_size=7, n_classes=1000, activation="relu"
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    config: ConvMixerConfig
+    image_size: int  # input side in pixels the model was trained at
+
+
+MODELS: dict[str, RegisteredModel] = {
+    "convmixer_1536_20": RegisteredModel(
+        ConvMixerConfig(dim=1536, depth=20, kernel_size=9, patch_size=7, n_classes=1000), 224
     ),
-    "convmixer_1024_20_ks9_p14": ConvMixerConfig(dim=1024, depth=20, kernel_size=9, patch_size=14, n_classes=1000),
-    "convmixer_256_8_cifar10": ConvMixerConfig(dim=256, depth=8, kernel_size=5, patch_size=2, n_classes=10),
-    "convmixer_256_8_ks9_p1_cifar10": ConvMixerConfig(dim=256, depth=8, kernel_size=9, patch_size=1, n_classes=10),
+    "convmixer_768_32": RegisteredModel(
+        ConvMixerConfig(dim=768, depth=32, kernel_size=7, patch_size=7, n_classes=1000, activation="relu"), 224
+    ),
+    "convmixer_1024_20_ks9_p14": RegisteredModel(
+        ConvMixerConfig(dim=1024, depth=20, kernel_size=9, patch_size=14, n_classes=1000), 224
+    ),
+    "convmixer_256_8_cifar10": RegisteredModel(
+        ConvMixerConfig(dim=256, depth=8, kernel_size=5, patch_size=2, n_classes=10), 32
+    ),
+    "convmixer_256_8_ks9_p1_cifar10": RegisteredModel(
+        ConvMixerConfig(dim=256, depth=8, kernel_size=9, patch_size=1, n_classes=10), 32
+    ),
 }
+MODEL_CONFIGS: dict[str, ConvMixerConfig] = {name: model.config for name, model in MODELS.items()}
 
 
 def list_models() -> list[str]:
-    return sorted(MODEL_CONFIGS)
+    return sorted(MODELS)
+
+
+def registered(name: str) -> RegisteredModel:
+    if name not in MODELS:
+        raise ValueError(f"model {name!r} is not registered; choose one of {', '.join(list_models())}")
+    return MODELS[name]
 
 
 def get_config(name: str) -> ConvMixerConfig:
-    if name not in MODEL_CONFIGS:
-        raise ValueError(f"model {name!r} is not registered; choose one of {', '.join(list_models())}")
-    return MODEL_CONFIGS[name]
+    return registered(name).config
+
+
+def default_image_size(name: str) -> int:
+    """The image side the registered model is meant for (its training resolution)."""
+    return registered(name).image_size
 
 
 def create_model(name: str, **overrides: object) -> ConvMixer:

@@ -1,4 +1,5 @@
-"""Shared pytest setup: single-threaded torch, a per-session data cache, the shared CIFAR-10 archive, a real sweep.
+"""Shared pytest setup: single-threaded torch, a per-session data cache, the shared CIFAR-10 archive, a real sweep,
+and small ImageFolder trees written on the fly.
 
 On a small, busy CPU, handing microsecond-sized ops to OpenMP threads costs far more than it saves
 (measured: a 4-channel ConvMixer forward took ~300 ms with 2 threads under load, ~3 ms with 1).
@@ -6,15 +7,47 @@ On a small, busy CPU, handing microsecond-sized ops to OpenMP threads costs far 
 
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from ablations.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 TINY_SWEEP_KEYS = "dataset=synthetic,epochs=2,dim=8,depth=1,train_subset=128,test_subset=64,batch_size=64"
+TREE_CLASSES = ("cat", "dog", "emu")
+NO_AUGMENT = dict(scale=1.0, hflip=False, randaug_n=0, jitter=0.0, reprob=0.0)
+
+
+def write_tree(root: Path, per_class: dict[str, int], size: int = 12) -> None:
+    """root/<split>/<class>/NNN.png, lossless; red encodes the class, green the image's number."""
+    for split, count in per_class.items():
+        for label, name in enumerate(TREE_CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = np.zeros((size, size + 4, 3), np.uint8)  # not square: decoding centre-crops
+                pixels[..., 0], pixels[..., 1] = 40 + 60 * label, 10 * i
+                pixels[:, :2] = 255  # a left border the centre crop removes
+                Image.fromarray(pixels).save(root / split / name / f"{i:03d}.png")
+
+
+def write_archive(tmp_path: Path, per_class: dict[str, int], name: str = "tiny.tar.gz") -> Path:
+    tree = tmp_path / "tree"
+    write_tree(tree, per_class)
+    archive = tmp_path / name
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname="tiny-jpeg")  # one folder down, like the shared CIFAR-10 archive
+    return archive
+
+
+def imagefolder(root: Path, **overrides) -> RunConfig:
+    return RunConfig(**{"dataset": "imagefolder", "data_root": str(root), "batch_size": 4, **NO_AUGMENT, **overrides})
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -228,26 +228,23 @@ def test_latex_escape():
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(sweep, tmp_path, capsys, args, message):
-    """What `python -m analysis.report` exits with (main's return value); nothing is written."""
+    """What `python -m analysis.report` exits with (cli's return value); nothing is written."""
     empty = copy_runs(sweep, tmp_path / "empty", lambda config: config["seed"] == 0)
     for run_dir in (empty / "runs").iterdir():
         (run_dir / "metrics.json").unlink()
     paths = {"missing": tmp_path / "missing", "empty": empty, "sweep": sweep}
     out = tmp_path / "out"
     argv = [arg.format(**paths) for arg in args] + ["--out", str(out)]
-    try:
-        code = report.main(argv)
-    except SystemExit as exit_:  # argparse's own usage errors
-        code = exit_.code
+    code = report.cli(argv)
     err = capsys.readouterr().err
-    assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("error: ")
+    assert code == 2 and message in err and err.count("\n") == 1 and err.startswith(f"{report.PROG}: error: ")
     assert not out.exists()
 
 
 @pytest.mark.parametrize(
     "name, content, message",
     [
-        ("metrics.json", b"\xff\xfe", "metrics.json: 'utf-8' codec can't decode"),
+        ("metrics.json", b"\xff\xfe", "metrics.json is not valid JSON ('utf-8' codec can't decode"),
         ("metrics.json", b"[]", "metrics.json is not accepted: expected a JSON object, found list"),
         ("metrics.json", b"{}", "metrics.json is not accepted: it has no 'status' key"),
         ("metrics.json", b'{"status": "ok"}', "status 'ok' is not accepted: expected done, diverged, failed"),
@@ -262,9 +259,9 @@ def test_a_hand_damaged_run_file_is_one_line_and_writes_nothing(sweep, tmp_path,
     path = next((damaged / "runs").iterdir()) / name
     path.write_bytes(content)
     out = tmp_path / "out"
-    assert report.main([str(damaged), "--out", str(out)]) == 2
+    assert report.cli([str(damaged), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {path}") or err.startswith(f"error: cannot read {path}")
+    assert err.startswith(f"{report.PROG}: error: {path}")
     assert message in err and err.count("\n") == 1
     assert not out.exists()
 
@@ -277,10 +274,7 @@ def test_an_out_that_cannot_be_a_folder_is_refused(sweep, tmp_path, capsys, monk
         ("file", "--out 'file' is not accepted: cannot create it (File exists)"),
         ("file/sub", "--out 'file/sub' is not accepted: cannot create it (Not a directory)"),
     ]:
-        try:
-            code = report.main([str(sweep), "--out", out])
-        except SystemExit as exit_:  # argparse's own usage errors
-            code = exit_.code
+        code = report.cli([str(sweep), "--out", out])
         err = capsys.readouterr().err
         assert code == 2 and message in err and err.count("\n") == 1
     assert [path.name for path in tmp_path.iterdir()] == ["file"]
@@ -312,7 +306,7 @@ def edit_configs(sweep: Path, keep, **values) -> None:
 
 
 def run_report(argv: list[str], capsys) -> tuple[int, str]:
-    code = report.main(argv)
+    code = report.cli(argv)
     return code, capsys.readouterr().err
 
 

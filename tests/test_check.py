@@ -83,11 +83,10 @@ def test_tweet_failure_on_an_odd_kernel_is_a_failure() -> None:
     ],
 )
 def test_bad_options_exit_2_with_one_line(argv: list[str], message: tuple, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        check.main(argv)
-    assert exit_info.value.code == 2
+    assert check.cli(argv) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and all(fragment in error for fragment in message)
+    assert error.startswith(f"{check.PROG}: error: ") and error.count("\n") == 1
+    assert all(fragment in error for fragment in message)
 
 
 def test_command_line_bad_option_has_no_traceback() -> None:

@@ -143,12 +143,36 @@ def test_cli_registry_model_with_override(capsys):
 
 
 @pytest.mark.parametrize(
+    "model, image_size",
+    [("convmixer_256_8_cifar10", 32), ("convmixer_256_8_ks9_p1_cifar10", 32), ("convmixer_768_32", 224)],
+)
+def test_cli_counts_a_registry_model_at_its_own_image_size(model, image_size, capsys):
+    """A CIFAR-10 model counted at 224 px overstated its MACs 49-fold; --image-size still overrides."""
+    assert count.main(["--model", model, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"]["image_size"] == image_size
+    assert report["macs"] == closed_form(get_config(model), image_size).macs
+    assert count.main(["--model", model, "--image-size", "64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["image_size"] == 64
+
+
+def test_cli_help_shows_each_models_image_size(capsys):
+    with pytest.raises(SystemExit) as exited:
+        count.main(["--help"])
+    assert exited.value.code == 0
+    assert "convmixer_256_8_cifar10 (32 px)" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(
     "flags,message",
     [
         (["--dim", "8", "--depth", "1", "--residual", "foo"], "invalid choice: 'foo'"),
         (["--dim", "0", "--depth", "1"], "dim=0"),
         (["--depth", "1"], "--dim and --depth are required"),
-        (["--dim", "8", "--depth", "1", "--image-size", "5"], "image_size=5"),
+        (
+            ["--dim", "8", "--depth", "1", "--image-size", "5"],
+            "patch_size=7 is not accepted: larger than the 5x5 images",
+        ),
         (["--dim", "8", "--depth", "1", "--kernel-size", "4", "--tweet"], "kernel_size=4 cannot run in the tweet"),
         (["--dim", "8", "--depth", "1", "--image-size", "7", "--throughput", "--device", "tpu"], "device='tpu'"),
         (["--dim", "8", "--depth", "1", "--image-size", "7", "--throughput", "--batch-size", "0"], "batch_size=0"),
@@ -161,11 +185,9 @@ def test_cli_registry_model_with_override(capsys):
     ],
 )
 def test_cli_bad_values_exit_2(flags, message, capsys):
-    with pytest.raises(SystemExit) as exited:
-        count.main(flags)
-    assert exited.value.code == 2
+    assert count.cli(flags) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert err.startswith(f"{count.PROG}: error: ") and message in err and err.count("\n") == 1
 
 
 def test_cli_module_entry_point_has_no_traceback():

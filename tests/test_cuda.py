@@ -12,7 +12,7 @@ import torch
 
 from ablations import train
 from ablations.config import RunConfig
-from ablations.data import build_data
+from ablations.loaders import build_data
 from ablations.run import cli
 from ablations.train import Trainer, train_run
 

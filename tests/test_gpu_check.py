@@ -34,6 +34,6 @@ def test_bad_options_are_one_line_errors(gpu_check, tmp_path, capsys):
         (["--data", str(tmp_path / "nowhere")], "does not exist"),
         (["--wheels", str(tmp_path)], "no .whl files in it"),
     ):
-        with pytest.raises(SystemExit) as exited:
-            gpu_check.main(argv)
-        assert exited.value.code == 2 and message in capsys.readouterr().err
+        assert gpu_check.cli(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"{gpu_check.PROG}: error: ") and message in err and err.count("\n") == 1

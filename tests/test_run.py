@@ -180,8 +180,9 @@ def test_an_out_folder_that_cannot_be_created_is_refused_before_any_write(tmp_pa
 @pytest.mark.parametrize(
     "content, message",
     [
-        (b"[]", "metrics.json is not a JSON object"),
-        (b"{}", "metrics.json has status None, expected one of done, diverged, failed"),
+        (b"[]", "metrics.json is not accepted: expected a JSON object, found list"),
+        (b"{}", "metrics.json is not accepted: it has no 'status' key"),
+        (b'{"status": "ok"}', "metrics.json: status 'ok' is not accepted: expected done, diverged, failed"),
         (b"\xff\xfe", "metrics.json is not valid JSON ('utf-8' codec can't decode"),
         (None, "metrics.json cannot be read (Is a directory)"),
     ],

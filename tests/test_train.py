@@ -256,10 +256,9 @@ def test_train_speed_refuses_bad_options_before_training(repo_root, tmp_path, mo
     train_speed = importlib.import_module("train_speed")
     (tmp_path / "file").write_text("x")
     argv = ["--data", str(tmp_path), "--device", "cpu", *(arg.format(tmp=tmp_path) for arg in args)]
-    with pytest.raises(SystemExit) as exited:
-        train_speed.main(argv)
+    assert train_speed.cli(argv) == 2
     err = capsys.readouterr().err
-    assert exited.value.code == 2 and message in err.splitlines()[-1] and "Traceback" not in err
+    assert err.startswith(f"{train_speed.PROG}: error: ") and message in err and err.count("\n") == 1
     assert [path.name for path in tmp_path.iterdir()] == ["file"]
 
 

@@ -1,5 +1,6 @@
 """`build_data(cfg, device)`: the train and test loaders of a run, with the dataset on the device when it fits.
 
+The data arrive finished from ablations.sources (subset, sized); this module only places, batches and augments.
 A dataset whose decoded uint8 images fit in `resident_bytes` (every CIFAR-sized one) is moved to the device
 once; an epoch is then a shuffled index, copied to the device once (asynchronously, from pinned memory), and
 batched augmentation on the device, with no CPU work per image and no host sync inside the epoch.
@@ -13,27 +14,16 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ablations.augment import Augment, normalise
-from ablations.config import ConfigError, RunConfig
-from ablations.datasets import (
-    DataError,
-    ImageTree,
-    Split,
-    TreeSplit,
-    decode_image,
-    load_cifar,
-    load_synthetic,
-    stratified_subset,
-)
+from ablations.config import RunConfig
+from ablations.sources import RESIDENT_BYTES, DataError, ImageFiles, Split, load_splits
 
 __all__ = ["Data", "DataError", "TestLoader", "TrainLoader", "build_data"]
 
-RESIDENT_BYTES = 4 << 30  # decoded uint8 train + test images up to this size live on the device
 # Per-channel mean/std for a streamed dataset, whose train split is too big to scan: ImageNet's.
 STREAMED_MEAN, STREAMED_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -65,19 +55,6 @@ class ResidentImages:
         """The images at `order` (a CPU index tensor), batch_size at a time; the index moves to the device once."""
         for index in to_device_async(order, self.device).split(batch_size):
             yield self.images[index], self.labels[index]
-
-
-class ImageFiles(Dataset):
-    """Image files of a folder tree, each decoded to a size x size uint8 tensor in a DataLoader worker."""
-
-    def __init__(self, root: Path, paths: list[str], labels: torch.Tensor, size: int) -> None:
-        self.root, self.paths, self.labels, self.size = root, paths, labels, size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return decode_image((self.root / self.paths[i]).read_bytes(), self.size), self.labels[i]
 
 
 class StreamedImages:
@@ -170,49 +147,6 @@ def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.float(), std.clamp(min=1 / 255).float()  # at least one grey level: a flat channel stays finite
 
 
-def resize(split: Split, image_size: int) -> Split:
-    """Resize (bilinear, antialiased) a split whose images are not image_size x image_size already."""
-    if not image_size or split.images.shape[-1] == image_size:
-        return split
-    resized = torch.nn.functional.interpolate(
-        split.images.float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
-    )
-    return Split(resized.round().clamp(0, 255).to(torch.uint8), split.labels, split.classes)
-
-
-def load_resident(cfg: RunConfig, tree: ImageTree | None) -> tuple[Split, Split]:
-    """(train, test) as uint8 tensors on the CPU, subsets taken, for the datasets that are held in memory."""
-    if tree is not None:
-        return tree.load("train", cfg.image_size, cfg.train_subset), tree.load("test", cfg.image_size, cfg.test_subset)
-    if cfg.dataset == "synthetic":
-        train, test = load_synthetic(True), load_synthetic(False)
-    else:
-        train, test = load_cifar(cfg.dataset, cfg.data_root, True), load_cifar(cfg.dataset, cfg.data_root, False)
-    train = train.subset(stratified_subset(train.labels, cfg.train_subset))
-    test = test.subset(stratified_subset(test.labels, cfg.test_subset))
-    return resize(train, cfg.image_size), resize(test, cfg.image_size)
-
-
-def streamed_files(
-    tree: ImageTree, cfg: RunConfig, resident_bytes: int
-) -> tuple[ImageFiles, ImageFiles, list[str]] | None:
-    """(train files, test files, classes) of an ImageFolder *folder* too big for `resident_bytes` once decoded;
-    None when it fits, and for archives, which are always decoded into memory (streaming them would be slow)."""
-    if tree.is_archive:
-        return None
-    train, test = tree.splits["train"], tree.splits["test"]
-    train_keep = stratified_subset(train.labels, cfg.train_subset)
-    test_keep = stratified_subset(test.labels, cfg.test_subset)
-    size = cfg.image_size or tree.native_size()
-    if (len(train_keep) + len(test_keep)) * 3 * size * size <= resident_bytes:
-        return None
-
-    def files(split: TreeSplit, keep: torch.Tensor) -> ImageFiles:
-        return ImageFiles(tree.source, [split.paths[i] for i in keep.tolist()], split.labels[keep], size)
-
-    return files(train, train_keep), files(test, test_keep), tree.classes
-
-
 def build_data(
     cfg: RunConfig, device: torch.device, *, resident_bytes: int = RESIDENT_BYTES, workers: int | None = None
 ) -> Data:
@@ -222,32 +156,24 @@ def build_data(
     folders stream through `workers` DataLoader processes (default: one per CPU core, at most 8).
     """
     device = torch.device(device)
-    tree = ImageTree(Path(cfg.data_root)) if cfg.dataset == "imagefolder" else None
-    streamed = streamed_files(tree, cfg, resident_bytes) if tree is not None else None
-    if streamed is None:
-        train_split, test_split = load_resident(cfg, tree)
-        train, test = ResidentImages(train_split, device), ResidentImages(test_split, device)
-        mean, std = (stat.to(device) for stat in channel_stats(train_split.images))
-        classes, image_size = train_split.classes, train_split.images.shape[-1]
+    splits = load_splits(cfg, resident_bytes)
+    cfg.check_image_size(splits.image_size, f" in data_root={cfg.data_root!r}")
+    if splits.resident:
+        train, test = ResidentImages(splits.train, device), ResidentImages(splits.test, device)
+        mean, std = (stat.to(device) for stat in channel_stats(splits.train.images))
     else:
-        train_files, test_files, classes = streamed
         workers = min(8, os.cpu_count() or 1) if workers is None else workers
-        train, test = StreamedImages(train_files, device, workers), StreamedImages(test_files, device, workers)
+        train, test = StreamedImages(splits.train, device, workers), StreamedImages(splits.test, device, workers)
         mean, std = torch.tensor(STREAMED_MEAN, device=device), torch.tensor(STREAMED_STD, device=device)
-        image_size = train_files.size
-    if cfg.patch_size > image_size:
-        raise ConfigError(
-            f"patch_size={cfg.patch_size} is not accepted: larger than the {image_size}x{image_size} images "
-            f"in data_root={cfg.data_root!r}"
-        )
+    classes = splits.classes
     return Data(
         train=TrainLoader(train, Augment(cfg, len(classes), mean, std), cfg),
         test=TestLoader(test, mean, std, cfg),
         num_classes=len(classes),
-        image_size=image_size,
+        image_size=splits.image_size,
         in_chans=3,
         classes=classes,
         mean=tuple(mean.tolist()),
         std=tuple(std.tolist()),
-        resident=streamed is None,
+        resident=splits.resident,
     )

@@ -1,8 +1,12 @@
 """Where the images come from: torchvision's CIFAR, an ImageFolder tree (folder or tar archive), or the synthetic set.
 
-Every source ends as a `Split` of uint8 NCHW images and int64 labels. Decoding JPEGs is the slow part, so a
-decoded split is saved once under the cache folder ($CONVMIXER_CACHE, default ~/.cache/convmixer), keyed by a
-hash of the source's content, and every later run of a sweep loads the tensors instead of decoding again.
+`load_splits(cfg)` hands a run its finished data: the train and test splits of its dataset with the stratified
+subsets taken and every image at the run's size, as uint8 NCHW tensors with int64 labels (`Split`), or, for an
+ImageFolder folder too big to hold, as image files decoded to that size on the fly (`ImageFiles`). Subsetting
+and sizing happen here for every source, so the loaders (ablations.loaders) only batch and augment.
+Decoding JPEGs is the slow part, so a decoded split is saved once under the cache folder ($CONVMIXER_CACHE,
+default ~/.cache/convmixer), keyed by a hash of the source's content, and every later run of a sweep loads the
+tensors instead of decoding again.
 """
 
 import hashlib
@@ -17,15 +21,18 @@ from pathlib import Path, PurePosixPath
 
 import torch
 from PIL import Image, ImageOps
+from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
 from ablations import atomic, synthetic
+from ablations.config import RunConfig
 
 CACHE_FORMAT = "v1"  # bump when decoding changes, so old cache files are not reused
 SUBSET_SEED = 0  # subsets are the same for every run seed
+RESIDENT_BYTES = 4 << 30  # decoded uint8 train + test images up to this size are held in memory (and on the device)
 TEST_SPLIT_NAMES = ("test", "val")
 
 
@@ -250,3 +257,87 @@ class ImageTree:
         size_name = f"{image_size}px" if image_size else "native"
         name = f"imagefolder-{self.fingerprint[:16]}-{split}-{size_name}-n{subset}"
         return cached(name, lambda: self.decode(split, image_size or self.native_size(), subset))
+
+
+class ImageFiles(Dataset):
+    """Image files of a folder tree, each decoded to a size x size uint8 tensor in a DataLoader worker."""
+
+    def __init__(self, root: Path, paths: list[str], labels: torch.Tensor, size: int) -> None:
+        self.root, self.paths, self.labels, self.size = root, paths, labels, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return decode_image((self.root / self.paths[i]).read_bytes(), self.size), self.labels[i]
+
+
+@dataclass
+class Splits:
+    """A run's finished data: train and test, subsets taken, images image_size x image_size; held in memory
+    (`Split`), or streamed (`ImageFiles`) when an ImageFolder folder is too big to hold."""
+
+    train: Split | ImageFiles
+    test: Split | ImageFiles
+    classes: list[str]
+    image_size: int
+
+    @property
+    def resident(self) -> bool:
+        return isinstance(self.train, Split)
+
+
+def resize(split: Split, image_size: int) -> Split:
+    """Resize (bilinear, antialiased) a split whose images are not image_size x image_size already."""
+    if not image_size or split.images.shape[-1] == image_size:
+        return split
+    resized = torch.nn.functional.interpolate(
+        split.images.float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+    )
+    return Split(resized.round().clamp(0, 255).to(torch.uint8), split.labels, split.classes)
+
+
+def finished(split: Split, subset: int, image_size: int) -> Split:
+    """A whole split in memory (CIFAR, synthetic), cut to its stratified subset and resized to image_size."""
+    return resize(split.subset(stratified_subset(split.labels, subset)), image_size)
+
+
+def streamed_files(tree: ImageTree, cfg: RunConfig, resident_bytes: int) -> Splits | None:
+    """The files of an ImageFolder *folder* too big for `resident_bytes` once decoded; None when it fits, and
+    for archives, which are always decoded into memory (streaming them would be slow)."""
+    if tree.is_archive:
+        return None
+    train, test = tree.splits["train"], tree.splits["test"]
+    train_keep = stratified_subset(train.labels, cfg.train_subset)
+    test_keep = stratified_subset(test.labels, cfg.test_subset)
+    size = cfg.image_size or tree.native_size()
+    if (len(train_keep) + len(test_keep)) * 3 * size * size <= resident_bytes:
+        return None
+
+    def files(split: TreeSplit, keep: torch.Tensor) -> ImageFiles:
+        return ImageFiles(tree.source, [split.paths[i] for i in keep.tolist()], split.labels[keep], size)
+
+    return Splits(files(train, train_keep), files(test, test_keep), tree.classes, size)
+
+
+def load_splits(cfg: RunConfig, resident_bytes: int = RESIDENT_BYTES) -> Splits:
+    """The finished train and test data of cfg's dataset. Raises DataError (one line) when it cannot be found or
+    read. An ImageFolder tree decodes only the images it keeps, straight to the run's size (PIL, bilinear, after
+    a centre crop to a square); the other sources hold whole splits, cut and resized as tensors by `finished`."""
+    if cfg.dataset == "imagefolder":
+        tree = ImageTree(Path(cfg.data_root))
+        streamed = streamed_files(tree, cfg, resident_bytes)
+        if streamed is not None:
+            return streamed
+        train, test = (
+            tree.load("train", cfg.image_size, cfg.train_subset),
+            tree.load("test", cfg.image_size, cfg.test_subset),
+        )
+    else:
+        if cfg.dataset == "synthetic":
+            whole = load_synthetic(True), load_synthetic(False)
+        else:
+            whole = load_cifar(cfg.dataset, cfg.data_root, True), load_cifar(cfg.dataset, cfg.data_root, False)
+        train = finished(whole[0], cfg.train_subset, cfg.image_size)
+        test = finished(whole[1], cfg.test_subset, cfg.image_size)
+    return Splits(train, test, train.classes, train.images.shape[-1])

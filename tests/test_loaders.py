@@ -1,0 +1,86 @@
+"""Loaders: the device-resident and the DataLoader paths, normalisation, (seed, epoch) replay, and the patch check
+on the loaded images."""
+
+import pytest
+import torch
+from conftest import imagefolder, write_tree
+
+from ablations import synthetic
+from ablations.augment import normalise
+from ablations.config import ConfigError, RunConfig
+from ablations.loaders import build_data, derived_seed
+
+
+def collect(batches) -> tuple[torch.Tensor, torch.Tensor]:
+    images, targets = zip(*batches, strict=True)
+    return torch.cat(images), torch.cat(targets)
+
+
+def test_build_data_synthetic_subsets_shapes_and_normalisation():
+    cfg = RunConfig(train_subset=200, test_subset=100, batch_size=64)
+    data = build_data(cfg, torch.device("cpu"))
+    assert (data.num_classes, data.image_size, data.in_chans, data.resident) == (10, 32, 3, True)
+    assert data.classes == synthetic.CLASSES
+    assert (data.train.num_samples, len(data.train), data.test.num_samples, len(data.test)) == (200, 4, 100, 2)
+    images, targets = collect(data.train.epoch(0))
+    assert images.shape == (200, 3, 32, 32) and images.dtype == torch.float32 and targets.dtype == torch.int64
+    assert torch.bincount(targets).tolist() == [20] * 10
+    test_images, test_labels = collect(data.test)
+    assert torch.equal(test_images, collect(data.test)[0])  # fixed order, no augmentation
+    assert torch.bincount(test_labels).tolist() == [10] * 10
+    per_channel = test_images.transpose(0, 1).flatten(1)
+    assert per_channel.mean(1).abs().max() < 0.1 and (per_channel.std(1) - 1).abs().max() < 0.1
+
+
+def test_epochs_replay_exactly_and_differ_across_epochs_and_seeds():
+    cfg = RunConfig(train_subset=100, test_subset=10, batch_size=32, randaug_n=2, mixup=0.5, cutmix=1.0, reprob=0.5)
+    data = build_data(cfg, torch.device("cpu"))
+    first, again = collect(data.train.epoch(3)), collect(data.train.epoch(3))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], collect(data.train.epoch(4))[0])
+    other_seed = build_data(RunConfig(**{**cfg.to_dict(), "seed": 1}), torch.device("cpu"))
+    assert not torch.equal(first[0], collect(other_seed.train.epoch(3))[0])
+    # mixup/cutmix: soft targets, one row per image, each a distribution
+    assert first[1].shape == (100, 10) and torch.allclose(first[1].sum(1), torch.ones(100))
+
+
+def test_streamed_folder_gives_the_same_batches_as_the_resident_path(tmp_path):
+    write_tree(tmp_path / "tree", {"train": 5, "val": 3})  # val stands in for test
+    cfg = imagefolder(tmp_path / "tree", scale=0.6, hflip=True, randaug_n=1)
+    resident = build_data(cfg, torch.device("cpu"))
+    streamed = build_data(cfg, torch.device("cpu"), resident_bytes=0, workers=2)
+    assert resident.resident and not streamed.resident
+    assert (streamed.num_classes, streamed.image_size, len(streamed.train)) == (3, 12, 4)
+
+    def pixels(data, images):  # undo each path's own normalisation
+        return images * torch.tensor(data.std).view(3, 1, 1) + torch.tensor(data.mean).view(3, 1, 1)
+
+    for loader in ("test", "train"):
+        batches = [(resident, resident.test), (streamed, streamed.test)]
+        if loader == "train":
+            batches = [(resident, resident.train.epoch(2)), (streamed, streamed.train.epoch(2))]
+        (ours_images, ours_labels), (their_images, their_labels) = (collect(b) for _, b in batches)
+        assert torch.equal(ours_labels, their_labels)
+        assert torch.allclose(pixels(resident, ours_images), pixels(streamed, their_images), atol=1e-5)
+
+
+def test_batches_equal_the_per_batch_index_copies_they_replace():
+    """The epoch's index now reaches the device once; its batches must be the ones the per-batch copy gave."""
+    cfg = RunConfig(train_subset=150, test_subset=70, batch_size=32, randaug_n=2, randaug_m=12, mixup=0.5)
+    data = build_data(cfg, torch.device("cpu"))
+    resident = data.train.images
+    order = torch.randperm(150, generator=torch.Generator().manual_seed(derived_seed(cfg.seed, 2, "order")))
+    gen = torch.Generator().manual_seed(derived_seed(cfg.seed, 2, "augment"))
+    expected = [data.train.augment(resident.images[i], resident.labels[i], gen) for i in order.split(32)]
+    got = list(data.train.epoch(2))
+    assert [len(t) for _, t in got] == [32, 32, 32, 32, 22]
+    for (images, targets), (want_images, want_targets) in zip(got, expected, strict=True):
+        assert torch.equal(images, want_images) and torch.equal(targets, want_targets)
+    test_images = torch.cat([images for images, _ in data.test])
+    assert torch.equal(test_images, normalise(data.test.images.images, data.test.mean, data.test.std))
+
+
+def test_a_patch_larger_than_the_loaded_images_is_a_config_error(tmp_path):
+    write_tree(tmp_path / "tree", {"train": 2, "test": 1})  # 12 px images: only known once loaded
+    with pytest.raises(ConfigError, match="patch_size=16 is not accepted: larger than the 12x12 images in data_root"):
+        build_data(imagefolder(tmp_path / "tree", patch_size=16), torch.device("cpu"))

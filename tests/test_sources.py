@@ -1,0 +1,162 @@
+"""Sources: synthetic, ImageFolder folder/archive, CIFAR offline, stratified subsets, the decode cache, and the
+finished splits `load_splits` hands over (subset and sized for every source)."""
+
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TREE_CLASSES, imagefolder, write_archive, write_tree
+from PIL import Image
+
+from ablations import sources, synthetic
+from ablations.config import RunConfig
+from ablations.sources import DataError, load_splits, resize, stratified_subset
+
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_stratified_subset_takes_equal_class_shares_deterministically():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    pick = stratified_subset(labels, 31)
+    assert torch.bincount(labels[pick]).tolist() == [11, 10, 10]
+    assert torch.equal(pick, stratified_subset(labels, 31)) and torch.equal(pick, pick.sort().values)
+    assert not torch.equal(pick[:11], torch.arange(11))  # a fixed shuffle, not the first items of the source
+    assert torch.equal(stratified_subset(labels, 0), torch.arange(100))
+    assert torch.equal(stratified_subset(labels, 500), torch.arange(100))
+    assert torch.bincount(labels[stratified_subset(labels, 75)]).tolist() == [28, 27, 20]  # class 2 has only 20
+
+
+def test_synthetic_is_deterministic_balanced_and_not_solved_by_colour():
+    images, labels = synthetic.make_split(train=False)
+    again, labels_again = synthetic.make_split(train=False)
+    assert torch.equal(images, again) and torch.equal(labels, labels_again)
+    assert images.shape == (2000, 3, 32, 32) and images.dtype == torch.uint8
+    assert torch.bincount(labels).tolist() == [200] * 10 and len(synthetic.CLASSES) == 10
+    # Colour statistics of a whole image barely beat chance (0.1): a nearest-class-mean classifier on each
+    # image's per-channel mean, std and max, fitted on half the split and scored on the other half.
+    pixels = images.float().flatten(2) / 255
+    features = torch.cat([pixels.mean(2), pixels.std(2), pixels.amax(2)], 1)
+    features = (features - features.mean(0)) / features.std(0)
+    fit, score = slice(0, 1000), slice(1000, 2000)
+    centres = torch.stack([features[fit][labels[fit] == c].mean(0) for c in range(10)])
+    predicted = torch.cdist(features[score], centres).argmin(1)
+    assert (predicted == labels[score]).float().mean() < 0.2
+
+
+def test_synthetic_markers_sit_in_their_class_direction():
+    sector = torch.arange(1000) % len(synthetic.DIRECTIONS)
+    plus_at, marker_at = synthetic._marker_positions(sector, torch.Generator().manual_seed(0))
+    dy, dx = (marker_at - plus_at).float().unbind(1)
+    angle = torch.rad2deg(torch.atan2(dy, dx.abs()))  # mirror-folded: -90 is straight above, 90 below
+    assert ((angle - (-72 + 36 * sector)).abs() < 18).all()  # inside the class's 36-degree sector
+    assert (dx < 0).any() and (dx > 0).any()  # both mirror images occur
+    distance = (dx**2 + dy**2).sqrt()
+    assert ((distance > synthetic.DISTANCE[0] - 1) & (distance < synthetic.DISTANCE[1] + 1)).all()
+    for at in (plus_at, marker_at):  # whole shapes inside the image
+        assert ((at >= synthetic.RADIUS) & (at < synthetic.IMAGE_SIZE - synthetic.RADIUS)).all()
+
+
+def test_synthetic_stamps_each_shape_at_its_own_place():
+    kinds, at = torch.tensor([synthetic.PLUS, synthetic.FIRST_MARKER]), torch.tensor([[4, 9], [20, 27]])
+    stamped = synthetic._stamp(torch.zeros(2, 3, 32, 32), kinds, at, torch.Generator().manual_seed(0))
+    for i in range(2):
+        expected = torch.zeros(32, 32, dtype=torch.bool)
+        expected[at[i, 0] - 2 : at[i, 0] + 3, at[i, 1] - 2 : at[i, 1] + 3] = synthetic.SHAPES[kinds[i]]
+        assert torch.equal(stamped[i].amax(0) > 0, expected)
+        assert stamped[i].amax() >= 0.55  # bright enough to stand out from the dark background
+
+
+def test_every_source_hands_over_a_subset_at_the_run_size(tmp_path):
+    archive = write_archive(tmp_path, {"train": 6, "test": 4})
+    for cfg in (RunConfig(), imagefolder(archive)):
+        native = load_splits(cfg)
+        cut = load_splits(RunConfig(**{**cfg.to_dict(), "train_subset": 9, "test_subset": 6, "image_size": 8}))
+        assert cut.resident and cut.image_size == 8 and cut.classes == native.classes
+        for whole, part, n in ((native.train, cut.train, 9), (native.test, cut.test, 6)):
+            assert part.images.shape == (n, 3, 8, 8) and part.images.dtype == torch.uint8
+            keep = stratified_subset(whole.labels, n)  # the same images, whichever source they came from
+            assert torch.equal(part.labels, whole.labels[keep])
+    synthetic_whole = sources.load_synthetic(False)
+    expected = resize(synthetic_whole.subset(stratified_subset(synthetic_whole.labels, 6)), 8)
+    assert torch.equal(load_splits(RunConfig(test_subset=6, image_size=8)).test.images, expected.images)
+
+
+def test_imagefolder_archive_one_folder_down(tmp_path):
+    archive = write_archive(tmp_path, {"train": 6, "test": 2})
+    splits = load_splits(imagefolder(archive))
+    assert splits.classes == list(TREE_CLASSES) and splits.image_size == 12 and splits.resident
+    assert (len(splits.train.labels), len(splits.test.labels)) == (18, 6)
+    red = splits.test.images[:, 0]
+    assert torch.equal(red.amin((1, 2)), red.amax((1, 2)))  # the white border was cropped away
+    assert torch.equal(red[:, 0, 0].long(), 40 + 60 * splits.test.labels)
+    resized = load_splits(imagefolder(archive, image_size=8, train_subset=6))
+    assert resized.image_size == 8 and resized.train.images.shape == (6, 3, 8, 8)
+
+
+def test_decoded_archive_is_cached_by_content(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVMIXER_CACHE", str(tmp_path / "cache"))
+    archive = write_archive(tmp_path, {"train": 10, "test": 4})
+    decoded = []
+    real_decode = sources.decode_image
+    monkeypatch.setattr(sources, "decode_image", lambda data, size: decoded.append(1) or real_decode(data, size))
+    first = load_splits(imagefolder(archive, train_subset=9))
+    assert len(decoded) == 9 + 12  # only the subset is decoded
+
+    def fail(*args):
+        raise AssertionError("a cache hit must neither decode nor list the archive")
+
+    monkeypatch.setattr(sources, "decode_image", fail)
+    monkeypatch.setattr(sources.ImageTree, "_files", property(fail))
+    again = load_splits(imagefolder(archive, train_subset=9))
+    assert torch.equal(first.test.images, again.test.images) and torch.equal(first.train.images, again.train.images)
+    monkeypatch.undo()
+    monkeypatch.setenv("CONVMIXER_CACHE", str(tmp_path / "cache"))
+    changed = write_archive(tmp_path / "other", {"train": 10, "test": 5}, name=archive.name)
+    changed.replace(archive)  # same path, new content: a new cache entry
+    assert len(load_splits(imagefolder(archive, train_subset=9)).test.labels) == 15
+
+
+def test_a_folder_too_big_to_hold_is_handed_over_as_files_at_the_run_size(tmp_path):
+    write_tree(tmp_path / "tree", {"train": 5, "val": 3})  # val stands in for test
+    held = load_splits(imagefolder(tmp_path / "tree", train_subset=6, image_size=8))
+    streamed = load_splits(imagefolder(tmp_path / "tree", train_subset=6, image_size=8), resident_bytes=0)
+    assert not streamed.resident and (streamed.image_size, streamed.classes) == (8, list(TREE_CLASSES))
+    assert (len(streamed.train), len(streamed.test)) == (6, 9)
+    assert torch.equal(torch.stack([streamed.train[i][0] for i in range(6)]), held.train.images)
+    assert torch.equal(streamed.train.labels, held.train.labels)
+
+
+def test_shared_cifar10_jpeg_archive_subset(cifar10_jpeg):
+    splits = load_splits(imagefolder(cifar10_jpeg, train_subset=50, test_subset=20))
+    assert splits.classes == CIFAR_CLASSES and splits.image_size == 32
+    assert (len(splits.train.labels), len(splits.test.labels)) == (50, 20)
+    assert torch.bincount(splits.test.labels).tolist() == [2] * 10
+
+
+def test_cifar10_offline_is_a_one_line_data_error_and_leaves_no_folder(tmp_path, monkeypatch):
+    def offline(url, download_root, *args, **kwargs):
+        Path(download_root).mkdir(parents=True, exist_ok=True)  # as torchvision's download does before it fails
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
+    data_root = tmp_path / "cifar"
+    with pytest.raises(DataError) as error:
+        load_splits(RunConfig(dataset="cifar10", data_root=str(data_root)))
+    message = str(error.value)
+    assert "\n" not in message and "cifar-10-batches-py" in message and "data_root" in message
+    assert "imagefolder" in message  # says how to use the shared copy instead
+    assert not data_root.exists()
+
+
+def test_bad_data_roots_are_one_line_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_splits(imagefolder(tmp_path / "missing"))
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.png")
+    with pytest.raises(DataError, match="no train/<class>/<image>"):
+        load_splits(imagefolder(tmp_path / "flat"))
+    write_tree(tmp_path / "tree", {"train": 2, "test": 1})
+    (tmp_path / "tree" / "test" / "dog" / "000.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="cannot decode test/dog/000.png"):
+        load_splits(imagefolder(tmp_path / "tree"))
