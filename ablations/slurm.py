@@ -5,8 +5,10 @@ locally. The sweep process submits, then follows the jobs with squeue (no accoun
 (history.json for epochs, metrics.json for results) until every job has ended:
 - a job that ends without metrics.json (scancel, time limit, node failure) fails its run with SLURM's state in
   the reason; --retry-failed resumes it from its last epoch checkpoint;
-- near its time limit (or when preempted) a job is signalled, and submitit requeues it: it resumes from the last
-  checkpoint, up to 3 times per job;
+- a job past its time limit ends as TIMEOUT and fails its run the same way; a longer --slurm-time and
+  --retry-failed resume it. (submitit can requeue a job from the signal SLURM sends ahead of the limit, but
+  SLURM 22.05 sends that signal again the moment a requeued job restarts, killing it before Python is up; so the
+  signal is ignored and the run uses all of its time, checkpointing every epoch);
 - job ids are kept in slurm/jobs.json, so a rerun after the sweep process was killed follows the jobs still
   queued or running instead of submitting the same runs again; and a job only trains its run while holding the
   run's lock, so even a duplicate job never trains a run twice at once;
@@ -17,6 +19,7 @@ submitit is imported only here, and only when the launcher is used.
 import fcntl
 import os
 import re
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -65,12 +68,6 @@ class SlurmOptions:
         own = {"partition": self.partition, "time": self.time_min, "cpus_per_task": cpus, "mem": self.mem}
         own |= {"gpus_per_node": self.gpus or None, "account": self.account, "qos": self.qos}
         return {key: value for key, value in {**own, **self.extra}.items() if value is not None}
-
-    def signal_delay_s(self) -> int:
-        """How long before its time limit a job is told to requeue itself. slurmctld looks at time limits only
-        every 30 s, so the signal comes up to 30 s after this point; half the limit at most, so a short job is
-        not signalled the moment it starts."""
-        return min(90, self.time_min * 30)
 
 
 def parse_extra(items: list[str]) -> dict[str, str | bool]:
@@ -130,22 +127,17 @@ def run_lock(run_dir: Path):
     return lock
 
 
-class TrainRun:
-    """One array task: train one run. submitit calls checkpoint() when the job nears its time limit or is
-    preempted; the job is then requeued and this call runs again, resuming from the run's last checkpoint."""
-
-    def __call__(self, store_root: str, values: dict, keep_checkpoints: bool, device: str) -> dict:
-        store, cfg = Store(Path(store_root)), RunConfig.from_dict(values)
-        with run_lock(store.run_dir(cfg)):  # a duplicate job (see the module docstring) waits here
-            metrics = store.metrics(store.run_dir(cfg))
-            if metrics is None:
-                limit_cpu_threads(device)
-                metrics = execute_run(cfg, store, device, keep_checkpoints=keep_checkpoints)
-        store.write_summary()
-        return metrics
-
-    def checkpoint(self, *args, **kwargs):
-        return import_submitit().helpers.DelayedSubmission(self, *args, **kwargs)
+def train_in_job(store_root: str, values: dict, keep_checkpoints: bool, device: str) -> dict:
+    """One array task: train one run (unless a duplicate job trained it already; see the module docstring)."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # submitit's time-limit warning: see the module docstring
+    store, cfg = Store(Path(store_root)), RunConfig.from_dict(values)
+    with run_lock(store.run_dir(cfg)):
+        metrics = store.metrics(store.run_dir(cfg))
+        if metrics is None:
+            limit_cpu_threads(device)
+            metrics = execute_run(cfg, store, device, keep_checkpoints=keep_checkpoints)
+    store.write_summary()
+    return metrics
 
 
 @dataclass
@@ -204,13 +196,13 @@ class SlurmLauncher:
         sbatch = {key: value for key, value in self.options.sbatch().items() if key not in self.options.extra}
         executor.update_parameters(
             job_name=self.store.root.name, array_parallelism=self.options.parallel or len(configs),
-            signal_delay_s=self.options.signal_delay_s(), additional_parameters=self.options.extra, **sbatch,
+            additional_parameters=self.options.extra, **sbatch,
         )  # fmt: skip
         n, root = len(configs), str(self.store.root.resolve())  # a job may start in another directory
         values = [cfg.to_dict() for cfg in configs]
         try:
             jobs = executor.map_array(
-                TrainRun(), [root] * n, values, [self.keep_checkpoints] * n, [self.options.device] * n
+                train_in_job, [root] * n, values, [self.keep_checkpoints] * n, [self.options.device] * n
             )
         except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError) as error:
             lines = str(error).strip().splitlines() or ["(no message)"]

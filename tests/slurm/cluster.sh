@@ -58,8 +58,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-# cred_expire: a requeued job may start again after 10 s instead of 2 min
-AuthInfo=socket=$dir/munge.socket,cred_expire=10
+AuthInfo=socket=$dir/munge.socket
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pid
