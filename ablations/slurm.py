@@ -6,9 +6,10 @@ locally. The sweep process submits, then follows the jobs with squeue (no accoun
 - a job that ends without metrics.json (scancel, time limit, node failure) fails its run with SLURM's state in
   the reason; --retry-failed resumes it from its last epoch checkpoint;
 - a job past its time limit ends as TIMEOUT and fails its run the same way; a longer --slurm-time and
-  --retry-failed resume it. (submitit can requeue a job from the signal SLURM sends ahead of the limit, but
-  SLURM 22.05 sends that signal again the moment a requeued job restarts, killing it before Python is up; so the
-  signal is ignored and the run uses all of its time, checkpointing every epoch);
+  --retry-failed resume it. Jobs are not requeued: submitit would requeue a job from a USR2 that SLURM sends
+  ahead of the limit, but SLURM (22.05) sends it at once when the limit is shorter than the warning time or when
+  a requeued job restarts, and a USR2 that comes before Python is up kills the job. So the warning is a SIGCONT
+  (a no-op) and a run uses all of its time, checkpointing every epoch;
 - job ids are kept in slurm/jobs.json, so a rerun after the sweep process was killed follows the jobs still
   queued or running instead of submitting the same runs again; and a job only trains its run while holding the
   run's lock, so even a duplicate job never trains a run twice at once;
@@ -19,7 +20,6 @@ submitit is imported only here, and only when the launcher is used.
 import fcntl
 import os
 import re
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -43,6 +43,7 @@ OWN_OPTIONS = {
     "qos": "--slurm-qos", "array": "--slurm-parallel", "job-name": "--name", "output": None, "error": None,
     "signal": None, "open-mode": None,
 }  # fmt: skip
+NO_WARNING = {"signal": "CONT@1"}  # replaces submitit's --signal=USR2@90: see the module docstring
 
 
 @dataclass
@@ -129,7 +130,6 @@ def run_lock(run_dir: Path):
 
 def train_in_job(store_root: str, values: dict, keep_checkpoints: bool, device: str) -> dict:
     """One array task: train one run (unless a duplicate job trained it already; see the module docstring)."""
-    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # submitit's time-limit warning: see the module docstring
     store, cfg = Store(Path(store_root)), RunConfig.from_dict(values)
     with run_lock(store.run_dir(cfg)):
         metrics = store.metrics(store.run_dir(cfg))
@@ -196,7 +196,7 @@ class SlurmLauncher:
         sbatch = {key: value for key, value in self.options.sbatch().items() if key not in self.options.extra}
         executor.update_parameters(
             job_name=self.store.root.name, array_parallelism=self.options.parallel or len(configs),
-            additional_parameters=self.options.extra, **sbatch,
+            additional_parameters=NO_WARNING | self.options.extra, **sbatch,
         )  # fmt: skip
         n, root = len(configs), str(self.store.root.resolve())  # a job may start in another directory
         values = [cfg.to_dict() for cfg in configs]
