@@ -161,7 +161,7 @@ def test_a_cancelled_job_fails_its_run_with_slurms_state_and_retry_resumes_it(cl
     out = tmp_path / "cancel"
     args = ["--set", tiny_set(epochs=20), "--slurm-time", "5"]
     sweep = start_sweep(sweep_command(out, *args), stdout=subprocess.PIPE)
-    run_dir = wait_for(lambda: next(out.glob("runs/*/history.json"), None), "the first epoch").parent
+    run_dir = wait_for(lambda: next(out.glob("runs/*/checkpoint.pt"), None), "the first checkpoint").parent
     pid = training_pid(run_dir)
     os.kill(pid, signal.SIGSTOP)
     controller = int((cluster / "slurmctld.pid").read_text())
@@ -192,7 +192,7 @@ def test_a_job_past_its_time_limit_fails_its_run_with_timeout_and_retry_resumes_
     out = tmp_path / "timeout"
     args = ["--set", tiny_set(epochs=20), "--slurm-time", "1"]
     sweep = start_sweep(sweep_command(out, *args), stdout=subprocess.PIPE)
-    run_dir = wait_for(lambda: next(out.glob("runs/*/history.json"), None), "the first epoch").parent
+    run_dir = wait_for(lambda: next(out.glob("runs/*/checkpoint.pt"), None), "the first checkpoint").parent
     stdout, _ = freeze_until_ended(training_pid(run_dir), sweep)
     (job_id,) = jobs(out).values()
     assert sweep.returncode == 1, stdout
