@@ -23,7 +23,7 @@ MAX_SEED = 2**32 - 1
 MAX_IMAGE_SIZE = 4096
 # Keys added after results were first committed, with the value every earlier run had: a run holding that value
 # leaves the key out of its id, so adding a key never renames the runs already in a store.
-LATER_KEYS: dict[str, object] = {}
+LATER_KEYS: dict[str, object] = {"tf32": True}
 
 
 class ConfigError(ValueError):
@@ -65,6 +65,7 @@ class RunConfig:
     label_smoothing: float = 0.0
     clip_norm: float = 1.0  # 0 = no gradient clipping
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    tf32: bool = True  # CUDA, precision fp32: convolutions may use TF32 tensor cores (torch's default); false: IEEE
     channels_last: bool = True
     compile: bool = False
     seed: int = 0
@@ -103,56 +104,86 @@ class RunConfig:
         )
 
     def validate(self) -> None:
-        """Raise ConfigError on the first value that is out of type, range or choice."""
-
-        def bad(key: str, accepted: str) -> ConfigError:
-            return ConfigError(f"{key}={getattr(self, key)!r} is not accepted: {accepted}")
-
-        for key in (f.name for f in dataclasses.fields(self) if isinstance(f.default, float)):
-            if not math.isfinite(getattr(self, key)):  # nan slips through every range check below
-                raise bad(key, "expected a finite number")
-        for key in ("dim", "depth", "kernel_size", "patch_size", "epochs", "batch_size"):
-            if getattr(self, key) < (0 if key == "depth" else 1):
-                raise bad(key, f"expected an integer >= {0 if key == 'depth' else 1}")
-        for key in ("image_size", "train_subset", "test_subset", "randaug_n", "warmup_epochs", "seed"):
-            if getattr(self, key) < 0:
-                raise bad(key, "expected an integer >= 0")
-        if self.image_size > MAX_IMAGE_SIZE:
-            raise bad("image_size", f"expected 0 (the dataset's native size) or an integer up to {MAX_IMAGE_SIZE}")
-        if self.seed > MAX_SEED:
-            raise bad("seed", f"expected an integer in [0, {MAX_SEED}]")
-        for key, choices in (
-            ("residual", RESIDUALS),
-            ("norm", NORMS),
-            ("activation", ACTIVATIONS),
-            ("dataset", DATASETS),
-            ("schedule", SCHEDULES),
-            ("precision", PRECISIONS),
-        ):
-            if getattr(self, key) not in choices:
-                raise bad(key, f"choose one of {', '.join(choices)}")
-        for key, low, high in (
-            ("scale", 0.0, 1.0),
-            ("jitter", 0.0, 1.0),
-            ("reprob", 0.0, 1.0),
-            ("label_smoothing", 0.0, 1.0),
-        ):
-            if not low <= getattr(self, key) <= high:
-                raise bad(key, f"expected a number in [{low}, {high}]")
-        if self.scale == 0.0:
-            raise bad("scale", "expected a number in (0, 1]")
-        if not 0 <= self.randaug_m <= 30:
-            raise bad("randaug_m", "expected an integer in [0, 30]")
-        for key in ("lr", "weight_decay", "mixup", "cutmix", "clip_norm"):
-            if getattr(self, key) < 0:
-                raise bad(key, "expected a number >= 0")
-        if self.lr == 0:
-            raise bad("lr", "expected a number > 0")
+        """Raise ConfigError on the first value that is out of type, range or choice (the rules: ACCEPTED)."""
+        for key, rule in ACCEPTED.items():
+            value = getattr(self, key)
+            if isinstance(value, float) and not math.isfinite(value):  # nan slips through every range check
+                raise ConfigError(f"{key}={value!r} is not accepted: expected a finite number")
+            if not rule.accepts(value):
+                raise ConfigError(f"{key}={value!r} is not accepted: {rule.describe()}")
         size = self.image_size or NATIVE_IMAGE_SIZE.get(self.dataset)
         if size is not None and self.patch_size > size:
             raise ConfigError(
                 f"patch_size={self.patch_size} is not accepted: larger than the {size}x{size} images of {self.dataset}"
             )
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a key accepts: [low, high], or (low, high] with open_low."""
+
+    kind: type
+    low: float
+    high: float = math.inf
+    open_low: bool = False
+    note: str = ""  # what a special value means, e.g. "0: the dataset's native size"
+
+    def accepts(self, value: float) -> bool:
+        return (value > self.low if self.open_low else value >= self.low) and value <= self.high
+
+    def describe(self) -> str:
+        noun = "an integer" if self.kind is int else "a number"
+        low = f"{self.low:g}" if self.kind is float else str(int(self.low))
+        if self.high == math.inf:
+            bounds = f"{'>' if self.open_low else '>='} {low}"
+        else:
+            high = f"{self.high:g}" if self.kind is float else str(int(self.high))
+            bounds = f"in {'(' if self.open_low else '['}{low}, {high}]"
+        return f"expected {noun} {bounds}" + (f" ({self.note})" if self.note else "")
+
+
+@dataclass(frozen=True)
+class Choice:
+    choices: tuple[str, ...]
+
+    def accepts(self, value: str) -> bool:
+        return value in self.choices
+
+    def describe(self) -> str:
+        return f"choose one of {', '.join(self.choices)}"
+
+
+# What every checked key accepts: validate() enforces it and `python -m ablations.run --help` prints it.
+ACCEPTED: dict[str, Range | Choice] = {
+    "dim": Range(int, 1),
+    "depth": Range(int, 0),
+    "kernel_size": Range(int, 1),
+    "patch_size": Range(int, 1),
+    "residual": Choice(RESIDUALS),
+    "norm": Choice(NORMS),
+    "activation": Choice(ACTIVATIONS),
+    "dataset": Choice(DATASETS),
+    "image_size": Range(int, 0, MAX_IMAGE_SIZE, note="0: the dataset's native size"),
+    "train_subset": Range(int, 0, note="0: all images"),
+    "test_subset": Range(int, 0, note="0: all images"),
+    "scale": Range(float, 0.0, 1.0, open_low=True),
+    "randaug_n": Range(int, 0),
+    "randaug_m": Range(int, 0, 30),
+    "jitter": Range(float, 0.0, 1.0),
+    "reprob": Range(float, 0.0, 1.0),
+    "mixup": Range(float, 0.0, note="0: off"),
+    "cutmix": Range(float, 0.0, note="0: off"),
+    "epochs": Range(int, 1),
+    "batch_size": Range(int, 1),
+    "lr": Range(float, 0.0, open_low=True),
+    "weight_decay": Range(float, 0.0),
+    "schedule": Choice(SCHEDULES),
+    "warmup_epochs": Range(int, 0),
+    "label_smoothing": Range(float, 0.0, 1.0),
+    "clip_norm": Range(float, 0.0, note="0: no clipping"),
+    "precision": Choice(PRECISIONS),
+    "seed": Range(int, 0, MAX_SEED),
+}
 
 
 def field_types() -> dict[str, type]:

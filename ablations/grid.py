@@ -1,8 +1,10 @@
 """From command-line overrides to the validated list of RunConfigs a sweep will train.
 
 `--set KEY=VALUE,...` fixes keys for every run, `--grid KEY=V1,V2,...` adds an axis of the cartesian product,
-`--seeds N` adds seed=0..N-1. Values are parsed by the RunConfig field's type and every expanded config is
-validated before anything runs, so a typo fails in a second with a one-line ConfigError instead of an hour in.
+`--vary KEY=V1,V2,...` changes one key at a time from the baseline (the paper's kind of ablation table: the
+baseline run is shared by every axis), `--seeds N` adds seed=0..N-1. Values are parsed by the RunConfig field's
+type and every expanded config is validated before anything runs, so a typo fails in a second with a one-line
+ConfigError instead of an hour in. Study files (ablations.study) describe the same Sweep in TOML.
 """
 
 import difflib
@@ -17,27 +19,45 @@ TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off"
 
 @dataclass
 class Sweep:
-    """What to train: the fixed overrides, the grid axes in command-line order, and the number of seeds."""
+    """What to train: the fixed keys (the baseline's values included), the one-at-a-time `vary` axes, the
+    cartesian `axes` crossed with every run, in command-line order, and the number of seeds."""
 
     fixed: dict = field(default_factory=dict)
     axes: dict[str, list] = field(default_factory=dict)
     seeds: int = 1
+    vary: dict[str, list] = field(default_factory=dict)
 
     def varying_keys(self) -> list[str]:
-        return list(self.axes) + (["seed"] if self.seeds > 1 else [])
+        return list(self.vary) + list(self.axes) + (["seed"] if self.seeds > 1 else [])
+
+    def baseline(self) -> dict:
+        """The values of the varied keys that every vary axis starts from ({} for a plain grid)."""
+        return {key: self.fixed.get(key, getattr(RunConfig, key)) for key in self.vary}
+
+    def variants(self) -> list[dict]:
+        """The baseline, then each vary axis's values in order, with the baseline's own value only once."""
+        baseline = self.baseline().items()
+        changes = [{key: value} for key, values in self.vary.items() for value in values]
+        return [{}] + [change for change in changes if not change.items() <= baseline]
 
     def configs(self) -> list[RunConfig]:
-        """Every run, seed-major: all configs for seed 0 first, so a half-finished sweep already spans the grid."""
+        """Every run, seed-major: all configs for seed 0 first, so a half-finished sweep already spans the design."""
         runs = []
         for seed in range(self.seeds) if self.seeds > 1 else [None]:
-            for combo in itertools.product(*self.axes.values()):
-                values = {**self.fixed, **dict(zip(self.axes, combo, strict=True))}
-                if seed is not None:
-                    values["seed"] = seed
-                runs.append(RunConfig(**values))
+            for change in self.variants():
+                for combo in itertools.product(*self.axes.values()):
+                    values = {**self.fixed, **change, **dict(zip(self.axes, combo, strict=True))}
+                    if seed is not None:
+                        values["seed"] = seed
+                    runs.append(RunConfig(**values))
         for cfg in runs:
             cfg.validate()
         return runs
+
+    def design(self) -> dict:
+        """The sweep as plain data, for the store's sweep.json: what the report needs to group and compare runs."""
+        return {"fixed": self.fixed, "baseline": self.baseline(), "vary": self.vary, "grid": self.axes,
+                "seeds": self.seeds}  # fmt: skip
 
 
 def check_key(key: str, option: str) -> str:
@@ -98,29 +118,43 @@ def parse_sets(items: list[str]) -> dict:
     return fixed
 
 
-def parse_grid(items: list[str]) -> dict[str, list]:
+def check_axis(key: str, values: list, option: str) -> list:
+    """An axis's values, refusing a repeated one (it would be the same run twice)."""
+    repeated = [value for i, value in enumerate(values) if value in values[:i]]
+    if repeated:
+        raise ConfigError(f"{option} {key}: value {repeated[0]!r} given twice")
+    return values
+
+
+def parse_grid(items: list[str], option: str = "--grid") -> dict[str, list]:
     """`--grid a=1,2 --grid b=x,y` as {a: [1, 2], b: ["x", "y"]}; a repeated key or value is an error."""
     axes = {}
     for item in items:
-        key, values = split_assignment(item, "--grid")
+        key, values = split_assignment(item, option)
         if key in axes:
-            raise ConfigError(f"--grid: key {key!r} given twice; put all its values in one --grid {key}=V1,V2")
-        parsed = [parse_value(key, value, "--grid") for value in values.split(",")]
-        repeated = [value for i, value in enumerate(parsed) if value in parsed[:i]]
-        if repeated:
-            raise ConfigError(f"--grid {item!r}: value {repeated[0]!r} given twice")
-        axes[key] = parsed
+            raise ConfigError(f"{option}: key {key!r} given twice; put all its values in one {option} {key}=V1,V2")
+        axes[key] = check_axis(key, [parse_value(key, value, option) for value in values.split(",")], option)
     return axes
 
 
-def build_sweep(preset: dict, sets: list[str], grids: list[str], seeds: int) -> Sweep:
-    """The sweep from a preset's values and the --set/--grid/--seeds options (later ones override the preset)."""
-    fixed, axes = parse_sets(sets), parse_grid(grids)
-    both = sorted(set(fixed) & set(axes))
-    if both:
-        raise ConfigError(f"key {both[0]!r} is in both --set and --grid; give it in one of them")
-    if seeds < 1:
-        raise ConfigError(f"--seeds {seeds} is not accepted: expected an integer >= 1")
-    if seeds > 1 and "seed" in set(fixed) | set(axes):
-        raise ConfigError("--seeds and a 'seed' key in --set/--grid exclude each other; use one of them")
-    return Sweep({**preset, **fixed}, axes, seeds)
+def check_sweep(sweep: Sweep, sources: dict[str, str]) -> Sweep:
+    """Refuse a key that two parts of the design claim; `sources` names the parts ("--set", "[fixed]", ...)."""
+    parts = {"fixed": sweep.fixed, "vary": sweep.vary, "grid": sweep.axes}
+    for (first, a), (second, b) in itertools.combinations(parts.items(), 2):
+        both = sorted(set(a) & set(b))
+        if both:
+            raise ConfigError(f"key {both[0]!r} is in both {sources[first]} and {sources[second]}; give it in one")
+    if sweep.seeds < 1:
+        raise ConfigError(f"{sources['seeds']} {sweep.seeds} is not accepted: expected an integer >= 1")
+    if sweep.seeds > 1 and "seed" in set(sweep.fixed) | set(sweep.vary) | set(sweep.axes):
+        raise ConfigError(f"{sources['seeds']} and a 'seed' key exclude each other; use one of them")
+    return sweep
+
+
+def build_sweep(preset: dict, sets: list[str], grids: list[str], seeds: int, varies: list[str] = ()) -> Sweep:
+    """The sweep from a preset's values and the --set/--grid/--vary/--seeds options (they override the preset)."""
+    fixed, axes, vary = parse_sets(sets), parse_grid(grids), parse_grid(list(varies), "--vary")
+    sources = {"fixed": "--set", "vary": "--vary", "grid": "--grid", "seeds": "--seeds"}
+    # A --set key that --vary changes is allowed: --set gives the baseline's value.
+    check_sweep(Sweep({k: v for k, v in fixed.items() if k not in vary}, axes, seeds, vary), sources)
+    return Sweep({**preset, **fixed}, axes, seeds, vary)

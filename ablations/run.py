@@ -2,6 +2,8 @@
 
     python -m ablations.run --grid kernel_size=3,7,9,15                      # smoke preset: a minute on a CPU
     python -m ablations.run --preset cifar10 --grid patch_size=1,2,4 --seeds 3
+    python -m ablations.run --vary kernel_size=3,9 --vary norm=layer --seeds 3   # one change at a time
+    python -m ablations.run --study studies/cifar10-cpu.toml                 # a study file, into results/<name>/
 
 Everything is checked before anything runs (bad input: one line on stderr, exit code 2, nothing written).
 Rerunning the same command skips finished runs and resumes unfinished ones; exit code 0 means every run of the
@@ -10,6 +12,7 @@ sweep is done, 1 that some failed or diverged.
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -17,15 +20,17 @@ from pathlib import Path
 
 import torch
 
-from ablations.config import ConfigError, RunConfig
+from ablations.config import ACCEPTED, ConfigError, RunConfig
 from ablations.data import DataError, build_data
 from ablations.grid import Sweep, build_sweep
-from ablations.launch import LocalLauncher, parse_devices
+from ablations.launch import LocalLauncher
 from ablations.presets import DEFAULT_PRESET, PRESETS
 from ablations.progress import SweepProgress, run_label
 from ablations.slurm import SlurmLauncher, SlurmOptions, check_cluster, parse_extra
 from ablations.store import FINISHED, Store, StoreError
-from ablations.train import autocast_dtype
+from ablations.study import Study, read_study
+from ablations.train import run_dtype
+from convmixer.runtime import parse_devices, usable_cores
 
 PROG = "python -m ablations.run"
 
@@ -41,12 +46,30 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def keys_help() -> str:
-    fields = "\n".join(
-        f"  {f.name:<16} {type(f.default).__name__:<6} default {f.default!r}" for f in dataclasses.fields(RunConfig)
+def keys_help(preset: str) -> str:
+    """Every key with its value under `preset` (what a run gets unless --set/--grid/--vary change it) and what
+    it accepts."""
+    values = RunConfig(**PRESETS[preset].values)
+    rows = []
+    for f in dataclasses.fields(RunConfig):
+        rule = ACCEPTED.get(f.name)
+        accepted = rule.describe().removeprefix("expected ") if rule else "true or false"
+        if f.name == "data_root":
+            accepted = "a folder or archive path (not part of the run id)"
+        rows.append(f"  {f.name:<16} {getattr(values, f.name)!s:<12} {accepted}")
+    presets = "\n".join(f"  {name:<16} {p.description}" for name, p in PRESETS.items())
+    header = (
+        f"keys, with their values in preset {preset} (`--preset NAME --help` shows another's), and what they accept:"
     )
-    presets = "\n".join(f"  {name:<16} {preset.description}" for name, preset in PRESETS.items())
-    return f"keys (RunConfig fields; a preset changes some defaults):\n{fields}\n\npresets:\n{presets}"
+    return f"{header}\n" + "\n".join(rows) + f"\n\npresets:\n{presets}"
+
+
+def help_preset(argv: list[str] | None) -> str:
+    """The preset named on the command line, so that --help can show its values; a bad name is reported later."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=DEFAULT_PRESET)
+    name = pre.parse_known_args(argv)[0].preset
+    return name if name in PRESETS else DEFAULT_PRESET
 
 
 def folder_path(text: str) -> Path:
@@ -55,23 +78,34 @@ def folder_path(text: str) -> Path:
     return Path(text)
 
 
-def build_parser() -> OneLineParser:
+def build_parser(preset: str = DEFAULT_PRESET) -> OneLineParser:
     parser = OneLineParser(
-        prog=PROG, description=__doc__, epilog=keys_help(),
+        prog=PROG, description=__doc__, epilog=keys_help(preset),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
+    parser.add_argument("--study", type=Path, metavar="FILE", help="a study file (studies/*.toml)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="an axis of the grid")
+    parser.add_argument(
+        "--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+        help="change one key at a time from the baseline (the preset and --set values)",
+    )  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE,...", help="fix keys for every run")
-    parser.add_argument("--seeds", type=int, default=1, metavar="N", help="repeat every run with seed=0..N-1")
-    parser.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET, help="the recipe the keys override")
-    parser.add_argument("--name", help="sweep name (default: preset and grid keys, e.g. smoke-kernel_size)")
+    parser.add_argument("--seeds", type=int, metavar="N", help="repeat every run with seed=0..N-1 (default 1)")
+    parser.add_argument("--preset", choices=PRESETS, help=f"the recipe the keys override (default {DEFAULT_PRESET})")
+    parser.add_argument("--name", help="sweep name (default: the study's, or preset and swept keys: smoke-kernel_size)")
     parser.add_argument("--out", type=folder_path, metavar="DIR", help="result folder (default: results/<name>)")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs and their status, write nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check all a real run checks (the data too), list runs, write nothing"
+    )  # fmt: skip
+    parser.add_argument("--show-config", action="store_true", help="with --dry-run: print each run's full config")
     parser.add_argument("--retry-failed", action="store_true", help="rerun failed runs from their last checkpoint")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoint.pt of finished runs")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
     parser.add_argument("--devices", default="auto", help="auto, cpu, cuda, or GPU indices: 0,1 (local launcher)")
-    parser.add_argument("--jobs-per-device", type=int, default=1, metavar="N", help="concurrent runs per device")
+    parser.add_argument(
+        "--jobs-per-device", type=int, metavar="N",
+        help="concurrent runs per device (default: 1 per GPU; on the CPU one per core, each run single-threaded)",
+    )  # fmt: skip
     slurm = parser.add_argument_group("SLURM (--launcher slurm: one job array, one job per run; docs/slurm.md)")
     slurm.add_argument("--slurm-partition", metavar="NAME", help="partition (default: the cluster's default)")
     slurm.add_argument("--slurm-time", type=int, default=240, metavar="MIN", help="time limit per job in minutes")
@@ -89,8 +123,31 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def result_dir(args: argparse.Namespace, sweep: Sweep) -> Path:
-    name = args.name if args.name is not None else "-".join([args.preset, *sweep.axes])
+def load_design(args: argparse.Namespace) -> tuple[Study | None, str, Sweep]:
+    """(the study or None, the preset's name, the sweep) from --study or from the other options."""
+    if args.study is None:
+        preset = args.preset or DEFAULT_PRESET
+        return (
+            None,
+            preset,
+            build_sweep(
+                PRESETS[preset].values, args.set, args.grid, 1 if args.seeds is None else args.seeds, args.vary
+            ),
+        )
+    given = [name for name in ("grid", "vary", "set") if getattr(args, name)]
+    given += [name for name in ("seeds", "preset") if getattr(args, name) is not None]
+    if given:
+        raise ConfigError(f"--study and --{given[0]} exclude each other: the study file holds the whole design")
+    study = read_study(args.study)
+    return study, study.preset, study.sweep
+
+
+def default_name(study: Study | None, preset: str, sweep: Sweep) -> str:
+    return study.name if study is not None else "-".join([preset, *sweep.vary, *sweep.axes])
+
+
+def result_dir(args: argparse.Namespace, default: str) -> Path:
+    name = args.name if args.name is not None else default
     if not name.strip() or "/" in name or name in (".", ".."):  # "." and ".." would write results/ or its parent
         raise ConfigError(f"--name {name!r} is not accepted: expected a folder name without '/', not '.' or '..'")
     root = args.out if args.out is not None else Path("results") / name
@@ -112,13 +169,13 @@ def create_result_dir(root: Path) -> None:
 def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: list[str]) -> None:
     for precision in {cfg.precision for cfg in configs}:
         for device in devices:
-            autocast_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
+            run_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
     if args.jobs_per_device < 1:
         raise ConfigError(f"--jobs-per-device {args.jobs_per_device} is not accepted: expected an integer >= 1")
     options = slurm_options(args)
     if args.launcher == "slurm":
         for precision in {cfg.precision for cfg in configs}:
-            autocast_dtype(precision, torch.device(options.device))
+            run_dtype(precision, torch.device(options.device))
         check_cluster(options)
     ids = {}
     for cfg in configs:
@@ -227,29 +284,36 @@ def report(configs: list[RunConfig], keys: list[str], store: Store) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # --help exits here
-    sweep = build_sweep(PRESETS[args.preset].values, args.set, args.grid, args.seeds)
+    args = build_parser(help_preset(argv)).parse_args(argv)  # --help exits here
+    study, preset, sweep = load_design(args)
     configs = sweep.configs()
-    devices = parse_devices(args.devices) if args.launcher == "local" else []
+    try:
+        devices = parse_devices(args.devices) if args.launcher == "local" else []
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if args.jobs_per_device is None:
+        args.jobs_per_device = usable_cores() if devices == ["cpu"] else 1
     check_options(args, configs, devices)
-    store = Store(result_dir(args, sweep))
+    store = Store(result_dir(args, default_name(study, preset, sweep)))
     keys = sweep.varying_keys()
     todo = runs_to_train(configs, store, args.retry_failed)
+    check_data(todo)  # a dry run checks the data too: it is what a real run would fail on first
     slots = len(devices) * args.jobs_per_device
     workers = f"{plural(slots, 'worker')} on {', '.join(devices)}" if devices else "SLURM jobs"
     varying = ", ".join(keys) or "nothing"
-    print(f"sweep {store.root.name}: {plural(len(configs), 'run')} of preset {args.preset}, varying {varying}")
+    origin = f"study {args.study}" if study is not None else f"preset {preset}"
+    print(f"sweep {store.root.name}: {plural(len(configs), 'run')} of {origin}, varying {varying}")
     print(f"{len(todo)} to train ({len(configs) - len(todo)} finished earlier) with {workers}; results in {store.root}")
     if args.dry_run:
         print_table(configs, keys, store)
+        for cfg in configs if args.show_config else []:
+            print(f"{cfg.run_id()} {json.dumps(cfg.to_dict())}")
         return 0
-    try:
-        check_data(todo)
-        create_result_dir(store.root)
-        run_sweep(args, configs, todo, keys, store, devices)
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume (unfinished runs continue from their last epoch)")
-        return 130
+    create_result_dir(store.root)
+    design = {"name": store.root.name, "preset": preset, "study": str(args.study) if study else None,
+              "description": study.description if study else "", **sweep.design()}  # fmt: skip
+    store.write_design(design, study.text if study else None)
+    run_sweep(args, configs, todo, keys, store, devices)
     return report(configs, keys, store)
 
 
@@ -259,6 +323,9 @@ def cli(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, StoreError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume (unfinished runs continue from their last epoch)")
+        return 130
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from ablations.config import RunConfig
 from ablations.train import CHECKPOINT, HISTORY, METRICS
 
 CONFIG, LOG, SUMMARY = "config.json", "log.txt", "summary.csv"
+DESIGN, STUDY_COPY = "sweep.json", "study.toml"  # the sweep's design (read by analysis), the study file it came from
 METRIC_COLUMNS = (
     "status", "reason", "test_acc", "params", "macs", "flops",
     "train_images_per_s", "peak_memory_mb", "train_time_s", "epochs_completed",
@@ -129,6 +130,12 @@ class Store:
             row.update(status=state.status, reason=state.reason, epochs_completed=state.epochs)
             rows.append({column: row.get(column) for column in SUMMARY_COLUMNS})
         return rows
+
+    def write_design(self, design: dict, study_text: str | None) -> None:
+        """Record what the sweep is (its preset, fixed keys, baseline, axes, seeds) and the study file as written."""
+        atomic.write_json(self.root / DESIGN, design)
+        if study_text is not None:
+            atomic.write_text(self.root / STUDY_COPY, study_text)
 
     def write_summary(self) -> Path:
         """Rebuild summary.csv from the run folders (atomically: a reader never sees half a table)."""

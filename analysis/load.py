@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from ablations.config import RunConfig
+from ablations.store import FINISHED
 
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
 # A config.json written before a key existed ran with that key's default (new keys default to the old behaviour).
@@ -21,7 +22,6 @@ CONFIG_DEFAULTS = RunConfig().to_dict()
 # Keys that never make two runs different variants: the seed is what we average over, and data_root is where
 # the same data lives.
 NOT_VARIANT_KEYS = ("seed", "data_root")
-FINISHED = ("done", "diverged", "failed")  # the statuses of a metrics.json, as in ablations.store
 
 
 class AnalysisError(ValueError):

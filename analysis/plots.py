@@ -1,8 +1,13 @@
 """The report's figures, each a function from tidy tables to a matplotlib Figure drawn in the toolkit's style.
 
-Accuracy is shown in percent with 95% confidence intervals over seeds (no bar where a variant has one seed);
-the Pareto front of accuracy against a cost is drawn as a dashed line through the variants no other one beats.
+Accuracy is shown in percent as the mean over seeds with its 95% confidence interval, clipped to [0, 100]%: with
+2 or 3 seeds a t interval is wide and would otherwise reach below 0%. With few seeds (SEED_POINTS_UP_TO or fewer)
+every seed's own result is drawn beside the mean, so the reader sees the spread the interval summarises. The
+Pareto front of accuracy against a cost is drawn only through variants with at least two seeds: a single seed's
+accuracy is one draw of the seed noise, so it is shown but never ranked.
 """
+
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -13,14 +18,16 @@ from numpy.typing import ArrayLike
 
 from analysis import style
 from analysis.stats import mean_ci, pareto_front
-from analysis.variants import variant_label
 
 # Costs against which accuracy is plotted: column of the aggregate table, whether more is better, axis label.
 COSTS = {
     "macs": ("macs", False, "MACs per image ({unit})"),
-    "params": ("params", False, "Parameters (M)"),
+    "params": ("params", False, "Parameters ({unit})"),
     "throughput": ("train_images_per_s_mean", True, "Training throughput (images/s)"),
 }
+SEED_POINTS_UP_TO = 5  # with at most this many seeds per variant, each seed's result is drawn too
+PARETO_MIN_SEEDS = 2  # a variant needs this many seeds to be ranked on the Pareto front
+MUTED = "0.35"  # the grey of subtitles and of points that are shown but not ranked
 
 
 def _is_numeric(values: pd.Series) -> bool:
@@ -34,76 +41,142 @@ def _wide_range(values: ArrayLike) -> bool:
     return len(values) > 1 and values.min() > 0 and values.max() / values.min() >= 16
 
 
-def _seed_note(n: pd.Series) -> str:
+def clipped_error(y: ArrayLike, ci: ArrayLike, low: float = 0.0, high: float = 100.0) -> np.ndarray:
+    """The 2xN (below, above) error-bar lengths of mean ± ci, cut where they would leave [low, high]."""
+    y = np.asarray(y, dtype=float)
+    ci = np.nan_to_num(np.asarray(ci, dtype=float))  # no CI (one seed): no bar
+    return np.vstack([np.clip(np.minimum(ci, y - low), 0, None), np.clip(np.minimum(ci, high - y), 0, None)])
+
+
+def seed_note(n: pd.Series) -> str:
+    """The subtitle: how many seeds, and what the bars and points are."""
     low, high = int(n.min()), int(n.max())
     seeds = f"n = {low}" if low == high else f"n = {low}-{high}"
-    return f"mean ± 95% CI over seeds ({seeds})" + ("; one seed: no CI" if low == 1 else "")
+    if high == 1:
+        return f"{seeds} seed per variant: no CI"
+    note = f"mean ± 95% CI (clipped to 0-100%), {seeds} seeds"
+    return note + (", dots: each seed" if high <= SEED_POINTS_UP_TO else "")
 
 
 def _series(agg: pd.DataFrame, others: list[str]) -> list[tuple[str, pd.DataFrame]]:
-    """(label, rows) for each combination of the keys that are not on the x axis."""
+    """(legend label, rows) for each combination of the keys that are not on the x axis."""
     if not others:
         return [("", agg)]
     groups = agg.groupby(others, sort=True)
-    return [(variant_label(dict(zip(others, values, strict=True))), rows) for values, rows in groups]
+    return [(style.short_label(dict(zip(others, values, strict=True))), rows) for values, rows in groups]
 
 
-def accuracy_vs_key(agg: pd.DataFrame, key: str, keys: list[str]) -> Figure:
-    """Test accuracy against one swept key, one line per value of the other swept keys."""
+def _seeds_of(row: dict, runs: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """The test accuracies (%) of the finished runs of one variant."""
+    mask = np.ones(len(runs), dtype=bool)
+    for key in keys:
+        mask &= (runs[key] == row[key]).to_numpy()
+    return 100 * runs.loc[mask, "test_acc"].to_numpy(float)
+
+
+def _draw_seeds(ax, transform, xs: ArrayLike, rows: pd.DataFrame, runs: pd.DataFrame, keys: list[str], look: dict):
+    if not 1 < rows["n"].max() <= SEED_POINTS_UP_TO:  # one seed is the mean itself
+        return
+    for x, row in zip(xs, rows.to_dict("records"), strict=True):
+        seeds = _seeds_of(row, runs, keys)
+        ax.plot(np.full(len(seeds), x), seeds, linestyle="none", marker=look["marker"], markersize=3,
+                mfc="none", mec=look["color"], alpha=0.8, transform=transform)  # fmt: skip
+
+
+def accuracy_vs_key(
+    agg: pd.DataFrame, runs: pd.DataFrame, key: str, keys: list[str], levels: list | None = None, baseline=None
+) -> Figure:
+    """Test accuracy against one swept key, one line per value of the other `keys`; `runs`: the finished runs.
+
+    `levels`: the key's values in the order to show them (default: sorted); the `baseline` value's tick says so.
+    Values that are words (residual, norm) have no order between them, so their points are not joined by lines.
+    """
     with style.context():
         fig = Figure()
         ax = fig.add_subplot()
         numeric = _is_numeric(agg[key])
-        levels = sorted(agg[key].unique())
+        present = set(agg[key])
+        levels = [value for value in levels if value in present] if levels is not None else sorted(present)
         series = _series(agg, [other for other in keys if other != key])
         for i, (label, rows) in enumerate(series):
             rows = rows.sort_values(key)
-            x = rows[key].to_numpy(float) if numeric else [levels.index(value) for value in rows[key]]
-            # Nudge each series sideways by a few points so that error bars at the same x do not hide each other.
-            nudge = transforms.offset_copy(ax.transData, fig=fig, x=3.0 * (i - (len(series) - 1) / 2), units="points")
-            y, ci = 100 * rows["test_acc_mean"].to_numpy(float), 100 * rows["test_acc_ci"].fillna(0).to_numpy(float)
-            ax.errorbar(x, y, yerr=ci, label=label or None, transform=nudge, **style.series_style(i))
+            x = rows[key].to_numpy(float) if numeric else np.array([levels.index(value) for value in rows[key]], float)
+            # Nudge each series sideways by a few points so that error bars at the same x do not hide each other;
+            # its seeds sit 4 points to the right of its mean.
+            shift = 7.0 * (i - (len(series) - 1) / 2)
+            nudge = transforms.offset_copy(ax.transData, fig=fig, x=shift, units="points")
+            y = 100 * rows["test_acc_mean"].to_numpy(float)
+            error = clipped_error(y, 100 * rows["test_acc_ci"].to_numpy(float))
+            look = style.series_style(i) | ({} if numeric else {"linestyle": "none"})
+            ax.errorbar(x, y, yerr=error, label=label or None, transform=nudge, **look)
+            _draw_seeds(ax, transforms.offset_copy(nudge, fig=fig, x=4.0, units="points"), x, rows, runs, keys, look)
             # Artists with their own transform do not widen the axes' limits by themselves.
-            ax.update_datalim(np.column_stack([np.concatenate([x, x]), np.concatenate([y - ci, y + ci])]))
+            ax.update_datalim(np.column_stack([np.concatenate([x, x]), np.concatenate([y - error[0], y + error[1]])]))
         if numeric and _wide_range(levels):
             ax.set_xscale("log")
-        ax.set_xticks(
-            levels if numeric else range(len(levels)), [f"{value:g}" if numeric else str(value) for value in levels]
-        )
+        names = [f"{value:g}" if numeric else str(value) for value in levels]
+        marked = zip(names, levels, strict=True)
+        names = [name + ("\n(baseline)" if value == baseline else "") for name, value in marked]
+        ax.set_xticks(levels if numeric else range(len(levels)), names)
         ax.minorticks_off()
+        ax.margins(x=0.08)
         ax.autoscale_view()
         ax.set_xlabel(style.key_label(key))
         ax.set_ylabel("Test accuracy (%)")
-        ax.set_title(_seed_note(agg["n"]), loc="left", color="0.35")
+        ax.set_title(seed_note(agg["n"]), loc="left", color=MUTED)
         if len(series) > 1:
             ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return fig
 
 
-def accuracy_vs_cost(agg: pd.DataFrame, cost: str, keys: list[str]) -> Figure:
-    """Test accuracy against a cost (one of COSTS), the Pareto front dashed, points labelled with their keys."""
+def ranked_front(x: ArrayLike, y: ArrayLike, n: ArrayLike, higher_cost_is_better: bool) -> np.ndarray:
+    """The Pareto front among the variants with at least PARETO_MIN_SEEDS seeds; others are never on it."""
+    ranked = np.asarray(n) >= PARETO_MIN_SEEDS
+    y = np.where(ranked, np.asarray(y, dtype=float), np.nan)  # NaN points are never on the front
+    return pareto_front(x, y, higher_cost_is_better=higher_cost_is_better)
+
+
+def accuracy_vs_cost(
+    agg: pd.DataFrame, runs: pd.DataFrame, cost: str, keys: list[str], labels: list[str], hardware: str = ""
+) -> Figure:
+    """Test accuracy against a cost (one of COSTS), the Pareto front dashed, each point named by its `labels`.
+
+    `hardware` names what measured the throughput (shown under its axis).
+    """
     column, higher_is_better, label = COSTS[cost]
-    scale, unit = style.macs_unit(agg["macs"]) if cost == "macs" else (1e6 if cost == "params" else 1.0, "")
+    scale, unit = style.si_unit(agg[column]) if cost in ("macs", "params") else (1.0, "")
     x = agg[column].to_numpy(float) / scale
     y = 100 * agg["test_acc_mean"].to_numpy(float)
-    front = pareto_front(x, y, higher_cost_is_better=higher_is_better)
+    n = agg["n"].to_numpy()
+    front = ranked_front(x, y, n, higher_is_better)
+    unranked = n < PARETO_MIN_SEEDS
     with style.context():
         fig = Figure()
         ax = fig.add_subplot()
         colour = style.OKABE_ITO[0]
-        ax.errorbar(x, y, yerr=100 * agg["test_acc_ci"], fmt="none", ecolor=colour, elinewidth=1)
-        ax.plot(x[~front], y[~front], "o", mfc="white", mec=colour, label="dominated")
-        order = np.argsort(x[front])
-        ax.plot(x[front][order], y[front][order], "o--", color=colour, label="Pareto front")
-        # Beyond a handful of points, labels would cover each other: then only the front is named.
-        labelled = front if len(agg) > 8 else np.ones_like(front)
-        for xi, yi, values in zip(x[labelled], y[labelled], agg[keys][labelled].to_dict("records"), strict=True):
-            ax.annotate(style.short_label(values), (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=7)
+        ax.errorbar(x, y, yerr=clipped_error(y, 100 * agg["test_acc_ci"]), fmt="none", ecolor=colour, elinewidth=1)
+        _draw_seeds(ax, ax.transData, x, agg, runs, keys, {"color": colour, "marker": "."})
+        dominated = ~front & ~unranked
+        if dominated.any():
+            ax.plot(x[dominated], y[dominated], "o", mfc="white", mec=colour, label="dominated")
+        if unranked.any():
+            ax.plot(x[unranked], y[unranked], "o", mfc="white", mec=MUTED, label="one seed: not ranked")
+        if front.any():
+            order = np.argsort(x[front])
+            front_label = f"Pareto front (n ≥ {PARETO_MIN_SEEDS})"
+            ax.plot(x[front][order], y[front][order], "o--", color=colour, label=front_label)
+        # Beyond a handful of points, labels would cover each other: then only the front is named. Labels sit to
+        # the right of their point, level with it, so that the vertical error bar does not cross them.
+        named = front if len(agg) > 8 else np.ones_like(front)
+        for xi, yi, text in zip(x[named], y[named], np.asarray(labels, dtype=object)[named], strict=True):
+            ax.annotate(text, (xi, yi), xytext=(5, 0), textcoords="offset points", fontsize=7, va="center")
         if _wide_range(x):
             ax.set_xscale("log")
-        ax.set_xlabel(label.format(unit=unit))
+        axis_label = label.format(unit=unit)
+        hardware = textwrap.fill(hardware, 60)
+        ax.set_xlabel(f"{axis_label}\n{hardware}" if cost == "throughput" and hardware else axis_label)
         ax.set_ylabel("Test accuracy (%)")
-        ax.set_title(_seed_note(agg["n"]), loc="left", color="0.35")
+        ax.set_title(seed_note(agg["n"]), loc="left", color=MUTED)
         ax.legend(loc="best")
         return fig
 
@@ -114,34 +187,44 @@ def _mean_band(values: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"mean": [e.mean for e in estimates], "ci": [e.ci for e in estimates]}, index=values.index)
 
 
+# Metric, scale to the plotted unit, axis label, and the range a band may not leave.
+CURVE_PANELS = [("test_acc", 100, "Test accuracy (%)", (0.0, 100.0)), ("train_loss", 1, "Training loss", (0.0, None))]
+
+
 def training_curves(history: pd.DataFrame, runs: pd.DataFrame, keys: list[str]) -> Figure:
-    """Test accuracy and training loss per epoch, mean over seeds with a 95% CI band, one line per variant."""
-    panels = [("test_acc", 100, "Test accuracy (%)"), ("train_loss", 1, "Training loss")]
+    """Test accuracy and training loss per epoch, mean over seeds with a 95% CI band, one line per variant.
+
+    With SEED_POINTS_UP_TO seeds or fewer, each seed's curve is drawn thin beside the mean.
+    """
     joined = history.merge(runs[["run_id", *keys]], on="run_id")
+    n = runs.groupby(keys)["run_id"].nunique() if keys else pd.Series([runs["run_id"].nunique()])
+    n_min, n_max = int(n.min()), int(n.max())
     with style.context():
         fig = Figure(figsize=(2 * style.WIDTH, style.HEIGHT))
         axes = fig.subplots(1, 2)
         variants = list(joined.groupby(keys, sort=True)) if keys else [((), joined)]
         for i, (values, rows) in enumerate(variants):
-            label = variant_label(dict(zip(keys, values, strict=True)))
-            for ax, (metric, factor, _) in zip(axes, panels, strict=True):
-                per_seed = rows[rows["metric"] == metric].pivot_table("value", "epoch", "run_id")
-                band = _mean_band(per_seed * factor)
-                look = style.series_style(i)
+            label = style.short_label(dict(zip(keys, values, strict=True)))
+            look = style.series_style(i)
+            for ax, (metric, factor, _, (low, high)) in zip(axes, CURVE_PANELS, strict=True):
+                per_seed = rows[rows["metric"] == metric].pivot_table("value", "epoch", "run_id") * factor
+                band = _mean_band(per_seed)
                 ax.plot(band.index, band["mean"], label=label, markevery=max(1, len(band) // 8), **look)
-                ax.fill_between(
-                    band.index,
-                    band["mean"] - band["ci"],
-                    band["mean"] + band["ci"],
-                    color=look["color"],
-                    alpha=0.2,
-                    linewidth=0,
-                )
-        for ax, (_, _, ylabel) in zip(axes, panels, strict=True):
+                if n_max <= SEED_POINTS_UP_TO and per_seed.shape[1] > 1:
+                    ax.plot(per_seed.index, per_seed.to_numpy(), color=look["color"], linewidth=0.6, alpha=0.45)
+                below, above = (band["mean"] - band["ci"]).clip(low, high), (band["mean"] + band["ci"]).clip(low, high)
+                ax.fill_between(band.index, below, above, color=look["color"], alpha=0.2, linewidth=0)
+        for ax, (_, _, ylabel, _) in zip(axes, CURVE_PANELS, strict=True):
             ax.set_xlabel("Epoch")
             ax.set_ylabel(ylabel)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes[0].set_title("mean over seeds, band: 95% CI", loc="left", color="0.35")
+        if n_max == 1:
+            subtitle = "one seed per variant: no band"
+        else:
+            thin = ", thin: each seed" if n_max <= SEED_POINTS_UP_TO else ""
+            seeds = f"n = {n_min}" if n_min == n_max else f"n = {n_min}-{n_max}"
+            subtitle = f"mean over {seeds} seeds, band: 95% CI (clipped){thin}"
+        axes[0].set_title(subtitle, loc="left", color=MUTED)
         if len(variants) > 1:
             axes[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         fig.tight_layout()

@@ -1,30 +1,90 @@
-"""`python -m analysis.report results/<sweep> [more sweeps] [--baseline KEY=VALUE ...] [--out DIR]`: tables and figures.
+"""`python -m analysis.report results/<sweep> [more sweeps] [--baseline KEY=VALUE ...] [--allow-mixed] [--out DIR]`.
 
 Writes into DIR (default: results/<first sweep>/report/) a Markdown and a LaTeX (booktabs) table of every variant
-(test accuracy ± 95% CI over seeds, difference from the baseline, parameters, MACs, training throughput, seeds),
-the same numbers unrounded in variants.csv, the figures as PNG and PDF, and report.md, an index of it all that
-names the dataset and the hardware the runs were measured on.
+(test accuracy ± 95% CI over seeds, difference from the baseline with Welch's CI, parameters, MACs, training
+throughput, seeds), the same numbers unrounded in variants.csv, the figures as PNG and PDF, and report.md: what ran
+(data, model, recipe, design, seeds, hardware, commit, date), the table, and the figures. A study (one factor at
+a time from a baseline) gets one block of rows per axis. Runs that differ in a key no sweep swept are refused
+unless --allow-mixed asks for them to be pooled.
 """
 
 import argparse
 import math
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from ablations.atomic import write_text
 from ablations.config import ConfigError
-from analysis import plots, style
-from analysis.load import AnalysisError, dataset_label, load_history, load_runs, variant_keys
-from analysis.variants import NOT_DONE, default_baseline, parse_baseline, summarise, variant_label
+from ablations.run import folder_path
+from analysis import plots, provenance, style
+from analysis.design import (
+    Design,
+    axis_levels,
+    axis_rows,
+    check_not_mixed,
+    choose_baseline,
+    read_design,
+    swept_keys,
+    vary_keys,
+)
+from analysis.load import AnalysisError, load_history, load_runs, sweep_name, variant_keys
+from analysis.variants import NOT_DONE, summarise, variant_label
 
 CI_NOTE = "Accuracy: mean ± half-width of the 95% Student-t confidence interval over n seeds; n/a: one seed, no CI."
 DIFF_NOTE = (
     "Δ: difference of mean test accuracy from the baseline (the same variant with the baseline's values), "
     "in percentage points, with Welch's 95% confidence interval."
 )
+PARETO_NOTE = (
+    f"Pareto fronts rank only variants with at least {plots.PARETO_MIN_SEEDS} seeds (one seed is one draw of "
+    "the seed noise); a point on the front is not better than its neighbours where their CIs overlap."
+)
+# The figures a report writes: the names a rerun into the same folder may find left over from an earlier report.
+FIGURE_PATTERNS = ("accuracy_vs_*.png", "accuracy_vs_*.pdf", "training_curves*.png", "training_curves*.pdf")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a report covers: the runs, their designs, the swept keys, the one-at-a-time ones, and the baseline."""
+
+    runs: pd.DataFrame
+    designs: dict[str, Design | None]
+    keys: list[str]
+    varied: list[str]  # the study's one-factor-at-a-time keys (empty for a grid)
+    baseline: dict
+    mixed: list[str]  # keys that differ but were not swept (only with --allow-mixed)
+
+    @property
+    def done(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] == "done"]
+
+    @property
+    def grid_keys(self) -> list[str]:
+        return [key for key in self.keys if key not in self.varied]
+
+    def levels(self, key: str) -> list:
+        return axis_levels(self.runs, self.designs, key, self.baseline)
+
+
+def scope(sweeps: list[Path], baseline_items: list[str], allow_mixed: bool = False) -> Scope:
+    """Load the sweeps and decide keys and baseline; AnalysisError/ConfigError on input the report cannot use."""
+    runs = load_runs(sweeps)
+    if (runs["status"] != "done").all():
+        found = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().items()) or "no runs"
+        raise AnalysisError(f"no finished runs (status done) in {', '.join(map(str, sweeps))}: found {found}")
+    designs = {sweep_name(sweep): read_design(sweep) for sweep in sweeps}
+    swept = swept_keys(runs, designs)
+    if not allow_mixed:
+        check_not_mixed(runs, swept)
+    keys = [key for key in variant_keys(runs) if key in swept or allow_mixed]
+    mixed = [key for key in keys if key not in swept]
+    baseline = choose_baseline(runs, keys, designs, baseline_items)
+    return Scope(runs, designs, keys, vary_keys(designs, keys), baseline, mixed)
 
 
 def _signed(x: float) -> str:
@@ -52,36 +112,88 @@ def seeds_cell(row: dict) -> str:
     return f"{row['n']} ({', '.join(others)})" if others else str(row["n"])
 
 
-def table(variants: pd.DataFrame, keys: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the results table, every cell already formatted."""
-    divisor, unit = style.macs_unit(variants["macs"])
+def count_cell(value: float, divisor: float) -> str:
+    """Three significant digits, trailing zeros kept (1.00, 47.2, 115), so a column reads at one precision."""
+    if math.isnan(value):
+        return "–"
+    scaled = value / divisor
+    decimals = max(0, 2 - math.floor(math.log10(abs(scaled)))) if scaled else 0
+    return f"{scaled:.{decimals}f}"
+
+
+@dataclass(frozen=True)
+class Table:
+    """Formatted cells: a header, and blocks of rows, each under a title ("" for a table of one block)."""
+
+    header: list[str]
+    blocks: list[tuple[str, list[list[str]]]]
+    n_keys: int  # the leading, left-aligned key columns
+
+
+def _measures(variants: pd.DataFrame, cpu: bool) -> tuple[list[str], callable]:
+    """The header of the measured columns, and a function from a variant to their cells."""
+    params_divisor, params_unit = style.si_unit(variants["params"])
+    macs_divisor, macs_unit = style.si_unit(variants["macs"])
     header = [
-        *keys,
         "Test acc. (%)",
         "Δ vs baseline (pp) [95% CI]",
-        "Params (M)",
-        f"MACs ({unit})",
-        "Train images/s",
+        f"Params ({params_unit})",
+        f"MACs ({macs_unit})",
+        "Train images/s" + (" (CPU, indicative)" if cpu else ""),
         "n seeds",
     ]
-    rows = [
-        [
-            *(str(row[key]) for key in keys),
+
+    def cells(row: dict) -> list[str]:
+        throughput = row["train_images_per_s_mean"]
+        return [
             accuracy_cell(row["test_acc_mean"], row["test_acc_ci"], row["n"]),
             difference_cell(row),
-            f"{row['params'] / 1e6:.3g}",
-            f"{row['macs'] / divisor:.3g}",
-            "–" if math.isnan(row["train_images_per_s_mean"]) else f"{row['train_images_per_s_mean']:,.0f}",
+            count_cell(row["params"], params_divisor),
+            count_cell(row["macs"], macs_divisor),
+            "–" if math.isnan(throughput) else f"{throughput:,.0f}",
             seeds_cell(row),
         ]
-        for row in variants.to_dict("records")  # records keep each column's type (iterrows would upcast)
-    ]
-    return header, rows
+
+    return header, cells
 
 
-def markdown_table(header: list[str], rows: list[list[str]], n_keys: int) -> str:
-    """Key columns left-aligned, numbers right-aligned."""
-    lines = [header, ["---" if i < n_keys else "---:" for i in range(len(header))], *rows]
+def table(variants: pd.DataFrame, keys: list[str], cpu: bool = False) -> Table:
+    """Every variant, one row each, its keys in the first columns."""
+    header, cells = _measures(variants, cpu)
+    # records keep each column's type (iterrows would upcast)
+    rows = [[*(str(row[key]) for key in keys), *cells(row)] for row in variants.to_dict("records")]
+    return Table([*keys, *header], [("", rows)], len(keys))
+
+
+def study_table(variants: pd.DataFrame, scope: Scope, cpu: bool = False) -> Table:
+    """A paper's ablation table: per one-at-a-time axis, a block of the baseline and each change from it."""
+    header, cells = _measures(variants, cpu)
+    grid = scope.grid_keys
+    blocks = []
+    for key in scope.varied:
+        rank = {value: i for i, value in enumerate(scope.levels(key))}
+        rows = axis_rows(variants, key, scope.varied, scope.baseline)
+        rows = rows.assign(rank=rows[key].map(rank)).sort_values([*grid, "rank"])
+        block = [
+            [
+                *(str(row[other]) for other in grid),
+                style.short_label({key: row[key]}) + (" (baseline)" if row[key] == scope.baseline.get(key) else ""),
+                *cells(row),
+            ]
+            for row in rows.to_dict("records")
+        ]
+        blocks.append((style.key_label(key), block))
+    return Table([*grid, "Variant", *header], blocks, len(grid) + 1)
+
+
+def markdown_table(table: Table) -> str:
+    """Key columns left-aligned, numbers right-aligned; a block's title is a bold row of its own."""
+    header = table.header
+    lines = [header, ["---" if i < table.n_keys else "---:" for i in range(len(header))]]
+    for title, rows in table.blocks:
+        if title:
+            lines.append([f"**{title}**", *[""] * (len(header) - 1)])
+        lines += rows
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n"
 
 
@@ -94,23 +206,32 @@ def latex_escape(text: str) -> str:
         ("#", r"\#"),
         ("±", r"$\pm$"),
         ("Δ", r"$\Delta$"),
+        ("≥", r"$\geq$"),
+        ("α", r"$\alpha$"),
         ("–", "--"),
     ):
         text = text.replace(plain, latex)
     return re.sub(r"(?<![\w.])-(?=\d)", "$-$", text)  # a minus sign, not a hyphen
 
 
-def latex_table(header: list[str], rows: list[list[str]], n_keys: int, caption: str) -> str:
+def latex_table(table: Table, caption: str) -> str:
+    header = table.header
+    body = []
+    for i, (title, rows) in enumerate(table.blocks):
+        if title:
+            body += [r"\midrule"] if i else []
+            body.append(rf"\multicolumn{{{len(header)}}}{{l}}{{\textit{{{latex_escape(title)}}}}} \\")
+        body += [" & ".join(map(latex_escape, cells)) + r" \\" for cells in rows]
     lines = [
         r"% Needs \usepackage{booktabs}. Written by python -m analysis.report.",
         r"\begin{table}[t]",
         r"\centering",
         rf"\caption{{{latex_escape(caption)}}}",
-        r"\begin{tabular}{" + "l" * n_keys + "r" * (len(header) - n_keys) + "}",
+        r"\begin{tabular}{" + "l" * table.n_keys + "r" * (len(header) - table.n_keys) + "}",
         r"\toprule",
         " & ".join(map(latex_escape, header)) + r" \\",
         r"\midrule",
-        *(" & ".join(map(latex_escape, cells)) + r" \\" for cells in rows),
+        *body,
         r"\bottomrule",
         r"\end{tabular}",
         r"\end{table}",
@@ -118,81 +239,115 @@ def latex_table(header: list[str], rows: list[list[str]], n_keys: int, caption: 
     return "\n".join(lines) + "\n"
 
 
-def figures(
-    out: Path, variants: pd.DataFrame, history: pd.DataFrame, done: pd.DataFrame, keys: list[str]
-) -> list[Path]:
-    written = []
-    for key in keys:
-        written += style.save(plots.accuracy_vs_key(variants, key, keys), out / f"accuracy_vs_{key}")
+def point_labels(variants: pd.DataFrame, scope: Scope) -> list[str]:
+    """How each variant is named beside its point: in a study, by what it changes from the baseline."""
+    labels = []
+    for row in variants.to_dict("records"):
+        if scope.varied:
+            changed = {key: row[key] for key in scope.varied if row[key] != scope.baseline.get(key)}
+            values = {key: row[key] for key in scope.grid_keys} | changed
+        else:
+            values = {key: row[key] for key in scope.keys}
+        labels.append(style.short_label(values) or "baseline")
+    return labels
+
+
+def figure_set(variants: pd.DataFrame, history: pd.DataFrame, scope: Scope) -> dict[str, Figure]:
+    """The report's figures by file stem: accuracy against each swept key (in a study: along its axis), against
+    each cost, and the training curves (in a study: one figure per axis, or every variant would share one)."""
+    made = {}
+    done = scope.done
+    for key in scope.keys:
+        on_axis = axis_rows(variants, key, scope.varied, scope.baseline)
+        runs_on_axis = axis_rows(done, key, scope.varied, scope.baseline)
+        series_keys = [key, *(other for other in scope.grid_keys if other != key)]
+        made[f"accuracy_vs_{key}"] = plots.accuracy_vs_key(
+            on_axis, runs_on_axis, key, series_keys, scope.levels(key), scope.baseline.get(key)
+        )
     measured = variants[variants["n"] > 0]
+    hardware = provenance.throughput_label(scope.runs)
     for cost in plots.COSTS:
-        written += style.save(plots.accuracy_vs_cost(measured, cost, keys), out / f"accuracy_vs_{cost}")
+        labels = point_labels(measured, scope)
+        made[f"accuracy_vs_{cost}"] = plots.accuracy_vs_cost(measured, done, cost, scope.keys, labels, hardware)
     done_history = history[history["run_id"].isin(done["run_id"])]
-    written += style.save(plots.training_curves(done_history, done, keys), out / "training_curves")
-    return written
+    for key in scope.varied or [None]:
+        runs = axis_rows(done, key, scope.varied, scope.baseline) if key else done
+        curve_keys = [key, *scope.grid_keys] if key else scope.keys
+        stem = f"training_curves_{key}" if key else "training_curves"
+        made[stem] = plots.training_curves(done_history, runs, curve_keys)
+    return made
 
 
-def index(
-    sweeps: list[Path], runs: pd.DataFrame, keys: list[str], baseline: dict, table_md: str, files: list[Path], out: Path
-) -> str:
+def remove_stale_figures(out: Path, written: list[Path]) -> None:
+    """Figures an earlier report wrote into `out` that this one did not (a key no longer swept)."""
+    for pattern in FIGURE_PATTERNS:
+        for path in out.glob(pattern):
+            if path not in written:
+                path.unlink()
+
+
+def index(sweeps: list[Path], scope: Scope, table_md: str, notes: str, files: list[Path], out: Path) -> str:
+    runs = scope.runs
     counts = runs["status"].value_counts()
     statuses = ", ".join(f"{counts.get(status, 0)} {status}" for status in ("done", *NOT_DONE))
-    swept = "; ".join(f"{key} ∈ {{{', '.join(map(str, sorted(runs[key].unique())))}}}" for key in keys)
+    swept = "; ".join(f"{key} ∈ {{{', '.join(map(str, sorted(runs[key].unique())))}}}" for key in scope.keys)
+    descriptions = [design.description for design in scope.designs.values() if design and design.description]
+    setup = provenance.setup(runs, scope.designs, scope.keys)
+    mixed = f"- Pooled with --allow-mixed although they differ in: {', '.join(scope.mixed)}" if scope.mixed else ""
     lines = [
         f"# Report: {', '.join(sorted(runs['sweep'].unique()))}",
         "",
+        *(f"{text}\n" for text in descriptions),
+        "## What ran",
+        "",
+        *(f"- {name}: {text}" for name, text in setup.items()),
         f"- Sweeps: {', '.join(str(sweep) for sweep in sweeps)}",
-        f"- Dataset: {dataset_label(runs)}",
-        f"- Device: {'; '.join(sorted(runs['device'].dropna().unique()))}",
         f"- Runs: {statuses}",
         f"- Swept: {swept or 'nothing but the seed'}",
-        f"- Baseline: {variant_label(baseline)}",
+        f"- Baseline: {variant_label(scope.baseline)}",
+        *([mixed] if mixed else []),
+        "",
+        "## Results",
         "",
         table_md,
-        CI_NOTE,
-        DIFF_NOTE,
+        notes,
         "",
+        "## Figures",
+        "",
+        *(f"![{path.stem}]({path.relative_to(out)})\n" for path in files if path.suffix == ".png"),
         "## Files",
         "",
         *(f"- [{path.relative_to(out)}]({path.relative_to(out)})" for path in files),
-        "",
-        *(f"![{path.stem}]({path.relative_to(out)})" for path in files if path.suffix == ".png"),
     ]
     return "\n".join(lines) + "\n"
 
 
-def build_report(sweeps: list[Path], baseline_items: list[str], out: Path | None = None) -> Path:
+def build_report(
+    sweeps: list[Path], baseline_items: list[str], out: Path | None = None, allow_mixed: bool = False
+) -> Path:
     """Write every report file; returns the index path. Raises AnalysisError/ConfigError on input it cannot use."""
     out = Path(out) if out is not None else Path(sweeps[0]) / "report"
-    runs = load_runs(sweeps)
-    done = runs[runs["status"] == "done"]
-    if done.empty:
-        found = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().items()) or "no runs"
-        raise AnalysisError(f"no finished runs (status done) in {', '.join(map(str, sweeps))}: found {found}")
-    keys = variant_keys(runs)
-    baseline = parse_baseline(baseline_items, runs, keys) if baseline_items else default_baseline(runs, keys)
-    variants = summarise(runs, baseline, keys)
-    header, rows = table(variants, keys)
-    table_md = markdown_table(header, rows, len(keys))
+    chosen = scope(sweeps, baseline_items, allow_mixed)
+    variants = summarise(chosen.runs, chosen.baseline, chosen.keys)
+    cpu = provenance.measured_on_cpu(chosen.runs)
+    made = study_table(variants, chosen, cpu) if chosen.varied else table(variants, chosen.keys, cpu)
+    table_md = markdown_table(made)
+    caption = provenance.caption(chosen.runs, chosen.designs, chosen.keys)
+    notes = f"{CI_NOTE} {DIFF_NOTE} {provenance.throughput_note(chosen.runs)} {PARETO_NOTE}"
     history = load_history(sweeps)  # before the first write: a damaged history.json must leave `out` as it was
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise AnalysisError(f"--out {str(out)!r} is not accepted: cannot create it ({error.strerror})") from None
-    write_text(out / "table.md", f"{table_md}\nTest accuracy on {dataset_label(runs)}. {CI_NOTE}\n{DIFF_NOTE}\n")
-    caption = f"Test accuracy on {dataset_label(runs)}. {CI_NOTE} {DIFF_NOTE}"
-    write_text(out / "table.tex", latex_table(header, rows, len(keys), caption))
+    write_text(out / "table.md", f"{table_md}\n{caption}\n\n{notes}\n")
+    write_text(out / "table.tex", latex_table(made, f"{caption} {notes}"))
     write_text(out / "variants.csv", variants.to_csv(index=False))
     files = [out / "table.md", out / "table.tex", out / "variants.csv"]
-    files += figures(out, variants, history, done, keys)
-    write_text(out / "report.md", index(sweeps, runs, keys, baseline, table_md, files, out))
+    for stem, figure in figure_set(variants, history, chosen).items():
+        files += style.save(figure, out / stem)
+    remove_stale_figures(out, files)
+    write_text(out / "report.md", index(sweeps, chosen, table_md, f"{caption}\n\n{notes}", files, out))
     return out / "report.md"
-
-
-def folder(text: str) -> Path:
-    if not text.strip():  # Path("") is ".": the report would land in the current folder
-        raise argparse.ArgumentTypeError(f"{text!r} is not accepted: expected a folder path")
-    return Path(text)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -206,19 +361,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
         prog="python -m analysis.report", description="Tables (Markdown, LaTeX) and figures (PNG, PDF) of sweeps."
     )
-    parser.add_argument("sweeps", nargs="+", type=folder, help="sweep folders, e.g. results/kernel")
+    parser.add_argument("sweeps", nargs="+", type=folder_path, help="sweep folders, e.g. results/kernel")
     parser.add_argument(
         "--baseline",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="compare every variant with the same variant at KEY=VALUE (repeatable); "
-        "default: each swept key at its RunConfig default",
+        "default: a study's baseline, else each swept key at its RunConfig default",
     )
-    parser.add_argument("--out", type=folder, help="output folder (default: <first sweep>/report)")
+    parser.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="pool sweeps whose runs differ in keys none of them swept (refused by default: unrelated sweeps)",
+    )
+    parser.add_argument("--out", type=folder_path, help="output folder (default: <first sweep>/report)")
     args = parser.parse_args(argv)
     try:
-        path = build_report(args.sweeps, args.baseline, args.out)
+        path = build_report(args.sweeps, args.baseline, args.out, args.allow_mixed)
     except (AnalysisError, ConfigError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -51,7 +51,8 @@ RC = {
 KEY_LABELS = {
     "dim": "Width h (channels)",
     "depth": "Depth d (mixer layers)",
-    "kernel_size": "Kernel size k (pixels)",
+    # The depthwise kernel slides over the grid of patches, so k=3 at p=4 spans 12 pixels.
+    "kernel_size": "Kernel size k (cells of the patch grid)",
     "patch_size": "Patch size p (pixels)",
     "residual": "Residual connection",
     "norm": "Normalisation",
@@ -68,8 +69,8 @@ KEY_LABELS = {
     "reprob": "Random-erasing probability",
     "train_subset": "Training images",
 }
-# Short names for point labels, where a whole axis label does not fit.
-KEY_SHORT = {"dim": "h", "depth": "d", "kernel_size": "k", "patch_size": "p"}
+# Short names for legends and point labels (`k=3`), where a whole axis label does not fit; other keys keep their name.
+KEY_SHORT = {"dim": "h", "depth": "d", "kernel_size": "k", "patch_size": "p", "train_subset": "train"}
 
 
 def key_label(key: str) -> str:
@@ -77,12 +78,14 @@ def key_label(key: str) -> str:
 
 
 def short_label(values: dict) -> str:
+    """`k=3, residual=none`: the legend and point label of a variant."""
     return ", ".join(f"{KEY_SHORT.get(key, key)}={value}" for key, value in values.items())
 
 
-def macs_unit(macs: ArrayLike) -> tuple[float, str]:
-    """(divisor, unit) that shows these MAC counts in M or G, whichever keeps the largest one readable."""
-    return (1e9, "G") if pd.Series(macs, dtype=float).max() >= 1e9 else (1e6, "M")
+def si_unit(counts: ArrayLike) -> tuple[float, str]:
+    """(divisor, prefix) that shows these counts (parameters, MACs) in k, M or G, whichever fits the largest one."""
+    largest = pd.Series(counts, dtype=float).max()
+    return next(((divisor, unit) for divisor, unit in ((1e9, "G"), (1e6, "M")) if largest >= divisor), (1e3, "k"))
 
 
 def context() -> contextlib.AbstractContextManager:

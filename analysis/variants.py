@@ -14,7 +14,7 @@ from analysis.load import AnalysisError, variant_keys
 from analysis.stats import Difference, mean_ci, welch
 
 METRICS = ("test_acc", "train_images_per_s")  # measured per run: averaged over seeds
-COSTS = ("params", "macs", "flops")  # fixed by the config: the same for every seed
+MODEL_COSTS = ("params", "macs", "flops")  # fixed by the config: the same for every seed
 NOT_DONE = ("diverged", "failed", "unfinished")
 
 
@@ -40,7 +40,7 @@ def aggregate(runs: pd.DataFrame, keys: list[str] | None = None, level: float = 
         for metric in METRICS:
             estimate = mean_ci(done[metric] if metric in done else [], level)
             row |= {f"{metric}_mean": estimate.mean, f"{metric}_sd": estimate.sd, f"{metric}_ci": estimate.ci}
-        for cost in COSTS:
+        for cost in MODEL_COSTS:
             known = group[cost].dropna() if cost in group else []
             row[cost] = known.iloc[0] if len(known) else math.nan
         for status in NOT_DONE:

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from ablations.config import RunConfig
-from analysis import report
+from analysis import plots, provenance, report, style
+from analysis.design import Design, axis_levels, choose_baseline
 from analysis.load import dataset_label, load_history, load_runs, variant_keys
 from analysis.stats import mean_ci, pareto_front, t_cdf, t_quantile, welch
 from analysis.variants import aggregate, compare, default_baseline, summarise
@@ -197,16 +198,16 @@ def test_report_command_writes_tables_and_figures_into_the_sweep(sweep, repo_roo
     latex = (out / "table.tex").read_text()
     assert all(rule in latex for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"kernel\_size", r"$\pm$"))
     index = (out / "report.md").read_text()
-    assert "Dataset: synthetic" in index and "Device: cpu" in index and "Baseline: kernel_size=3" in index
+    assert "Dataset: synthetic" in index and "(device cpu)" in index and "Baseline: kernel_size=3" in index
     assert all(f"({name})" in index for name in names if name != "report.md")
 
 
 def test_table_with_one_seed_says_there_is_no_ci(sweep, tmp_path):
     runs = load_runs([copy_runs(sweep, tmp_path / "single", lambda config: config["seed"] == 0)])
-    header, rows = report.table(summarise(runs, {"kernel_size": 5}, ["kernel_size"]), ["kernel_size"])
-    markdown = report.markdown_table(header, rows, n_keys=1)
+    made = report.table(summarise(runs, {"kernel_size": 5}, ["kernel_size"]), ["kernel_size"])
+    markdown = report.markdown_table(made)
     assert markdown.count("± n/a") == 2 and markdown.count("[n/a]") == 1 and "| 5 | " in markdown
-    assert [row[-1] for row in rows] == ["1", "1"]  # n seeds
+    assert [row[-1] for row in made.blocks[0][1]] == ["1", "1"]  # n seeds
 
 
 def test_latex_escape():
@@ -293,3 +294,270 @@ def test_a_config_written_before_a_key_existed_loads_with_that_keys_default(swee
         config_path.write_text(json.dumps(config))
     runs = load_runs([older])
     assert len(runs) == len(load_runs([sweep])) and (runs["label_smoothing"] == RunConfig().label_smoothing).all()
+
+
+# --- reports that stand on their own: designs, mixed sweeps, baselines, captions, figures ---------------------------
+
+
+def write_design(sweep: Path, **fields) -> None:
+    (sweep / "sweep.json").write_text(json.dumps({"name": sweep.name, "preset": "smoke", **fields}))
+
+
+def edit_configs(sweep: Path, keep, **values) -> None:
+    """Set config keys of the copied runs for which keep(config) is true, as if they had run that way."""
+    for path in (sweep / "runs").glob("*/config.json"):
+        config = json.loads(path.read_text())
+        if keep(config):
+            path.write_text(json.dumps(config | values))
+
+
+def run_report(argv: list[str], capsys) -> tuple[int, str]:
+    code = report.main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_sweeps_that_differ_in_an_unswept_key_are_refused_unless_allowed(sweep, tmp_path, capsys):
+    small = copy_runs(sweep, tmp_path / "small", lambda config: config["kernel_size"] == 3)
+    large = copy_runs(sweep, tmp_path / "large", lambda config: config["kernel_size"] == 5)
+    out = tmp_path / "out"
+    code, err = run_report([str(small), str(large), "--out", str(out)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "differ in kernel_size (3, 5)" in err and "--allow-mixed" in err
+    assert not out.exists()
+    assert report.main([str(small), str(large), "--allow-mixed", "--out", str(out)]) == 0
+    assert "Pooled with --allow-mixed although they differ in: kernel_size" in (out / "report.md").read_text()
+    # Their designs say kernel_size was swept: pooling is what they are for.
+    for folder in (small, large):
+        write_design(folder, grid={"kernel_size": [3, 5]}, seeds=3)
+    assert report.main([str(small), str(large), "--out", str(tmp_path / "designed")]) == 0
+    # ... but not when the runs also differ in a key no design sweeps.
+    edit_configs(large, lambda config: True, lr=0.5)
+    code, err = run_report([str(small), str(large), "--out", str(out / "again")], capsys)
+    assert code == 2 and "differ in lr (0.02, 0.5), which is not a swept key (swept: kernel_size)" in err
+
+
+def test_a_baseline_that_matches_no_run_is_an_error(sweep, tmp_path, capsys):
+    # Runs of two --grid commands: k=3 at p=2 and k=5 at p=4; the default baseline (k=5, p=2) never ran.
+    legacy = copy_runs(sweep, tmp_path / "legacy", lambda config: True)
+    edit_configs(legacy, lambda config: config["kernel_size"] == 3, patch_size=2)
+    code, err = run_report([str(legacy), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "the baseline kernel_size=5, patch_size=2 matches no finished run" in err
+    assert report.main([str(legacy), "--baseline", "kernel_size=5", "--out", str(tmp_path / "out")]) == 0
+    # A study whose recorded baseline is not among its runs.
+    study = copy_runs(sweep, tmp_path / "study", lambda config: True)
+    write_design(study, baseline={"kernel_size": 7}, vary={"kernel_size": [3, 5, 7]}, seeds=3)
+    code, err = run_report([str(study), "--out", str(tmp_path / "out2")], capsys)
+    assert code == 2 and "the baseline kernel_size=7 matches no finished run" in err
+    assert not (tmp_path / "out2").exists()
+
+
+def test_a_damaged_design_is_one_line(sweep, tmp_path, capsys):
+    damaged = copy_runs(sweep, tmp_path / "damaged", lambda config: True)
+    (damaged / "sweep.json").write_text("[1]")
+    code, err = run_report([str(damaged), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "sweep.json" in err
+    (damaged / "sweep.json").write_text('{"name": "x", "vary": [1]}')
+    code, err = run_report([str(damaged), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "'vary' must be a JSON object" in err
+
+
+@pytest.fixture
+def study(sweep, tmp_path) -> Path:
+    """A one-factor-at-a-time study from the real runs: baseline k=5 at p=4; k=3; and p=2 (the k=5 runs, relabelled
+    as if they had run at p=2, with their accuracy lowered by 10 points)."""
+    folder = copy_runs(sweep, tmp_path / "study", lambda config: True)
+    for run_dir in list((folder / "runs").iterdir()):
+        config = read_run(run_dir, "config.json")
+        if config["kernel_size"] == 5:
+            twin = run_dir.with_name(run_dir.name + "p2")
+            shutil.copytree(run_dir, twin)
+            metrics = read_run(twin, "metrics.json")
+            (twin / "config.json").write_text(json.dumps(config | {"patch_size": 2}))
+            (twin / "metrics.json").write_text(json.dumps(metrics | {"test_acc": metrics["test_acc"] - 0.1}))
+    write_design(
+        folder, study="studies/tiny.toml", description="A tiny study.", baseline={"kernel_size": 5, "patch_size": 4},
+        vary={"kernel_size": [3, 5], "patch_size": [2, 4]}, seeds=3,
+    )  # fmt: skip
+    return folder
+
+
+def test_a_study_table_has_one_block_per_axis_with_differences_from_the_baseline(study, tmp_path):
+    out = tmp_path / "out"
+    assert report.main([str(study), "--out", str(out)]) == 0
+    table = (out / "table.md").read_text()
+    lines = table.splitlines()
+    kernel, patch = (
+        lines.index(next(line for line in lines if "**Kernel size k" in line)),
+        lines.index(next(line for line in lines if "**Patch size p" in line)),
+    )
+    assert kernel < patch
+    assert lines[kernel + 1].startswith("| k=3 |") and lines[kernel + 2].startswith("| k=5 (baseline) | ")
+    assert lines[patch + 1].startswith("| p=2 |") and lines[patch + 2].startswith("| p=4 (baseline) | ")
+    assert "| baseline |" in lines[kernel + 2] and "| -10.00 [" in lines[patch + 1]  # Δ of p=2, with its CI
+    latex = (out / "table.tex").read_text()
+    assert latex.count(r"\multicolumn{7}{l}{\textit{") == 2
+    names = {path.name for path in out.iterdir()}
+    assert {"training_curves_kernel_size.png", "training_curves_patch_size.png", "accuracy_vs_patch_size.pdf"} <= names
+    index = (out / "report.md").read_text()
+    assert "A tiny study." in index and "study studies/tiny.toml (preset smoke)" in index
+
+
+def test_report_and_captions_say_what_ran(sweep, tmp_path):
+    out = tmp_path / "out"
+    assert report.main([str(sweep), "--out", str(out)]) == 0
+    metrics = read_run(next((sweep / "runs").iterdir()), "metrics.json")
+    expected = [
+        "synthetic, subset: 128 train / 64 test images", "ConvMixer-8/1", "kernel size k = {3, 5}", "patch size p = 4",
+        "2 epochs", "batch 64", "peak lr 0.02 on a onecycle schedule", "Augmentation: horizontal flip",
+        "seeds 0, 1, 2", metrics["hardware"], metrics["toolkit_commit"], metrics["finished_at"][:10],
+        f"Design: sweep {sweep.name} (preset smoke)",
+    ]  # fmt: skip
+    for name in ("report.md", "table.md", "table.tex"):
+        text = (out / name).read_text()
+        assert all(report.latex_escape(fact) in text if name == "table.tex" else fact in text for fact in expected)
+    assert "Train images/s (CPU, indicative)" in (out / "table.md").read_text()
+    older = copy_runs(sweep, tmp_path / "older", lambda config: True)
+    for path in (older / "runs").glob("*/metrics.json"):
+        metrics = json.loads(path.read_text())
+        path.write_text(json.dumps({k: v for k, v in metrics.items() if k not in ("hardware", "finished_at")}))
+    assert report.main([str(older), "--out", str(tmp_path / "older-out")]) == 0
+    index = (tmp_path / "older-out" / "report.md").read_text()
+    assert "- Hardware: not recorded (device cpu)" in index and "- Date: not recorded" in index
+    assert "- Design: older: preset and design not recorded (made before sweep.json)" in index
+
+
+def test_a_rerun_into_the_same_folder_removes_the_figures_it_no_longer_writes(study, sweep, tmp_path):
+    out = tmp_path / "out"
+    assert report.main([str(study), "--out", str(out)]) == 0
+    (out / "my-notes.txt").write_text("mine")
+    assert report.main([str(sweep), "--out", str(out)]) == 0  # a plain kernel sweep: no patch axis
+    names = {path.name for path in out.iterdir()}
+    assert "accuracy_vs_patch_size.png" not in names and "training_curves_kernel_size.pdf" not in names
+    assert {"training_curves.png", "accuracy_vs_kernel_size.png", "my-notes.txt"} <= names
+
+
+def test_counts_are_printed_in_a_readable_unit():
+    variants = pd.DataFrame({"params": [6470, 12000], "macs": [3.9e7, 1.2e9]})
+    assert style.si_unit(variants["params"]) == (1e3, "k") and style.si_unit(variants["macs"]) == (1e9, "G")
+    assert style.si_unit([1.2e6]) == (1e6, "M")
+    cells = [report.count_cell(value, 1e3) for value in (6470, 1000, 47210, 115400, 682, 0, math.nan)]
+    assert cells == ["6.47", "1.00", "47.2", "115", "0.682", "0", "–"]
+
+
+# --- figures: clipped intervals, every seed, short labels, n, the Pareto rule --------------------------------------
+
+
+def fake_variants(n: int, means: list[float], ci: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Variants k=3,5 at p=2,4 with the given mean accuracies and CI, and n seeds each spread around the mean."""
+    keys = [(k, p) for k in (3, 5) for p in (2, 4)]
+    agg = pd.DataFrame(
+        [{"kernel_size": k, "patch_size": p, "test_acc_mean": m, "test_acc_ci": ci, "n": n, "macs": 1e6 * k / p,
+          "params": 1e3 * k, "train_images_per_s_mean": 100.0 * p} for (k, p), m in zip(keys, means, strict=True)]
+    )  # fmt: skip
+    runs = pd.DataFrame(
+        [{"kernel_size": k, "patch_size": p, "test_acc": m + 0.01 * (i - (n - 1) / 2), "run_id": f"{k}-{p}-{i}"}
+         for (k, p), m in zip(keys, means, strict=True) for i in range(n)]
+    )  # fmt: skip
+    return agg, runs
+
+
+def drawn_y(fig) -> np.ndarray:
+    """Every y value drawn in the figure's first axes: lines, error bars, bands."""
+    ax = fig.axes[0]
+    ys = [line.get_ydata() for line in ax.lines]
+    for collection in ax.collections:
+        ys += [path.vertices[:, 1] for path in collection.get_paths()]
+    return np.concatenate([np.asarray(y, dtype=float) for y in ys])
+
+
+def test_error_bars_and_bands_stay_within_0_and_100_percent():
+    assert plots.clipped_error([5, 98, 50], [20, 10, math.nan]).tolist() == [[5, 10, 0], [20, 2, 0]]
+    agg, runs = fake_variants(3, [0.02, 0.5, 0.97, 0.4], ci=0.3)
+    y = drawn_y(plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size", "patch_size"]))
+    assert y.min() >= 0 and y.max() <= 100 and y.min() < 1  # drawn, and clipped at 0
+    y = drawn_y(plots.accuracy_vs_cost(agg, runs, "macs", ["kernel_size", "patch_size"], ["a", "b", "c", "d"]))
+    assert y.min() >= 0 and y.max() <= 100
+    history = pd.DataFrame(
+        [{"run_id": run_id, "epoch": epoch, "metric": metric, "value": value}
+         for i, run_id in enumerate(runs["run_id"]) for epoch in (1, 2)
+         for metric, value in (("test_acc", [0.01, 0.99][i % 2]), ("train_loss", [0.01, 3.0][i % 2]))]
+    )  # fmt: skip
+    curves = plots.training_curves(history, runs.assign(status="done"), ["kernel_size"])
+    for ax, (low, high) in zip(curves.axes, [(0, 100), (0, math.inf)], strict=True):
+        bands = np.concatenate([path.vertices[:, 1] for c in ax.collections for path in c.get_paths()])
+        assert bands.min() >= low and bands.max() <= high
+
+
+@pytest.mark.parametrize("n, seed_points", [(1, 0), (3, 12), (5, 20), (6, 0)])
+def test_every_seed_is_drawn_up_to_five_seeds_and_n_is_stated(n, seed_points):
+    agg, runs = fake_variants(n, [0.3, 0.4, 0.5, 0.6], ci=math.nan if n == 1 else 0.05)
+    fig = plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size", "patch_size"])
+    ax = fig.axes[0]
+    seeds = [line for line in ax.lines if line.get_linestyle() == "None" and line.get_markersize() == 3]
+    assert sum(len(line.get_ydata()) for line in seeds) == seed_points
+    assert f"n = {n}" in ax.get_title(loc="left") and ("no CI" in ax.get_title(loc="left")) == (n == 1)
+
+
+def test_legends_and_axes_use_short_labels_and_units():
+    agg, runs = fake_variants(2, [0.3, 0.4, 0.5, 0.6], ci=0.05)
+    ax = plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size", "patch_size"]).axes[0]
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == ["p=2", "p=4"]
+    assert ax.get_xlabel() == "Kernel size k (cells of the patch grid)"
+    assert style.short_label({"kernel_size": 3, "residual": "none"}) == "k=3, residual=none"
+
+
+def test_training_curves_promise_no_band_with_one_seed(sweep):
+    runs = load_runs([sweep])
+    one = runs[runs["seed"] == 0]
+    history = load_history([sweep])
+    fig = plots.training_curves(history[history["run_id"].isin(one["run_id"])], one, ["kernel_size"])
+    assert fig.axes[0].get_title(loc="left") == "one seed per variant: no band"
+    assert [text.get_text() for text in fig.axes[1].get_legend().get_texts()] == ["k=3", "k=5"]
+    three = plots.training_curves(history, runs, ["kernel_size"]).axes[0].get_title(loc="left")
+    assert "n = 3" in three and "band: 95% CI" in three
+
+
+def test_the_pareto_front_does_not_crown_a_one_seed_variant():
+    # The cheapest and most accurate variant has one seed: it would dominate everything; it is not ranked.
+    front = plots.ranked_front([1, 2, 3], [0.9, 0.5, 0.6], n=[1, 3, 3], higher_cost_is_better=False)
+    assert front.tolist() == [False, True, True]
+    agg, runs = fake_variants(3, [0.9, 0.3, 0.5, 0.6], ci=0.05)
+    agg.loc[0, "n"] = 1
+    ax = plots.accuracy_vs_cost(agg, runs, "macs", ["kernel_size", "patch_size"], list("abcd")).axes[0]
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "one seed: not ranked" in legend and "Pareto front (n ≥ 2)" in legend
+
+
+def test_throughput_axis_names_the_hardware_and_flags_a_shared_cpu(sweep):
+    runs = load_runs([sweep])
+    label = provenance.throughput_label(runs)
+    hardware = runs["hardware"].iloc[0].replace("(R)", "")
+    assert label == f"measured on {hardware}, a shared CPU: indicative"
+    agg, fake_runs = fake_variants(3, [0.3, 0.4, 0.5, 0.6], ci=0.05)
+    ax = plots.accuracy_vs_cost(agg, fake_runs, "throughput", ["kernel_size"], list("abcd"), label).axes[0]
+    assert "indicative" in ax.get_xlabel() and "measured on" in ax.get_xlabel()
+
+
+def test_axes_keep_the_designs_order_and_mark_the_baseline():
+    residuals = ["none", "block", "depthwise", "pointwise", "odd"]
+    runs = pd.DataFrame({"residual": residuals, "kernel_size": [9, 3, 7, 5, 3]})
+    design = Design("s", vary={"residual": ["none", "pointwise", "block"], "kernel_size": [9, 3, 7, 5]})
+    baseline = {"residual": "depthwise", "kernel_size": 7}
+    levels = axis_levels(runs, {"s": design, "old": None}, "residual", baseline)
+    assert levels == ["depthwise", "none", "pointwise", "block", "odd"]  # baseline first, design order, the rest
+    assert axis_levels(runs, {"s": design}, "kernel_size", baseline) == [3, 5, 7, 9]  # numbers ascend
+    agg = pd.DataFrame({"residual": ["none", "depthwise"], "test_acc_mean": [0.5, 0.6], "test_acc_ci": 0.01, "n": 1})
+    ax = plots.accuracy_vs_key(agg, agg, "residual", ["residual"], levels, "depthwise").axes[0]
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["depthwise\n(baseline)", "none"]
+    assert all(line.get_linestyle() == "None" for line in ax.lines)  # words have no order: points, no line
+
+
+def test_a_study_with_grid_axes_compares_within_each_grid_cell():
+    runs = pd.DataFrame(
+        [{"kernel_size": k, "patch_size": p, "status": "done"} for k in (3, 5) for p in (2, 4)]
+    )  # fmt: skip
+    design = Design("s", baseline={"kernel_size": 5}, vary={"kernel_size": [3]}, grid={"patch_size": [2, 4]})
+    keys = ["kernel_size", "patch_size"]
+    assert choose_baseline(runs, keys, {"s": design}, []) == {"kernel_size": 5}  # not patch_size's default too
+    assert choose_baseline(runs, keys, {"s": None}, []) == {"kernel_size": 5, "patch_size": 2}  # a grid's default
+    assert choose_baseline(runs, keys, {"s": design}, ["patch_size=4"]) == {"kernel_size": 5, "patch_size": 4}

@@ -1,12 +1,17 @@
-"""The notebooks are committed without outputs and run top to bottom: explore_sweep on a real sweep, via nbclient."""
+"""The notebooks are committed without outputs and run top to bottom, via nbclient: explore_sweep on the committed
+study by default (where it is in the checkout), and on sweeps the runner trains here (a grid and a study)."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import REPO, TINY_SWEEP_KEYS
 from nbclient import NotebookClient
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = REPO / "notebooks"
+COMMITTED_STUDY = REPO / "results" / "cifar10-cpu"
 
 
 def execute(name: str) -> nbformat.NotebookNode:
@@ -43,17 +48,54 @@ def test_committed_without_outputs(name):
     assert notebook.metadata.kernelspec.name == "python3"
 
 
+def png_outputs(notebook: nbformat.NotebookNode) -> list[dict]:
+    return [output for output in outputs(notebook) if "image/png" in output.get("data", {})]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-factor-at-a-time sweep from the runner: baseline k=5 at p=4, then k=3 and p=2, 2 seeds."""
+    folder = tmp_path_factory.mktemp("notebook-study")
+    options = ["--preset", "smoke", "--vary", "kernel_size=3", "--vary", "patch_size=2", "--seeds", "2"]
+    command = [sys.executable, "-m", "ablations.run", *options, "--set", TINY_SWEEP_KEYS, "--devices", "cpu"]
+    result = subprocess.run([*command, "--out", str(folder)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return folder
+
+
+def test_explore_sweep_opens_the_committed_study_by_default(monkeypatch):
+    if not COMMITTED_STUDY.exists():
+        pytest.skip(f"{COMMITTED_STUDY} is not in this checkout yet")
+    monkeypatch.delenv("CONVMIXER_SWEEP", raising=False)
+    text = text_of(execute("explore_sweep.ipynb"))
+    assert "CIFAR-10 (JPEG q75 copy)" in text and "swept: kernel_size, patch_size, residual, norm" in text
+    assert "unfinished" not in text and "failed" not in text  # every committed run finished
+
+
+def test_explore_sweep_shows_a_study_by_axis(study, monkeypatch):
+    monkeypatch.setenv("CONVMIXER_SWEEP", str(study))
+    notebook = execute("explore_sweep.ipynb")
+    text = text_of(notebook)
+    assert "swept: kernel_size, patch_size" in text and "baseline: {'kernel_size': 5, 'patch_size': 4}" in text
+    markdown = "\n".join(output.get("data", {}).get("text/markdown", "") for output in outputs(notebook))
+    assert "| **Kernel size k (cells of the patch grid)** |" in markdown and "| p=4 (baseline) |" in markdown
+    assert "training_curves_kernel_size" in text and "training_curves_patch_size" in text
+    assert len(png_outputs(notebook)) == 8  # accuracy vs k, p, 3 costs; curves per axis; the per-run curves
+
+
 def test_explore_sweep_runs_on_a_real_sweep(sweep, monkeypatch):
     monkeypatch.setenv("CONVMIXER_SWEEP", str(sweep))
     notebook = execute("explore_sweep.ipynb")
     text = text_of(notebook)
     assert "6 runs on synthetic" in text and "swept: kernel_size" in text
-    figures = [output for output in outputs(notebook) if "image/png" in output.get("data", {})]
-    assert len(figures) >= 4  # accuracy vs kernel size and vs MACs, training curves, the per-run curves
+    assert len(png_outputs(notebook)) == 6  # accuracy vs kernel size and vs 3 costs, training curves, per-run curves
 
 
 def test_model_walkthrough_runs():
-    text = text_of(execute("model_walkthrough.ipynb"))
+    notebook = execute("model_walkthrough.ipynb")
+    text = text_of(notebook)
+    assert "ConvMixer-256/8, k=5, p=2: receptive field 66 px" in text  # 2 * (1 + 8 * (5 - 1))
+    assert len(png_outputs(notebook)) == 1  # params, MACs and receptive field against kernel and patch size
     assert "max |modular - tweet| over the logits: 0.0" in text
     assert " 0 failed" in text  # convmixer.check's verdict over its quick cases
     assert "0.594 M parameters" in text

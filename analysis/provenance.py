@@ -1,0 +1,160 @@
+"""What ran: the setup behind a report's numbers, in words, from the runs' config and metrics and the sweeps' design.
+
+A table or figure that is cited alone must say what was trained (data, model, budget, recipe), how it was chosen
+(preset or study, seeds) and where and when it was measured (hardware, toolkit commit, date). Everything here is
+read from the stored runs; a fact an older run did not record is said to be "not recorded", never guessed.
+"""
+
+import math
+import re
+
+import pandas as pd
+
+from analysis.design import Design
+from analysis.load import dataset_label
+
+NOT_RECORDED = "not recorded"
+
+
+def values_text(runs: pd.DataFrame, key: str, fmt: str = "{}") -> str:
+    """The value of `key` over the runs: "5", or "{3, 5, 7}" when the runs differ in it."""
+    if key not in runs:
+        return NOT_RECORDED
+    known = runs[key].dropna()
+    values = sorted(known.unique(), key=lambda value: (str(type(value)), value))
+    if not values:
+        return NOT_RECORDED
+    text = [fmt.format(value) for value in values]
+    return text[0] if len(text) == 1 else "{" + ", ".join(text) + "}"
+
+
+def model_text(runs: pd.DataFrame) -> str:
+    models = sorted({f"ConvMixer-{row['dim']}/{row['depth']}" for row in runs[["dim", "depth"]].to_dict("records")})
+    return (
+        f"{' and '.join(models)} (width/depth), kernel size k = {values_text(runs, 'kernel_size')}, "
+        f"patch size p = {values_text(runs, 'patch_size')}, residual {values_text(runs, 'residual')}, "
+        f"norm {values_text(runs, 'norm')}, activation {values_text(runs, 'activation')}"
+    )
+
+
+def training_text(runs: pd.DataFrame) -> str:
+    schedule = values_text(runs, "schedule")
+    cosine = (runs["schedule"] == "cosine").any()
+    warmup = f" with {values_text(runs, 'warmup_epochs')} warm-up epochs" if cosine else ""
+    return (
+        f"{values_text(runs, 'epochs')} epochs, batch {values_text(runs, 'batch_size')}, AdamW with peak lr "
+        f"{values_text(runs, 'lr', '{:g}')} on a {schedule} schedule{warmup}, weight decay "
+        f"{values_text(runs, 'weight_decay', '{:g}')}, label smoothing {values_text(runs, 'label_smoothing', '{:g}')}, "
+        f"gradient clipping {values_text(runs, 'clip_norm', '{:g}')} (0: off), precision "
+        f"{values_text(runs, 'precision')}"
+    )
+
+
+def _augmentation(config: dict) -> str:
+    parts = []
+    if config["scale"] < 1:
+        parts.append(f"random-resized crop (min. area {config['scale']:g})")
+    if config["hflip"]:
+        parts.append("horizontal flip")
+    if config["randaug_n"]:
+        parts.append(f"RandAugment n={config['randaug_n']}, m={config['randaug_m']}")
+    if config["jitter"]:
+        parts.append(f"colour jitter {config['jitter']:g}")
+    if config["reprob"]:
+        parts.append(f"random erasing p={config['reprob']:g}")
+    for mix in ("mixup", "cutmix"):
+        if config[mix]:
+            parts.append(f"{mix} α={config[mix]:g}")
+    return ", ".join(parts) or "none"
+
+
+def augmentation_text(runs: pd.DataFrame) -> str:
+    keys = ["scale", "hflip", "randaug_n", "randaug_m", "jitter", "reprob", "mixup", "cutmix"]
+    return "; or ".join(sorted({_augmentation(config) for config in runs[keys].to_dict("records")}))
+
+
+def origin_text(designs: dict[str, Design | None]) -> str:
+    """The study or preset each sweep came from."""
+    parts = []
+    for sweep, design in designs.items():
+        if design is None:
+            parts.append(f"{sweep}: preset and design {NOT_RECORDED} (made before sweep.json)")
+        elif design.study:
+            parts.append(f"study {design.study} (preset {design.preset})")
+        else:
+            parts.append(f"sweep {design.name} (preset {design.preset})")
+    return "; ".join(parts)
+
+
+def seeds_text(runs: pd.DataFrame, keys: list[str]) -> str:
+    done = runs[runs["status"] == "done"]
+    seeds = sorted(done["seed"].unique())
+    per_variant = done.groupby(keys)["seed"].nunique() if keys else pd.Series([len(seeds)])
+    low, high = int(per_variant.min()), int(per_variant.max())
+    n = str(low) if low == high else f"{low} to {high}"
+    return f"{n} per variant (seeds {', '.join(map(str, seeds))})"
+
+
+def dates_text(runs: pd.DataFrame) -> str:
+    if "finished_at" not in runs or runs["finished_at"].isna().all():
+        return NOT_RECORDED
+    days = sorted(runs["finished_at"].dropna().str[:10].unique())
+    unrecorded = " (some runs: not recorded)" if runs["finished_at"].isna().any() else ""
+    return (days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}") + unrecorded
+
+
+def hardware_text(runs: pd.DataFrame) -> str:
+    """The machines that measured the runs, e.g. "Intel(R) Xeon(R) Processor (2 cores) (device cpu)"."""
+    pairs = runs[runs["status"] == "done"][["device"]].assign(
+        hardware=runs["hardware"] if "hardware" in runs else math.nan
+    )
+    names = sorted(
+        {f"{NOT_RECORDED if pd.isna(hw) else hw} (device {device})" for device, hw in pairs.itertuples(index=False)}
+    )
+    return "; ".join(names) or NOT_RECORDED
+
+
+def throughput_label(runs: pd.DataFrame) -> str:
+    """A short line for a throughput axis: "measured on Intel Xeon Processor (2 cores), a shared CPU: indicative"."""
+    done = runs[runs["status"] == "done"]
+    names = done["hardware"].dropna() if "hardware" in done else pd.Series(dtype=str)
+    hardware = ", ".join(sorted({re.sub(r"\((R|TM)\)", "", name) for name in names})) or f"hardware {NOT_RECORDED}"
+    return f"measured on {hardware}" + (", a shared CPU: indicative" if measured_on_cpu(runs) else "")
+
+
+def measured_on_cpu(runs: pd.DataFrame) -> bool:
+    done = runs[runs["status"] == "done"]
+    return bool(done["device"].astype(str).str.startswith("cpu").any())
+
+
+def throughput_note(runs: pd.DataFrame) -> str:
+    """Where the throughput numbers come from, and how far to trust them."""
+    note = f"Training throughput measured on {hardware_text(runs)}"
+    if measured_on_cpu(runs):
+        return note + ": a CPU shared with other work, so the numbers are indicative only."
+    return note + "."
+
+
+def setup(runs: pd.DataFrame, designs: dict[str, Design | None], keys: list[str]) -> dict[str, str]:
+    """The facts of the setup, in the order a reader needs them: name -> text."""
+    return {
+        "Dataset": dataset_label(runs),
+        "Model": model_text(runs),
+        "Training": training_text(runs),
+        "Augmentation": augmentation_text(runs),
+        "Design": origin_text(designs),
+        "Seeds": seeds_text(runs, keys),
+        "Hardware": hardware_text(runs),
+        "Software": f"toolkit commit {values_text(runs, 'toolkit_commit')}, torch {values_text(runs, 'torch_version')}",
+        "Date": dates_text(runs),
+    }
+
+
+def caption(runs: pd.DataFrame, designs: dict[str, Design | None], keys: list[str]) -> str:
+    """One paragraph naming the whole setup, for a table or figure caption."""
+    facts = setup(runs, designs, keys)
+    return (
+        f"Test accuracy of {facts['Model']} on {facts['Dataset']}. Training: {facts['Training']}. "
+        f"Augmentation: {facts['Augmentation']}. Design: {facts['Design']}; seeds: {facts['Seeds']}. "
+        f"Measured on {facts['Hardware']} with {facts['Software']}, {facts['Date']}."
+    )
