@@ -1,8 +1,8 @@
 """What a researcher watches during a sweep: one overall tqdm bar, one bar per active run, a line per event.
 
 The overall bar counts epochs rather than runs, so its ETA is useful long before the first run finishes;
-its postfix counts runs done, failed, running and left. Off a terminal (a SLURM log, `> file`) the bars are
-off and every run start, epoch and end is one plain line instead.
+its postfix counts runs done, failed, running and left, and under SLURM the jobs' squeue states. Off a
+terminal (a SLURM log, `> file`) the bars are off and every run start, epoch and end is one plain line instead.
 """
 
 import sys
@@ -27,6 +27,7 @@ class SweepProgress:
         self.run_bars: dict[str, tqdm] = {}
         self.slots: dict[str, int] = {}  # terminal line of each active run's bar, below the overall one
         self.counts = {"done": 0, "failed": 0, "running": 0, "left": len(epochs)}
+        self.queue_states = ""  # squeue's view of the jobs, for the SLURM launcher
         self.update_counts()
 
     def name(self, run_id: str) -> str:
@@ -39,7 +40,16 @@ class SweepProgress:
     def update_counts(self, **changes: int) -> None:
         for key, change in changes.items():
             self.counts[key] += change
-        self.overall.set_postfix_str(", ".join(f"{n} {key}" for key, n in self.counts.items()))
+        counts = ", ".join(f"{n} {key}" for key, n in self.counts.items())
+        self.overall.set_postfix_str(counts + (f"; squeue: {self.queue_states}" if self.queue_states else ""))
+
+    def queue(self, states: str) -> None:
+        """Show how many of the sweep's SLURM jobs are in each state, e.g. `2 RUNNING, 3 PENDING (Resources)`."""
+        if states != self.queue_states:
+            self.queue_states = states
+            self.update_counts()
+            if not self.interactive:
+                self.write(f"squeue   {states}")
 
     def started(self, run_id: str, device: str) -> None:
         self.update_counts(running=1, left=-1)

@@ -14,10 +14,9 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
+import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,14 +26,12 @@ from ablations.launch import LocalLauncher
 from ablations.loaders import DataError, build_data
 from ablations.presets import DEFAULT_PRESET, PRESETS
 from ablations.progress import SweepProgress, run_label
+from ablations.slurm import SlurmLauncher, SlurmOptions, check_cluster, parse_extra
 from ablations.store import FINISHED, Store, StoreError
 from ablations.study import Study, read_study
 from ablations.train import run_dtype
 from convmixer.arguments import OneLineParser, folder_path, run_cli
 from convmixer.runtime import parse_devices, usable_cores
-
-if TYPE_CHECKING:
-    from ablations.slurm import SlurmLauncher
 
 PROG = "python -m ablations.run"
 
@@ -97,9 +94,20 @@ def build_parser(preset: str = DEFAULT_PRESET) -> OneLineParser:
         "--jobs-per-device", type=int, metavar="N",
         help="concurrent runs per device (default: 1 per GPU; on the CPU one per core, each run single-threaded)",
     )  # fmt: skip
-    parser.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition (one GPU per run)")
-    parser.add_argument("--slurm-time", type=int, default=240, metavar="MIN", help="time limit per run in minutes")
-    parser.add_argument("--slurm-cpus", type=int, default=8, metavar="N", help="CPUs per run")
+    slurm = parser.add_argument_group("SLURM (--launcher slurm: one job array, one job per run; docs/slurm.md)")
+    slurm.add_argument("--slurm-partition", metavar="NAME", help="partition (default: the cluster's default)")
+    slurm.add_argument("--slurm-time", type=int, default=240, metavar="MIN", help="time limit per job in minutes")
+    slurm.add_argument("--slurm-cpus", type=int, metavar="N", help="CPUs per run (default: 1, or 8 per GPU)")
+    slurm.add_argument("--slurm-mem", metavar="SIZE", help="memory per run in SLURM's syntax: 16G, 500M")
+    slurm.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per run (default 0: CPU)")
+    slurm.add_argument("--slurm-account", metavar="NAME", help="account to charge")
+    slurm.add_argument("--slurm-qos", metavar="NAME", help="quality of service")
+    slurm.add_argument(
+        "--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+        help="any other sbatch option, e.g. constraint=a100 or exclusive (repeatable)",
+    )  # fmt: skip
+    slurm.add_argument("--slurm-parallel", type=int, metavar="N", help="run at most N jobs at once (default: all)")
+    slurm.add_argument("--slurm-poll", type=float, default=15.0, metavar="S", help="ask squeue every S seconds")
     return parser
 
 
@@ -152,10 +160,11 @@ def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: l
             run_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
     if args.jobs_per_device < 1:
         raise ConfigError(f"--jobs-per-device {args.jobs_per_device} is not accepted: expected an integer >= 1")
-    if args.slurm_time < 1 or args.slurm_cpus < 1:
-        raise ConfigError("--slurm-time and --slurm-cpus are not accepted below 1")
-    if args.launcher == "slurm" and shutil.which("sbatch") is None:
-        raise ConfigError("--launcher slurm is not accepted here: no sbatch on PATH; use --launcher local")
+    options = slurm_options(args)
+    if args.launcher == "slurm":
+        for precision in {cfg.precision for cfg in configs}:
+            run_dtype(precision, torch.device(options.device))
+        check_cluster(options)
     ids = {}
     for cfg in configs:
         if ids.setdefault(cfg.run_id(), cfg) is not cfg:
@@ -185,12 +194,28 @@ def print_table(configs: list[RunConfig], keys: list[str], store: Store) -> None
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def make_launcher(args: argparse.Namespace, store: Store, devices: list[str]) -> "LocalLauncher | SlurmLauncher":
-    if args.launcher == "slurm":
-        from ablations.slurm import SlurmLauncher, SlurmOptions  # submitit (the slurm extra) only when asked for
+def slurm_options(args: argparse.Namespace) -> SlurmOptions:
+    """The --slurm-* options, checked (the cluster itself is asked in check_cluster)."""
+    for name in ("slurm_time", "slurm_cpus", "slurm_parallel"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {value} is not accepted: expected an integer >= 1")
+    if not args.slurm_poll > 0:
+        raise ConfigError(f"--slurm-poll {args.slurm_poll} is not accepted: expected a number of seconds > 0")
+    if args.slurm_gpus < 0:
+        raise ConfigError(f"--slurm-gpus {args.slurm_gpus} is not accepted: expected an integer >= 0")
+    if args.slurm_mem is not None and not re.fullmatch(r"[1-9][0-9]*[KMGT]?", args.slurm_mem):
+        raise ConfigError(f"--slurm-mem {args.slurm_mem!r} is not accepted: expected a size like 16G or 500M")
+    return SlurmOptions(
+        partition=args.slurm_partition, time_min=args.slurm_time, cpus_per_task=args.slurm_cpus, mem=args.slurm_mem,
+        gpus=args.slurm_gpus, account=args.slurm_account, qos=args.slurm_qos,
+        extra=parse_extra(args.slurm_option), parallel=args.slurm_parallel, poll_s=args.slurm_poll,
+    )  # fmt: skip
 
-        options = SlurmOptions(args.slurm_partition, args.slurm_time, args.slurm_cpus)
-        return SlurmLauncher(store, options, args.keep_checkpoints)
+
+def make_launcher(args: argparse.Namespace, store: Store, devices: list[str]) -> LocalLauncher | SlurmLauncher:
+    if args.launcher == "slurm":
+        return SlurmLauncher(store, slurm_options(args), args.keep_checkpoints)
     return LocalLauncher(store, devices, args.jobs_per_device, args.keep_checkpoints)
 
 
@@ -262,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = runs_to_train(configs, store, args.retry_failed)
     check_data(todo)  # a dry run checks the data too: it is what a real run would fail on first
     slots = len(devices) * args.jobs_per_device
-    workers = f"{plural(slots, 'worker')} on {', '.join(devices)}" if devices else "SLURM (one GPU per run)"
+    workers = f"{plural(slots, 'worker')} on {', '.join(devices)}" if devices else "SLURM jobs"
     varying = ", ".join(keys) or "nothing"
     origin = f"study {args.study}" if study is not None else f"preset {preset}"
     print(f"sweep {store.root.name}: {plural(len(configs), 'run')} of {origin}, varying {varying}")

@@ -1,98 +1,317 @@
-"""The SLURM launcher: the same runs as one submitit job array (one GPU per run), writing to the same store.
+"""The SLURM launcher: the sweep's runs as one job array (submitit), writing to the same store as local runs.
 
-Each array task trains one run with execute_run, so resuming, failure records and summary.csv work exactly
-as locally. The sweep process submits, then follows the store (history.json for epochs, metrics.json for
-results) until every job has ended; Ctrl-C cancels the jobs, and rerunning the command resumes them.
+Each array task trains one run with execute_run, so resuming, failure records and summary.csv work exactly as
+locally. The sweep process submits, then follows the jobs with squeue (no accounting needed) and the store
+(history.json for epochs, metrics.json for results) until every job has ended:
+- a job that ends without metrics.json (scancel, time limit, node failure) fails its run with SLURM's state in
+  the reason; --retry-failed resumes it from its last epoch checkpoint;
+- a job past its time limit ends as TIMEOUT and fails its run the same way; a longer --slurm-time and
+  --retry-failed resume it. Jobs are not requeued: submitit would requeue a job from a USR2 that SLURM sends
+  ahead of the limit, but SLURM (22.05) sends it at once when the limit is shorter than the warning time or when
+  a requeued job restarts, and a USR2 that comes before Python is up kills the job. So the warning is a SIGCONT
+  (a no-op) and a run uses all of its time, checkpointing every epoch;
+- job ids are kept in slurm/jobs.json, so a rerun after the sweep process was killed follows the jobs still
+  queued or running instead of submitting the same runs again; and a job only trains its run while holding the
+  run's lock, so even a duplicate job never trains a run twice at once;
+- Ctrl-C cancels the jobs (the runs stay resumable).
+submitit is imported only here, and only when the launcher is used.
 """
 
+import fcntl
+import os
+import re
+import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import submitit
-
-from ablations.config import RunConfig
+from ablations import atomic
+from ablations.config import ConfigError, RunConfig
 from ablations.progress import SweepProgress
 from ablations.store import HISTORY, Store, read_json
 from ablations.worker import execute_run, limit_cpu_threads
+
+JOBS = "jobs.json"  # {run_id: SLURM job id}, in the sweep's slurm/ folder
+LIVE_STATES = {
+    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+    "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
+}  # fmt: skip
+# sbatch options the launcher sets itself: naming them in --slurm-option would silently fight it.
+OWN_OPTIONS = {
+    "partition": "--slurm-partition", "time": "--slurm-time", "cpus-per-task": "--slurm-cpus", "mem": "--slurm-mem",
+    "gpus-per-node": "--slurm-gpus", "gres": "--slurm-gpus", "gpus": "--slurm-gpus", "account": "--slurm-account",
+    "qos": "--slurm-qos", "array": "--slurm-parallel", "job-name": "--name", "output": None, "error": None,
+    "signal": None, "open-mode": None,
+}  # fmt: skip
+NO_WARNING = {"signal": "CONT@1"}  # replaces submitit's --signal=USR2@90: see the module docstring
 
 
 @dataclass
 class SlurmOptions:
     partition: str | None = None
     time_min: int = 240
-    cpus_per_task: int = 8
-    cluster: str = "slurm"  # submitit's executor; "local" and "debug" run the same jobs on this machine (tests)
-    poll_s: float = 15.0  # how often the sweep process looks at the store
+    cpus_per_task: int | None = None  # None: 1 without GPUs, 8 per GPU
+    mem: str | None = None  # SLURM's syntax: 16G, 500M
+    gpus: int = 0  # per run; without GPUs a run trains on the CPU
+    account: str | None = None
+    qos: str | None = None
+    extra: dict[str, str | bool] = field(default_factory=dict)  # more sbatch options: {"constraint": "a100"}
+    parallel: int | None = None  # at most this many array tasks run at once (None: all)
+    poll_s: float = 15.0  # how often the sweep process asks squeue (it looks at the store every second)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus else "cpu"
+
+    def sbatch(self) -> dict[str, str | int | bool]:
+        """The sbatch options of every job, in submitit's spelling (underscores); None-valued ones are left out."""
+        cpus = self.cpus_per_task or (8 * self.gpus or 1)
+        own = {"partition": self.partition, "time": self.time_min, "cpus_per_task": cpus, "mem": self.mem}
+        own |= {"gpus_per_node": self.gpus or None, "account": self.account, "qos": self.qos}
+        return {key: value for key, value in {**own, **self.extra}.items() if value is not None}
 
 
-def slurm_job(store_root: str, values: dict, keep_checkpoints: bool) -> dict:
-    """One array task: train one run on the job's GPU (or CPU where it has none)."""
-    store = Store(Path(store_root))
-    limit_cpu_threads("auto")
-    metrics = execute_run(RunConfig.from_dict(values), store, "auto", keep_checkpoints=keep_checkpoints)
+def parse_extra(items: list[str]) -> dict[str, str | bool]:
+    """--slurm-option values: KEY=VALUE or a bare KEY (a flag such as exclusive), with or without leading --."""
+    extra: dict[str, str | bool] = {}
+    for item in items:
+        key, has_value, value = item.removeprefix("--").partition("=")
+        if not re.fullmatch(r"[a-z][a-z0-9-]*", key):
+            raise ConfigError(f"--slurm-option {item!r} is not accepted: expected an sbatch option, KEY=VALUE or KEY")
+        if key.replace("_", "-") in OWN_OPTIONS:
+            owner = OWN_OPTIONS[key.replace("_", "-")]
+            instead = f"use {owner}" if owner else "the launcher sets it"
+            raise ConfigError(f"--slurm-option {item!r} is not accepted: {instead}")
+        extra[key] = value if has_value else True
+    return extra
+
+
+def import_submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("--launcher slurm needs the submitit package: pip install submitit") from None
+    return submitit
+
+
+def sbatch_flags(options: dict[str, str | int | bool]) -> list[str]:
+    """The command-line spelling of sbatch() (what submitit writes as #SBATCH lines)."""
+    return [f"--{key.replace('_', '-')}" + ("" if value is True else f"={value}") for key, value in options.items()]
+
+
+def check_cluster(options: SlurmOptions) -> None:
+    """Ask the controller whether it would run one job with these options (sbatch --test-only submits nothing):
+    a controller that is down, a bad partition, account or QoS, more CPUs, memory or GPUs than a node has,
+    all fail here in one line, before anything is written."""
+    import_submitit()
+    command = ["sbatch", "--test-only", *sbatch_flags(options.sbatch()), "--wrap", "true"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise ConfigError("--launcher slurm is not accepted here: no sbatch on PATH; use --launcher local") from None
+    except subprocess.TimeoutExpired:
+        raise ConfigError("--launcher slurm: the SLURM controller did not answer sbatch --test-only in 120 s") from None
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()] or [f"exit code {result.returncode}"]
+        reason = re.sub(r"^(sbatch: error: |allocation failure: )", "", lines[-1].strip())
+        raise ConfigError(f"SLURM refuses these jobs ({' '.join(command[2:-2])}): {reason}")
+
+
+def run_lock(run_dir: Path):
+    """Block until no other process holds the run's lock, then hold it (released when the file is closed)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(run_dir / ".lock", "a")  # the caller closes it
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    except OSError:  # a shared filesystem without locks (Lustre without -o flock): the job registry still holds
+        pass
+    return lock
+
+
+def train_in_job(store_root: str, values: dict, keep_checkpoints: bool, device: str) -> dict:
+    """One array task: train one run (unless a duplicate job trained it already; see the module docstring)."""
+    store, cfg = Store(Path(store_root)), RunConfig.from_dict(values)
+    with run_lock(store.run_dir(cfg)):
+        metrics = store.metrics(store.run_dir(cfg))
+        if metrics is None:
+            limit_cpu_threads(device)
+            metrics = execute_run(cfg, store, device, keep_checkpoints=keep_checkpoints)
     store.write_summary()
     return metrics
+
+
+@dataclass
+class JobState:
+    state: str  # SLURM's: PENDING, RUNNING, COMPLETED, CANCELLED, TIMEOUT, ...; UNKNOWN when SLURM has forgotten it
+    reason: str = ""  # squeue's reason: JobArrayTaskLimit, Resources, TimeLimit, ...
+    node: str = ""
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+
+def squeue() -> dict[str, JobState] | None:
+    """Every job of this user that the controller still remembers (ended ones for MinJobAge, 5 min by default),
+    by id (`123_4` for array tasks); None when the controller does not answer (it may be slow or restarting)."""
+    command = ["squeue", "--noheader", "--array", "--states=all", f"--user={os.getuid()}", "--format=%i|%T|%r|%N"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return None
+    if result.returncode != 0:
+        return None
+    jobs = {}
+    for line in result.stdout.splitlines():
+        job_id, state, reason, node = (line.split("|") + ["", "", ""])[:4]
+        jobs[job_id.strip()] = JobState(state.split()[0] if state.strip() else "UNKNOWN", reason.strip(), node.strip())
+    return jobs
+
+
+def sacct_state(job_id: str) -> str:
+    """The final state of a job squeue has forgotten, from accounting; UNKNOWN where accounting is off."""
+    command = ["sacct", "--noheader", "--parsable2", "--allocations", "--format=State", f"--jobs={job_id}"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return "UNKNOWN"
+    states = result.stdout.split() if result.returncode == 0 else []
+    return states[-1] if states else "UNKNOWN"  # "CANCELLED by 0" splits into words: the state comes first
 
 
 class SlurmLauncher:
     def __init__(self, store: Store, options: SlurmOptions, keep_checkpoints: bool) -> None:
         self.store, self.options, self.keep_checkpoints = store, options, keep_checkpoints
+        self.folder = store.root / "slurm"
+        self.queue: dict[str, JobState] = {}  # squeue's last answer
+        self.answered = True  # whether squeue answered the last time we asked
 
-    def submit(self, configs: list[RunConfig]) -> list[submitit.Job]:
-        executor = submitit.AutoExecutor(folder=self.store.root / "slurm", cluster=self.options.cluster)
+    def log_path(self, job_id: str) -> Path:
+        return self.folder / f"{job_id}_0_log.out"  # submitit's name; its .err sibling has the tracebacks
+
+    def submit(self, configs: list[RunConfig]) -> dict[str, str]:
+        """Submit the configs as one job array; return {run_id: job id}, also recorded in slurm/jobs.json."""
+        submitit = import_submitit()
+        executor = submitit.SlurmExecutor(folder=self.folder)
+        sbatch = {key: value for key, value in self.options.sbatch().items() if key not in self.options.extra}
         executor.update_parameters(
-            name=self.store.root.name, timeout_min=self.options.time_min, gpus_per_node=1, tasks_per_node=1,
-            cpus_per_task=self.options.cpus_per_task, slurm_partition=self.options.partition,
+            job_name=self.store.root.name, array_parallelism=self.options.parallel or len(configs),
+            additional_parameters=NO_WARNING | self.options.extra, **sbatch,
         )  # fmt: skip
         n, root = len(configs), str(self.store.root.resolve())  # a job may start in another directory
-        return executor.map_array(slurm_job, [root] * n, [c.to_dict() for c in configs], [self.keep_checkpoints] * n)
+        values = [cfg.to_dict() for cfg in configs]
+        try:
+            jobs = executor.map_array(
+                train_in_job, [root] * n, values, [self.keep_checkpoints] * n, [self.options.device] * n
+            )
+        except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError) as error:
+            lines = str(error).strip().splitlines() or ["(no message)"]
+            raise ConfigError(f"sbatch refused the job array: {lines[-1]}") from None
+        submitted = {cfg.run_id(): job.job_id for cfg, job in zip(configs, jobs, strict=True)}
+        atomic.write_json(self.folder / JOBS, {**self.recorded_jobs(), **submitted})
+        return submitted
+
+    def recorded_jobs(self) -> dict[str, str]:
+        path = self.folder / JOBS
+        return read_json(path) if path.exists() else {}
 
     def run(self, configs: list[RunConfig], progress: SweepProgress) -> dict[str, dict]:
-        """Submit every config and follow the jobs to their end; return {run_id: metrics}."""
-        jobs = self.submit(configs)
-        progress.write(
-            f"submitted {len(jobs)} jobs (first {jobs[0].job_id}); their logs go to {self.store.root / 'slurm'}"
-        )
-        watching = {cfg.run_id(): job for cfg, job in zip(configs, jobs, strict=True)}
+        """Submit every config whose job is not still queued or running, follow all of them to their end, and
+        return {run_id: metrics}."""
+        self.progress = progress
+        self.refresh_queue()
+        if not self.answered:
+            raise ConfigError("the SLURM controller does not answer squeue; try again when it is back")
+        recorded = self.recorded_jobs()
+        watching = {
+            cfg.run_id(): recorded[cfg.run_id()]
+            for cfg in configs
+            if cfg.run_id() in recorded and self.job_state(recorded[cfg.run_id()]).live
+        }
+        if watching:
+            ids = ", ".join(sorted(watching.values()))
+            progress.write(f"following {len(watching)} jobs submitted earlier and still in the queue: {ids}")
+        to_submit = [cfg for cfg in configs if cfg.run_id() not in watching]
+        if to_submit:
+            submitted = self.submit(to_submit)
+            watching |= submitted
+            array = next(iter(submitted.values())).split("_")[0]
+            parallel = min(self.options.parallel or len(to_submit), len(to_submit))
+            progress.write(
+                f"submitted job array {array} ({len(to_submit)} tasks, at most {parallel} at once); "
+                f"logs: {self.log_path(f'{array}_<task>')} and .err"
+            )
         self.seen = {run_id: self.store.state(self.store.runs / run_id).epochs for run_id in watching}
         self.started: set[str] = set()
         results = {}
+        asked = -float("inf")  # ask at once: jobs submitted just now are not in the answer we have
         try:
             while watching:
-                for run_id, job in list(watching.items()):
-                    self.follow(run_id, job, progress)
-                    if job.done():
-                        self.follow(run_id, job, progress)
-                        results[run_id] = self.finish(run_id, job, progress)
+                if time.monotonic() - asked >= self.options.poll_s:  # the store is cheap to look at; squeue less so
+                    self.refresh_queue(watching)
+                    asked = time.monotonic()
+                for run_id, job_id in list(watching.items()):
+                    self.follow(run_id, job_id)
+                    metrics = self.store.metrics(self.store.runs / run_id)
+                    if metrics is not None or (self.answered and not self.job_state(job_id).live):
+                        results[run_id] = self.finish(run_id, job_id, metrics)
                         del watching[run_id]
                 if watching:
-                    time.sleep(self.options.poll_s)
+                    time.sleep(min(1.0, self.options.poll_s))
         except KeyboardInterrupt:
-            for job in watching.values():
-                job.cancel(check=False)
+            if watching:
+                subprocess.run(["scancel", *watching.values()], capture_output=True, timeout=60)
             raise
         return results
 
-    def follow(self, run_id: str, job: submitit.Job, progress: SweepProgress) -> None:
-        """Report the epochs the job has completed since we last looked."""
+    def refresh_queue(self, watching: dict[str, str] | None = None) -> None:
+        """Ask squeue again and show its view of our jobs; keep the last answer while the controller does not
+        answer (busy or restarting), and say so once."""
+        queue = squeue()
+        if queue is None:
+            if self.answered and watching is not None:
+                self.progress.write("squeue does not answer (SLURM controller busy or down?); waiting for it")
+            self.answered = False
+            return
+        self.queue, self.answered = queue, True
+        if watching:
+            states: dict[str, int] = {}
+            for job_id in watching.values():
+                job = self.job_state(job_id)
+                label = job.state + (f" ({job.reason})" if job.state == "PENDING" and job.reason != "None" else "")
+                states[label] = states.get(label, 0) + 1
+            self.progress.queue(", ".join(f"{n} {label}" for label, n in sorted(states.items())))
+
+    def job_state(self, job_id: str) -> JobState:
+        """squeue's view of a job, or accounting's once squeue has forgotten it."""
+        return self.queue.get(job_id) or JobState(sacct_state(job_id))
+
+    def follow(self, run_id: str, job_id: str) -> None:
+        """Report the run's start and the epochs its job has completed since we last looked."""
         history_path = self.store.runs / run_id / HISTORY
         history = read_json(history_path) if history_path.exists() else []
-        if run_id not in self.started and (job.state in ("RUNNING", "COMPLETING") or len(history) > self.seen[run_id]):
+        job = self.queue.get(job_id)
+        running = job is not None and job.state in ("RUNNING", "COMPLETING")
+        if run_id not in self.started and (running or len(history) > self.seen[run_id]):
             self.started.add(run_id)
-            progress.started(run_id, f"job {job.job_id}")
+            self.progress.started(run_id, f"SLURM job {job_id}" + (f" on {job.node}" if running else ""))
         for record in history[self.seen[run_id] :]:
-            progress.epoch(run_id, record)
+            self.progress.epoch(run_id, record)
         self.seen[run_id] = max(self.seen[run_id], len(history))
 
-    def finish(self, run_id: str, job: submitit.Job, progress: SweepProgress) -> dict:
+    def finish(self, run_id: str, job_id: str, metrics: dict | None) -> dict:
         if run_id not in self.started:
             self.started.add(run_id)
-            progress.started(run_id, f"job {job.job_id}")
+            self.progress.started(run_id, f"SLURM job {job_id}")
         run_dir = self.store.runs / run_id
-        metrics = self.store.metrics(run_dir)
-        if metrics is None:  # the job ended without reaching the end of execute_run: timeout, node failure, scancel
-            metrics = self.store.record_failure(run_dir, f"job {job.job_id} ended as {job.state}", f"job {job.job_id}")
-        progress.finished(run_id, metrics)
+        if metrics is None:
+            os.listdir(run_dir)  # on NFS a directory read refreshes the cache: see a metrics.json the job wrote
+            metrics = self.store.metrics(run_dir)
+        if metrics is None:  # the job ended before execute_run did: scancel, time limit, node failure, OOM kill
+            job = self.job_state(job_id)
+            detail = f" ({job.reason})" if job.reason not in ("", "None") else ""
+            metrics = self.store.record_failure(run_dir, f"SLURM job {job_id} ended as {job.state}{detail}", "slurm")
+            self.progress.write(f"         log of SLURM job {job_id}: {self.log_path(job_id)}")
+        self.progress.finished(run_id, metrics)
         self.store.write_summary()
         return metrics

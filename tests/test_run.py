@@ -1,4 +1,6 @@
-"""The sweep command end to end with the real train_run: store layout, resume after SIGKILL, failures, SLURM."""
+"""The sweep command end to end with the real train_run: store layout, resume after SIGKILL, failures.
+
+The SLURM launcher is tested against a real cluster in test_slurm_cluster.py."""
 
 import contextlib
 import csv
@@ -25,7 +27,6 @@ from ablations.launch import LocalLauncher
 from ablations.presets import PRESETS
 from ablations.progress import SweepProgress
 from ablations.run import cli
-from ablations.slurm import SlurmLauncher, SlurmOptions
 from ablations.store import Store
 from convmixer.runtime import parse_devices
 
@@ -321,18 +322,6 @@ def test_an_exception_in_a_run_is_recorded_with_its_reason(tmp_path, monkeypatch
     assert read_json(store.run_dir(cfg) / "metrics.json") == metrics
     log = (store.run_dir(cfg) / "log.txt").read_text()
     assert "Traceback" in log and "broken_train_run" in log and "finished: failed" in log
-
-
-def test_the_slurm_launcher_runs_the_sweep_through_submitit(tmp_path, monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # its jobs train on device "auto": keep them on the CPU here
-    configs = tiny_configs(["kernel_size=3,5"])
-    store = Store(tmp_path)
-    store.prepare(configs)
-    launcher = SlurmLauncher(store, SlurmOptions(cluster="local", time_min=10, poll_s=0.2), keep_checkpoints=False)
-    results = launcher.run(configs, progress_for(configs))
-    assert [results[cfg.run_id()]["status"] for cfg in configs] == ["done", "done"]
-    assert [row["status"] for row in read_summary(tmp_path)] == ["done", "done"]
-    assert list((tmp_path / "slurm").glob("*_log.out"))  # submitit's own job logs sit beside the runs
 
 
 def test_devices():

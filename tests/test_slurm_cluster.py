@@ -1,0 +1,317 @@
+"""--launcher slurm against a real one-node SLURM cluster on 127.0.0.1 (tests/slurm/cluster.sh, started once
+for this module and torn down after it): job arrays, scancel, time limits, a killed sweep process,
+a controller that is slow or down. Where no cluster can be started (not root, no apt), those tests are skipped
+with the reason; the option checks and the array task itself are tested without one.
+"""
+
+import contextlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from test_run import read_json, read_summary, snapshot, tiny_configs, tiny_set
+
+from ablations.run import cli
+from ablations.slurm import run_lock, train_in_job
+from ablations.store import Store
+
+CLUSTER_SCRIPT = Path(__file__).parent / "slurm" / "cluster.sh"
+FAST = ["--launcher", "slurm", "--slurm-poll", "0.5"]  # the tests' cluster answers at once
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A running cluster; SLURM_CONF points every command (and the jobs) at it. Yields its folder."""
+    folder = tmp_path_factory.mktemp("slurm-cluster")
+    started = subprocess.run(
+        ["bash", str(CLUSTER_SCRIPT), "start", str(folder)], capture_output=True, text=True, timeout=900
+    )
+    if started.returncode == 77:
+        pytest.skip(f"no SLURM test cluster: {started.stderr.strip()}")
+    assert started.returncode == 0, started.stderr
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("SLURM_CONF", started.stdout.strip())
+            yield folder
+    finally:
+        subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop", str(folder)], capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def start_sweep(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start sweep commands in the background; any still running when the test ends (it failed) is killed."""
+    started: list[subprocess.Popen] = []
+
+    def start(command: list[str], **kwargs) -> subprocess.Popen:
+        started.append(subprocess.Popen(command, cwd=tmp_path, text=True, **kwargs))
+        return started[-1]
+
+    yield start
+    for sweep in started:
+        sweep.kill()
+        sweep.wait()
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.1)
+    return result
+
+
+def sweep_command(out: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "ablations.run", *FAST, *args, "--out", str(out)]
+
+
+def run_cli(args: list[str]) -> tuple[int, str, str]:
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+        code = cli(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+def jobs(out: Path) -> dict[str, str]:
+    path = out / "slurm" / "jobs.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def live_jobs() -> list[str]:
+    listing = subprocess.run(["squeue", "--noheader", "--array", "--format=%i %T"], capture_output=True, text=True)
+    return [line for line in listing.stdout.splitlines() if line.split()[1] not in ("COMPLETED", "CANCELLED")]
+
+
+def no_jobs_left() -> None:
+    """A job may still be exiting when the sweep has its metrics; none may linger on."""
+    wait_for(lambda: not live_jobs(), "the jobs to end", timeout=30)
+
+
+def epochs(run_dir: Path) -> list[int]:
+    return [record["epoch"] for record in read_json(run_dir / "history.json")]
+
+
+def learning_curve(run_dir: Path) -> list[tuple]:
+    """What a run learned, epoch by epoch (its timings left out)."""
+    keys = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
+    return [tuple(record[key] for key in keys) for record in read_json(run_dir / "history.json")]
+
+
+def history_length(run_dir: Path) -> int:
+    try:
+        return len(read_json(run_dir / "history.json"))
+    except (OSError, ValueError):
+        return 0
+
+
+def training_pid(run_dir: Path) -> int:
+    """The pid of the process training the run now, from the last `start on ... pid N` line of its log."""
+    return int(re.findall(r"start on cpu \(host \S+, pid (\d+)\)", (run_dir / "log.txt").read_text())[-1])
+
+
+def freeze_until_ended(pid: int, sweep: subprocess.Popen, timeout: float = 150) -> tuple[str, str]:
+    """Hold the training process stopped (SIGSTOP again each time SLURM's SIGCONT wakes it) until the sweep
+    process has seen its job end; return the sweep's output. A frozen run is certainly partway through."""
+    deadline = time.monotonic() + timeout
+    while sweep.poll() is None:
+        assert time.monotonic() < deadline, f"the sweep did not end in {timeout} s"
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.05)
+    return sweep.communicate()
+
+
+def test_a_sweep_is_one_job_array_on_the_cpu_with_the_numbers_of_a_local_run(cluster, tmp_path):
+    out = tmp_path / "array"
+    command = sweep_command(out, "--set", tiny_set(), "--grid", "kernel_size=3,5,7,9", "--slurm-time", "5")
+    sweep = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert sweep.returncode == 0, sweep.stdout + sweep.stderr
+    rows = read_summary(out)
+    assert len(rows) == 4 and {row["status"] for row in rows} == {"done"}
+    assert len(set(jobs(out).values())) == 4 and len({job.split("_")[0] for job in jobs(out).values()}) == 1
+    array = next(iter(jobs(out).values())).split("_")[0]
+    assert f"submitted job array {array} (4 tasks, at most 4 at once); logs: {out}/slurm/{array}_<task>_0_log.out" in (
+        sweep.stdout
+    )
+    assert "squeue   " in sweep.stdout and "RUNNING" in sweep.stdout  # the queue's states, as lines off a terminal
+    script = (out / "slurm" / f"{array}_submission.sh").read_text()
+    assert "--cpus-per-task=1" in script and "--time=5" in script and "gpu" not in script and "gres" not in script
+    assert "--signal=CONT@1" in script and "USR2" not in script  # a USR2 at the start killed 1-minute jobs
+    for row in rows:
+        assert "start on cpu" in (out / "runs" / row["run_id"] / "log.txt").read_text()
+    # The same run trained locally gives the same numbers, bit for bit.
+    local = tmp_path / "local"
+    assert run_cli(["--set", tiny_set(kernel_size=5), "--out", str(local), "--devices", "cpu"])[0] == 0
+    (run_id,) = [path.name for path in (local / "runs").iterdir()]
+    assert learning_curve(out / "runs" / run_id) == learning_curve(local / "runs" / run_id)
+    no_jobs_left()
+
+
+def test_a_cancelled_job_fails_its_run_with_slurms_state_and_retry_resumes_it(cluster, tmp_path, start_sweep):
+    """The run is frozen (SIGSTOP) so that it is partway through when SLURM kills it: submitit lets a job work on
+    between scancel's SIGTERM and SIGKILL."""
+    out = tmp_path / "cancel"
+    args = ["--set", tiny_set(epochs=20), "--slurm-time", "5"]
+    sweep = start_sweep(sweep_command(out, *args), stdout=subprocess.PIPE)
+    run_dir = wait_for(lambda: next(out.glob("runs/*/checkpoint.pt"), None), "the first checkpoint").parent
+    pid = training_pid(run_dir)
+    os.kill(pid, signal.SIGSTOP)
+    controller = int((cluster / "slurmctld.pid").read_text())
+    os.kill(controller, signal.SIGSTOP)  # a controller that does not answer for a while (busy, paged out)
+    time.sleep(7)  # longer than squeue waits for an answer (MessageTimeout=5)
+    os.kill(controller, signal.SIGCONT)
+    (job_id,) = jobs(out).values()
+    subprocess.run(["scancel", job_id], check=True)
+    stdout, _ = freeze_until_ended(pid, sweep)
+    assert sweep.returncode == 1, stdout
+    assert "squeue does not answer" in stdout
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["status"] == "failed" and metrics["reason"] == f"SLURM job {job_id} ended as CANCELLED"
+    assert f"log of SLURM job {job_id}: {out}/slurm/{job_id}_0_log.out" in stdout
+    done_before = history_length(run_dir)
+    assert 1 <= done_before < 20 and (run_dir / "checkpoint.pt").exists()
+
+    code, stdout, _ = run_cli([*FAST, *args, "--out", str(out), "--retry-failed"])
+    assert code == 0, stdout
+    assert epochs(run_dir) == list(range(1, 21))
+    assert f"resumed from {run_dir / 'checkpoint.pt'} after epoch" in (run_dir / "log.txt").read_text()
+    no_jobs_left()
+
+
+def test_a_job_past_its_time_limit_fails_its_run_with_timeout_and_retry_resumes_it(cluster, tmp_path, start_sweep):
+    """SLURM ends a job past its 1-minute limit (it looks every 30 s). The run is frozen (SIGSTOP) so that it
+    certainly outlives the limit without spending a minute of CPU."""
+    out = tmp_path / "timeout"
+    args = ["--set", tiny_set(epochs=20), "--slurm-time", "1"]
+    sweep = start_sweep(sweep_command(out, *args), stdout=subprocess.PIPE)
+    run_dir = wait_for(lambda: next(out.glob("runs/*/checkpoint.pt"), None), "the first checkpoint").parent
+    stdout, _ = freeze_until_ended(training_pid(run_dir), sweep)
+    (job_id,) = jobs(out).values()
+    assert sweep.returncode == 1, stdout
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["reason"] == f"SLURM job {job_id} ended as TIMEOUT (TimeLimit)"
+    assert 1 <= history_length(run_dir) < 20 and (run_dir / "checkpoint.pt").exists()
+
+    code, stdout, _ = run_cli([*FAST, *args[:2], "--slurm-time", "5", "--out", str(out), "--retry-failed"])
+    assert code == 0, stdout
+    assert epochs(run_dir) == list(range(1, 21)) and "resumed from" in (run_dir / "log.txt").read_text()
+    no_jobs_left()
+
+
+def test_a_killed_sweep_process_reruns_without_losing_or_duplicating_runs(cluster, tmp_path, start_sweep):
+    out = tmp_path / "killed"
+    command = sweep_command(out, "--set", tiny_set(epochs=3), "--grid", "kernel_size=3,5,7", "--slurm-parallel", "1")
+    sweep = start_sweep(command, stdout=subprocess.DEVNULL)
+    wait_for(lambda: list(out.glob("runs/*/history.json")), "the first epoch")
+    sweep.kill()  # the jobs live on in SLURM, one running and two queued
+    sweep.wait()
+    assert len(list(out.glob("runs/*/metrics.json"))) < 3 and live_jobs()
+
+    rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert re.search(r"following [123] jobs submitted earlier and still in the queue", rerun.stdout)
+    assert "submitted job array" not in rerun.stdout  # nothing submitted twice
+    assert len(list((out / "slurm").glob("*_submission.sh"))) == 1
+    rows = read_summary(out)
+    assert len(rows) == 3 and {row["status"] for row in rows} == {"done"}
+    for row in rows:
+        run_dir = out / "runs" / row["run_id"]
+        assert epochs(run_dir) == [1, 2, 3] and (run_dir / "log.txt").read_text().count("start on cpu") == 1
+    no_jobs_left()
+
+
+def test_a_controller_that_is_down_is_one_line_and_exit_2(cluster, tmp_path, monkeypatch):
+    conf = (cluster / "slurm.conf").read_text()
+    dead = tmp_path / "slurm.conf"
+    with socket_closed_port() as port:
+        dead.write_text(re.sub(r"SlurmctldPort=\d+", f"SlurmctldPort={port}", conf))
+    monkeypatch.setenv("SLURM_CONF", str(dead))
+    out = tmp_path / "down"
+    code, stdout, err = run_cli([*FAST, "--set", tiny_set(), "--out", str(out)])
+    assert code == 2 and err.count("\n") == 1, err
+    assert "Unable to contact slurm controller" in err and not out.exists()
+
+
+@contextlib.contextmanager
+def socket_closed_port() -> Iterator[int]:
+    """A port nothing listens on (bound for a moment to pick it, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    yield port
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--slurm-partition", "nope"], "Invalid partition name specified"),
+        (["--slurm-cpus", "512"], "Requested node configuration is not available"),
+        (["--slurm-gpus", "1"], "Invalid generic resource (gres) specification"),  # the cluster has no GPUs
+        (["--slurm-mem", "100000G"], "Requested node configuration is not available"),
+    ],
+)
+def test_options_the_cluster_refuses_are_one_line_before_anything_is_written(cluster, tmp_path, args, message):
+    out = tmp_path / "refused"
+    code, _, err = run_cli([*FAST, "--set", tiny_set(), *args, "--out", str(out)])
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert err.startswith("python -m ablations.run: error: SLURM refuses these jobs (--")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--slurm-time", "0"], "--slurm-time 0 is not accepted: expected an integer >= 1"),
+        (["--slurm-cpus", "0"], "--slurm-cpus 0 is not accepted"),
+        (["--slurm-parallel", "0"], "--slurm-parallel 0 is not accepted"),
+        (["--slurm-gpus", "-1"], "--slurm-gpus -1 is not accepted: expected an integer >= 0"),
+        (["--slurm-mem", "lots"], "--slurm-mem 'lots' is not accepted: expected a size like 16G or 500M"),
+        (["--slurm-poll", "0"], "--slurm-poll 0.0 is not accepted"),
+        (["--slurm-option", "partition=gpu"], "--slurm-option 'partition=gpu' is not accepted: use --slurm-partition"),
+        (["--slurm-option=--output=x"], "'--output=x' is not accepted: the launcher sets it"),
+        (["--slurm-option", "Bad Key"], "--slurm-option 'Bad Key' is not accepted: expected an sbatch option"),
+        (["--launcher", "slurm", "--set", "precision=fp16"], "precision='fp16' is not accepted on cpu"),
+    ],
+)
+def test_bad_slurm_options_are_one_line_exit_2(tmp_path, args, message):
+    code, _, err = run_cli(["--set", tiny_set(), *args, "--out", str(tmp_path / "out")])
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_sweep_command_needs_submitit_only_for_slurm(tmp_path, monkeypatch):
+    hidden = "import sys; sys.modules['submitit'] = None; import ablations.run"  # as if it were not installed
+    assert subprocess.run([sys.executable, "-c", hidden]).returncode == 0
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    code, _, err = run_cli(["--launcher", "slurm", "--set", tiny_set(), "--out", str(tmp_path / "out")])
+    assert (code, err) == (2, "python -m ablations.run: error: --launcher slurm needs the submitit package: "
+                           "pip install submitit\n")  # fmt: skip
+
+
+def test_an_array_task_trains_its_run_once_even_when_submitted_twice(tmp_path):
+    """An array task waits while another job holds the run's lock, and does not retrain a finished run."""
+    (cfg,) = tiny_configs([])
+    store = Store(tmp_path)
+    store.prepare([cfg])
+    run_dir = store.run_dir(cfg)
+    task = multiprocessing.get_context("spawn").Process(
+        target=train_in_job, args=(str(tmp_path), cfg.to_dict(), False, "cpu")
+    )
+    with run_lock(run_dir):  # another job training the run
+        task.start()
+        task.join(timeout=15)  # time enough to start Python and reach the lock
+        assert task.is_alive() and not (run_dir / "log.txt").exists()
+    task.join(timeout=120)
+    metrics = read_json(run_dir / "metrics.json")
+    assert task.exitcode == 0 and metrics["status"] == "done" and read_summary(tmp_path)[0]["status"] == "done"
+    before = snapshot(run_dir)
+    assert train_in_job(str(tmp_path), cfg.to_dict(), False, "cpu") == metrics  # a duplicate job: nothing to do
+    assert snapshot(run_dir) == before
