@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from convmixer.tweet import TWEET
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
@@ -64,3 +66,7 @@ def test_a_broken_link_and_a_broken_anchor_are_found(tmp_path):
         "[missing](nowhere.md) [bad anchor](other.md#thrice)\n"
     )
     assert broken_links(page) == ["nowhere.md: no such file", "other.md#thrice: no heading #thrice in other.md"]
+
+
+def test_the_readme_quotes_the_tweet_verbatim():
+    assert TWEET in (ROOT / "README.md").read_text()
