@@ -145,11 +145,12 @@ def autocontrast(images: torch.Tensor) -> torch.Tensor:
 
 
 def equalize(images: torch.Tensor) -> torch.Tensor:
-    """PIL's histogram equalisation per channel of each image, from 256-bin histograms built in one bincount."""
+    """PIL's histogram equalisation per channel of each image, from 256-bin histograms built in one scatter_add
+    (not bincount, which reads its input's min and max back to the host: two syncs per call on CUDA)."""
     n, c, h, w = images.shape
     levels = to_levels(images).view(n * c, h * w)
-    bins = levels + 256 * torch.arange(n * c, device=images.device)[:, None]  # a separate 256 bins per channel
-    histogram = torch.bincount(bins.flatten(), minlength=n * c * 256).view(n * c, 256)
+    histogram = torch.zeros(n * c, 256, dtype=torch.long, device=images.device)
+    histogram.scatter_add_(1, levels, torch.ones_like(levels))
     # PIL's step: the pixels outside the brightest occupied bin, spread over 255 levels.
     brightest_count = histogram.gather(1, levels.amax(1, keepdim=True))
     step = (h * w - brightest_count) // 255

@@ -23,7 +23,7 @@ MAX_SEED = 2**32 - 1
 MAX_IMAGE_SIZE = 4096
 # Keys added after results were first committed, with the value every earlier run had: a run holding that value
 # leaves the key out of its id, so adding a key never renames the runs already in a store.
-LATER_KEYS: dict[str, object] = {}
+LATER_KEYS: dict[str, object] = {"tf32": True}
 
 
 class ConfigError(ValueError):
@@ -65,6 +65,7 @@ class RunConfig:
     label_smoothing: float = 0.0
     clip_norm: float = 1.0  # 0 = no gradient clipping
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    tf32: bool = True  # CUDA, precision fp32: convolutions may use TF32 tensor cores (torch's default); false: IEEE
     channels_last: bool = True
     compile: bool = False
     seed: int = 0

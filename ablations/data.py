@@ -1,7 +1,8 @@
 """`build_data(cfg, device)`: the train and test loaders of a run, with the dataset on the device when it fits.
 
 A dataset whose decoded uint8 images fit in `resident_bytes` (every CIFAR-sized one) is moved to the device
-once; an epoch is then a shuffled index and batched augmentation on the device, with no CPU work per image.
+once; an epoch is then a shuffled index, copied to the device once (asynchronously, from pinned memory), and
+batched augmentation on the device, with no CPU work per image and no host sync inside the epoch.
 A larger ImageFolder tree streams through a torch DataLoader whose workers only decode and resize; the uint8
 batches go to the device and get the same augmentation. Either way every random draw of an epoch comes from
 generators seeded with (cfg.seed, epoch), so an epoch replays identically, for bit-exact resume.
@@ -43,6 +44,14 @@ def derived_seed(seed: int, epoch: int, stream: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device` without a host sync: a pageable CPU->CUDA copy waits for the GPU, a pinned one does not
+    (the caching host allocator keeps the pinned buffer alive until the copy is done)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class ResidentImages:
     """A split held as uint8 tensors on the device; a batch is an index_select."""
 
@@ -52,9 +61,9 @@ class ResidentImages:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batches(self, batch_indices: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for index in batch_indices:
-            index = index.to(self.device)
+    def batches(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The images at `order` (a CPU index tensor), batch_size at a time; the index moves to the device once."""
+        for index in to_device_async(order, self.device).split(batch_size):
             yield self.images[index], self.labels[index]
 
 
@@ -80,9 +89,9 @@ class StreamedImages:
     def __len__(self) -> int:
         return len(self.files)
 
-    def batches(self, batch_indices: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         loader = DataLoader(
-            self.files, batch_sampler=[index.tolist() for index in batch_indices], num_workers=self.workers,
+            self.files, batch_sampler=[index.tolist() for index in order.split(batch_size)], num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
         )  # fmt: skip
         for images, labels in loader:
@@ -93,23 +102,27 @@ class TrainLoader:
     """Shuffled, augmented batches; `epoch(e)` is a pure function of (cfg.seed, e).
 
     Like the reference's DataLoader, the last batch of an epoch may be smaller (len = ceil(N / batch_size)).
+    With cfg.compile it is dropped instead (when there is a full batch), so the compiled model sees one shape.
     """
 
     def __init__(self, images: ResidentImages | StreamedImages, augment: Augment, cfg: RunConfig) -> None:
         self.images, self.augment, self.batch_size, self.seed = images, augment, cfg.batch_size, cfg.seed
+        self.drop_last = cfg.compile and self.num_samples > self.batch_size
 
     @property
     def num_samples(self) -> int:
         return len(self.images)
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
         return math.ceil(self.num_samples / self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order_gen = torch.Generator().manual_seed(derived_seed(self.seed, epoch, "order"))
-        order = torch.randperm(self.num_samples, generator=order_gen)
+        order = torch.randperm(self.num_samples, generator=order_gen)[: len(self) * self.batch_size]
         augment_gen = torch.Generator(self.images.device).manual_seed(derived_seed(self.seed, epoch, "augment"))
-        for images, labels in self.images.batches(list(order.split(self.batch_size))):
+        for images, labels in self.images.batches(order, self.batch_size):
             yield self.augment(images, labels, augment_gen)
 
 
@@ -130,7 +143,7 @@ class TestLoader:
         return math.ceil(self.num_samples / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in self.images.batches(list(torch.arange(self.num_samples).split(self.batch_size))):
+        for images, labels in self.images.batches(torch.arange(self.num_samples), self.batch_size):
             yield normalise(images, self.mean, self.std), labels
 
 

@@ -18,28 +18,16 @@ from pathlib import Path
 
 import torch
 
-from ablations.config import ConfigError, RunConfig
+from ablations.config import RunConfig
 from ablations.progress import SweepProgress
 from ablations.store import Store
 from ablations.worker import execute_run, limit_cpu_threads
 
 
-def parse_devices(text: str) -> list[str]:
-    """`auto` (every visible GPU, else the CPU), `cpu`, `cuda` (every GPU), or a list: `0,1` / `cuda:0,cuda:1`."""
-    gpus = torch.cuda.device_count()
-    accepted = f"expected auto, cpu, cuda, or GPU indices like 0,1 or cuda:0,cuda:1 ({gpus} GPUs visible)"
-    word = text.strip().lower()
-    if word in ("auto", "cuda", "gpu") and (gpus or word == "auto"):
-        return [f"cuda:{i}" for i in range(gpus)] or ["cpu"]
-    if word == "cpu":
-        return ["cpu"]
-    devices = []
-    for item in word.split(","):
-        index = item.strip().removeprefix("cuda:")
-        if not index.isdigit() or int(index) >= gpus or f"cuda:{int(index)}" in devices:
-            raise ConfigError(f"--devices {text!r} is not accepted: {accepted}")
-        devices.append(f"cuda:{int(index)}")
-    return devices
+def device_slots(devices: list[str], jobs_per_device: int) -> list[str]:
+    """One worker slot per (device, job), interleaved: cuda:0, cuda:1, cuda:0, cuda:1. A sweep with fewer runs
+    than slots takes the first ones, so N runs on N GPUs get one GPU each before any GPU gets a second run."""
+    return [device for _ in range(jobs_per_device) for device in devices]
 
 
 def _exit_with_sweep() -> None:
@@ -82,7 +70,7 @@ class Worker:
 class LocalLauncher:
     def __init__(self, store: Store, devices: list[str], jobs_per_device: int, keep_checkpoints: bool) -> None:
         self.store, self.keep_checkpoints = store, keep_checkpoints
-        self.slots = [device for device in devices for _ in range(jobs_per_device)]
+        self.slots = device_slots(devices, jobs_per_device)
         self.context = multiprocessing.get_context("spawn")
 
     def start_worker(self, device: str) -> Worker:

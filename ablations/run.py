@@ -17,19 +17,23 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ablations.config import ACCEPTED, ConfigError, RunConfig
 from ablations.data import DataError, build_data
 from ablations.grid import Sweep, build_sweep
-from ablations.launch import LocalLauncher, parse_devices
+from ablations.launch import LocalLauncher
 from ablations.presets import DEFAULT_PRESET, PRESETS
 from ablations.progress import SweepProgress, run_label
-from ablations.slurm import SlurmLauncher, SlurmOptions
 from ablations.store import FINISHED, Store, StoreError
 from ablations.study import Study, read_study
-from ablations.train import autocast_dtype
+from ablations.train import run_dtype
+from convmixer.runtime import parse_devices, usable_cores
+
+if TYPE_CHECKING:
+    from ablations.slurm import SlurmLauncher
 
 PROG = "python -m ablations.run"
 
@@ -101,7 +105,10 @@ def build_parser(preset: str = DEFAULT_PRESET) -> OneLineParser:
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoint.pt of finished runs")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
     parser.add_argument("--devices", default="auto", help="auto, cpu, cuda, or GPU indices: 0,1 (local launcher)")
-    parser.add_argument("--jobs-per-device", type=int, default=1, metavar="N", help="concurrent runs per device")
+    parser.add_argument(
+        "--jobs-per-device", type=int, metavar="N",
+        help="concurrent runs per device (default: 1 per GPU; on the CPU one per core, each run single-threaded)",
+    )  # fmt: skip
     parser.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition (one GPU per run)")
     parser.add_argument("--slurm-time", type=int, default=240, metavar="MIN", help="time limit per run in minutes")
     parser.add_argument("--slurm-cpus", type=int, default=8, metavar="N", help="CPUs per run")
@@ -154,7 +161,7 @@ def create_result_dir(root: Path) -> None:
 def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: list[str]) -> None:
     for precision in {cfg.precision for cfg in configs}:
         for device in devices:
-            autocast_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
+            run_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
     if args.jobs_per_device < 1:
         raise ConfigError(f"--jobs-per-device {args.jobs_per_device} is not accepted: expected an integer >= 1")
     if args.slurm_time < 1 or args.slurm_cpus < 1:
@@ -190,8 +197,10 @@ def print_table(configs: list[RunConfig], keys: list[str], store: Store) -> None
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def make_launcher(args: argparse.Namespace, store: Store, devices: list[str]) -> LocalLauncher | SlurmLauncher:
+def make_launcher(args: argparse.Namespace, store: Store, devices: list[str]) -> "LocalLauncher | SlurmLauncher":
     if args.launcher == "slurm":
+        from ablations.slurm import SlurmLauncher, SlurmOptions  # submitit (the slurm extra) only when asked for
+
         options = SlurmOptions(args.slurm_partition, args.slurm_time, args.slurm_cpus)
         return SlurmLauncher(store, options, args.keep_checkpoints)
     return LocalLauncher(store, devices, args.jobs_per_device, args.keep_checkpoints)
@@ -253,7 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(help_preset(argv)).parse_args(argv)  # --help exits here
     study, preset, sweep = load_design(args)
     configs = sweep.configs()
-    devices = parse_devices(args.devices) if args.launcher == "local" else []
+    try:
+        devices = parse_devices(args.devices) if args.launcher == "local" else []
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if args.jobs_per_device is None:
+        args.jobs_per_device = usable_cores() if devices == ["cpu"] else 1
     check_options(args, configs, devices)
     store = Store(result_dir(args, default_name(study, preset, sweep)))
     keys = sweep.varying_keys()

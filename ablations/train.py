@@ -9,7 +9,6 @@ draw comes from (seed, epoch), so a resumed run replays exactly what an uninterr
 
 import datetime
 import math
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -22,27 +21,35 @@ from tqdm import tqdm
 
 from ablations import atomic
 from ablations.config import ConfigError, RunConfig
-from ablations.data import TestLoader, TrainLoader, build_data
+from ablations.data import Data, TestLoader, TrainLoader, build_data
 from ablations.schedule import learning_rate
-from convmixer.count import AUTOCAST_DTYPES, count_model, synchronize
-from convmixer.runtime import hardware_name, toolkit_commit
+from convmixer.count import closed_form
+from convmixer.runtime import (
+    autocast_dtype,
+    cuda_math_flags,
+    device_name,
+    hardware_name,
+    peak_memory_mb,
+    resolve_device,
+    synchronize,
+    toolkit_commit,
+)
 
 CHECKPOINT, HISTORY, METRICS = "checkpoint.pt", "history.json", "metrics.json"
+COMPILE_BACKEND = "inductor"  # torch.compile's; the tests use "eager" to check graph capture without a C++ build
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def run_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a run of `precision` uses on `device` (None: plain fp32); ConfigError if it cannot run."""
+    try:
+        return autocast_dtype(precision, device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. fp16 needs a GradScaler, which we only run on CUDA."""
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError(f"precision='fp16' is not accepted on {device.type}: it needs CUDA; use bf16 or fp32")
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return AUTOCAST_DTYPES[precision]
+def compiled_graphs() -> int:
+    """Graphs torch.compile has captured in this process so far (dynamo's counter survives dynamo.reset)."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
 def seed_epoch(seed: int, epoch: int) -> None:
@@ -58,9 +65,11 @@ class Trainer:
         self.cfg, self.model, self.device, self.dtype = cfg, model, device, dtype
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         model.to(device=device, memory_format=self.memory_format)
-        self.forward = torch.compile(model) if cfg.compile else model
+        # Static shapes: a shape torch.compile has not seen is a visible recompile, never a silent dynamic graph.
+        self.forward = torch.compile(model, dynamic=False, backend=COMPILE_BACKEND) if cfg.compile else model
+        self.fused = device.type == "cuda"  # one kernel for all parameters, and no host sync, on CUDA
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda"
+            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=self.fused
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
 
@@ -111,6 +120,14 @@ class Trainer:
             "train_images_per_s": seen / train_time,
         }
 
+    def full_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """Compiled: a short eval batch padded with zero images to batch_size, so evaluation has one static shape
+        (eval-mode outputs are per image, so the padding changes no real image's logits). Eager: as it is."""
+        missing = self.cfg.batch_size - len(images)
+        if not self.cfg.compile or missing <= 0:
+            return images
+        return torch.cat([images, images.new_zeros(missing, *images.shape[1:])])
+
     @torch.no_grad()
     def evaluate(self, loader: TestLoader) -> dict:
         self.model.eval()
@@ -118,7 +135,7 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         for images, labels in loader:
-            logits = self.logits(images)
+            logits = self.logits(self.full_batch(images))[: len(labels)]
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
@@ -140,6 +157,10 @@ class Trainer:
         if checkpoint["run_id"] != self.cfg.run_id():
             raise ValueError(f"{path} belongs to run {checkpoint['run_id']}, not to run {self.cfg.run_id()}")
         self.model.load_state_dict(checkpoint["model"])
+        # The checkpoint may come from another device (CPU -> CUDA): keep this device's AdamW kernel, which also
+        # decides where load_state_dict puts the step counters (on the GPU for fused, else wherever they were).
+        for group in checkpoint["optimizer"]["param_groups"]:
+            group["fused"] = self.fused
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         return checkpoint
@@ -153,19 +174,10 @@ def divergence(record: dict) -> str:
     return ""
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: the most memory tensors held on the device. CPU: the peak resident set size of the whole process."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes
-
-
-def device_name(device: torch.device) -> str:
-    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
-
-
-def final_metrics(history: list[dict], reason: str, device: torch.device, counts: dict, wall_time_s: float) -> dict:
-    """The run's summary: the last completed epoch's numbers (None if none completed) and totals over epochs."""
+def final_metrics(history: list[dict], reason: str, device: torch.device, counts: dict, wall_time_s: float,
+                  engine: dict) -> dict:  # fmt: skip
+    """The run's summary: the last completed epoch's numbers (None if none completed), totals over epochs, and
+    `engine`'s facts of how it ran (precision, TF32, compiled graphs)."""
     last = history[-1] if history else {}
     train_time = sum(record["train_time_s"] for record in history)
     images = sum(record["train_time_s"] * record["train_images_per_s"] for record in history)
@@ -179,6 +191,7 @@ def final_metrics(history: list[dict], reason: str, device: torch.device, counts
         "wall_time_s": wall_time_s,
         **{key: counts[key] for key in ("params", "macs", "flops")},
         "epochs_completed": len(history),
+        **engine,
         "device": device_name(device),
         "hardware": hardware_name(device),
         "torch_version": torch.__version__,
@@ -199,21 +212,46 @@ def train_run(
     started = time.perf_counter()
     cfg.validate()
     device = resolve_device(device)
-    dtype = autocast_dtype(cfg.precision, device)  # before loading data, so a bad precision fails at once
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.cuda.reset_peak_memory_stats(device)
-    data = build_data(cfg, device)
-    model_config = cfg.model_config(data.num_classes, data.in_chans)
-    counts = count_model(model_config, data.image_size).to_dict()
-    torch.manual_seed(cfg.seed)
-    trainer = Trainer(cfg, model_config.build(), device, dtype)
-    log(
-        f"{cfg.run_id()}: ConvMixer-{cfg.dim}/{cfg.depth} k{cfg.kernel_size} p{cfg.patch_size}, "
-        f"{counts['params'] / 1e6:.3f} M params, {counts['macs'] / 1e6:.1f} M MACs/image, "
-        f"{data.train.num_samples} train images, {device_name(device)}"
-    )
+    dtype = run_dtype(cfg.precision, device)  # before loading data, so a bad precision fails at once
+    with cuda_math_flags(benchmark=device.type == "cuda", tf32=cfg.tf32):
+        if cfg.compile:
+            torch._dynamo.reset()  # this run's graphs only: a sweep's worker never reaches dynamo's recompile limit
+        graphs_before = compiled_graphs() if cfg.compile else 0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        data = build_data(cfg, device)
+        model_config = cfg.model_config(data.num_classes, data.in_chans)
+        counts = closed_form(model_config, data.image_size).to_dict()  # exact for every model of RunConfig
+        torch.manual_seed(cfg.seed)
+        trainer = Trainer(cfg, model_config.build(), device, dtype)
+        log(
+            f"{cfg.run_id()}: ConvMixer-{cfg.dim}/{cfg.depth} k{cfg.kernel_size} p{cfg.patch_size}, "
+            f"{counts['params'] / 1e6:.3f} M params, {counts['macs'] / 1e6:.1f} M MACs/image, "
+            f"{data.train.num_samples} train images, {device_name(device)}"
+        )
+        history, reason, wall_before = train_epochs(trainer, data, run_dir, started, log, on_epoch)
+    engine = {
+        "precision_used": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
+        "tf32_used": device.type == "cuda" and dtype is None and cfg.tf32,  # fp32 convolutions on TF32 tensor cores
+        "compiled_graphs": compiled_graphs() - graphs_before if cfg.compile else None,  # 0: ran eagerly
+    }
+    metrics = final_metrics(history, reason, device, counts, wall_before + time.perf_counter() - started, engine)
+    if run_dir is not None:
+        atomic.write_json(Path(run_dir) / METRICS, metrics)
+    return metrics
 
+
+def train_epochs(
+    trainer: Trainer,
+    data: Data,
+    run_dir: Path | None,
+    started: float,
+    log: Callable[[str], None],
+    on_epoch: Callable[[dict], None] | None,
+) -> tuple[list[dict], str, float]:
+    """Resume from run_dir's checkpoint if there is one, then train the remaining epochs, checkpointing each.
+    Returns (history, why the run diverged or "", wall time of the runs before this resume)."""
+    cfg = trainer.cfg
     history, wall_before = [], 0.0
     checkpoint_path = Path(run_dir) / CHECKPOINT if run_dir is not None else None
     if checkpoint_path is not None and checkpoint_path.exists():
@@ -246,8 +284,4 @@ def train_run(
         )
         if on_epoch is not None:
             on_epoch(record)
-
-    metrics = final_metrics(history, reason, device, counts, wall_before + time.perf_counter() - started)
-    if run_dir is not None:
-        atomic.write_json(Path(run_dir) / METRICS, metrics)
-    return metrics
+    return history, reason, wall_before

@@ -16,7 +16,8 @@ import torch
 
 from ablations.config import RunConfig
 from ablations.store import LOG, Store
-from ablations.train import resolve_device, train_run
+from ablations.train import train_run
+from convmixer.runtime import resolve_device
 
 
 def limit_cpu_threads(device: str) -> None:

@@ -4,10 +4,15 @@ Kept as the original does it: per-image PIL transforms in DataLoader worker proc
 epoch, the triangular schedule set before every step, AdamW, optional gradient clipping, fp16 autocast with a
 GradScaler on CUDA (fp32 on CPU, where the original does not run), and `.item()` twice per step. Images are held
 as uint8 arrays and turned into PIL images one at a time, as torchvision's CIFAR10 dataset does.
+
+Two variants: PUBLISHED is the original's defaults (2 DataLoader workers, NCHW, plain AdamW); TUNED is the same
+recipe with the easy speed-ups (8 workers, channels_last, fused AdamW on CUDA), so that the engine is compared
+with a fair effort at the reference too, not only with its defaults.
 """
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +27,17 @@ from ablations.schedule import onecycle_lr
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # the reference's constants
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class Variant:
+    workers: int  # DataLoader worker processes
+    channels_last: bool
+    fused_adamw: bool  # on CUDA only, as the engine
+
+
+PUBLISHED = Variant(workers=2, channels_last=False, fused_adamw=False)  # the original's argparse defaults
+TUNED = Variant(workers=8, channels_last=True, fused_adamw=True)
 
 
 class ArrayDataset(Dataset):
@@ -58,11 +74,12 @@ def train_reference(
     train_split: Split,
     test_split: Split,
     device: torch.device,
-    workers: int,
+    variant: Variant = PUBLISHED,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     """Train cfg's model the reference's way; returns one record per epoch (the engine's history keys)."""
     train_transform, test_transform = reference_transforms(cfg, train_split.images.shape[-1])
+    workers = variant.workers
     train_loader = DataLoader(
         ArrayDataset(train_split, train_transform), batch_size=cfg.batch_size, shuffle=True, num_workers=workers
     )
@@ -70,17 +87,20 @@ def train_reference(
         ArrayDataset(test_split, test_transform), batch_size=cfg.batch_size, shuffle=False, num_workers=workers
     )
     torch.manual_seed(cfg.seed)
-    model = cfg.model_config(len(train_split.classes), train_split.images.shape[1]).build().to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    memory_format = torch.channels_last if variant.channels_last else torch.contiguous_format
+    model = cfg.model_config(len(train_split.classes), train_split.images.shape[1]).build()
+    model = model.to(device, memory_format=memory_format)
+    fused = variant.fused_adamw and device.type == "cuda"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     fp16 = device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
     history = []
     for epoch in range(cfg.epochs):
         start = time.perf_counter()
-        record, seen = train_epoch_reference(cfg, epoch, model, train_loader, optimizer, scaler, device)
+        record, seen = train_epoch_reference(cfg, epoch, model, train_loader, optimizer, scaler, device, memory_format)
         train_time = time.perf_counter() - start
         record |= {
-            **evaluate_reference(model, test_loader, device, fp16),
+            **evaluate_reference(model, test_loader, device, fp16, memory_format),
             "train_time_s": train_time, "train_images_per_s": seen / train_time,
             "epoch_time_s": time.perf_counter() - start,
         }  # fmt: skip
@@ -100,12 +120,13 @@ def train_epoch_reference(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     device: torch.device,
+    memory_format: torch.memory_format,
 ) -> tuple[dict, int]:
     """One epoch of the reference's loop: its record (epoch, train loss and accuracy, last lr) and images seen."""
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     for i, (images, labels) in enumerate(loader):
-        images, labels = images.to(device), labels.to(device)
+        images, labels = images.to(device, memory_format=memory_format), labels.to(device)
         lr = onecycle_lr(epoch + (i + 1) / len(loader), cfg.epochs, cfg.lr)
         optimizer.param_groups[0].update(lr=lr)
         optimizer.zero_grad()
@@ -125,11 +146,13 @@ def train_epoch_reference(
 
 
 @torch.no_grad()
-def evaluate_reference(model: nn.Module, loader: DataLoader, device: torch.device, fp16: bool) -> dict:
+def evaluate_reference(
+    model: nn.Module, loader: DataLoader, device: torch.device, fp16: bool, memory_format: torch.memory_format
+) -> dict:
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
+        images, labels = images.to(device, memory_format=memory_format), labels.to(device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
             output = model(images)
         loss_sum += F.cross_entropy(output.float(), labels, reduction="sum").item()

@@ -1,38 +1,49 @@
 """Training speed and accuracy of the engine against the reference recipe, same data, device and process.
 
-Trains ConvMixer-256/8 (k5, p2) on the CIFAR-10 JPEG copy twice for the same number of epochs: with
-`ablations.train.train_run` (data and augmentation on the device) and with a plain re-implementation of
-locuslab/convmixer-cifar10's train.py (PIL transforms in DataLoader workers). The hyperparameters default to the
-reference README's 92.5%-in-25-epochs command. Prints per-epoch numbers, a summary with engine / reference
-ratios and model FLOP utilisation, and with --out writes the lot as JSON and Markdown.
+Trains ConvMixer-256/8 (k5, p2) on the CIFAR-10 JPEG copy for the same number of epochs in up to four ways:
+  engine              ablations.train.train_run (data and augmentation on the device) at its own precision
+                      (bf16 on CUDA, fp32 on CPU)
+  engine-fp16         the engine at the reference's precision (fp16 autocast + GradScaler; CUDA only)
+  reference           locuslab/convmixer-cifar10's train.py as published: PIL transforms in 2 DataLoader
+                      workers, NCHW, fp16 autocast + GradScaler on CUDA, plain AdamW
+  reference-tuned     the same recipe with 8 workers (--workers), channels_last and fused AdamW
+The hyperparameters default to the reference README's 92.5%-in-25-epochs command. Prints per-epoch numbers and a
+summary with ratios to the published reference and model FLOP utilisation; --seeds N repeats every variant with
+seeds 0..N-1 and reports accuracy as mean +- standard deviation over them ("one seed" otherwise). With --out it
+writes the lot as JSON and Markdown.
 
     python benchmarks/train_speed.py --epochs 25 --out results/train_speed.json     # on a GPU
 """
 
 import argparse
+import dataclasses
 import math
 import os
 import shlex
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: the reference sits beside it
 
-from reference_recipe import train_reference  # noqa: E402
+from reference_recipe import PUBLISHED, TUNED, train_reference  # noqa: E402
 
 from ablations import atomic  # noqa: E402
 from ablations.config import PRECISIONS, ConfigError, RunConfig  # noqa: E402
 from ablations.data import load_resident  # noqa: E402
-from ablations.datasets import DataError, ImageTree  # noqa: E402
-from ablations.train import autocast_dtype, resolve_device, train_run  # noqa: E402
-from convmixer.count import count_model, parse_device  # noqa: E402
+from ablations.datasets import DataError, ImageTree, Split  # noqa: E402
+from ablations.train import train_run  # noqa: E402
+from convmixer.count import closed_form  # noqa: E402
+from convmixer.runtime import autocast_dtype, cuda_math_flags, parse_device  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data/cifar10-jpeg.tar.gz"
 # Dense bf16/fp16 tensor-core peak from the datasheets (SXM parts), matched against the CUDA device name.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+VARIANTS = ("engine", "engine-fp16", "reference", "reference-tuned")
+BASELINE = "reference"  # ratios are to the reference as published
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -43,7 +54,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     add("--train-subset", type=int, default=0, help="this many training images, stratified (0: all)")
     add("--test-subset", type=int, default=0, help="this many test images, stratified (0: all)")
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    add("--workers", type=int, default=8, help="DataLoader workers of the reference")
+    add("--workers", type=int, default=TUNED.workers, help="DataLoader workers of reference-tuned")
     add("--batch-size", type=int, default=512)
     add("--width", type=int, default=256)
     add("--depth", type=int, default=8)
@@ -60,8 +71,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     add("--clip-norm", type=float, default=0.0, help="0: off, as in the README command (its --clip-norm is 1.0)")
     add("--precision", choices=PRECISIONS, default="auto", help="the engine's; auto: bf16 on CUDA, fp32 on CPU")
     add("--compile", action="store_true", help="torch.compile the engine's model")
-    add("--seed", type=int, default=0)
-    add("--only", choices=("both", "engine", "reference"), default="both")
+    add("--seed", type=int, default=0, help="the first seed")
+    add("--seeds", type=int, default=1, help="run every variant with this many seeds (--seed, --seed + 1, ...)")
+    add("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} "
+        "(engine-fp16 only on CUDA; default: all that run on the device)")  # fmt: skip
     add("--peak-tflops", type=float, default=None, help="device peak for MFU (default: datasheet table)")
     add("--out", type=Path, default=None, help="write results to this .json and a .md beside it")
     return parser, parser.parse_args(argv)
@@ -77,11 +90,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     )  # fmt: skip
     cfg.validate()
     return cfg
-
-
-def checked_device(name: str) -> torch.device:
-    """--device: auto (CUDA where there is one), or a device of this machine that `parse_device` accepts."""
-    return resolve_device(name) if name == "auto" else parse_device(name)
 
 
 def check_out(out: Path | None) -> None:
@@ -109,52 +117,84 @@ def peak_tflops(device: torch.device, given: float | None) -> float | None:
     return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
 
 
-def summarise(history: list[dict], train_flops_per_image: float, peak: float | None) -> dict:
-    """Totals over all epochs, and steady-state numbers over epochs after the first (warm-up, compilation)."""
-    steady = history[1:] or history
-    images = sum(r["train_time_s"] * r["train_images_per_s"] for r in history)
-    steady_images = sum(r["train_time_s"] * r["train_images_per_s"] for r in steady)
-    steady_rate = steady_images / sum(r["train_time_s"] for r in steady)
+def variants_to_run(text: str | None, device: torch.device) -> list[str]:
+    """--variants as a list; by default every variant that runs on the device (engine-fp16 needs CUDA)."""
+    if text is None:
+        return [name for name in VARIANTS if name != "engine-fp16" or device.type == "cuda"]
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        if name not in VARIANTS or names.count(name) > 1:
+            raise ValueError(f"--variants {text!r} is not accepted: expected distinct names of {', '.join(VARIANTS)}")
+    if "engine-fp16" in names and device.type != "cuda":
+        raise ValueError(f"--variants {text!r} is not accepted: engine-fp16 needs CUDA; this device is {device.type}")
+    return names
+
+
+def train_variant(name: str, cfg: RunConfig, splits: tuple[Split, Split], device: torch.device, workers: int):
+    """One variant's per-epoch history for cfg (its seed included)."""
+    if name.startswith("engine"):
+        history: list[dict] = []
+        precision = "fp16" if name == "engine-fp16" else cfg.precision
+        train_run(dataclasses.replace(cfg, precision=precision), None, device=device, on_epoch=history.append)
+        return history
+    variant = PUBLISHED if name == "reference" else dataclasses.replace(TUNED, workers=workers)
+    with cuda_math_flags(benchmark=False, tf32=True):  # the original leaves cuDNN's autotuner off (torch's default)
+        return train_reference(cfg, *splits, device, variant)
+
+
+def images_per_s(records: list[dict]) -> float:
+    return sum(r["train_time_s"] * r["train_images_per_s"] for r in records) / sum(r["train_time_s"] for r in records)
+
+
+def summarise(runs: list[list[dict]], train_flops_per_image: float, peak: float | None) -> dict:
+    """One variant over its seeds: times and rates averaged, "steady" over the epochs after the first (warm-up,
+    compilation), accuracies listed per seed."""
+    steady_rate = statistics.mean(images_per_s(history[1:] or history) for history in runs)
     return {
-        "epochs": len(history),
-        "total_epoch_time_s": sum(r["epoch_time_s"] for r in history),
-        "median_epoch_time_s": statistics.median(r["epoch_time_s"] for r in history),
-        "train_images_per_s": images / sum(r["train_time_s"] for r in history),
+        "seeds": len(runs),
+        "epochs": len(runs[0]),
+        "total_epoch_time_s": statistics.mean(sum(r["epoch_time_s"] for r in history) for history in runs),
+        "median_epoch_time_s": statistics.median(r["epoch_time_s"] for history in runs for r in history),
+        "train_images_per_s": statistics.mean(images_per_s(history) for history in runs),
         "steady_train_images_per_s": steady_rate,
-        "final_test_acc": history[-1]["test_acc"],
-        "best_test_acc": max(r["test_acc"] for r in history),
+        "final_test_acc": [history[-1]["test_acc"] for history in runs],
+        "best_test_acc": [max(r["test_acc"] for r in history) for history in runs],
         "mfu": steady_rate * train_flops_per_image / (peak * 1e12) if peak else None,
     }
 
 
-ROWS = (  # (label, summary key, format)
-    ("epochs", "epochs", "{:d}"),
-    ("time for all epochs, s (train + test)", "total_epoch_time_s", "{:.1f}"),
-    ("median epoch time, s", "median_epoch_time_s", "{:.2f}"),
-    ("train images/s, all epochs", "train_images_per_s", "{:.0f}"),
-    ("train images/s, after epoch 1", "steady_train_images_per_s", "{:.0f}"),
-    ("test acc after the last epoch", "final_test_acc", "{:.4f}"),
-    ("best test acc", "best_test_acc", "{:.4f}"),
-    ("model FLOP utilisation, after epoch 1", "mfu", "{:.2%}"),
+def accuracy(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f} (one seed)"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} ({len(values)} seeds)"
+
+
+ROWS: tuple[tuple[str, str, Callable], ...] = (  # (label, summary key, format)
+    ("epochs", "epochs", str),
+    ("time for all epochs, s (train + test)", "total_epoch_time_s", "{:.1f}".format),
+    ("median epoch time, s", "median_epoch_time_s", "{:.2f}".format),
+    ("train images/s, all epochs", "train_images_per_s", "{:.0f}".format),
+    ("train images/s, after epoch 1", "steady_train_images_per_s", "{:.0f}".format),
+    ("test acc after the last epoch", "final_test_acc", accuracy),
+    ("best test acc", "best_test_acc", accuracy),
+    ("model FLOP utilisation, after epoch 1", "mfu", lambda v: "n/a" if v is None else f"{v:.2%}"),
 )
 
 
 def markdown_table(summaries: dict[str, dict]) -> str:
     names = list(summaries)
-    both = len(names) == 2
-    header = ["", *names] + (["engine / reference"] if both else [])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(["", *names]) + " |", "|" + "---|" * (len(names) + 1)]
     for label, key, fmt in ROWS:
-        values = [summaries[name][key] for name in names]
-        cells = [fmt.format(v) if v is not None else "n/a" for v in values]
-        if both:
-            ratio = values[0] / values[1] if None not in values and values[1] else None
-            cells.append(f"{ratio:.2f}x" if ratio is not None and key != "epochs" else "")
-        lines.append("| " + " | ".join([label, *cells]) + " |")
+        lines.append("| " + " | ".join([label, *(fmt(summaries[name][key]) for name in names)]) + " |")
+    if BASELINE in summaries:
+        base = summaries[BASELINE]["steady_train_images_per_s"]
+        ratios = [f"{summaries[name]['steady_train_images_per_s'] / base:.2f}x" for name in names]
+        lines.append("| " + " | ".join([f"speed after epoch 1 / {BASELINE}", *ratios]) + " |")
     return "\n".join(lines)
 
 
 def epoch_table(histories: dict[str, list[dict]]) -> str:
+    """Epoch by epoch, for the first seed of each variant."""
     names = list(histories)
     header = ["epoch"] + [f"{name} {column}" for name in names for column in ("s", "img/s", "test acc")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -172,16 +212,21 @@ def epoch_table(histories: dict[str, list[dict]]) -> str:
 
 def describe(cfg: RunConfig, device: torch.device, args: argparse.Namespace, peak: float | None) -> list[str]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
-    engine_precision = autocast_dtype(cfg.precision, device)
+    engine_precision = autocast_dtype(cfg.precision, device) or "fp32"
+    reference_precision = "fp16 autocast + GradScaler" if device.type == "cuda" else "fp32 (no CUDA)"
     data = "CIFAR-10 (JPEG q75 copy)" if Path(cfg.data_root).name == DEFAULT_DATA.name else cfg.data_root
     return [
         f"ConvMixer-{cfg.dim}/{cfg.depth} k{cfg.kernel_size} p{cfg.patch_size} on {data}",
         f"device {name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
-        f"engine: precision {engine_precision or 'fp32'}, channels_last {cfg.channels_last}, compile {cfg.compile}; "
-        f"reference: {'fp16 autocast + GradScaler' if device.type == 'cuda' else 'fp32'}, {args.workers} workers",
+        f"engine: precision {engine_precision}, channels_last {cfg.channels_last}, compile {cfg.compile}, fused AdamW "
+        f"on CUDA, cuDNN autotuner on; engine-fp16: the same at fp16 + GradScaler",
+        f"reference: {reference_precision}, {PUBLISHED.workers} workers, NCHW, AdamW (foreach); reference-tuned: "
+        f"{args.workers} workers, channels_last, fused AdamW on CUDA; both with cuDNN's autotuner off (as published)",
         f"recipe: batch {cfg.batch_size}, onecycle lr {cfg.lr}, wd {cfg.weight_decay}, RandAugment n{cfg.randaug_n} "
         f"m{cfg.randaug_m}, scale {cfg.scale}, jitter {cfg.jitter}, reprob {cfg.reprob}, clip {cfg.clip_norm or 'off'}",
         f"MFU: 3 x forward FLOPs x images/s / {f'{peak} TFLOP/s peak' if peak else 'peak (n/a: unknown device)'}",
+        "variants run one after another in this order, each seed in turn; normalisation constants and augmentation "
+        "maths differ (engine: batched float ops on the device; reference: PIL on uint8)",
     ]
 
 
@@ -189,10 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
     try:
         cfg = config_from_args(args)
-        device = checked_device(args.device)
+        device = parse_device(args.device)
         autocast_dtype(cfg.precision, device)
-        if args.workers < 0:
-            raise ValueError(f"--workers {args.workers} is not accepted: expected an integer >= 0")
+        variants = variants_to_run(args.variants, device)
+        for flag, value, least in (("--workers", args.workers, 0), ("--seeds", args.seeds, 1)):
+            if value < least:
+                raise ValueError(f"{flag} {value} is not accepted: expected an integer >= {least}")
         if not Path(cfg.data_root).exists():
             raise ValueError(f"--data {cfg.data_root!r} is not accepted: it does not exist")
         if args.peak_tflops is not None and not (math.isfinite(args.peak_tflops) and args.peak_tflops > 0):
@@ -203,32 +250,29 @@ def main(argv: list[str] | None = None) -> int:
 
     peak = peak_tflops(device, args.peak_tflops)
     try:
-        train_split, test_split = load_resident(cfg, ImageTree(Path(cfg.data_root)))
+        splits = load_resident(cfg, ImageTree(Path(cfg.data_root)))
     except (DataError, ConfigError) as error:
         parser.error(str(error))
-    counts = count_model(cfg.model_config(len(train_split.classes), 3), train_split.images.shape[-1])
+    counts = closed_form(cfg.model_config(len(splits[0].classes), 3), splits[0].images.shape[-1])
     header = describe(cfg, device, args, peak)
-    header.insert(1, f"{len(train_split.labels)} train / {len(test_split.labels)} test images, {cfg.epochs} epochs, "
+    header.insert(1, f"{len(splits[0].labels)} train / {len(splits[1].labels)} test images, {cfg.epochs} epochs, "
                   f"{counts.params / 1e6:.3f} M params, {counts.flops / 1e9:.3f} GFLOPs forward per image")  # fmt: skip
     print("\n".join(header), flush=True)
 
-    histories, results = {}, {}
-    if args.only in ("both", "engine"):
-        history: list[dict] = []
-        results["engine_metrics"] = train_run(cfg, None, device=device, on_epoch=history.append)
-        histories["engine"] = history
-    if args.only in ("both", "reference"):
-        torch.backends.cudnn.benchmark = False  # the original leaves cuDNN's autotuner off; the engine turns it on
-        histories["reference"] = train_reference(cfg, train_split, test_split, device, args.workers)
-
-    summaries = {name: summarise(h, 3 * counts.flops, peak) for name, h in histories.items()}
-    report = "\n".join(["", "\n".join(header), "", epoch_table(histories), "", markdown_table(summaries), ""])
+    seeds = range(args.seed, args.seed + args.seeds)
+    histories = {
+        name: [train_variant(name, dataclasses.replace(cfg, seed=seed), splits, device, args.workers) for seed in seeds]
+        for name in variants
+    }
+    summaries = {name: summarise(runs, 3 * counts.flops, peak) for name, runs in histories.items()}
+    first_seed = {name: runs[0] for name, runs in histories.items()}
+    report = "\n".join(["", "\n".join(header), "", epoch_table(first_seed), "", markdown_table(summaries), ""])
     print(report)
     if args.out is not None:
         command = "python " + shlex.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
         atomic.write_json(args.out, {
-            "command": command, "header": header, "config": cfg.to_dict(), "counts": counts.to_dict(),
-            "peak_tflops": peak, "histories": histories, "summaries": summaries, **results,
+            "command": command, "header": header, "config": cfg.to_dict(), "seeds": list(seeds),
+            "counts": counts.to_dict(), "peak_tflops": peak, "histories": histories, "summaries": summaries,
         })  # fmt: skip
         atomic.write_text(args.out.with_suffix(".md"), f"`{command}`\n{report}")
         print(f"wrote {args.out} and {args.out.with_suffix('.md')}")

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from convmixer.count import count_parameters
 from convmixer.interop import StateDict, tweet_to_modular
-from convmixer.model import ConvMixer
+from convmixer.model import ConvMixer, count_parameters
 from convmixer.registry import create_model, list_models
 from convmixer.tweet import ConvMixer as TweetConvMixer
 

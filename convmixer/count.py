@@ -3,42 +3,32 @@
 Two independent counts must agree to the integer: an fvcore trace of the real module (the modular
 model or the tweet), with a handle for every op it runs, and a formula written from the architecture.
 A disagreement, or an op without a handle, raises `CountError` instead of silently undercounting.
-Also measures inference throughput. Run `python -m convmixer.count --help`.
+fvcore is optional (`pip install 'convmixer-toolkit[count]'`) and imported only when a trace runs: training
+takes its counts from `closed_form`, which the trace cross-checks here and in the tests. The CLI can also time
+inference (convmixer.throughput). Run `python -m convmixer.count --help`.
 """
 
 import argparse
 import dataclasses
 import json
-import os
-import resource
-import statistics
 import sys
-import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 from torch import nn
 
 from convmixer.arguments import check_choice, check_integer
-from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig
+from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig, count_parameters
 from convmixer.registry import get_config, list_models
+from convmixer.runtime import AUTOCAST_DTYPES, MissingPackage, check_memory, require
+from convmixer.throughput import measure_throughput
 from convmixer.tweet import ConvMixer as TweetConvMixer
 
-with warnings.catch_warnings():  # fvcore.nn scripts its losses at import; torch now warns about that
-    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
-    from fvcore.nn.jit_analysis import JitModelAnalysis
-    from fvcore.nn.jit_handles import (
-        Handle,
-        batchnorm_flop_jit,
-        conv_flop_count,
-        conv_flop_jit,
-        elementwise_flop_counter,
-        get_shape,
-        linear_flop_jit,
-        norm_flop_counter,
-    )
+Handle = Callable[[list, list], int | Counter]  # fvcore's op handle: (inputs, outputs) -> count
 
 CATEGORIES = ("conv", "linear", "norm", "activation", "residual", "pool")
 NORM_MACS_PER_ELEMENT = {"batch": 2, "layer": 5}  # fvcore's: eval BatchNorm scale+shift; LayerNorm "rough estimate"
@@ -85,10 +75,6 @@ class Counts:
         }
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def closed_form(config: ConvMixerConfig, image_size: int) -> Counts:
     """The counts of `config` on image_size x image_size inputs, from the architecture alone."""
     check_choice("residual", config.residual, RESIDUAL_ADDS_PER_LAYER)
@@ -117,9 +103,11 @@ def closed_form(config: ConvMixerConfig, image_size: int) -> Counts:
     return Counts(params, by_category)
 
 
-def _convolution_mode_flop_jit(inputs: list, outputs: list) -> int:
-    """`padding="same"` traces to aten::_convolution_mode, which fvcore does not know (it would drop it)."""
-    return conv_flop_count(get_shape(inputs[0]), get_shape(inputs[1]), get_shape(outputs[0]))
+def fvcore_handles() -> ModuleType:
+    """fvcore's op handles, imported on first use (fvcore is the optional `count` extra)."""
+    with warnings.catch_warnings():  # fvcore.nn scripts its losses at import; torch now warns about that
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+        return require("fvcore.nn.jit_handles", "count")
 
 
 def _in_category(category: str, handle: Handle) -> Handle:
@@ -130,30 +118,40 @@ def _in_category(category: str, handle: Handle) -> Handle:
     return counted
 
 
-# Every op ConvMixer runs, priced; fvcore's own handles wherever it has one.
-OP_HANDLES: dict[str, Handle] = {
-    "aten::_convolution": _in_category("conv", conv_flop_jit),
-    "aten::_convolution_mode": _in_category("conv", _convolution_mode_flop_jit),
-    "aten::linear": _in_category("linear", linear_flop_jit),
-    "aten::batch_norm": _in_category("norm", batchnorm_flop_jit),
-    "aten::layer_norm": _in_category("norm", norm_flop_counter(2)),
-    "aten::gelu": _in_category("activation", elementwise_flop_counter(0, 1)),
-    "aten::relu": _in_category("activation", elementwise_flop_counter(0, 1)),
-    "aten::add": _in_category("residual", elementwise_flop_counter(0, 1)),
-    "aten::adaptive_avg_pool2d": _in_category("pool", elementwise_flop_counter(1, 0)),
-}
+def op_handles() -> dict[str, Handle]:
+    """Every op ConvMixer runs, priced; fvcore's own handles wherever it has one."""
+    jit = fvcore_handles()
+
+    def convolution_mode(inputs: list, outputs: list) -> int:
+        # `padding="same"` traces to aten::_convolution_mode, which fvcore does not know (it would drop it)
+        return jit.conv_flop_count(jit.get_shape(inputs[0]), jit.get_shape(inputs[1]), jit.get_shape(outputs[0]))
+
+    return {
+        "aten::_convolution": _in_category("conv", jit.conv_flop_jit),
+        "aten::_convolution_mode": _in_category("conv", convolution_mode),
+        "aten::linear": _in_category("linear", jit.linear_flop_jit),
+        "aten::batch_norm": _in_category("norm", jit.batchnorm_flop_jit),
+        "aten::layer_norm": _in_category("norm", jit.norm_flop_counter(2)),
+        "aten::gelu": _in_category("activation", jit.elementwise_flop_counter(0, 1)),
+        "aten::relu": _in_category("activation", jit.elementwise_flop_counter(0, 1)),
+        "aten::add": _in_category("residual", jit.elementwise_flop_counter(0, 1)),
+        "aten::adaptive_avg_pool2d": _in_category("pool", jit.elementwise_flop_counter(1, 0)),
+    }
+
+
 FREE_OPS = ("aten::flatten", "aten::permute")
 
 
 def trace_counts(model: nn.Module, image_size: int, in_chans: int = 3) -> Counts:
     """Count any ConvMixer-like module by tracing one image through it in eval mode with fvcore."""
+    handles = op_handles()  # first: a missing fvcore fails before any work
     parameter = next(model.parameters())
     image = torch.randn(1, in_chans, image_size, image_size, device=parameter.device, dtype=parameter.dtype)
-    analysis = JitModelAnalysis(model, image)
+    analysis = require("fvcore.nn.jit_analysis", "count").JitModelAnalysis(model, image)
     # fvcore silently skips ~60 ops (relu and clamp among them); with that list emptied, an op that is
-    # neither priced in OP_HANDLES nor declared free (a None handle) is reported as unsupported.
+    # neither priced in op_handles() nor declared free (a None handle) is reported as unsupported.
     analysis._ignored_ops.clear()
-    analysis.set_op_handle(**OP_HANDLES, **dict.fromkeys(FREE_OPS))
+    analysis.set_op_handle(**handles, **dict.fromkeys(FREE_OPS))
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     was_training = model.training
     model.eval()
@@ -164,7 +162,7 @@ def trace_counts(model: nn.Module, image_size: int, in_chans: int = 3) -> Counts
     finally:
         model.train(was_training)
     if unsupported:
-        raise CountError(f"no count for op(s) {dict(unsupported)}; add a handle to convmixer.count.OP_HANDLES")
+        raise CountError(f"no count for op(s) {dict(unsupported)}; add a handle to convmixer.count.op_handles")
     return Counts(count_parameters(model), {category: int(by_operator[category]) for category in CATEGORIES})
 
 
@@ -189,17 +187,6 @@ def build_model(config: ConvMixerConfig, *, tweet: bool = False) -> nn.Module:
     return TweetConvMixer(config.dim, config.depth, config.kernel_size, config.patch_size, config.n_classes)
 
 
-def check_memory(sizes: str, floats: int) -> None:
-    """Refuse `sizes` whose `floats` float32 numbers cannot fit in this machine's memory, before allocating them:
-    a failed allocation is a C++ traceback, and one that nearly fits drives the machine into swap."""
-    needed, available = 4 * floats, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if needed > available:
-        raise ValueError(
-            f"{sizes} are not accepted: they need at least {needed / 2**30:.3g} GiB of memory, more than the "
-            f"{available / 2**30:.3g} GiB of this machine"
-        )
-
-
 def count_model(config: ConvMixerConfig, image_size: int, *, tweet: bool = False) -> Counts:
     """Trace the model of `config` (or the tweet) and return its counts, which must equal the closed form."""
     expected = closed_form(config, image_size)
@@ -210,100 +197,6 @@ def count_model(config: ConvMixerConfig, image_size: int, *, tweet: bool = False
     if traced != expected:
         raise CountError(f"fvcore trace {traced.to_dict()} != closed form {expected.to_dict()} for {config}")
     return traced
-
-
-def parse_device(device: str | torch.device) -> torch.device:
-    """`device` as a torch.device if it is cpu, cuda or cuda:N and exists on this machine, else ValueError."""
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        parsed = None
-    if parsed is None or parsed.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={str(device)!r} is not accepted; choose cpu, cuda or cuda:N")
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} is not accepted: CUDA is not available on this machine")
-    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"device={str(device)!r} is not accepted: there are {torch.cuda.device_count()} GPU(s)")
-    return parsed
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # CUDA launches are asynchronous; time the work, not the launch
-
-
-def _batch_seconds(
-    model: nn.Module, images: torch.Tensor, warmup: int, repeats: int, autocast: torch.autocast
-) -> list[float]:
-    """Seconds of each of `repeats` forward passes, timed after `warmup` untimed ones."""
-    seconds = []
-    with torch.inference_mode(), autocast:
-        for step in range(warmup + repeats):
-            synchronize(images.device)
-            start = time.perf_counter()
-            model(images)
-            synchronize(images.device)
-            if step >= warmup:
-                seconds.append(time.perf_counter() - start)
-    return seconds
-
-
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def measure_throughput(
-    model: nn.Module,
-    image_size: int,
-    batch_size: int,
-    device: str | torch.device = "cpu",
-    *,
-    in_chans: int = 3,
-    warmup: int = 3,
-    repeats: int = 10,
-    dtype: str = "fp32",
-    channels_last: bool = False,
-) -> dict:
-    """Inference images/s (median over `repeats` timed batches) and peak memory of `model` on `device`.
-
-    Peak memory is torch.cuda.max_memory_allocated on CUDA. On CPU it is how much the process's peak
-    resident set grew during warm-up and timing: a lower bound, 0 if an earlier peak was already higher.
-    """
-    for name, value, minimum in (("batch_size", batch_size, 1), ("repeats", repeats, 1), ("warmup", warmup, 0)):
-        check_integer(name, value, minimum)
-    check_choice("dtype", dtype, AUTOCAST_DTYPES)
-    device = parse_device(device)
-    if device.type == "cpu":  # a lower bound: the weights and the batch of images alone
-        floats = count_parameters(model) + batch_size * in_chans * image_size**2
-        check_memory(f"batch_size={batch_size}, image_size={image_size}", floats)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format).eval()
-    images = torch.randn(batch_size, in_chans, image_size, image_size, device=device)
-    images = images.contiguous(memory_format=memory_format)
-    autocast = torch.autocast(device.type, dtype=AUTOCAST_DTYPES[dtype], enabled=dtype != "fp32")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    rss_before = _peak_rss_mb()
-    median = statistics.median(_batch_seconds(model, images, warmup, repeats, autocast))
-    if device.type == "cuda":
-        peak_mb, peak_kind = torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated"
-    else:
-        peak_mb, peak_kind = _peak_rss_mb() - rss_before, "growth of the process's peak RSS, a lower bound"
-    return {
-        "device": str(device),
-        "batch_size": batch_size,
-        "dtype": dtype,
-        "channels_last": channels_last,
-        "repeats": repeats,
-        "median_batch_s": median,
-        "images_per_s": batch_size / median,
-        "peak_memory_mb": peak_mb,
-        "peak_memory_kind": peak_kind,
-    }
 
 
 SHAPE_FLAGS = tuple(field.name for field in dataclasses.fields(ConvMixerConfig))
@@ -385,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                 model, args.image_size, args.batch_size, args.device, in_chans=config.in_chans,
                 warmup=args.warmup, repeats=args.repeats, dtype=args.dtype, channels_last=args.channels_last,
             )  # fmt: skip
-    except ValueError as error:
+    except (ValueError, MissingPackage) as error:
         parser.error(str(error))
     if args.json:
         model_fields = {**dataclasses.asdict(config), "tweet": args.tweet, "image_size": args.image_size}

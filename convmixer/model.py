@@ -166,3 +166,8 @@ class ConvMixerConfig:
             norm=self.norm,
             activation=self.activation,
         )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable and frozen parameters of any module, the figure papers quote as its size."""
+    return sum(p.numel() for p in model.parameters())

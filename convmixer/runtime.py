@@ -1,13 +1,30 @@
-"""Facts about the machine and the code a measurement ran on, so that every stored number can name them."""
+"""What code needs to know about the machine it runs on, in one place: device names, autocast dtypes, CUDA math
+flags, synchronisation, peak memory, optional packages, and the facts every stored number names (hardware, commit).
 
+Everything here is plain torch and the standard library, so the engine, the counter, the sweep CLI and the
+benchmarks share one device vocabulary without importing each other (or fvcore).
+"""
+
+import importlib
 import os
 import platform
+import resource
 import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 import torch
+from torch.backends import cudnn
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def cpu_name() -> str:
@@ -20,8 +37,7 @@ def cpu_name() -> str:
                 break
     except OSError:  # not Linux
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model} ({cores} cores)"
+    return f"{model} ({usable_cores()} cores)"
 
 
 def hardware_name(device: torch.device) -> str:
@@ -41,3 +57,131 @@ def toolkit_commit() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+# --- devices: one vocabulary for every entry point (the engine, the sweep CLI, count, the benchmarks) ---
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`auto` as CUDA where there is a GPU, else the CPU; any other name as torch.device, unchecked."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """`device` (auto, cpu, cuda or cuda:N) as a torch.device that exists on this machine, else ValueError."""
+    if str(device) == "auto":
+        return resolve_device(device)
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={str(device)!r} is not accepted; choose auto, cpu, cuda or cuda:N")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} is not accepted: CUDA is not available on this machine")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device={str(device)!r} is not accepted: there are {torch.cuda.device_count()} GPU(s)")
+    return parsed
+
+
+def parse_devices(text: str) -> list[str]:
+    """A sweep's devices: `auto` (every visible GPU, else the CPU), `cpu`, `cuda` (every GPU), or GPU indices
+    `0,1` / `cuda:0,cuda:1`. Counts GPUs without creating a CUDA context, so spawned workers start cleanly."""
+    gpus = torch.cuda.device_count()
+    accepted = f"expected auto, cpu, cuda, or GPU indices like 0,1 or cuda:0,cuda:1 ({gpus} GPUs visible)"
+    word = text.strip().lower()
+    if word in ("auto", "cuda", "gpu") and (gpus or word == "auto"):
+        return [f"cuda:{i}" for i in range(gpus)] or ["cpu"]
+    if word == "cpu":
+        return ["cpu"]
+    devices = []
+    for item in word.split(","):
+        index = item.strip().removeprefix("cuda:")
+        if not index.isdigit() or int(index) >= gpus or f"cuda:{int(index)}" in devices:
+            raise ValueError(f"--devices {text!r} is not accepted: {accepted}")
+        devices.append(f"cuda:{int(index)}")
+    return devices
+
+
+def device_name(device: torch.device) -> str:
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
+
+
+# --- precision ---
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `precision` (auto, fp32, bf16, fp16) on `device`, None for plain fp32; ValueError for
+    fp16 off CUDA (it needs a GradScaler, which we run only on CUDA). auto: bf16 on CUDA, fp32 elsewhere."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision='fp16' is not accepted on {device.type}: it needs CUDA; use bf16 or fp32")
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"precision={precision!r} is not accepted; choose auto, {', '.join(AUTOCAST_DTYPES)}")
+    return AUTOCAST_DTYPES[precision]
+
+
+@contextmanager
+def cuda_math_flags(*, benchmark: bool, tf32: bool) -> Iterator[None]:
+    """For a block: cuDNN's autotuner on or off, and TF32 for fp32 convolutions on or off (torch's default is on);
+    fp32 matmuls stay full fp32 (torch's default). Restores the flags afterwards, so one run's choice never leaks
+    into the next run, a benchmark's baseline or a test in the same process."""
+    saved = (cudnn.benchmark, cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    cudnn.benchmark, cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = benchmark, tf32, False
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+# --- timing and memory ---
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # CUDA launches are asynchronous; time the work, not the launch
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: the most memory tensors held on the device (since the last reset of its peak statistics).
+    CPU: the peak resident set size of the whole process, as the OS reports it."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def check_memory(sizes: str, floats: int) -> None:
+    """Refuse `sizes` whose `floats` float32 numbers cannot fit in this machine's memory, before allocating them:
+    a failed allocation is a C++ traceback, and one that nearly fits drives the machine into swap."""
+    needed, available = 4 * floats, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise ValueError(
+            f"{sizes} are not accepted: they need at least {needed / 2**30:.3g} GiB of memory, more than the "
+            f"{available / 2**30:.3g} GiB of this machine"
+        )
+
+
+# --- optional packages ---
+
+
+class MissingPackage(ImportError):
+    """An optional package is not installed; the message is one line naming it and how to install it."""
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import `module`, an optional dependency of the `extra` feature, or raise MissingPackage saying how to get it."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name != module.split(".")[0]:
+            raise  # the package is there but broken: show the real error
+        raise MissingPackage(
+            f"{module.split('.')[0]} is not installed; it is needed for {extra}: "
+            f"pip install 'convmixer-toolkit[{extra}]' (or pip install {module.split('.')[0]})"
+        ) from None

@@ -19,7 +19,7 @@ def run(argv: list[str]) -> tuple[int, str]:
     return code, stdout.getvalue()
 
 
-@pytest.mark.parametrize("preset, dim, lr", [([], "32", "0.02"), (["--preset", "cifar10"], "256", "0.05")])
+@pytest.mark.parametrize("preset, dim, lr", [([], "64", "0.02"), (["--preset", "cifar10"], "256", "0.05")])
 def test_help_shows_the_active_presets_values_and_what_each_key_accepts(preset, dim, lr):
     code, text = run([*preset, "--help"])
     rows = {line.split()[0]: line.split(None, 2)[1:] for line in text.split("keys,")[1].splitlines()[1:] if line}

@@ -16,12 +16,11 @@ from convmixer.count import (
     build_model,
     closed_form,
     count_model,
-    count_parameters,
-    measure_throughput,
     trace_counts,
 )
-from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig
+from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig, count_parameters
 from convmixer.registry import get_config
+from convmixer.throughput import measure_throughput
 
 # (kernel, patch, image, depth): odd and even kernels, 1x1 kernels, patches that do and do not divide the image.
 SHAPES = [(3, 2, 8, 1), (4, 3, 10, 2), (1, 5, 12, 0), (8, 1, 7, 1), (5, 4, 9, 2)]

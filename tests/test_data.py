@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from ablations import datasets, synthetic
+from ablations.augment import normalise
 from ablations.config import ConfigError, RunConfig
-from ablations.data import build_data
+from ablations.data import build_data, derived_seed
 from ablations.datasets import DataError, stratified_subset
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -223,3 +224,31 @@ def test_bad_data_roots_and_sizes_are_one_line_errors(tmp_path):
     (tmp_path / "tree" / "test" / "dog" / "000.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="cannot decode test/dog/000.png"):
         build_data(imagefolder(tmp_path / "tree"), torch.device("cpu"))
+
+
+def test_batches_equal_the_per_batch_index_copies_they_replace():
+    """The epoch's index now reaches the device once; its batches must be the ones the per-batch copy gave."""
+    cfg = RunConfig(train_subset=150, test_subset=70, batch_size=32, randaug_n=2, randaug_m=12, mixup=0.5)
+    data = build_data(cfg, torch.device("cpu"))
+    resident = data.train.images
+    order = torch.randperm(150, generator=torch.Generator().manual_seed(derived_seed(cfg.seed, 2, "order")))
+    gen = torch.Generator().manual_seed(derived_seed(cfg.seed, 2, "augment"))
+    expected = [data.train.augment(resident.images[i], resident.labels[i], gen) for i in order.split(32)]
+    got = list(data.train.epoch(2))
+    assert [len(t) for _, t in got] == [32, 32, 32, 32, 22]
+    for (images, targets), (want_images, want_targets) in zip(got, expected, strict=True):
+        assert torch.equal(images, want_images) and torch.equal(targets, want_targets)
+    test_images = torch.cat([images for images, _ in data.test])
+    assert torch.equal(test_images, normalise(data.test.images.images, data.test.mean, data.test.std))
+
+
+def test_compiled_runs_drop_the_last_partial_train_batch_only():
+    eager = build_data(RunConfig(train_subset=150, test_subset=70, batch_size=32), torch.device("cpu"))
+    compiled = build_data(RunConfig(train_subset=150, test_subset=70, batch_size=32, compile=True), "cpu")
+    assert (len(eager.train), len(compiled.train)) == (5, 4)
+    assert [len(t) for _, t in compiled.train.epoch(0)] == [32] * 4
+    first = next(compiled.train.epoch(0))[0]
+    assert torch.equal(first, next(eager.train.epoch(0))[0])  # the same images, the same draws, minus the tail
+    assert len(compiled.test) == len(eager.test) == 3  # every test image is still evaluated
+    small = build_data(RunConfig(train_subset=20, test_subset=10, batch_size=32, compile=True), "cpu")
+    assert [len(t) for _, t in small.train.epoch(0)] == [20]  # no full batch: keep the one there is

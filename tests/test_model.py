@@ -8,8 +8,17 @@ import pytest
 import torch
 
 from convmixer import tweet
-from convmixer.count import closed_form, count_parameters
-from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ChannelLayerNorm, ConvMixer, ConvMixerConfig, MixerLayer
+from convmixer.count import closed_form
+from convmixer.model import (
+    ACTIVATIONS,
+    NORMS,
+    RESIDUALS,
+    ChannelLayerNorm,
+    ConvMixer,
+    ConvMixerConfig,
+    MixerLayer,
+    count_parameters,
+)
 from convmixer.registry import create_model, get_config
 
 

@@ -180,6 +180,61 @@ def test_learns_a_subset_of_real_cifar10(cifar10_jpeg, tmp_path):
     assert metrics["test_acc"] > 0.25  # chance is 0.10; measured 0.374
 
 
+def test_configs_trained_one_after_another_in_one_process_are_each_compiled(monkeypatch):
+    """A sweep worker trains run after run. Before, each run compiled 3 graphs (one dynamic, for the partial
+    batches) and the 4th config fell back to eager silently (dynamo's recompile limit, 8). Each run must compile
+    exactly its train and eval graphs at static shapes, and five runs (10 graphs) must not reach the limit.
+    The 'eager' backend skips Inductor's C++ build: capture and recompiles are dynamo's, whatever the backend."""
+    monkeypatch.setattr(train, "COMPILE_BACKEND", "eager")
+    for kernel_size in (3, 5, 7, 9, 11):  # 150 train and 70 test images in batches of 32: partial last batches
+        cfg = tiny(kernel_size=kernel_size, dim=8, depth=1, train_subset=150, test_subset=70, batch_size=32, epochs=2)
+        metrics = train_run(RunConfig(**{**cfg.to_dict(), "compile": True}), None, device="cpu", log=quiet)
+        assert metrics["status"] == "done" and metrics["compiled_graphs"] == 2, (kernel_size, metrics)
+    eager = train_run(tiny(dim=8, depth=1, train_subset=150, test_subset=70, epochs=1), None, device="cpu", log=quiet)
+    assert eager["compiled_graphs"] is None
+
+
+def test_padding_the_eval_batch_for_compile_changes_no_logit(straight_run):
+    trainer = train.Trainer(tiny(compile=True), tiny().model_config(10).build(), torch.device("cpu"), None)
+    trainer.forward = trainer.model  # only the padding is under test here
+    trainer.model.eval()
+    images = torch.randn(7, 3, 32, 32)
+    padded = trainer.full_batch(images)
+    assert padded.shape == (50, 3, 32, 32) and torch.equal(padded[:7], images)
+    with torch.no_grad():
+        assert torch.allclose(trainer.logits(padded)[:7], trainer.logits(images), atol=1e-5)
+
+
+def test_metrics_say_how_the_run_ran(straight_run):
+    _, metrics = straight_run
+    assert (metrics["precision_used"], metrics["tf32_used"], metrics["compiled_graphs"]) == ("fp32", False, None)
+
+
+def test_a_checkpoint_from_another_device_keeps_this_devices_adamw(straight_run, tmp_path):
+    """A CPU checkpoint resumed on CUDA kept fused=False (AdamW then read every step counter back to the host);
+    here a checkpoint written with fused=True (as on CUDA) is resumed on the CPU and must take the CPU's kernel."""
+    run_dir, _ = straight_run
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    for group in checkpoint["optimizer"]["param_groups"]:
+        group["fused"] = True
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    trainer = train.Trainer(tiny(), tiny().model_config(10).build(), torch.device("cpu"), None)
+    trainer.load(tmp_path / "checkpoint.pt")
+    assert [group["fused"] for group in trainer.optimizer.param_groups] == [False]
+
+
+def test_a_run_leaves_the_global_cuda_flags_as_it_found_them():
+    before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    train_run(tiny(epochs=1, train_subset=100, test_subset=50, tf32=not before[1]), None, device="cpu", log=quiet)
+    after = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    assert after == before
+
+
+def test_the_tf32_key_keeps_run_ids():
+    assert RunConfig(tf32=True).run_id() == RunConfig().run_id()  # the value every earlier run had
+    assert RunConfig(tf32=False).run_id() != RunConfig().run_id()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -190,6 +245,9 @@ def test_learns_a_subset_of_real_cifar10(cifar10_jpeg, tmp_path):
         (["--out", "{tmp}"], "is not accepted: it is a folder; expected a .json path"),
         (["--out", "{tmp}/speed.md"], "expected a .json path (the .md goes beside it)"),  # the .md replaced the JSON
         (["--out", "{tmp}/file/speed.json"], "is not accepted: cannot create its folder"),
+        (["--variants", "engine-fp16"], "engine-fp16 needs CUDA; this device is cpu"),  # fp16 is CUDA-only
+        (["--variants", "engine,engine"], "expected distinct names of engine, engine-fp16, reference"),
+        (["--seeds", "0"], "--seeds 0 is not accepted: expected an integer >= 1"),
     ],
 )
 def test_train_speed_refuses_bad_options_before_training(repo_root, tmp_path, monkeypatch, capsys, args, message):
@@ -203,3 +261,18 @@ def test_train_speed_refuses_bad_options_before_training(repo_root, tmp_path, mo
     err = capsys.readouterr().err
     assert exited.value.code == 2 and message in err.splitlines()[-1] and "Traceback" not in err
     assert [path.name for path in tmp_path.iterdir()] == ["file"]
+
+
+def test_train_speed_compares_variants_over_seeds(cifar10_jpeg, repo_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(repo_root / "benchmarks"))
+    train_speed = importlib.import_module("train_speed")
+    out = tmp_path / "speed.json"
+    argv = ["--data", str(cifar10_jpeg), "--device", "cpu", "--epochs", "1", "--train-subset", "100",
+            "--test-subset", "50", "--width", "8", "--depth", "1", "--batch-size", "50", "--workers", "0",
+            "--seeds", "2", "--variants", "engine,reference-tuned,reference", "--out", str(out)]  # fmt: skip
+    assert train_speed.main(argv) == 0
+    result = read_json(out)
+    assert set(result["summaries"]) == {"engine", "reference-tuned", "reference"} and result["seeds"] == [0, 1]
+    assert all(len(runs) == 2 and len(runs[0]) == 1 for runs in result["histories"].values())
+    table = out.with_suffix(".md").read_text()
+    assert "(2 seeds)" in table and "| speed after epoch 1 / reference |" in table and "| 1.00x |" in table

@@ -1,0 +1,39 @@
+"""benchmarks/gpu_check.py end to end on the CPU with tiny settings, so the GPU check cannot rot without a GPU."""
+
+import importlib
+import json
+import re
+
+import pytest
+
+
+@pytest.fixture
+def gpu_check(repo_root, monkeypatch):
+    monkeypatch.syspath_prepend(str(repo_root / "benchmarks"))
+    return importlib.import_module("gpu_check")
+
+
+def test_every_stage_of_the_gpu_check_runs_on_a_cpu(gpu_check, tmp_path, capsys):
+    code = gpu_check.main(["--device", "cpu", "--tiny", "--data", "synthetic", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    stages = {row["stage"]: row for row in report["stages"]}
+    assert code == 0, stages
+    assert list(stages) == ["cuda tests", "sync audit", "train", "count", "layernorm", "sweep"]
+    assert all(row["status"] == "ok" for row in stages.values())
+    assert "skipped" in stages["cuda tests"]["result"]  # no GPU here: the CUDA tests skip, and say so
+    # 2 slots; a tiny run can end before the second worker has imported torch, so 1 worker may take all 4
+    assert re.fullmatch(r"4 runs done on devices \['cpu'\] by [12] worker processes", stages["sweep"]["result"])
+    assert "layer/batch" in stages["layernorm"]["result"] and "test acc" in stages["train"]["result"]
+    printed = capsys.readouterr().out
+    assert (tmp_path / "gpu_check.txt").read_text().strip() in printed
+
+
+def test_bad_options_are_one_line_errors(gpu_check, tmp_path, capsys):
+    for argv, message in (
+        (["--device", "tpu"], "device='tpu' is not accepted"),
+        (["--data", str(tmp_path / "nowhere")], "does not exist"),
+        (["--wheels", str(tmp_path)], "no .whl files in it"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            gpu_check.main(argv)
+        assert exited.value.code == 2 and message in capsys.readouterr().err
