@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 
 from ablations.config import ACCEPTED, ConfigError, RunConfig
-from ablations.grid import Sweep, build_sweep
-from ablations.launch import LocalLauncher
-from ablations.loaders import DataError, build_data
-from ablations.presets import DEFAULT_PRESET, PRESETS
-from ablations.progress import SweepProgress, run_label
-from ablations.slurm import SlurmLauncher, SlurmOptions, check_cluster, parse_extra
+from ablations.data.loaders import DataError, build_data
+from ablations.engine.train import run_dtype
 from ablations.store import FINISHED, Store, StoreError
-from ablations.study import Study, read_study
-from ablations.train import run_dtype
+from ablations.sweep.grid import Sweep, build_sweep
+from ablations.sweep.local import LocalLauncher
+from ablations.sweep.presets import DEFAULT_PRESET, PRESETS
+from ablations.sweep.progress import SweepProgress, run_label
+from ablations.sweep.slurm import SlurmLauncher, SlurmOptions, check_cluster, parse_extra
+from ablations.sweep.study import Study, read_study
 from convmixer.arguments import OneLineParser, folder_path, run_cli
 from convmixer.runtime import parse_devices, usable_cores
 

@@ -9,7 +9,7 @@ import math
 import pandas as pd
 
 from ablations.config import RunConfig
-from ablations.grid import parse_value
+from ablations.sweep.grid import parse_value
 from analysis.load import AnalysisError, variant_keys
 from analysis.stats import Difference, mean_ci, welch
 

@@ -7,7 +7,7 @@ Stages, each timed and reported even when another fails:
   cuda tests    pytest -m cuda: no host sync in an epoch, fused AdamW on resume, compile, sweep placement, ...
   sync audit    one training epoch of the CIFAR-10 recipe under torch.cuda.set_sync_debug_mode("warn"):
                 every host sync, by file:line (none expected)
-  train         a 2-epoch run of the CIFAR-10 recipe (ConvMixer-256/8) with ablations.train.train_run
+  train         a 2-epoch run of the CIFAR-10 recipe (ConvMixer-256/8) with ablations.engine.train.train_run
   count         python -m convmixer.count --throughput on the device (needs fvcore: see --wheels)
   layernorm     inference images/s of norm=batch vs norm=layer under bf16 autocast and fp32, which prices
                 the fp32 LayerNorm that autocast runs (the `norm` ablation's throughput column)
@@ -38,9 +38,9 @@ sys.path.insert(0, str(REPO))  # run as a script on a machine where the toolkit 
 import torch  # noqa: E402
 
 from ablations.config import RunConfig  # noqa: E402
-from ablations.loaders import build_data  # noqa: E402
-from ablations.presets import CIFAR10_RECIPE  # noqa: E402
-from ablations.train import Trainer, run_dtype, train_run  # noqa: E402
+from ablations.data.loaders import build_data  # noqa: E402
+from ablations.engine.train import Trainer, run_dtype, train_run  # noqa: E402
+from ablations.sweep.presets import CIFAR10_RECIPE  # noqa: E402
 from convmixer.arguments import OneLineParser, run_cli  # noqa: E402
 from convmixer.model import ConvMixerConfig  # noqa: E402
 from convmixer.runtime import device_name, parse_device, synchronize  # noqa: E402

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from ablations.config import RunConfig
-from ablations.schedule import onecycle_lr
-from ablations.sources import Split
+from ablations.data.sources import Split
+from ablations.engine.schedule import onecycle_lr
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # the reference's constants
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)

@@ -1,7 +1,7 @@
 """Training speed and accuracy of the engine against the reference recipe, same data, device and process.
 
 Trains ConvMixer-256/8 (k5, p2) on the CIFAR-10 JPEG copy for the same number of epochs in up to four ways:
-  engine              ablations.train.train_run (data and augmentation on the device) at its own precision
+  engine              ablations.engine.train.train_run (data and augmentation on the device) at its own precision
                       (bf16 on CUDA, fp32 on CPU)
   engine-fp16         the engine at the reference's precision (fp16 autocast + GradScaler; CUDA only)
   reference           locuslab/convmixer-cifar10's train.py as published: PIL transforms in 2 DataLoader
@@ -33,8 +33,8 @@ from reference_recipe import PUBLISHED, TUNED, train_reference  # noqa: E402
 
 from ablations import atomic  # noqa: E402
 from ablations.config import PRECISIONS, ConfigError, RunConfig  # noqa: E402
-from ablations.sources import DataError, Split, load_splits  # noqa: E402
-from ablations.train import train_run  # noqa: E402
+from ablations.data.sources import DataError, Split, load_splits  # noqa: E402
+from ablations.engine.train import train_run  # noqa: E402
 from convmixer.arguments import OneLineParser, UsageError, run_cli  # noqa: E402
 from convmixer.count import closed_form  # noqa: E402
 from convmixer.runtime import autocast_dtype, cuda_math_flags, parse_device  # noqa: E402

@@ -6,8 +6,8 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 from torchvision.transforms.functional import pil_to_tensor
 
-from ablations import augment as A
 from ablations.config import RunConfig
+from ablations.data import augment as A
 
 N = 8
 

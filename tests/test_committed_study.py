@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablations.study import read_study
-from ablations.train import train_run
+from ablations.engine.train import train_run
+from ablations.sweep.study import read_study
 from convmixer.runtime import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]

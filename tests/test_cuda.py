@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 
-from ablations import train
 from ablations.config import RunConfig
-from ablations.loaders import build_data
+from ablations.data.loaders import build_data
+from ablations.engine import train
+from ablations.engine.train import Trainer, train_run
 from ablations.run import cli
-from ablations.train import Trainer, train_run
 
 pytestmark = [
     pytest.mark.cuda,
@@ -110,7 +110,7 @@ def test_the_cuda_flags_are_restored_and_tf32_recorded():
 def test_the_sweep_process_leaves_cuda_to_its_workers(repo_root):
     """Spawned workers start CUDA cleanly only if the sweep process has not: listing the devices and checking
     the precision per device must not create a CUDA context."""
-    code = ("import torch; from convmixer.runtime import parse_devices; from ablations.train import run_dtype; "
+    code = ("import torch; from convmixer.runtime import parse_devices; from ablations.engine.train import run_dtype; "
             "devices = parse_devices('auto'); [run_dtype('auto', torch.device(d)) for d in devices]; "
             "print(devices[0], torch.cuda.is_initialized())")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True)

@@ -4,8 +4,8 @@ import pytest
 
 from ablations import config
 from ablations.config import ConfigError, RunConfig, field_types
-from ablations.grid import build_sweep, parse_grid, parse_sets, parse_value
-from ablations.presets import PRESETS
+from ablations.sweep.grid import build_sweep, parse_grid, parse_sets, parse_value
+from ablations.sweep.presets import PRESETS
 
 
 def test_values_are_parsed_by_the_field_type():

@@ -5,10 +5,10 @@ import pytest
 import torch
 from conftest import imagefolder, write_tree
 
-from ablations import synthetic
-from ablations.augment import normalise
 from ablations.config import ConfigError, RunConfig
-from ablations.loaders import build_data, derived_seed
+from ablations.data import synthetic
+from ablations.data.augment import normalise
+from ablations.data.loaders import build_data, derived_seed
 
 
 def collect(batches) -> tuple[torch.Tensor, torch.Tensor]:

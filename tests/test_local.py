@@ -3,8 +3,8 @@
 import pytest
 
 from ablations.config import RunConfig
-from ablations.launch import LocalLauncher, device_slots
 from ablations.store import Store
+from ablations.sweep.local import LocalLauncher, device_slots
 
 
 @pytest.mark.parametrize(

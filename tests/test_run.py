@@ -21,13 +21,13 @@ import pytest
 import torch
 from PIL import Image
 
-import ablations.worker as worker
-from ablations.grid import build_sweep
-from ablations.launch import LocalLauncher
-from ablations.presets import PRESETS
-from ablations.progress import SweepProgress
+import ablations.sweep.execute as worker
 from ablations.run import cli
 from ablations.store import Store
+from ablations.sweep.grid import build_sweep
+from ablations.sweep.local import LocalLauncher
+from ablations.sweep.presets import PRESETS
+from ablations.sweep.progress import SweepProgress
 from convmixer.runtime import parse_devices
 
 TINY_VALUES = {"dim": 8, "depth": 1, "patch_size": 4, "train_subset": 200, "test_subset": 100, "batch_size": 50}

@@ -22,8 +22,8 @@ import pytest
 from test_run import read_json, read_summary, snapshot, tiny_configs, tiny_set
 
 from ablations.run import cli
-from ablations.slurm import run_lock, train_in_job
 from ablations.store import Store
+from ablations.sweep.slurm import run_lock, train_in_job
 
 CLUSTER_SCRIPT = Path(__file__).parent / "slurm" / "cluster.sh"
 FAST = ["--launcher", "slurm", "--slurm-poll", "0.5"]  # the tests' cluster answers at once

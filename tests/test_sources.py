@@ -9,9 +9,9 @@ import torch
 from conftest import TREE_CLASSES, imagefolder, write_archive, write_tree
 from PIL import Image
 
-from ablations import sources, synthetic
 from ablations.config import RunConfig
-from ablations.sources import DataError, load_splits, resize, stratified_subset
+from ablations.data import sources, synthetic
+from ablations.data.sources import DataError, load_splits, resize, stratified_subset
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from ablations.config import ConfigError
-from ablations.grid import build_sweep
-from ablations.presets import PRESETS
 from ablations.run import cli
-from ablations.study import read_study
+from ablations.sweep.grid import build_sweep
+from ablations.sweep.presets import PRESETS
+from ablations.sweep.study import read_study
 
 TINY = "dim=8,depth=1,patch_size=4,train_subset=200,test_subset=100,batch_size=50,epochs=1"
 STUDY = f"""

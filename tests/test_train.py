@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import ablations.train as train
+import ablations.engine.train as train
 from ablations.config import ConfigError, RunConfig
-from ablations.schedule import learning_rate
-from ablations.train import train_run
+from ablations.engine.schedule import learning_rate
+from ablations.engine.train import train_run
 
 TIMING_KEYS = {"epoch_time_s", "train_time_s", "train_images_per_s", "peak_memory_mb", "wall_time_s", "finished_at"}
 

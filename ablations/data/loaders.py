@@ -1,6 +1,6 @@
 """`build_data(cfg, device)`: the train and test loaders of a run, with the dataset on the device when it fits.
 
-The data arrive finished from ablations.sources (subset, sized); this module only places, batches and augments.
+The data arrive finished from ablations.data.sources (subset, sized); this module only places, batches and augments.
 A dataset whose decoded uint8 images fit in `resident_bytes` (every CIFAR-sized one) is moved to the device
 once; an epoch is then a shuffled index, copied to the device once (asynchronously, from pinned memory), and
 batched augmentation on the device, with no CPU work per image and no host sync inside the epoch.
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from ablations.augment import Augment, normalise
+from ablations.data.augment import Augment, normalise
 from ablations.config import RunConfig
-from ablations.sources import RESIDENT_BYTES, DataError, ImageFiles, Split, load_splits
+from ablations.data.sources import RESIDENT_BYTES, DataError, ImageFiles, Split, load_splits
 
 __all__ = ["Data", "DataError", "TestLoader", "TrainLoader", "build_data"]
 

@@ -3,7 +3,7 @@
 `load_splits(cfg)` hands a run its finished data: the train and test splits of its dataset with the stratified
 subsets taken and every image at the run's size, as uint8 NCHW tensors with int64 labels (`Split`), or, for an
 ImageFolder folder too big to hold, as image files decoded to that size on the fly (`ImageFiles`). Subsetting
-and sizing happen here for every source, so the loaders (ablations.loaders) only batch and augment.
+and sizing happen here for every source, so the loaders (ablations.data.loaders) only batch and augment.
 Decoding JPEGs is the slow part, so a decoded split is saved once under the cache folder ($CONVMIXER_CACHE,
 default ~/.cache/convmixer), keyed by a hash of the source's content, and every later run of a sweep loads the
 tensors instead of decoding again.
@@ -27,7 +27,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
-from ablations import atomic, synthetic
+from ablations import atomic
+from ablations.data import synthetic
 from ablations.config import RunConfig
 
 CACHE_FORMAT = "v1"  # bump when decoding changes, so old cache files are not reused

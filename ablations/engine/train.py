@@ -1,6 +1,6 @@
 """The training engine: one run of one RunConfig, resumable after any epoch and bit-exact on CPU.
 
-Data and augmentation already live on the device (ablations.loaders), so the hot loop is forward, loss, backward,
+Data and augmentation already live on the device (ablations.data.loaders), so the hot loop is forward, loss, backward,
 clip, AdamW step, with losses and accuracies summed on the device and read back once per epoch; that single
 read is also where a non-finite loss is caught and the run is stopped as "diverged". Each epoch ends with an
 atomic checkpoint holding only tensors and plain Python values (it loads with `weights_only=True`). Every random
@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from ablations import atomic
 from ablations.config import ConfigError, RunConfig
-from ablations.loaders import Data, TestLoader, TrainLoader, build_data
-from ablations.schedule import learning_rate
+from ablations.data.loaders import Data, TestLoader, TrainLoader, build_data
+from ablations.engine.schedule import learning_rate
 from ablations.store import CHECKPOINT, HISTORY, METRICS
 from convmixer.count import closed_form
 from convmixer.runtime import (

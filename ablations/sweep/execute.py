@@ -15,8 +15,8 @@ from collections.abc import Callable
 import torch
 
 from ablations.config import RunConfig
+from ablations.engine.train import train_run
 from ablations.store import LOG, Store
-from ablations.train import train_run
 from convmixer.runtime import resolve_device
 
 

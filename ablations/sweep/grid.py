@@ -4,7 +4,7 @@
 `--vary KEY=V1,V2,...` changes one key at a time from the baseline (the paper's kind of ablation table: the
 baseline run is shared by every axis), `--seeds N` adds seed=0..N-1. Values are parsed by the RunConfig field's
 type and every expanded config is validated before anything runs, so a typo fails in a second with a one-line
-ConfigError instead of an hour in. Study files (ablations.study) describe the same Sweep in TOML.
+ConfigError instead of an hour in. Study files (ablations.sweep.study) describe the same Sweep in TOML.
 """
 
 import difflib

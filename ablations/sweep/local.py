@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from ablations.config import RunConfig
-from ablations.progress import SweepProgress
 from ablations.store import Store
-from ablations.worker import execute_run, limit_cpu_threads
+from ablations.sweep.execute import execute_run, limit_cpu_threads
+from ablations.sweep.progress import SweepProgress
 
 
 def device_slots(devices: list[str], jobs_per_device: int) -> list[str]:

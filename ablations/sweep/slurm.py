@@ -27,9 +27,9 @@ from pathlib import Path
 
 from ablations import atomic
 from ablations.config import ConfigError, RunConfig
-from ablations.progress import SweepProgress
 from ablations.store import HISTORY, Store, read_json
-from ablations.worker import execute_run, limit_cpu_threads
+from ablations.sweep.execute import execute_run, limit_cpu_threads
+from ablations.sweep.progress import SweepProgress
 
 JOBS = "jobs.json"  # {run_id: SLURM job id}, in the sweep's slurm/ folder
 LIVE_STATES = {

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ablations.config import ConfigError, field_types
-from ablations.grid import Sweep, check_axis, check_key, check_sweep
-from ablations.presets import PRESETS
+from ablations.sweep.grid import Sweep, check_axis, check_key, check_sweep
+from ablations.sweep.presets import PRESETS
 
 TOP_LEVEL = ("description", "preset", "seeds", "fixed", "baseline", "vary", "grid")
 TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}

@@ -1,0 +1,1 @@
+"""Engine: one training run (model, optimiser, schedule, checkpoints) on one device."""

@@ -1,0 +1,1 @@
+"""Sweep: what to run (presets, grids, studies) and how to run it (local and SLURM launchers)."""
