@@ -1,1 +1,32 @@
-"""Ablation sweeps for ConvMixer: datasets, a GPU-resident training engine, and a resumable grid runner."""
+"""Ablation sweeps for ConvMixer: datasets, a device-resident training engine, and a resumable sweep runner.
+
+Module map, top to bottom (each layer imports only the layers below it):
+
+    run.py              `python -m ablations.run`: parse the command line, plan the sweep, launch it, print the end
+    sweep/              what to run and how to run it
+        presets.py        named recipes (smoke, cifar10, cifar10-jpeg)
+        grid.py           --set/--grid/--vary -> the list of RunConfigs
+        study.py          a studies/*.toml file -> the same
+        local.py          the local launcher: worker processes per device slot
+        slurm.py          the SLURM launcher: one job array, followed to its end
+        progress.py       the tqdm bars and plain lines a researcher watches
+        execute.py        the steps both launchers share: run one config in its folder, end a run in the sweep
+    engine/             one training run on one device
+        train.py          model, optimiser, resumable epochs, metrics
+        schedule.py       learning-rate schedules
+    data/               the images a run trains on
+        sources.py        CIFAR, ImageFolder trees and archives, the synthetic set -> finished splits
+        synthetic.py      the synthetic task
+        loaders.py        splits placed on the device, batched
+        augment.py        batched augmentation on the device
+    store.py            the result folder's contract: file names, run statuses, readers
+    config.py           RunConfig: every key, what it accepts, the run id, parsing a key's value
+    atomic.py           whole-file writes
+
+Import rules (tests/test_layers.py checks them on every module):
+- convmixer/ imports nothing of ablations/ or analysis/; ablations/config.py imports only convmixer/.
+- store.py imports only config.py and atomic.py; data/ only config.py, atomic.py and convmixer/.
+- engine/ imports data/, store.py, config.py, atomic.py and convmixer/; never sweep/ or run.py.
+- sweep/ reaches engine/ only through execute.py; presets, grid and study import only config.py and each other.
+- nothing imports run.py; analysis/ imports only config.py, store.py, atomic.py and data/ of ablations/.
+"""

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 
 from convmixer.arguments import check_patch_fits
@@ -26,6 +27,8 @@ MAX_IMAGE_SIZE = 4096
 # Keys added after results were first committed, with the value every earlier run had: a run holding that value
 # leaves the key out of its id, so adding a key never renames the runs already in a store.
 LATER_KEYS: dict[str, object] = {"tf32": True}
+# Keys that say where a run's inputs live, not what the run is: left out of its id (the data itself is checked).
+NOT_IDENTITY = ("data_root",)
 # The model a run trains unless told otherwise: the CIFAR-10 reference ConvMixer-256/8 (k5, p2), not the model's
 # own defaults (convmixer.model.ConvMixerConfig: the paper's ImageNet signature, k9 p7), since sweeps train on
 # CIFAR-sized images.
@@ -88,13 +91,20 @@ class RunConfig:
         return cls(**values)
 
     def run_id(self) -> str:
-        """A stable id from every field but `data_root` (where the data lives does not change the run) and the
-        LATER_KEYS that hold the value runs had before the key existed."""
+        """A stable id from every field but NOT_IDENTITY's and the LATER_KEYS that hold the value runs had before
+        the key existed."""
         identity = {
-            k: v for k, v in self.to_dict().items() if k != "data_root" and not (k in LATER_KEYS and LATER_KEYS[k] == v)
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in NOT_IDENTITY and not (k in LATER_KEYS and LATER_KEYS[k] == v)
         }
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         return digest
+
+    def with_absolute_data_root(self) -> "RunConfig":
+        """This config with data_root made absolute against the current folder, as a path typed in a shell means.
+        The sweep does this once, before any launcher: a worker or SLURM job may start in another folder."""
+        return dataclasses.replace(self, data_root=os.path.abspath(os.path.expanduser(self.data_root)))
 
     def model_config(self, n_classes: int, in_chans: int = 3) -> ConvMixerConfig:
         return ConvMixerConfig(

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from ablations.config import ACCEPTED, ConfigError, RunConfig
+from ablations.config import ACCEPTED, NOT_IDENTITY, ConfigError, RunConfig
 from ablations.data.loaders import DataError, build_data
 from ablations.engine.train import run_dtype
-from ablations.store import FINISHED, Store, StoreError
+from ablations.store import DONE, FAILED, FINISHED, Store, StoreError
 from ablations.sweep.grid import Sweep, build_sweep
 from ablations.sweep.local import LocalLauncher
 from ablations.sweep.presets import DEFAULT_PRESET, PRESETS
@@ -48,7 +48,7 @@ def keys_help(preset: str) -> str:
     for f in dataclasses.fields(RunConfig):
         rule = ACCEPTED.get(f.name)
         accepted = rule.describe().removeprefix("expected ") if rule else "true or false"
-        if f.name == "data_root":
+        if f.name in NOT_IDENTITY:
             accepted = "a folder or archive path (not part of the run id)"
         rows.append(f"  {f.name:<16} {getattr(values, f.name)!s:<12} {accepted}")
     presets = "\n".join(f"  {name:<16} {p.description}" for name, p in PRESETS.items())
@@ -225,7 +225,7 @@ def runs_to_train(configs: list[RunConfig], store: Store, retry_failed: bool) ->
     return [
         cfg
         for cfg, status in zip(configs, statuses, strict=True)
-        if status not in FINISHED or (retry_failed and status == "failed")
+        if status not in FINISHED or (retry_failed and status == FAILED)
     ]
 
 
@@ -262,19 +262,19 @@ def report(configs: list[RunConfig], keys: list[str], store: Store) -> int:
     print(f"{plural(len(configs), 'run')}: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
     for cfg in configs:
         state = states[cfg.run_id()]
-        if state.status != "done":
+        if state.status != DONE:
             print(f"  {cfg.run_id()} {run_label(cfg.to_dict(), keys)}: {state.describe(cfg.epochs)}")
-    if counts.get("failed"):
+    if counts.get(FAILED):
         print("  failed runs are skipped when the command is rerun; add --retry-failed to resume them")
     print(f"summary: {store.summary}")
     print(f"report:  python -m analysis.report {store.root}")
-    return 0 if counts.get("done", 0) == len(configs) else 1
+    return 0 if counts.get(DONE, 0) == len(configs) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(help_preset(argv)).parse_args(argv)  # --help exits here
     study, preset, sweep = load_design(args)
-    configs = sweep.configs()
+    configs = [cfg.with_absolute_data_root() for cfg in sweep.configs()]
     try:
         devices = parse_devices(args.devices) if args.launcher == "local" else []
     except ValueError as error:

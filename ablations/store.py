@@ -29,7 +29,10 @@ METRIC_COLUMNS = (
     "train_images_per_s", "peak_memory_mb", "train_time_s", "epochs_completed",
 )  # fmt: skip
 SUMMARY_COLUMNS = ("run_id", *(f.name for f in dataclasses.fields(RunConfig)), *METRIC_COLUMNS)
-FINISHED = ("done", "diverged", "failed")  # the statuses a metrics.json may hold
+# Every status a run can have, in one vocabulary for the store, the sweep's console and the report.
+DONE, DIVERGED, FAILED, UNFINISHED = "done", "diverged", "failed", "unfinished"
+FINISHED = (DONE, DIVERGED, FAILED)  # the statuses a metrics.json may hold
+STATUSES = (*FINISHED, UNFINISHED)  # unfinished: no metrics.json yet (not started, running, or killed)
 
 
 class StoreError(RuntimeError):
@@ -88,13 +91,14 @@ def epochs_completed(run_dir: Path) -> int:
 
 @dataclass(frozen=True)
 class RunState:
-    status: str  # done | diverged | failed (finished: metrics.json exists) | partial (has a checkpoint) | pending
+    status: str  # one of STATUSES
     reason: str = ""
     epochs: int = 0  # epochs completed
 
     def describe(self, total_epochs: int) -> str:
-        if self.status == "partial":
-            return f"partial (epoch {self.epochs}/{total_epochs})"
+        if self.status == UNFINISHED:
+            progress = f"epoch {self.epochs}/{total_epochs}" if self.epochs else "not started"
+            return f"{UNFINISHED} ({progress})"
         return f"{self.status} ({self.reason})" if self.reason else self.status
 
 
@@ -104,8 +108,9 @@ class Store:
         self.runs = self.root / RUNS
         self.summary = self.root / SUMMARY
 
-    def run_dir(self, cfg: RunConfig) -> Path:
-        return self.runs / cfg.run_id()
+    def run_dir(self, run: RunConfig | str) -> Path:
+        """The folder of a run, given its config or its id."""
+        return self.runs / (run if isinstance(run, str) else run.run_id())
 
     def metrics(self, run_dir: Path) -> dict | None:
         """The run's metrics.json, or None while it is unfinished."""
@@ -115,9 +120,8 @@ class Store:
         metrics = self.metrics(run_dir)
         if metrics is not None:
             return RunState(metrics["status"], metrics.get("reason", ""), metrics.get("epochs_completed") or 0)
-        if (run_dir / CHECKPOINT).exists():
-            return RunState("partial", "", epochs_completed(run_dir))
-        return RunState("pending")
+        # Epochs count only with a checkpoint to resume them from (history.json is written just before it).
+        return RunState(UNFINISHED, "", epochs_completed(run_dir) if (run_dir / CHECKPOINT).exists() else 0)
 
     def prepare(self, configs: list[RunConfig]) -> None:
         """Write each run's config.json (so summary.csv lists the whole sweep from the start); drop stale temps."""
@@ -140,7 +144,7 @@ class Store:
 
     def record_failure(self, run_dir: Path, reason: str, device: str) -> dict:
         metrics = {
-            "status": "failed",
+            "status": FAILED,
             "reason": reason,
             "epochs_completed": epochs_completed(run_dir),
             "device": device,
@@ -150,7 +154,7 @@ class Store:
 
     def drop_checkpoint(self, run_dir: Path) -> None:
         """A done or diverged run will not train again (a failed one may resume), so its checkpoint is dead weight."""
-        if self.state(run_dir).status in ("done", "diverged"):
+        if self.state(run_dir).status in (DONE, DIVERGED):
             (run_dir / CHECKPOINT).unlink(missing_ok=True)
 
     def summary_rows(self) -> list[dict]:

@@ -12,15 +12,25 @@ from typing import Any
 
 import pandas as pd
 
-from ablations.config import RunConfig
-from ablations.store import CONFIG, HISTORY, METRICS, RUNS, StoreError, read_history, read_metrics, read_object
+from ablations.config import NOT_IDENTITY, RunConfig
+from ablations.store import (
+    CONFIG,
+    HISTORY,
+    METRICS,
+    RUNS,
+    UNFINISHED,
+    StoreError,
+    read_history,
+    read_metrics,
+    read_object,
+)
 
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
 # A config.json written before a key existed ran with that key's default (new keys default to the old behaviour).
 CONFIG_DEFAULTS = RunConfig().to_dict()
 # Keys that never make two runs different variants: the seed is what we average over, and data_root is where
 # the same data lives.
-NOT_VARIANT_KEYS = ("seed", "data_root")
+NOT_VARIANT_KEYS = ("seed", *NOT_IDENTITY)
 
 
 class AnalysisError(ValueError):
@@ -63,7 +73,7 @@ def load_runs(sweeps: Iterable[Path | str]) -> pd.DataFrame:
     rows = []
     for sweep, run_dir in _sweep_runs(sweeps):
         metrics_path = run_dir / METRICS
-        metrics = _read(read_metrics, metrics_path) if metrics_path.exists() else {"status": "unfinished", "reason": ""}
+        metrics = _read(read_metrics, metrics_path) if metrics_path.exists() else {"status": UNFINISHED, "reason": ""}
         config = {**CONFIG_DEFAULTS, **_read(read_object, run_dir / CONFIG)}
         rows.append({"sweep": sweep, "run_id": run_dir.name, **config, **metrics})
     if not rows:

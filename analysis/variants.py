@@ -9,13 +9,14 @@ import math
 import pandas as pd
 
 from ablations.config import RunConfig
+from ablations.store import DONE, STATUSES
 from ablations.sweep.grid import parse_value
 from analysis.load import AnalysisError, variant_keys
 from analysis.stats import Difference, mean_ci, welch
 
 METRICS = ("test_acc", "train_images_per_s")  # measured per run: averaged over seeds
 MODEL_COSTS = ("params", "macs", "flops")  # fixed by the config: the same for every seed
-NOT_DONE = ("diverged", "failed", "unfinished")
+NOT_DONE = tuple(status for status in STATUSES if status != DONE)
 
 
 def _groups(runs: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, pd.DataFrame]]:

@@ -91,3 +91,11 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return folder
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the SLURM test cluster is marked `slurm` (run with CONVMIXER_TEST_SLURM=1) and `slow`."""
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slurm)
+            item.add_marker(pytest.mark.slow)

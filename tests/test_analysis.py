@@ -178,6 +178,7 @@ FIGURES = ("accuracy_vs_kernel_size", "accuracy_vs_macs", "accuracy_vs_params", 
            "training_curves")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_report_command_writes_tables_and_figures_into_the_sweep(sweep, repo_root):
     command = [sys.executable, "-m", "analysis.report", str(sweep), "--baseline", "kernel_size=3"]
     result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True)
@@ -310,6 +311,7 @@ def run_report(argv: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sweeps_that_differ_in_an_unswept_key_are_refused_unless_allowed(sweep, tmp_path, capsys):
     small = copy_runs(sweep, tmp_path / "small", lambda config: config["kernel_size"] == 3)
     large = copy_runs(sweep, tmp_path / "large", lambda config: config["kernel_size"] == 5)
@@ -420,6 +422,7 @@ def test_report_and_captions_say_what_ran(sweep, tmp_path):
     assert "- Design: older: preset and design not recorded (made before sweep.json)" in index
 
 
+@pytest.mark.slow
 def test_a_rerun_into_the_same_folder_removes_the_figures_it_no_longer_writes(study, sweep, tmp_path):
     out = tmp_path / "out"
     assert report.main([str(study), "--out", str(out)]) == 0

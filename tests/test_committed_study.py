@@ -16,6 +16,7 @@ RESULTS = REPO / "results" / "cifar10-cpu"
 CLOCK_KEYS = ("epoch_time_s", "train_time_s", "train_images_per_s")
 
 
+@pytest.mark.slow
 def test_the_cheapest_committed_run_is_reproduced_from_the_study_file(cifar10_jpeg, tmp_path):
     configs = [cfg for cfg in read_study(STUDY).sweep.configs() if cfg.seed == 0]
     cheapest = min(configs, key=lambda cfg: cfg.dim * cfg.dim * cfg.depth / cfg.patch_size**2)

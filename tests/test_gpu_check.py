@@ -13,6 +13,7 @@ def gpu_check(repo_root, monkeypatch):
     return importlib.import_module("gpu_check")
 
 
+@pytest.mark.slow
 def test_every_stage_of_the_gpu_check_runs_on_a_cpu(gpu_check, tmp_path, capsys):
     code = gpu_check.main(["--device", "cpu", "--tiny", "--data", "synthetic", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "gpu_check.json").read_text())

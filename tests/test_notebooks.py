@@ -64,6 +64,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_explore_sweep_opens_the_committed_study_by_default(monkeypatch):
     if not COMMITTED_STUDY.exists():
         pytest.skip(f"{COMMITTED_STUDY} is not in this checkout yet")
@@ -74,6 +75,7 @@ def test_explore_sweep_opens_the_committed_study_by_default(monkeypatch):
     assert set(pd.read_csv(COMMITTED_STUDY / "summary.csv")["status"]) == {"done"}
 
 
+@pytest.mark.slow
 def test_explore_sweep_shows_a_study_by_axis(study, monkeypatch):
     monkeypatch.setenv("CONVMIXER_SWEEP", str(study))
     notebook = execute("explore_sweep.ipynb")
@@ -85,6 +87,7 @@ def test_explore_sweep_shows_a_study_by_axis(study, monkeypatch):
     assert len(png_outputs(notebook)) == 8  # accuracy vs k, p, 3 costs; curves per axis; the per-run curves
 
 
+@pytest.mark.slow
 def test_explore_sweep_runs_on_a_real_sweep(sweep, monkeypatch):
     monkeypatch.setenv("CONVMIXER_SWEEP", str(sweep))
     notebook = execute("explore_sweep.ipynb")
@@ -93,6 +96,7 @@ def test_explore_sweep_runs_on_a_real_sweep(sweep, monkeypatch):
     assert len(png_outputs(notebook)) == 6  # accuracy vs kernel size and vs 3 costs, training curves, per-run curves
 
 
+@pytest.mark.slow
 def test_model_walkthrough_runs():
     notebook = execute("model_walkthrough.ipynb")
     text = text_of(notebook)

@@ -112,7 +112,7 @@ def test_dry_run_lists_status_and_writes_nothing(finished_sweep, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].split() == ["run_id", "lr", "status"]
     statuses = {line.split()[1]: line.split(None, 2)[2] for line in lines[3:]}
-    assert statuses["0.01"] == "done" and statuses["0.1"] == "pending"
+    assert statuses["0.01"] == "done" and statuses["0.1"] == "unfinished (not started)"
     assert statuses["1000000.0"].startswith("diverged (")
     assert snapshot(out) == before
 
@@ -151,6 +151,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(finished_sweep, capsys
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_the_module_entry_point_reports_bad_input_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "ablations.run", "--grid", "kernal_size=3,7"],
@@ -247,6 +248,7 @@ def session_processes(session: int) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
 def test_a_sweep_killed_with_sigkill_resumes_without_loss_or_litter(tmp_path):
     out = tmp_path / "killed"
@@ -288,6 +290,7 @@ class KillWorkerAtFirstEpoch(SweepProgress):
                 os.kill(child.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_a_dead_worker_fails_its_run_the_sweep_goes_on_and_retry_resumes(tmp_path, capsys):
     configs = tiny_configs(["kernel_size=3,5"], epochs=3)
     store = Store(tmp_path)

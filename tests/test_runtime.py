@@ -68,6 +68,7 @@ def hide_packages(folder: Path) -> dict:
     return {**os.environ, "PYTHONPATH": path}
 
 
+@pytest.mark.slow
 def test_a_sweep_trains_and_reports_counts_without_fvcore_and_submitit(tmp_path, repo_root):
     env = hide_packages(tmp_path / "hidden")
     keys = "dataset=synthetic,epochs=1,dim=8,depth=1,patch_size=4,train_subset=64,test_subset=32,batch_size=32"

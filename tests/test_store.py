@@ -44,9 +44,9 @@ def test_summary_lists_every_run_with_its_state(tmp_path):
     row = rows[done.run_id()]
     assert (row["status"], row["test_acc"], row["params"], row["epochs_completed"]) == ("done", "0.3", "1234", "3")
     assert (row["kernel_size"], row["dataset"], row["hflip"]) == ("3", "synthetic", "True")
-    assert (rows[partial.run_id()]["status"], rows[partial.run_id()]["epochs_completed"]) == ("partial", "2")
-    assert (rows[pending.run_id()]["status"], rows[pending.run_id()]["test_acc"]) == ("pending", "")
-    assert store.state(store.run_dir(partial)).describe(partial.epochs) == "partial (epoch 2/3)"
+    assert (rows[partial.run_id()]["status"], rows[partial.run_id()]["epochs_completed"]) == ("unfinished", "2")
+    assert (rows[pending.run_id()]["status"], rows[pending.run_id()]["test_acc"]) == ("unfinished", "")
+    assert store.state(store.run_dir(partial)).describe(partial.epochs) == "unfinished (epoch 2/3)"
     assert not list(tmp_path.rglob("*.tmp"))
 
 
@@ -64,7 +64,7 @@ def test_failure_is_recorded_and_can_be_forgotten_for_a_retry(tmp_path):
     store.drop_checkpoint(run_dir)  # a failed run keeps its checkpoint: a retry resumes from it
     assert (run_dir / "checkpoint.pt").exists()
     store.forget_failure(run_dir)
-    assert store.state(run_dir).status == "partial"
+    assert store.state(run_dir).status == "unfinished"
 
 
 def test_checkpoints_of_done_and_diverged_runs_are_dropped(tmp_path):

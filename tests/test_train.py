@@ -88,6 +88,7 @@ def test_learns_the_synthetic_set(straight_run):
     assert read_json(run_dir / "metrics.json") == pytest.approx(metrics)
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_identical_metrics(straight_run, tmp_path):
     run_dir, metrics = straight_run
     again = train_run(tiny(), tmp_path, device="cpu", log=quiet)
@@ -103,6 +104,7 @@ class Interrupted(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_exactly_the_same_result(straight_run, tmp_path):
     run_dir, metrics = straight_run
 
@@ -173,6 +175,7 @@ def test_fp16_is_refused_on_cpu():
         train_run(tiny(precision="fp16"), None, device="cpu", log=quiet)
 
 
+@pytest.mark.slow
 def test_learns_a_subset_of_real_cifar10(cifar10_jpeg, tmp_path):
     cfg = tiny(dataset="imagefolder", data_root=str(cifar10_jpeg), kernel_size=5, test_subset=1000, batch_size=100)
     metrics = train_run(cfg, tmp_path, device="cpu", log=quiet)
@@ -180,6 +183,7 @@ def test_learns_a_subset_of_real_cifar10(cifar10_jpeg, tmp_path):
     assert metrics["test_acc"] > 0.25  # chance is 0.10; measured 0.374
 
 
+@pytest.mark.slow
 def test_configs_trained_one_after_another_in_one_process_are_each_compiled(monkeypatch):
     """A sweep worker trains run after run. Before, each run compiled 3 graphs (one dynamic, for the partial
     batches) and the 4th config fell back to eager silently (dynamo's recompile limit, 8). Each run must compile
@@ -262,6 +266,7 @@ def test_train_speed_refuses_bad_options_before_training(repo_root, tmp_path, mo
     assert [path.name for path in tmp_path.iterdir()] == ["file"]
 
 
+@pytest.mark.slow
 def test_train_speed_compares_variants_over_seeds(cifar10_jpeg, repo_root, tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(repo_root / "benchmarks"))
     train_speed = importlib.import_module("train_speed")

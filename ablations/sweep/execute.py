@@ -1,9 +1,12 @@
-"""Runs one config inside its run folder: the part shared by the local worker processes and the SLURM jobs.
+"""Runs one config inside its run folder, and ends it in the sweep: the steps both launchers share.
 
 train_run does the training, checkpointing and metrics; this wraps it with the run's log.txt and turns any
 exception (CUDA out of memory included) into a metrics.json with status "failed" and a one-line reason, so that
 one bad run is recorded and the sweep goes on. An interrupt (Ctrl-C, SIGTERM) is not a failure: the run
 stays unfinished and resumes from its last checkpoint next time.
+
+end_run is the sweep process's side: once a run's worker or job is gone, the run has metrics.json (written by
+execute_run) or gets one recording why it ended, and the progress display and summary.csv learn of it.
 """
 
 import os
@@ -17,6 +20,7 @@ import torch
 from ablations.config import RunConfig
 from ablations.engine.train import train_run
 from ablations.store import LOG, Store
+from ablations.sweep.progress import SweepProgress
 from convmixer.runtime import resolve_device
 
 
@@ -61,4 +65,18 @@ def execute_run(
         log(f"finished: {metrics['status']}" + (f" ({metrics['reason']})" if metrics["reason"] else ""))
     if not keep_checkpoints:
         store.drop_checkpoint(run_dir)
+    return metrics
+
+
+def end_run(store: Store, run_id: str, progress: SweepProgress, why_it_died: Callable[[], str], device: str) -> dict:
+    """Record that a run's worker or job has ended and return its metrics. A run that ended without writing
+    metrics.json (its process was killed: OOM killer, scancel, time limit) is recorded as failed, with the reason
+    `why_it_died()` gives, so that the sweep counts it and --retry-failed resumes it."""
+    run_dir = store.run_dir(run_id)
+    os.listdir(run_dir)  # on NFS a directory read refreshes the cache: see a metrics.json written on another node
+    metrics = store.metrics(run_dir)
+    if metrics is None:
+        metrics = store.record_failure(run_dir, why_it_died(), device)
+    progress.finished(run_id, metrics)
+    store.write_summary()
     return metrics

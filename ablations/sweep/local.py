@@ -20,7 +20,7 @@ import torch
 
 from ablations.config import RunConfig
 from ablations.store import Store
-from ablations.sweep.execute import execute_run, limit_cpu_threads
+from ablations.sweep.execute import end_run, execute_run, limit_cpu_threads
 from ablations.sweep.progress import SweepProgress
 
 
@@ -124,26 +124,24 @@ class LocalLauncher:
             elif kind == "epoch":
                 self.progress.epoch(*payload)
             elif kind == "end":
-                self.finish(*payload)
-                worker.run_id = None
+                self.finish(worker)
 
-    def finish(self, run_id: str, metrics: dict) -> None:
-        self.results[run_id] = metrics
-        self.progress.finished(run_id, metrics)
-        self.store.write_summary()
+    def finish(self, worker: Worker, exit_code: int | None = None) -> None:
+        """End the worker's run: it sent its metrics, or it died in the run (exit_code says how)."""
+
+        def why_it_died() -> str:
+            killed = " (SIGKILL: the kernel's out-of-memory killer?)" if exit_code == -signal.SIGKILL else ""
+            return f"worker process on {worker.device} died (exit code {exit_code}){killed}"
+
+        self.results[worker.run_id] = end_run(self.store, worker.run_id, self.progress, why_it_died, worker.device)
+        worker.run_id = None
 
     def bury(self, worker: Worker) -> list[Worker]:
         """A worker has exited: fail the run it died in, and replace it if it was healthy and work is left."""
         worker.process.join()
         code = worker.process.exitcode
-        if worker.run_id is not None:
-            run_dir = self.store.runs / worker.run_id
-            metrics = self.store.metrics(run_dir)  # it may have died right after writing them
-            if metrics is None:
-                killed = " (SIGKILL: the kernel's out-of-memory killer?)" if code == -signal.SIGKILL else ""
-                reason = f"worker process on {worker.device} died (exit code {code}){killed}"
-                metrics = self.store.record_failure(run_dir, reason, worker.device)
-            self.finish(worker.run_id, metrics)
+        if worker.run_id is not None:  # it may have died right after writing metrics.json: end_run looks first
+            self.finish(worker, code)
         if not worker.healthy:
             self.progress.write(f"worker on {worker.device} exited before taking a run (exit code {code}); see above")
         elif self.pending and self.restarts_left > 0:

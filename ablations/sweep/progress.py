@@ -9,6 +9,8 @@ import sys
 
 from tqdm import tqdm
 
+from ablations.store import DONE, FINISHED
+
 
 def run_label(values: dict, keys: list[str]) -> str:
     return " ".join(f"{key}={values[key]}" for key in keys)
@@ -26,7 +28,7 @@ class SweepProgress:
         self.done_epochs = dict(done_epochs)
         self.run_bars: dict[str, tqdm] = {}
         self.slots: dict[str, int] = {}  # terminal line of each active run's bar, below the overall one
-        self.counts = {"done": 0, "failed": 0, "running": 0, "left": len(epochs)}
+        self.counts = {**dict.fromkeys(FINISHED, 0), "running": 0, "left": len(epochs)}
         self.queue_states = ""  # squeue's view of the jobs, for the SLURM launcher
         self.update_counts()
 
@@ -77,9 +79,8 @@ class SweepProgress:
         self.overall.update(self.epochs[run_id] - self.done_epochs[run_id])
         self.run_bars.pop(run_id).close()
         del self.slots[run_id]
-        ok = metrics["status"] == "done"
-        self.update_counts(running=-1, **{"done" if ok else "failed": 1})
-        result = f"test_acc {metrics['test_acc']:.4f}" if ok else metrics["reason"]
+        self.update_counts(running=-1, **{metrics["status"]: 1})
+        result = f"test_acc {metrics['test_acc']:.4f}" if metrics["status"] == DONE else metrics["reason"]
         self.write(f"{metrics['status']:<8} {self.name(run_id)}: {result}")
 
     def close(self) -> None:

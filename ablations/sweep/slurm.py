@@ -28,7 +28,7 @@ from pathlib import Path
 from ablations import atomic
 from ablations.config import ConfigError, RunConfig
 from ablations.store import HISTORY, Store, read_json
-from ablations.sweep.execute import execute_run, limit_cpu_threads
+from ablations.sweep.execute import end_run, execute_run, limit_cpu_threads
 from ablations.sweep.progress import SweepProgress
 
 JOBS = "jobs.json"  # {run_id: SLURM job id}, in the sweep's slurm/ folder
@@ -241,7 +241,7 @@ class SlurmLauncher:
                 f"submitted job array {array} ({len(to_submit)} tasks, at most {parallel} at once); "
                 f"logs: {self.log_path(f'{array}_<task>')} and .err"
             )
-        self.seen = {run_id: self.store.state(self.store.runs / run_id).epochs for run_id in watching}
+        self.seen = {run_id: self.store.state(self.store.run_dir(run_id)).epochs for run_id in watching}
         self.started: set[str] = set()
         results = {}
         asked = -float("inf")  # ask at once: jobs submitted just now are not in the answer we have
@@ -252,9 +252,9 @@ class SlurmLauncher:
                     asked = time.monotonic()
                 for run_id, job_id in list(watching.items()):
                     self.follow(run_id, job_id)
-                    metrics = self.store.metrics(self.store.runs / run_id)
+                    metrics = self.store.metrics(self.store.run_dir(run_id))
                     if metrics is not None or (self.answered and not self.job_state(job_id).live):
-                        results[run_id] = self.finish(run_id, job_id, metrics)
+                        results[run_id] = self.finish(run_id, job_id)
                         del watching[run_id]
                 if watching:
                     time.sleep(min(1.0, self.options.poll_s))
@@ -288,7 +288,7 @@ class SlurmLauncher:
 
     def follow(self, run_id: str, job_id: str) -> None:
         """Report the run's start and the epochs its job has completed since we last looked."""
-        history_path = self.store.runs / run_id / HISTORY
+        history_path = self.store.run_dir(run_id) / HISTORY
         history = read_json(history_path) if history_path.exists() else []
         job = self.queue.get(job_id)
         running = job is not None and job.state in ("RUNNING", "COMPLETING")
@@ -299,19 +299,15 @@ class SlurmLauncher:
             self.progress.epoch(run_id, record)
         self.seen[run_id] = max(self.seen[run_id], len(history))
 
-    def finish(self, run_id: str, job_id: str, metrics: dict | None) -> dict:
+    def finish(self, run_id: str, job_id: str) -> dict:
         if run_id not in self.started:
             self.started.add(run_id)
             self.progress.started(run_id, f"SLURM job {job_id}")
-        run_dir = self.store.runs / run_id
-        if metrics is None:
-            os.listdir(run_dir)  # on NFS a directory read refreshes the cache: see a metrics.json the job wrote
-            metrics = self.store.metrics(run_dir)
-        if metrics is None:  # the job ended before execute_run did: scancel, time limit, node failure, OOM kill
+
+        def why_it_died() -> str:  # the job ended before execute_run did: scancel, time limit, node failure, OOM
             job = self.job_state(job_id)
             detail = f" ({job.reason})" if job.reason not in ("", "None") else ""
-            metrics = self.store.record_failure(run_dir, f"SLURM job {job_id} ended as {job.state}{detail}", "slurm")
             self.progress.write(f"         log of SLURM job {job_id}: {self.log_path(job_id)}")
-        self.progress.finished(run_id, metrics)
-        self.store.write_summary()
-        return metrics
+            return f"SLURM job {job_id} ended as {job.state}{detail}"
+
+        return end_run(self.store, run_id, self.progress, why_it_died, "slurm")
