@@ -30,6 +30,9 @@ LATER_KEYS: dict[str, object] = {"tf32": True}
 # own defaults (convmixer.model.ConvMixerConfig: the paper's ImageNet signature, k9 p7), since sweeps train on
 # CIFAR-sized images.
 REFERENCE_MODEL = MODEL_CONFIGS["convmixer_256_8_cifar10"]
+# The ConvMixerConfig fields a run sets as its own keys (the data sets the others): a new model knob is a field
+# there and a key in RunConfig, and model_config passes it on by name.
+MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ConvMixerConfig) if f.name not in ("n_classes", "in_chans"))
 
 
 class ConfigError(ValueError):
@@ -97,16 +100,9 @@ class RunConfig:
         return digest
 
     def model_config(self, n_classes: int, in_chans: int = 3) -> ConvMixerConfig:
+        """The model this run trains; classes and channels come from the data, every other field from MODEL_KEYS."""
         return ConvMixerConfig(
-            self.dim,
-            self.depth,
-            self.kernel_size,
-            self.patch_size,
-            n_classes,
-            in_chans,
-            self.residual,
-            self.norm,
-            self.activation,
+            n_classes=n_classes, in_chans=in_chans, **{key: getattr(self, key) for key in MODEL_KEYS}
         )
 
     def validate(self) -> None:
@@ -170,9 +166,9 @@ ACCEPTED: dict[str, Range | Choice] = {
     "depth": Range(int, 0),
     "kernel_size": Range(int, 1),
     "patch_size": Range(int, 1),
-    "residual": Choice(RESIDUALS),
-    "norm": Choice(NORMS),
-    "activation": Choice(ACTIVATIONS),
+    "residual": Choice(tuple(RESIDUALS)),
+    "norm": Choice(tuple(NORMS)),
+    "activation": Choice(tuple(ACTIVATIONS)),
     "dataset": Choice(DATASETS),
     "image_size": Range(int, 0, MAX_IMAGE_SIZE, note="0: the dataset's native size"),
     "train_subset": Range(int, 0, note="0: all images"),
