@@ -105,6 +105,11 @@ class RunConfig:
             n_classes=n_classes, in_chans=in_chans, **{key: getattr(self, key) for key in MODEL_KEYS}
         )
 
+    @property
+    def model_name(self) -> str:
+        """ConvMixerConfig.name of the model this run trains (known before the data is)."""
+        return ConvMixerConfig(dim=self.dim, depth=self.depth).name
+
     def validate(self) -> None:
         """Raise ConfigError on the first value that is out of type, range or choice (the rules: ACCEPTED)."""
         for key, rule in ACCEPTED.items():

@@ -252,7 +252,7 @@ def config_from_args(args: argparse.Namespace) -> ConvMixerConfig:
 def format_text(config: ConvMixerConfig, image_size: int, tweet: bool, counts: Counts, speed: dict | None) -> str:
     side = image_size // config.patch_size
     lines = [
-        f"{'tweet ' if tweet else ''}ConvMixer-{config.dim}/{config.depth}: kernel {config.kernel_size}, "
+        f"{'tweet ' if tweet else ''}{config.name}: kernel {config.kernel_size}, "
         f"patch {config.patch_size}, {config.n_classes} classes, residual {config.residual}, "
         f"norm {config.norm}, activation {config.activation}",
         f"input {config.in_chans}x{image_size}x{image_size} -> {side}x{side} patches",

@@ -134,6 +134,11 @@ class ConvMixerConfig:
     norm: str = "batch"
     activation: str = "gelu"
 
+    @property
+    def name(self) -> str:
+        """The paper's name for the model, ConvMixer-dim/depth."""
+        return f"ConvMixer-{self.dim}/{self.depth}"
+
     def build(self) -> "ConvMixer":
         return ConvMixer(**asdict(self))
 

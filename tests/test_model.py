@@ -170,3 +170,4 @@ def test_config_rebuilds_the_same_architecture() -> None:
     rebuilt = model.config.build()
     assert str(rebuilt) == str(model)
     assert rebuilt.config == model.config
+    assert model.config.name == "ConvMixer-6/2"
