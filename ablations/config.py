@@ -1,7 +1,9 @@
 """One training run, as a plain dataclass: the single source of truth for every sweepable key.
 
 The grid runner overrides fields from the command line (`--grid kernel_size=3,7`), validates them
-with `validate()` before anything runs, and derives each run's id from `to_dict()`.
+with `validate()` before anything runs, and derives each run's id from `to_dict()`. A key's value is read by
+its field's type here, from text (`parse_value`: the command line, the report's --baseline) or from TOML
+(`typed_value`: study files).
 """
 
 import dataclasses
@@ -201,3 +203,47 @@ ACCEPTED: dict[str, Range | Choice] = {
 def field_types() -> dict[str, type]:
     """The Python type of each config key, for parsing command-line values."""
     return {f.name: type(f.default) for f in dataclasses.fields(RunConfig)}
+
+
+# How a command line spells a switch (--set hflip=no); parse_value accepts these and nothing else for a bool key.
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+# What typed_value says a TOML value of each field type must be.
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def parse_value(key: str, text: str, option: str) -> object:
+    """A command-line string as the Python value of config key `key`."""
+    kind = field_types()[key]
+    word = text.strip()
+    if word == "":
+        raise ConfigError(f"{option}: empty value for {key}")
+    if kind is bool:
+        if word.lower() in TRUE_WORDS + FALSE_WORDS:
+            return word.lower() in TRUE_WORDS
+        raise ConfigError(
+            f"{option}: {key}={word!r} is not accepted: expected one of {'/'.join(TRUE_WORDS + FALSE_WORDS)}"
+        )
+    if kind is int:
+        try:
+            return int(word)
+        except ValueError:
+            raise ConfigError(f"{option}: {key}={word!r} is not accepted: expected an integer") from None
+    if kind is float:
+        try:
+            number = float(word)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise ConfigError(f"{option}: {key}={word!r} is not accepted: expected a finite number")
+        return number
+    return word
+
+
+def typed_value(key: str, value: object, where: str) -> object:
+    """`value` as the RunConfig field `key` holds it; TOML already typed it, so only check (ints pass as floats)."""
+    kind = field_types()[key]
+    if kind is float and type(value) is int:
+        return float(value)
+    if type(value) is not kind:
+        raise ConfigError(f"{where} {key}={value!r} is not accepted: expected {TYPE_NAMES[kind]}")
+    return value

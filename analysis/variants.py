@@ -8,8 +8,7 @@ import math
 
 import pandas as pd
 
-from ablations.config import RunConfig
-from ablations.sweep.grid import parse_value
+from ablations.config import RunConfig, parse_value
 from analysis.load import AnalysisError, variant_keys
 from analysis.stats import Difference, mean_ci, welch
 

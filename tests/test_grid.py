@@ -3,8 +3,8 @@
 import pytest
 
 from ablations import config
-from ablations.config import ConfigError, RunConfig, field_types
-from ablations.sweep.grid import build_sweep, parse_grid, parse_sets, parse_value
+from ablations.config import ConfigError, RunConfig, field_types, parse_value
+from ablations.sweep.grid import build_sweep, parse_grid, parse_sets
 from ablations.sweep.presets import PRESETS
 
 

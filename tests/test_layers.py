@@ -12,6 +12,7 @@ import pytest
         ("ablations.store", "ablations.engine.train"),  # the run folder's contract does not depend on the engine
         ("convmixer.model", "ablations"),  # convmixer/ is the ground floor
         ("convmixer.count", "ablations"),
+        ("analysis.report", "ablations.sweep"),  # the report reads stores; it parses values with ablations.config
     ],
 )
 def test_a_module_does_not_import_the_layer_above(module, forbidden):
