@@ -21,8 +21,9 @@ SCHEDULES = ("onecycle", "cosine")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # Native image side of the datasets whose size is known before loading them.
 NATIVE_IMAGE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32}
-# train.seed_epoch multiplies the seed by ~1e6 and torch seeds are 64-bit: 32-bit seeds leave a wide margin.
-MAX_SEED = 2**32 - 1
+# A run's seed, not torch's (convmixer.check.MAX_TORCH_SEED, 2**64-1): train.seed_epoch multiplies it by ~1e6
+# before seeding torch, and 32-bit run seeds leave a wide margin below torch's limit.
+MAX_RUN_SEED = 2**32 - 1
 # Far above any image a ConvMixer is trained on; beyond it a resize of the dataset only ends in an allocator crash.
 MAX_IMAGE_SIZE = 4096
 # Keys added after results were first committed, with the value every earlier run had: a run holding that value
@@ -196,7 +197,7 @@ ACCEPTED: dict[str, Range | Choice] = {
     "label_smoothing": Range(float, 0.0, 1.0),
     "clip_norm": Range(float, 0.0, note="0: no clipping"),
     "precision": Choice(PRECISIONS),
-    "seed": Range(int, 0, MAX_SEED),
+    "seed": Range(int, 0, MAX_RUN_SEED),
 }
 
 
