@@ -14,12 +14,12 @@ from torch import nn
 
 from convmixer.arguments import check_choice, check_integer
 
-Choice = TypeVar("Choice")
+Built = TypeVar("Built")  # what a knob's name maps to: a layer constructor or Skips
 NormLayer = Callable[[int], nn.Module]  # channels -> norm module
 ActLayer = Callable[[], nn.Module]
 
 
-def choose(knob: str, name: str, choices: Mapping[str, Choice]) -> Choice:
+def choose(knob: str, name: str, choices: Mapping[str, Built]) -> Built:
     """choices[name], or a one-line ValueError naming the knob, the bad name and the accepted names."""
     check_choice(knob, name, tuple(choices))  # a tuple, so an unhashable value is refused rather than a TypeError
     return choices[name]
