@@ -1,7 +1,9 @@
 """One training run, as a plain dataclass: the single source of truth for every sweepable key.
 
 The grid runner overrides fields from the command line (`--grid kernel_size=3,7`), validates them
-with `validate()` before anything runs, and derives each run's id from `to_dict()`.
+with `validate()` before anything runs, and derives each run's id from `to_dict()`. A key's value is read by
+its field's type here, from text (`parse_value`: the command line, the report's --baseline) or from TOML
+(`typed_value`: study files).
 """
 
 import dataclasses
@@ -20,8 +22,9 @@ SCHEDULES = ("onecycle", "cosine")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # Native image side of the datasets whose size is known before loading them.
 NATIVE_IMAGE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32}
-# train.seed_epoch multiplies the seed by ~1e6 and torch seeds are 64-bit: 32-bit seeds leave a wide margin.
-MAX_SEED = 2**32 - 1
+# A run's seed, not torch's (convmixer.check.MAX_TORCH_SEED, 2**64-1): train.seed_epoch multiplies it by ~1e6
+# before seeding torch, and 32-bit run seeds leave a wide margin below torch's limit.
+MAX_RUN_SEED = 2**32 - 1
 # Far above any image a ConvMixer is trained on; beyond it a resize of the dataset only ends in an allocator crash.
 MAX_IMAGE_SIZE = 4096
 # Keys added after results were first committed, with the value every earlier run had: a run holding that value
@@ -33,6 +36,9 @@ NOT_IDENTITY = ("data_root",)
 # own defaults (convmixer.model.ConvMixerConfig: the paper's ImageNet signature, k9 p7), since sweeps train on
 # CIFAR-sized images.
 REFERENCE_MODEL = MODEL_CONFIGS["convmixer_256_8_cifar10"]
+# The ConvMixerConfig fields a run sets as its own keys (the data sets the others): a new model knob is a field
+# there and a key in RunConfig, and model_config passes it on by name.
+MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ConvMixerConfig) if f.name not in ("n_classes", "in_chans"))
 
 
 class ConfigError(ValueError):
@@ -107,17 +113,15 @@ class RunConfig:
         return dataclasses.replace(self, data_root=os.path.abspath(os.path.expanduser(self.data_root)))
 
     def model_config(self, n_classes: int, in_chans: int = 3) -> ConvMixerConfig:
+        """The model this run trains; classes and channels come from the data, every other field from MODEL_KEYS."""
         return ConvMixerConfig(
-            self.dim,
-            self.depth,
-            self.kernel_size,
-            self.patch_size,
-            n_classes,
-            in_chans,
-            self.residual,
-            self.norm,
-            self.activation,
+            n_classes=n_classes, in_chans=in_chans, **{key: getattr(self, key) for key in MODEL_KEYS}
         )
+
+    @property
+    def model_name(self) -> str:
+        """ConvMixerConfig.name of the model this run trains (known before the data is)."""
+        return ConvMixerConfig(dim=self.dim, depth=self.depth).name
 
     def validate(self) -> None:
         """Raise ConfigError on the first value that is out of type, range or choice (the rules: ACCEPTED)."""
@@ -180,9 +184,9 @@ ACCEPTED: dict[str, Range | Choice] = {
     "depth": Range(int, 0),
     "kernel_size": Range(int, 1),
     "patch_size": Range(int, 1),
-    "residual": Choice(RESIDUALS),
-    "norm": Choice(NORMS),
-    "activation": Choice(ACTIVATIONS),
+    "residual": Choice(tuple(RESIDUALS)),
+    "norm": Choice(tuple(NORMS)),
+    "activation": Choice(tuple(ACTIVATIONS)),
     "dataset": Choice(DATASETS),
     "image_size": Range(int, 0, MAX_IMAGE_SIZE, note="0: the dataset's native size"),
     "train_subset": Range(int, 0, note="0: all images"),
@@ -203,10 +207,54 @@ ACCEPTED: dict[str, Range | Choice] = {
     "label_smoothing": Range(float, 0.0, 1.0),
     "clip_norm": Range(float, 0.0, note="0: no clipping"),
     "precision": Choice(PRECISIONS),
-    "seed": Range(int, 0, MAX_SEED),
+    "seed": Range(int, 0, MAX_RUN_SEED),
 }
 
 
 def field_types() -> dict[str, type]:
     """The Python type of each config key, for parsing command-line values."""
     return {f.name: type(f.default) for f in dataclasses.fields(RunConfig)}
+
+
+# How a command line spells a switch (--set hflip=no); parse_value accepts these and nothing else for a bool key.
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+# What typed_value says a TOML value of each field type must be.
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def parse_value(key: str, text: str, option: str) -> object:
+    """A command-line string as the Python value of config key `key`."""
+    kind = field_types()[key]
+    word = text.strip()
+    if word == "":
+        raise ConfigError(f"{option}: empty value for {key}")
+    if kind is bool:
+        if word.lower() in TRUE_WORDS + FALSE_WORDS:
+            return word.lower() in TRUE_WORDS
+        raise ConfigError(
+            f"{option}: {key}={word!r} is not accepted: expected one of {'/'.join(TRUE_WORDS + FALSE_WORDS)}"
+        )
+    if kind is int:
+        try:
+            return int(word)
+        except ValueError:
+            raise ConfigError(f"{option}: {key}={word!r} is not accepted: expected an integer") from None
+    if kind is float:
+        try:
+            number = float(word)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise ConfigError(f"{option}: {key}={word!r} is not accepted: expected a finite number")
+        return number
+    return word
+
+
+def typed_value(key: str, value: object, where: str) -> object:
+    """`value` as the RunConfig field `key` holds it; TOML already typed it, so only check (ints pass as floats)."""
+    kind = field_types()[key]
+    if kind is float and type(value) is int:
+        return float(value)
+    if type(value) is not kind:
+        raise ConfigError(f"{where} {key}={value!r} is not accepted: expected {TYPE_NAMES[kind]}")
+    return value

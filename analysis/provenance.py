@@ -12,6 +12,7 @@ import pandas as pd
 
 from analysis.design import Design
 from analysis.load import dataset_label
+from convmixer.model import ConvMixerConfig
 
 NOT_RECORDED = "not recorded"
 
@@ -29,7 +30,7 @@ def values_text(runs: pd.DataFrame, key: str, fmt: str = "{}") -> str:
 
 
 def model_text(runs: pd.DataFrame) -> str:
-    models = sorted({f"ConvMixer-{row['dim']}/{row['depth']}" for row in runs[["dim", "depth"]].to_dict("records")})
+    models = sorted({ConvMixerConfig(**row).name for row in runs[["dim", "depth"]].to_dict("records")})
     return (
         f"{' and '.join(models)} (width/depth), kernel size k = {values_text(runs, 'kernel_size')}, "
         f"patch size p = {values_text(runs, 'patch_size')}, residual {values_text(runs, 'residual')}, "

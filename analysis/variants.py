@@ -8,9 +8,8 @@ import math
 
 import pandas as pd
 
-from ablations.config import RunConfig
+from ablations.config import RunConfig, parse_value
 from ablations.store import DONE, STATUSES
-from ablations.sweep.grid import parse_value
 from analysis.load import AnalysisError, variant_keys
 from analysis.stats import Difference, mean_ci, welch
 

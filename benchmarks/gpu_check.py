@@ -186,7 +186,7 @@ def train_recipe(check: Check, timeout: float) -> str:
     if metrics["status"] != "done":
         raise RuntimeError(f"run {metrics['status']}: {metrics['reason']}")
     last = history[-1]
-    return (f"ConvMixer-{cfg.dim}/{cfg.depth}, {cfg.epochs} epochs on {data_label(check)}: test acc "
+    return (f"{cfg.model_name}, {cfg.epochs} epochs on {data_label(check)}: test acc "
             f"{metrics['test_acc']:.4f} (one seed), last epoch {last['epoch_time_s']:.2f} s, "
             f"{last['train_images_per_s']:.0f} train img/s, {metrics['precision_used']}, "
             f"peak {metrics['peak_memory_mb']:.0f} MB")  # fmt: skip

@@ -217,7 +217,7 @@ def describe(cfg: RunConfig, device: torch.device, args: argparse.Namespace, pea
     reference_precision = "fp16 autocast + GradScaler" if device.type == "cuda" else "fp32 (no CUDA)"
     data = "CIFAR-10 (JPEG q75 copy)" if Path(cfg.data_root).name == DEFAULT_DATA.name else cfg.data_root
     return [
-        f"ConvMixer-{cfg.dim}/{cfg.depth} k{cfg.kernel_size} p{cfg.patch_size} on {data}",
+        f"{cfg.model_name} k{cfg.kernel_size} p{cfg.patch_size} on {data}",
         f"device {name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
         f"engine: precision {engine_precision}, channels_last {cfg.channels_last}, compile {cfg.compile}, fused AdamW "
         f"on CUDA, cuDNN autotuner on; engine-fp16: the same at fp16 + GradScaler",

@@ -235,13 +235,13 @@ def report(rows: Sequence[Row]) -> str:
     return "\n".join(line for line in lines if line)
 
 
-MAX_SEED = 2**64 - 1  # torch.manual_seed raises on anything larger
+MAX_TORCH_SEED = 2**64 - 1  # torch.manual_seed raises on anything larger; the check seeds torch directly
 
 
 def parse_seed(text: str) -> int:
     # isdigit() alone lets through '²' and other digits int() refuses
-    if not (text.isascii() and text.isdigit()) or int(text) > MAX_SEED:
-        raise argparse.ArgumentTypeError(f"invalid seed {text!r}; expected an integer from 0 to {MAX_SEED}")
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_TORCH_SEED:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}; expected an integer from 0 to {MAX_TORCH_SEED}")
     return int(text)
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from convmixer.arguments import OneLineParser, check_choice, check_integer, check_patch_fits, run_cli
-from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig, count_parameters
+from convmixer.model import KNOB_CHOICES, ConvMixerConfig, count_parameters
 from convmixer.registry import default_image_size, get_config, list_models
 from convmixer.runtime import AUTOCAST_DTYPES, MissingPackage, check_memory, require
 from convmixer.throughput import measure_throughput
@@ -139,6 +139,8 @@ def op_handles() -> dict[str, Handle]:
 
 
 FREE_OPS = ("aten::flatten", "aten::permute")
+# The tweet's arguments h, d, k, p, n, in its order; it fixes every other ConvMixerConfig field at the default.
+TWEET_ARGUMENTS = ("dim", "depth", "kernel_size", "patch_size", "n_classes")
 
 
 def trace_counts(model: nn.Module, image_size: int, in_chans: int = 3) -> Counts:
@@ -171,19 +173,19 @@ def build_model(config: ConvMixerConfig, *, tweet: bool = False) -> nn.Module:
         return config.build()
     with torch.device("meta"):
         config.build()  # validates every field without allocating weights
-    tweet_knobs = ConvMixerConfig(config.dim, config.depth, config.kernel_size, config.patch_size, config.n_classes)
-    if config != tweet_knobs:
+    fixed = [field for field in dataclasses.fields(config) if field.name not in TWEET_ARGUMENTS]
+    if any(getattr(config, field.name) != field.default for field in fixed):
         raise ValueError(
-            f"the tweet has only in_chans=3, residual='depthwise', norm='batch', activation='gelu'; got "
-            f"in_chans={config.in_chans}, residual={config.residual!r}, norm={config.norm!r}, "
-            f"activation={config.activation!r} (drop --tweet to count the modular model)"
+            f"the tweet has only {', '.join(f'{field.name}={field.default!r}' for field in fixed)}; got "
+            f"{', '.join(f'{field.name}={getattr(config, field.name)!r}' for field in fixed)} "
+            "(drop --tweet to count the modular model)"
         )
     if config.kernel_size % 2 == 0:
         raise ValueError(
             f"kernel_size={config.kernel_size} cannot run in the tweet: its padding=k//2 grows the map by one "
             "pixel for even kernels and the residual add fails; use an odd kernel or drop --tweet"
         )
-    return TweetConvMixer(config.dim, config.depth, config.kernel_size, config.patch_size, config.n_classes)
+    return TweetConvMixer(*(getattr(config, name) for name in TWEET_ARGUMENTS))
 
 
 def count_model(config: ConvMixerConfig, image_size: int, *, tweet: bool = False) -> Counts:
@@ -201,7 +203,6 @@ def count_model(config: ConvMixerConfig, image_size: int, *, tweet: bool = False
 PROG = "python -m convmixer.count"
 DEFAULT_IMAGE_SIZE = 224  # without --model: the ImageNet resolution of the paper
 SHAPE_FLAGS = tuple(field.name for field in dataclasses.fields(ConvMixerConfig))
-SHAPE_CHOICES = {"residual": RESIDUALS, "norm": NORMS, "activation": ACTIVATIONS}  # every other shape flag is an int
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -216,8 +217,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "override the model's",
     )
     for flag in SHAPE_FLAGS:
-        if flag in SHAPE_CHOICES:
-            parser.add_argument(f"--{flag}", choices=SHAPE_CHOICES[flag])
+        if flag in KNOB_CHOICES:
+            parser.add_argument(f"--{flag}", choices=tuple(KNOB_CHOICES[flag]))
         else:
             parser.add_argument("--" + flag.replace("_", "-"), type=int, help=f"model {flag}")
     parser.add_argument(
@@ -251,7 +252,7 @@ def config_from_args(args: argparse.Namespace) -> ConvMixerConfig:
 def format_text(config: ConvMixerConfig, image_size: int, tweet: bool, counts: Counts, speed: dict | None) -> str:
     side = image_size // config.patch_size
     lines = [
-        f"{'tweet ' if tweet else ''}ConvMixer-{config.dim}/{config.depth}: kernel {config.kernel_size}, "
+        f"{'tweet ' if tweet else ''}{config.name}: kernel {config.kernel_size}, "
         f"patch {config.patch_size}, {config.n_classes} classes, residual {config.residual}, "
         f"norm {config.norm}, activation {config.activation}",
         f"input {config.in_chans}x{image_size}x{image_size} -> {side}x{side} patches",

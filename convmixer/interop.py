@@ -174,7 +174,15 @@ def infer_config(state_dict: StateDict, activation: str) -> ConvMixerConfig:
     dim, in_chans, patch_size, _ = state_dict["stem.conv.weight"].shape
     n_classes = state_dict["head.fc.weight"].shape[0]
     kernel_size = state_dict["blocks.0.depthwise.conv.weight"].shape[-1] if depth else ConvMixerConfig.kernel_size
-    return ConvMixerConfig(dim, depth, kernel_size, patch_size, n_classes, in_chans, activation=activation)
+    return ConvMixerConfig(
+        dim=dim,
+        depth=depth,
+        kernel_size=kernel_size,
+        patch_size=patch_size,
+        n_classes=n_classes,
+        in_chans=in_chans,
+        activation=activation,
+    )
 
 
 def load_timm_checkpoint(checkpoint: str | Path | StateDict, activation: str) -> ConvMixer:

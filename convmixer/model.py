@@ -5,16 +5,24 @@ a depthwise conv with a large kernel mixes space (inside a residual), a 1x1 conv
 Every conv is followed by an activation and a norm, in that order, as in the paper.
 """
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from convmixer.arguments import check_choice, check_integer
 
-RESIDUALS = ("depthwise", "pointwise", "both", "block", "none")
-NORMS = ("batch", "layer")
-ACTIVATIONS = ("gelu", "relu")
+Built = TypeVar("Built")  # what a knob's name maps to: a layer constructor or Skips
+NormLayer = Callable[[int], nn.Module]  # channels -> norm module
+ActLayer = Callable[[], nn.Module]
+
+
+def choose(knob: str, name: str, choices: Mapping[str, Built]) -> Built:
+    """choices[name], or a one-line ValueError naming the knob, the bad name and the accepted names."""
+    check_choice(knob, name, tuple(choices))  # a tuple, so an unhashable value is refused rather than a TypeError
+    return choices[name]
 
 
 class ChannelLayerNorm(nn.LayerNorm):
@@ -25,24 +33,38 @@ class ChannelLayerNorm(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-def make_norm(norm: str, dim: int) -> nn.Module:
-    check_choice("norm", norm, NORMS)
-    return nn.BatchNorm2d(dim) if norm == "batch" else ChannelLayerNorm(dim)
+@dataclass(frozen=True)
+class Skips:
+    """Where a mixer layer adds an input back: around the depthwise conv, the pointwise conv, or the whole layer."""
+
+    depthwise: bool = False
+    pointwise: bool = False
+    block: bool = False
 
 
-def make_activation(activation: str) -> nn.Module:
-    check_choice("activation", activation, ACTIVATIONS)
-    return nn.GELU() if activation == "gelu" else nn.ReLU()
+# Each knob's accepted names and what they build, as in timm's _NORM_MAP: one lookup (`choose`) both validates
+# a name and gives its layer, and the run config and the CLIs offer `tuple(NORMS)` etc. as their choices.
+NORMS: dict[str, NormLayer] = {"batch": nn.BatchNorm2d, "layer": ChannelLayerNorm}
+ACTIVATIONS: dict[str, ActLayer] = {"gelu": nn.GELU, "relu": nn.ReLU}
+RESIDUALS: dict[str, Skips] = {
+    "depthwise": Skips(depthwise=True),  # the paper's
+    "pointwise": Skips(pointwise=True),
+    "both": Skips(depthwise=True, pointwise=True),
+    "block": Skips(block=True),
+    "none": Skips(),
+}
+# The knobs chosen by name; every other ConvMixerConfig field is an integer.
+KNOB_CHOICES: dict[str, Mapping[str, object]] = {"residual": RESIDUALS, "norm": NORMS, "activation": ACTIVATIONS}
 
 
 class ConvActNorm(nn.Module):
     """conv -> activation -> norm: the unit ConvMixer is built from (the tweet's `A(C(...))`)."""
 
-    def __init__(self, conv: nn.Conv2d, norm: str, activation: str) -> None:
+    def __init__(self, conv: nn.Conv2d, norm_layer: NormLayer, act_layer: ActLayer) -> None:
         super().__init__()
         self.conv = conv
-        self.act = make_activation(activation)
-        self.norm = make_norm(norm, conv.out_channels)
+        self.act = act_layer()
+        self.norm = norm_layer(conv.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.act(self.conv(x)))
@@ -51,8 +73,8 @@ class ConvActNorm(nn.Module):
 class PatchEmbed(ConvActNorm):
     """Cuts the image into non-overlapping patch_size x patch_size patches and embeds each into dim channels."""
 
-    def __init__(self, in_chans: int, dim: int, patch_size: int, norm: str, activation: str) -> None:
-        super().__init__(nn.Conv2d(in_chans, dim, patch_size, stride=patch_size), norm, activation)
+    def __init__(self, in_chans: int, dim: int, patch_size: int, norm_layer: NormLayer, act_layer: ActLayer) -> None:
+        super().__init__(nn.Conv2d(in_chans, dim, patch_size, stride=patch_size), norm_layer, act_layer)
 
 
 class MixerLayer(nn.Module):
@@ -62,21 +84,21 @@ class MixerLayer(nn.Module):
     tweet's `padding=k//2`, for even ones PyTorch pads one more pixel on the right/bottom than the left/top.
     """
 
-    def __init__(self, dim: int, kernel_size: int, residual: str, norm: str, activation: str) -> None:
+    def __init__(self, dim: int, kernel_size: int, skips: Skips, norm_layer: NormLayer, act_layer: ActLayer) -> None:
         super().__init__()
-        check_choice("residual", residual, RESIDUALS)
-        self.residual = residual
-        self.depthwise = ConvActNorm(nn.Conv2d(dim, dim, kernel_size, groups=dim, padding="same"), norm, activation)
-        self.pointwise = ConvActNorm(nn.Conv2d(dim, dim, 1), norm, activation)
+        self.skips = skips
+        depthwise = nn.Conv2d(dim, dim, kernel_size, groups=dim, padding="same")
+        self.depthwise = ConvActNorm(depthwise, norm_layer, act_layer)
+        self.pointwise = ConvActNorm(nn.Conv2d(dim, dim, 1), norm_layer, act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mixed = self.depthwise(x)
-        if self.residual in ("depthwise", "both"):
+        if self.skips.depthwise:
             mixed = mixed + x
         out = self.pointwise(mixed)
-        if self.residual in ("pointwise", "both"):
+        if self.skips.pointwise:
             out = out + mixed
-        if self.residual == "block":
+        if self.skips.block:
             out = out + x
         return out
 
@@ -112,18 +134,13 @@ class ConvMixerConfig:
     norm: str = "batch"
     activation: str = "gelu"
 
+    @property
+    def name(self) -> str:
+        """The paper's name for the model, ConvMixer-dim/depth."""
+        return f"ConvMixer-{self.dim}/{self.depth}"
+
     def build(self) -> "ConvMixer":
-        return ConvMixer(
-            self.dim,
-            self.depth,
-            self.kernel_size,
-            self.patch_size,
-            self.n_classes,
-            in_chans=self.in_chans,
-            residual=self.residual,
-            norm=self.norm,
-            activation=self.activation,
-        )
+        return ConvMixer(**asdict(self))
 
 
 class ConvMixer(nn.Module):
@@ -156,14 +173,21 @@ class ConvMixer(nn.Module):
             ("in_chans", in_chans, 1),
         ):
             check_integer(name, value, minimum)
-        check_choice("residual", residual, RESIDUALS)
-        check_choice("norm", norm, NORMS)
-        check_choice("activation", activation, ACTIVATIONS)
+        skips = choose("residual", residual, RESIDUALS)
+        norm_layer, act_layer = choose("norm", norm, NORMS), choose("activation", activation, ACTIVATIONS)
         self.config = ConvMixerConfig(
-            dim, depth, kernel_size, patch_size, n_classes, in_chans, residual, norm, activation
+            dim=dim,
+            depth=depth,
+            kernel_size=kernel_size,
+            patch_size=patch_size,
+            n_classes=n_classes,
+            in_chans=in_chans,
+            residual=residual,
+            norm=norm,
+            activation=activation,
         )
-        self.stem = PatchEmbed(in_chans, dim, patch_size, norm, activation)
-        self.blocks = nn.Sequential(*[MixerLayer(dim, kernel_size, residual, norm, activation) for _ in range(depth)])
+        self.stem = PatchEmbed(in_chans, dim, patch_size, norm_layer, act_layer)
+        self.blocks = nn.Sequential(*[MixerLayer(dim, kernel_size, skips, norm_layer, act_layer) for _ in range(depth)])
         self.head = ClassifierHead(dim, n_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

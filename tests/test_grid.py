@@ -3,8 +3,8 @@
 import pytest
 
 from ablations import config
-from ablations.config import ConfigError, RunConfig, field_types
-from ablations.sweep.grid import build_sweep, parse_grid, parse_sets, parse_value
+from ablations.config import ConfigError, RunConfig, field_types, parse_value
+from ablations.sweep.grid import build_sweep, parse_grid, parse_sets
 from ablations.sweep.presets import PRESETS
 
 
@@ -125,3 +125,11 @@ def test_every_key_but_free_text_and_switches_has_a_rule():
     # --help prints these rules and validate() enforces them: a new key must not slip past both.
     unchecked = {key for key, kind in field_types().items() if key not in config.ACCEPTED}
     assert unchecked == {"data_root"} | {key for key, kind in field_types().items() if kind is bool}
+
+
+def test_every_model_knob_is_a_run_key():
+    # model_config passes MODEL_KEYS by name: a knob added to ConvMixerConfig alone would fail here, not mid-sweep.
+    assert set(config.MODEL_KEYS) <= set(field_types())
+    cfg = RunConfig(norm="layer", kernel_size=3)
+    model = cfg.model_config(n_classes=7, in_chans=1)
+    assert (model.norm, model.kernel_size, model.n_classes, model.in_chans) == ("layer", 3, 7, 1)

@@ -34,7 +34,7 @@ def test_shapes_for_every_knob_kernel_and_patch(residual: str, norm: str, activa
 
 @pytest.mark.parametrize("kernel_size", [2, 4, 6, 8])
 def test_even_kernels_keep_the_spatial_size(kernel_size: int) -> None:
-    layer = MixerLayer(3, kernel_size, "depthwise", "batch", "gelu")
+    layer = MixerLayer(3, kernel_size, RESIDUALS["depthwise"], NORMS["batch"], ACTIVATIONS["gelu"])
     features = torch.randn(1, 3, 5, 6)
     assert layer.depthwise.conv(features).shape == features.shape
     assert layer(features).shape == features.shape
@@ -51,9 +51,10 @@ def test_in_chans_sets_the_patch_embedding_input() -> None:
         ("residual", "skip", RESIDUALS),
         ("norm", "group", NORMS),
         ("activation", "silu", ACTIVATIONS),
+        ("norm", ["batch"], NORMS),  # unhashable: still the one-line ValueError
     ],
 )
-def test_bad_choice_names_argument_and_accepted_values(argument: str, value: str, accepted: tuple) -> None:
+def test_bad_choice_names_argument_and_accepted_values(argument: str, value: object, accepted: dict) -> None:
     with pytest.raises(ValueError) as error:
         ConvMixer(4, 1, **{argument: value})
     message = str(error.value)
@@ -83,7 +84,7 @@ def test_bad_size_names_argument_and_minimum(argument: str, value: object, minim
 def zeroed_branch_layer(residual: str, zeroed: str) -> MixerLayer:
     """A mixer layer in eval mode whose `zeroed` branch outputs exactly 0 (its BatchNorm scale and shift are 0)."""
     torch.manual_seed(0)
-    layer = MixerLayer(3, 3, residual, "batch", "gelu").eval()
+    layer = MixerLayer(3, 3, RESIDUALS[residual], NORMS["batch"], ACTIVATIONS["gelu"]).eval()
     with torch.no_grad():
         getattr(layer, zeroed).norm.weight.zero_()
         getattr(layer, zeroed).norm.bias.zero_()
@@ -168,3 +169,5 @@ def test_config_rebuilds_the_same_architecture() -> None:
     model = ConvMixer(6, 2, 5, 3, 7, residual="block", norm="layer", activation="relu")
     rebuilt = model.config.build()
     assert str(rebuilt) == str(model)
+    assert rebuilt.config == model.config
+    assert model.config.name == "ConvMixer-6/2"

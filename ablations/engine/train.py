@@ -225,7 +225,7 @@ def train_run(
         torch.manual_seed(cfg.seed)
         trainer = Trainer(cfg, model_config.build(), device, dtype)
         log(
-            f"{cfg.run_id()}: ConvMixer-{cfg.dim}/{cfg.depth} k{cfg.kernel_size} p{cfg.patch_size}, "
+            f"{cfg.run_id()}: {model_config.name} k{cfg.kernel_size} p{cfg.patch_size}, "
             f"{counts['params'] / 1e6:.3f} M params, {counts['macs'] / 1e6:.1f} M MACs/image, "
             f"{data.train.num_samples} train images, {device_name(device)}"
         )

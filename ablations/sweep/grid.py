@@ -9,12 +9,9 @@ ConfigError instead of an hour in. Study files (ablations.sweep.study) describe 
 
 import difflib
 import itertools
-import math
 from dataclasses import dataclass, field
 
-from ablations.config import ConfigError, RunConfig, field_types
-
-TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+from ablations.config import ConfigError, RunConfig, field_types, parse_value
 
 
 @dataclass
@@ -67,34 +64,6 @@ def check_key(key: str, option: str) -> str:
     close = difflib.get_close_matches(key, types, n=1)
     hint = f"did you mean {close[0]!r}?" if close else "see `python -m ablations.run --help` for the keys"
     raise ConfigError(f"{option}: unknown key {key!r}; {hint}")
-
-
-def parse_value(key: str, text: str, option: str):
-    """A command-line string as the Python value of config key `key`."""
-    kind = field_types()[key]
-    word = text.strip()
-    if word == "":
-        raise ConfigError(f"{option}: empty value for {key}")
-    if kind is bool:
-        if word.lower() in TRUE_WORDS + FALSE_WORDS:
-            return word.lower() in TRUE_WORDS
-        raise ConfigError(
-            f"{option}: {key}={word!r} is not accepted: expected one of {'/'.join(TRUE_WORDS + FALSE_WORDS)}"
-        )
-    if kind is int:
-        try:
-            return int(word)
-        except ValueError:
-            raise ConfigError(f"{option}: {key}={word!r} is not accepted: expected an integer") from None
-    if kind is float:
-        try:
-            number = float(word)
-        except ValueError:
-            number = math.nan
-        if not math.isfinite(number):
-            raise ConfigError(f"{option}: {key}={word!r} is not accepted: expected a finite number")
-        return number
-    return word
 
 
 def split_assignment(text: str, option: str) -> tuple[str, str]:

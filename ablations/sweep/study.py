@@ -21,12 +21,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablations.config import ConfigError, field_types
+from ablations.config import ConfigError, typed_value
 from ablations.sweep.grid import Sweep, check_axis, check_key, check_sweep
 from ablations.sweep.presets import PRESETS
 
 TOP_LEVEL = ("description", "preset", "seeds", "fixed", "baseline", "vary", "grid")
-TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
 @dataclass(frozen=True)
@@ -36,16 +35,6 @@ class Study:
     preset: str
     sweep: Sweep
     text: str  # the file as written, kept beside the results
-
-
-def typed(key: str, value: object, where: str) -> object:
-    """`value` as the RunConfig field `key` holds it; TOML already typed it, so only check (ints pass as floats)."""
-    kind = field_types()[key]
-    if kind is float and type(value) is int:
-        return float(value)
-    if type(value) is not kind:
-        raise ConfigError(f"{where} {key}={value!r} is not accepted: expected {TYPE_NAMES[kind]}")
-    return value
 
 
 def table(data: dict, name: str, where: str) -> dict:
@@ -60,7 +49,7 @@ def axes(data: dict, name: str, where: str) -> dict[str, list]:
     for key, values in table(data, name, where).items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where} [{name}] {key}={values!r} is not accepted: expected a non-empty list")
-        result[key] = check_axis(key, [typed(key, v, f"{where} [{name}]") for v in values], f"{where} [{name}]")
+        result[key] = check_axis(key, [typed_value(key, v, f"{where} [{name}]") for v in values], f"{where} [{name}]")
     return result
 
 
@@ -76,8 +65,10 @@ def parse_study(data: dict, where: str) -> tuple[str, str, Sweep]:
         raise ConfigError(f"{where}: preset={preset!r} is not accepted: choose one of {', '.join(PRESETS)}")
     if type(seeds) is not int:
         raise ConfigError(f"{where}: seeds={seeds!r} is not accepted: expected an integer >= 1")
-    fixed = {key: typed(key, value, f"{where} [fixed]") for key, value in table(data, "fixed", where).items()}
-    baseline = {key: typed(key, value, f"{where} [baseline]") for key, value in table(data, "baseline", where).items()}
+    fixed = {key: typed_value(key, value, f"{where} [fixed]") for key, value in table(data, "fixed", where).items()}
+    baseline = {
+        key: typed_value(key, value, f"{where} [baseline]") for key, value in table(data, "baseline", where).items()
+    }
     vary, grid = axes(data, "vary", where), axes(data, "grid", where)
     stray = sorted(set(baseline) - set(vary))
     if stray:
