@@ -96,25 +96,3 @@ def variant_keys(runs: pd.DataFrame) -> list[str]:
         for key in CONFIG_KEYS
         if key in runs and key not in NOT_VARIANT_KEYS and runs[key].nunique(dropna=False) > 1
     ]
-
-
-def dataset_label(runs: pd.DataFrame) -> str:
-    """How to name the data the runs were measured on, e.g. "CIFAR-10 (JPEG q75 copy)"."""
-    labels = sorted(
-        {
-            _dataset_label(row)
-            for row in runs[["dataset", "data_root", "train_subset", "test_subset"]].to_dict("records")
-        }
-    )
-    return "; ".join(labels)
-
-
-def _dataset_label(config: dict) -> str:
-    root = Path(config["data_root"]).name
-    if config["dataset"] == "imagefolder":
-        # The JPEG re-encoding of CIFAR-10 in ../shared/data must never pass for CIFAR-10 itself (see its README).
-        name = "CIFAR-10 (JPEG q75 copy)" if root.startswith("cifar10-jpeg") else f"ImageFolder {root}"
-    else:
-        name = {"synthetic": "synthetic", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(config["dataset"], root)
-    subsets = [f"{config[key]} {key.removesuffix('_subset')}" for key in ("train_subset", "test_subset") if config[key]]
-    return f"{name}, subset: {' / '.join(subsets)} images" if subsets else name

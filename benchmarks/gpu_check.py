@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from ablations.config import RunConfig
+from ablations.data import dataset_label
 from ablations.data.loaders import build_data
 from ablations.engine.train import Trainer, run_dtype, train_run
 from ablations.sweep.presets import CIFAR10_RECIPE
@@ -192,9 +193,8 @@ def train_recipe(check: Check, timeout: float) -> str:
 
 
 def data_label(check: Check) -> str:
-    if check.args.data == "synthetic":
-        return "synthetic data"
-    return "CIFAR-10 (JPEG q75 copy)" if "cifar10-jpeg" in check.args.data else check.args.data
+    cfg = check.recipe()
+    return dataset_label(cfg.dataset, cfg.data_root)
 
 
 def count_throughput(check: Check, timeout: float) -> str:

@@ -29,6 +29,7 @@ import torch
 
 from ablations import atomic
 from ablations.config import PRECISIONS, ConfigError, RunConfig
+from ablations.data import dataset_label
 from ablations.data.sources import DataError, Split, load_splits
 from ablations.engine.train import train_run
 from benchmarks.reference_recipe import PUBLISHED, TUNED, train_reference
@@ -212,7 +213,7 @@ def describe(cfg: RunConfig, device: torch.device, args: argparse.Namespace, pea
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     engine_precision = autocast_dtype(cfg.precision, device) or "fp32"
     reference_precision = "fp16 autocast + GradScaler" if device.type == "cuda" else "fp32 (no CUDA)"
-    data = "CIFAR-10 (JPEG q75 copy)" if Path(cfg.data_root).name == DEFAULT_DATA.name else cfg.data_root
+    data = dataset_label(cfg.dataset, cfg.data_root)
     return [
         f"ConvMixer-{cfg.dim}/{cfg.depth} k{cfg.kernel_size} p{cfg.patch_size} on {data}",
         f"device {name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads",

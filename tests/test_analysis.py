@@ -19,7 +19,7 @@ from PIL import Image
 from ablations.config import RunConfig
 from analysis import plots, provenance, report, style
 from analysis.design import Design, axis_levels, choose_baseline
-from analysis.load import dataset_label, load_history, load_runs, variant_keys
+from analysis.load import load_history, load_runs, variant_keys
 from analysis.stats import mean_ci, pareto_front, welch
 from analysis.variants import aggregate, compare, default_baseline, summarise
 
@@ -108,7 +108,7 @@ def test_load_runs_reads_every_run_file(sweep):
         for source in (read_run(run_dir, "config.json"), read_run(run_dir, "metrics.json")):
             assert {key: row[key] for key in source} == source
     assert variant_keys(runs) == ["kernel_size"]
-    assert dataset_label(runs) == "synthetic, subset: 128 train / 64 test images"
+    assert provenance.data_text(runs) == "synthetic, subset: 128 train / 64 test images"
 
 
 def test_load_history_is_long_form(sweep):
