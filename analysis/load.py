@@ -18,9 +18,6 @@ from ablations.store import CONFIG, HISTORY, METRICS, RUNS, StoreError, read_his
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
 # A config.json written before a key existed ran with that key's default (new keys default to the old behaviour).
 CONFIG_DEFAULTS = RunConfig().to_dict()
-# Keys that never make two runs different variants: the seed is what we average over, and data_root is where
-# the same data lives.
-NOT_VARIANT_KEYS = ("seed", "data_root")
 
 
 class AnalysisError(ValueError):
@@ -87,12 +84,3 @@ def load_history(sweeps: Iterable[Path | str]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=["sweep", "run_id", "epoch", "metric", "value"])
     return pd.concat(frames, ignore_index=True).drop_duplicates(["run_id", "epoch", "metric"])
-
-
-def variant_keys(runs: pd.DataFrame) -> list[str]:
-    """The config keys that take more than one value across the runs (seed and data_root excepted)."""
-    return [
-        key
-        for key in CONFIG_KEYS
-        if key in runs and key not in NOT_VARIANT_KEYS and runs[key].nunique(dropna=False) > 1
-    ]

@@ -18,10 +18,10 @@ from PIL import Image
 
 from ablations.config import RunConfig
 from analysis import plots, provenance, report, style
-from analysis.design import Design, axis_levels, choose_baseline
-from analysis.load import load_history, load_runs, variant_keys
+from analysis.design import Design, axis_levels, choose_baseline, default_baseline, variant_keys
+from analysis.load import load_history, load_runs
 from analysis.stats import mean_ci, pareto_front, welch
-from analysis.variants import aggregate, compare, default_baseline, summarise
+from analysis.variants import aggregate, compare, summarise
 
 T_975_2 = 4.302653  # t_{0.975, 2 dof}, for the CI of 3 seeds
 
