@@ -1,8 +1,9 @@
-"""What a sweep set out to vary: its design (sweep.json, written by the runner), or what its runs show when it has none.
+"""What is compared: the swept keys, the variants they make, the baseline, and, for a study, its axes.
 
-The design decides three things the report must get right: which keys are the swept ones (every other key must be
-the same in every pooled run, or the comparison is between unrelated sweeps), which run is the baseline, and, for a
-study (one factor at a time from a baseline), which variants belong to which axis of its table.
+The design of a sweep (sweep.json, written by the runner), or what its runs show when it has none, decides three
+things the report must get right: which keys are the swept ones (every other key must be the same in every pooled
+run, or the comparison is between unrelated sweeps), which run is the baseline, and, for a study (one factor at a
+time from a baseline), which variants belong to which axis of its table. `scope` decides all of it at once.
 Sweeps written before sweep.json existed have no design: their swept keys are those whose values differ in them.
 """
 
@@ -11,9 +12,26 @@ from pathlib import Path
 
 import pandas as pd
 
+from ablations.config import NOT_IDENTITY, RunConfig, parse_value
 from ablations.store import DESIGN, StoreError, read_object
-from analysis.load import AnalysisError, variant_keys
-from analysis.variants import default_baseline, parse_baseline, variant_label
+from analysis.load import CONFIG_KEYS, AnalysisError, load_runs, sweep_name
+
+# Keys that never make two runs different variants: the seed is what we average over, and NOT_IDENTITY's
+# (data_root) say only where the same data lives.
+NOT_VARIANT_KEYS = ("seed", *NOT_IDENTITY)
+
+
+def variant_keys(runs: pd.DataFrame) -> list[str]:
+    """The config keys that take more than one value across the runs (seed and data_root excepted)."""
+    return [
+        key
+        for key in CONFIG_KEYS
+        if key in runs and key not in NOT_VARIANT_KEYS and runs[key].nunique(dropna=False) > 1
+    ]
+
+
+def variant_label(values: dict) -> str:
+    return ", ".join(f"{key}={value}" for key, value in values.items()) or "all runs"
 
 
 @dataclass(frozen=True)
@@ -134,3 +152,70 @@ def axis_levels(runs: pd.DataFrame, designs: dict[str, Design | None], key: str,
         for value in [*design.vary.get(key, []), *design.grid.get(key, [])] if design else []:
             listed += [] if value in listed else [value]
     return [value for value in listed if value in present] + sorted(value for value in present if value not in listed)
+
+
+def default_baseline(runs: pd.DataFrame, keys: list[str]) -> dict:
+    """Each swept key at its RunConfig default, or at its smallest value where the default was not swept."""
+    defaults = RunConfig().to_dict()
+    values = {key: sorted(runs[key].unique()) for key in keys}
+    return {key: defaults[key] if defaults[key] in values[key] else values[key][0] for key in keys}
+
+
+def parse_baseline(items: list[str], runs: pd.DataFrame, keys: list[str]) -> dict:
+    """Turn ["kernel_size=9", ...] into {"kernel_size": 9}; AnalysisError (or ConfigError) unless it was swept."""
+    baseline = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise AnalysisError(f"--baseline {item!r} is not accepted: expected KEY=VALUE")
+        if key not in keys:
+            accepted = f"choose one of {', '.join(keys)}" if keys else "the runs differ only in their seed"
+            raise AnalysisError(f"--baseline key {key!r} is not a swept key: {accepted}")
+        if key in baseline:  # the last one would silently win
+            raise AnalysisError(f"--baseline key {key!r} is given twice; give each key once")
+        values = sorted(runs[key].unique())
+        value = parse_value(key, text, "--baseline")
+        if value not in values:
+            accepted = ", ".join(map(str, values))
+            raise AnalysisError(f"--baseline {key}={text} is not in the sweep: {key} takes {accepted}")
+        baseline[key] = value
+    return baseline
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a report covers: the runs, their designs, the swept keys, the one-at-a-time ones, and the baseline."""
+
+    runs: pd.DataFrame
+    designs: dict[str, Design | None]
+    keys: list[str]
+    varied: list[str]  # the study's one-factor-at-a-time keys (empty for a grid)
+    baseline: dict
+    mixed: list[str]  # keys that differ but were not swept (only with --allow-mixed)
+
+    @property
+    def done(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] == "done"]
+
+    @property
+    def grid_keys(self) -> list[str]:
+        return [key for key in self.keys if key not in self.varied]
+
+    def levels(self, key: str) -> list:
+        return axis_levels(self.runs, self.designs, key, self.baseline)
+
+
+def scope(sweeps: list[Path], baseline_items: list[str], allow_mixed: bool = False) -> Scope:
+    """Load the sweeps and decide keys and baseline; AnalysisError/ConfigError on input the report cannot use."""
+    runs = load_runs(sweeps)
+    if (runs["status"] != "done").all():
+        found = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().items()) or "no runs"
+        raise AnalysisError(f"no finished runs (status done) in {', '.join(map(str, sweeps))}: found {found}")
+    designs = {sweep_name(sweep): read_design(sweep) for sweep in sweeps}
+    swept = swept_keys(runs, designs)
+    if not allow_mixed:
+        check_not_mixed(runs, swept)
+    keys = [key for key in variant_keys(runs) if key in swept or allow_mixed]
+    mixed = [key for key in keys if key not in swept]
+    baseline = choose_baseline(runs, keys, designs, baseline_items)
+    return Scope(runs, designs, keys, vary_keys(designs, keys), baseline, mixed)

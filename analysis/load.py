@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from ablations.config import NOT_IDENTITY, RunConfig
+from ablations.config import RunConfig
 from ablations.store import (
     CONFIG,
     HISTORY,
@@ -28,9 +28,6 @@ from ablations.store import (
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
 # A config.json written before a key existed ran with that key's default (new keys default to the old behaviour).
 CONFIG_DEFAULTS = RunConfig().to_dict()
-# Keys that never make two runs different variants: the seed is what we average over, and data_root is where
-# the same data lives.
-NOT_VARIANT_KEYS = ("seed", *NOT_IDENTITY)
 
 
 class AnalysisError(ValueError):
@@ -97,34 +94,3 @@ def load_history(sweeps: Iterable[Path | str]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=["sweep", "run_id", "epoch", "metric", "value"])
     return pd.concat(frames, ignore_index=True).drop_duplicates(["run_id", "epoch", "metric"])
-
-
-def variant_keys(runs: pd.DataFrame) -> list[str]:
-    """The config keys that take more than one value across the runs (seed and data_root excepted)."""
-    return [
-        key
-        for key in CONFIG_KEYS
-        if key in runs and key not in NOT_VARIANT_KEYS and runs[key].nunique(dropna=False) > 1
-    ]
-
-
-def dataset_label(runs: pd.DataFrame) -> str:
-    """How to name the data the runs were measured on, e.g. "CIFAR-10 (JPEG q75 copy)"."""
-    labels = sorted(
-        {
-            _dataset_label(row)
-            for row in runs[["dataset", "data_root", "train_subset", "test_subset"]].to_dict("records")
-        }
-    )
-    return "; ".join(labels)
-
-
-def _dataset_label(config: dict) -> str:
-    root = Path(config["data_root"]).name
-    if config["dataset"] == "imagefolder":
-        # The JPEG re-encoding of CIFAR-10 in ../shared/data must never pass for CIFAR-10 itself (see its README).
-        name = "CIFAR-10 (JPEG q75 copy)" if root.startswith("cifar10-jpeg") else f"ImageFolder {root}"
-    else:
-        name = {"synthetic": "synthetic", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(config["dataset"], root)
-    subsets = [f"{config[key]} {key.removesuffix('_subset')}" for key in ("train_subset", "test_subset") if config[key]]
-    return f"{name}, subset: {' / '.join(subsets)} images" if subsets else name

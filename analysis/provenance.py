@@ -10,8 +10,8 @@ import re
 
 import pandas as pd
 
+from ablations.data import dataset_label
 from analysis.design import Design
-from analysis.load import dataset_label
 from convmixer.model import ConvMixerConfig
 
 NOT_RECORDED = "not recorded"
@@ -27,6 +27,18 @@ def values_text(runs: pd.DataFrame, key: str, fmt: str = "{}") -> str:
         return NOT_RECORDED
     text = [fmt.format(value) for value in values]
     return text[0] if len(text) == 1 else "{" + ", ".join(text) + "}"
+
+
+def data_text(runs: pd.DataFrame) -> str:
+    """The data the runs were measured on, with their subsets: "CIFAR-10 (JPEG q75 copy), subset: 2000 train"."""
+    columns = ["dataset", "data_root", "train_subset", "test_subset"]
+    return "; ".join(sorted({_data_text(config) for config in runs[columns].to_dict("records")}))
+
+
+def _data_text(config: dict) -> str:
+    name = dataset_label(config["dataset"], config["data_root"])
+    subsets = [f"{config[key]} {key.removesuffix('_subset')}" for key in ("train_subset", "test_subset") if config[key]]
+    return f"{name}, subset: {' / '.join(subsets)} images" if subsets else name
 
 
 def model_text(runs: pd.DataFrame) -> str:
@@ -139,7 +151,7 @@ def throughput_note(runs: pd.DataFrame) -> str:
 def setup(runs: pd.DataFrame, designs: dict[str, Design | None], keys: list[str]) -> dict[str, str]:
     """The facts of the setup, in the order a reader needs them: name -> text."""
     return {
-        "Dataset": dataset_label(runs),
+        "Dataset": data_text(runs),
         "Model": model_text(runs),
         "Training": training_text(runs),
         "Augmentation": augmentation_text(runs),

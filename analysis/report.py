@@ -20,18 +20,9 @@ from matplotlib.figure import Figure
 from ablations.atomic import write_text
 from ablations.config import ConfigError
 from analysis import plots, provenance, style
-from analysis.design import (
-    Design,
-    axis_levels,
-    axis_rows,
-    check_not_mixed,
-    choose_baseline,
-    read_design,
-    swept_keys,
-    vary_keys,
-)
-from analysis.load import AnalysisError, load_history, load_runs, sweep_name, variant_keys
-from analysis.variants import NOT_DONE, summarise, variant_label
+from analysis.design import Scope, axis_rows, scope, variant_label
+from analysis.load import AnalysisError, load_history
+from analysis.variants import NOT_DONE, summarise
 from convmixer.arguments import OneLineParser, folder_path, run_cli
 
 PROG = "python -m analysis.report"
@@ -46,45 +37,6 @@ PARETO_NOTE = (
 )
 # The figures a report writes: the names a rerun into the same folder may find left over from an earlier report.
 FIGURE_PATTERNS = ("accuracy_vs_*.png", "accuracy_vs_*.pdf", "training_curves*.png", "training_curves*.pdf")
-
-
-@dataclass(frozen=True)
-class Scope:
-    """What a report covers: the runs, their designs, the swept keys, the one-at-a-time ones, and the baseline."""
-
-    runs: pd.DataFrame
-    designs: dict[str, Design | None]
-    keys: list[str]
-    varied: list[str]  # the study's one-factor-at-a-time keys (empty for a grid)
-    baseline: dict
-    mixed: list[str]  # keys that differ but were not swept (only with --allow-mixed)
-
-    @property
-    def done(self) -> pd.DataFrame:
-        return self.runs[self.runs["status"] == "done"]
-
-    @property
-    def grid_keys(self) -> list[str]:
-        return [key for key in self.keys if key not in self.varied]
-
-    def levels(self, key: str) -> list:
-        return axis_levels(self.runs, self.designs, key, self.baseline)
-
-
-def scope(sweeps: list[Path], baseline_items: list[str], allow_mixed: bool = False) -> Scope:
-    """Load the sweeps and decide keys and baseline; AnalysisError/ConfigError on input the report cannot use."""
-    runs = load_runs(sweeps)
-    if (runs["status"] != "done").all():
-        found = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().items()) or "no runs"
-        raise AnalysisError(f"no finished runs (status done) in {', '.join(map(str, sweeps))}: found {found}")
-    designs = {sweep_name(sweep): read_design(sweep) for sweep in sweeps}
-    swept = swept_keys(runs, designs)
-    if not allow_mixed:
-        check_not_mixed(runs, swept)
-    keys = [key for key in variant_keys(runs) if key in swept or allow_mixed]
-    mixed = [key for key in keys if key not in swept]
-    baseline = choose_baseline(runs, keys, designs, baseline_items)
-    return Scope(runs, designs, keys, vary_keys(designs, keys), baseline, mixed)
 
 
 def _signed(x: float) -> str:

@@ -8,9 +8,8 @@ import math
 
 import pandas as pd
 
-from ablations.config import RunConfig, parse_value
 from ablations.store import DONE, STATUSES
-from analysis.load import AnalysisError, variant_keys
+from analysis.design import variant_keys, variant_label
 from analysis.stats import Difference, mean_ci, welch
 
 METRICS = ("test_acc", "train_images_per_s")  # measured per run: averaged over seeds
@@ -23,10 +22,6 @@ def _groups(runs: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, pd.DataFra
     if not keys:
         return [((), runs)]
     return list(runs.groupby(keys, sort=True, dropna=False))
-
-
-def variant_label(values: dict) -> str:
-    return ", ".join(f"{key}={value}" for key, value in values.items()) or "all runs"
 
 
 def aggregate(runs: pd.DataFrame, keys: list[str] | None = None, level: float = 0.95) -> pd.DataFrame:
@@ -47,34 +42,6 @@ def aggregate(runs: pd.DataFrame, keys: list[str] | None = None, level: float = 
             row[f"n_{status}"] = int((group["status"] == status).sum())
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def default_baseline(runs: pd.DataFrame, keys: list[str]) -> dict:
-    """Each swept key at its RunConfig default, or at its smallest value where the default was not swept."""
-    defaults = RunConfig().to_dict()
-    values = {key: sorted(runs[key].unique()) for key in keys}
-    return {key: defaults[key] if defaults[key] in values[key] else values[key][0] for key in keys}
-
-
-def parse_baseline(items: list[str], runs: pd.DataFrame, keys: list[str]) -> dict:
-    """Turn ["kernel_size=9", ...] into {"kernel_size": 9}; AnalysisError (or ConfigError) unless it was swept."""
-    baseline = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise AnalysisError(f"--baseline {item!r} is not accepted: expected KEY=VALUE")
-        if key not in keys:
-            accepted = f"choose one of {', '.join(keys)}" if keys else "the runs differ only in their seed"
-            raise AnalysisError(f"--baseline key {key!r} is not a swept key: {accepted}")
-        if key in baseline:  # the last one would silently win
-            raise AnalysisError(f"--baseline key {key!r} is given twice; give each key once")
-        values = sorted(runs[key].unique())
-        value = parse_value(key, text, "--baseline")
-        if value not in values:
-            accepted = ", ".join(map(str, values))
-            raise AnalysisError(f"--baseline {key}={text} is not in the sweep: {key} takes {accepted}")
-        baseline[key] = value
-    return baseline
 
 
 def compare(

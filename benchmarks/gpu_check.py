@@ -1,7 +1,7 @@
 """One command that checks the toolkit on a GPU machine in minutes and prints one table.
 
-    python benchmarks/gpu_check.py --wheels .whl --data .device-data/cifar10-jpeg.tar.gz --out $OUT   # a GPU box
-    python benchmarks/gpu_check.py --device cpu --tiny --data synthetic                              # any CPU
+    python -m benchmarks.gpu_check --wheels .whl --data .device-data/cifar10-jpeg.tar.gz --out $OUT   # a GPU box
+    python -m benchmarks.gpu_check --device cpu --tiny --data synthetic                              # any CPU
 
 Stages, each timed and reported even when another fails:
   cuda tests    pytest -m cuda: no host sync in an epoch, fused AdamW on resume, compile, sweep placement, ...
@@ -32,21 +32,21 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
+from ablations.config import RunConfig
+from ablations.data import dataset_label
+from ablations.data.loaders import build_data
+from ablations.engine.train import Trainer, run_dtype, train_run
+from ablations.sweep.presets import CIFAR10_RECIPE
+from convmixer.arguments import OneLineParser, run_cli
+from convmixer.model import ConvMixerConfig
+from convmixer.runtime import device_name, parse_device, synchronize
+from convmixer.throughput import measure_throughput
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run as a script on a machine where the toolkit is not installed
 
-import torch  # noqa: E402
-
-from ablations.config import RunConfig  # noqa: E402
-from ablations.data.loaders import build_data  # noqa: E402
-from ablations.engine.train import Trainer, run_dtype, train_run  # noqa: E402
-from ablations.sweep.presets import CIFAR10_RECIPE  # noqa: E402
-from convmixer.arguments import OneLineParser, run_cli  # noqa: E402
-from convmixer.model import ConvMixerConfig  # noqa: E402
-from convmixer.runtime import device_name, parse_device, synchronize  # noqa: E402
-from convmixer.throughput import measure_throughput  # noqa: E402
-
-PROG = "python benchmarks/gpu_check.py"
+PROG = "python -m benchmarks.gpu_check"
 DATA_CANDIDATES = (REPO / ".device-data/cifar10-jpeg.tar.gz", REPO.parent / "shared/data/cifar10-jpeg.tar.gz")
 # --tiny: the same stages with a model, data and epochs small enough for a busy 2-core CPU.
 TINY = {"dim": 16, "depth": 1, "patch_size": 4, "train_subset": 256, "test_subset": 128, "batch_size": 64, "epochs": 1}
@@ -193,9 +193,8 @@ def train_recipe(check: Check, timeout: float) -> str:
 
 
 def data_label(check: Check) -> str:
-    if check.args.data == "synthetic":
-        return "synthetic data"
-    return "CIFAR-10 (JPEG q75 copy)" if "cifar10-jpeg" in check.args.data else check.args.data
+    cfg = check.recipe()
+    return dataset_label(cfg.dataset, cfg.data_root)
 
 
 def count_throughput(check: Check, timeout: float) -> str:

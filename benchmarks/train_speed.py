@@ -12,7 +12,7 @@ summary with ratios to the published reference and model FLOP utilisation; --see
 seeds 0..N-1 and reports accuracy as mean +- standard deviation over them ("one seed" otherwise). With --out it
 writes the lot as JSON and Markdown.
 
-    python benchmarks/train_speed.py --epochs 25 --out results/train_speed.json     # on a GPU
+    python -m benchmarks.train_speed --epochs 25 --out results/train_speed.json     # on a GPU
 """
 
 import argparse
@@ -27,23 +27,21 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: the reference sits beside it
-
-from reference_recipe import PUBLISHED, TUNED, train_reference  # noqa: E402
-
-from ablations import atomic  # noqa: E402
-from ablations.config import PRECISIONS, ConfigError, RunConfig  # noqa: E402
-from ablations.data.sources import DataError, Split, load_splits  # noqa: E402
-from ablations.engine.train import train_run  # noqa: E402
-from convmixer.arguments import OneLineParser, UsageError, run_cli  # noqa: E402
-from convmixer.count import closed_form  # noqa: E402
-from convmixer.runtime import autocast_dtype, cuda_math_flags, parse_device  # noqa: E402
+from ablations import atomic
+from ablations.config import PRECISIONS, ConfigError, RunConfig
+from ablations.data import dataset_label
+from ablations.data.sources import DataError, Split, load_splits
+from ablations.engine.train import train_run
+from benchmarks.reference_recipe import PUBLISHED, TUNED, train_reference
+from convmixer.arguments import OneLineParser, UsageError, run_cli
+from convmixer.count import closed_form
+from convmixer.runtime import autocast_dtype, cuda_math_flags, parse_device
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data/cifar10-jpeg.tar.gz"
 # Dense bf16/fp16 tensor-core peak from the datasheets (SXM parts), matched against the CUDA device name.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 VARIANTS = ("engine", "engine-fp16", "reference", "reference-tuned")
-PROG = "python benchmarks/train_speed.py"
+PROG = "python -m benchmarks.train_speed"
 BASELINE = "reference"  # ratios are to the reference as published
 
 
@@ -215,7 +213,7 @@ def describe(cfg: RunConfig, device: torch.device, args: argparse.Namespace, pea
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     engine_precision = autocast_dtype(cfg.precision, device) or "fp32"
     reference_precision = "fp16 autocast + GradScaler" if device.type == "cuda" else "fp32 (no CUDA)"
-    data = "CIFAR-10 (JPEG q75 copy)" if Path(cfg.data_root).name == DEFAULT_DATA.name else cfg.data_root
+    data = dataset_label(cfg.dataset, cfg.data_root)
     return [
         f"{cfg.model_name} k{cfg.kernel_size} p{cfg.patch_size} on {data}",
         f"device {name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads",

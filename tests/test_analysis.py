@@ -1,4 +1,4 @@
-"""analysis/: the t distribution against printed tables, seed statistics by hand, and the report of a real sweep.
+"""analysis/: seed statistics against printed t tables and by hand, and the report of a real sweep.
 
 The sweep (the `sweep` fixture of conftest.py) is trained once per session by the real runner; test_notebooks.py
 explores the same folder.
@@ -18,10 +18,10 @@ from PIL import Image
 
 from ablations.config import RunConfig
 from analysis import plots, provenance, report, style
-from analysis.design import Design, axis_levels, choose_baseline
-from analysis.load import dataset_label, load_history, load_runs, variant_keys
-from analysis.stats import mean_ci, pareto_front, t_cdf, t_quantile, welch
-from analysis.variants import aggregate, compare, default_baseline, summarise
+from analysis.design import Design, axis_levels, choose_baseline, default_baseline, variant_keys
+from analysis.load import load_history, load_runs
+from analysis.stats import mean_ci, pareto_front, welch
+from analysis.variants import aggregate, compare, summarise
 
 T_975_2 = 4.302653  # t_{0.975, 2 dof}, for the CI of 3 seeds
 
@@ -38,34 +38,28 @@ def copy_runs(sweep: Path, target: Path, keep) -> Path:
     return target
 
 
-# --- the t distribution and the seed statistics ---------------------------------------------------------------
+# --- the seed statistics -----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "p, df, table",
-    [(0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 4, 2.7764), (0.975, 10, 2.2281), (0.975, 30, 2.0423),
-     (0.995, 5, 4.0321), (0.95, 3, 2.3534), (0.975, 1e7, 1.9600)],
+    "n, table", [(2, 12.7062), (3, 4.3027), (5, 2.7764), (11, 2.2281), (31, 2.0423)]
 )  # fmt: skip
-def test_t_quantile_matches_printed_tables(p, df, table):
-    assert t_quantile(p, df) == pytest.approx(table, abs=1e-4)
-    assert t_quantile(1 - p, df) == pytest.approx(-table, abs=1e-4)
+def test_mean_ci_uses_printed_t_tables(n, table):
+    """The half-width of n seeds with sd 1 is t_{0.975, n-1} / sqrt(n), t as printed in statistics tables."""
+    values = np.linspace(-1.0, 1.0, n)
+    values /= np.std(values, ddof=1)
+    assert mean_ci(values).ci * math.sqrt(n) == pytest.approx(table, abs=1e-4)
 
 
-@pytest.mark.parametrize("p", [0.6, 0.9, 0.975, 0.999])
-def test_t_quantile_matches_closed_forms(p):
-    assert t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-9)  # Cauchy
-    assert t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9)
-
-
-@pytest.mark.parametrize("df", [0.7, 3.0, 5.5, 41.3])
-def test_t_quantile_of_any_real_df_matches_integrated_density(df):
-    """Welch's dof is not an integer: integrate the t density from 0 to the quantile, independently of the code."""
-    q = t_quantile(0.975, df)
+def test_welch_interval_of_a_real_df_matches_integrated_density():
+    """Welch's dof is not an integer: integrate the t density from 0 to the interval's t, independently of scipy."""
+    d = welch([1, 2, 3, 4, 5], [2, 4, 6, 8, 10])
+    df, q = d.df, (d.high - d.diff) / math.sqrt(2.5 / 5 + 10 / 5)
     x = np.linspace(0.0, q, 200_001)
     log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
     density = np.exp(log_norm - (df + 1) / 2 * np.log1p(x**2 / df))
     assert np.trapezoid(density, x) == pytest.approx(0.475, abs=1e-7)
-    assert t_cdf(-q, df) == pytest.approx(0.025, abs=1e-12)
+    assert d.diff - d.low == pytest.approx(d.high - d.diff)
 
 
 def test_mean_ci_by_hand():
@@ -114,7 +108,7 @@ def test_load_runs_reads_every_run_file(sweep):
         for source in (read_run(run_dir, "config.json"), read_run(run_dir, "metrics.json")):
             assert {key: row[key] for key in source} == source
     assert variant_keys(runs) == ["kernel_size"]
-    assert dataset_label(runs) == "synthetic, subset: 128 train / 64 test images"
+    assert provenance.data_text(runs) == "synthetic, subset: 128 train / 64 test images"
 
 
 def test_load_history_is_long_form(sweep):

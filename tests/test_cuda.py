@@ -1,6 +1,6 @@
 """What only a GPU can show: no host sync inside a training epoch, the sweep on CUDA devices, AdamW's fused
 kernel after a CPU checkpoint, and torch.compile with Inductor. Marked `cuda`; skipped without a GPU.
-benchmarks/gpu_check.py runs them (pytest -m cuda) with the rest of the GPU check."""
+python -m benchmarks.gpu_check runs them (pytest -m cuda) with the rest of the GPU check."""
 
 import contextlib
 import io

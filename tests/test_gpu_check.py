@@ -1,20 +1,15 @@
-"""benchmarks/gpu_check.py end to end on the CPU with tiny settings, so the GPU check cannot rot without a GPU."""
+"""benchmarks.gpu_check end to end on the CPU with tiny settings, so the GPU check cannot rot without a GPU."""
 
-import importlib
 import json
 import re
 
 import pytest
 
-
-@pytest.fixture
-def gpu_check(repo_root, monkeypatch):
-    monkeypatch.syspath_prepend(str(repo_root / "benchmarks"))
-    return importlib.import_module("gpu_check")
+from benchmarks import gpu_check
 
 
 @pytest.mark.slow
-def test_every_stage_of_the_gpu_check_runs_on_a_cpu(gpu_check, tmp_path, capsys):
+def test_every_stage_of_the_gpu_check_runs_on_a_cpu(tmp_path, capsys):
     code = gpu_check.main(["--device", "cpu", "--tiny", "--data", "synthetic", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     stages = {row["stage"]: row for row in report["stages"]}
@@ -29,7 +24,7 @@ def test_every_stage_of_the_gpu_check_runs_on_a_cpu(gpu_check, tmp_path, capsys)
     assert (tmp_path / "gpu_check.txt").read_text().strip() in printed
 
 
-def test_bad_options_are_one_line_errors(gpu_check, tmp_path, capsys):
+def test_bad_options_are_one_line_errors(tmp_path, capsys):
     for argv, message in (
         (["--device", "tpu"], "device='tpu' is not accepted"),
         (["--data", str(tmp_path / "nowhere")], "does not exist"),

@@ -101,7 +101,7 @@ def test_every_expanded_config_is_validated():
     ],
 )
 def test_validate_refuses_what_python_api_callers_can_pass(changes, message):
-    """Values the command-line parser already refuses, which benchmarks/train_speed.py and the API can still pass."""
+    """Values the command-line parser already refuses, which benchmarks.train_speed and the API can still pass."""
     with pytest.raises(ConfigError) as caught:
         RunConfig(**changes).validate()
     assert message in str(caught.value)

@@ -9,9 +9,12 @@ import torch
 from conftest import TREE_CLASSES, imagefolder, write_archive, write_tree
 from PIL import Image
 
+import ablations.data
 from ablations.config import RunConfig
-from ablations.data import sources, synthetic
+from ablations.data import dataset_label, sources, synthetic
 from ablations.data.sources import DataError, load_splits, resize, stratified_subset
+from analysis import provenance
+from benchmarks import gpu_check, train_speed
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -132,6 +135,25 @@ def test_shared_cifar10_jpeg_archive_subset(cifar10_jpeg):
     assert splits.classes == CIFAR_CLASSES and splits.image_size == 32
     assert (len(splits.train.labels), len(splits.test.labels)) == (50, 20)
     assert torch.bincount(splits.test.labels).tolist() == [2] * 10
+
+
+@pytest.mark.parametrize(
+    "dataset, data_root, label",
+    [("imagefolder", "../shared/data/cifar10-jpeg.tar.gz", "CIFAR-10 (JPEG q75 copy)"),
+     ("imagefolder", ".device-data/cifar10-jpeg.tar.gz", "CIFAR-10 (JPEG q75 copy)"),
+     ("imagefolder", "/data/cifar10-jpeg/", "CIFAR-10 (JPEG q75 copy)"),
+     ("imagefolder", "/data/pets.tar.gz", "ImageFolder pets.tar.gz"),
+     ("imagefolder", "/data/my-cifar10-jpeg", "ImageFolder my-cifar10-jpeg"),
+     ("cifar10", "data", "CIFAR-10"), ("cifar100", "data", "CIFAR-100"), ("synthetic", "", "synthetic")],
+)  # fmt: skip
+def test_the_data_layer_names_the_data(dataset, data_root, label):
+    assert dataset_label(dataset, data_root) == label
+
+
+def test_the_dataset_label_has_one_owner_ablations_data():
+    """The JPEG copy must never pass for CIFAR-10: the report and both benchmarks ask ablations.data, none decides."""
+    for user in (provenance, train_speed, gpu_check):
+        assert user.dataset_label is ablations.data.dataset_label, user.__name__
 
 
 def test_cifar10_offline_is_a_one_line_data_error_and_leaves_no_folder(tmp_path, monkeypatch):

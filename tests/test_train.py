@@ -1,6 +1,5 @@
 """The training engine: schedules, learning, determinism, bit-exact resume, divergence, checkpoints."""
 
-import importlib
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import ablations.engine.train as train
 from ablations.config import ConfigError, RunConfig
 from ablations.engine.schedule import learning_rate
 from ablations.engine.train import train_run
+from benchmarks import train_speed
 
 TIMING_KEYS = {"epoch_time_s", "train_time_s", "train_images_per_s", "peak_memory_mb", "wall_time_s", "finished_at"}
 
@@ -254,10 +254,8 @@ def test_the_tf32_key_keeps_run_ids():
         (["--seeds", "0"], "--seeds 0 is not accepted: expected an integer >= 1"),
     ],
 )
-def test_train_speed_refuses_bad_options_before_training(repo_root, tmp_path, monkeypatch, capsys, args, message):
+def test_train_speed_refuses_bad_options_before_training(tmp_path, capsys, args, message):
     """An unwritable --out used to be found only after the whole benchmark had run, losing its results."""
-    monkeypatch.syspath_prepend(str(repo_root / "benchmarks"))
-    train_speed = importlib.import_module("train_speed")
     (tmp_path / "file").write_text("x")
     argv = ["--data", str(tmp_path), "--device", "cpu", *(arg.format(tmp=tmp_path) for arg in args)]
     assert train_speed.cli(argv) == 2
@@ -267,9 +265,7 @@ def test_train_speed_refuses_bad_options_before_training(repo_root, tmp_path, mo
 
 
 @pytest.mark.slow
-def test_train_speed_compares_variants_over_seeds(cifar10_jpeg, repo_root, tmp_path, monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(repo_root / "benchmarks"))
-    train_speed = importlib.import_module("train_speed")
+def test_train_speed_compares_variants_over_seeds(cifar10_jpeg, tmp_path, capsys):
     out = tmp_path / "speed.json"
     argv = ["--data", str(cifar10_jpeg), "--device", "cpu", "--epochs", "1", "--train-subset", "100",
             "--test-subset", "50", "--width", "8", "--depth", "1", "--batch-size", "50", "--workers", "0",

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from ablations.data.augment import Augment, normalise
 from ablations.config import RunConfig
+from ablations.data.augment import Augment, normalise
 from ablations.data.sources import RESIDENT_BYTES, DataError, ImageFiles, Split, load_splits
 
 __all__ = ["Data", "DataError", "TestLoader", "TrainLoader", "build_data"]

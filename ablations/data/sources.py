@@ -28,8 +28,8 @@ from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
 from ablations import atomic
-from ablations.data import synthetic
 from ablations.config import RunConfig
+from ablations.data import synthetic
 
 CACHE_FORMAT = "v1"  # bump when decoding changes, so old cache files are not reused
 SUBSET_SEED = 0  # subsets are the same for every run seed
