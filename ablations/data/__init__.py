@@ -1,0 +1,20 @@
+"""Data: where the images come from (sources.py, synthetic.py) and how they reach the device (loaders.py, augment.py).
+
+This front stays free of torch so that the report and the benchmarks can name a run's data without loading it.
+"""
+
+from pathlib import Path
+
+# The JPEG re-encoding of CIFAR-10 in ../shared/data (cifar10-jpeg.tar.gz, or a tree unpacked from it) is not
+# CIFAR-10: its README asks that every result on it carry this label, so exactly one rule may decide it.
+CIFAR10_JPEG = "cifar10-jpeg"
+CIFAR10_JPEG_LABEL = "CIFAR-10 (JPEG q75 copy)"
+LABELS = {"synthetic": "synthetic", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+
+
+def dataset_label(dataset: str, data_root: str) -> str:
+    """How results name the data of a run: "CIFAR-10", "ImageFolder pets", or "CIFAR-10 (JPEG q75 copy)"."""
+    root = Path(data_root).name
+    if dataset == "imagefolder":
+        return CIFAR10_JPEG_LABEL if root.startswith(CIFAR10_JPEG) else f"ImageFolder {root}"
+    return LABELS.get(dataset, root)
