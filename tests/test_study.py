@@ -61,6 +61,42 @@ def test_grid_axes_cross_every_variant(tmp_path):
     assert {(c.norm, c.lr) for c in configs} == {(n, lr) for n in ("batch", "layer") for lr in (0.01, 0.02)}
 
 
+def test_order_axes_trains_whole_axes_in_turn_and_seeds_spans_the_design_first(tmp_path):
+    by_seeds = read_study(write(tmp_path, STUDY)).sweep.configs()
+    by_axes = read_study(write(tmp_path, STUDY.replace("seeds = 2", 'seeds = 2\norder = "axes"'))).sweep.configs()
+    assert sorted(cfg.run_id() for cfg in by_axes) == sorted(cfg.run_id() for cfg in by_seeds)
+    assert [cfg.seed for cfg in by_seeds] == [0] * 4 + [1] * 4
+    variants = [(cfg.kernel_size, cfg.norm, cfg.seed) for cfg in by_axes]
+    assert variants == [(5, "batch", 0), (5, "batch", 1), (3, "batch", 0), (3, "batch", 1),
+                        (7, "batch", 0), (7, "batch", 1), (5, "layer", 0), (5, "layer", 1)]  # fmt: skip
+
+
+def test_the_gpu_study_file_trains_the_papers_axes_from_the_baseline_whole_axes_cheapest_first(repo_root):
+    study = read_study(repo_root / "studies" / "cifar10-gpu.toml")
+    configs = study.sweep.configs()
+    assert study.preset == "cifar10-jpeg" and study.sweep.order == "axes" and study.sweep.seeds == 3
+    baseline = configs[0]
+    assert (baseline.dim, baseline.depth, baseline.kernel_size, baseline.patch_size, baseline.epochs) == (
+        256,
+        8,
+        5,
+        2,
+        25,
+    )
+    assert (baseline.residual, baseline.norm, baseline.activation) == ("depthwise", "batch", "gelu")
+    changed = [next((k for k in study.sweep.vary if getattr(c, k) != getattr(baseline, k)), None) for c in configs]
+    assert (
+        changed
+        == [None] * 3
+        + ["activation"] * 3
+        + ["norm"] * 3
+        + ["patch_size"] * 6
+        + ["residual"] * 12
+        + ["kernel_size"] * 12
+    )
+    assert sorted({cfg.kernel_size for cfg in configs}) == [3, 5, 7, 9, 15]
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -77,6 +113,7 @@ def test_grid_axes_cross_every_variant(tmp_path):
         (('preset = "smoke"', 'preset = "huge"'), "preset='huge' is not accepted: choose one of smoke"),
         (("seeds = 2", "seeds = 0"), "seeds 0 is not accepted: expected an integer >= 1"),
         (("seeds = 2", "seeds = 2\nseeds = 3"), "is not valid TOML"),
+        (("seeds = 2", 'seeds = 2\norder = "random"'), "order='random' is not accepted: choose one of seeds, axes"),
     ],
 )
 def test_bad_study_files_fail_in_one_line_naming_file_and_key(tmp_path, change, message):

@@ -13,16 +13,22 @@ from dataclasses import dataclass, field
 
 from ablations.config import ConfigError, RunConfig, field_types, parse_value
 
+# The order runs are trained in. "seeds": every variant for seed 0 first, so a half-finished sweep already spans
+# the design. "axes": the baseline's seeds, then each vary axis in the order written with all its seeds, so a
+# sweep cut short (a GPU lent for minutes) leaves whole axes finished, the earlier ones first.
+ORDERS = ("seeds", "axes")
+
 
 @dataclass
 class Sweep:
     """What to train: the fixed keys (the baseline's values included), the one-at-a-time `vary` axes, the
-    cartesian `axes` crossed with every run, in command-line order, and the number of seeds."""
+    cartesian `axes` crossed with every run, in command-line order, the number of seeds, and the run order."""
 
     fixed: dict = field(default_factory=dict)
     axes: dict[str, list] = field(default_factory=dict)
     seeds: int = 1
     vary: dict[str, list] = field(default_factory=dict)
+    order: str = "seeds"  # one of ORDERS
 
     def varying_keys(self) -> list[str]:
         return list(self.vary) + list(self.axes) + (["seed"] if self.seeds > 1 else [])
@@ -38,15 +44,19 @@ class Sweep:
         return [{}] + [change for change in changes if not change.items() <= baseline]
 
     def configs(self) -> list[RunConfig]:
-        """Every run, seed-major: all configs for seed 0 first, so a half-finished sweep already spans the design."""
+        """Every run, in ORDERS[self.order]'s order."""
+        seeds = range(self.seeds) if self.seeds > 1 else [None]
+        if self.order == "axes":
+            pairs = [(change, seed) for change in self.variants() for seed in seeds]
+        else:
+            pairs = [(change, seed) for seed in seeds for change in self.variants()]
         runs = []
-        for seed in range(self.seeds) if self.seeds > 1 else [None]:
-            for change in self.variants():
-                for combo in itertools.product(*self.axes.values()):
-                    values = {**self.fixed, **change, **dict(zip(self.axes, combo, strict=True))}
-                    if seed is not None:
-                        values["seed"] = seed
-                    runs.append(RunConfig(**values))
+        for change, seed in pairs:
+            for combo in itertools.product(*self.axes.values()):
+                values = {**self.fixed, **change, **dict(zip(self.axes, combo, strict=True))}
+                if seed is not None:
+                    values["seed"] = seed
+                runs.append(RunConfig(**values))
         for cfg in runs:
             cfg.validate()
         return runs
@@ -54,7 +64,7 @@ class Sweep:
     def design(self) -> dict:
         """The sweep as plain data, for the store's sweep.json: what the report needs to group and compare runs."""
         return {"fixed": self.fixed, "baseline": self.baseline(), "vary": self.vary, "grid": self.axes,
-                "seeds": self.seeds}  # fmt: skip
+                "seeds": self.seeds, "order": self.order}  # fmt: skip
 
 
 def check_key(key: str, option: str) -> str:

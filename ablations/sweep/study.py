@@ -3,6 +3,7 @@
     description = "what the study asks"
     preset = "cifar10-jpeg"        # the recipe the keys below override
     seeds = 3
+    order = "axes"                  # optional: train whole axes in turn (default "seeds": seed 0 of all first)
     [fixed]                         # keys every run shares
     dim = 48
     [baseline]                      # the run every vary axis starts from
@@ -22,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ablations.config import ConfigError, typed_value
-from ablations.sweep.grid import Sweep, check_axis, check_key, check_sweep
+from ablations.sweep.grid import ORDERS, Sweep, check_axis, check_key, check_sweep
 from ablations.sweep.presets import PRESETS
 
-TOP_LEVEL = ("description", "preset", "seeds", "fixed", "baseline", "vary", "grid")
+TOP_LEVEL = ("description", "preset", "seeds", "order", "fixed", "baseline", "vary", "grid")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ def parse_study(data: dict, where: str) -> tuple[str, str, Sweep]:
         raise ConfigError(f"{where}: preset={preset!r} is not accepted: choose one of {', '.join(PRESETS)}")
     if type(seeds) is not int:
         raise ConfigError(f"{where}: seeds={seeds!r} is not accepted: expected an integer >= 1")
+    order = data.get("order", "seeds")
+    if order not in ORDERS:
+        raise ConfigError(f"{where}: order={order!r} is not accepted: choose one of {', '.join(ORDERS)}")
     fixed = {key: typed_value(key, value, f"{where} [fixed]") for key, value in table(data, "fixed", where).items()}
     baseline = {
         key: typed_value(key, value, f"{where} [baseline]") for key, value in table(data, "baseline", where).items()
@@ -78,7 +82,7 @@ def parse_study(data: dict, where: str) -> tuple[str, str, Sweep]:
     return (
         str(data.get("description", "")),
         preset,
-        Sweep({**PRESETS[preset].values, **fixed, **baseline}, grid, seeds, vary),
+        Sweep({**PRESETS[preset].values, **fixed, **baseline}, grid, seeds, vary, order),
     )
 
 
