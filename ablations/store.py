@@ -1,4 +1,4 @@
-"""The result store of a sweep: results/<sweep>/runs/<run_id>/ per run, and summary.csv rebuilt from them.
+"""The result store of a sweep: <sweep folder>/runs/<run_id>/ per run, and summary.csv rebuilt from them.
 
 Every file is written atomically, so a sweep killed at any moment leaves only whole files (and perhaps a
 `.name.*.tmp` that the next start removes). The run files are the truth; summary.csv is only ever derived

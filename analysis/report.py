@@ -1,6 +1,6 @@
 """`python -m analysis.report sweeps/<name> [more] [--baseline KEY=VALUE ...] [--design N] [--allow-mixed] [--out DIR]`.
 
-Writes into DIR (default: results/<first sweep>/report/) a Markdown and a LaTeX (booktabs) table of every variant
+Writes into DIR (default: <first sweep>/report/) a Markdown and a LaTeX (booktabs) table of every variant
 (test accuracy ± 95% CI over seeds, difference from the baseline with Welch's CI, parameters, MACs, training
 throughput, seeds), the same numbers unrounded in variants.csv, the figures as PNG and PDF, and report.md: what ran
 (data, model, recipe, design, seeds, hardware, commit, date), the table, and the figures. A study (one factor at
