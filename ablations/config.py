@@ -30,6 +30,8 @@ MAX_IMAGE_SIZE = 4096
 # Keys added after results were first committed, with the value every earlier run had: a run holding that value
 # leaves the key out of its id, so adding a key never renames the runs already in a store.
 LATER_KEYS: dict[str, object] = {"tf32": True}
+# Hex digits of a run id (64 bits); results written before ids had 16 were named by LEGACY_RUN_ID_LENGTH.
+RUN_ID_LENGTH, LEGACY_RUN_ID_LENGTH = 16, 10
 # Keys that say where a run's inputs live, not what the run is: left out of its id (the data itself is checked).
 NOT_IDENTITY = ("data_root",)
 # The model a run trains unless told otherwise: the CIFAR-10 reference ConvMixer-256/8 (k5, p2), not the model's
@@ -104,8 +106,8 @@ class RunConfig:
             for k, v in self.to_dict().items()
             if k not in NOT_IDENTITY and not (k in LATER_KEYS and LATER_KEYS[k] == v)
         }
-        digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-        return digest
+        # 64 bits: 40 (LEGACY_RUN_ID_LENGTH hex digits, the ids before) collided within a million seeds.
+        return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:RUN_ID_LENGTH]
 
     def with_absolute_data_root(self) -> "RunConfig":
         """This config with data_root made absolute against the current folder, as a path typed in a shell means.

@@ -3,11 +3,12 @@
     python -m ablations.run --grid kernel_size=3,7,9,15                      # smoke preset: a minute on a CPU
     python -m ablations.run --preset cifar10 --grid patch_size=1,2,4 --seeds 3
     python -m ablations.run --vary kernel_size=3,9 --vary norm=layer --seeds 3   # one change at a time
-    python -m ablations.run --study studies/cifar10-cpu.toml                 # a study file, into results/<name>/
+    python -m ablations.run --study studies/cifar10-cpu.toml                 # a study file, into sweeps/<name>/
 
 Everything is checked before anything runs (bad input: one line on stderr, exit code 2, nothing written).
 Rerunning the same command skips finished runs and resumes unfinished ones; exit code 0 means every run of the
-sweep is done, 1 that some failed or diverged.
+sweep is done, 1 that some failed or diverged. A finished run is never rewritten, and one on other data than
+this sweep's is refused; one sweep at a time works in a folder (a second is refused).
 """
 
 import argparse
@@ -21,9 +22,11 @@ from pathlib import Path
 import torch
 
 from ablations.config import ACCEPTED, NOT_IDENTITY, ConfigError, RunConfig
-from ablations.data.loaders import DataError, build_data
+from ablations.data import dataset_label
+from ablations.data.loaders import DataError
+from ablations.data.sources import load_splits
 from ablations.engine.train import run_dtype
-from ablations.store import DONE, FAILED, FINISHED, Store, StoreError
+from ablations.store import DATA, DONE, FAILED, FINISHED, Store, StoreError
 from ablations.sweep.grid import Sweep, build_sweep
 from ablations.sweep.local import LocalLauncher
 from ablations.sweep.presets import DEFAULT_PRESET, PRESETS
@@ -34,6 +37,9 @@ from convmixer.arguments import OneLineParser, folder_path, run_cli
 from convmixer.runtime import parse_devices, usable_cores
 
 PROG = "python -m ablations.run"
+# Where a sweep goes without --out: a folder git ignores (.gitignore), apart from the committed results/.
+DEFAULT_ROOT = Path("sweeps")
+MAX_RUNS = 10_000  # --max-runs's default: a design beyond it is most likely a typo (a list pasted as a grid axis)
 
 
 def plural(n: int, word: str) -> str:
@@ -81,7 +87,14 @@ def build_parser(preset: str = DEFAULT_PRESET) -> OneLineParser:
     parser.add_argument("--seeds", type=int, metavar="N", help="repeat every run with seed=0..N-1 (default 1)")
     parser.add_argument("--preset", choices=PRESETS, help=f"the recipe the keys override (default {DEFAULT_PRESET})")
     parser.add_argument("--name", help="sweep name (default: the study's, or preset and swept keys: smoke-kernel_size)")
-    parser.add_argument("--out", type=folder_path, metavar="DIR", help="result folder (default: results/<name>)")
+    parser.add_argument(
+        "--out", type=folder_path, metavar="DIR",
+        help=f"result folder (default: {DEFAULT_ROOT}/<name>, which git ignores; committed studies go to results/)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-runs", type=int, default=MAX_RUNS, metavar="N",
+        help=f"refuse a design of more than N runs, before building it (default {MAX_RUNS:,})",
+    )  # fmt: skip
     parser.add_argument(
         "--dry-run", action="store_true", help="check all a real run checks (the data too), list runs, write nothing"
     )  # fmt: skip
@@ -134,14 +147,28 @@ def default_name(study: Study | None, preset: str, sweep: Sweep) -> str:
     return study.name if study is not None else "-".join([preset, *sweep.vary, *sweep.axes])
 
 
-def result_dir(args: argparse.Namespace, default: str) -> Path:
+def check_size(sweep: Sweep, max_runs: int) -> None:
+    """Refuse a design beyond --max-runs from its axis lengths, before a single RunConfig is built."""
+    if max_runs < 1:
+        raise ConfigError(f"--max-runs {max_runs} is not accepted: expected an integer >= 1")
+    size = sweep.size()
+    if size > max_runs:
+        raise ConfigError(
+            f"the design has {size:,} runs, more than --max-runs {max_runs:,}: check its axes and seeds, "
+            "or raise --max-runs"
+        )
+
+
+def result_dir(args: argparse.Namespace, default: str) -> tuple[str, Path]:
+    """The sweep's name and folder: --name (default: `default`) under DEFAULT_ROOT, or --out, which --name then
+    only names (without --name, --out's folder name is the sweep's)."""
     name = args.name if args.name is not None else default
-    if not name.strip() or "/" in name or name in (".", ".."):  # "." and ".." would write results/ or its parent
+    if not name.strip() or "/" in name or name in (".", ".."):  # "." and ".." would write sweeps/ or its parent
         raise ConfigError(f"--name {name!r} is not accepted: expected a folder name without '/', not '.' or '..'")
-    root = args.out if args.out is not None else Path("results") / name
+    root = args.out if args.out is not None else DEFAULT_ROOT / name
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--out {str(root)!r} is not accepted: it is a file, expected a folder")
-    return root
+    return (name if args.out is None or args.name is not None else root.resolve().name), root
 
 
 def create_result_dir(root: Path) -> None:
@@ -165,22 +192,37 @@ def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: l
         for precision in {cfg.precision for cfg in configs}:
             run_dtype(precision, torch.device(options.device))
         check_cluster(options)
-    ids = {}
+    ids: dict[str, RunConfig] = {}
     for cfg in configs:
-        if ids.setdefault(cfg.run_id(), cfg) is not cfg:
-            raise ConfigError(f"two runs are the same run {cfg.run_id()} (data_root does not change a run); drop one")
+        first = ids.setdefault(cfg.run_id(), cfg)
+        if first is not cfg:
+            differ = [key for key, value in first.to_dict().items() if value != getattr(cfg, key)]
+            why = (
+                f"differ only in {', '.join(differ)}, which is not part of a run's id: sweep each in its own --out"
+                if differ
+                else "are the same config: drop one"
+            )
+            raise ConfigError(f"two runs of the sweep have the same id {cfg.run_id()}: they {why}")
 
 
-def check_data(configs: list[RunConfig]) -> None:
+def check_data(configs: list[RunConfig], todo: list[RunConfig], store: Store) -> dict[str, dict]:
     """Load each distinct dataset once before the sweep starts, as a run would: a missing dataset fails now, in
     one line, not in every run; a download or a decode into the cache happens once here instead of in every
-    worker at once. Every run's patch is then checked against the size its images load at."""
-    image_sizes: dict[tuple, int] = {}
+    worker at once. Every run's patch is then checked against the size its images load at, and every run folder
+    against this data (`Store.check_run`). Returns the data record of each run to train or that recorded one."""
+    loaded: dict[tuple, dict] = {}
+    records = {}
+    to_train = {cfg.run_id() for cfg in todo}
     for cfg in configs:
-        key = (cfg.dataset, cfg.data_root, cfg.image_size)
-        if key not in image_sizes:
-            image_sizes[key] = build_data(cfg, "cpu").image_size
-        cfg.check_image_size(image_sizes[key], f" in data_root={cfg.data_root!r}")
+        if cfg.run_id() in to_train or (store.run_dir(cfg) / DATA).exists():  # else finished before data records
+            key = (cfg.dataset, cfg.data_root, cfg.image_size, cfg.train_subset, cfg.test_subset)
+            if key not in loaded:
+                label = {"data": dataset_label(cfg.dataset, cfg.data_root), "data_root": cfg.data_root}
+                loaded[key] = {**label, **load_splits(cfg).identity()}
+            cfg.check_image_size(loaded[key]["image_size"], f" in data_root={cfg.data_root!r}")
+            records[cfg.run_id()] = loaded[key]
+        store.check_run(cfg, records.get(cfg.run_id()))
+    return records
 
 
 def print_table(configs: list[RunConfig], keys: list[str], store: Store) -> None:
@@ -229,9 +271,10 @@ def runs_to_train(configs: list[RunConfig], store: Store, retry_failed: bool) ->
     ]
 
 
-def run_sweep(args, configs: list[RunConfig], todo: list[RunConfig], keys: list[str], store: Store, devices) -> None:
-    """Write the sweep's config files, then train `todo`, rebuilding summary.csv as runs finish."""
-    store.prepare(configs)
+def run_sweep(args, configs: list[RunConfig], data: dict[str, dict], keys: list[str], store: Store, devices) -> None:
+    """Write the sweep's new run files, then train the runs left to train, rebuilding summary.csv as runs finish."""
+    store.prepare(configs, data)
+    todo = runs_to_train(configs, store, args.retry_failed)  # again, under the lock: another sweep may have ended
     todo_ids = {cfg.run_id() for cfg in todo}
     for cfg in configs:
         if cfg.run_id() in todo_ids:
@@ -271,9 +314,18 @@ def report(configs: list[RunConfig], keys: list[str], store: Store) -> int:
     return 0 if counts.get(DONE, 0) == len(configs) else 1
 
 
+def first_line(name: str, configs: list[RunConfig], origin: str, keys: list[str]) -> str:
+    """What the sweep is, in one line: its name, size, preset or study, model(s), data and swept keys."""
+    models = ", ".join(dict.fromkeys(cfg.model_name for cfg in configs))
+    data = ", ".join(dict.fromkeys(dataset_label(cfg.dataset, cfg.data_root) for cfg in configs))
+    varying = ", ".join(keys) or "nothing"
+    return f"sweep {name}: {plural(len(configs), 'run')} of {origin}: {models} on {data}, varying {varying}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(help_preset(argv)).parse_args(argv)  # --help exits here
     study, preset, sweep = load_design(args)
+    check_size(sweep, args.max_runs)
     configs = [cfg.with_absolute_data_root() for cfg in sweep.configs()]
     try:
         devices = parse_devices(args.devices) if args.launcher == "local" else []
@@ -282,15 +334,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs_per_device is None:
         args.jobs_per_device = usable_cores() if devices == ["cpu"] else 1
     check_options(args, configs, devices)
-    store = Store(result_dir(args, default_name(study, preset, sweep)))
+    name, root = result_dir(args, default_name(study, preset, sweep))
+    store = Store(root)
+    store.check_folder()
     keys = sweep.varying_keys()
+    origin = f"study {args.study} (preset {preset})" if study is not None else f"preset {preset}"
+    print(first_line(name, configs, origin, keys), flush=True)
     todo = runs_to_train(configs, store, args.retry_failed)
-    check_data(todo)  # a dry run checks the data too: it is what a real run would fail on first
+    data = check_data(configs, todo, store)  # a dry run checks the data too: it is what a real run would fail on first
     slots = len(devices) * args.jobs_per_device
     workers = f"{plural(slots, 'worker')} on {', '.join(devices)}" if devices else "SLURM jobs"
-    varying = ", ".join(keys) or "nothing"
-    origin = f"study {args.study}" if study is not None else f"preset {preset}"
-    print(f"sweep {store.root.name}: {plural(len(configs), 'run')} of {origin}, varying {varying}")
     print(f"{len(todo)} to train ({len(configs) - len(todo)} finished earlier) with {workers}; results in {store.root}")
     if args.dry_run:
         print_table(configs, keys, store)
@@ -298,10 +351,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{cfg.run_id()} {json.dumps(cfg.to_dict())}")
         return 0
     create_result_dir(store.root)
-    design = {"name": store.root.name, "preset": preset, "study": str(args.study) if study else None,
-              "description": study.description if study else "", **sweep.design()}  # fmt: skip
-    store.write_design(design, study.text if study else None)
-    run_sweep(args, configs, todo, keys, store, devices)
+    with store.lock_sweep():
+        design = {"name": name, "preset": preset, "study": str(args.study) if study else None,
+                  "description": study.description if study else "", **sweep.design()}  # fmt: skip
+        store.add_design(design, [cfg.run_id() for cfg in configs], study.text if study else None)
+        run_sweep(args, configs, data, keys, store, devices)
     return report(configs, keys, store)
 
 

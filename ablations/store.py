@@ -1,9 +1,16 @@
-"""The result store of a sweep: results/<sweep>/runs/<run_id>/ per run, and summary.csv rebuilt from them.
+"""The result store of a sweep: <sweep folder>/runs/<run_id>/ per run, and summary.csv rebuilt from them.
 
 Every file is written atomically, so a sweep killed at any moment leaves only whole files (and perhaps a
 `.name.*.tmp` that the next start removes). The run files are the truth; summary.csv is only ever derived
 from them, so it can always be rebuilt and never disagrees with them for long. A run is finished iff its
 metrics.json exists; an unfinished run with a checkpoint.pt resumes from it.
+
+A run's result is never rewritten: config.json and data.json are written once, when the run folder is made, and a
+finished run's files are only read (a key added to RunConfig later is filled in with its default when read).
+data.json records the data the run trains on (classes, image counts, a sha256 of each finished split); a rerun on
+other data is refused (`check_run`). sweep.json keeps every design ever swept into the folder, each with its run
+ids, so that the report can tell one design's runs from another's. One sweep works in a folder at a time: it
+holds the folder's .lock (`lock_sweep`); a SLURM job holds its run folder's (`hold_lock`).
 
 This module owns the run folder's contract: its file names, the run states and the readers of its JSON files.
 The engine writes the files and analysis reads them, both by these names; the store imports neither of them.
@@ -11,19 +18,25 @@ The engine writes the files and analysis reads them, both by these names; the st
 
 import csv
 import dataclasses
+import fcntl
 import io
 import json
+import os
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from ablations import atomic
-from ablations.config import RunConfig
+from ablations.config import LEGACY_RUN_ID_LENGTH, NOT_IDENTITY, RunConfig
 
 # A run folder: its config, the engine's per-epoch history, resumable state and final metrics, and its log.
 CONFIG, HISTORY, CHECKPOINT, METRICS, LOG = "config.json", "history.json", "checkpoint.pt", "metrics.json", "log.txt"
 RUNS, SUMMARY = "runs", "summary.csv"  # in the sweep folder: one folder per run, and the table derived from them
-DESIGN, STUDY_COPY = "sweep.json", "study.toml"  # the sweep's design (read by analysis), the study file it came from
+DESIGN, STUDY_COPY = "sweep.json", "study.toml"  # the sweep's designs (read by analysis), the study file it came from
+DATA = "data.json"  # in a run folder: the data it trained on (`check_run` compares a rerun's with it)
+LOCK = ".lock"  # in the sweep folder (one sweep at a time) and, under SLURM, in each run folder (one job per run)
 METRIC_COLUMNS = (
     "status", "reason", "test_acc", "params", "macs", "flops",
     "train_images_per_s", "peak_memory_mb", "train_time_s", "epochs_completed",
@@ -63,6 +76,13 @@ def read_object(path: Path, required: Iterable[str] = ()) -> dict:
     return value
 
 
+def read_config(path: Path) -> RunConfig:
+    """A run's config.json; a key it lacks (added to RunConfig after the run) gets its default, never written back."""
+    values = read_object(path)
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    return RunConfig(**{key: value for key, value in values.items() if key in known})
+
+
 def read_metrics(path: Path) -> dict:
     """A finished run's metrics.json: an object whose status is one of FINISHED."""
     metrics = read_object(path, ["status"])
@@ -87,6 +107,39 @@ def read_history(path: Path) -> list[dict]:
 def epochs_completed(run_dir: Path) -> int:
     """How many epochs the run's history.json records (0 before the first epoch ends)."""
     return len(read_history(run_dir / HISTORY)) if (run_dir / HISTORY).exists() else 0
+
+
+def hold_lock(path: Path, wait: bool = True) -> IO[str] | None:
+    """Hold an exclusive lock on `path` until the returned file is closed (or this process ends). Without `wait`,
+    None when another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path, "a+")  # the caller closes it
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        lock.close()
+        return None
+    except OSError:  # a shared filesystem without locks (Lustre without -o flock): nothing to hold
+        pass
+    return lock
+
+
+def describe_data(record: dict) -> str:
+    """A data.json record in a few words: its label, classes, image counts and fingerprints."""
+    return (
+        f"{record.get('data', '?')} ({len(record.get('classes', []))} classes, {record.get('train_images')} train / "
+        f"{record.get('test_images')} test images, sha256 {str(record.get('train_sha256'))[:12]}/"
+        f"{str(record.get('test_sha256'))[:12]})"
+    )
+
+
+# The fields of a data.json record that say where the data was, not what it is: a moved archive is the same data.
+DATA_PLACE = ("data", "data_root")
+
+
+def same_data(a: dict, b: dict) -> bool:
+    """Whether two data.json records describe the same images."""
+    return {k: v for k, v in a.items() if k not in DATA_PLACE} == {k: v for k, v in b.items() if k not in DATA_PLACE}
 
 
 @dataclass(frozen=True)
@@ -123,14 +176,45 @@ class Store:
         # Epochs count only with a checkpoint to resume them from (history.json is written just before it).
         return RunState(UNFINISHED, "", epochs_completed(run_dir) if (run_dir / CHECKPOINT).exists() else 0)
 
-    def prepare(self, configs: list[RunConfig]) -> None:
-        """Write each run's config.json (so summary.csv lists the whole sweep from the start); drop stale temps."""
+    def check_run(self, cfg: RunConfig, data: dict | None) -> None:
+        """StoreError (one line) unless the folder of `cfg` may take this run: its config.json describes this run,
+        its data.json (if any) the same images as `data` (this sweep's, when it was loaded), and it is not held
+        under the shorter id of an older toolkit."""
+        run_dir = self.run_dir(cfg)
+        legacy = self.runs / cfg.run_id()[:LEGACY_RUN_ID_LENGTH]
+        if legacy.is_dir() and not run_dir.exists():
+            raise StoreError(
+                f"{legacy} holds run {cfg.run_id()} under its 40-bit id of an older toolkit: "
+                f"rename it first (mv {legacy} {run_dir})"
+            )
+        if (run_dir / CONFIG).exists():
+            recorded = read_config(run_dir / CONFIG)
+            if recorded.run_id() != cfg.run_id():
+                key = next(k for k, v in recorded.to_dict().items() if v != getattr(cfg, k) and k not in NOT_IDENTITY)
+                raise StoreError(
+                    f"{run_dir / CONFIG} is another run than {cfg.run_id()} ({key}={getattr(recorded, key)!r}, not "
+                    f"{getattr(cfg, key)!r}): edited by hand? move that folder away"
+                )
+        if data is not None and (run_dir / DATA).exists():
+            recorded = read_object(run_dir / DATA)
+            if not same_data(recorded, data):
+                raise StoreError(
+                    f"{run_dir} was trained on {describe_data(recorded)}, but this sweep's data is "
+                    f"{describe_data(data)}: a result on other data needs another --out"
+                )
+
+    def prepare(self, configs: list[RunConfig], data: dict[str, dict] | None = None) -> None:
+        """Make each run's folder with its config.json and data.json (`data` by run id), so that summary.csv lists
+        the whole sweep from the start; files already there are kept as they are. Drop stale temps."""
         for stale in self.root.glob(f".{SUMMARY}.*.tmp"):
             stale.unlink(missing_ok=True)
         for cfg in configs:
-            path = self.run_dir(cfg) / CONFIG
-            if not path.exists() or read_json(path) != cfg.to_dict():
-                atomic.write_json(path, cfg.to_dict())
+            run_dir = self.run_dir(cfg)
+            if not (run_dir / CONFIG).exists():
+                atomic.write_json(run_dir / CONFIG, cfg.to_dict())
+            # A finished run without data.json predates data records: what it trained on is not known, so not written.
+            if cfg.run_id() in (data or {}) and not (run_dir / DATA).exists() and self.metrics(run_dir) is None:
+                atomic.write_json(run_dir / DATA, data[cfg.run_id()])
 
     def start_run(self, run_dir: Path) -> None:
         """Called by the one process about to train this run: temps left by a killed writer are garbage now."""
@@ -158,26 +242,87 @@ class Store:
             (run_dir / CHECKPOINT).unlink(missing_ok=True)
 
     def summary_rows(self) -> list[dict]:
+        """One row per run folder: its config.json as written (a key the run predates stays empty), its state and
+        metrics."""
         rows = []
         for config_path in sorted(self.runs.glob(f"*/{CONFIG}")):
             run_dir = config_path.parent
             state = self.state(run_dir)
             row = {"run_id": run_dir.name, **read_object(config_path), **(self.metrics(run_dir) or {})}
             row.update(status=state.status, reason=state.reason, epochs_completed=state.epochs)
-            rows.append({column: row.get(column) for column in SUMMARY_COLUMNS})
+            rows.append(row)
         return rows
 
-    def write_design(self, design: dict, study_text: str | None) -> None:
-        """Record what the sweep is (its preset, fixed keys, baseline, axes, seeds) and the study file as written."""
-        atomic.write_json(self.root / DESIGN, design)
-        if study_text is not None:
-            atomic.write_text(self.root / STUDY_COPY, study_text)
+    def check_folder(self) -> None:
+        """StoreError unless the toolkit's files in the folder are its own: a sweep never overwrites another's."""
+        if self.summary.exists():
+            with open(self.summary) as f:
+                header = f.readline()
+            if not header.startswith("run_id,"):
+                raise StoreError(f"{self.summary} was not written by this toolkit: move it away, or use another --out")
+        self.read_designs()
+
+    def lock_sweep(self) -> IO[str]:
+        """Hold the folder's lock for this sweep (released when the returned file is closed or the process ends);
+        StoreError naming the other sweep's process if one holds it."""
+        lock = hold_lock(self.root / LOCK, wait=False)
+        if lock is None:
+            holder = (self.root / LOCK).read_text().strip() or "a process that is starting"
+            raise StoreError(
+                f"{self.root} is in use by another sweep ({holder}): wait for it to end, or use another --out"
+            )
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+        lock.flush()
+        return lock
+
+    def read_designs(self) -> list[dict]:
+        """Every design swept into the folder, oldest first, each with "runs": its run ids, or None for the one
+        design of a sweep.json written before designs listed their runs (every run folder is then its run)."""
+        path = self.root / DESIGN
+        if not path.exists():
+            return []
+        value = read_object(path)
+        if "designs" not in value:  # the first format: one design object
+            return [{**value, "runs": None}]
+        designs = value["designs"]
+        if not isinstance(designs, list) or not all(isinstance(d, dict) and "runs" in d for d in designs):
+            raise StoreError(f"{path} is not accepted: 'designs' must be a list of objects, each with 'runs'")
+        return designs
+
+    def add_design(self, design: dict, run_ids: list[str], study_text: str | None) -> int:
+        """Record a sweep's design (preset, fixed keys, baseline, axes, seeds) and its runs beside the designs
+        already in sweep.json, unless one of them is the same; return its number (1: the first). The study file
+        of design n is kept as study.toml (n = 1) or study-n.toml, and is never overwritten."""
+        entry = json.loads(json.dumps({**design, "runs": run_ids}))  # as it reads back: lists, not tuples
+
+        def what(d: dict, runs: bool = True) -> dict:  # the name follows the folder: not part of what ran
+            return {k: v for k, v in d.items() if k != "name" and (runs or k != "runs")}
+
+        designs = self.read_designs()
+        for number, old in enumerate(designs, 1):
+            if what(old) == what(entry) or (old["runs"] is None and what(old, False) == what(entry, False)):
+                return number
+        if designs and designs[0]["runs"] is None:  # the first format held one design: the folder's runs then
+            designs[0]["runs"] = sorted(path.name for path in self.runs.glob("*") if (path / CONFIG).exists())
+        designs.append(entry)
+        atomic.write_json(self.root / DESIGN, {"designs": designs})
+        study = self.root / (STUDY_COPY if len(designs) == 1 else f"study-{len(designs)}.toml")
+        if study_text is not None and not study.exists():
+            atomic.write_text(study, study_text)
+        return len(designs)
 
     def write_summary(self) -> Path:
-        """Rebuild summary.csv from the run folders (atomically: a reader never sees half a table)."""
+        """Rebuild summary.csv from the run folders (atomically: a reader never sees half a table). Its config
+        columns are the keys the runs' config.json files hold, so a rerun never adds or drops a column."""
+        rows = self.summary_rows()
+        present = set().union(*rows) if rows else set(SUMMARY_COLUMNS)
+        columns = [c for c in SUMMARY_COLUMNS if c in present or c in METRIC_COLUMNS or c == "run_id"]
         text = io.StringIO()
-        writer = csv.DictWriter(text, SUMMARY_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
-        writer.writerows(self.summary_rows())
-        atomic.write_text(self.summary, text.getvalue())
+        writer.writerows(rows)
+        if not self.summary.exists() or self.summary.read_text() != text.getvalue():
+            atomic.write_text(self.summary, text.getvalue())
         return self.summary

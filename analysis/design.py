@@ -5,6 +5,11 @@ things the report must get right: which keys are the swept ones (every other key
 run, or the comparison is between unrelated sweeps), which run is the baseline, and, for a study (one factor at a
 time from a baseline), which variants belong to which axis of its table. `scope` decides all of it at once.
 Sweeps written before sweep.json existed have no design: their swept keys are those whose values differ in them.
+
+A folder may hold several designs (each sweep into it that changed the design added one to sweep.json, with its
+run ids): the report covers the latest one unless asked for another or for all (`--design`), and names the run
+folders it leaves out, and why. A sweep.json of the first format holds one design without run ids: every run
+folder is then its run.
 """
 
 from dataclasses import dataclass, field
@@ -13,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ablations.config import NOT_IDENTITY, RunConfig, parse_value
-from ablations.store import DESIGN, StoreError, read_object
+from ablations.store import DESIGN, Store, StoreError
 from analysis.load import CONFIG_KEYS, AnalysisError, load_runs, sweep_name
 
 # Keys that never make two runs different variants: the seed is what we average over, and NOT_IDENTITY's
@@ -47,30 +52,69 @@ class Design:
     vary: dict = field(default_factory=dict)
     grid: dict = field(default_factory=dict)
     seeds: int = 0
+    runs: list[str] | None = None  # its run ids; None: every run of the folder (sweep.json's first format)
 
     @property
     def axes(self) -> list[str]:
         return [*self.vary, *self.grid]
 
 
-def read_design(sweep: Path) -> Design | None:
-    """The design of a sweep folder, or None for a sweep written before designs were recorded."""
+def read_designs(sweep: Path) -> list[Design]:
+    """Every design of a sweep folder, oldest first ([] for a sweep written before designs were recorded)."""
     path = Path(sweep) / DESIGN
-    if not path.exists():
-        return None
     try:
-        values = read_object(path)
+        designs = Store(sweep).read_designs()
     except StoreError as error:
         raise AnalysisError(str(error)) from None
     known = Design.__dataclass_fields__
-    unknown = sorted(set(values) - set(known))
-    if unknown or not isinstance(values.get("name"), str):
-        problem = f"unknown key {unknown[0]!r}" if unknown else "no 'name'"
-        raise AnalysisError(f"{path} is not accepted: {problem}; expected the keys {', '.join(known)}")
-    for key in ("fixed", "baseline", "vary", "grid"):
-        if not isinstance(values.get(key, {}), dict):
-            raise AnalysisError(f"{path} is not accepted: {key!r} must be a JSON object")
-    return Design(**values)
+    for values in designs:
+        unknown = sorted(set(values) - set(known))
+        if unknown or not isinstance(values.get("name"), str):
+            problem = f"unknown key {unknown[0]!r}" if unknown else "no 'name'"
+            raise AnalysisError(f"{path} is not accepted: {problem}; expected the keys {', '.join(known)}")
+        for key in ("fixed", "baseline", "vary", "grid"):
+            if not isinstance(values.get(key, {}), dict):
+                raise AnalysisError(f"{path} is not accepted: {key!r} must be a JSON object")
+    return [Design(**values) for values in designs]
+
+
+def read_design(sweep: Path) -> Design | None:
+    """The latest design of a sweep folder, or None for a sweep written before designs were recorded."""
+    designs = read_designs(sweep)
+    return designs[-1] if designs else None
+
+
+def chosen_designs(sweep: Path, which: str) -> dict[str, Design | None]:
+    """The designs of a folder that `which` asks for ("latest", "all", or a number: 1 is the oldest), by the name
+    the report gives them: the folder's, with " design N" when the folder holds more than one."""
+    name, designs = sweep_name(sweep), read_designs(sweep)
+    if not designs:
+        return {name: None}
+    if which == "latest":
+        numbers = [len(designs)]
+    elif which == "all":
+        numbers = list(range(1, len(designs) + 1))
+    elif which.isdigit() and 1 <= int(which) <= len(designs):
+        numbers = [int(which)]
+    else:
+        raise AnalysisError(
+            f"--design {which!r} is not accepted: expected latest, all, or a number from 1 to {len(designs)} "
+            f"({sweep} holds {len(designs)} design{'s' if len(designs) > 1 else ''})"
+        )
+    return {(f"{name} design {n}" if len(designs) > 1 else name): designs[n - 1] for n in numbers}
+
+
+def left_out(runs: pd.DataFrame, sweep: Path, chosen: dict[str, Design | None]) -> pd.Series:
+    """Why each run of `sweep` is left out of the chosen designs ("" for those kept), indexed like `runs`."""
+    mine = runs["sweep"] == sweep_name(sweep)
+    if any(design is None or design.runs is None for design in chosen.values()):
+        return pd.Series("", index=runs.index)
+    kept = {run_id for design in chosen.values() for run_id in design.runs}
+    others = {run_id for design in read_designs(sweep) for run_id in design.runs or []}
+    reasons = runs["run_id"].map(
+        lambda run_id: "" if run_id in kept else "of another design" if run_id in others else "in no design"
+    )
+    return reasons.where(mine, "")
 
 
 def swept_keys(runs: pd.DataFrame, designs: dict[str, Design | None]) -> list[str]:
@@ -192,6 +236,7 @@ class Scope:
     varied: list[str]  # the study's one-factor-at-a-time keys (empty for a grid)
     baseline: dict
     mixed: list[str]  # keys that differ but were not swept (only with --allow-mixed)
+    left_out: pd.DataFrame = field(default_factory=pd.DataFrame)  # sweep, run_id, reason: runs of other designs
 
     @property
     def done(self) -> pd.DataFrame:
@@ -205,17 +250,24 @@ class Scope:
         return axis_levels(self.runs, self.designs, key, self.baseline)
 
 
-def scope(sweeps: list[Path], baseline_items: list[str], allow_mixed: bool = False) -> Scope:
-    """Load the sweeps and decide keys and baseline; AnalysisError/ConfigError on input the report cannot use."""
+def scope(sweeps: list[Path], baseline_items: list[str], allow_mixed: bool = False, design: str = "latest") -> Scope:
+    """Load the runs of the designs `design` asks for in each sweep folder and decide keys and baseline;
+    AnalysisError/ConfigError on input the report cannot use."""
     runs = load_runs(sweeps)
+    designs, reasons = {}, pd.Series("", index=runs.index)
+    for sweep in sweeps:
+        chosen = chosen_designs(sweep, design)
+        designs |= chosen
+        reasons = reasons.where(reasons != "", left_out(runs, sweep, chosen))
+    dropped = runs[reasons != ""].assign(reason=reasons[reasons != ""])[["sweep", "run_id", "reason"]]
+    runs = runs[reasons == ""].reset_index(drop=True)
     if (runs["status"] != "done").all():
         found = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().items()) or "no runs"
         raise AnalysisError(f"no finished runs (status done) in {', '.join(map(str, sweeps))}: found {found}")
-    designs = {sweep_name(sweep): read_design(sweep) for sweep in sweeps}
     swept = swept_keys(runs, designs)
     if not allow_mixed:
         check_not_mixed(runs, swept)
     keys = [key for key in variant_keys(runs) if key in swept or allow_mixed]
     mixed = [key for key in keys if key not in swept]
     baseline = choose_baseline(runs, keys, designs, baseline_items)
-    return Scope(runs, designs, keys, vary_keys(designs, keys), baseline, mixed)
+    return Scope(runs, designs, keys, vary_keys(designs, keys), baseline, mixed, dropped.reset_index(drop=True))

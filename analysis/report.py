@@ -1,11 +1,12 @@
-"""`python -m analysis.report results/<sweep> [more sweeps] [--baseline KEY=VALUE ...] [--allow-mixed] [--out DIR]`.
+"""`python -m analysis.report sweeps/<name> [more] [--baseline KEY=VALUE ...] [--design N] [--allow-mixed] [--out DIR]`.
 
-Writes into DIR (default: results/<first sweep>/report/) a Markdown and a LaTeX (booktabs) table of every variant
+Writes into DIR (default: <first sweep>/report/) a Markdown and a LaTeX (booktabs) table of every variant
 (test accuracy ± 95% CI over seeds, difference from the baseline with Welch's CI, parameters, MACs, training
 throughput, seeds), the same numbers unrounded in variants.csv, the figures as PNG and PDF, and report.md: what ran
 (data, model, recipe, design, seeds, hardware, commit, date), the table, and the figures. A study (one factor at
 a time from a baseline) gets one block of rows per axis. Runs that differ in a key no sweep swept are refused
-unless --allow-mixed asks for them to be pooled.
+unless --allow-mixed asks for them to be pooled. A folder that several designs were swept into is reported for its
+latest design (--design picks another, or all); report.md names every run folder it leaves out, and why.
 """
 
 import math
@@ -246,6 +247,7 @@ def index(sweeps: list[Path], scope: Scope, table_md: str, notes: str, files: li
     descriptions = [design.description for design in scope.designs.values() if design and design.description]
     setup = provenance.setup(runs, scope.designs, scope.keys)
     mixed = f"- Pooled with --allow-mixed although they differ in: {', '.join(scope.mixed)}" if scope.mixed else ""
+    dropped = [f"- Left out: {line}" for line in left_out_lines(scope)]
     lines = [
         f"# Report: {', '.join(sorted(runs['sweep'].unique()))}",
         "",
@@ -258,6 +260,7 @@ def index(sweeps: list[Path], scope: Scope, table_md: str, notes: str, files: li
         f"- Swept: {swept or 'nothing but the seed'}",
         f"- Baseline: {variant_label(scope.baseline)}",
         *([mixed] if mixed else []),
+        *dropped,
         "",
         "## Results",
         "",
@@ -274,12 +277,27 @@ def index(sweeps: list[Path], scope: Scope, table_md: str, notes: str, files: li
     return "\n".join(lines) + "\n"
 
 
+def left_out_lines(scope: Scope) -> list[str]:
+    """The run folders the report leaves out, one line per folder and reason, with their ids."""
+    groups = scope.left_out.groupby(["sweep", "reason"], sort=True)["run_id"] if len(scope.left_out) else []
+    return [
+        f"{len(ids)} run{'s' if len(ids) > 1 else ''} of {sweep} {reason} (--design all includes them)"
+        if reason == "of another design"
+        else f"{len(ids)} run{'s' if len(ids) > 1 else ''} of {sweep} {reason} of its sweep.json (copied in?)"
+        for (sweep, reason), ids in groups
+    ]
+
+
 def build_report(
-    sweeps: list[Path], baseline_items: list[str], out: Path | None = None, allow_mixed: bool = False
+    sweeps: list[Path],
+    baseline_items: list[str],
+    out: Path | None = None,
+    allow_mixed: bool = False,
+    design: str = "latest",
 ) -> Path:
     """Write every report file; returns the index path. Raises AnalysisError/ConfigError on input it cannot use."""
     out = Path(out) if out is not None else Path(sweeps[0]) / "report"
-    chosen = scope(sweeps, baseline_items, allow_mixed)
+    chosen = scope(sweeps, baseline_items, allow_mixed, design)
     variants = summarise(chosen.runs, chosen.baseline, chosen.keys)
     cpu = provenance.measured_on_cpu(chosen.runs)
     made = study_table(variants, chosen, cpu) if chosen.varied else table(variants, chosen.keys, cpu)
@@ -287,6 +305,7 @@ def build_report(
     caption = provenance.caption(chosen.runs, chosen.designs, chosen.keys)
     notes = f"{CI_NOTE} {DIFF_NOTE} {provenance.throughput_note(chosen.runs)} {PARETO_NOTE}"
     history = load_history(sweeps)  # before the first write: a damaged history.json must leave `out` as it was
+    history = history[history["run_id"].isin(chosen.runs["run_id"])]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -304,7 +323,7 @@ def build_report(
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog=PROG, description="Tables (Markdown, LaTeX) and figures (PNG, PDF) of sweeps.")
-    parser.add_argument("sweeps", nargs="+", type=folder_path, help="sweep folders, e.g. results/kernel")
+    parser.add_argument("sweeps", nargs="+", type=folder_path, help="sweep folders, e.g. sweeps/smoke-kernel_size")
     parser.add_argument(
         "--baseline",
         action="append",
@@ -318,9 +337,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="pool sweeps whose runs differ in keys none of them swept (refused by default: unrelated sweeps)",
     )
+    parser.add_argument(
+        "--design",
+        default="latest",
+        metavar="N",
+        help="which design of a folder that several were swept into: latest (default), all, or its number (1: the "
+        "first); report.md names the runs it leaves out",
+    )
     parser.add_argument("--out", type=folder_path, help="output folder (default: <first sweep>/report)")
     args = parser.parse_args(argv)
-    path = build_report(args.sweeps, args.baseline, args.out, args.allow_mixed)
+    path = build_report(args.sweeps, args.baseline, args.out, args.allow_mixed, args.design)
     print(f"wrote {path.parent}: report.md, tables and figures")
     return 0
 

@@ -86,7 +86,8 @@ def test_a_sweep_fills_the_store_and_says_where_the_results_are(finished_sweep):
     assert 0 <= float(rows["0.01"]["test_acc"]) <= 1 and int(rows["0.01"]["params"]) > 0
     for row in rows.values():
         run_dir = out / "runs" / row["run_id"]
-        files = {"config.json", "log.txt", "metrics.json"} | ({"history.json"} if row["status"] == "done" else set())
+        files = {"config.json", "data.json", "log.txt", "metrics.json"}
+        files |= {"history.json"} if row["status"] == "done" else set()
         assert {p.name for p in run_dir.iterdir()} <= files | {"history.json"} and files <= set(os.listdir(run_dir))
         assert read_json(run_dir / "config.json")["dim"] == 8
         log = (run_dir / "log.txt").read_text()
@@ -135,7 +136,7 @@ def test_dry_run_lists_status_and_writes_nothing(finished_sweep, capsys):
         (["--jobs-per-device", "0"], "--jobs-per-device 0 is not accepted"),
         (["--set", "precision=fp16", "--devices", "cpu"], "precision='fp16' is not accepted on cpu: it needs CUDA"),
         (["--set", "dataset=imagefolder,data_root=/no/such/tree"], "data_root='/no/such/tree' does not exist"),
-        (["--grid", "data_root=a,b"], "two runs are the same run"),
+        (["--grid", "data_root=a,b"], "have the same id 76a1eaa4f888036a: they differ only in data_root, which is not"),
         (["--name", ""], "--name '' is not accepted: expected a folder name"),  # was ignored: default name
         (["--name", ".."], "--name '..' is not accepted"),  # would have written runs/ beside results/
         (["--set", "seed=99999999999999999999"], "seed=99999999999999999999 is not accepted"),  # failed every run

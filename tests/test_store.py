@@ -8,7 +8,7 @@ import pytest
 
 from ablations import atomic
 from ablations.config import RunConfig
-from ablations.store import SUMMARY_COLUMNS, Store, StoreError
+from ablations.store import SUMMARY_COLUMNS, Store, StoreError, hold_lock
 
 
 def configs() -> list[RunConfig]:
@@ -95,17 +95,16 @@ def test_temporaries_left_by_a_killed_writer_are_removed(tmp_path):
     assert not run_tmp.exists()
 
 
-def test_prepare_keeps_an_identical_config_and_updates_a_moved_data_root(tmp_path):
+def test_prepare_never_rewrites_a_config_even_for_a_moved_data_root(tmp_path):
+    """A rerun with another data_root used to rewrite config.json, relabelling a finished result (probe D1)."""
     store = Store(tmp_path)
     cfg = configs()[0]
     store.prepare([cfg])
     path = store.run_dir(cfg) / "config.json"
-    before = path.stat().st_mtime_ns
-    store.prepare([cfg])
-    assert path.stat().st_mtime_ns == before
+    before = path.read_bytes(), path.stat().st_mtime_ns
     moved = dataclasses.replace(cfg, data_root="/elsewhere")
     store.prepare([moved])
-    assert moved.run_id() == cfg.run_id() and json.loads(path.read_text())["data_root"] == "/elsewhere"
+    assert moved.run_id() == cfg.run_id() and (path.read_bytes(), path.stat().st_mtime_ns) == before
 
 
 def test_an_unreadable_file_is_named(tmp_path):
@@ -115,3 +114,62 @@ def test_an_unreadable_file_is_named(tmp_path):
     (store.run_dir(cfg) / "metrics.json").write_text('{"status": "do')
     with pytest.raises(StoreError, match=r"metrics.json is not valid JSON .*delete it to redo that run"):
         store.write_summary()
+
+
+def test_a_run_folder_named_by_its_40_bit_id_is_refused_with_the_rename_to_make(tmp_path):
+    store = Store(tmp_path)
+    cfg = configs()[0]
+    legacy = store.runs / cfg.run_id()[:10]
+    legacy.mkdir(parents=True)
+    with pytest.raises(StoreError, match=rf"holds run {cfg.run_id()} under its 40-bit id .*\(mv {legacy} "):
+        store.check_run(cfg, None)
+
+
+def test_a_config_json_of_another_run_is_refused_not_trained_over(tmp_path):
+    store = Store(tmp_path)
+    cfg = configs()[0]
+    store.prepare([cfg])
+    path = store.run_dir(cfg) / "config.json"
+    atomic.write_json(path, {**cfg.to_dict(), "lr": 0.5, "data_root": "/moved"})
+    with pytest.raises(StoreError, match=r"config.json is another run than .* \(lr=0.5, not 0.01\)"):
+        store.check_run(cfg, None)
+
+
+def test_a_config_written_before_a_key_existed_reads_with_its_default_and_keeps_summary_columns(tmp_path):
+    """Newcomer F1: a rerun gave committed config.json files "tf32": true and summary.csv a tf32 column."""
+    store = Store(tmp_path)
+    cfg = configs()[0]
+    old = {key: value for key, value in cfg.to_dict().items() if key != "tf32"}
+    atomic.write_json(store.run_dir(cfg) / "config.json", old)
+    store.write_summary()
+    assert "tf32" not in read_summary(store)[0]
+    store.prepare([cfg])
+    assert json.loads((store.run_dir(cfg) / "config.json").read_text()) == old
+    before = store.summary.stat().st_mtime_ns
+    store.write_summary()
+    assert store.summary.stat().st_mtime_ns == before  # the same table is not written again
+    store.prepare([configs()[1]])  # a run of this toolkit: its config has the key, so the table shows it
+    store.write_summary()
+    assert "tf32" in read_summary(store)[0]
+
+
+def test_sweep_json_of_the_first_format_reads_as_one_design_and_gains_its_runs_beside_a_new_one(tmp_path):
+    store = Store(tmp_path)
+    first = {"name": "s", "preset": "smoke", "grid": {"kernel_size": [3, 5]}, "seeds": 1}
+    atomic.write_json(tmp_path / "sweep.json", first)
+    store.prepare(configs()[:2])
+    assert store.read_designs() == [{**first, "runs": None}]
+    assert store.add_design(first, [cfg.run_id() for cfg in configs()[:2]], None) == 1  # the same design
+    assert json.loads((tmp_path / "sweep.json").read_text()) == first  # not rewritten
+    assert store.add_design({**first, "seeds": 2}, ["x"], "study text") == 2
+    old, new = store.read_designs()
+    assert old == {**first, "runs": sorted(cfg.run_id() for cfg in configs()[:2])} and new["runs"] == ["x"]
+    assert (tmp_path / "study-2.toml").read_text() == "study text" and not (tmp_path / "study.toml").exists()
+
+
+def test_a_lock_is_refused_while_another_holder_has_it(tmp_path):
+    with hold_lock(tmp_path / ".lock") as held:
+        assert held is not None
+        with pytest.raises(StoreError, match=r"is in use by another sweep"):
+            Store(tmp_path).lock_sweep()  # flock: a second open file description is another holder
+    Store(tmp_path).lock_sweep().close()

@@ -287,6 +287,26 @@ class Splits:
     def resident(self) -> bool:
         return isinstance(self.train, Split)
 
+    def identity(self) -> dict:
+        """What the store records as the data of a run (data.json) and compares on a rerun: the classes, the image
+        counts and size, and a sha256 of each split: of its decoded pixels and labels when held in memory, of its
+        file names, labels and file sizes when streamed (reading every file of a folder too big to hold is slow)."""
+        return {
+            "classes": list(self.classes), "image_size": self.image_size,
+            "train_images": len(self.train.labels), "test_images": len(self.test.labels),
+            "train_sha256": split_sha256(self.train), "test_sha256": split_sha256(self.test),
+        }  # fmt: skip
+
+
+def split_sha256(split: Split | ImageFiles) -> str:
+    digest = hashlib.sha256(split.labels.to(torch.int64).numpy().tobytes())
+    if isinstance(split, Split):
+        digest.update(split.images.contiguous().numpy().tobytes())
+    else:
+        for path in split.paths:
+            digest.update(f"{path}\0{(split.root / path).stat().st_size}\0".encode())
+    return digest.hexdigest()
+
 
 def resize(split: Split, image_size: int) -> Split:
     """Resize (bilinear, antialiased) a split whose images are not image_size x image_size already."""

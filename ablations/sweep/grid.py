@@ -9,6 +9,7 @@ ConfigError instead of an hour in. Study files (ablations.sweep.study) describe 
 
 import difflib
 import itertools
+import math
 from dataclasses import dataclass, field
 
 from ablations.config import ConfigError, RunConfig, field_types, parse_value
@@ -42,6 +43,10 @@ class Sweep:
         baseline = self.baseline().items()
         changes = [{key: value} for key, values in self.vary.items() for value in values]
         return [{}] + [change for change in changes if not change.items() <= baseline]
+
+    def size(self) -> int:
+        """How many runs configs() makes, counted from the axes without making them."""
+        return self.seeds * len(self.variants()) * math.prod(len(values) for values in self.axes.values())
 
     def configs(self) -> list[RunConfig]:
         """Every run, in ORDERS[self.order]'s order."""

@@ -17,7 +17,6 @@ locally. The sweep process submits, then follows the jobs with squeue (no accoun
 submitit is imported only here, and only when the launcher is used.
 """
 
-import fcntl
 import os
 import re
 import subprocess
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from ablations import atomic
 from ablations.config import ConfigError, RunConfig
-from ablations.store import HISTORY, Store, read_json
+from ablations.store import HISTORY, LOCK, Store, hold_lock, read_json
 from ablations.sweep.execute import end_run, execute_run, limit_cpu_threads
 from ablations.sweep.progress import SweepProgress
 
@@ -117,21 +116,10 @@ def check_cluster(options: SlurmOptions) -> None:
         raise ConfigError(f"SLURM refuses these jobs ({' '.join(command[2:-2])}): {reason}")
 
 
-def run_lock(run_dir: Path):
-    """Block until no other process holds the run's lock, then hold it (released when the file is closed)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(run_dir / ".lock", "a")  # the caller closes it
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-    except OSError:  # a shared filesystem without locks (Lustre without -o flock): the job registry still holds
-        pass
-    return lock
-
-
 def train_in_job(store_root: str, values: dict, keep_checkpoints: bool, device: str) -> dict:
     """One array task: train one run (unless a duplicate job trained it already; see the module docstring)."""
     store, cfg = Store(Path(store_root)), RunConfig.from_dict(values)
-    with run_lock(store.run_dir(cfg)):
+    with hold_lock(store.run_dir(cfg) / LOCK):
         metrics = store.metrics(store.run_dir(cfg))
         if metrics is None:
             limit_cpu_threads(device)

@@ -31,7 +31,7 @@ TOP_LEVEL = ("description", "preset", "seeds", "order", "fixed", "baseline", "va
 
 @dataclass(frozen=True)
 class Study:
-    name: str  # the file's stem: results go to results/<name>/
+    name: str  # the file's stem: results go to sweeps/<name>/
     description: str
     preset: str
     sweep: Sweep
