@@ -52,6 +52,7 @@ class Design:
     vary: dict = field(default_factory=dict)
     grid: dict = field(default_factory=dict)
     seeds: int = 0
+    order: str = "seeds"  # the order its runs were trained in (ablations.sweep.grid.ORDERS)
     runs: list[str] | None = None  # its run ids; None: every run of the folder (sweep.json's first format)
 
     @property

@@ -24,8 +24,8 @@ import pytest
 from test_run import read_json, read_summary, snapshot, tiny_configs, tiny_set
 
 from ablations.run import cli
-from ablations.store import Store
-from ablations.sweep.slurm import run_lock, train_in_job
+from ablations.store import LOCK, Store, hold_lock
+from ablations.sweep.slurm import train_in_job
 
 CLUSTER_SCRIPT = Path(__file__).parent / "slurm" / "cluster.sh"
 OPT_IN = "CONVMIXER_TEST_SLURM"
@@ -328,7 +328,7 @@ def test_an_array_task_trains_its_run_once_even_when_submitted_twice(tmp_path):
     task = multiprocessing.get_context("spawn").Process(
         target=train_in_job, args=(str(tmp_path), cfg.to_dict(), False, "cpu")
     )
-    with run_lock(run_dir):  # another job training the run
+    with hold_lock(run_dir / LOCK):  # another job training the run
         task.start()
         task.join(timeout=15)  # time enough to start Python and reach the lock
         assert task.is_alive() and not (run_dir / "log.txt").exists()
