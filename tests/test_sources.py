@@ -11,7 +11,7 @@ from PIL import Image
 
 import ablations.data
 from ablations.config import RunConfig
-from ablations.data import dataset_label, sources, synthetic
+from ablations.data import dataset_label, decode, sources, synthetic
 from ablations.data.sources import DataError, load_splits, resize, stratified_subset
 from analysis import provenance
 from benchmarks import gpu_check, train_speed
@@ -101,15 +101,15 @@ def test_decoded_archive_is_cached_by_content(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVMIXER_CACHE", str(tmp_path / "cache"))
     archive = write_archive(tmp_path, {"train": 10, "test": 4})
     decoded = []
-    real_decode = sources.decode_image
-    monkeypatch.setattr(sources, "decode_image", lambda data, size: decoded.append(1) or real_decode(data, size))
+    real_decode = decode.decode_image
+    monkeypatch.setattr(decode, "decode_image", lambda data, size: decoded.append(1) or real_decode(data, size))
     first = load_splits(imagefolder(archive, train_subset=9))
     assert len(decoded) == 9 + 12  # only the subset is decoded
 
     def fail(*args):
         raise AssertionError("a cache hit must neither decode nor list the archive")
 
-    monkeypatch.setattr(sources, "decode_image", fail)
+    monkeypatch.setattr(decode, "decode_image", fail)
     monkeypatch.setattr(sources.ImageTree, "_files", property(fail))
     again = load_splits(imagefolder(archive, train_subset=9))
     assert torch.equal(first.test.images, again.test.images) and torch.equal(first.train.images, again.train.images)
