@@ -5,8 +5,10 @@ Measures, in one process, on an ImageFolder archive (default: the CIFAR-10 JPEG 
   cold        a cold start decoding on every usable core (forked workers), what a run does
   warm        a second process's start: the decoded splits come from the cache
   kept        the next run in the same worker process: the dataset is still on its device
-and prints each time with the ratio serial / cold. Every cold start gets its own empty cache folder (a temporary
-one, removed afterwards), so nothing of the user's cache is read or written.
+and prints each one's wall time and CPU time (this process and its workers: on a busy machine the CPU time shows
+what the wall time cannot, whether the workers added work), with the ratio serial / cold. Every cold start gets
+its own empty cache folder (a temporary one, removed afterwards), so nothing of the user's cache is read or
+written.
 
     python -m benchmarks.startup                      # CPU; --device cuda on a GPU machine
 """
@@ -57,11 +59,18 @@ def use_cache(folder: Path) -> Iterator[None]:
             os.environ["CONVMIXER_CACHE"] = saved
 
 
-def timed(start: Callable[[], loaders.Data], device: torch.device) -> tuple[float, loaders.Data]:
-    began = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the decode workers), user and system."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def timed(start: Callable[[], loaders.Data], device: torch.device) -> tuple[float, float, loaders.Data]:
+    """(wall seconds, CPU seconds, the data) of one start-up."""
+    began, cpu = time.perf_counter(), cpu_seconds()
     data = start()
     synchronize(device)
-    return time.perf_counter() - began, data
+    return time.perf_counter() - began, cpu_seconds() - cpu, data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     cfg = RunConfig(dataset="imagefolder", data_root=str(args.data.resolve()))
-    times = {}
+    times, cpu = {}, {}
 
     def start() -> loaders.Data:
         return loaders.build_data(cfg, device)
@@ -81,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, decoding in (("serial", serial_decoding), ("cold", contextlib.nullcontext)):
             with use_cache(Path(scratch) / name), decoding():
                 loaders._kept.clear()  # a new process holds no data
-                times[name], data = timed(start, device)
+                times[name], cpu[name], data = timed(start, device)
         with use_cache(Path(scratch) / "cold"):
             loaders._kept.clear()
-            times["warm"], data = timed(start, device)
-            times["kept"], data = timed(start, device)
+            times["warm"], cpu["warm"], data = timed(start, device)
+            times["kept"], cpu["kept"], data = timed(start, device)
     images = data.train.num_samples + data.test.num_samples
     figures = {
         "data": str(args.data),
@@ -95,11 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         "cores": usable_cores(),
         "decode_workers": decode.fork_workers(data.train.num_samples, usable_cores()),
         **{f"{name}_s": round(seconds, 3) for name, seconds in times.items()},
+        **{f"{name}_cpu_s": round(seconds, 3) for name, seconds in cpu.items()},
         "speedup_cold_vs_serial": round(times["serial"] / times["cold"], 2),
     }
     print(f"start-up of {images:,} images of {args.data.name} on {figures['device']}, {figures['cpu']}")
+    print("  start    wall s   CPU s (this process and its workers)")
     for name in times:
-        print(f"  {name:<7} {times[name]:7.3f} s")
+        print(f"  {name:<7} {times[name]:7.3f} {cpu[name]:7.3f}")
     print(f"  cold start {figures['speedup_cold_vs_serial']}x faster than serial ({figures['decode_workers']} workers)")
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

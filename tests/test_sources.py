@@ -2,6 +2,7 @@
 finished splits `load_splits` hands over (subset and sized for every source)."""
 
 import errno
+import json
 import os
 import shutil
 import tarfile
@@ -20,7 +21,7 @@ from ablations.config import RunConfig
 from ablations.data import dataset_label, decode, sources, synthetic
 from ablations.data.sources import DataError, load_splits, resize, stratified_subset
 from analysis import provenance
-from benchmarks import gpu_check, train_speed
+from benchmarks import gpu_check, startup, train_speed
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -305,3 +306,13 @@ def test_a_cifar_folder_failing_the_integrity_check_says_so_and_downloads_nothin
     monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", download)
     with pytest.raises(DataError, match="cifar-10-batches-py fails torchvision's integrity check"):
         load_splits(RunConfig(dataset="cifar10", data_root=str(tmp_path)))
+
+
+def test_the_startup_benchmark_times_each_start_and_leaves_the_cache_alone(tmp_path, capsys, convmixer_cache):
+    archive = write_archive(tmp_path, {"train": 3, "test": 2})
+    before = sorted(convmixer_cache.rglob("*"))
+    assert startup.cli(["--data", str(archive), "--json", str(tmp_path / "startup.json")]) == 0
+    figures = json.loads((tmp_path / "startup.json").read_text())
+    assert figures["images"] == 15 and {"serial_s", "cold_s", "warm_s", "kept_s"} <= set(figures)
+    assert "cold start" in capsys.readouterr().out
+    assert sorted(convmixer_cache.rglob("*")) == before
