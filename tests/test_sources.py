@@ -316,3 +316,12 @@ def test_the_startup_benchmark_times_each_start_and_leaves_the_cache_alone(tmp_p
     assert figures["images"] == 15 and {"serial_s", "cold_s", "warm_s", "kept_s"} <= set(figures)
     assert "cold start" in capsys.readouterr().out
     assert sorted(convmixer_cache.rglob("*")) == before
+
+
+def test_a_decoding_worker_that_dies_is_a_one_line_error(tmp_path, monkeypatch):
+    write_tree(tmp_path / "tree", {"train": 2, "test": 1})
+    tree = sources.ImageTree(tmp_path / "tree")
+    monkeypatch.setattr(sources, "fork_workers", lambda count, cores: 2)
+    monkeypatch.setattr(decode, "decode_image", lambda data, size: os._exit(9))  # as if SIGKILLed mid-decode
+    with pytest.raises(DataError, match=r"a process decoding .*tree died \(out of memory\?\)"):
+        tree.decode("train", 8, 0)

@@ -21,6 +21,7 @@ import sys
 import tarfile
 import zlib
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
@@ -307,6 +308,8 @@ class ImageTree:
             raise DataError(
                 f"imagefolder: cannot {failure.verb} {names[failure.index]} in {self.source}: {failure.detail}"
             ) from None
+        except BrokenProcessPool:  # a worker killed (the out-of-memory killer?) is a one-line error like the rest
+            raise DataError(f"imagefolder: a process decoding {self.source} died (out of memory?); rerun") from None
         return torch.from_numpy(images)
 
     def native_size(self) -> int:
