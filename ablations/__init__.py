@@ -16,6 +16,7 @@ Module map, top to bottom (each layer imports only the layers below it):
         schedule.py       learning-rate schedules
     data/               the images a run trains on
         sources.py        CIFAR, ImageFolder trees and archives, the synthetic set -> finished splits
+        decode.py         image files -> one uint8 array, decoded on every core (forked workers)
         synthetic.py      the synthetic task
         loaders.py        splits placed on the device, batched
         augment.py        batched augmentation on the device

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ablations.atomic import WriteError
 from ablations.config import ACCEPTED, NOT_IDENTITY, ConfigError, RunConfig
 from ablations.data import dataset_label
 from ablations.data.loaders import DataError
@@ -262,12 +263,13 @@ def make_launcher(args: argparse.Namespace, store: Store, devices: list[str]) ->
 
 
 def runs_to_train(configs: list[RunConfig], store: Store, retry_failed: bool) -> list[RunConfig]:
-    """The unfinished runs, and with --retry-failed the failed ones (diverged ones would only diverge again)."""
-    statuses = [store.state(store.run_dir(cfg)).status for cfg in configs]
+    """The unfinished runs, the ones that failed for a transient reason (disk full, a killed worker), and with
+    --retry-failed every failed one (diverged ones would only diverge again)."""
+    states = [store.state(store.run_dir(cfg)) for cfg in configs]
     return [
         cfg
-        for cfg, status in zip(configs, statuses, strict=True)
-        if status not in FINISHED or (retry_failed and status == FAILED)
+        for cfg, state in zip(configs, states, strict=True)
+        if state.status not in FINISHED or (state.status == FAILED and (retry_failed or state.transient))
     ]
 
 
@@ -308,7 +310,8 @@ def report(configs: list[RunConfig], keys: list[str], store: Store) -> int:
         if state.status != DONE:
             print(f"  {cfg.run_id()} {run_label(cfg.to_dict(), keys)}: {state.describe(cfg.epochs)}")
     if counts.get(FAILED):
-        print("  failed runs are skipped when the command is rerun; add --retry-failed to resume them")
+        print("  rerunning the command resumes runs that failed for a passing reason (disk full, a killed worker);")
+        print("  add --retry-failed to resume the other failed runs too")
     print(f"summary: {store.summary}")
     print(f"report:  python -m analysis.report {store.root}")
     return 0 if counts.get(DONE, 0) == len(configs) else 1
@@ -361,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli(argv: list[str] | None = None) -> int:
     try:
-        return run_cli(main, argv, PROG, (ConfigError, DataError, StoreError))
+        return run_cli(main, argv, PROG, (ConfigError, DataError, StoreError, WriteError))
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume (unfinished runs continue from their last epoch)")
         return 130

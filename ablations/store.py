@@ -147,6 +147,7 @@ class RunState:
     status: str  # one of STATUSES
     reason: str = ""
     epochs: int = 0  # epochs completed
+    transient: bool = False  # failed for a reason that may pass (disk full, a killed worker): a rerun retries it
 
     def describe(self, total_epochs: int) -> str:
         if self.status == UNFINISHED:
@@ -172,7 +173,8 @@ class Store:
     def state(self, run_dir: Path) -> RunState:
         metrics = self.metrics(run_dir)
         if metrics is not None:
-            return RunState(metrics["status"], metrics.get("reason", ""), metrics.get("epochs_completed") or 0)
+            epochs, transient = metrics.get("epochs_completed") or 0, metrics.get("transient") is True
+            return RunState(metrics["status"], metrics.get("reason", ""), epochs, transient)
         # Epochs count only with a checkpoint to resume them from (history.json is written just before it).
         return RunState(UNFINISHED, "", epochs_completed(run_dir) if (run_dir / CHECKPOINT).exists() else 0)
 
@@ -226,10 +228,12 @@ class Store:
         """Make a failed run unfinished again, so that it resumes from its last checkpoint (--retry-failed)."""
         (run_dir / METRICS).unlink(missing_ok=True)
 
-    def record_failure(self, run_dir: Path, reason: str, device: str) -> dict:
+    def record_failure(self, run_dir: Path, reason: str, device: str, transient: bool = False) -> dict:
+        """`transient`: the failure may not happen again (disk full, a killed worker), so a plain rerun retries."""
         metrics = {
             "status": FAILED,
             "reason": reason,
+            "transient": transient,
             "epochs_completed": epochs_completed(run_dir),
             "device": device,
         }

@@ -6,7 +6,7 @@ import torch
 from conftest import imagefolder, write_tree
 
 from ablations.config import ConfigError, RunConfig
-from ablations.data import synthetic
+from ablations.data import loaders, synthetic
 from ablations.data.augment import normalise
 from ablations.data.loaders import build_data, derived_seed
 
@@ -84,3 +84,28 @@ def test_a_patch_larger_than_the_loaded_images_is_a_config_error(tmp_path):
     write_tree(tmp_path / "tree", {"train": 2, "test": 1})  # 12 px images: only known once loaded
     with pytest.raises(ConfigError, match="patch_size=16 is not accepted: larger than the 12x12 images in data_root"):
         build_data(imagefolder(tmp_path / "tree", patch_size=16), torch.device("cpu"))
+
+
+def test_a_worker_keeps_the_resident_data_between_runs_on_the_same_data(monkeypatch):
+    cfg = RunConfig(train_subset=64, test_subset=32, batch_size=16)
+    first = build_data(cfg, "cpu")
+
+    def load_splits(*args):
+        raise AssertionError("the kept data must be used")
+
+    monkeypatch.setattr(loaders, "load_splits", load_splits)
+    again = build_data(RunConfig(**{**cfg.to_dict(), "lr": 0.1, "seed": 3}), "cpu")  # another run, same data
+    assert again.train.images is first.train.images and again.mean == first.mean
+    with pytest.raises(AssertionError, match="the kept data must be used"):
+        build_data(RunConfig(**{**cfg.to_dict(), "train_subset": 48}), "cpu")  # other data: loaded afresh
+
+
+def test_augmentation_never_changes_the_kept_images():
+    heavy = dict(scale=0.35, hflip=True, randaug_n=2, randaug_m=12, jitter=0.4, reprob=0.25, mixup=0.8, cutmix=1.0)
+    cfg = RunConfig(train_subset=64, test_subset=32, batch_size=16, **heavy)
+    data = build_data(cfg, "cpu")
+    before = data.train.images.images.clone(), data.test.images.images.clone()
+    for epoch in range(2):
+        collect(data.train.epoch(epoch))
+    collect(iter(data.test))
+    assert torch.equal(data.train.images.images, before[0]) and torch.equal(data.test.images.images, before[1])

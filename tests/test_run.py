@@ -4,6 +4,7 @@ The SLURM launcher is tested against a real cluster in test_slurm_cluster.py."""
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -22,7 +23,8 @@ import torch
 from PIL import Image
 
 import ablations.sweep.execute as worker
-from ablations.run import cli
+from ablations import atomic
+from ablations.run import cli, runs_to_train
 from ablations.store import Store
 from ablations.sweep.grid import build_sweep
 from ablations.sweep.local import LocalLauncher
@@ -292,7 +294,7 @@ class KillWorkerAtFirstEpoch(SweepProgress):
 
 
 @pytest.mark.slow
-def test_a_dead_worker_fails_its_run_the_sweep_goes_on_and_retry_resumes(tmp_path, capsys):
+def test_a_dead_worker_fails_its_run_the_sweep_goes_on_and_a_plain_rerun_resumes(tmp_path, capsys):
     configs = tiny_configs(["kernel_size=3,5"], epochs=3)
     store = Store(tmp_path)
     store.prepare(configs)
@@ -304,10 +306,10 @@ def test_a_dead_worker_fails_its_run_the_sweep_goes_on_and_retry_resumes(tmp_pat
     assert (store.run_dir(configs[0]) / "checkpoint.pt").exists()
     assert {row["status"] for row in read_summary(tmp_path)} == {"failed", "done"}
 
+    assert read_json(store.run_dir(configs[0]) / "metrics.json")["transient"] is True
     args = ["--set", tiny_set(epochs=3), "--grid", "kernel_size=3,5", "--devices", "cpu", "--out", str(tmp_path)]
-    assert cli(args) == 1  # a plain rerun leaves the failed run alone
-    assert "--retry-failed" in capsys.readouterr().out
-    assert cli([*args, "--retry-failed"]) == 0
+    assert cli(args) == 0  # a killed worker is a passing fault: a plain rerun resumes the run, no --retry-failed
+    assert "1 to train (1 finished earlier)" in capsys.readouterr().out
     assert [r["epoch"] for r in read_json(store.run_dir(configs[0]) / "history.json")] == [1, 2, 3]
     assert "resumed from" in (store.run_dir(configs[0]) / "log.txt").read_text()
 
@@ -334,3 +336,53 @@ def test_devices():
     for bad in ("tpu", "0,x", "-1"):
         with pytest.raises(ValueError, match=f"--devices '{bad}' is not accepted"):
             parse_devices(bad)
+
+
+def disk_full_at(monkeypatch: pytest.MonkeyPatch, name: str, after: int = 0) -> None:
+    """Atomic writes of a file called `name` in this process fail as on a full disk (ENOSPC), all but the first
+    `after` of them."""
+    real, written = atomic._write_then_rename, []
+
+    def write(path, write_file):
+        if Path(path).name == name:
+            written.append(path)
+            if len(written) > after:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path, write_file)
+
+    monkeypatch.setattr(atomic, "_write_then_rename", write)
+
+
+@pytest.mark.parametrize(
+    "name, after",
+    [("sweep.json", 0), ("config.json", 0), ("summary.csv", 0), pytest.param("summary.csv", 1, marks=pytest.mark.slow)],
+)
+def test_a_full_disk_before_or_after_training_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch, name, after):
+    disk_full_at(monkeypatch, name, after)  # summary.csv after 1: the last write, in run_sweep's finally
+    out = tmp_path / "full"
+    assert cli([*TINY, "--devices", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert err.startswith("python -m ablations.run: error: disk full writing ") and err.endswith(name)
+
+
+def test_a_run_failed_by_a_full_disk_says_so_and_a_plain_rerun_trains_it(tmp_path, monkeypatch):
+    cfg = tiny_configs([])[0]
+    store = Store(tmp_path)
+    store.prepare([cfg])
+    with monkeypatch.context() as patch:
+        disk_full_at(patch, "checkpoint.pt")
+        metrics = worker.execute_run(cfg, store, "cpu")
+    run_dir = store.run_dir(cfg)
+    assert metrics["status"] == "failed" and metrics["transient"] is True
+    assert metrics["reason"] == f"WriteError: disk full writing {run_dir / 'checkpoint.pt'}"  # not torch's zip error
+    assert runs_to_train([cfg], store, retry_failed=False) == [cfg]
+    assert worker.execute_run(cfg, store, "cpu")["status"] == "done"
+
+
+def test_a_run_failed_for_a_lasting_reason_waits_for_retry_failed(tmp_path, monkeypatch):
+    cfg = tiny_configs([])[0]
+    store = Store(tmp_path)
+    store.record_failure(store.run_dir(cfg), "RuntimeError: boom", "cpu")
+    assert runs_to_train([cfg], store, retry_failed=False) == []
+    assert runs_to_train([cfg], store, retry_failed=True) == [cfg]

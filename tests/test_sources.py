@@ -1,20 +1,27 @@
 """Sources: synthetic, ImageFolder folder/archive, CIFAR offline, stratified subsets, the decode cache, and the
 finished splits `load_splits` hands over (subset and sized for every source)."""
 
+import errno
+import json
+import os
+import shutil
+import tarfile
 import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TREE_CLASSES, imagefolder, write_archive, write_tree
 from PIL import Image
 
 import ablations.data
+from ablations import atomic
 from ablations.config import RunConfig
-from ablations.data import dataset_label, sources, synthetic
+from ablations.data import dataset_label, decode, sources, synthetic
 from ablations.data.sources import DataError, load_splits, resize, stratified_subset
 from analysis import provenance
-from benchmarks import gpu_check, train_speed
+from benchmarks import gpu_check, startup, train_speed
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -101,15 +108,15 @@ def test_decoded_archive_is_cached_by_content(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVMIXER_CACHE", str(tmp_path / "cache"))
     archive = write_archive(tmp_path, {"train": 10, "test": 4})
     decoded = []
-    real_decode = sources.decode_image
-    monkeypatch.setattr(sources, "decode_image", lambda data, size: decoded.append(1) or real_decode(data, size))
+    real_decode = decode.decode_image
+    monkeypatch.setattr(decode, "decode_image", lambda data, size: decoded.append(1) or real_decode(data, size))
     first = load_splits(imagefolder(archive, train_subset=9))
     assert len(decoded) == 9 + 12  # only the subset is decoded
 
     def fail(*args):
         raise AssertionError("a cache hit must neither decode nor list the archive")
 
-    monkeypatch.setattr(sources, "decode_image", fail)
+    monkeypatch.setattr(decode, "decode_image", fail)
     monkeypatch.setattr(sources.ImageTree, "_files", property(fail))
     again = load_splits(imagefolder(archive, train_subset=9))
     assert torch.equal(first.test.images, again.test.images) and torch.equal(first.train.images, again.train.images)
@@ -182,3 +189,139 @@ def test_bad_data_roots_are_one_line_errors(tmp_path):
     (tmp_path / "tree" / "test" / "dog" / "000.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="cannot decode test/dog/000.png"):
         load_splits(imagefolder(tmp_path / "tree"))
+
+
+def test_a_class_missing_from_test_is_an_error_naming_it(tmp_path):
+    write_tree(tmp_path / "tree", {"train": 2, "test": 1})
+    shutil.rmtree(tmp_path / "tree" / "test" / "dog")
+    with pytest.raises(DataError, match=r"classes \['dog'\] have images in train/ but none in test/"):
+        load_splits(imagefolder(tmp_path / "tree"))
+
+
+def cut_tar(tmp_path: Path, keep_members: int) -> Path:
+    """An uncompressed tar of a small tree, cut right before the header of member `keep_members`."""
+    write_tree(tmp_path / "tree", {"train": 4, "test": 2})
+    whole = tmp_path / "whole.tar"
+    with tarfile.open(whole, "w") as tar:
+        tar.add(tmp_path / "tree", arcname="tiny")
+    with tarfile.open(whole) as tar:
+        offset = tar.getmembers()[keep_members].offset
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(whole.read_bytes()[:offset])
+    return cut
+
+
+@pytest.mark.parametrize("keep", [-1, 12])  # the last image gone; the tree cut in the middle of train/
+def test_a_tar_cut_at_a_member_boundary_is_an_error_not_a_smaller_dataset(tmp_path, keep):
+    with pytest.raises(DataError, match="is cut short: it ends at byte .* without the end-of-archive marker"):
+        load_splits(imagefolder(cut_tar(tmp_path, keep)))
+
+
+def test_unreadable_folders_are_errors_naming_them_not_skipped(tmp_path, monkeypatch):
+    """chmod 000 cannot stop root, so the OS's answer (EACCES) is simulated where os.walk asks for it."""
+    write_tree(tmp_path / "tree", {"train": 2, "test": 1})
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name == "cat":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError, match=r"cannot read the folder .*/cat \(Permission denied\)"):
+        load_splits(imagefolder(tmp_path / "tree"))
+
+
+def test_unreadable_images_and_archives_are_one_line_errors_naming_them(tmp_path, monkeypatch):
+    write_tree(tmp_path / "tree", {"train": 2, "test": 1})
+    archive = write_archive(tmp_path / "a", {"train": 2, "test": 1})
+    real_read_bytes, real_open = Path.read_bytes, open
+
+    def refuse(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(
+        Path, "read_bytes", lambda path: refuse(path) if path.name == "001.png" else real_read_bytes(path)
+    )
+    with pytest.raises(DataError, match=r"cannot read train/cat/001.png in .* \(Permission denied\)"):
+        load_splits(imagefolder(tmp_path / "tree"))
+    monkeypatch.setattr(
+        "builtins.open", lambda path, *a, **k: refuse(path) if path == archive else real_open(path, *a, **k)
+    )
+    with pytest.raises(DataError, match=r"cannot read data_root=.*tiny.tar.gz.* \(Permission denied\)"):
+        load_splits(imagefolder(archive))
+
+
+def test_parallel_decoding_equals_decoding_here_and_names_the_first_bad_file(tmp_path, monkeypatch):
+    write_tree(tmp_path / "tree", {"train": 5, "test": 1})
+    tree = sources.ImageTree(tmp_path / "tree")
+    names = tree.splits["train"].paths
+    here = decode.decode_all(lambda i: tree.read(names[i]), len(names), 8, workers=0)
+    forked = decode.decode_all(lambda i: tree.read(names[i]), len(names), 8, workers=2)
+    assert here.shape == (15, 3, 8, 8) and np.array_equal(here, forked)
+    (tmp_path / "tree" / "train" / "dog" / "003.png").write_bytes(b"not an image")
+    (tmp_path / "tree" / "train" / "emu" / "001.png").write_bytes(b"not an image")
+    monkeypatch.setattr(sources, "fork_workers", lambda count, cores: 2)
+    with pytest.raises(
+        DataError, match=r"cannot decode train/dog/003.png in .*: not an image file Pillow can identify"
+    ):
+        tree.decode("train", 8, 0)
+
+
+def test_a_damaged_cache_file_is_rebuilt_with_a_note(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CONVMIXER_CACHE", str(tmp_path / "cache"))
+    archive = write_archive(tmp_path, {"train": 3, "test": 2})
+    first = load_splits(imagefolder(archive))
+    [cached] = (tmp_path / "cache").glob("*train*")
+    cached.write_bytes(cached.read_bytes()[:1000])
+    again = load_splits(imagefolder(archive))
+    assert torch.equal(first.train.images, again.train.images)
+    note = capsys.readouterr().err.strip()
+    assert note.startswith("note: the cached split") and str(cached) in note and "\n" not in note
+    load_splits(imagefolder(archive))
+    assert capsys.readouterr().err == ""  # rebuilt: whole again
+
+
+def test_an_unwritable_cache_folder_is_one_line_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVMIXER_CACHE", str(tmp_path / "cache"))
+    archive = write_archive(tmp_path, {"train": 3, "test": 2})
+
+    def refuse(dir, prefix, suffix):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), dir)
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", lambda dir, prefix, suffix: refuse(dir, prefix, suffix))
+    with pytest.raises(
+        DataError, match=rf"cannot write {tmp_path}/cache/.* \(Permission denied\); set CONVMIXER_CACHE"
+    ):
+        load_splits(imagefolder(archive))
+
+
+def test_a_cifar_folder_failing_the_integrity_check_says_so_and_downloads_nothing(tmp_path, monkeypatch):
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"damaged")
+
+    def download(*args, **kwargs):
+        raise AssertionError("a damaged copy must not trigger a download")
+
+    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", download)
+    with pytest.raises(DataError, match="cifar-10-batches-py fails torchvision's integrity check"):
+        load_splits(RunConfig(dataset="cifar10", data_root=str(tmp_path)))
+
+
+def test_the_startup_benchmark_times_each_start_and_leaves_the_cache_alone(tmp_path, capsys, convmixer_cache):
+    archive = write_archive(tmp_path, {"train": 3, "test": 2})
+    before = sorted(convmixer_cache.rglob("*"))
+    assert startup.cli(["--data", str(archive), "--json", str(tmp_path / "startup.json")]) == 0
+    figures = json.loads((tmp_path / "startup.json").read_text())
+    assert figures["images"] == 15 and {"serial_s", "cold_s", "warm_s", "kept_s"} <= set(figures)
+    assert "cold start" in capsys.readouterr().out
+    assert sorted(convmixer_cache.rglob("*")) == before
+
+
+def test_a_decoding_worker_that_dies_is_a_one_line_error(tmp_path, monkeypatch):
+    write_tree(tmp_path / "tree", {"train": 2, "test": 1})
+    tree = sources.ImageTree(tmp_path / "tree")
+    monkeypatch.setattr(sources, "fork_workers", lambda count, cores: 2)
+    monkeypatch.setattr(decode, "decode_image", lambda data, size: os._exit(9))  # as if SIGKILLed mid-decode
+    with pytest.raises(DataError, match=r"a process decoding .*tree died \(out of memory\?\)"):
+        tree.decode("train", 8, 0)

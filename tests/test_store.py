@@ -58,7 +58,8 @@ def test_failure_is_recorded_and_can_be_forgotten_for_a_retry(tmp_path):
     atomic.write_json(run_dir / "history.json", history(1))
     (run_dir / "checkpoint.pt").write_bytes(b"stand-in")
     metrics = store.record_failure(run_dir, "RuntimeError: boom", "cpu")
-    assert metrics == {"status": "failed", "reason": "RuntimeError: boom", "epochs_completed": 1, "device": "cpu"}
+    expected = {"status": "failed", "reason": "RuntimeError: boom", "epochs_completed": 1, "device": "cpu"}
+    assert metrics == {**expected, "transient": False}
     assert store.state(run_dir).describe(cfg.epochs) == "failed (RuntimeError: boom)"
 
     store.drop_checkpoint(run_dir)  # a failed run keeps its checkpoint: a retry resumes from it

@@ -135,10 +135,29 @@ def test_checkpoint_loads_with_weights_only_into_a_fresh_model(straight_run):
     model.load_state_dict(checkpoint["model"])
 
 
-def test_a_checkpoint_of_another_run_is_refused(straight_run):
+def test_a_checkpoint_of_another_run_is_set_aside_not_resumed(straight_run, tmp_path):
     run_dir, _ = straight_run
-    with pytest.raises(ValueError, match="belongs to run"):
-        train_run(tiny(lr=0.03), run_dir, device="cpu", log=quiet)
+    (tmp_path / "checkpoint.pt").write_bytes((run_dir / "checkpoint.pt").read_bytes())
+    lines = []
+    assert train.read_checkpoint(tmp_path / "checkpoint.pt", tiny(lr=0.03), torch.device("cpu"), lines.append) is None
+    [aside] = tmp_path.glob("checkpoint.pt.corrupt-*")
+    assert not (tmp_path / "checkpoint.pt").exists() and aside.name in lines[0] and "belongs to run" in lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_corrupt_checkpoint_is_set_aside_named_and_the_run_starts_over(straight_run, tmp_path, capsys, damage):
+    run_dir, metrics = straight_run
+    data = (run_dir / "checkpoint.pt").read_bytes()
+    (tmp_path / "checkpoint.pt").write_bytes(data[:500] if damage == "truncated" else b"not a checkpoint")
+    lines = []
+    again = train_run(tiny(), tmp_path, device="cpu", log=lines.append)
+    [aside] = tmp_path.glob("checkpoint.pt.corrupt-*")
+    said = [line for line in lines if "set aside" in line]
+    assert said and aside.name in said[0] and "training from scratch" in said[0]
+    assert aside.name in capsys.readouterr().err  # on the console too, not only in the run's log
+    assert not any("weights_only" in line for line in lines)
+    assert untimed(again) == untimed(metrics)  # from scratch, to the same result
 
 
 def test_exploding_learning_rate_is_reported_as_diverged(tmp_path):
@@ -223,7 +242,7 @@ def test_a_checkpoint_from_another_device_keeps_this_devices_adamw(straight_run,
         group["fused"] = True
     torch.save(checkpoint, tmp_path / "checkpoint.pt")
     trainer = train.Trainer(tiny(), tiny().model_config(10).build(), torch.device("cpu"), None)
-    trainer.load(tmp_path / "checkpoint.pt")
+    trainer.load(torch.load(tmp_path / "checkpoint.pt", weights_only=True))
     assert [group["fused"] for group in trainer.optimizer.param_groups] == [False]
 
 

@@ -7,6 +7,9 @@ batched augmentation on the device, with no CPU work per image and no host sync 
 A larger ImageFolder tree streams through a torch DataLoader whose workers only decode and resize; the uint8
 batches go to the device and get the same augmentation. Either way every random draw of an epoch comes from
 generators seeded with (cfg.seed, epoch), so an epoch replays identically, for bit-exact resume.
+A process that runs several runs (a sweep's worker) keeps the last resident dataset on its device, so the next
+run on the same data starts without loading or copying it again; a batch is always a copy (an index_select), so
+augmentation never changes the kept images.
 """
 
 import hashlib
@@ -14,13 +17,14 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader
 
 from ablations.config import RunConfig
 from ablations.data.augment import Augment, normalise
-from ablations.data.sources import RESIDENT_BYTES, DataError, ImageFiles, Split, load_splits
+from ablations.data.sources import RESIDENT_BYTES, DataError, ImageFiles, Split, Splits, load_splits
 
 __all__ = ["Data", "DataError", "TestLoader", "TrainLoader", "build_data"]
 
@@ -124,6 +128,22 @@ class TestLoader:
             yield normalise(images, self.mean, self.std), labels
 
 
+class Resident(NamedTuple):
+    """A dataset on its device, as every run on the same data and device can share it."""
+
+    train: ResidentImages
+    test: ResidentImages
+    mean: torch.Tensor
+    std: torch.Tensor
+    classes: list[str]
+    image_size: int
+
+
+# The last resident dataset of this process, with what it was loaded for. One entry only: a sweep runs on one
+# dataset, and two would hold two datasets' worth of device memory.
+_kept: dict[tuple, Resident] = {}
+
+
 @dataclass
 class Data:
     train: TrainLoader
@@ -156,24 +176,47 @@ def build_data(
     folders stream through `workers` DataLoader processes (default: one per CPU core, at most 8).
     """
     device = torch.device(device)
-    splits = load_splits(cfg, resident_bytes)
-    cfg.check_image_size(splits.image_size, f" in data_root={cfg.data_root!r}")
-    if splits.resident:
+    key = (cfg.dataset, cfg.data_root, cfg.image_size, cfg.train_subset, cfg.test_subset, str(device), resident_bytes)
+    if key in _kept:
+        data = _kept[key]
+    else:
+        splits = load_splits(cfg, resident_bytes)
+        if not splits.resident:
+            return streamed_data(cfg, splits, device, workers)
+        _kept.clear()  # free the device memory of the previous dataset before this one is placed
         train, test = ResidentImages(splits.train, device), ResidentImages(splits.test, device)
         mean, std = (stat.to(device) for stat in channel_stats(splits.train.images))
-    else:
-        workers = min(8, os.cpu_count() or 1) if workers is None else workers
-        train, test = StreamedImages(splits.train, device, workers), StreamedImages(splits.test, device, workers)
-        mean, std = torch.tensor(STREAMED_MEAN, device=device), torch.tensor(STREAMED_STD, device=device)
-    classes = splits.classes
+        data = _kept[key] = Resident(train, test, mean, std, splits.classes, splits.image_size)
+    return loaders(cfg, *data, resident=True)
+
+
+def streamed_data(cfg: RunConfig, splits: Splits, device: torch.device, workers: int | None) -> Data:
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    train, test = StreamedImages(splits.train, device, workers), StreamedImages(splits.test, device, workers)
+    mean, std = torch.tensor(STREAMED_MEAN, device=device), torch.tensor(STREAMED_STD, device=device)
+    return loaders(cfg, train, test, mean, std, splits.classes, splits.image_size, resident=False)
+
+
+def loaders(
+    cfg: RunConfig,
+    train: ResidentImages | StreamedImages,
+    test: ResidentImages | StreamedImages,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    classes: list[str],
+    image_size: int,
+    *,
+    resident: bool,
+) -> Data:
+    cfg.check_image_size(image_size, f" in data_root={cfg.data_root!r}")
     return Data(
         train=TrainLoader(train, Augment(cfg, len(classes), mean, std), cfg),
         test=TestLoader(test, mean, std, cfg),
         num_classes=len(classes),
-        image_size=splits.image_size,
+        image_size=image_size,
         in_chans=3,
         classes=classes,
         mean=tuple(mean.tolist()),
         std=tuple(std.tolist()),
-        resident=splits.resident,
+        resident=resident,
     )

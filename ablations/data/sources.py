@@ -4,32 +4,39 @@
 subsets taken and every image at the run's size, as uint8 NCHW tensors with int64 labels (`Split`), or, for an
 ImageFolder folder too big to hold, as image files decoded to that size on the fly (`ImageFiles`). Subsetting
 and sizing happen here for every source, so the loaders (ablations.data.loaders) only batch and augment.
-Decoding JPEGs is the slow part, so a decoded split is saved once under the cache folder ($CONVMIXER_CACHE,
-default ~/.cache/convmixer), keyed by a hash of the source's content, and every later run of a sweep loads the
-tensors instead of decoding again.
+Decoding JPEGs is the slow part, so it runs on every core (ablations.data.decode), and a decoded split is saved
+once under the cache folder ($CONVMIXER_CACHE, default ~/.cache/convmixer), keyed by a hash of the source's
+content, so every later run of a sweep loads the tensors instead of decoding again.
+
+ImageFolder data never shrinks silently: the train and test class sets must match, a folder or file that cannot
+be read is an error (not a skip), and an archive must read to its end-of-archive marker (tarfile itself stops
+without a word at a cut that falls on a member boundary).
 """
 
 import hashlib
 import io
+import lzma
 import os
+import sys
 import tarfile
 import zlib
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.transforms.functional import pil_to_tensor
-from tqdm import tqdm
 
 from ablations import atomic
 from ablations.config import RunConfig
 from ablations.data import synthetic
+from ablations.data.decode import DecodeFailure, decode_all, decode_image, fork_workers
+from convmixer.runtime import usable_cores
 
 CACHE_FORMAT = "v1"  # bump when decoding changes, so old cache files are not reused
 SUBSET_SEED = 0  # subsets are the same for every run seed
@@ -55,13 +62,33 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CONVMIXER_CACHE", "~/.cache/convmixer")).expanduser()
 
 
+def read_cached(path: Path) -> Split | None:
+    """The split saved at `path`, or None (with a one-line note) when the file is damaged, so it is rebuilt."""
+    try:
+        split = Split(**torch.load(path, weights_only=True))
+        whole = split.images.dtype == torch.uint8 and split.images.ndim == 4 and len(split.labels) == len(split.images)
+        if whole:
+            return split
+        problem = "it holds something else than a decoded split"
+    except Exception as error:  # truncated, not a zip, refused by weights_only, missing keys: all mean "rebuild"
+        problem = f"it cannot be loaded ({type(error).__name__})"
+    print(f"note: the cached split {path} is damaged ({problem}); decoding it again", file=sys.stderr)
+    return None
+
+
 def cached(name: str, build: Callable[[], Split]) -> Split:
     """Load split `name` from the cache folder, or build it and save it there (atomically) for the next run."""
     path = cache_dir() / f"{name}-{CACHE_FORMAT}.pt"
-    if path.exists():
-        return Split(**torch.load(path, weights_only=True))
+    split = read_cached(path) if path.exists() else None
+    if split is not None:
+        return split
     split = build()
-    atomic.torch_save(asdict(split), path)
+    try:
+        atomic.torch_save(asdict(split), path)
+    except atomic.WriteError as error:
+        if error.transient:  # disk full: the one-line error says so; a rerun retries
+            raise
+        raise DataError(f"the decoded-split cache: {error}; set CONVMIXER_CACHE to a writable folder") from None
     return split
 
 
@@ -102,9 +129,17 @@ def load_synthetic(train: bool) -> Split:
 def load_cifar(name: str, root: str, train: bool) -> Split:
     """CIFAR-10/100 in torchvision's format under `root`, downloaded there when missing and online."""
     dataset_class = CIFAR10 if name == "cifar10" else CIFAR100
+    folder = Path(root) / dataset_class.base_folder
     try:
         dataset = dataset_class(root, train=train, download=False)
+    except OSError as error:  # an unreadable batch file
+        raise DataError(f"{name}: cannot read {error.filename or folder} ({error.strerror})") from None
     except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+        if folder.exists():  # downloading would not replace a damaged copy, and may not be wanted: say so
+            raise DataError(
+                f"{name}: {folder} fails torchvision's integrity check (a damaged or partial copy?); "
+                "delete it to download it again, or copy it again"
+            ) from None
         created = not Path(root).exists()
         try:
             dataset = dataset_class(root, train=train, download=True)
@@ -121,17 +156,34 @@ def load_cifar(name: str, root: str, train: bool) -> Split:
     return Split(images, torch.tensor(dataset.targets), list(dataset.classes))
 
 
-def decode_image(data: bytes, size: int) -> torch.Tensor:
-    """One image file as a 3 x size x size uint8 tensor: RGB, centre-cropped to a square, resized (bilinear)."""
-    with Image.open(io.BytesIO(data)) as image:
-        image = image.convert("RGB")
-        if image.size != (size, size):
-            image = ImageOps.fit(image, (size, size), Image.Resampling.BILINEAR)
-        return pil_to_tensor(image)
-
-
 def is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS) and not PurePosixPath(name).name.startswith(".")
+
+
+def image_names(root: Path) -> list[str]:
+    """Every image file under the folder `root`, as a path relative to it, sorted. Unlike Path.rglob, which skips
+    a folder it cannot read, a folder that cannot be read is a DataError naming it."""
+
+    def fail(error: OSError) -> None:
+        raise DataError(
+            f"imagefolder: cannot read the folder {error.filename} ({error.strerror}) in data_root={str(root)!r}"
+        )
+
+    names = []
+    for folder, _, files in os.walk(root, onerror=fail, followlinks=True):
+        names += [Path(folder, name).relative_to(root).as_posix() for name in files]
+    return sorted(name for name in names if is_image(name))
+
+
+def check_same_classes(source: Path, train: set[str], test: set[str], train_dir: str, test_dir: str) -> None:
+    """A class with images on one side only would silently drop out of training or of the test score."""
+    if train == test:
+        return
+    sides = [(train - test, train_dir, test_dir), (test - train, test_dir, train_dir)]
+    problems = [f"{sorted(only)} have images in {has}/ but none in {lacks}/" for only, has, lacks in sides if only]
+    raise DataError(
+        f"imagefolder: the train and test classes of {source} differ: classes {'; classes '.join(problems)}"
+    )
 
 
 @dataclass
@@ -149,33 +201,40 @@ class ImageTree:
     """
 
     def __init__(self, source: Path) -> None:
-        if not source.exists():
-            raise DataError(
-                f"imagefolder: data_root={str(source)!r} does not exist; point it at a folder or a .tar/.tar.gz"
-            )
-        if source.is_file() and not tarfile.is_tarfile(source):
-            raise DataError(f"imagefolder: data_root={str(source)!r} is a file but not a tar archive")
+        try:
+            if not source.exists():
+                raise DataError(
+                    f"imagefolder: data_root={str(source)!r} does not exist; point it at a folder or a .tar/.tar.gz"
+                )
+            if source.is_file() and not tarfile.is_tarfile(source):
+                raise DataError(f"imagefolder: data_root={str(source)!r} is a file but not a tar archive")
+        except OSError as error:  # no permission to the file or a folder above it
+            raise DataError(f"imagefolder: cannot read data_root={str(source)!r} ({error.strerror})") from None
         self.source, self.is_archive = source, source.is_file()
 
     @cached_property
-    def _archived(self) -> dict[str, bytes]:
-        """Every image file of an archive, name -> bytes, read in one pass: a tar.gz has no random access, and
-        listing one is the slow part (seconds for 60k members), so it is listed and read together, once."""
+    def _archive(self) -> tuple[bytes, dict[str, tuple[int, int]]]:
+        """An archive's tar stream, decompressed into memory whole (a tar.gz has no random access), and where
+        each image member's bytes sit in it: name -> (offset, size)."""
         try:
-            with tarfile.open(self.source) as tar:
-                return {m.name: tar.extractfile(m).read() for m in tar if m.isfile() and is_image(m.name)}
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as error:  # a truncated or corrupt archive
+            with tarfile.open(self.source) as tar:  # whichever compression tarfile recognises
+                tar.fileobj.seek(0)
+                raw = tar.fileobj.read()
+            with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+                index = {m.name: (m.offset_data, m.size) for m in tar if m.isfile() and is_image(m.name)}
+                end = tar.offset  # where tarfile stopped: the end-of-archive marker, or where the bytes ran out
+        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as error:  # truncated or corrupt
             raise DataError(f"imagefolder: cannot read the archive data_root={str(self.source)!r}: {error}") from None
+        if raw[end : end + tarfile.BLOCKSIZE] != bytes(tarfile.BLOCKSIZE):
+            raise DataError(
+                f"imagefolder: the archive data_root={str(self.source)!r} is cut short: it ends at byte {end} of "
+                "its tar stream without the end-of-archive marker (a partial copy or download?); copy it again"
+            )
+        return raw, index
 
     @cached_property
     def _files(self) -> list[str]:
-        if self.is_archive:
-            return sorted(self._archived)
-        return sorted(
-            name
-            for name in (path.relative_to(self.source).as_posix() for path in self.source.rglob("*") if path.is_file())
-            if is_image(name)
-        )
+        return sorted(self._archive[1]) if self.is_archive else image_names(self.source)
 
     @cached_property
     def _layout(self) -> tuple[list[str], dict[str, TreeSplit]]:
@@ -194,9 +253,9 @@ class ImageTree:
         if not test_dirs:
             raise DataError(f"imagefolder: no test/<class>/<image> (or val/) beside {train_dirs[0]} in {self.source}")
         classes = sorted({label for label, _ in found[train_dirs[0]]})
-        unknown = {label for label, _ in found[test_dirs[0]]} - set(classes)
-        if unknown:
-            raise DataError(f"imagefolder: test classes {sorted(unknown)} in {self.source} have no train images")
+        check_same_classes(
+            self.source, set(classes), {label for label, _ in found[test_dirs[0]]}, train_dirs[0], test_dirs[0]
+        )
         index = {label: i for i, label in enumerate(classes)}
         splits = {}
         for split, key in (("train", train_dirs[0]), ("test", test_dirs[0])):
@@ -217,40 +276,60 @@ class ImageTree:
     def fingerprint(self) -> str:
         """sha256 of the archive's bytes, or of every image file's path and bytes in the folder."""
         digest = hashlib.sha256()
-        if self.is_archive:
-            with open(self.source, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-        else:
-            for name in self._files:
-                data = self.read(name)
-                digest.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+        name = str(self.source)
+        try:
+            if self.is_archive:
+                with open(self.source, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+            else:
+                for name in self._files:
+                    data = self.read(name)
+                    digest.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+        except OSError as error:
+            raise DataError(f"imagefolder: cannot read {name} in {self.source} ({error.strerror})") from None
         return digest.hexdigest()
 
     def read(self, name: str) -> bytes:
-        return self._archived[name] if self.is_archive else (self.source / name).read_bytes()
+        """The bytes of image file `name` (OSError when a folder's file cannot be read)."""
+        if not self.is_archive:
+            return (self.source / name).read_bytes()
+        raw, index = self._archive
+        offset, size = index[name]
+        return memoryview(raw)[offset : offset + size]
+
+    def decode_files(self, names: list[str], size: int) -> torch.Tensor:
+        """The image files `names`, decoded to size x size, as one uint8 tensor; on every core for many files."""
+        try:
+            images = decode_all(
+                lambda i: self.read(names[i]), len(names), size, fork_workers(len(names), usable_cores())
+            )
+        except DecodeFailure as failure:
+            raise DataError(
+                f"imagefolder: cannot {failure.verb} {names[failure.index]} in {self.source}: {failure.detail}"
+            ) from None
+        except BrokenProcessPool:  # a worker killed (the out-of-memory killer?) is a one-line error like the rest
+            raise DataError(f"imagefolder: a process decoding {self.source} died (out of memory?); rerun") from None
+        return torch.from_numpy(images)
 
     def native_size(self) -> int:
         """The shorter side of the first training image: the size used when image_size is 0."""
         first = self.splits["train"].paths[0]
         try:
-            with Image.open(io.BytesIO(self.read(first))) as image:
+            data = self.read(first)
+        except OSError as error:
+            raise DataError(f"imagefolder: cannot read {first} in {self.source} ({error.strerror})") from None
+        try:
+            with Image.open(io.BytesIO(data)) as image:
                 return min(image.size)
-        except OSError as error:  # PIL's UnidentifiedImageError, as in decode()
-            raise DataError(f"imagefolder: cannot decode {first} in {self.source}: {error}") from None
+        except OSError:  # PIL's UnidentifiedImageError, whose message holds only a BytesIO repr
+            raise DataError(f"imagefolder: cannot decode {first} in {self.source}: not an image Pillow knows") from None
 
     def decode(self, split: str, size: int, subset: int) -> Split:
         """The stratified subset of a split, decoded (and resized to size x size) into one uint8 tensor."""
         files = self.splits[split]
         keep = stratified_subset(files.labels, subset)
-        images = torch.empty(len(keep), 3, size, size, dtype=torch.uint8)
-        progress = tqdm(keep.tolist(), desc=f"decoding {split}", leave=False, disable=None)
-        for slot, i in enumerate(progress):
-            try:
-                images[slot] = decode_image(self.read(files.paths[i]), size)
-            except OSError as error:  # PIL's UnidentifiedImageError, a truncated file, an unreadable one
-                raise DataError(f"imagefolder: cannot decode {files.paths[i]} in {self.source}: {error}") from error
-        return Split(images, files.labels[keep], self.classes)
+        return Split(self.decode_files([files.paths[i] for i in keep.tolist()], size), files.labels[keep], self.classes)
 
     def load(self, split: str, image_size: int, subset: int) -> Split:
         """A decoded split from the cache, decoding it on a miss. For an archive the cache is checked first,
@@ -270,7 +349,8 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return decode_image((self.root / self.paths[i]).read_bytes(), self.size), self.labels[i]
+        image = decode_image((self.root / self.paths[i]).read_bytes(), self.size)
+        return torch.from_numpy(image.copy()), self.labels[i]
 
 
 @dataclass

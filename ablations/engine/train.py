@@ -152,10 +152,7 @@ class Trainer:
             "wall_time_s": wall_time_s,
         }
 
-    def load(self, path: Path) -> dict:
-        checkpoint = torch.load(path, map_location=self.device, weights_only=True)
-        if checkpoint["run_id"] != self.cfg.run_id():
-            raise ValueError(f"{path} belongs to run {checkpoint['run_id']}, not to run {self.cfg.run_id()}")
+    def load(self, checkpoint: dict) -> None:
         self.model.load_state_dict(checkpoint["model"])
         # The checkpoint may come from another device (CPU -> CUDA): keep this device's AdamW kernel, which also
         # decides where load_state_dict puts the step counters (on the GPU for fused, else wherever they were).
@@ -163,7 +160,32 @@ class Trainer:
             group["fused"] = self.fused
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
+
+
+CHECKPOINT_KEYS = ("run_id", "epoch", "model", "optimizer", "scaler", "history", "wall_time_s")
+
+
+def read_checkpoint(path: Path, cfg: RunConfig, device: torch.device, log: Callable[[str], None]) -> dict | None:
+    """This run's checkpoint at `path`, or None when it is unusable (truncated, damaged, another run's): then it
+    is set aside as checkpoint.pt.corrupt-<time>, named in the log and on the console, and the run starts over,
+    since retrying with the same file would fail the same way every time."""
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+        problem = f"it has no {missing[0]!r}" if missing else ""
+        if not problem and checkpoint["run_id"] != cfg.run_id():
+            problem = f"it belongs to run {checkpoint['run_id']}"
+    except Exception as error:  # truncated, not a zip, a pickle weights_only refuses: all mean "unusable"
+        problem = f"it cannot be loaded ({type(error).__name__})"  # torch's text would suggest weights_only=False
+    if not problem:
         return checkpoint
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.replace(aside)
+    message = f"checkpoint {path} is unusable ({problem}): set aside as {aside.name}; training from scratch"
+    log(message)
+    if log is not print:  # a sweep's run logs to its log.txt: say it on the console too
+        print(f"{cfg.run_id()}: {message}", file=sys.stderr)
+    return None
 
 
 def divergence(record: dict) -> str:
@@ -254,8 +276,11 @@ def train_epochs(
     cfg = trainer.cfg
     history, wall_before = [], 0.0
     checkpoint_path = Path(run_dir) / CHECKPOINT if run_dir is not None else None
+    checkpoint = None
     if checkpoint_path is not None and checkpoint_path.exists():
-        checkpoint = trainer.load(checkpoint_path)
+        checkpoint = read_checkpoint(checkpoint_path, cfg, trainer.device, log)
+    if checkpoint is not None:
+        trainer.load(checkpoint)
         history, wall_before = checkpoint["history"], checkpoint["wall_time_s"]
         log(f"resumed from {checkpoint_path} after epoch {checkpoint['epoch']}")
 

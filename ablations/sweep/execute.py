@@ -14,12 +14,13 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from ablations.config import RunConfig
 from ablations.engine.train import train_run
-from ablations.store import LOG, Store
+from ablations.store import FAILED, LOG, Store
 from ablations.sweep.progress import SweepProgress
 from convmixer.runtime import resolve_device
 
@@ -37,6 +38,16 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:300]}"
 
 
+def record_failure(store: Store, run_dir: Path, error: Exception, device: str) -> dict:
+    """Record why the run failed; atomic.WriteError says whether the fault may pass (disk full), and then a plain
+    rerun retries the run. If even that record cannot be written, the run stays unfinished (a rerun resumes it)."""
+    reason, transient = one_line(error), getattr(error, "transient", False)
+    try:
+        return store.record_failure(run_dir, reason, device, transient)
+    except OSError as unwritten:
+        return {"status": FAILED, "reason": f"{reason}; {unwritten}", "transient": True, "device": device}
+
+
 def execute_run(
     cfg: RunConfig,
     store: Store,
@@ -51,7 +62,10 @@ def execute_run(
     with open(run_dir / LOG, "a", buffering=1) as log_file:
 
         def log(line: str) -> None:
-            log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+            try:
+                log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+            except OSError:  # a full disk: the run's metrics say what happened; the log line is not worth a crash
+                pass
 
         log(f"start on {device} (host {socket.gethostname()}, pid {os.getpid()})")
         try:
@@ -61,7 +75,7 @@ def execute_run(
             raise
         except Exception as error:  # a failed run is data for the sweep, not a crash
             log("".join(traceback.format_exception(error)).rstrip())
-            metrics = store.record_failure(run_dir, one_line(error), device)
+            metrics = record_failure(store, run_dir, error, device)
         log(f"finished: {metrics['status']}" + (f" ({metrics['reason']})" if metrics["reason"] else ""))
     if not keep_checkpoints:
         store.drop_checkpoint(run_dir)
@@ -71,12 +85,12 @@ def execute_run(
 def end_run(store: Store, run_id: str, progress: SweepProgress, why_it_died: Callable[[], str], device: str) -> dict:
     """Record that a run's worker or job has ended and return its metrics. A run that ended without writing
     metrics.json (its process was killed: OOM killer, scancel, time limit) is recorded as failed, with the reason
-    `why_it_died()` gives, so that the sweep counts it and --retry-failed resumes it."""
+    `why_it_died()` gives, as transient: the next plain rerun resumes it."""
     run_dir = store.run_dir(run_id)
     os.listdir(run_dir)  # on NFS a directory read refreshes the cache: see a metrics.json written on another node
     metrics = store.metrics(run_dir)
     if metrics is None:
-        metrics = store.record_failure(run_dir, why_it_died(), device)
+        metrics = store.record_failure(run_dir, why_it_died(), device, transient=True)
     progress.finished(run_id, metrics)
     store.write_summary()
     return metrics
