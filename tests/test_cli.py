@@ -33,7 +33,8 @@ def test_dry_run_checks_the_data_and_writes_nothing(tmp_path, capsys):
     code = cli(["--set", f"dataset=imagefolder,data_root={tmp_path / 'none'}", "--dry-run", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 2 and "does not exist" in captured.err and not out.exists()
-    assert captured.out.splitlines() == ["sweep out: 1 run of preset smoke: ConvMixer-64/1 on ImageFolder none, varying nothing"]
+    first_line = "sweep out: 1 run of preset smoke: ConvMixer-64/1 on ImageFolder none, varying nothing"
+    assert captured.out.splitlines() == [first_line]
 
 
 def test_dry_run_can_print_each_runs_full_config(tmp_path):
