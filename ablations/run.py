@@ -14,6 +14,7 @@ this sweep's is refused; one sweep at a time works in a folder (a second is refu
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -108,6 +109,11 @@ def build_parser(preset: str = DEFAULT_PRESET) -> OneLineParser:
         "--jobs-per-device", type=int, metavar="N",
         help="concurrent runs per device (default: 1 per GPU; on the CPU one per core, each run single-threaded)",
     )  # fmt: skip
+    parser.add_argument(
+        "--time-limit", type=float, metavar="MIN",
+        help="local launcher: start no run that the longest run so far says would end after MIN minutes, and stop "
+        "the runs in flight at MIN (they resume on the next start)",
+    )  # fmt: skip
     slurm = parser.add_argument_group("SLURM (--launcher slurm: one job array, one job per run; docs/slurm.md)")
     slurm.add_argument("--slurm-partition", metavar="NAME", help="partition (default: the cluster's default)")
     slurm.add_argument("--slurm-time", type=int, default=240, metavar="MIN", help="time limit per job in minutes")
@@ -188,6 +194,10 @@ def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: l
             run_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
     if args.jobs_per_device < 1:
         raise ConfigError(f"--jobs-per-device {args.jobs_per_device} is not accepted: expected an integer >= 1")
+    if args.time_limit is not None and not 0 < args.time_limit < math.inf:
+        raise ConfigError(f"--time-limit {args.time_limit} is not accepted: expected a number of minutes > 0")
+    if args.time_limit is not None and args.launcher == "slurm":
+        raise ConfigError("--time-limit is not accepted with --launcher slurm: use --slurm-time for each job")
     options = slurm_options(args)
     if args.launcher == "slurm":
         for precision in {cfg.precision for cfg in configs}:
@@ -259,7 +269,8 @@ def slurm_options(args: argparse.Namespace) -> SlurmOptions:
 def make_launcher(args: argparse.Namespace, store: Store, devices: list[str]) -> LocalLauncher | SlurmLauncher:
     if args.launcher == "slurm":
         return SlurmLauncher(store, slurm_options(args), args.keep_checkpoints)
-    return LocalLauncher(store, devices, args.jobs_per_device, args.keep_checkpoints)
+    limit_s = None if args.time_limit is None else 60 * args.time_limit
+    return LocalLauncher(store, devices, args.jobs_per_device, args.keep_checkpoints, limit_s)
 
 
 def runs_to_train(configs: list[RunConfig], store: Store, retry_failed: bool) -> list[RunConfig]:

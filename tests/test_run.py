@@ -136,6 +136,9 @@ def test_dry_run_lists_status_and_writes_nothing(finished_sweep, capsys):
         (["--seeds", "two"], "argument --seeds: invalid int value: 'two'"),
         (["--preset", "imagenet"], "argument --preset: invalid choice: 'imagenet'"),
         (["--jobs-per-device", "0"], "--jobs-per-device 0 is not accepted"),
+        (["--time-limit", "0"], "--time-limit 0.0 is not accepted: expected a number of minutes > 0"),
+        (["--time-limit", "nan"], "--time-limit nan is not accepted"),
+        (["--time-limit", "5", "--launcher", "slurm"], "--time-limit is not accepted with --launcher slurm"),
         (["--set", "precision=fp16", "--devices", "cpu"], "precision='fp16' is not accepted on cpu: it needs CUDA"),
         (["--set", "dataset=imagefolder,data_root=/no/such/tree"], "data_root='/no/such/tree' does not exist"),
         (["--grid", "data_root=a,b"], "have the same id 76a1eaa4f888036a: they differ only in data_root, which is not"),
@@ -386,3 +389,26 @@ def test_a_run_failed_for_a_lasting_reason_waits_for_retry_failed(tmp_path, monk
     store.record_failure(store.run_dir(cfg), "RuntimeError: boom", "cpu")
     assert runs_to_train([cfg], store, retry_failed=False) == []
     assert runs_to_train([cfg], store, retry_failed=True) == [cfg]
+
+
+def curves(root: Path) -> dict[str, list[tuple]]:
+    """What each run of a sweep learned, epoch by epoch (timings left out)."""
+    keys = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
+    return {
+        run_dir.name: [tuple(record[key] for key in keys) for record in read_json(run_dir / "history.json")]
+        for run_dir in sorted((root / "runs").iterdir())
+    }
+
+
+@pytest.mark.slow
+def test_a_time_limit_stops_the_sweep_and_a_rerun_finishes_it_with_the_same_numbers(tmp_path):
+    """A GPU lent for minutes: at the limit the runs in flight stop unfinished (not failed), and the plain rerun
+    resumes them to the numbers of a sweep that ran without a limit."""
+    grid = ["--set", tiny_set(epochs=3), "--grid", "kernel_size=3,5,7", "--devices", "cpu", "--jobs-per-device", "1"]
+    limited, free = tmp_path / "limited", tmp_path / "free"
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        code = cli([*grid, "--out", str(limited), "--time-limit", "0.02"])  # 1.2 s: less than one run here
+    statuses = [row["status"] for row in read_summary(limited)]
+    assert code == 1 and "unfinished" in statuses and "failed" not in statuses, out.getvalue()
+    assert cli([*grid, "--out", str(limited)]) == 0 and cli([*grid, "--out", str(free)]) == 0
+    assert curves(limited) == curves(free)

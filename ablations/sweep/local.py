@@ -4,6 +4,10 @@ Each worker (spawned, so CUDA starts cleanly in it) asks for a run, trains it wi
 its epochs back over a pipe. The sweep process hands out runs, drives the progress bars and rebuilds
 summary.csv after each run. A worker that dies (OOM killer, segfault) has its run recorded as failed and is
 replaced; a worker whose sweep process dies (SIGKILL) exits at once instead of training on unsupervised.
+
+With a time limit (a GPU lent for minutes), a run is started only while the longest run of this sweep so far
+would still finish in time, and runs still training at the limit are stopped: they stay unfinished and resume
+from their last checkpoint on the next start.
 """
 
 import multiprocessing
@@ -11,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -64,14 +69,23 @@ class Worker:
     process: multiprocessing.process.BaseProcess
     conn: Connection
     run_id: str | None = None  # the run it is training
+    started_at: float = 0.0  # time.monotonic() when it took that run
     healthy: bool = False  # it asked for work at least once, so it started fine
 
 
 class LocalLauncher:
-    def __init__(self, store: Store, devices: list[str], jobs_per_device: int, keep_checkpoints: bool) -> None:
+    def __init__(
+        self, store: Store, devices: list[str], jobs_per_device: int, keep_checkpoints: bool,
+        time_limit_s: float | None = None,
+    ) -> None:  # fmt: skip
         self.store, self.keep_checkpoints = store, keep_checkpoints
         self.slots = device_slots(devices, jobs_per_device)
         self.context = multiprocessing.get_context("spawn")
+        self.time_limit_s = time_limit_s
+        self.longest_run_s = 0.0  # the estimate of the next run's time: the longest this sweep has seen
+
+    def time_left(self) -> float:
+        return self.deadline - time.monotonic()
 
     def start_worker(self, device: str) -> Worker:
         ours, theirs = self.context.Pipe()
@@ -86,10 +100,15 @@ class LocalLauncher:
         self.pending = deque(configs)
         self.progress, self.results = progress, {}
         self.restarts_left = len(configs)
+        self.deadline = time.monotonic() + (self.time_limit_s if self.time_limit_s is not None else float("inf"))
         workers = [self.start_worker(device) for device in self.slots[: len(configs)]]
         try:
             while workers:
-                ready = wait([w.conn for w in workers] + [w.process.sentinel for w in workers])
+                if self.time_left() <= 0:
+                    self.progress.write("time limit reached: the runs in flight stop now and resume on the next start")
+                    break
+                timeout = None if self.time_limit_s is None else self.time_left()
+                ready = wait([w.conn for w in workers] + [w.process.sentinel for w in workers], timeout)
                 for worker in [w for w in workers if w.conn in ready or w.process.sentinel in ready]:
                     self.serve(worker)
                     if not worker.process.is_alive():
@@ -112,13 +131,14 @@ class LocalLauncher:
                 return
             if kind == "ready":
                 worker.healthy = True
-                cfg = self.pending.popleft() if self.pending else None
+                fits = self.longest_run_s < self.time_left()
+                cfg = self.pending.popleft() if self.pending and fits else None
                 try:
                     worker.conn.send(cfg.to_dict() if cfg else None)
                 except OSError:  # it died just after asking; bury() replaces it
                     self.pending.extendleft([cfg] if cfg else [])
                     return
-                worker.run_id = cfg.run_id() if cfg else None
+                worker.run_id, worker.started_at = (cfg.run_id() if cfg else None), time.monotonic()
                 if cfg:
                     self.progress.started(worker.run_id, worker.device)
             elif kind == "epoch":
@@ -134,6 +154,7 @@ class LocalLauncher:
             return f"worker process on {worker.device} died (exit code {exit_code}){killed}"
 
         self.results[worker.run_id] = end_run(self.store, worker.run_id, self.progress, why_it_died, worker.device)
+        self.longest_run_s = max(self.longest_run_s, time.monotonic() - worker.started_at)
         worker.run_id = None
 
     def bury(self, worker: Worker) -> list[Worker]:
