@@ -102,9 +102,12 @@ def series_style(i: int) -> dict:
     return {"color": OKABE_ITO[i % n], "marker": MARKERS[i % n], "linestyle": LINESTYLES[i // n % len(LINESTYLES)]}
 
 
+FORMATS = ("png", "pdf")  # every figure is written in each
+
+
 def save(fig: Figure, stem: Path) -> list[Path]:
     """Write `stem`.png and `stem`.pdf and return the two paths."""
-    paths = [Path(f"{stem}.png"), Path(f"{stem}.pdf")]
+    paths = [Path(f"{stem}.{ext}") for ext in FORMATS]
     with context():
         for path in paths:
             fig.savefig(path)
