@@ -63,7 +63,7 @@ def seed_note(n: pd.Series) -> str:
 
 def set_subtitle(ax, source: str, note: str) -> None:
     """The muted lines above a plot: what it shows (model and data, so that it can be cited alone), then `note`."""
-    lines = [textwrap.fill(source, 70)] if source else []
+    lines = [textwrap.fill(source, 60)] if source else []
     ax.set_title("\n".join([*lines, note]), loc="left", color=MUTED)
 
 
