@@ -212,6 +212,17 @@ def test_a_small_single_seed_difference_does_not_fill_the_figure():
     assert high - low < 45 and low > 15
 
 
+def test_the_same_figure_is_saved_as_the_same_files(tmp_path, monkeypatch):
+    """A report rerun on committed results rewrote every PDF: each recorded the time it was made."""
+    agg, runs = one_seed_variants([0.3, 0.5])
+    figure = plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size"])
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1000000000")  # the time matplotlib takes as now, when it is set
+    first = [path.read_bytes() for path in style.save(figure, tmp_path / "first")]
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "2000000000")  # years later
+    again = [path.read_bytes() for path in style.save(figure, tmp_path / "again")]
+    assert first == again
+
+
 # --- a full disk ------------------------------------------------------------------------------------------------------
 
 
