@@ -174,7 +174,7 @@ def accuracy_vs_cost(
     """Test accuracy against a cost (one of COSTS), the Pareto front dashed, each point named by its `labels`.
 
     `hardware` names what measured the throughput (shown under its axis); `source` names the model and the data.
-    The legend sits outside the axes: its hollow marker for an unranked point would read as one more point inside.
+    The legend sits under the plot: its hollow marker for an unranked point would read as one more point inside.
     """
     column, higher_is_better, label = COSTS[cost]
     scale, unit = style.si_unit(agg[column]) if cost in ("macs", "params") else (1.0, "")
@@ -184,7 +184,7 @@ def accuracy_vs_cost(
     front = ranked_front(x, y, n, higher_is_better)
     unranked = n < PARETO_MIN_SEEDS
     with style.context():
-        fig = Figure()
+        fig = Figure(layout="constrained")  # makes room for the legend under the axes
         ax = fig.add_subplot()
         colour = style.OKABE_ITO[0]
         ax.errorbar(x, y, yerr=clipped_error(y, 100 * agg["test_acc_ci"]), fmt="none", ecolor=colour, elinewidth=1)
@@ -211,7 +211,9 @@ def accuracy_vs_cost(
         ax.set_ylabel("Test accuracy (%)")
         keep_accuracy_span(ax)
         set_subtitle(ax, source, seed_note(agg["n"]))
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        # Below the axes and their label: inside, its hollow marker read as one more point; to the right, the
+        # points' labels ran into it.
+        fig.legend(loc="outside lower center", ncols=3)
         return fig
 
 
