@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from ablations.config import RunConfig
+from ablations.config import ConfigError, RunConfig
 from ablations.store import (
     CONFIG,
     DONE,
@@ -92,6 +92,15 @@ def check_done_metrics(metrics: dict, path: Path) -> None:
             )
 
 
+def check_config(config: dict, path: Path) -> None:
+    """AnalysisError naming `path` unless its values are ones a run accepts (RunConfig.validate): a hand edit such
+    as "kernel_size": "3" would otherwise make a variant of its own."""
+    try:
+        RunConfig(**{key: config[key] for key in CONFIG_KEYS}).validate()
+    except ConfigError as error:
+        raise AnalysisError(f"{path}: {error}") from None
+
+
 def run_dirs(sweep: Path) -> list[Path]:
     """The run folders of a sweep, in a stable order; raises AnalysisError if `sweep` is not a sweep folder."""
     runs = Path(sweep) / RUNS
@@ -126,6 +135,7 @@ def load_runs(sweeps: Iterable[Path | str]) -> pd.DataFrame:
         if metrics["status"] == DONE:
             check_done_metrics(metrics, metrics_path)
         config = {**CONFIG_DEFAULTS, **_read(read_object, run_dir / CONFIG)}
+        check_config(config, run_dir / CONFIG)
         rows.append({"sweep": sweep, "run_id": run_dir.name, **config, **metrics})
     if not rows:
         return pd.DataFrame(columns=["sweep", "run_id", *CONFIG_KEYS, "status", "reason"])

@@ -79,6 +79,25 @@ def test_a_done_run_with_a_bad_metric_is_one_line_naming_the_file(sweep, tmp_pat
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"kernel_size": "3"}, "kernel_size='3' is not accepted: expected an integer"),
+        ({"lr": None}, "lr=None is not accepted"),
+        ({"norm": "group"}, "norm='group' is not accepted"),
+    ],
+)
+def test_a_run_whose_config_no_run_accepts_is_one_line_naming_the_file(sweep, tmp_path, capsys, values, message):
+    """A hand-edited "kernel_size": "3" would have made a variant of its own beside kernel_size=3."""
+    damaged = copy_sweep(sweep, tmp_path / "damaged")
+    path = first_run(damaged) / "config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | values))
+    assert report.cli([str(damaged), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{report.PROG}: error: {path}: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_optional_metrics_may_be_absent_or_null_and_unfinished_runs_are_not_checked(sweep, tmp_path):
     """Older runs lack keys such as precision_used; a run that did not end done has no accuracy to check."""
     older = copy_sweep(sweep, tmp_path / "older")
