@@ -320,7 +320,8 @@ def staged(out: Path, texts: dict[str, str], figures: dict[str, Figure]) -> Path
     `out`, and nothing is left behind."""
     staging = None
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        # Beside the folder `out` resolves to (a link may point to another file system), so that publish renames.
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent))
         write_files(staging, texts, figures)
         return staging
     except OSError as error:
