@@ -45,12 +45,12 @@ def _read(reader: Callable[[Path], Any], path: Path) -> Any:
         raise AnalysisError(str(error)) from None
 
 
-def _fraction(value: Any) -> bool:
-    return _number(value) and 0 <= value <= 1
-
-
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _fraction(value: Any) -> bool:
+    return _number(value) and 0 <= value <= 1
 
 
 def _positive_int(value: Any) -> bool:
