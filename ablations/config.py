@@ -155,7 +155,10 @@ class Range:
     open_low: bool = False
     note: str = ""  # what a special value means, e.g. "0: the dataset's native size"
 
-    def accepts(self, value: float) -> bool:
+    def accepts(self, value: object) -> bool:
+        kinds = (int,) if self.kind is int else (int, float)  # an integer is a number too; True is neither here
+        if isinstance(value, bool) or not isinstance(value, kinds):  # a hand-edited config.json may hold "3"
+            return False
         return (value > self.low if self.open_low else value >= self.low) and value <= self.high
 
     def describe(self) -> str:

@@ -5,6 +5,8 @@ and metric is there with its JSON type. Several sweeps load into one table with 
 """
 
 import dataclasses
+import json
+import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -12,9 +14,10 @@ from typing import Any
 
 import pandas as pd
 
-from ablations.config import RunConfig
+from ablations.config import ConfigError, RunConfig
 from ablations.store import (
     CONFIG,
+    DONE,
     HISTORY,
     METRICS,
     RUNS,
@@ -42,6 +45,62 @@ def _read(reader: Callable[[Path], Any], path: Path) -> Any:
         raise AnalysisError(str(error)) from None
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _fraction(value: Any) -> bool:
+    return _number(value) and 0 <= value <= 1
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _positive(value: Any) -> bool:
+    return _number(value) and value > 0
+
+
+# What a done run's metrics.json must hold (the report computes with them), and what an optional key holds when it
+# is there and not null: check, and the words for what is accepted.
+DONE_REQUIRED = {
+    "test_acc": (_fraction, "a number in [0, 1]"),
+    "params": (_positive_int, "a positive integer"),
+    "macs": (_positive_int, "a positive integer"),
+}
+DONE_OPTIONAL = {
+    "flops": (_positive_int, "a positive integer"),
+    "train_images_per_s": (_positive, "a positive number"),
+    "epochs_completed": (_positive_int, "a positive integer"),
+    "train_acc": (_fraction, "a number in [0, 1]"),
+    "precision_used": (lambda value: value in ("fp32", "bf16", "fp16"), "'fp32', 'bf16' or 'fp16'"),
+    **{key: (lambda value: isinstance(value, str), "a string") for key in ("device", "hardware", "finished_at")},
+}
+
+
+def check_done_metrics(metrics: dict, path: Path) -> None:
+    """AnalysisError (one line naming `path` and the key) unless a done run's metrics have the types and ranges
+    the report computes with: a hand edit or a damaged file must not become a number in a table."""
+    for key, (check, accepted) in {**DONE_REQUIRED, **DONE_OPTIONAL}.items():
+        if key not in metrics and key in DONE_REQUIRED:
+            raise AnalysisError(f"{path} is not accepted: a done run needs {key!r}; delete it to redo that run")
+        value = metrics.get(key)
+        if (value is not None or key in DONE_REQUIRED) and not check(value):
+            raise AnalysisError(
+                f"{path}: {key}={json.dumps(value)} is not accepted for a done run: expected {accepted}; "
+                "delete it to redo that run"
+            )
+
+
+def check_config(config: dict, path: Path) -> None:
+    """AnalysisError naming `path` unless its values are ones a run accepts (RunConfig.validate): a hand edit such
+    as "kernel_size": "3" would otherwise make a variant of its own."""
+    try:
+        RunConfig(**{key: config[key] for key in CONFIG_KEYS}).validate()
+    except ConfigError as error:
+        raise AnalysisError(f"{path}: {error}") from None
+
+
 def run_dirs(sweep: Path) -> list[Path]:
     """The run folders of a sweep, in a stable order; raises AnalysisError if `sweep` is not a sweep folder."""
     runs = Path(sweep) / RUNS
@@ -64,14 +123,19 @@ def _sweep_runs(sweeps: Iterable[Path | str]) -> Iterator[tuple[str, Path]]:
 def load_runs(sweeps: Iterable[Path | str]) -> pd.DataFrame:
     """One row per run: sweep, run_id, every config key, then metrics.json's fields.
 
-    A run with no metrics.json yet (running, or killed) has status "unfinished". A run id met again in a later
-    sweep is the same config and seed, so only its first occurrence is kept (with a warning), not counted twice.
+    A run with no metrics.json yet (running, or killed) has status "unfinished". A done run's metrics are checked
+    (check_done_metrics): a value of the wrong type or range is an AnalysisError naming the file. A run id met
+    again in a later sweep is the same config and seed, so only its first occurrence is kept (with a warning), not
+    counted twice.
     """
     rows = []
     for sweep, run_dir in _sweep_runs(sweeps):
         metrics_path = run_dir / METRICS
         metrics = _read(read_metrics, metrics_path) if metrics_path.exists() else {"status": UNFINISHED, "reason": ""}
+        if metrics["status"] == DONE:
+            check_done_metrics(metrics, metrics_path)
         config = {**CONFIG_DEFAULTS, **_read(read_object, run_dir / CONFIG)}
+        check_config(config, run_dir / CONFIG)
         rows.append({"sweep": sweep, "run_id": run_dir.name, **config, **metrics})
     if not rows:
         return pd.DataFrame(columns=["sweep", "run_id", *CONFIG_KEYS, "status", "reason"])
@@ -94,3 +158,17 @@ def load_history(sweeps: Iterable[Path | str]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=["sweep", "run_id", "epoch", "metric", "value"])
     return pd.concat(frames, ignore_index=True).drop_duplicates(["run_id", "epoch", "metric"])
+
+
+def history_gaps(runs: pd.DataFrame, history: pd.DataFrame) -> dict[str, str]:
+    """The done runs whose training curve is missing or cut short, run id -> why ("no history.json"), so that a
+    report can name them instead of drawing fewer curves without a word."""
+    epochs = history.groupby("run_id")["epoch"].nunique()
+    gaps = {}
+    for row in runs[runs["status"] == DONE].to_dict("records"):
+        found, expected = int(epochs.get(row["run_id"], 0)), row.get("epochs_completed")
+        if not found:
+            gaps[row["run_id"]] = f"no {HISTORY} (missing or empty)"
+        elif _number(expected) and found < expected:
+            gaps[row["run_id"]] = f"{HISTORY} has {found} of {int(expected)} epochs"
+    return gaps

@@ -28,6 +28,9 @@ COSTS = {
 SEED_POINTS_UP_TO = 5  # with at most this many seeds per variant, each seed's result is drawn too
 PARETO_MIN_SEEDS = 2  # a variant needs this many seeds to be ranked on the Pareto front
 MUTED = "0.35"  # the grey of subtitles and of points that are shown but not ranked
+# The least span of an accuracy axis, in percentage points: a 1 pp difference between two single seeds must not fill
+# the height of a figure and look like an effect.
+MIN_ACCURACY_SPAN = 10.0
 
 
 def _is_numeric(values: pd.Series) -> bool:
@@ -58,6 +61,21 @@ def seed_note(n: pd.Series) -> str:
     return note + (", dots: each seed" if high <= SEED_POINTS_UP_TO else "")
 
 
+def set_subtitle(ax, source: str, note: str) -> None:
+    """The muted lines above a plot: what it shows (model and data, so that it can be cited alone), then `note`."""
+    lines = [textwrap.fill(source, 60)] if source else []
+    ax.set_title("\n".join([*lines, note]), loc="left", color=MUTED)
+
+
+def keep_accuracy_span(ax) -> None:
+    """Widen the y axis to at least MIN_ACCURACY_SPAN points around its data, within 0-100%."""
+    low, high = ax.get_ylim()
+    if high - low >= MIN_ACCURACY_SPAN:
+        return
+    low = min(max(0.0, (low + high - MIN_ACCURACY_SPAN) / 2), 100.0 - MIN_ACCURACY_SPAN)
+    ax.set_ylim(low, low + MIN_ACCURACY_SPAN)
+
+
 def _series(agg: pd.DataFrame, others: list[str]) -> list[tuple[str, pd.DataFrame]]:
     """(legend label, rows) for each combination of the keys that are not on the x axis."""
     if not others:
@@ -84,11 +102,18 @@ def _draw_seeds(ax, transform, xs: ArrayLike, rows: pd.DataFrame, runs: pd.DataF
 
 
 def accuracy_vs_key(
-    agg: pd.DataFrame, runs: pd.DataFrame, key: str, keys: list[str], levels: list | None = None, baseline=None
+    agg: pd.DataFrame,
+    runs: pd.DataFrame,
+    key: str,
+    keys: list[str],
+    levels: list | None = None,
+    baseline=None,
+    source: str = "",
 ) -> Figure:
     """Test accuracy against one swept key, one line per value of the other `keys`; `runs`: the finished runs.
 
     `levels`: the key's values in the order to show them (default: sorted); the `baseline` value's tick says so.
+    `source` (provenance.figure_source) names the model and the data above the plot.
     Values that are words (residual, norm) have no order between them, so their points are not joined by lines.
     """
     with style.context():
@@ -121,9 +146,10 @@ def accuracy_vs_key(
         ax.minorticks_off()
         ax.margins(x=0.08)
         ax.autoscale_view()
+        keep_accuracy_span(ax)
         ax.set_xlabel(style.key_label(key))
         ax.set_ylabel("Test accuracy (%)")
-        ax.set_title(seed_note(agg["n"]), loc="left", color=MUTED)
+        set_subtitle(ax, source, seed_note(agg["n"]))
         if len(series) > 1:
             ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return fig
@@ -137,11 +163,18 @@ def ranked_front(x: ArrayLike, y: ArrayLike, n: ArrayLike, higher_cost_is_better
 
 
 def accuracy_vs_cost(
-    agg: pd.DataFrame, runs: pd.DataFrame, cost: str, keys: list[str], labels: list[str], hardware: str = ""
+    agg: pd.DataFrame,
+    runs: pd.DataFrame,
+    cost: str,
+    keys: list[str],
+    labels: list[str],
+    hardware: str = "",
+    source: str = "",
 ) -> Figure:
     """Test accuracy against a cost (one of COSTS), the Pareto front dashed, each point named by its `labels`.
 
-    `hardware` names what measured the throughput (shown under its axis).
+    `hardware` names what measured the throughput (shown under its axis); `source` names the model and the data.
+    The legend sits under the plot: its hollow marker for an unranked point would read as one more point inside.
     """
     column, higher_is_better, label = COSTS[cost]
     scale, unit = style.si_unit(agg[column]) if cost in ("macs", "params") else (1.0, "")
@@ -151,7 +184,7 @@ def accuracy_vs_cost(
     front = ranked_front(x, y, n, higher_is_better)
     unranked = n < PARETO_MIN_SEEDS
     with style.context():
-        fig = Figure()
+        fig = Figure(layout="constrained")  # makes room for the legend under the axes
         ax = fig.add_subplot()
         colour = style.OKABE_ITO[0]
         ax.errorbar(x, y, yerr=clipped_error(y, 100 * agg["test_acc_ci"]), fmt="none", ecolor=colour, elinewidth=1)
@@ -176,8 +209,11 @@ def accuracy_vs_cost(
         hardware = textwrap.fill(hardware, 60)
         ax.set_xlabel(f"{axis_label}\n{hardware}" if cost == "throughput" and hardware else axis_label)
         ax.set_ylabel("Test accuracy (%)")
-        ax.set_title(seed_note(agg["n"]), loc="left", color=MUTED)
-        ax.legend(loc="best")
+        keep_accuracy_span(ax)
+        set_subtitle(ax, source, seed_note(agg["n"]))
+        # Below the axes and their label: inside, its hollow marker read as one more point; to the right, the
+        # points' labels ran into it.
+        fig.legend(loc="outside lower center", ncols=3)
         return fig
 
 
@@ -191,10 +227,13 @@ def _mean_band(values: pd.DataFrame) -> pd.DataFrame:
 CURVE_PANELS = [("test_acc", 100, "Test accuracy (%)", (0.0, 100.0)), ("train_loss", 1, "Training loss", (0.0, None))]
 
 
-def training_curves(history: pd.DataFrame, runs: pd.DataFrame, keys: list[str]) -> Figure:
+def training_curves(
+    history: pd.DataFrame, runs: pd.DataFrame, keys: list[str], source: str = "", left_out: int = 0
+) -> Figure:
     """Test accuracy and training loss per epoch, mean over seeds with a 95% CI band, one line per variant.
 
-    With SEED_POINTS_UP_TO seeds or fewer, each seed's curve is drawn thin beside the mean.
+    With SEED_POINTS_UP_TO seeds or fewer, each seed's curve is drawn thin beside the mean. `source` names the model
+    and the data; `left_out` runs (done, but without a full history) are said to be missing.
     """
     joined = history.merge(runs[["run_id", *keys]], on="run_id")
     n = runs.groupby(keys)["run_id"].nunique() if keys else pd.Series([runs["run_id"].nunique()])
@@ -224,7 +263,9 @@ def training_curves(history: pd.DataFrame, runs: pd.DataFrame, keys: list[str]) 
             thin = ", thin: each seed" if n_max <= SEED_POINTS_UP_TO else ""
             seeds = f"n = {n_min}" if n_min == n_max else f"n = {n_min}-{n_max}"
             subtitle = f"mean over {seeds} seeds, band: 95% CI (clipped){thin}"
-        axes[0].set_title(subtitle, loc="left", color=MUTED)
+        if left_out:
+            subtitle += f"; {left_out} run{'s' if left_out > 1 else ''} without a full history.json left out"
+        set_subtitle(axes[0], source, subtitle)
         if len(variants) > 1:
             axes[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         fig.tight_layout()

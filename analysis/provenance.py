@@ -41,10 +41,14 @@ def _data_text(config: dict) -> str:
     return f"{name}, subset: {' / '.join(subsets)} images" if subsets else name
 
 
+def model_names(runs: pd.DataFrame) -> str:
+    """ "ConvMixer-256/8", or "ConvMixer-48/4 and ConvMixer-64/1" when the runs differ in width or depth."""
+    return " and ".join(sorted({ConvMixerConfig(**row).name for row in runs[["dim", "depth"]].to_dict("records")}))
+
+
 def model_text(runs: pd.DataFrame) -> str:
-    models = sorted({ConvMixerConfig(**row).name for row in runs[["dim", "depth"]].to_dict("records")})
     return (
-        f"{' and '.join(models)} (width/depth), kernel size k = {values_text(runs, 'kernel_size')}, "
+        f"{model_names(runs)} (width/depth), kernel size k = {values_text(runs, 'kernel_size')}, "
         f"patch size p = {values_text(runs, 'patch_size')}, residual {values_text(runs, 'residual')}, "
         f"norm {values_text(runs, 'norm')}, activation {values_text(runs, 'activation')}"
     )
@@ -58,9 +62,25 @@ def training_text(runs: pd.DataFrame) -> str:
         f"{values_text(runs, 'epochs')} epochs, batch {values_text(runs, 'batch_size')}, AdamW with peak lr "
         f"{values_text(runs, 'lr', '{:g}')} on a {schedule} schedule{warmup}, weight decay "
         f"{values_text(runs, 'weight_decay', '{:g}')}, label smoothing {values_text(runs, 'label_smoothing', '{:g}')}, "
-        f"gradient clipping {values_text(runs, 'clip_norm', '{:g}')} (0: off), precision "
-        f"{values_text(runs, 'precision')}"
+        f"gradient clipping {values_text(runs, 'clip_norm', '{:g}')} (0: off), precision {precision_text(runs)}"
     )
+
+
+def precision_text(runs: pd.DataFrame) -> str:
+    """What ran, as the finished runs recorded it: "bf16 (precision auto)", "fp32"; a run that did not record it
+    (made before precision_used existed) is said to be so, not guessed from the device."""
+    asked = values_text(runs, "precision")
+    done = runs[runs["status"] == "done"]
+    used = values_text(done, "precision_used")
+    if used == NOT_RECORDED:
+        return f"{asked} (what ran: {NOT_RECORDED})"
+    some = " (some runs: not recorded)" if done["precision_used"].isna().any() else ""
+    return (used if used == asked else f"{used} (precision {asked})") + some
+
+
+def figure_source(runs: pd.DataFrame) -> str:
+    """The line that names what a figure shows, so that it can be cited alone: the model(s) and the data."""
+    return f"{model_names(runs)} on {data_text(runs)}"
 
 
 def _augmentation(config: dict) -> str:

@@ -10,19 +10,21 @@ latest design (--design picks another, or all); report.md names every run folder
 """
 
 import math
+import os
 import re
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ablations.atomic import write_text
 from ablations.config import ConfigError
 from analysis import plots, provenance, style
 from analysis.design import Scope, axis_rows, scope, variant_label
-from analysis.load import AnalysisError, load_history
+from analysis.load import AnalysisError, history_gaps, load_history
 from analysis.variants import NOT_DONE, summarise
 from convmixer.arguments import OneLineParser, folder_path, run_cli
 
@@ -150,24 +152,36 @@ def markdown_table(table: Table) -> str:
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n"
 
 
+# Characters LaTeX reads as commands in text mode, and the symbols of the tables and captions, as LaTeX writes them.
+LATEX = {
+    "\\": r"\textbackslash{}",
+    "{": r"\{",
+    "}": r"\}",
+    "$": r"\$",
+    "_": r"\_",
+    "%": r"\%",
+    "&": r"\&",
+    "#": r"\#",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+    "≥": r"$\geq$",
+    "α": r"$\alpha$",
+    "–": "--",
+}
+LATEX_SPECIAL = re.compile("|".join(map(re.escape, LATEX)))
+
+
 def latex_escape(text: str) -> str:
-    for plain, latex in (
-        ("\\", r"\textbackslash{}"),
-        ("_", r"\_"),
-        ("%", r"\%"),
-        ("&", r"\&"),
-        ("#", r"\#"),
-        ("±", r"$\pm$"),
-        ("Δ", r"$\Delta$"),
-        ("≥", r"$\geq$"),
-        ("α", r"$\alpha$"),
-        ("–", "--"),
-    ):
-        text = text.replace(plain, latex)
+    """`text` as LaTeX typesets it: in one pass, so that the braces of one replacement are not escaped again."""
+    text = LATEX_SPECIAL.sub(lambda match: LATEX[match.group()], text)
     return re.sub(r"(?<![\w.])-(?=\d)", "$-$", text)  # a minus sign, not a hyphen
 
 
-def latex_table(table: Table, caption: str) -> str:
+def latex_table(table: Table, caption: str, notes: str = "") -> str:
+    """A booktabs table: `caption` (what ran) in the caption, `notes` (how to read the numbers) in small type
+    under the table, so that the caption stays a caption."""
     header = table.header
     body = []
     for i, (title, rows) in enumerate(table.blocks):
@@ -187,6 +201,7 @@ def latex_table(table: Table, caption: str) -> str:
         *body,
         r"\bottomrule",
         r"\end{tabular}",
+        *([r"\par\smallskip", rf"{{\footnotesize {latex_escape(notes)}\par}}"] if notes else []),
         r"\end{table}",
     ]
     return "\n".join(lines) + "\n"
@@ -207,27 +222,33 @@ def point_labels(variants: pd.DataFrame, scope: Scope) -> list[str]:
 
 def figure_set(variants: pd.DataFrame, history: pd.DataFrame, scope: Scope) -> dict[str, Figure]:
     """The report's figures by file stem: accuracy against each swept key (in a study: along its axis), against
-    each cost, and the training curves (in a study: one figure per axis, or every variant would share one)."""
+    each cost, and the training curves (in a study: one figure per axis, or every variant would share one).
+
+    Each names the model and the data; the curves leave out the done runs without a full history and say so."""
     made = {}
     done = scope.done
+    source = provenance.figure_source(done)
     for key in scope.keys:
         on_axis = axis_rows(variants, key, scope.varied, scope.baseline)
         runs_on_axis = axis_rows(done, key, scope.varied, scope.baseline)
         series_keys = [key, *(other for other in scope.grid_keys if other != key)]
         made[f"accuracy_vs_{key}"] = plots.accuracy_vs_key(
-            on_axis, runs_on_axis, key, series_keys, scope.levels(key), scope.baseline.get(key)
+            on_axis, runs_on_axis, key, series_keys, scope.levels(key), scope.baseline.get(key), source
         )
     measured = variants[variants["n"] > 0]
     hardware = provenance.throughput_label(scope.runs)
     for cost in plots.COSTS:
         labels = point_labels(measured, scope)
-        made[f"accuracy_vs_{cost}"] = plots.accuracy_vs_cost(measured, done, cost, scope.keys, labels, hardware)
-    done_history = history[history["run_id"].isin(done["run_id"])]
+        made[f"accuracy_vs_{cost}"] = plots.accuracy_vs_cost(measured, done, cost, scope.keys, labels, hardware, source)
+    gaps = history_gaps(done, history)
+    with_history = done[~done["run_id"].isin(gaps)]
+    done_history = history[history["run_id"].isin(with_history["run_id"])]
     for key in scope.varied or [None]:
-        runs = axis_rows(done, key, scope.varied, scope.baseline) if key else done
+        runs = axis_rows(with_history, key, scope.varied, scope.baseline) if key else with_history
+        left_out = len(axis_rows(done, key, scope.varied, scope.baseline) if key else done) - len(runs)
         curve_keys = [key, *scope.grid_keys] if key else scope.keys
         stem = f"training_curves_{key}" if key else "training_curves"
-        made[stem] = plots.training_curves(done_history, runs, curve_keys)
+        made[stem] = plots.training_curves(done_history, runs, curve_keys, source, left_out)
     return made
 
 
@@ -239,7 +260,18 @@ def remove_stale_figures(out: Path, written: list[Path]) -> None:
                 path.unlink()
 
 
-def index(sweeps: list[Path], scope: Scope, table_md: str, notes: str, files: list[Path], out: Path) -> str:
+def gaps_text(scope: Scope, gaps: dict[str, str]) -> str:
+    """The done runs the training curves leave out, each with its variant, seed and why."""
+    rows = scope.runs.set_index("run_id")
+    return "; ".join(
+        f"{run_id} ({variant_label({key: rows.at[run_id, key] for key in scope.keys})}, seed {rows.at[run_id, 'seed']}"
+        f": {why})"
+        for run_id, why in gaps.items()
+    )
+
+
+def index(sweeps: list[Path], scope: Scope, table_md: str, notes: str, files: list[str], gaps: dict[str, str]) -> str:
+    """report.md: what ran, the table, the figures and the list of `files` (names inside the report folder)."""
     runs = scope.runs
     counts = runs["status"].value_counts()
     statuses = ", ".join(f"{counts.get(status, 0)} {status}" for status in ("done", *NOT_DONE))
@@ -261,6 +293,7 @@ def index(sweeps: list[Path], scope: Scope, table_md: str, notes: str, files: li
         f"- Baseline: {variant_label(scope.baseline)}",
         *([mixed] if mixed else []),
         *dropped,
+        *([f"- Left out of the training curves: {gaps_text(scope, gaps)}"] if gaps else []),
         "",
         "## Results",
         "",
@@ -269,10 +302,10 @@ def index(sweeps: list[Path], scope: Scope, table_md: str, notes: str, files: li
         "",
         "## Figures",
         "",
-        *(f"![{path.stem}]({path.relative_to(out)})\n" for path in files if path.suffix == ".png"),
+        *(f"![{Path(name).stem}]({name})\n" for name in files if name.endswith(".png")),
         "## Files",
         "",
-        *(f"- [{path.relative_to(out)}]({path.relative_to(out)})" for path in files),
+        *(f"- [{name}]({name})" for name in files),
     ]
     return "\n".join(lines) + "\n"
 
@@ -288,6 +321,39 @@ def left_out_lines(scope: Scope) -> list[str]:
     ]
 
 
+def write_files(folder: Path, texts: dict[str, str], figures: dict[str, Figure]) -> None:
+    """Every report file into `folder`, the staging folder: a failed write leaves nothing half-done in `out`."""
+    for name, text in texts.items():
+        (folder / name).write_text(text)
+    for stem, figure in figures.items():
+        style.save(figure, folder / stem)
+
+
+def staged(out: Path, texts: dict[str, str], figures: dict[str, Figure]) -> Path:
+    """A new folder beside `out` holding every report file. If a write fails (a full disk), AnalysisError names
+    `out`, and nothing is left behind."""
+    staging = None
+    try:
+        # Beside the folder `out` resolves to (a link may point to another file system), so that publish renames.
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent))
+        write_files(staging, texts, figures)
+        return staging
+    except OSError as error:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise AnalysisError(f"cannot write the report into {out} ({error.strerror}); nothing there changed") from None
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move the finished files from `staging` into `out` (renames on one file system: no new data to write),
+    then remove the figures an earlier report left there that this one did not write."""
+    written = []
+    for path in sorted(staging.iterdir()):
+        os.replace(path, out / path.name)
+        written.append(out / path.name)
+    remove_stale_figures(out, written)
+
+
 def build_report(
     sweeps: list[Path],
     baseline_items: list[str],
@@ -295,7 +361,8 @@ def build_report(
     allow_mixed: bool = False,
     design: str = "latest",
 ) -> Path:
-    """Write every report file; returns the index path. Raises AnalysisError/ConfigError on input it cannot use."""
+    """Write every report file; returns the index path. Raises AnalysisError/ConfigError on input it cannot use,
+    and AnalysisError naming `out` when it cannot be written (a full disk): `out` is then as it was before."""
     out = Path(out) if out is not None else Path(sweeps[0]) / "report"
     chosen = scope(sweeps, baseline_items, allow_mixed, design)
     variants = summarise(chosen.runs, chosen.baseline, chosen.keys)
@@ -306,18 +373,30 @@ def build_report(
     notes = f"{CI_NOTE} {DIFF_NOTE} {provenance.throughput_note(chosen.runs)} {PARETO_NOTE}"
     history = load_history(sweeps)  # before the first write: a damaged history.json must leave `out` as it was
     history = history[history["run_id"].isin(chosen.runs["run_id"])]
+    figures = figure_set(variants, history, chosen)
+    texts = {
+        "table.md": f"{table_md}\n{caption}\n\n{notes}\n",
+        "table.tex": latex_table(made, caption, notes),
+        "variants.csv": variants.to_csv(index=False),
+    }
+    files = [*texts, *(f"{stem}.{ext}" for stem in figures for ext in style.FORMATS)]
+    gaps = history_gaps(chosen.done, history)
+    texts["report.md"] = index(sweeps, chosen, table_md, f"{caption}\n\n{notes}", files, gaps)
+    existed = out.is_dir()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise AnalysisError(f"--out {str(out)!r} is not accepted: cannot create it ({error.strerror})") from None
-    write_text(out / "table.md", f"{table_md}\n{caption}\n\n{notes}\n")
-    write_text(out / "table.tex", latex_table(made, f"{caption} {notes}"))
-    write_text(out / "variants.csv", variants.to_csv(index=False))
-    files = [out / "table.md", out / "table.tex", out / "variants.csv"]
-    for stem, figure in figure_set(variants, history, chosen).items():
-        files += style.save(figure, out / stem)
-    remove_stale_figures(out, files)
-    write_text(out / "report.md", index(sweeps, chosen, table_md, f"{caption}\n\n{notes}", files, out))
+    try:
+        staging = staged(out, texts, figures)
+    except AnalysisError:
+        if not existed:
+            out.rmdir()  # created above, still empty: a failed report leaves no folder behind
+        raise
+    try:
+        publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out / "report.md"
 
 

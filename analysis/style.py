@@ -102,10 +102,16 @@ def series_style(i: int) -> dict:
     return {"color": OKABE_ITO[i % n], "marker": MARKERS[i % n], "linestyle": LINESTYLES[i // n % len(LINESTYLES)]}
 
 
+FORMATS = ("png", "pdf")  # every figure is written in each
+# A PDF records when it was made by default, so the same figure made again differed in every byte of its date: a
+# report rerun on committed results showed every PDF as changed. Without the date, the same figure is the same file.
+METADATA = {"png": {}, "pdf": {"CreationDate": None}}
+
+
 def save(fig: Figure, stem: Path) -> list[Path]:
-    """Write `stem`.png and `stem`.pdf and return the two paths."""
-    paths = [Path(f"{stem}.png"), Path(f"{stem}.pdf")]
+    """Write `stem`.png and `stem`.pdf (the same bytes for the same figure) and return the two paths."""
+    paths = [Path(f"{stem}.{ext}") for ext in FORMATS]
     with context():
-        for path in paths:
-            fig.savefig(path)
+        for path, ext in zip(paths, FORMATS, strict=True):
+            fig.savefig(path, metadata=METADATA[ext])
     return paths

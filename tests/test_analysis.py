@@ -514,8 +514,8 @@ def test_the_pareto_front_does_not_crown_a_one_seed_variant():
     assert front.tolist() == [False, True, True]
     agg, runs = fake_variants(3, [0.9, 0.3, 0.5, 0.6], ci=0.05)
     agg.loc[0, "n"] = 1
-    ax = plots.accuracy_vs_cost(agg, runs, "macs", ["kernel_size", "patch_size"], list("abcd")).axes[0]
-    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    fig = plots.accuracy_vs_cost(agg, runs, "macs", ["kernel_size", "patch_size"], list("abcd"))
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
     assert "one seed: not ranked" in legend and "Pareto front (n ≥ 2)" in legend
 
 

@@ -2,10 +2,12 @@
 file at one of its headings (GitHub's heading ids), so that moving or renaming a page breaks a test, not a reader."""
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 
+from ablations import run
 from convmixer.tweet import TWEET
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +72,27 @@ def test_a_broken_link_and_a_broken_anchor_are_found(tmp_path):
 
 def test_the_readme_quotes_the_tweet_verbatim():
     assert TWEET in (ROOT / "README.md").read_text()
+
+
+def readme_commands(program: str) -> list[list[str]]:
+    """The README's `python -m <program> ...` command lines in code blocks, continuation lines joined, split as a
+    shell would (comments dropped)."""
+    blocks = [match.group() for match in FENCE.finditer((ROOT / "README.md").read_text().replace("\\\n", " "))]
+    lines = [line.strip() for block in blocks for line in block.splitlines()]
+    return [shlex.split(line, comments=True) for line in lines if line.startswith(f"python -m {program} ")]
+
+
+def test_the_readme_shows_the_real_data_commands():
+    commands = [" ".join(argv) for argv in readme_commands("ablations.run")]
+    assert any("--preset cifar10 " in command for command in commands)  # the download a user on the internet gets
+    assert any("--preset cifar10-jpeg " in command and "data_root=" in command for command in commands)
+
+
+@pytest.mark.parametrize("argv", readme_commands("ablations.run"), ids=" ".join)
+def test_the_readmes_sweep_commands_are_accepted(argv, monkeypatch, capsys):
+    """Every sweep the README shows parses and plans (a dry run), its data aside: CIFAR-10 is downloaded on first
+    use, which a test must not do. A dry run writes nothing."""
+    monkeypatch.chdir(ROOT)  # the README's commands run from the repository root
+    monkeypatch.setattr(run, "check_data", lambda configs: None)
+    assert run.main([*argv[3:], "--dry-run"]) == 0
+    assert "to train" in capsys.readouterr().out

@@ -80,7 +80,7 @@ def test_explore_sweep_shows_a_study_by_axis(study, monkeypatch):
     monkeypatch.setenv("CONVMIXER_SWEEP", str(study))
     notebook = execute("explore_sweep.ipynb")
     text = text_of(notebook)
-    assert "swept: kernel_size, patch_size" in text and "baseline: {'kernel_size': 5, 'patch_size': 4}" in text
+    assert "swept: kernel_size, patch_size" in text and "baseline: kernel_size=5, patch_size=4" in text
     markdown = "\n".join(output.get("data", {}).get("text/markdown", "") for output in outputs(notebook))
     assert "| **Kernel size k (cells of the patch grid)** |" in markdown and "| p=4 (baseline) |" in markdown
     assert "training_curves_kernel_size" in text and "training_curves_patch_size" in text
@@ -93,6 +93,8 @@ def test_explore_sweep_runs_on_a_real_sweep(sweep, monkeypatch):
     notebook = execute("explore_sweep.ipynb")
     text = text_of(notebook)
     assert "6 runs on synthetic" in text and "swept: kernel_size" in text
+    assert "kernel_size=5 minus kernel_size=3: " in text and " pp, 95% CI [" in text  # not Difference(diff=0.26900001
+    assert "np.int64" not in text and "np.float64" not in text  # numpy's reprs are not for a reader
     assert len(png_outputs(notebook)) == 6  # accuracy vs kernel size and vs 3 costs, training curves, per-run curves
 
 
