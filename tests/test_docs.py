@@ -93,6 +93,6 @@ def test_the_readmes_sweep_commands_are_accepted(argv, monkeypatch, capsys):
     """Every sweep the README shows parses and plans (a dry run), its data aside: CIFAR-10 is downloaded on first
     use, which a test must not do. A dry run writes nothing."""
     monkeypatch.chdir(ROOT)  # the README's commands run from the repository root
-    monkeypatch.setattr(run, "check_data", lambda configs: None)
+    monkeypatch.setattr(run, "check_data", lambda configs, todo, store: {})
     assert run.main([*argv[3:], "--dry-run"]) == 0
     assert "to train" in capsys.readouterr().out
