@@ -144,6 +144,20 @@ def check_not_mixed(runs: pd.DataFrame, swept: list[str]) -> None:
     )
 
 
+def check_one_gpu_kind(runs: pd.DataFrame) -> None:
+    """AnalysisError when done runs were measured on different hardware and one of them on a GPU: speed and the
+    numerics of bf16 kernels differ between GPU kinds, so their runs are not seeds of one experiment."""
+    done = runs[runs["status"] == "done"]
+    if "hardware" not in done or not done["device"].astype(str).str.startswith("cuda").any():
+        return
+    kinds = sorted(map(str, done["hardware"].dropna().unique()))
+    if len(kinds) > 1:
+        raise AnalysisError(
+            f"the runs were measured on different hardware ({', '.join(kinds)}): report each kind on its own, "
+            "or pass --allow-mixed to pool them"
+        )
+
+
 def vary_keys(designs: dict[str, Design | None], keys: list[str]) -> list[str]:
     """The swept keys that are one-factor-at-a-time axes in some design."""
     return [key for key in keys if any(design and key in design.vary for design in designs.values())]
@@ -268,6 +282,7 @@ def scope(sweeps: list[Path], baseline_items: list[str], allow_mixed: bool = Fal
     swept = swept_keys(runs, designs)
     if not allow_mixed:
         check_not_mixed(runs, swept)
+        check_one_gpu_kind(runs)
     keys = [key for key in variant_keys(runs) if key in swept or allow_mixed]
     mixed = [key for key in keys if key not in swept]
     baseline = choose_baseline(runs, keys, designs, baseline_items)

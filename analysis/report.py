@@ -414,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--allow-mixed",
         action="store_true",
-        help="pool sweeps whose runs differ in keys none of them swept (refused by default: unrelated sweeps)",
+        help="pool sweeps whose runs differ in keys none of them swept, or that ran on different GPU kinds "
+        "(refused by default: unrelated sweeps)",
     )
     parser.add_argument(
         "--design",

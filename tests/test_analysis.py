@@ -325,6 +325,18 @@ def test_sweeps_that_differ_in_an_unswept_key_are_refused_unless_allowed(sweep, 
     assert code == 2 and "differ in lr (0.02, 0.5), which is not a swept key (swept: kernel_size)" in err
 
 
+def test_runs_of_two_gpu_kinds_are_refused_unless_allowed(sweep, tmp_path, capsys):
+    """A study grown over several GPU sittings: runs from an H200 and an A100 are not seeds of one experiment."""
+    folder = copy_runs(sweep, tmp_path / "gpus", lambda config: True)
+    for i, path in enumerate(sorted((folder / "runs").glob("*/metrics.json"))):
+        metrics = json.loads(path.read_text())
+        gpu = ("NVIDIA H200", "NVIDIA A100")[i % 2]
+        path.write_text(json.dumps(metrics | {"device": f"cuda ({gpu})", "hardware": gpu}))
+    code, err = run_report([str(folder), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "measured on different hardware (NVIDIA A100, NVIDIA H200)" in err and "--allow-mixed" in err
+    assert report.main([str(folder), "--allow-mixed", "--out", str(tmp_path / "pooled")]) == 0
+
+
 def test_a_baseline_that_matches_no_run_is_an_error(sweep, tmp_path, capsys):
     # Runs of two --grid commands: k=3 at p=2 and k=5 at p=4; the default baseline (k=5, p=2) never ran.
     legacy = copy_runs(sweep, tmp_path / "legacy", lambda config: True)
