@@ -2,6 +2,7 @@
 
 import json
 import re
+import warnings
 
 import pytest
 
@@ -33,3 +34,16 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
         assert gpu_check.cli(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"{gpu_check.PROG}: error: ") and message in err and err.count("\n") == 1
+
+
+def test_the_sync_audit_counts_syncs_and_not_the_prototype_warning():
+    def warned(message: str, line: int) -> warnings.WarningMessage:
+        return warnings.WarningMessage(UserWarning(message), UserWarning, str(gpu_check.REPO / "a.py"), line)
+
+    caught = [
+        warned("Synchronization debug mode is a prototype feature and does not yet detect all synchronizing "
+               "operations", 1),
+        warned("called a synchronizing CUDA operation", 7),
+        warned("called a synchronizing CUDA operation", 7),
+    ]  # fmt: skip
+    assert gpu_check.sync_sites(caught) == {"a.py:7": 2}

@@ -114,8 +114,10 @@ def contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 def sharpness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Blend with PIL's 3x3 smoothing filter, leaving the one-pixel border as it is (like PIL)."""
     channels = images.shape[1]
-    kernel = torch.ones(3, 3, device=images.device)
-    kernel[1, 1] = 5
+    # PIL's SMOOTH kernel, 1s around a 5, built by arithmetic on the device: writing the 5 in from Python
+    # (kernel[1, 1] = 5) would copy it from host memory, a host sync on CUDA at every call.
+    centre = torch.arange(3, device=images.device) == 1
+    kernel = 1 + 4 * (centre[:, None] & centre).float()
     kernel = (kernel / kernel.sum()).expand(channels, 1, 3, 3)
     smooth = images.clone()
     smooth[..., 1:-1, 1:-1] = F.conv2d(images, kernel, groups=channels)
@@ -249,7 +251,9 @@ def mix(
     blended = per_sample(lam) * images + per_sample(1 - lam) * partner
     mixed = torch.where(per_sample(use_cutmix), cut, blended)
     kept = torch.where(use_cutmix, 1 - ((bottom - top) * (right - left)).float() / (h * w), lam)
-    one_hot = F.one_hot(labels, num_classes).float()
+    # (F.one_hot on the CPU checks the labels' range with two reads to the host; the CPU-side sync guard of
+    # tests/test_host_sync.py would flag them, so scatter the ones directly, as F.one_hot does on CUDA.)
+    one_hot = torch.zeros(n, num_classes, device=labels.device).scatter_(1, labels[:, None], 1.0)
     targets = kept[:, None] * one_hot + (1 - kept[:, None]) * one_hot.flip(0)
     return mixed, targets
 

@@ -52,6 +52,18 @@ def compiled_graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
+def fused_adamw(device: torch.device) -> bool:
+    """Whether AdamW runs fused on `device`: on CUDA, one kernel for all parameters and no host sync (the
+    for-each kernel reads its step counters back to the host). The CPU keeps the for-each kernel, whose
+    numbers the committed CPU results were made with."""
+    return device.type == "cuda"
+
+
+def epoch_totals(*sums: torch.Tensor) -> list[float]:
+    """An epoch's on-device sums read back to the host in one copy: the epoch's one host sync."""
+    return torch.stack([total.float() for total in sums]).tolist()
+
+
 def seed_epoch(seed: int, epoch: int) -> None:
     # The data loader draws from its own (seed, epoch) generators; reseeding the global RNG as well makes any
     # other draw during the epoch (a module's, a library's) replay identically after a resume.
@@ -67,7 +79,7 @@ class Trainer:
         model.to(device=device, memory_format=self.memory_format)
         # Static shapes: a shape torch.compile has not seen is a visible recompile, never a silent dynamic graph.
         self.forward = torch.compile(model, dynamic=False, backend=COMPILE_BACKEND) if cfg.compile else model
-        self.fused = device.type == "cuda"  # one kernel for all parameters, and no host sync, on CUDA
+        self.fused = fused_adamw(device)
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=self.fused
         )
@@ -110,11 +122,11 @@ class Trainer:
             loss_sum += batch_loss
             correct += batch_correct
             seen += len(targets)
-        synchronize(self.device)
+        loss_total, correct_total = epoch_totals(loss_sum, correct)
         train_time = time.perf_counter() - start
         return {
-            "train_loss": loss_sum.item() / seen,
-            "train_acc": correct.item() / seen,
+            "train_loss": loss_total / seen,
+            "train_acc": correct_total / seen,
             "lr": lr,
             "train_time_s": train_time,
             "train_images_per_s": seen / train_time,
@@ -139,7 +151,8 @@ class Trainer:
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
-        return {"test_loss": loss_sum.item() / seen, "test_acc": correct.item() / seen}
+        loss_total, correct_total = epoch_totals(loss_sum, correct)
+        return {"test_loss": loss_total / seen, "test_acc": correct_total / seen}
 
     def state(self, epochs_done: int, history: list[dict], wall_time_s: float) -> dict:
         return {
