@@ -276,3 +276,13 @@ def test_train_speed_compares_variants_over_seeds(cifar10_jpeg, tmp_path, capsys
     assert all(len(runs) == 2 and len(runs[0]) == 1 for runs in result["histories"].values())
     table = out.with_suffix(".md").read_text()
     assert "(2 seeds)" in table and "| speed after epoch 1 / reference |" in table and "| 1.00x |" in table
+
+
+def test_compiled_runs_keep_inductors_cache_with_the_toolkits_unless_told_otherwise(monkeypatch, tmp_path):
+    monkeypatch.setenv("CONVMIXER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert train.persistent_compile_caches() == tmp_path / "cache" / train.COMPILE_CACHE
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", train.default_cache_dir())  # what importing torch's compiler sets
+    assert train.persistent_compile_caches() == tmp_path / "cache" / train.COMPILE_CACHE
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert train.persistent_compile_caches() == tmp_path / "mine"
