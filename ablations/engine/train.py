@@ -157,7 +157,7 @@ class Trainer:
             return images
         return torch.cat([images, images.new_zeros(missing, *images.shape[1:])])
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still tracks versions and views)
     def evaluate(self, loader: TestLoader) -> dict:
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
