@@ -1,4 +1,6 @@
 """Benchmarks of the toolkit, run from the repository root as modules, so the toolkit need not be installed:
-`python -m benchmarks.train_speed` (the training engine against reference_recipe.py, the locuslab recipe) and
-`python -m benchmarks.gpu_check` (one command that checks the toolkit on a GPU machine).
+`python -m benchmarks.train_speed` (the training engine against reference_recipe.py, the locuslab recipe, with the
+bare step, bandwidth and the engine's targets from measure.py) and `python -m benchmarks.gpu_check` (one command
+that checks the toolkit on a GPU machine); `bash benchmarks/gpu_session.sh` runs the CUDA tests and the benchmarks
+in one call on a GPU machine.
 """

@@ -70,7 +70,7 @@ else
 fi
 
 if [ "$PART" = speed ]; then
-    step cuda-tests 120 python -m pytest -q -m cuda -p no:cacheprovider -rfEs tests/test_cuda.py tests/test_host_sync.py
+    step cuda-tests 120 python -m pytest -q -m cuda -p no:cacheprovider -rfEs tests/test_cuda.py
     step train-speed "$LIMIT" python -m benchmarks.train_speed --data "$DATA" "${SPEED[@]}" --seeds 2 \
         --variants "$SPEED_VARIANTS" --reference-epochs 3 --out "$OUT/train_speed.json"
     if [ -f benchmarks/kernels.py ] && [ "$TINY" = 0 ]; then  # the kernel table's CPU path is its own tests'
