@@ -153,7 +153,7 @@ def test_the_guard_catches_the_old_sharpness_kernel_and_passes_the_new_one():
         after = sharpness(images, factor)
     assert len(old.events) == 1 and old.events[0].startswith("aten.lift_fresh.default at test_host_sync.py:")
     assert new.events == []
-    assert torch.equal(before, after)  # the same kernel, built on the device
+    torch.testing.assert_close(after, before)  # the same filter, without a kernel written from Python
 
 
 def test_the_guard_catches_every_kind_of_host_sync():
