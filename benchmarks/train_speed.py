@@ -3,8 +3,9 @@
 Trains ConvMixer-256/8 (k5, p2) on the CIFAR-10 JPEG copy for the same number of epochs in several ways:
   engine               the product's own command, `python -m ablations.run`, in a fresh process per seed, timed
                        from process start to exit (bf16 on CUDA, fp32 on CPU)
-  engine-compiled      the same with compile=true, Inductor's cache fresh for this benchmark: the first seed
-                       compiles cold, the later ones load the cache (what the second run of a sweep sees)
+  engine-compiled      the same with compile=true for --compiled-seeds seeds (2), Inductor's cache fresh for this
+                       benchmark: the first seed compiles cold, the later ones load the cache (what the second
+                       run of a sweep sees)
   engine-fp16          the engine at the reference's precision (fp16 autocast + GradScaler; CUDA only; opt-in)
   engine-2-per-device  all seeds in one sweep with --jobs-per-device 2 (needs --seeds >= 2): against the engine's
                        seeds one after another, whether two runs side by side on one device gain throughput
@@ -81,6 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--precision", choices=PRECISIONS, default="auto", help="the engine's; auto: bf16 on CUDA, fp32 on CPU")
     add("--seed", type=int, default=0, help="the first seed")
     add("--seeds", type=int, default=1, help="run every variant with this many seeds (--seed, --seed + 1, ...)")
+    add("--compiled-seeds", type=int, default=2, help="seeds of engine-compiled (the first compiles cold, the "
+        "later ones show the warm cache)")  # fmt: skip
     add("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default: all but {', '.join(OPT_IN)}, "
         "that run on the device and with the seeds given)")  # fmt: skip
     add("--reference-epochs", type=int, default=0, help="time the references over this many epochs and "
@@ -387,8 +390,11 @@ def check_args(args: argparse.Namespace) -> tuple[RunConfig, torch.device, list[
     cfg = config_from_args(args)
     device = parse_device(args.device)
     autocast_dtype(cfg.precision, device)
-    checks = (("--workers", args.workers, 0), ("--seeds", args.seeds, 1), ("--reference-epochs", args.reference_epochs,
-              0), ("--bare-steps", args.bare_steps, 1), ("--copy-mb", args.copy_mb, 1))  # fmt: skip
+    checks = (
+        ("--workers", args.workers, 0), ("--seeds", args.seeds, 1), ("--compiled-seeds", args.compiled_seeds, 1),
+        ("--reference-epochs", args.reference_epochs, 0), ("--bare-steps", args.bare_steps, 1),
+        ("--copy-mb", args.copy_mb, 1),
+    )  # fmt: skip
     for flag, value, least in checks:
         if value < least:
             raise ValueError(f"{flag} {value} is not accepted: expected an integer >= {least}")
@@ -406,7 +412,9 @@ def run_variants(cfg: RunConfig, splits: tuple[Split, Split], device: torch.devi
     seeds = list(range(args.seed, args.seed + args.seeds))
     runs = {}
     for name in variants:
-        if name.startswith("engine"):
+        if name == "engine-compiled":
+            runs[name] = run_engine(name, cfg, list(range(args.seed, args.seed + args.compiled_seeds)), device, work)
+        elif name.startswith("engine"):
             runs[name] = run_engine(name, cfg, seeds, device, work)
         else:
             runs[name] = [run_reference(name, dataclasses.replace(cfg, seed=s), splits, device, args) for s in seeds]
