@@ -372,7 +372,8 @@ def describe(cfg: RunConfig, device: torch.device, args: argparse.Namespace, pea
         f"device {name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
         f"engine: `python -m ablations.run` per seed, precision {engine_precision}, channels_last "
         f"{cfg.channels_last}, fused AdamW on CUDA, cuDNN autotuner on; compiled: compile=true with a fresh Inductor "
-        "cache (seed 1 cold, later seeds warm); engine-fp16: fp16 + GradScaler",
+        "cache (seed 1 cold, later seeds warm); engine-fp16: fp16 + GradScaler; on a CPU each product run has one "
+        "thread (the sweep's rule) and the references all threads",
         f"reference: {reference_precision}, {PUBLISHED.workers} workers, NCHW, AdamW (foreach); reference-workers: "
         f"the same with {args.workers} workers; reference-tuned: {args.workers} workers, channels_last, fused AdamW "
         "on CUDA; all with cuDNN's autotuner off (as published)",
