@@ -12,8 +12,12 @@ What the guard records (each with the first frame of the toolkit that caused it)
   a copy from pageable host memory, and so a sync, every time the step runs;
 - reads to the host that never reach the dispatcher on a CPU tensor: .tolist(), .numpy(), .cpu().
 Frames in functions named in `allow` are let through: the engine's one read-back per epoch.
+Apart from the syncs, it lists the copies to a device (.to(device), .cuda()), which a CPU tensor makes without
+reaching the dispatcher either: from pinned memory they need not sync, but one per batch is the per-step copy the
+GPU audit found in the loader, so the epoch test counts them.
 """
 
+import sys
 import traceback
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ablations.config import RunConfig
+from ablations.data import loaders
 from ablations.data.augment import blend, sharpness
 from ablations.data.loaders import build_data
 from ablations.engine import train
@@ -35,6 +40,7 @@ aten = torch.ops.aten
 SYNC_TAGS = (torch.Tag.data_dependent_output, torch.Tag.dynamic_output_shape)
 HOST_VALUE_OPS = (aten.lift_fresh.default, aten.lift_fresh_copy.default)
 HOST_READ_METHODS = ("tolist", "numpy", "cpu")
+DEVICE_COPY_METHODS = ("to", "cuda")
 BOOL_DTYPES = (torch.bool, torch.uint8)
 GUARD_FRAMES = ("record", "__torch_dispatch__", "__torch_function__")
 
@@ -44,6 +50,20 @@ def ours(frame: traceback.FrameSummary) -> bool:
     if frame.filename.startswith(TOOLKIT):
         return True
     return Path(frame.filename).name.startswith("test_") and frame.name not in GUARD_FRAMES
+
+
+def called_by_us() -> bool:
+    """Whether the tensor method being handled was called from the toolkit or a test, not from torch itself (whose
+    own .to(device) calls, like clip_grad_norm_'s, move tensors already on the device: no copy on CUDA)."""
+    caller = sys._getframe(2)  # 0: this function, 1: __torch_function__, 2: the code that called the method
+    return ours(traceback.FrameSummary(caller.f_code.co_filename, caller.f_lineno, caller.f_code.co_name))
+
+
+def copies_to_a_device(name: str, args: tuple, kwargs: dict) -> bool:
+    """Whether Tensor.`name`(*args, **kwargs) names a device: .cuda(), .to(device), .to("cuda"), .to(device=...)."""
+    if name == "cuda":
+        return True
+    return kwargs.get("device") is not None or any(isinstance(a, (str, torch.device)) for a in args[1:])
 
 
 def bool_index(indices) -> bool:
@@ -73,7 +93,7 @@ class HostSyncGuard:
     """Records every would-be CUDA host sync in its `with` block as 'op at file:line'; see the module docstring."""
 
     def __init__(self, allow: tuple[str, ...] = ()) -> None:
-        self.allow, self.events = allow, []
+        self.allow, self.events, self.copies = allow, [], []
         guard = self
 
         class Dispatch(TorchDispatchMode):
@@ -85,18 +105,22 @@ class HostSyncGuard:
 
         class Function(TorchFunctionMode):
             def __torch_function__(self, func, types, args=(), kwargs=None):
-                if getattr(func, "__name__", "") in HOST_READ_METHODS and isinstance(func, type(torch.Tensor.cpu)):
-                    guard.record(f"Tensor.{func.__name__}")
-                return func(*args, **(kwargs or {}))
+                kwargs = kwargs or {}
+                name = getattr(func, "__name__", "") if isinstance(func, type(torch.Tensor.cpu)) else ""
+                if name in HOST_READ_METHODS:
+                    guard.record(f"Tensor.{name}")
+                elif name in DEVICE_COPY_METHODS and copies_to_a_device(name, args, kwargs) and called_by_us():
+                    guard.record(f"Tensor.{name}", guard.copies)
+                return func(*args, **kwargs)
 
         self.modes = (Function(), Dispatch())
 
-    def record(self, what: str) -> None:
+    def record(self, what: str, into: list | None = None) -> None:
         frames = [frame for frame in traceback.extract_stack() if ours(frame)]
         if any(frame.name in self.allow for frame in frames):
             return
         site = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} ({frames[-1].name})" if frames else "?"
-        self.events.append(f"{what} at {site}")
+        (self.events if into is None else into).append(f"{what} at {site}")
 
     def __enter__(self) -> "HostSyncGuard":
         for mode in self.modes:
@@ -112,7 +136,7 @@ TINY = dict(dataset="synthetic", dim=8, depth=1, patch_size=4, train_subset=96, 
 EVERY_AUGMENTATION = dict(randaug_n=2, randaug_m=12, jitter=0.1, reprob=0.5, mixup=0.8, cutmix=1.0, clip_norm=1.0)
 
 
-def guarded_epoch(cfg: RunConfig, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def guarded_epoch(cfg: RunConfig, monkeypatch: pytest.MonkeyPatch) -> HostSyncGuard:
     """One training epoch and one evaluation of cfg on the CPU (after a warm-up epoch, as on a GPU), guarded,
     with the engine's CUDA choices (fused AdamW)."""
     cpu = torch.device("cpu")
@@ -123,7 +147,7 @@ def guarded_epoch(cfg: RunConfig, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     with HostSyncGuard(allow=("epoch_totals",)) as guard:
         trainer.train_epoch(data.train, 1, progress=False)
         trainer.evaluate(data.test)
-    return guard.events
+    return guard
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -131,7 +155,10 @@ def test_a_training_epoch_and_its_evaluation_would_never_sync_on_a_gpu(precision
     """Every augmentation (RandAugment with sharpness and equalize, jitter, erasing, mixup/cutmix), the index copy,
     forward, backward, clipping, AdamW and the bookkeeping: nothing but the one read-back per epoch."""
     cfg = RunConfig(**TINY, **EVERY_AUGMENTATION, precision=precision, epochs=2)
-    assert guarded_epoch(cfg, monkeypatch) == []
+    guard = guarded_epoch(cfg, monkeypatch)
+    assert guard.events == []
+    # one copy of the shuffled index per training epoch and one of the order per evaluation, not one per batch
+    assert [copy.split(" at ")[1].split(" ")[1] for copy in guard.copies] == ["(to_device_async)"] * 2, guard.copies
 
 
 def old_sharpness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -168,6 +195,9 @@ def test_the_guard_catches_every_kind_of_host_sync():
         with HostSyncGuard() as guard:
             read()
         assert len(guard.events) >= 1, guard.events
+    with HostSyncGuard() as guard:
+        x.to("cpu"), x.to(device=torch.device("cpu")), x.to(torch.float64), x.double()
+    assert len(guard.copies) == 2 and guard.events == []
     labels = torch.tensor([1, 0, 2])
     with HostSyncGuard() as guard:  # what runs on the device without a sync: integer indexing, scalars as operands
         x[labels], x.index_put_((labels,), torch.zeros(4)), x.masked_fill(x > 0.5, 0.0)
@@ -183,3 +213,16 @@ def test_the_guard_lets_through_only_the_functions_it_is_told_to():
         epoch_totals(torch.ones(3))
         torch.ones(3).sum().item()
     assert len(guard.events) == 1 and "test_host_sync.py" in guard.events[0]
+
+
+def test_the_guard_counts_the_old_loaders_copy_of_every_batch(monkeypatch):
+    def per_batch_copies(self, order, batch_size):  # ResidentImages.batches before the GPU audit
+        for index in order.split(batch_size):
+            index = index.to(self.device)
+            yield self.images[index], self.labels[index]
+
+    monkeypatch.setattr(loaders.ResidentImages, "batches", per_batch_copies)
+    cfg = RunConfig(**TINY, epochs=2)
+    guard = guarded_epoch(cfg, monkeypatch)
+    batches = -(-cfg.train_subset // cfg.batch_size) + -(-cfg.test_subset // cfg.batch_size)
+    assert len(guard.copies) == batches and guard.events == []
