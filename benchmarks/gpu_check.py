@@ -145,6 +145,20 @@ def cuda_tests(check: Check, timeout: float) -> str:
     return summary
 
 
+# The text of the warning c10::cuda::warn_or_error_on_sync() raises for each sync under set_sync_debug_mode("warn");
+# set_sync_debug_mode itself warns that it "is a prototype feature", which is not a sync.
+SYNC_WARNING = "called a synchronizing CUDA operation"
+
+
+def sync_sites(caught: list[warnings.WarningMessage]) -> collections.Counter:
+    """The host syncs among the caught warnings, counted by file:line (relative to the repository)."""
+    return collections.Counter(
+        f"{os.path.relpath(warning.filename, REPO)}:{warning.lineno}"
+        for warning in caught
+        if SYNC_WARNING in str(warning.message)
+    )
+
+
 def sync_audit(check: Check, timeout: float) -> str:
     """Train one epoch after a warm-up one and count every host sync CUDA's debug mode reports, by source line."""
     cfg = check.recipe()
@@ -155,7 +169,6 @@ def sync_audit(check: Check, timeout: float) -> str:
     for _ in range(3):
         trainer.train_step(*next(warm), 1e-3)
     synchronize(device)
-    sites: collections.Counter = collections.Counter()
     steps = 0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -169,9 +182,7 @@ def sync_audit(check: Check, timeout: float) -> str:
             if device.type == "cuda":
                 torch.cuda.set_sync_debug_mode(0)
     synchronize(device)
-    for warning in caught:
-        if "synchroniz" in str(warning.message):
-            sites[f"{os.path.relpath(warning.filename, REPO)}:{warning.lineno}"] += 1
+    sites = sync_sites(caught)
     if device.type != "cuda":
         return f"{steps} steps ran; host syncs are a CUDA notion, not audited on {device.type}"
     if sites:

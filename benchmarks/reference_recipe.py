@@ -76,8 +76,10 @@ def train_reference(
     device: torch.device,
     variant: Variant = PUBLISHED,
     log: Callable[[str], None] = print,
+    stop_after: int | None = None,
 ) -> list[dict]:
-    """Train cfg's model the reference's way; returns one record per epoch (the engine's history keys)."""
+    """Train cfg's model the reference's way; returns one record per epoch (the engine's history keys).
+    `stop_after`: end after this many of cfg.epochs (the schedule stays cfg.epochs long), to time a few epochs."""
     train_transform, test_transform = reference_transforms(cfg, train_split.images.shape[-1])
     workers = variant.workers
     train_loader = DataLoader(
@@ -95,7 +97,7 @@ def train_reference(
     fp16 = device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
     history = []
-    for epoch in range(cfg.epochs):
+    for epoch in range(cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)):
         start = time.perf_counter()
         record, seen = train_epoch_reference(cfg, epoch, model, train_loader, optimizer, scaler, device, memory_format)
         train_time = time.perf_counter() - start

@@ -1,18 +1,25 @@
-"""Training speed and accuracy of the engine against the reference recipe, same data, device and process.
+"""Training speed and accuracy of the engine against the reference recipe, same data and device, one command.
 
-Trains ConvMixer-256/8 (k5, p2) on the CIFAR-10 JPEG copy for the same number of epochs in up to four ways:
-  engine              ablations.engine.train.train_run (data and augmentation on the device) at its own precision
-                      (bf16 on CUDA, fp32 on CPU)
-  engine-fp16         the engine at the reference's precision (fp16 autocast + GradScaler; CUDA only)
-  reference           locuslab/convmixer-cifar10's train.py as published: PIL transforms in 2 DataLoader
-                      workers, NCHW, fp16 autocast + GradScaler on CUDA, plain AdamW
-  reference-tuned     the same recipe with 8 workers (--workers), channels_last and fused AdamW
-The hyperparameters default to the reference README's 92.5%-in-25-epochs command. Prints per-epoch numbers and a
-summary with ratios to the published reference and model FLOP utilisation; --seeds N repeats every variant with
-seeds 0..N-1 and reports accuracy as mean +- standard deviation over them ("one seed" otherwise). With --out it
-writes the lot as JSON and Markdown.
+Trains ConvMixer-256/8 (k5, p2) on the CIFAR-10 JPEG copy for the same number of epochs in several ways:
+  engine               the product's own command, `python -m ablations.run`, in a fresh process per seed, timed
+                       from process start to exit (bf16 on CUDA, fp32 on CPU)
+  engine-compiled      the same with compile=true for --compiled-seeds seeds (2), Inductor's cache fresh for this
+                       benchmark: the first seed compiles cold, the later ones load the cache (what the second
+                       run of a sweep sees)
+  engine-fp16          the engine at the reference's precision (fp16 autocast + GradScaler; CUDA only; opt-in)
+  engine-2-per-device  all seeds in one sweep with --jobs-per-device 2 (needs --seeds >= 2): against the engine's
+                       seeds one after another, whether two runs side by side on one device gain throughput
+  reference            locuslab/convmixer-cifar10's train.py as published: PIL transforms in 2 DataLoader
+                       workers, NCHW, fp16 autocast + GradScaler on CUDA, plain AdamW
+  reference-workers    the published recipe with --workers (16) DataLoader workers
+  reference-tuned      the published recipe with --workers workers, channels_last and fused AdamW (opt-in)
+Besides: the bare training step (the engine's train_step on random images already on the device: eager, compiled,
+and with CUDA graphs on a GPU), the device's copy rate and the op-level bytes of one step (achieved memory
+bandwidth), and a table of the targets of issue 17 with every ratio taken against baselines measured in this run.
+--reference-epochs N times the reference variants over their first N epochs and extrapolates their total (said so
+in the table). With --out it writes the lot as JSON and Markdown.
 
-    python -m benchmarks.train_speed --epochs 25 --out results/train_speed.json     # on a GPU
+    python -m benchmarks.train_speed --seeds 2 --out results/benchmarks/h200.json     # on a GPU
 """
 
 import argparse
@@ -22,6 +29,7 @@ import os
 import shlex
 import statistics
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +39,7 @@ from ablations import atomic
 from ablations.config import PRECISIONS, ConfigError, RunConfig
 from ablations.data import dataset_label
 from ablations.data.sources import DataError, Split, load_splits
-from ablations.engine.train import train_run
+from benchmarks import measure
 from benchmarks.reference_recipe import PUBLISHED, TUNED, train_reference
 from convmixer.arguments import OneLineParser, UsageError, run_cli
 from convmixer.count import closed_form
@@ -40,9 +48,12 @@ from convmixer.runtime import autocast_dtype, cuda_math_flags, parse_device
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data/cifar10-jpeg.tar.gz"
 # Dense bf16/fp16 tensor-core peak from the datasheets (SXM parts), matched against the CUDA device name.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
-VARIANTS = ("engine", "engine-fp16", "reference", "reference-tuned")
+VARIANTS = ("engine", "engine-compiled", "engine-fp16", "engine-2-per-device", "reference", "reference-workers",
+            "reference-tuned")  # fmt: skip
+OPT_IN = ("engine-fp16", "reference-tuned")  # run only when named in --variants
 PROG = "python -m benchmarks.train_speed"
-BASELINE = "reference"  # ratios are to the reference as published
+BASELINE = "reference"  # speed ratios are to the reference as published
+WORKERS_BASELINE = "reference-workers"  # and to it with --workers workers; accuracy is compared with it
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--train-subset", type=int, default=0, help="this many training images, stratified (0: all)")
     add("--test-subset", type=int, default=0, help="this many test images, stratified (0: all)")
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    add("--workers", type=int, default=TUNED.workers, help="DataLoader workers of reference-tuned")
+    add("--workers", type=int, default=16, help="DataLoader workers of reference-workers and reference-tuned")
     add("--batch-size", type=int, default=512)
     add("--width", type=int, default=256)
     add("--depth", type=int, default=8)
@@ -69,11 +80,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--reprob", type=float, default=0.0)
     add("--clip-norm", type=float, default=0.0, help="0: off, as in the README command (its --clip-norm is 1.0)")
     add("--precision", choices=PRECISIONS, default="auto", help="the engine's; auto: bf16 on CUDA, fp32 on CPU")
-    add("--compile", action="store_true", help="torch.compile the engine's model")
     add("--seed", type=int, default=0, help="the first seed")
     add("--seeds", type=int, default=1, help="run every variant with this many seeds (--seed, --seed + 1, ...)")
-    add("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} "
-        "(engine-fp16 only on CUDA; default: all that run on the device)")  # fmt: skip
+    add("--compiled-seeds", type=int, default=2, help="seeds of engine-compiled (the first compiles cold, the "
+        "later ones show the warm cache)")  # fmt: skip
+    add("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default: all but {', '.join(OPT_IN)}, "
+        "that run on the device and with the seeds given)")  # fmt: skip
+    add("--reference-epochs", type=int, default=0, help="time the references over this many epochs and "
+        "extrapolate their total (0: train them for all epochs, which also gives their accuracy)")  # fmt: skip
+    add("--bare-steps", type=int, default=50, help="timed steps of the bare training step")
+    add("--copy-mb", type=int, default=1024, help="size of the copy that measures the device's copy rate")
     add("--peak-tflops", type=float, default=None, help="device peak for MFU (default: datasheet table)")
     add("--out", type=Path, default=None, help="write results to this .json and a .md beside it")
     return parser.parse_args(argv)
@@ -82,10 +98,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg = RunConfig(
         dim=args.width, depth=args.depth, kernel_size=args.kernel_size, patch_size=args.patch_size,
-        dataset="imagefolder", data_root=args.data, train_subset=args.train_subset, test_subset=args.test_subset,
-        scale=args.scale, randaug_n=args.ra_n, randaug_m=args.ra_m, jitter=args.jitter, reprob=args.reprob,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.wd, schedule="onecycle",
-        clip_norm=args.clip_norm, precision=args.precision, compile=args.compile, seed=args.seed,
+        dataset="imagefolder", data_root=str(Path(args.data).resolve()), train_subset=args.train_subset,
+        test_subset=args.test_subset, scale=args.scale, randaug_n=args.ra_n, randaug_m=args.ra_m, jitter=args.jitter,
+        reprob=args.reprob, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.wd,
+        schedule="onecycle", clip_norm=args.clip_norm, precision=args.precision, seed=args.seed,
     )  # fmt: skip
     cfg.validate()
     return cfg
@@ -116,62 +132,108 @@ def peak_tflops(device: torch.device, given: float | None) -> float | None:
     return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
 
 
-def variants_to_run(text: str | None, device: torch.device) -> list[str]:
-    """--variants as a list; by default every variant that runs on the device (engine-fp16 needs CUDA)."""
+def variants_to_run(text: str | None, device: torch.device, seeds: int) -> list[str]:
+    """--variants as a list; by default every variant but the opt-in ones that runs on the device and the seeds."""
+    runnable = {"engine-fp16": device.type == "cuda", "engine-2-per-device": seeds >= 2}
     if text is None:
-        return [name for name in VARIANTS if name != "engine-fp16" or device.type == "cuda"]
+        return [name for name in VARIANTS if name not in OPT_IN and runnable.get(name, True)]
     names = [name.strip() for name in text.split(",")]
     for name in names:
         if name not in VARIANTS or names.count(name) > 1:
             raise ValueError(f"--variants {text!r} is not accepted: expected distinct names of {', '.join(VARIANTS)}")
-    if "engine-fp16" in names and device.type != "cuda":
+    if "engine-fp16" in names and not runnable["engine-fp16"]:
         raise ValueError(f"--variants {text!r} is not accepted: engine-fp16 needs CUDA; this device is {device.type}")
+    if "engine-2-per-device" in names and not runnable["engine-2-per-device"]:
+        raise ValueError(f"--variants {text!r} is not accepted: engine-2-per-device needs --seeds 2 or more")
     return names
 
 
-def train_variant(name: str, cfg: RunConfig, splits: tuple[Split, Split], device: torch.device, workers: int):
-    """One variant's per-epoch history for cfg (its seed included)."""
-    if name.startswith("engine"):
-        history: list[dict] = []
-        precision = "fp16" if name == "engine-fp16" else cfg.precision
-        train_run(dataclasses.replace(cfg, precision=precision), None, device=device, on_epoch=history.append)
-        return history
-    variant = PUBLISHED if name == "reference" else dataclasses.replace(TUNED, workers=workers)
+def engine_config(name: str, cfg: RunConfig) -> RunConfig:
+    overrides = {"engine-compiled": {"compile": True}, "engine-fp16": {"precision": "fp16"}}.get(name, {})
+    return dataclasses.replace(cfg, **overrides)
+
+
+def run_engine(name: str, cfg: RunConfig, seeds: list[int], device: torch.device, work: Path) -> list[dict]:
+    """The engine variant's runs, one per seed: {"history", "metrics", "process_s"} (process_s: the seed's own
+    process, start to exit; for engine-2-per-device the one sweep process that ran all seeds side by side)."""
+    env = measure.product_env(work / "inductor")
+    if name == "engine-2-per-device":
+        runs, wall = measure.product_runs(cfg, seeds, device, 2, work, env)
+        return [{**run, "process_s": wall} for run in runs]
+    results = []
+    for seed in seeds:
+        (run,), wall = measure.product_runs(engine_config(name, cfg), [seed], device, 1, work, env)
+        results.append({**run, "process_s": wall})
+    return results
+
+
+def run_reference(name: str, cfg: RunConfig, splits: tuple[Split, Split], device: torch.device,
+                  args: argparse.Namespace) -> dict:  # fmt: skip
+    variant = {"reference": PUBLISHED, "reference-workers": dataclasses.replace(PUBLISHED, workers=args.workers),
+               "reference-tuned": dataclasses.replace(TUNED, workers=args.workers)}[name]  # fmt: skip
     with cuda_math_flags(benchmark=False, tf32=True):  # the original leaves cuDNN's autotuner off (torch's default)
-        return train_reference(cfg, *splits, device, variant)
+        history = train_reference(cfg, *splits, device, variant, stop_after=args.reference_epochs or None)
+    return {"history": history, "metrics": None, "process_s": None}
 
 
 def images_per_s(records: list[dict]) -> float:
     return sum(r["train_time_s"] * r["train_images_per_s"] for r in records) / sum(r["train_time_s"] for r in records)
 
 
-def summarise(runs: list[list[dict]], train_flops_per_image: float, peak: float | None) -> dict:
+def total_time(history: list[dict], epochs: int) -> float:
+    """The time of all `epochs` epochs (train + test): measured, or, for a run stopped early, its first epoch plus
+    the median of its later ones for each epoch it did not run."""
+    times = [r["epoch_time_s"] for r in history]
+    if len(times) >= epochs:
+        return sum(times)
+    return times[0] + (epochs - 1) * statistics.median(times[1:] or times)
+
+
+def summarise(runs: list[dict], epochs: int, train_flops_per_image: float, peak: float | None) -> dict:
     """One variant over its seeds: times and rates averaged, "steady" over the epochs after the first (warm-up,
-    compilation), accuracies listed per seed."""
-    steady_rate = statistics.mean(images_per_s(history[1:] or history) for history in runs)
+    compilation), accuracies listed per seed (only for runs that trained every epoch)."""
+    histories = [run["history"] for run in runs]
+    steady_rate = statistics.mean(images_per_s(history[1:] or history) for history in histories)
+    complete = all(len(history) >= epochs for history in histories)
+    processes = [run["process_s"] for run in runs if run["process_s"] is not None]
     return {
         "seeds": len(runs),
-        "epochs": len(runs[0]),
-        "total_epoch_time_s": statistics.mean(sum(r["epoch_time_s"] for r in history) for history in runs),
-        "median_epoch_time_s": statistics.median(r["epoch_time_s"] for history in runs for r in history),
-        "train_images_per_s": statistics.mean(images_per_s(history) for history in runs),
+        "epochs": epochs,
+        "epochs_run": len(histories[0]),
+        "total_epoch_time_s": statistics.mean(total_time(history, epochs) for history in histories),
+        "extrapolated": not complete,
+        "first_epoch_time_s": statistics.mean(history[0]["epoch_time_s"] for history in histories),
+        "first_epoch_time_per_seed_s": [history[0]["epoch_time_s"] for history in histories],
+        "steady_epoch_time_s": statistics.median(r["epoch_time_s"] for h in histories for r in (h[1:] or h)),
+        "process_time_s": statistics.mean(processes) if processes else None,
+        "process_time_per_seed_s": processes or None,
+        "train_images_per_s": statistics.mean(images_per_s(history) for history in histories),
         "steady_train_images_per_s": steady_rate,
-        "final_test_acc": [history[-1]["test_acc"] for history in runs],
-        "best_test_acc": [max(r["test_acc"] for r in history) for history in runs],
+        "final_test_acc": [history[-1]["test_acc"] for history in histories] if complete else None,
+        "best_test_acc": [max(r["test_acc"] for r in history) for history in histories] if complete else None,
         "mfu": steady_rate * train_flops_per_image / (peak * 1e12) if peak else None,
     }
 
 
-def accuracy(values: list[float]) -> str:
+def accuracy(values: list[float] | None) -> str:
+    if values is None:
+        return "n/a (not every epoch ran)"
     if len(values) == 1:
         return f"{values[0]:.4f} (one seed)"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} ({len(values)} seeds)"
 
 
+def seconds(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 ROWS: tuple[tuple[str, str, Callable], ...] = (  # (label, summary key, format)
-    ("epochs", "epochs", str),
-    ("time for all epochs, s (train + test)", "total_epoch_time_s", "{:.1f}".format),
-    ("median epoch time, s", "median_epoch_time_s", "{:.2f}".format),
+    ("epochs run (of the recipe's)", "epochs_run", str),
+    ("time for all epochs, s (train + test)", "total_epoch_time_s", seconds),
+    ("  extrapolated from the epochs run", "extrapolated", lambda v: "yes" if v else "no"),
+    ("process start to exit, s (mean over seeds)", "process_time_s", seconds),
+    ("epoch 1, s", "first_epoch_time_s", lambda v: seconds(v, 2)),
+    ("steady epoch (median after epoch 1), s", "steady_epoch_time_s", lambda v: seconds(v, 2)),
     ("train images/s, all epochs", "train_images_per_s", "{:.0f}".format),
     ("train images/s, after epoch 1", "steady_train_images_per_s", "{:.0f}".format),
     ("test acc after the last epoch", "final_test_acc", accuracy),
@@ -186,9 +248,9 @@ def markdown_table(summaries: dict[str, dict]) -> str:
     for label, key, fmt in ROWS:
         lines.append("| " + " | ".join([label, *(fmt(summaries[name][key]) for name in names)]) + " |")
     if BASELINE in summaries:
-        base = summaries[BASELINE]["steady_train_images_per_s"]
-        ratios = [f"{summaries[name]['steady_train_images_per_s'] / base:.2f}x" for name in names]
-        lines.append("| " + " | ".join([f"speed after epoch 1 / {BASELINE}", *ratios]) + " |")
+        base = summaries[BASELINE]["total_epoch_time_s"]
+        ratios = [f"{base / summaries[name]['total_epoch_time_s']:.2f}x" for name in names]
+        lines.append("| " + " | ".join([f"speed-up on all epochs' time / {BASELINE}", *ratios]) + " |")
     return "\n".join(lines)
 
 
@@ -209,6 +271,97 @@ def epoch_table(histories: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def bare_and_bandwidth(cfg: RunConfig, splits: tuple[Split, Split], device: torch.device, variants: list[str],
+                       args: argparse.Namespace, work: Path) -> dict:  # fmt: skip
+    """The bare step in each mode the engine variants call for, and the achieved memory bandwidth of the eager
+    step against the device's copy rate."""
+    modes = ["eager"] + (["compiled"] if "engine-compiled" in variants else [])
+    modes += ["cudagraphs"] if "engine-compiled" in variants and device.type == "cuda" else []
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor")  # warm from the engine-compiled runs
+    classes, size, train_images = len(splits[0].classes), splits[0].images.shape[-1], len(splits[0].labels)
+    bare = {}
+    for mode in modes:
+        step = measure.bare_step(cfg, size, classes, device, mode, args.bare_steps)
+        bare[mode] = {**step, "epoch_time_s": train_images / step["images_per_s"]}
+    step_bytes = measure.step_bytes(cfg, size, classes, device)
+    copy = measure.copy_rate(device, args.copy_mb)
+    achieved = step_bytes * bare["eager"]["images_per_s"] / cfg.batch_size
+    return {"bare": bare, "step_bytes": step_bytes, "copy_bytes_per_s": copy, "achieved_bytes_per_s": achieved}
+
+
+def full_recipe(cfg: RunConfig, train_images: int) -> bool:
+    """Whether cfg is the run the issue's targets are set for: 25 epochs of ConvMixer-256/8 k5 p2, batch 512,
+    on all 50,000 training images."""
+    recipe = (cfg.epochs, cfg.dim, cfg.depth, cfg.kernel_size, cfg.patch_size, cfg.batch_size, train_images)
+    return recipe == (25, 256, 8, 5, 2, 512, 50_000)
+
+
+def target(label: str, value: float | None, fmt: str, goal: Callable[[float], bool] | None) -> dict:
+    measured = "n/a (not measured in this run)" if value is None else fmt.format(value)
+    return {"target": label, "measured": measured, "value": value,
+            "met": None if value is None or goal is None else bool(goal(value))}  # fmt: skip
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return None if numerator is None or not denominator else numerator / denominator
+
+
+def targets(summaries: dict[str, dict], extra: dict) -> list[dict]:
+    """Issue 17's targets, each from numbers measured in this run (n/a where a variant did not run)."""
+    get = lambda name, key: summaries[name][key] if name in summaries else None  # noqa: E731
+    engine_total, bare = get("engine", "total_epoch_time_s"), extra.get("bare", {})
+    accuracies = [get(name, "final_test_acc") for name in ("engine", WORKERS_BASELINE)]
+    gap = None
+    if all(accuracies) and min(len(values) for values in accuracies) >= 2:
+        gap = abs(statistics.mean(accuracies[0]) - statistics.mean(accuracies[1]))
+    warm = get("engine-compiled", "first_epoch_time_per_seed_s")
+    compiled_steady = get("engine-compiled", "steady_epoch_time_s")
+    warm_overhead = statistics.mean(warm[1:]) - compiled_steady if warm and len(warm) >= 2 else None
+    side_by_side = None
+    if "engine-2-per-device" in summaries and get("engine", "process_time_per_seed_s"):
+        side_by_side = sum(get("engine", "process_time_per_seed_s")) / get("engine-2-per-device", "process_time_s")
+    return [
+        target("engine: process start to exit <= 30 s", get("engine", "process_time_s"), "{:.1f} s", lambda v: v <= 30),
+        target(f"speed-up over {BASELINE} (all epochs' time) >= 8x", ratio(get(BASELINE, "total_epoch_time_s"),
+               engine_total), "{:.2f}x", lambda v: v >= 8),
+        target(f"speed-up over {WORKERS_BASELINE} >= 2.5x", ratio(get(WORKERS_BASELINE, "total_epoch_time_s"),
+               engine_total), "{:.2f}x", lambda v: v >= 2.5),
+        target(f"test acc within 0.5 points of {WORKERS_BASELINE} over >= 2 seeds", gap, "{:.4f}",
+               lambda v: v <= 0.005),
+        target("steady epoch >= 95 % of the bare step, eager", ratio(bare.get("eager", {}).get("epoch_time_s"),
+               get("engine", "steady_epoch_time_s")), "{:.1%}", lambda v: v >= 0.95),
+        target("steady epoch >= 95 % of the bare step, compiled", ratio(bare.get("compiled", {}).get("epoch_time_s"),
+               compiled_steady), "{:.1%}", lambda v: v >= 0.95),
+        target("compile with a warm cache: epoch 1 - steady epoch <= 5 s", warm_overhead, "{:.1f} s", lambda v: v <= 5),
+        target("compiled run / eager run, process time (< 1: compile wins)", ratio(
+               get("engine-compiled", "process_time_s"), get("engine", "process_time_s")), "{:.2f}", lambda v: v < 1),
+        target("2 runs per device: throughput / 1 per device (> 1: 2 win)", side_by_side, "{:.2f}", lambda v: v > 1),
+        target("achieved memory bandwidth / copy rate (eager bare step)", ratio(extra.get("achieved_bytes_per_s"),
+               extra.get("copy_bytes_per_s")), "{:.1%}", None),
+    ]  # fmt: skip
+
+
+def targets_table(rows: list[dict], recipe: bool) -> str:
+    note = "" if recipe else " (this run is not the targets' recipe: 25 epochs of ConvMixer-256/8 k5 p2 on 50,000)"
+    lines = [f"Targets of issue 17{note}", "", "| target | measured | met |", "|---|---|---|"]
+    for row in rows:
+        met = {True: "yes", False: "NO", None: "-"}[row["met"]]
+        lines.append(f"| {row['target']} | {row['measured']} | {met} |")
+    return "\n".join(lines)
+
+
+def extra_lines(extra: dict) -> list[str]:
+    bare = "; ".join(f"{mode} {step['images_per_s']:.0f} img/s ({step['epoch_time_s']:.2f} s per epoch's images)"
+                     for mode, step in extra["bare"].items())  # fmt: skip
+    return [
+        f"bare training step ({next(iter(extra['bare'].values()))['steps']} steps, random images on the device): "
+        f"{bare}",
+        f"memory: one eager step moves {extra['step_bytes'] / 1e9:.2f} GB at op level (inputs + outputs of every "
+        f"non-view aten op) -> {extra['achieved_bytes_per_s'] / 1e9:.1f} GB/s achieved; device copy rate (read + "
+        f"write) {extra['copy_bytes_per_s'] / 1e9:.1f} GB/s",
+    ]
+
+
 def describe(cfg: RunConfig, device: torch.device, args: argparse.Namespace, peak: float | None) -> list[str]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     engine_precision = autocast_dtype(cfg.precision, device) or "fp32"
@@ -217,38 +370,67 @@ def describe(cfg: RunConfig, device: torch.device, args: argparse.Namespace, pea
     return [
         f"{cfg.model_name} k{cfg.kernel_size} p{cfg.patch_size} on {data}",
         f"device {name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
-        f"engine: precision {engine_precision}, channels_last {cfg.channels_last}, compile {cfg.compile}, fused AdamW "
-        f"on CUDA, cuDNN autotuner on; engine-fp16: the same at fp16 + GradScaler",
-        f"reference: {reference_precision}, {PUBLISHED.workers} workers, NCHW, AdamW (foreach); reference-tuned: "
-        f"{args.workers} workers, channels_last, fused AdamW on CUDA; both with cuDNN's autotuner off (as published)",
+        f"engine: `python -m ablations.run` per seed, precision {engine_precision}, channels_last "
+        f"{cfg.channels_last}, fused AdamW on CUDA, cuDNN autotuner on; compiled: compile=true with a fresh Inductor "
+        "cache (seed 1 cold, later seeds warm); engine-fp16: fp16 + GradScaler; on a CPU each product run has one "
+        "thread (the sweep's rule) and the references all threads",
+        f"reference: {reference_precision}, {PUBLISHED.workers} workers, NCHW, AdamW (foreach); reference-workers: "
+        f"the same with {args.workers} workers; reference-tuned: {args.workers} workers, channels_last, fused AdamW "
+        "on CUDA; all with cuDNN's autotuner off (as published)",
         f"recipe: batch {cfg.batch_size}, onecycle lr {cfg.lr}, wd {cfg.weight_decay}, RandAugment n{cfg.randaug_n} "
         f"m{cfg.randaug_m}, scale {cfg.scale}, jitter {cfg.jitter}, reprob {cfg.reprob}, clip {cfg.clip_norm or 'off'}",
         f"MFU: 3 x forward FLOPs x images/s / {f'{peak} TFLOP/s peak' if peak else 'peak (n/a: unknown device)'}",
-        "variants run one after another in this order, each seed in turn; normalisation constants and augmentation "
-        "maths differ (engine: batched float ops on the device; reference: PIL on uint8)",
+        "variants run one after another in this order, each seed in turn; speed-ups compare all epochs' time "
+        "(train + test); normalisation constants and augmentation maths differ (engine: batched float ops on the "
+        "device; reference: PIL on uint8)",
     ]
+
+
+def check_args(args: argparse.Namespace) -> tuple[RunConfig, torch.device, list[str]]:
+    """The config, device and variants of the command line, or ValueError naming the bad value."""
+    cfg = config_from_args(args)
+    device = parse_device(args.device)
+    autocast_dtype(cfg.precision, device)
+    checks = (
+        ("--workers", args.workers, 0), ("--seeds", args.seeds, 1), ("--compiled-seeds", args.compiled_seeds, 1),
+        ("--reference-epochs", args.reference_epochs, 0), ("--bare-steps", args.bare_steps, 1),
+        ("--copy-mb", args.copy_mb, 1),
+    )  # fmt: skip
+    for flag, value, least in checks:
+        if value < least:
+            raise ValueError(f"{flag} {value} is not accepted: expected an integer >= {least}")
+    variants = variants_to_run(args.variants, device, args.seeds)
+    if not Path(cfg.data_root).exists():
+        raise ValueError(f"--data {args.data!r} is not accepted: it does not exist")
+    if args.peak_tflops is not None and not (math.isfinite(args.peak_tflops) and args.peak_tflops > 0):
+        raise ValueError(f"--peak-tflops {args.peak_tflops} is not accepted: expected a number > 0")
+    check_out(args.out)
+    return cfg, device, variants
+
+
+def run_variants(cfg: RunConfig, splits: tuple[Split, Split], device: torch.device, variants: list[str],
+                 args: argparse.Namespace, work: Path) -> dict[str, list[dict]]:  # fmt: skip
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    runs = {}
+    for name in variants:
+        if name == "engine-compiled":
+            runs[name] = run_engine(name, cfg, list(range(args.seed, args.seed + args.compiled_seeds)), device, work)
+        elif name.startswith("engine"):
+            runs[name] = run_engine(name, cfg, seeds, device, work)
+        else:
+            runs[name] = [run_reference(name, dataclasses.replace(cfg, seed=s), splits, device, args) for s in seeds]
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = config_from_args(args)
-        device = parse_device(args.device)
-        autocast_dtype(cfg.precision, device)
-        variants = variants_to_run(args.variants, device)
-        for flag, value, least in (("--workers", args.workers, 0), ("--seeds", args.seeds, 1)):
-            if value < least:
-                raise ValueError(f"{flag} {value} is not accepted: expected an integer >= {least}")
-        if not Path(cfg.data_root).exists():
-            raise ValueError(f"--data {cfg.data_root!r} is not accepted: it does not exist")
-        if args.peak_tflops is not None and not (math.isfinite(args.peak_tflops) and args.peak_tflops > 0):
-            raise ValueError(f"--peak-tflops {args.peak_tflops} is not accepted: expected a number > 0")
-        check_out(args.out)
+        cfg, device, variants = check_args(args)
     except ValueError as error:  # ConfigError is a ValueError
         raise UsageError(str(error)) from None
 
     peak = peak_tflops(device, args.peak_tflops)
-    loaded = load_splits(cfg, resident_bytes=sys.maxsize)  # every variant trains from the same tensors
+    loaded = load_splits(cfg, resident_bytes=sys.maxsize)  # every variant trains from the same images
     cfg.check_image_size(loaded.image_size, f" in --data {cfg.data_root!r}")
     splits = loaded.train, loaded.test
     counts = closed_form(cfg.model_config(len(splits[0].classes), 3), splits[0].images.shape[-1])
@@ -257,20 +439,22 @@ def main(argv: list[str] | None = None) -> int:
                   f"{counts.params / 1e6:.3f} M params, {counts.flops / 1e9:.3f} GFLOPs forward per image")  # fmt: skip
     print("\n".join(header), flush=True)
 
-    seeds = range(args.seed, args.seed + args.seeds)
-    histories = {
-        name: [train_variant(name, dataclasses.replace(cfg, seed=seed), splits, device, args.workers) for seed in seeds]
-        for name in variants
-    }
-    summaries = {name: summarise(runs, 3 * counts.flops, peak) for name, runs in histories.items()}
-    first_seed = {name: runs[0] for name, runs in histories.items()}
-    report = "\n".join(["", "\n".join(header), "", epoch_table(first_seed), "", markdown_table(summaries), ""])
+    with tempfile.TemporaryDirectory(prefix="train-speed-") as folder:
+        runs = run_variants(cfg, splits, device, variants, args, Path(folder))
+        extra = bare_and_bandwidth(cfg, splits, device, variants, args, Path(folder))
+    summaries = {name: summarise(seeds, cfg.epochs, 3 * counts.flops, peak) for name, seeds in runs.items()}
+    goals = targets(summaries, extra)
+    first_seed = {name: seeds[0]["history"] for name, seeds in runs.items()}
+    report = "\n".join(["", "\n".join(header + extra_lines(extra)), "", epoch_table(first_seed), "",
+                        markdown_table(summaries), "", targets_table(goals, full_recipe(cfg, len(splits[0].labels))),
+                        ""])  # fmt: skip
     print(report)
     if args.out is not None:
         command = "python " + shlex.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
         atomic.write_json(args.out, {
-            "command": command, "header": header, "config": cfg.to_dict(), "seeds": list(seeds),
-            "counts": counts.to_dict(), "peak_tflops": peak, "histories": histories, "summaries": summaries,
+            "command": command, "header": header, "config": cfg.to_dict(), "seeds": args.seeds,
+            "counts": counts.to_dict(), "peak_tflops": peak, "runs": runs, "summaries": summaries, **extra,
+            "targets": goals,
         })  # fmt: skip
         atomic.write_text(args.out.with_suffix(".md"), f"`{command}`\n{report}")
         print(f"wrote {args.out} and {args.out.with_suffix('.md')}")

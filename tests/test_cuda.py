@@ -3,9 +3,11 @@ kernel after a CPU checkpoint, and torch.compile with Inductor. Marked `cuda`; s
 python -m benchmarks.gpu_check runs them (pytest -m cuda) with the rest of the GPU check."""
 
 import contextlib
+import inspect
 import io
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from ablations.data.loaders import build_data
 from ablations.engine import train
 from ablations.engine.train import Trainer, train_run
 from ablations.run import cli
+from benchmarks import gpu_check, measure
 
 pytestmark = [
     pytest.mark.cuda,
@@ -46,6 +49,42 @@ def test_a_training_epoch_never_syncs_with_the_host(precision):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()
+
+
+def test_an_epoch_and_its_evaluation_sync_only_to_time_and_read_their_sums_back():
+    """Unproven until run on a GPU: the whole train_epoch and evaluate, bookkeeping included, under the "warn" debug
+    mode; the only syncs allowed are the timing synchronize and epoch_totals' one read-back."""
+    cfg = RunConfig(**TINY, randaug_n=2, randaug_m=12)
+    data = build_data(cfg, CUDA)
+    trainer = Trainer(cfg, cfg.model_config(data.num_classes).build(), CUDA, torch.bfloat16)
+    trainer.train_epoch(data.train, 0, progress=False)
+    trainer.evaluate(data.test)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer.train_epoch(data.train, 1, progress=False)
+            trainer.evaluate(data.test)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    read_back = inspect.getsourcelines(train.epoch_totals)
+    allowed_lines = range(read_back[1], read_back[1] + len(read_back[0]))
+    sites = gpu_check.sync_sites(caught)
+    unexpected = {site: n for site, n in sites.items() if not (site.startswith("convmixer/runtime.py") or (
+        site.startswith("ablations/engine/train.py:") and int(site.rsplit(":", 1)[1]) in allowed_lines))}  # fmt: skip
+    assert unexpected == {} and sites, sites
+
+
+def test_the_bare_step_under_cuda_graphs_trains_like_the_eager_one():
+    """Unproven until run on a GPU: torch.compile's reduce-overhead mode (CUDA graphs), as the benchmark runs it."""
+    cfg = RunConfig(**{**TINY, "precision": "fp32", "tf32": False})
+    losses = {}
+    for mode in ("eager", "cudagraphs"):
+        torch.manual_seed(0)
+        trainer = measure.bare_trainer(cfg, 10, CUDA, mode)
+        images, targets = measure.random_batch(cfg, 32, 10, CUDA)
+        losses[mode] = torch.stack([trainer.train_step(images, targets, 1e-3)[0] for _ in range(5)]).cpu()
+    torch.testing.assert_close(losses["cudagraphs"], losses["eager"], rtol=1e-3, atol=1e-3)
 
 
 def test_batches_replay_exactly_on_the_gpu():

@@ -1,7 +1,10 @@
 """benchmarks.gpu_check end to end on the CPU with tiny settings, so the GPU check cannot rot without a GPU."""
 
 import json
+import os
 import re
+import subprocess
+import warnings
 
 import pytest
 
@@ -33,3 +36,39 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
         assert gpu_check.cli(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"{gpu_check.PROG}: error: ") and message in err and err.count("\n") == 1
+
+
+def test_the_sync_audit_counts_syncs_and_not_the_prototype_warning():
+    def warned(message: str, line: int) -> warnings.WarningMessage:
+        return warnings.WarningMessage(UserWarning(message), UserWarning, str(gpu_check.REPO / "a.py"), line)
+
+    caught = [
+        warned("Synchronization debug mode is a prototype feature and does not yet detect all synchronizing "
+               "operations", 1),
+        warned("called a synchronizing CUDA operation", 7),
+        warned("called a synchronizing CUDA operation", 7),
+    ]  # fmt: skip
+    assert gpu_check.sync_sites(caught) == {"a.py:7": 2}
+
+
+@pytest.mark.slow
+def test_the_gpu_session_script_runs_its_cpu_path_and_leaves_at_most_8_files(cifar10_jpeg, repo_root, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "DATA": str(cifar10_jpeg), "CONVMIXER_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(["bash", "benchmarks/gpu_session.sh", "--tiny"], cwd=repo_root, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    summary = (out / "session.txt").read_text()
+    assert done.returncode == 0, summary
+    assert re.search(r"^cuda-tests +exit 0 ", summary, re.M) and re.search(r"^train-speed +exit 0 ", summary, re.M)
+    assert {path.name for path in out.iterdir()} == {"session.txt", "train_speed.json", "train_speed.md", "logs.tar.gz"}
+    assert "Targets of issue 17" in (out / "train_speed.md").read_text()
+
+
+def test_the_gpu_session_script_refuses_a_bad_part_or_missing_data(repo_root, tmp_path):
+    for args, env, message in (
+        (["fast"], {}, "argument 'fast' is not accepted"),
+        ([], {"DATA": str(tmp_path / "nowhere")}, "it does not exist"),
+    ):
+        done = subprocess.run(["bash", "benchmarks/gpu_session.sh", *args], cwd=repo_root, capture_output=True,
+                              text=True, env={**os.environ, "OUT": str(tmp_path / "out"), **env})  # fmt: skip
+        assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1

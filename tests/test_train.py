@@ -10,7 +10,7 @@ import ablations.engine.train as train
 from ablations.config import ConfigError, RunConfig
 from ablations.engine.schedule import learning_rate
 from ablations.engine.train import train_run
-from benchmarks import train_speed
+from benchmarks import measure, train_speed
 
 TIMING_KEYS = {"epoch_time_s", "train_time_s", "train_images_per_s", "peak_memory_mb", "wall_time_s", "finished_at"}
 
@@ -269,7 +269,9 @@ def test_the_tf32_key_keeps_run_ids():
         (["--out", "{tmp}/speed.md"], "expected a .json path (the .md goes beside it)"),  # the .md replaced the JSON
         (["--out", "{tmp}/file/speed.json"], "is not accepted: cannot create its folder"),
         (["--variants", "engine-fp16"], "engine-fp16 needs CUDA; this device is cpu"),  # fp16 is CUDA-only
-        (["--variants", "engine,engine"], "expected distinct names of engine, engine-fp16, reference"),
+        (["--variants", "engine,engine"], "expected distinct names of engine, engine-compiled, engine-fp16"),
+        (["--variants", "engine-2-per-device"], "engine-2-per-device needs --seeds 2 or more"),
+        (["--reference-epochs", "-1"], "--reference-epochs -1 is not accepted: expected an integer >= 0"),
         (["--seeds", "0"], "--seeds 0 is not accepted: expected an integer >= 1"),
     ],
 )
@@ -283,15 +285,63 @@ def test_train_speed_refuses_bad_options_before_training(tmp_path, capsys, args,
     assert [path.name for path in tmp_path.iterdir()] == ["file"]
 
 
+TINY_SPEED = ["--device", "cpu", "--epochs", "2", "--train-subset", "100", "--test-subset", "50", "--width", "8",
+              "--depth", "1", "--batch-size", "50", "--workers", "0", "--bare-steps", "2",
+              "--copy-mb", "8"]  # fmt: skip
+
+
 @pytest.mark.slow
-def test_train_speed_compares_variants_over_seeds(cifar10_jpeg, tmp_path, capsys):
+def test_train_speed_measures_every_target_against_baselines_of_the_same_run(cifar10_jpeg, tmp_path):
     out = tmp_path / "speed.json"
-    argv = ["--data", str(cifar10_jpeg), "--device", "cpu", "--epochs", "1", "--train-subset", "100",
-            "--test-subset", "50", "--width", "8", "--depth", "1", "--batch-size", "50", "--workers", "0",
-            "--seeds", "2", "--variants", "engine,reference-tuned,reference", "--out", str(out)]  # fmt: skip
+    variants = "engine,engine-2-per-device,reference,reference-workers"
+    argv = ["--data", str(cifar10_jpeg), *TINY_SPEED, "--seeds", "2", "--variants", variants, "--out", str(out)]
     assert train_speed.main(argv) == 0
     result = read_json(out)
-    assert set(result["summaries"]) == {"engine", "reference-tuned", "reference"} and result["seeds"] == [0, 1]
-    assert all(len(runs) == 2 and len(runs[0]) == 1 for runs in result["histories"].values())
+    summaries, goals = result["summaries"], {row["target"]: row for row in result["targets"]}
+    assert list(summaries) == variants.split(",") and all(len(runs) == 2 for runs in result["runs"].values())
+    engine = summaries["engine"]
+    assert engine["process_time_s"] > engine["total_epoch_time_s"] > 0 and len(engine["final_test_acc"]) == 2
+    assert summaries["reference"]["extrapolated"] is False and summaries["reference"]["process_time_s"] is None
+    measured = [row for row in goals.values() if row["value"] is not None]
+    not_run = {
+        "compiled" in row["target"] or "compile " in row["target"] for row in goals.values() if row["value"] is None
+    }
+    assert len(goals) == 10 and len(measured) == 7 and not_run == {True}  # only the compiled engine did not run
+    speedup = goals["speed-up over reference (all epochs' time) >= 8x"]["value"]
+    assert speedup == pytest.approx(summaries["reference"]["total_epoch_time_s"] / engine["total_epoch_time_s"])
+    assert result["bare"]["eager"]["images_per_s"] > 0 and result["step_bytes"] > 0 and result["copy_bytes_per_s"] > 0
     table = out.with_suffix(".md").read_text()
-    assert "(2 seeds)" in table and "| speed after epoch 1 / reference |" in table and "| 1.00x |" in table
+    assert "(2 seeds)" in table and "| speed-up on all epochs' time / reference |" in table and "| 1.00x |" in table
+    assert "Targets of issue 17 (this run is not the targets' recipe" in table
+
+
+def test_a_reference_timed_over_fewer_epochs_is_extrapolated_and_has_no_accuracy():
+    history = [{"epoch_time_s": t, "train_time_s": t, "train_images_per_s": 10.0, "test_acc": 0.5} for t in (9, 2, 4)]
+    assert train_speed.total_time(history, 3) == 15
+    assert train_speed.total_time(history, 25) == 9 + 24 * 3  # epoch 1, then the median of the later ones
+    summary = train_speed.summarise([{"history": history, "process_s": None}], 25, 1.0, None)
+    assert summary["extrapolated"] and summary["final_test_acc"] is None and summary["total_epoch_time_s"] == 81
+    assert "n/a" in train_speed.accuracy(summary["final_test_acc"])
+
+
+def test_the_bare_step_runs_compiled_and_counts_the_bytes_of_a_step(monkeypatch):
+    monkeypatch.setattr(train, "COMPILE_BACKEND", "eager")  # graph capture without a C++ build
+    cfg = tiny(batch_size=8)
+    cpu = torch.device("cpu")
+    for mode in ("eager", "compiled", "cudagraphs"):  # the eager backend ignores reduce-overhead: the code path runs
+        step = measure.bare_step(cfg, 32, 10, cpu, mode, steps=2)
+        assert step["mode"] == mode and step["images_per_s"] > 0
+    # at least the images read by the first convolution and the weights AdamW updates, read and written
+    assert measure.step_bytes(cfg, 32, 10, cpu) > 8 * 3 * 32 * 32 * 4 + 2 * 4 * sum(
+        p.numel() for p in cfg.model_config(10).build().parameters()
+    )
+
+
+def test_compiled_runs_keep_inductors_cache_with_the_toolkits_unless_told_otherwise(monkeypatch, tmp_path):
+    monkeypatch.setenv("CONVMIXER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert train.persistent_compile_caches() == tmp_path / "cache" / train.COMPILE_CACHE
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", train.default_cache_dir())  # what importing torch's compiler sets
+    assert train.persistent_compile_caches() == tmp_path / "cache" / train.COMPILE_CACHE
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert train.persistent_compile_caches() == tmp_path / "mine"

@@ -9,6 +9,7 @@ draw comes from (seed, epoch), so a resumed run replays exactly what an uninterr
 
 import datetime
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -17,11 +18,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 from tqdm import tqdm
 
 from ablations import atomic
 from ablations.config import ConfigError, RunConfig
 from ablations.data.loaders import Data, TestLoader, TrainLoader, build_data
+from ablations.data.sources import cache_dir
 from ablations.engine.schedule import learning_rate
 from ablations.store import CHECKPOINT, HISTORY, METRICS
 from convmixer.count import closed_form
@@ -37,6 +40,7 @@ from convmixer.runtime import (
 )
 
 COMPILE_BACKEND = "inductor"  # torch.compile's; the tests use "eager" to check graph capture without a C++ build
+COMPILE_CACHE = "inductor"  # Inductor's cache folder, under the toolkit's cache folder ($CONVMIXER_CACHE)
 
 
 def run_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -50,6 +54,31 @@ def run_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def compiled_graphs() -> int:
     """Graphs torch.compile has captured in this process so far (dynamo's counter survives dynamo.reset)."""
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def persistent_compile_caches() -> Path:
+    """Keep Inductor's on-disk caches (the FX graph and AOTAutograd caches, on by default, and the kernels) under
+    the toolkit's cache folder, so that every later run compiling the same shapes, in this process, in another
+    worker of the sweep or in a later sweep, loads compiled code instead of compiling it again. Set before the
+    first compile of each process (torch reads the folder when it compiles); an explicit TORCHINDUCTOR_CACHE_DIR
+    (a benchmark's fresh folder, say) is kept. Unlike torch's default (/tmp/torchinductor_<user>), the folder
+    lives with the decoded data, so it can be carried to a fresh GPU machine with them. Returns the folder."""
+    # Importing torch's compiler already writes its default folder into the environment: replace only that.
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, os.path.abspath(default_cache_dir())):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / COMPILE_CACHE)
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
+def fused_adamw(device: torch.device) -> bool:
+    """Whether AdamW runs fused on `device`: on CUDA, one kernel for all parameters and no host sync (the
+    for-each kernel reads its step counters back to the host). The CPU keeps the for-each kernel, whose
+    numbers the committed CPU results were made with."""
+    return device.type == "cuda"
+
+
+def epoch_totals(*sums: torch.Tensor) -> list[float]:
+    """An epoch's on-device sums read back to the host in one copy: the epoch's one host sync."""
+    return torch.stack([total.float() for total in sums]).tolist()
 
 
 def seed_epoch(seed: int, epoch: int) -> None:
@@ -67,7 +96,7 @@ class Trainer:
         model.to(device=device, memory_format=self.memory_format)
         # Static shapes: a shape torch.compile has not seen is a visible recompile, never a silent dynamic graph.
         self.forward = torch.compile(model, dynamic=False, backend=COMPILE_BACKEND) if cfg.compile else model
-        self.fused = device.type == "cuda"  # one kernel for all parameters, and no host sync, on CUDA
+        self.fused = fused_adamw(device)
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=self.fused
         )
@@ -110,11 +139,11 @@ class Trainer:
             loss_sum += batch_loss
             correct += batch_correct
             seen += len(targets)
-        synchronize(self.device)
+        loss_total, correct_total = epoch_totals(loss_sum, correct)
         train_time = time.perf_counter() - start
         return {
-            "train_loss": loss_sum.item() / seen,
-            "train_acc": correct.item() / seen,
+            "train_loss": loss_total / seen,
+            "train_acc": correct_total / seen,
             "lr": lr,
             "train_time_s": train_time,
             "train_images_per_s": seen / train_time,
@@ -128,7 +157,7 @@ class Trainer:
             return images
         return torch.cat([images, images.new_zeros(missing, *images.shape[1:])])
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still tracks versions and views)
     def evaluate(self, loader: TestLoader) -> dict:
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
@@ -139,7 +168,8 @@ class Trainer:
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
-        return {"test_loss": loss_sum.item() / seen, "test_acc": correct.item() / seen}
+        loss_total, correct_total = epoch_totals(loss_sum, correct)
+        return {"test_loss": loss_total / seen, "test_acc": correct_total / seen}
 
     def state(self, epochs_done: int, history: list[dict], wall_time_s: float) -> dict:
         return {
@@ -237,6 +267,7 @@ def train_run(
     dtype = run_dtype(cfg.precision, device)  # before loading data, so a bad precision fails at once
     with cuda_math_flags(benchmark=device.type == "cuda", tf32=cfg.tf32):
         if cfg.compile:
+            persistent_compile_caches()
             torch._dynamo.reset()  # this run's graphs only: a sweep's worker never reaches dynamo's recompile limit
         graphs_before = compiled_graphs() if cfg.compile else 0
         if device.type == "cuda":

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# One call on a GPU machine, from the repository root, in under 8 minutes: the CUDA tests, the training benchmark
+# with its baselines measured in the same run, and the kernel table; at most 8 files under $OUT.
+#
+#   bash benchmarks/gpu_session.sh             # part "speed" (default): pytest -m cuda; the engine (1 seed) and the
+#                                              # engine compiled (2 seeds: cold, then warm cache), the bare step and
+#                                              # bandwidth, the references timed over 2 epochs; the kernel table
+#   bash benchmarks/gpu_session.sh accuracy    # 25 epochs x 2 seeds of the engine and the 16-worker reference
+#   bash benchmarks/gpu_session.sh jobs        # 25 epochs x 2 seeds of the engine, one after another and side by
+#                                              # side on one GPU (--jobs-per-device 1 vs 2)
+#   bash benchmarks/gpu_session.sh --tiny      # the same code on a CPU with tiny settings (the test suite)
+#
+# Carried to the machine (docs/benchmarks.md): .device-data/cifar10-jpeg.tar.gz and .whl/ (fvcore, submitit, ...).
+# Environment: OUT (default: a new temporary folder), DATA (default .device-data/cifar10-jpeg.tar.gz),
+# CONVMIXER_CACHE (default .device-data/cache: decoded splits and Inductor's cache), KERNELS_ARGS (for
+# python -m benchmarks.kernels, run when that module exists).
+# Files in $OUT: session.txt, train_speed[_accuracy|_jobs].json and .md, kernels.txt, logs.tar.gz.
+# Each step has its own time limit and the script goes on after a failure; session.txt lists every step's exit
+# code and seconds. Exit code: 0 when every step passed.
+set -u
+cd "$(dirname "$0")/.."
+PART=speed TINY=0
+for arg in "$@"; do
+    case "$arg" in
+        speed | accuracy | jobs) PART=$arg ;;
+        --tiny) TINY=1 ;;
+        *) echo "gpu_session.sh: error: argument '$arg' is not accepted: expected speed, accuracy, jobs or --tiny" >&2; exit 2 ;;
+    esac
+done
+OUT=${OUT:-$(mktemp -d)}
+DATA=${DATA:-.device-data/cifar10-jpeg.tar.gz}
+export CONVMIXER_CACHE=${CONVMIXER_CACHE:-$PWD/.device-data/cache}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ ! -e "$DATA" ]; then
+    echo "gpu_session.sh: error: DATA='$DATA' is not accepted: it does not exist (see docs/benchmarks.md)" >&2
+    exit 2
+fi
+mkdir -p "$OUT" "$CONVMIXER_CACHE"
+LOGS=$(mktemp -d)
+SUMMARY="$OUT/session.txt"
+STATUS=0
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $LOGS/NAME.txt, record the outcome
+    local name=$1 limit=$2 start code
+    shift 2
+    start=$(date +%s)
+    timeout --kill-after=10 "$limit" "$@" >"$LOGS/$name.txt" 2>&1
+    code=$?
+    [ "$code" -eq 0 ] || STATUS=1
+    printf '%-12s exit %-3s %4s s  %s\n' "$name" "$code" "$(($(date +%s) - start))" "$*" | tee -a "$SUMMARY"
+}
+
+{
+    echo "gpu_session $PART (tiny=$TINY) at $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%FT%TZ)"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
+} >"$SUMMARY" 2>&1
+
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    step wheels 120 python -m pip install -q --no-index --no-deps --target "$LOGS/site" .whl/*.whl
+    export PYTHONPATH="$PYTHONPATH:$LOGS/site"
+fi
+
+# Time limits from the H200's first run (docs/benchmarks.md): each part fits one call of under 8 minutes.
+if [ "$TINY" = 1 ]; then
+    SHAPE=(--device cpu --epochs 2 --train-subset 100 --test-subset 50 --width 8 --depth 1 --batch-size 50
+           --workers 0 --bare-steps 2 --copy-mb 8)
+    COMPILED=engine  # a cold Inductor compile takes a minute on a small CPU; the tests cover that path
+else
+    SHAPE=() COMPILED=engine,engine-compiled
+fi
+case "$PART" in
+    speed)
+        step cuda-tests 90 python -m pytest -q -m cuda -p no:cacheprovider -rfEs tests/test_cuda.py
+        step train-speed 320 python -m benchmarks.train_speed --data "$DATA" "${SHAPE[@]}" --seeds 1 \
+            --compiled-seeds 2 --variants "$COMPILED,reference,reference-workers" --reference-epochs 2 \
+            --out "$OUT/train_speed.json"
+        if [ -f benchmarks/kernels.py ] && [ "$TINY" = 0 ]; then  # the kernel table's CPU path is its own tests'
+            step kernels 60 python -m benchmarks.kernels ${KERNELS_ARGS:-}
+            cp "$LOGS/kernels.txt" "$OUT/kernels.txt"
+        fi ;;
+    accuracy)
+        step train-speed 450 python -m benchmarks.train_speed --data "$DATA" "${SHAPE[@]}" --seeds 2 \
+            --variants engine,reference-workers --out "$OUT/train_speed_accuracy.json" ;;
+    jobs)
+        step train-speed 420 python -m benchmarks.train_speed --data "$DATA" "${SHAPE[@]}" --seeds 2 \
+            --variants engine,engine-2-per-device --out "$OUT/train_speed_jobs.json" ;;
+esac
+
+tar -czf "$OUT/logs.tar.gz" -C "$LOGS" --exclude site .
+rm -rf "$LOGS"
+echo "exit $STATUS; files in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$SUMMARY"
+exit "$STATUS"
