@@ -48,6 +48,11 @@ FINISHED = (DONE, DIVERGED, FAILED)  # the statuses a metrics.json may hold
 STATUSES = (*FINISHED, UNFINISHED)  # unfinished: no metrics.json yet (not started, running, or killed)
 
 
+# Design keys added after designs were first recorded, with the value every earlier sweep had: read as that
+# value, so an old sweep.json is the same design as the command that wrote it.
+LATER_DESIGN_KEYS = {"order": "seeds"}
+
+
 class StoreError(RuntimeError):
     """A store file that cannot be read; the message names it."""
 
@@ -289,17 +294,17 @@ class Store:
             return []
         value = read_object(path)
         if "designs" not in value:  # the first format: one design object
-            return [{**value, "runs": None}]
+            return [{**LATER_DESIGN_KEYS, **value, "runs": None}]
         designs = value["designs"]
         if not isinstance(designs, list) or not all(isinstance(d, dict) and "runs" in d for d in designs):
             raise StoreError(f"{path} is not accepted: 'designs' must be a list of objects, each with 'runs'")
-        return designs
+        return [{**LATER_DESIGN_KEYS, **design} for design in designs]
 
     def add_design(self, design: dict, run_ids: list[str], study_text: str | None) -> int:
         """Record a sweep's design (preset, fixed keys, baseline, axes, seeds) and its runs beside the designs
         already in sweep.json, unless one of them is the same; return its number (1: the first). The study file
         of design n is kept as study.toml (n = 1) or study-n.toml, and is never overwritten."""
-        entry = json.loads(json.dumps({**design, "runs": run_ids}))  # as it reads back: lists, not tuples
+        entry = json.loads(json.dumps({**LATER_DESIGN_KEYS, **design, "runs": run_ids}))  # as read back: lists
 
         def what(d: dict, runs: bool = True) -> dict:  # the name follows the folder: not part of what ran
             return {k: v for k, v in d.items() if k != "name" and (runs or k != "runs")}

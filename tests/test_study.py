@@ -138,7 +138,7 @@ def test_study_trains_into_its_folder_with_the_design_and_a_copy_of_the_file(tmp
     code, stdout = run(["--study", str(path), "--devices", "cpu", "--out", str(out)])
     assert code == 0 and "3 runs: 3 done" in stdout
     assert (out / "study.toml").read_text() == path.read_text()
-    design = json.loads((out / "sweep.json").read_text())
+    (design,) = json.loads((out / "sweep.json").read_text())["designs"]
     assert design["vary"] == {"kernel_size": [3, 5], "norm": ["batch", "layer"]}
     assert design["baseline"] == {"kernel_size": 5, "norm": "batch"} and design["study"] == str(path)
     code, stdout = run(["--study", str(path), "--devices", "cpu", "--out", str(out), "--dry-run"])
