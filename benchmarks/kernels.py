@@ -32,13 +32,14 @@ from ablations import atomic
 from benchmarks.train_speed import check_out
 from convmixer.arguments import OneLineParser, UsageError, run_cli
 from convmixer.count import closed_form
-from convmixer.depthwise import DepthwiseConv2d, median_seconds, use_impl
+from convmixer.depthwise import DepthwiseConv2d, median_seconds, step_seconds, use_impl
 from convmixer.model import ConvMixer, ConvMixerConfig
 from convmixer.runtime import AUTOCAST_DTYPES, cuda_math_flags, hardware_name, parse_device, toolkit_commit
 
 PROG = "python -m benchmarks.kernels"
 BASELINE = 5  # the kernel size each row's time per FLOP is compared with
 PRECISIONS = ("bf16", "fp32")
+COPY_BYTES = 256 * 2**20  # at least this much per copy when measuring the copy rate: more than any cache holds
 LAYOUTS = {"channels_last": torch.channels_last, "NCHW": torch.contiguous_format}
 # the implementations a row names -> (DepthwiseConv2d.impl, cuDNN's autotuner on)
 ROUTES = {
@@ -94,10 +95,11 @@ def impls_on(device: torch.device) -> tuple[str, ...]:
 
 
 def copy_rate(device: torch.device, nbytes: int) -> float:
-    """Bytes per second a plain device copy moves (each byte read once and written once)."""
-    source = torch.empty(nbytes // 4, device=device)
-    target = torch.empty_like(source)
-    return 2 * source.numel() * 4 / median_seconds(lambda: target.copy_(source), device, warmup=3, repeats=10)
+    """Bytes per second a plain device copy moves (each byte read once and written once), at its fastest of 20:
+    the floor is what the device can do, and on a shared machine the median can be far below that."""
+    source = torch.zeros(nbytes // 4, device=device)
+    target = torch.zeros_like(source)
+    return 2 * source.numel() * 4 / min(step_seconds(lambda: target.copy_(source), device, warmup=3, repeats=20))
 
 
 def model_step(shape: Shape, k: int, impl: str, layout: torch.memory_format, dtype: torch.dtype | None,
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(str(error)) from None
     shape = dataclasses.replace(shape, batch=args.batch_size or shape.batch)
     impls = impls_on(device)
-    rate = copy_rate(device, 4 * shape.batch * shape.dim * shape.size**2)
+    rate = copy_rate(device, max(4 * shape.batch * shape.dim * shape.size**2, COPY_BYTES))
     header = describe(shape, device, repeats, rate)
     print("\n".join(header), flush=True)
     rows = []

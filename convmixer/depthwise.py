@@ -166,8 +166,8 @@ class Workload:
     batch: int
 
 
-def median_seconds(step: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    """The median wall time of `repeats` calls of `step`, after `warmup` untimed ones, each synchronised."""
+def step_seconds(step: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """The wall time of each of `repeats` calls of `step`, after `warmup` untimed ones, each synchronised."""
     seconds = []
     for call in range(warmup + repeats):
         synchronize(device)
@@ -176,7 +176,11 @@ def median_seconds(step: Callable[[], object], device: torch.device, warmup: int
         synchronize(device)
         if call >= warmup:
             seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+    return seconds
+
+
+def median_seconds(step: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
+    return statistics.median(step_seconds(step, device, warmup, repeats))
 
 
 def mixer_layer(setup: Setup, work: Workload) -> tuple[nn.Module, torch.Tensor]:
