@@ -78,7 +78,7 @@ def test_the_triton_depthwise_conv_equals_nn_conv2d_on_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x", __file__, "-k", "interpreted"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0 and re.search(r"^5 passed", done.stdout, re.M), (
+    assert done.returncode == 0 and re.search(r"^6 passed", done.stdout, re.M), (
         done.stdout[-3000:] + done.stderr[-2000:]
     )
 
@@ -97,6 +97,19 @@ def test_interpreted_fp32(k, layout):
 @on_interpreter
 def test_interpreted_bf16():
     assert_same_conv(6, 5, (2, 6, 7, 7), torch.channels_last, torch.bfloat16, torch.device("cpu"))
+
+
+@on_interpreter
+def test_interpreted_under_torch_compile():
+    """torch.compile traces the custom ops through their fake and autograd registrations (aot_eager: no C++ build)."""
+    _, conv = twins(4, 3, torch.device("cpu"))
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    eager = conv(x)
+    (eager_grad,) = torch.autograd.grad(eager.sum(), x)
+    compiled = torch.compile(conv, backend="aot_eager", fullgraph=True)(x)
+    (compiled_grad,) = torch.autograd.grad(compiled.sum(), x)
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(compiled_grad, eager_grad)
 
 
 def test_the_depthwise_conv_keeps_nn_conv2d_state_dict_keys_so_checkpoints_load_both_ways():
