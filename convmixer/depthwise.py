@@ -4,9 +4,9 @@
 state_dict keys) that can run on a Triton kernel instead of cuDNN: its `impl` is "torch" (nn.Conv2d's forward)
 or "triton". The Triton route covers the three directions with two kernels: the forward, which also gives the
 input gradient (the forward of the gradient with the kernel flipped and the "same" padding mirrored), and the
-weight gradient, a per-tap reduction over the batch and the pixels; each reads and writes through strides, so NCHW and channels_last both run without a copy, and
-each accumulates in fp32 whatever the tensors' dtype. On CPU it runs only under Triton's interpreter
-(TRITON_INTERPRET=1), which is how the tests check it without a GPU.
+weight gradient, a per-tap reduction over the batch and the pixels. Each reads and writes through strides, so
+NCHW and channels_last both run without a copy, and each accumulates in fp32 whatever the tensors' dtype. On CPU
+it runs only under Triton's interpreter (TRITON_INTERPRET=1), which is how the tests check it without a GPU.
 
 `fastest_setup` decides, per run, the memory layout (channels_last or NCHW) and the depthwise implementation when
 a run leaves them at "auto": on CUDA it times one mixer layer's forward and backward at the run's shape under
