@@ -195,7 +195,7 @@ class AutoSwitch:
 
 
 # What every checked key accepts: validate() enforces it and `python -m ablations.run --help` prints it.
-ACCEPTED: dict[str, Range | Choice] = {
+ACCEPTED: dict[str, Range | Choice | AutoSwitch] = {
     "dim": Range(int, 1),
     "depth": Range(int, 0),
     "kernel_size": Range(int, 1),
