@@ -14,12 +14,16 @@ import os
 from dataclasses import dataclass
 
 from convmixer.arguments import check_patch_fits
+from convmixer.depthwise import IMPLS
 from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig
 from convmixer.registry import MODEL_CONFIGS
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "imagefolder")
 SCHEDULES = ("onecycle", "cosine")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DEPTHWISE_IMPLS = ("auto", *IMPLS)
+# Switches that also accept "auto": the engine settles them by timing on the device.
+AUTO_SWITCHES = ("channels_last",)
 # Native image side of the datasets whose size is known before loading them.
 NATIVE_IMAGE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32}
 # A run's seed, not torch's (convmixer.check.MAX_TORCH_SEED, 2**64-1): train.seed_epoch multiplies it by ~1e6
@@ -29,7 +33,7 @@ MAX_RUN_SEED = 2**32 - 1
 MAX_IMAGE_SIZE = 4096
 # Keys added after results were first committed, with the value every earlier run had: a run holding that value
 # leaves the key out of its id, so adding a key never renames the runs already in a store.
-LATER_KEYS: dict[str, object] = {"tf32": True}
+LATER_KEYS: dict[str, object] = {"tf32": True, "depthwise_impl": "torch"}
 # Hex digits of a run id (64 bits); results written before ids had 16 were named by LEGACY_RUN_ID_LENGTH.
 RUN_ID_LENGTH, LEGACY_RUN_ID_LENGTH = 16, 10
 # Keys that say where a run's inputs live, not what the run is: left out of its id (the data itself is checked).
@@ -83,7 +87,8 @@ class RunConfig:
     clip_norm: float = 1.0  # 0 = no gradient clipping
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
     tf32: bool = True  # CUDA, precision fp32: convolutions may use TF32 tensor cores (torch's default); false: IEEE
-    channels_last: bool = True
+    channels_last: bool | str = True  # or "auto": on CUDA, the faster layout, timed (convmixer.depthwise)
+    depthwise_impl: str = "torch"  # cuDNN's depthwise conv, "triton" (CUDA only) or "auto": the faster, timed
     compile: bool = False
     seed: int = 0
 
@@ -183,8 +188,19 @@ class Choice:
         return f"choose one of {', '.join(self.choices)}"
 
 
+@dataclass(frozen=True)
+class AutoSwitch:
+    """A switch (true or false) that also accepts "auto"."""
+
+    def accepts(self, value: object) -> bool:
+        return type(value) is bool or value == "auto"
+
+    def describe(self) -> str:
+        return "expected true, false or auto"
+
+
 # What every checked key accepts: validate() enforces it and `python -m ablations.run --help` prints it.
-ACCEPTED: dict[str, Range | Choice] = {
+ACCEPTED: dict[str, Range | Choice | AutoSwitch] = {
     "dim": Range(int, 1),
     "depth": Range(int, 0),
     "kernel_size": Range(int, 1),
@@ -212,6 +228,8 @@ ACCEPTED: dict[str, Range | Choice] = {
     "label_smoothing": Range(float, 0.0, 1.0),
     "clip_norm": Range(float, 0.0, note="0: no clipping"),
     "precision": Choice(PRECISIONS),
+    "channels_last": AutoSwitch(),
+    "depthwise_impl": Choice(DEPTHWISE_IMPLS),
     "seed": Range(int, 0, MAX_RUN_SEED),
 }
 
@@ -234,10 +252,13 @@ def parse_value(key: str, text: str, option: str) -> object:
     if word == "":
         raise ConfigError(f"{option}: empty value for {key}")
     if kind is bool:
+        autos = ("auto",) if key in AUTO_SWITCHES else ()
+        if word.lower() in autos:
+            return "auto"
         if word.lower() in TRUE_WORDS + FALSE_WORDS:
             return word.lower() in TRUE_WORDS
         raise ConfigError(
-            f"{option}: {key}={word!r} is not accepted: expected one of {'/'.join(TRUE_WORDS + FALSE_WORDS)}"
+            f"{option}: {key}={word!r} is not accepted: expected one of {'/'.join(TRUE_WORDS + FALSE_WORDS + autos)}"
         )
     if kind is int:
         try:
@@ -260,6 +281,8 @@ def typed_value(key: str, value: object, where: str) -> object:
     kind = field_types()[key]
     if kind is float and type(value) is int:
         return float(value)
+    if key in AUTO_SWITCHES and value == "auto":
+        return value
     if type(value) is not kind:
         raise ConfigError(f"{where} {key}={value!r} is not accepted: expected {TYPE_NAMES[kind]}")
     return value

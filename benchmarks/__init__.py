@@ -1,7 +1,7 @@
 """Benchmarks of the toolkit, run from the repository root as modules, so the toolkit need not be installed:
 `python -m benchmarks.train_speed` (the training engine against reference_recipe.py, the locuslab recipe, with the
-bare step, bandwidth and the engine's targets from measure.py), `python -m benchmarks.gpu_check` (one command
-that checks the toolkit on a GPU machine) and `python -m benchmarks.startup` (how long a run's data takes to be
-ready: cold, warm, kept); `bash benchmarks/gpu_session.sh` runs the CUDA tests and the benchmarks in one call on
-a GPU machine.
+bare step, bandwidth and the engine's targets from measure.py), `python -m benchmarks.kernels` (the depthwise conv
+per kernel size, layout and implementation), `python -m benchmarks.gpu_check` (one command that checks the toolkit
+on a GPU machine) and `python -m benchmarks.startup` (how long a run's data takes to be ready: cold, warm, kept);
+`bash benchmarks/gpu_session.sh` runs the CUDA tests and the benchmarks in one call on a GPU machine.
 """

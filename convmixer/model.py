@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from convmixer.arguments import check_choice, check_integer
+from convmixer.depthwise import DepthwiseConv2d
 
 Built = TypeVar("Built")  # what a knob's name maps to: a layer constructor or Skips
 NormLayer = Callable[[int], nn.Module]  # channels -> norm module
@@ -80,15 +81,16 @@ class PatchEmbed(ConvActNorm):
 class MixerLayer(nn.Module):
     """Depthwise conv (spatial mixing) then 1x1 conv (channel mixing), with the chosen residual placement.
 
-    `padding="same"` keeps the spatial size for every kernel size; for odd kernels it is exactly the
-    tweet's `padding=k//2`, for even ones PyTorch pads one more pixel on the right/bottom than the left/top.
+    The depthwise conv is nn.Conv2d(dim, dim, kernel_size, groups=dim, padding="same"), which
+    convmixer.depthwise.DepthwiseConv2d can also run on Triton. `padding="same"` keeps the spatial size for every
+    kernel size; for odd kernels it is exactly the tweet's `padding=k//2`, for even ones PyTorch pads one more pixel
+    on the right/bottom than the left/top.
     """
 
     def __init__(self, dim: int, kernel_size: int, skips: Skips, norm_layer: NormLayer, act_layer: ActLayer) -> None:
         super().__init__()
         self.skips = skips
-        depthwise = nn.Conv2d(dim, dim, kernel_size, groups=dim, padding="same")
-        self.depthwise = ConvActNorm(depthwise, norm_layer, act_layer)
+        self.depthwise = ConvActNorm(DepthwiseConv2d(dim, kernel_size), norm_layer, act_layer)
         self.pointwise = ConvActNorm(nn.Conv2d(dim, dim, 1), norm_layer, act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

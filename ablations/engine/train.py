@@ -28,6 +28,7 @@ from ablations.data.sources import cache_dir
 from ablations.engine.schedule import learning_rate
 from ablations.store import CHECKPOINT, HISTORY, METRICS
 from convmixer.count import closed_form
+from convmixer.depthwise import Setup, Workload, candidates, fastest_setup, use_impl
 from convmixer.runtime import (
     autocast_dtype,
     cuda_math_flags,
@@ -90,9 +91,13 @@ def seed_epoch(seed: int, epoch: int) -> None:
 class Trainer:
     """The model, optimiser and scaler of one run, with one method per phase of an epoch."""
 
-    def __init__(self, cfg: RunConfig, model: nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
+    def __init__(self, cfg: RunConfig, model: nn.Module, device: torch.device, dtype: torch.dtype | None,
+                 setup: Setup | None = None) -> None:  # fmt: skip
         self.cfg, self.model, self.device, self.dtype = cfg, model, device, dtype
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        # The layout and depthwise conv train_run timed, else the first candidate (what "auto" was before timing).
+        self.setup = setup or candidates(cfg.channels_last, cfg.depthwise_impl, device)[0]
+        use_impl(model, self.setup.impl)
+        self.memory_format = torch.channels_last if self.setup.channels_last else torch.contiguous_format
         model.to(device=device, memory_format=self.memory_format)
         # Static shapes: a shape torch.compile has not seen is a visible recompile, never a silent dynamic graph.
         self.forward = torch.compile(model, dynamic=False, backend=COMPILE_BACKEND) if cfg.compile else model
@@ -275,8 +280,10 @@ def train_run(
         data = build_data(cfg, device)
         model_config = cfg.model_config(data.num_classes, data.in_chans)
         counts = closed_form(model_config, data.image_size).to_dict()  # exact for every model of RunConfig
+        work = Workload(device, dtype, cfg.dim, cfg.kernel_size, data.image_size // cfg.patch_size, cfg.batch_size)
+        setup = fastest_setup(cfg.channels_last, cfg.depthwise_impl, work)  # times "auto" on CUDA, once per shape
         torch.manual_seed(cfg.seed)
-        trainer = Trainer(cfg, model_config.build(), device, dtype)
+        trainer = Trainer(cfg, model_config.build(), device, dtype, setup)
         log(
             f"{cfg.run_id()}: {model_config.name} k{cfg.kernel_size} p{cfg.patch_size}, "
             f"{counts['params'] / 1e6:.3f} M params, {counts['macs'] / 1e6:.1f} M MACs/image, "
@@ -287,6 +294,8 @@ def train_run(
         "precision_used": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
         "tf32_used": device.type == "cuda" and dtype is None and cfg.tf32,  # fp32 convolutions on TF32 tensor cores
         "compiled_graphs": compiled_graphs() - graphs_before if cfg.compile else None,  # 0: ran eagerly
+        "channels_last_used": trainer.setup.channels_last,
+        "depthwise_impl_used": trainer.setup.impl,
     }
     metrics = final_metrics(history, reason, device, counts, wall_before + time.perf_counter() - started, engine)
     if run_dir is not None:
