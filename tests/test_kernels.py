@@ -180,9 +180,10 @@ def test_a_tie_keeps_the_setup_runs_had_before_auto():
 
 
 def test_the_new_values_change_no_existing_run_id():
-    # The ids of these configs before depthwise_impl existed and channels_last accepted "auto" (commit 5f6ded5).
-    assert RunConfig().run_id() == RunConfig(depthwise_impl="torch").run_id() == "640c7794c3"
-    assert RunConfig(channels_last=False).run_id() == "bcd4dd051c"
+    # The ids of these configs before depthwise_impl existed and channels_last accepted "auto" (commit 5f6ded5 had
+    # their first 10 hex digits; ids have 16 since).
+    assert RunConfig().run_id() == RunConfig(depthwise_impl="torch").run_id() == "640c7794c352d001"
+    assert RunConfig(channels_last=False).run_id() == "bcd4dd051c7c73d1"
     assert len({RunConfig(channels_last="auto").run_id(), RunConfig(depthwise_impl="auto").run_id(),
                 RunConfig().run_id()}) == 3  # fmt: skip
 
