@@ -114,10 +114,12 @@ class RunConfig:
         # 64 bits: 40 (LEGACY_RUN_ID_LENGTH hex digits, the ids before) collided within a million seeds.
         return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:RUN_ID_LENGTH]
 
-    def with_absolute_data_root(self) -> "RunConfig":
-        """This config with data_root made absolute against the current folder, as a path typed in a shell means.
-        The sweep does this once, before any launcher: a worker or SLURM job may start in another folder."""
-        return dataclasses.replace(self, data_root=os.path.abspath(os.path.expanduser(self.data_root)))
+    def with_absolute_data_root(self, data_root: str | None = None) -> "RunConfig":
+        """This config with data_root (or the given one) made absolute against the current folder, as a path typed
+        in a shell means. The sweep does this once, before any launcher: a worker or SLURM job may start in
+        another folder."""
+        path = self.data_root if data_root is None else data_root
+        return dataclasses.replace(self, data_root=os.path.abspath(os.path.expanduser(path)))
 
     def model_config(self, n_classes: int, in_chans: int = 3) -> ConvMixerConfig:
         """The model this run trains; classes and channels come from the data, every other field from MODEL_KEYS."""

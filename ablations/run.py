@@ -80,6 +80,10 @@ def build_parser(preset: str = DEFAULT_PRESET) -> OneLineParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument("--study", type=Path, metavar="FILE", help="a study file (studies/*.toml)")
+    parser.add_argument(
+        "--data-root", metavar="PATH",
+        help="where every run's data is (a folder or archive), also for a study; not part of a run's id",
+    )  # fmt: skip
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="an axis of the grid")
     parser.add_argument(
         "--vary", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -340,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(help_preset(argv)).parse_args(argv)  # --help exits here
     study, preset, sweep = load_design(args)
     check_size(sweep, args.max_runs)
-    configs = [cfg.with_absolute_data_root() for cfg in sweep.configs()]
+    configs = [cfg.with_absolute_data_root(args.data_root) for cfg in sweep.configs()]
     try:
         devices = parse_devices(args.devices) if args.launcher == "local" else []
     except ValueError as error:

@@ -8,13 +8,18 @@
 #   bash benchmarks/gpu_session.sh accuracy    # 25 epochs x 2 seeds of the engine and the 16-worker reference
 #   bash benchmarks/gpu_session.sh jobs        # 25 epochs x 2 seeds of the engine, one after another and side by
 #                                              # side on one GPU (--jobs-per-device 1 vs 2)
+#   bash benchmarks/gpu_session.sh study       # the next runs of studies/cifar10-gpu.toml into results/cifar10-gpu
+#                                              # (those that fit in STUDY_MINUTES, default 7), brought back as
+#                                              # $OUT/cifar10-gpu.tar.gz without checkpoints (issue 18)
 #   bash benchmarks/gpu_session.sh --tiny      # the same code on a CPU with tiny settings (the test suite)
 #
 # Carried to the machine (docs/benchmarks.md): .device-data/cifar10-jpeg.tar.gz and .whl/ (fvcore, submitit, ...).
 # Environment: OUT (default: a new temporary folder), DATA (default .device-data/cifar10-jpeg.tar.gz),
 # CONVMIXER_CACHE (default .device-data/cache: decoded splits and Inductor's cache), KERNELS_ARGS (for
-# python -m benchmarks.kernels, run when that module exists).
-# Files in $OUT: session.txt, train_speed[_accuracy|_jobs].json and .md, kernels.txt, logs.tar.gz.
+# python -m benchmarks.kernels), STUDY (default studies/cifar10-gpu.toml), STORE (default results/<its stem>),
+# STUDY_MINUTES (default 7; the sweep then exits 1, its runs not all done, which session.txt shows).
+# Files in $OUT: session.txt, train_speed[_accuracy|_jobs].json and .md, kernels.json and .md,
+# <study>.tar.gz, logs.tar.gz.
 # Each step has its own time limit and the script goes on after a failure; session.txt lists every step's exit
 # code and seconds. Exit code: 0 when every step passed.
 set -u
@@ -22,9 +27,9 @@ cd "$(dirname "$0")/.."
 PART=speed TINY=0
 for arg in "$@"; do
     case "$arg" in
-        speed | accuracy | jobs) PART=$arg ;;
+        speed | accuracy | jobs | study) PART=$arg ;;
         --tiny) TINY=1 ;;
-        *) echo "gpu_session.sh: error: argument '$arg' is not accepted: expected speed, accuracy, jobs or --tiny" >&2; exit 2 ;;
+        *) echo "gpu_session.sh: error: argument '$arg' is not accepted: expected speed, accuracy, jobs, study or --tiny" >&2; exit 2 ;;
     esac
 done
 OUT=${OUT:-$(mktemp -d)}
@@ -71,17 +76,24 @@ else
 fi
 case "$PART" in
     speed)
-        step cuda-tests 90 python -m pytest -q -m cuda -p no:cacheprovider -rfEs tests/test_cuda.py
+        step cuda-tests 120 python -m pytest -q -m cuda -p no:cacheprovider -rfEs tests/test_cuda.py tests/test_kernels.py
         step train-speed 320 python -m benchmarks.train_speed --data "$DATA" "${SHAPE[@]}" --seeds 1 \
             --compiled-seeds 2 --variants "$COMPILED,reference,reference-workers" --reference-epochs 2 \
             --out "$OUT/train_speed.json"
-        if [ -f benchmarks/kernels.py ] && [ "$TINY" = 0 ]; then  # the kernel table's CPU path is its own tests'
-            step kernels 60 python -m benchmarks.kernels ${KERNELS_ARGS:-}
-            cp "$LOGS/kernels.txt" "$OUT/kernels.txt"
+        if [ "$TINY" = 0 ]; then  # the kernel table's CPU path is its own tests'
+            step kernels 90 python -m benchmarks.kernels --out "$OUT/kernels.json" ${KERNELS_ARGS:-}
         fi ;;
     accuracy)
         step train-speed 450 python -m benchmarks.train_speed --data "$DATA" "${SHAPE[@]}" --seeds 2 \
             --variants engine,reference-workers --out "$OUT/train_speed_accuracy.json" ;;
+    study)
+        STUDY=${STUDY:-studies/cifar10-gpu.toml}
+        STORE=${STORE:-results/$(basename "$STUDY" .toml)}
+        DEVICES=cuda; [ "$TINY" = 1 ] && DEVICES=cpu
+        step study $((${STUDY_MINUTES:-7} * 60 + 60)) python -m ablations.run --study "$STUDY" --out "$STORE" \
+            --data-root "$DATA" --devices "$DEVICES" --time-limit "${STUDY_MINUTES:-7}"
+        tar -czf "$OUT/$(basename "$STORE").tar.gz" --exclude 'checkpoint.pt*' --exclude .lock \
+            -C "$(dirname "$STORE")" "$(basename "$STORE")" ;;
     jobs)
         step train-speed 420 python -m benchmarks.train_speed --data "$DATA" "${SHAPE[@]}" --seeds 2 \
             --variants engine,engine-2-per-device --out "$OUT/train_speed_jobs.json" ;;

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import subprocess
+import tarfile
 import warnings
 
 import pytest
@@ -62,6 +63,28 @@ def test_the_gpu_session_script_runs_its_cpu_path_and_leaves_at_most_8_files(cif
     assert re.search(r"^cuda-tests +exit 0 ", summary, re.M) and re.search(r"^train-speed +exit 0 ", summary, re.M)
     assert {path.name for path in out.iterdir()} == {"session.txt", "train_speed.json", "train_speed.md", "logs.tar.gz"}
     assert "Targets of issue 17" in (out / "train_speed.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_gpu_session_study_part_brings_back_the_store_without_checkpoints(cifar10_jpeg, repo_root, tmp_path):
+    """A GPU sitting of issue 18 on the CPU: the study's next runs in the time given, the store back in one tar."""
+    study = tmp_path / "tiny-study.toml"
+    fixed = "dim = 8\ndepth = 1\npatch_size = 4\nepochs = 1\ntrain_subset = 100\ntest_subset = 50\nbatch_size = 50"
+    study.write_text(f'preset = "cifar10-jpeg"\norder = "axes"\n[fixed]\n{fixed}\n[vary]\nkernel_size = [3, 5]\n')
+    out, store, data = tmp_path / "out", tmp_path / "store" / "tiny-study", tmp_path / "carried" / "cifar10-jpeg.tar.gz"
+    data.parent.mkdir()
+    data.symlink_to(cifar10_jpeg)  # where the GPU machine has it: not the preset's ../shared/data
+    env = {**os.environ, "OUT": str(out), "DATA": str(data), "STUDY": str(study), "STORE": str(store),
+           "STUDY_MINUTES": "2", "CONVMIXER_CACHE": str(tmp_path / "cache")}  # fmt: skip
+    done = subprocess.run(["bash", "benchmarks/gpu_session.sh", "study", "--tiny"], cwd=repo_root, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    summary = (out / "session.txt").read_text()
+    assert done.returncode == 0 and re.search(r"^study +exit 0 ", summary, re.M), summary
+    with tarfile.open(out / "tiny-study.tar.gz") as tar:
+        names = tar.getnames()
+    assert sum(name.endswith("/metrics.json") for name in names) == 2 and "tiny-study/sweep.json" in names
+    assert not [name for name in names if "checkpoint" in name or name.endswith(".lock")]
+    assert {json.loads(path.read_text())["data_root"] for path in store.glob("runs/*/config.json")} == {str(data)}
 
 
 def test_the_gpu_session_script_refuses_a_bad_part_or_missing_data(repo_root, tmp_path):

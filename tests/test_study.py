@@ -154,6 +154,14 @@ def test_study_excludes_the_options_it_replaces(tmp_path, capsys, option):
     assert "exclude each other" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+def test_data_root_sets_where_every_run_of_a_study_finds_its_data(tmp_path, capsys, repo_root):
+    """A study file names a preset whose data_root may not exist on this machine: --data-root points elsewhere."""
+    missing = tmp_path / "elsewhere" / "cifar10-jpeg.tar.gz"
+    study = str(repo_root / "studies" / "cifar10-cpu.toml")
+    assert cli(["--study", study, "--data-root", str(missing), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert f"data_root='{missing}' does not exist" in capsys.readouterr().err
+
+
 def test_a_missing_study_file_is_one_line(tmp_path, capsys):
     assert cli(["--study", str(tmp_path / "nope.toml")]) == 2
     assert capsys.readouterr().err.strip().endswith("cannot be read (No such file or directory)")
