@@ -74,7 +74,10 @@ DONE_OPTIONAL = {
     "epochs_completed": (_positive_int, "a positive integer"),
     "train_acc": (_fraction, "a number in [0, 1]"),
     "precision_used": (lambda value: value in ("fp32", "bf16", "fp16"), "'fp32', 'bf16' or 'fp16'"),
-    **{key: (lambda value: isinstance(value, str), "a string") for key in ("device", "hardware", "finished_at")},
+    **{
+        key: (lambda value: isinstance(value, str), "a string")
+        for key in ("device", "hardware", "driver", "finished_at")
+    },
 }
 
 

@@ -138,11 +138,16 @@ def dates_text(runs: pd.DataFrame) -> str:
 
 def hardware_text(runs: pd.DataFrame) -> str:
     """The machines that measured the runs, e.g. "Intel(R) Xeon(R) Processor (2 cores) (device cpu)"."""
-    pairs = runs[runs["status"] == "done"][["device"]].assign(
-        hardware=runs["hardware"] if "hardware" in runs else math.nan
+    done = runs[runs["status"] == "done"]
+    pairs = done[["device"]].assign(
+        hardware=done["hardware"] if "hardware" in done else math.nan,
+        driver=done["driver"] if "driver" in done else math.nan,  # GPU runs record their NVIDIA driver
     )
     names = sorted(
-        {f"{NOT_RECORDED if pd.isna(hw) else hw} (device {device})" for device, hw in pairs.itertuples(index=False)}
+        {
+            f"{NOT_RECORDED if pd.isna(hw) else hw} (device {device}{'' if pd.isna(drv) else f', driver {drv}'})"
+            for device, hw, drv in pairs.itertuples(index=False)
+        }
     )
     return "; ".join(names) or NOT_RECORDED
 

@@ -47,6 +47,21 @@ def hardware_name(device: torch.device) -> str:
     return cpu_name()
 
 
+def gpu_driver(device: torch.device) -> str | None:
+    """The NVIDIA driver's version on CUDA (nvidia-smi's), None elsewhere or when nvidia-smi does not answer: two
+    sittings of one study on the same GPU kind may still differ in driver, and the run should say so."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", f"--id={index}"]
+    try:
+        done = subprocess.run(query, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    version = done.stdout.strip() if done.returncode == 0 else ""
+    return version or None
+
+
 def toolkit_commit() -> str:
     """The git commit of this checkout ('-dirty' when it has uncommitted changes), or 'unknown' outside git."""
     try:

@@ -86,3 +86,13 @@ def test_a_sweep_trains_and_reports_counts_without_fvcore_and_submitit(tmp_path,
     assert counted.returncode == 2 and counted.stdout == ""
     assert "fvcore is not installed" in counted.stderr and "pip install" in counted.stderr
     assert "Traceback" not in counted.stderr
+
+
+def test_a_gpu_run_records_its_nvidia_driver_and_a_cpu_run_none(tmp_path, monkeypatch):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\n[ "$3" = "--id=1" ] && echo "580.159"\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert runtime.gpu_driver(torch.device("cuda:1")) == "580.159"
+    assert runtime.gpu_driver(torch.device("cuda:0")) is None  # nvidia-smi printed nothing
+    assert runtime.gpu_driver(torch.device("cpu")) is None

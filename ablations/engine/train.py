@@ -33,6 +33,7 @@ from convmixer.runtime import (
     autocast_dtype,
     cuda_math_flags,
     device_name,
+    gpu_driver,
     hardware_name,
     peak_memory_mb,
     resolve_device,
@@ -251,6 +252,7 @@ def final_metrics(history: list[dict], reason: str, device: torch.device, counts
         **engine,
         "device": device_name(device),
         "hardware": hardware_name(device),
+        **({"driver": driver} if (driver := gpu_driver(device)) else {}),  # GPU runs only: the report checks types
         "torch_version": torch.__version__,
         "toolkit_commit": toolkit_commit(),
         "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
