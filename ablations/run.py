@@ -355,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     name, root = result_dir(args, default_name(study, preset, sweep))
     store = Store(root)
     store.check_folder()
+    for path, why in store.find_damaged().items():
+        will = "will be set" if args.dry_run else "set"
+        print(f"damaged: {why}: it {will} aside as {path.name}.damaged-<time> and its run redone", flush=True)
     keys = sweep.varying_keys()
     origin = f"study {args.study} (preset {preset})" if study is not None else f"preset {preset}"
     print(first_line(name, configs, origin, keys), flush=True)
@@ -370,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     create_result_dir(store.root)
     with store.lock_sweep():
+        store.set_aside_damaged()
         design = {"name": name, "preset": preset, "study": str(args.study) if study else None,
                   "description": study.description if study else "", **sweep.design()}  # fmt: skip
         store.add_design(design, [cfg.run_id() for cfg in configs], study.text if study else None)

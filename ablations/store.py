@@ -23,6 +23,7 @@ import io
 import json
 import os
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,33 @@ class Store:
         self.root = Path(root)
         self.runs = self.root / RUNS
         self.summary = self.root / SUMMARY
+        self.damaged: dict[Path, str] = {}  # run files that cannot be read, and why: read as absent
+
+    def find_damaged(self) -> dict[Path, str]:
+        """Every run file that cannot be read (a hand edit, a disk error), and why. The store then reads them as
+        absent, so one damaged file does not stop every sweep into the folder until someone deletes it."""
+        for run_dir in sorted(self.runs.iterdir()) if self.runs.is_dir() else []:
+            for name, reader in ((CONFIG, read_config), (METRICS, read_metrics), (HISTORY, read_history)):
+                try:
+                    if (run_dir / name).exists():
+                        reader(run_dir / name)
+                except StoreError as error:
+                    self.damaged[run_dir / name] = str(error).removesuffix("; delete it to redo that run")
+        return self.damaged
+
+    def set_aside_damaged(self) -> list[Path]:
+        """Rename each damaged file to <name>.damaged-<time> (kept, never deleted) and return the new paths: the
+        sweep then writes config.json again and retrains a run whose metrics.json was damaged."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        moved = []
+        for path in self.damaged:
+            moved.append(path.with_name(f"{path.name}.damaged-{stamp}"))
+            os.replace(path, moved[-1])
+        self.damaged = {}
+        return moved
+
+    def readable(self, path: Path) -> bool:
+        return path.exists() and path not in self.damaged
 
     def run_dir(self, run: RunConfig | str) -> Path:
         """The folder of a run, given its config or its id."""
@@ -173,7 +201,7 @@ class Store:
 
     def metrics(self, run_dir: Path) -> dict | None:
         """The run's metrics.json, or None while it is unfinished."""
-        return read_metrics(run_dir / METRICS) if (run_dir / METRICS).exists() else None
+        return read_metrics(run_dir / METRICS) if self.readable(run_dir / METRICS) else None
 
     def state(self, run_dir: Path) -> RunState:
         metrics = self.metrics(run_dir)
@@ -181,7 +209,8 @@ class Store:
             epochs, transient = metrics.get("epochs_completed") or 0, metrics.get("transient") is True
             return RunState(metrics["status"], metrics.get("reason", ""), epochs, transient)
         # Epochs count only with a checkpoint to resume them from (history.json is written just before it).
-        return RunState(UNFINISHED, "", epochs_completed(run_dir) if (run_dir / CHECKPOINT).exists() else 0)
+        resumable = (run_dir / CHECKPOINT).exists() and self.readable(run_dir / HISTORY)
+        return RunState(UNFINISHED, "", epochs_completed(run_dir) if resumable else 0)
 
     def check_run(self, cfg: RunConfig, data: dict | None) -> None:
         """StoreError (one line) unless the folder of `cfg` may take this run: its config.json describes this run,
@@ -194,7 +223,7 @@ class Store:
                 f"{legacy} holds run {cfg.run_id()} under its 40-bit id of an older toolkit: "
                 f"rename it first (mv {legacy} {run_dir})"
             )
-        if (run_dir / CONFIG).exists():
+        if self.readable(run_dir / CONFIG):
             recorded = read_config(run_dir / CONFIG)
             if recorded.run_id() != cfg.run_id():
                 key = next(k for k, v in recorded.to_dict().items() if v != getattr(cfg, k) and k not in NOT_IDENTITY)

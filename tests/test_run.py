@@ -195,8 +195,12 @@ def test_an_out_folder_that_cannot_be_created_is_refused_before_any_write(tmp_pa
         (None, "metrics.json cannot be read (Is a directory)"),
     ],
 )
-def test_a_damaged_metrics_file_is_named_in_one_line(finished_sweep, tmp_path, capsys, content, message):
-    """What a hand edit may leave; each was a traceback (a truncated file already was a one-line error)."""
+def test_a_damaged_metrics_file_is_set_aside_named_and_its_run_redone(
+    finished_sweep, tmp_path, capsys, content, message
+):
+    """What a hand edit may leave: once a one-line error that stopped every sweep into the folder until the file
+    was deleted by hand (reliability probe D10). The dry run names it and touches nothing; the sweep keeps the
+    file beside the run as metrics.json.damaged-<time> and trains the run again."""
     out = tmp_path / "lr"
     shutil.copytree(finished_sweep[0], out)
     metrics = next(out.glob("runs/*/metrics.json"))
@@ -206,10 +210,33 @@ def test_a_damaged_metrics_file_is_named_in_one_line(finished_sweep, tmp_path, c
     else:
         metrics.write_bytes(content)
     before = snapshot(out)
-    assert cli([*TINY, "--set", "clip_norm=0", "--grid", "lr=0.01,1e6", "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{metrics.parent.name}/{message}" in err and "delete it to redo that run" in err
+    grid = [*TINY, "--set", "clip_norm=0", "--grid", "lr=0.01,1e6", "--out", str(out)]
+    assert cli([*grid, "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert f"damaged: {metrics.parent / message}" in said and "will be set aside as metrics.json.damaged-" in said
     assert snapshot(out) == before
+    assert cli(grid) == 1  # the lr=1e6 run diverges, as before
+    said = capsys.readouterr().out
+    assert f"damaged: {metrics.parent / message}" in said and "1 to train (1 finished earlier)" in said
+    (kept,) = metrics.parent.glob("metrics.json.damaged-*")
+    assert (kept.read_bytes() == content) if content is not None else kept.is_dir()
+    assert json.loads(metrics.read_text())["status"] in ("done", "diverged")
+
+
+def test_a_damaged_config_or_history_of_a_finished_run_is_set_aside_and_nothing_retrains(finished_sweep, tmp_path):
+    """config.json is the sweep's own config again, and a done run without its history stays done (the report
+    names the missing history): neither needs training."""
+    out = tmp_path / "lr"
+    shutil.copytree(finished_sweep[0], out)
+    run_dir = next(path.parent for path in out.glob("runs/*/metrics.json") if read_json(path)["status"] == "done")
+    config = read_json(run_dir / "config.json")
+    (run_dir / "config.json").write_text("{not json")
+    (run_dir / "history.json").write_text('{"epoch": 1}')
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        cli([*TINY, "--set", "clip_norm=0", "--grid", "lr=0.01,1e6,0.1", "--out", str(out)])
+    assert said.getvalue().count("damaged: ") == 2 and "1 to train (2 finished earlier)" in said.getvalue()
+    assert read_json(run_dir / "config.json") == config and not (run_dir / "history.json").exists()
+    assert len(list(run_dir.glob("*.damaged-*"))) == 2 and read_json(run_dir / "metrics.json")["status"] == "done"
 
 
 def noise_image_tree(root: Path) -> Path:
