@@ -185,6 +185,7 @@ def test_an_out_folder_that_cannot_be_created_is_refused_before_any_write(tmp_pa
     assert [path.name for path in tmp_path.iterdir()] == ["file"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -223,6 +224,7 @@ def test_a_damaged_metrics_file_is_set_aside_named_and_its_run_redone(
     assert json.loads(metrics.read_text())["status"] in ("done", "diverged")
 
 
+@pytest.mark.slow
 def test_a_damaged_config_or_history_of_a_finished_run_is_set_aside_and_nothing_retrains(finished_sweep, tmp_path):
     """config.json is the sweep's own config again, and a done run without its history stays done (the report
     names the missing history): neither needs training."""
