@@ -102,7 +102,8 @@ def build_parser(preset: str = DEFAULT_PRESET) -> OneLineParser:
         help=f"refuse a design of more than N runs, before building it (default {MAX_RUNS:,})",
     )  # fmt: skip
     parser.add_argument(
-        "--dry-run", action="store_true", help="check all a real run checks (the data too), list runs, write no result (decoded data is cached)"
+        "--dry-run", action="store_true",
+        help="check all a real run checks (the data too), list runs, write no result (decoded data is cached)",
     )  # fmt: skip
     parser.add_argument("--show-config", action="store_true", help="with --dry-run: print each run's full config")
     parser.add_argument("--retry-failed", action="store_true", help="rerun failed runs from their last checkpoint")
