@@ -196,6 +196,8 @@ def summarise(runs: list[dict], epochs: int, train_flops_per_image: float, peak:
     steady_rate = statistics.mean(images_per_s(history[1:] or history) for history in histories)
     complete = all(len(history) >= epochs for history in histories)
     processes = [run["process_s"] for run in runs if run["process_s"] is not None]
+    # The engine warms up each batch shape before epoch 1 (set-up, not an epoch); the references do not.
+    warm_ups = [(run["metrics"] or {}).get("warm_up_s", 0.0) for run in runs]
     return {
         "seeds": len(runs),
         "epochs": epochs,
@@ -204,6 +206,7 @@ def summarise(runs: list[dict], epochs: int, train_flops_per_image: float, peak:
         "extrapolated": not complete,
         "first_epoch_time_s": statistics.mean(history[0]["epoch_time_s"] for history in histories),
         "first_epoch_time_per_seed_s": [history[0]["epoch_time_s"] for history in histories],
+        "warm_up_time_per_seed_s": warm_ups,
         "steady_epoch_time_s": statistics.median(r["epoch_time_s"] for h in histories for r in (h[1:] or h)),
         "process_time_s": statistics.mean(processes) if processes else None,
         "process_time_per_seed_s": processes or None,
@@ -314,9 +317,15 @@ def targets(summaries: dict[str, dict], extra: dict) -> list[dict]:
     gap = None
     if all(accuracies) and min(len(values) for values in accuracies) >= 2:
         gap = abs(statistics.mean(accuracies[0]) - statistics.mean(accuracies[1]))
-    warm = get("engine-compiled", "first_epoch_time_per_seed_s")
+    # Compilation happens in the warm-up before epoch 1: the overhead of a warm cache is both, less a steady epoch.
+    firsts, warm_ups = (
+        get("engine-compiled", "first_epoch_time_per_seed_s"),
+        get("engine-compiled", "warm_up_time_per_seed_s"),
+    )
     compiled_steady = get("engine-compiled", "steady_epoch_time_s")
-    warm_overhead = statistics.mean(warm[1:]) - compiled_steady if warm and len(warm) >= 2 else None
+    warm_overhead = None
+    if firsts and len(firsts) >= 2:
+        warm_overhead = statistics.mean(f + w for f, w in zip(firsts[1:], warm_ups[1:], strict=True)) - compiled_steady
     side_by_side = None
     if "engine-2-per-device" in summaries and get("engine", "process_time_per_seed_s"):
         side_by_side = sum(get("engine", "process_time_per_seed_s")) / get("engine-2-per-device", "process_time_s")
@@ -332,7 +341,11 @@ def targets(summaries: dict[str, dict], extra: dict) -> list[dict]:
                get("engine", "steady_epoch_time_s")), "{:.1%}", lambda v: v >= 0.95),
         target("steady epoch >= 95 % of the bare step, compiled", ratio(bare.get("compiled", {}).get("epoch_time_s"),
                compiled_steady), "{:.1%}", lambda v: v >= 0.95),
-        target("compile with a warm cache: epoch 1 - steady epoch <= 5 s", warm_overhead, "{:.1f} s", lambda v: v <= 5),
+        target("epoch 1 <= 1.5x a steady epoch, eager (warm-up before it is set-up)", ratio(
+               get("engine", "first_epoch_time_s"), get("engine", "steady_epoch_time_s")), "{:.2f}x",
+               lambda v: v <= 1.5),
+        target("compile with a warm cache: warm-up + epoch 1 - steady epoch <= 5 s", warm_overhead, "{:.1f} s",
+               lambda v: v <= 5),
         target("compiled run / eager run, process time (< 1: compile wins)", ratio(
                get("engine-compiled", "process_time_s"), get("engine", "process_time_s")), "{:.2f}", lambda v: v < 1),
         target("2 runs per device: throughput / 1 per device (> 1: 2 win)", side_by_side, "{:.2f}", lambda v: v > 1),

@@ -12,7 +12,9 @@ from ablations.engine.schedule import learning_rate
 from ablations.engine.train import train_run
 from benchmarks import measure, train_speed
 
-TIMING_KEYS = {"epoch_time_s", "train_time_s", "train_images_per_s", "peak_memory_mb", "wall_time_s", "finished_at"}
+TIMING_KEYS = {
+    "epoch_time_s", "train_time_s", "train_images_per_s", "peak_memory_mb", "wall_time_s", "finished_at", "warm_up_s",
+}  # fmt: skip
 
 
 def tiny(**overrides) -> RunConfig:
@@ -98,6 +100,44 @@ def test_same_config_and_seed_give_identical_metrics(straight_run, tmp_path):
     )
     other_seed = train_run(tiny(seed=1, epochs=1), None, device="cpu", log=quiet)
     assert other_seed["train_loss"] != read_json(run_dir / "history.json")[0]["train_loss"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("changes", [{}, {"compile": True, "epochs": 2}, {"mixup": 0.8, "label_smoothing": 0.1}])
+def test_warming_up_every_batch_shape_changes_nothing_the_run_learns(straight_run, tmp_path, monkeypatch, changes):
+    """On CUDA a run warms up before epoch 1 (cuDNN autotunes each batch shape); here the CPU is made to do the
+    same, and every epoch's numbers, the weights and the metrics come out bit-identical to a run without it."""
+    cfg = tiny(**changes)
+    plain = train_run(cfg, tmp_path / "plain", device="cpu", log=quiet) if changes else straight_run[1]
+    plain_dir = tmp_path / "plain" if changes else straight_run[0]
+    lines = []
+    monkeypatch.setattr(train, "WARM_UP_DEVICES", ("cpu",))
+    warmed = train_run(
+        cfg,
+        tmp_path / "warmed",
+        device="cpu",
+        log=lines.append,
+    )
+    assert warmed["warm_up_s"] > 0 and any(line.startswith("warm-up (each batch shape once") for line in lines)
+    assert untimed(warmed) == untimed(plain)
+    assert list(map(untimed, read_json(tmp_path / "warmed" / "history.json"))) == list(
+        map(untimed, read_json(plain_dir / "history.json"))
+    )
+
+
+def test_the_warm_up_runs_each_batch_shape_of_an_epoch_once(monkeypatch):
+    """2,000 train images in batches of 300: 300 and 200; 500 test images: 300 and 200 (compiled: one shape)."""
+    sizes = []
+    monkeypatch.setattr(train.Trainer, "logits", lambda self, images: sizes.append(len(images)) or torch.zeros(
+        len(images), 10, requires_grad=True))  # fmt: skip
+    for compiled, expected in ((False, [300, 200, 300, 200]), (True, [300, 300])):
+        cfg = tiny(batch_size=300, compile=compiled)
+        data = train.build_data(cfg, torch.device("cpu"))
+        trainer = train.Trainer(cfg, cfg.model_config(data.num_classes, data.in_chans).build(), torch.device("cpu"),
+                                None)  # fmt: skip
+        sizes.clear()
+        trainer.warm_up(data.train, data.test)
+        assert sizes == expected
 
 
 class Interrupted(Exception):
@@ -306,7 +346,7 @@ def test_train_speed_measures_every_target_against_baselines_of_the_same_run(cif
     not_run = {
         "compiled" in row["target"] or "compile " in row["target"] for row in goals.values() if row["value"] is None
     }
-    assert len(goals) == 10 and len(measured) == 7 and not_run == {True}  # only the compiled engine did not run
+    assert len(goals) == 11 and len(measured) == 8 and not_run == {True}  # only the compiled engine did not run
     speedup = goals["speed-up over reference (all epochs' time) >= 8x"]["value"]
     assert speedup == pytest.approx(summaries["reference"]["total_epoch_time_s"] / engine["total_epoch_time_s"])
     assert result["bare"]["eager"]["images_per_s"] > 0 and result["step_bytes"] > 0 and result["copy_bytes_per_s"] > 0
@@ -319,7 +359,7 @@ def test_a_reference_timed_over_fewer_epochs_is_extrapolated_and_has_no_accuracy
     history = [{"epoch_time_s": t, "train_time_s": t, "train_images_per_s": 10.0, "test_acc": 0.5} for t in (9, 2, 4)]
     assert train_speed.total_time(history, 3) == 15
     assert train_speed.total_time(history, 25) == 9 + 24 * 3  # epoch 1, then the median of the later ones
-    summary = train_speed.summarise([{"history": history, "process_s": None}], 25, 1.0, None)
+    summary = train_speed.summarise([{"history": history, "metrics": None, "process_s": None}], 25, 1.0, None)
     assert summary["extrapolated"] and summary["final_test_acc"] is None and summary["total_epoch_time_s"] == 81
     assert "n/a" in train_speed.accuracy(summary["final_test_acc"])
 

@@ -106,6 +106,14 @@ class TrainLoader:
         for images, labels in self.images.batches(order, self.batch_size):
             yield self.augment(images, labels, augment_gen)
 
+    def one_batch_per_shape(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One augmented batch of each size an epoch yields (the full batch, and a shorter last one), drawn with a
+        throwaway generator: what the engine warms up on, changing no epoch's draws."""
+        gen = torch.Generator(self.images.device).manual_seed(0)
+        for size in batch_sizes(len(self) * self.batch_size if self.drop_last else self.num_samples, self.batch_size):
+            images, labels = next(self.images.batches(torch.arange(size), size))
+            yield self.augment(images, labels, gen)
+
 
 class TestLoader:
     """Normalised test batches in a fixed order, no augmentation."""
@@ -126,6 +134,20 @@ class TestLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels in self.images.batches(torch.arange(self.num_samples), self.batch_size):
             yield normalise(images, self.mean, self.std), labels
+
+    def one_batch_per_shape(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One test batch of each size an evaluation yields."""
+        for size in batch_sizes(self.num_samples, self.batch_size):
+            images, labels = next(self.images.batches(torch.arange(size), size))
+            yield normalise(images, self.mean, self.std), labels
+
+
+def batch_sizes(samples: int, batch_size: int) -> list[int]:
+    """The distinct batch sizes of `samples` images taken batch_size at a time: the full one, then the last one."""
+    sizes = [min(batch_size, samples)]
+    if samples > batch_size and samples % batch_size:
+        sizes.append(samples % batch_size)
+    return sizes
 
 
 class Resident(NamedTuple):

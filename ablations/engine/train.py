@@ -83,6 +83,10 @@ def epoch_totals(*sums: torch.Tensor) -> list[float]:
     return torch.stack([total.float() for total in sums]).tolist()
 
 
+# Where a run warms up before epoch 1 (Trainer.warm_up): CUDA autotunes per shape; a CPU has nothing to tune.
+WARM_UP_DEVICES = ("cuda",)
+
+
 def seed_epoch(seed: int, epoch: int) -> None:
     # The data loader draws from its own (seed, epoch) generators; reseeding the global RNG as well makes any
     # other draw during the epoch (a module's, a library's) replay identically after a resume.
@@ -176,6 +180,31 @@ class Trainer:
             seen += len(labels)
         loss_total, correct_total = epoch_totals(loss_sum, correct)
         return {"test_loss": loss_total / seen, "test_acc": correct_total / seen}
+
+    def warm_up(self, train: TrainLoader, test: TestLoader) -> float:
+        """Run each batch shape of an epoch once, before epoch 1, and return the seconds it took: on CUDA the first
+        batch of a new shape autotunes cuDNN (benchmark mode) and initialises libraries, seconds that would
+        otherwise land in epoch 1 (7.7 s of it on the H200's first run). Forward and backward on a throwaway batch,
+        with no optimiser step, the RNG forked and the weights and BatchNorm statistics put back: the run itself
+        is unchanged (on the CPU, where this is skipped, tests run it and get bit-identical histories)."""
+        start = time.perf_counter()
+        saved = {name: value.clone() for name, value in self.model.state_dict().items()}
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            self.model.train()
+            for images, targets in train.one_batch_per_shape():
+                loss = F.cross_entropy(self.logits(images), targets, label_smoothing=self.cfg.label_smoothing)
+                self.scaler.scale(loss).backward()
+            self.model.zero_grad(set_to_none=True)
+            self.model.eval()
+            shapes = {}  # compiled, a short test batch is padded to a full one: the same shape, run once
+            for images, _ in test.one_batch_per_shape():
+                shapes.setdefault(len(self.full_batch(images)), self.full_batch(images))
+            with torch.inference_mode():
+                for batch in shapes.values():
+                    self.logits(batch)
+        self.model.load_state_dict(saved)
+        synchronize(self.device)
+        return time.perf_counter() - start
 
     def state(self, epochs_done: int, history: list[dict], wall_time_s: float) -> dict:
         return {
@@ -291,11 +320,15 @@ def train_run(
             f"{counts['params'] / 1e6:.3f} M params, {counts['macs'] / 1e6:.1f} M MACs/image, "
             f"{data.train.num_samples} train images, {device_name(device)}"
         )
+        warm_up_s = trainer.warm_up(data.train, data.test) if device.type in WARM_UP_DEVICES else 0.0
+        if warm_up_s:
+            log(f"warm-up (each batch shape once: cuDNN autotuning, lazy initialisation) {warm_up_s:.1f} s")
         history, reason, wall_before = train_epochs(trainer, data, run_dir, started, log, on_epoch)
     engine = {
         "precision_used": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
         "tf32_used": device.type == "cuda" and dtype is None and cfg.tf32,  # fp32 convolutions on TF32 tensor cores
         "compiled_graphs": compiled_graphs() - graphs_before if cfg.compile else None,  # 0: ran eagerly
+        "warm_up_s": warm_up_s,  # before epoch 1, in this process (a resumed run warms up again)
         "channels_last_used": trainer.setup.channels_last,
         "depthwise_impl_used": trainer.setup.impl,
     }
