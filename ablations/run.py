@@ -19,6 +19,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -74,8 +75,17 @@ def help_preset(argv: list[str] | None) -> str:
     return name if name in PRESETS else DEFAULT_PRESET
 
 
+class SweepParser(OneLineParser):
+    """The sweep command's parser: a value list split by spaces gets a hint how to write it."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments"):  # `--grid kernel_size=3 7 9`: the shell split the values
+            message += " (a key's values are comma-separated, without spaces: --grid kernel_size=3,7,9)"
+        super().error(message)
+
+
 def build_parser(preset: str = DEFAULT_PRESET) -> OneLineParser:
-    parser = OneLineParser(
+    parser = SweepParser(
         prog=PROG, description=__doc__, epilog=keys_help(preset),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip

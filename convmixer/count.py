@@ -255,7 +255,8 @@ def format_text(config: ConvMixerConfig, image_size: int, tweet: bool, counts: C
         f"{'tweet ' if tweet else ''}{config.name}: kernel {config.kernel_size}, "
         f"patch {config.patch_size}, {config.n_classes} classes, residual {config.residual}, "
         f"norm {config.norm}, activation {config.activation}",
-        f"input {config.in_chans}x{image_size}x{image_size} -> {side}x{side} patches",
+        f"input {config.in_chans}x{image_size}x{image_size} -> {side}x{side} patches"
+        + (f" (the last {dropped} px of each side are dropped)" if (dropped := image_size % config.patch_size) else ""),
         f"{'params':<18}{counts.params / 1e6:10.3f} M  {counts.params:>18,}",
     ]
     for label, value in (("MACs", counts.macs), ("FLOPs", counts.flops), ("conv+linear MACs", counts.conv_linear_macs)):

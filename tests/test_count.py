@@ -128,6 +128,7 @@ def test_cli_text_and_json(capsys):
     assert count.main(flags) == 0
     text = capsys.readouterr().out
     assert "1 MAC = 2 FLOPs" in text and "conv+linear MACs" in text and "fvcore trace == closed form" in text
+    assert "input 3x10x10 -> 3x3 patches (the last 1 px of each side are dropped)" in text  # 10 = 3 * 3 + 1
     assert count.main([*flags, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     config = ConvMixerConfig(8, 2, 4, 3, n_classes=5, norm="layer", residual="both")

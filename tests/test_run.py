@@ -136,6 +136,7 @@ def test_dry_run_lists_status_and_writes_nothing(finished_sweep, capsys):
         (["--seeds", "two"], "argument --seeds: invalid int value: 'two'"),
         (["--preset", "imagenet"], "argument --preset: invalid choice: 'imagenet'"),
         (["--jobs-per-device", "0"], "--jobs-per-device 0 is not accepted"),
+        (["--grid", "kernel_size=3", "7", "9"], "unrecognized arguments: 7 9 (a key's values are comma-separated"),
         (["--time-limit", "0"], "--time-limit 0.0 is not accepted: expected a number of minutes > 0"),
         (["--time-limit", "nan"], "--time-limit nan is not accepted"),
         (["--time-limit", "5", "--launcher", "slurm"], "--time-limit is not accepted with --launcher slurm"),
