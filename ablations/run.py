@@ -1,6 +1,6 @@
 """`python -m ablations.run`: train a grid of ConvMixer ablations into a resumable result store.
 
-    python -m ablations.run --grid kernel_size=3,7,9,15                      # smoke preset: a minute on a CPU
+    python -m ablations.run --grid kernel_size=3,7,9,15                      # smoke preset: 28 s on 2 idle cores
     python -m ablations.run --preset cifar10 --grid patch_size=1,2,4 --seeds 3
     python -m ablations.run --vary kernel_size=3,9 --vary norm=layer --seeds 3   # one change at a time
     python -m ablations.run --study studies/cifar10-cpu.toml                 # a study file, into sweeps/<name>/
