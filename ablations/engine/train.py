@@ -196,9 +196,9 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             self.model.zero_grad(set_to_none=True)
             self.model.eval()
-            shapes = {}  # compiled, a short test batch is padded to a full one: the same shape, run once
-            for images, _ in test.one_batch_per_shape():
-                shapes.setdefault(len(self.full_batch(images)), self.full_batch(images))
+            # Compiled, a short test batch is padded to a full one: the same shape, run once.
+            batches = (self.full_batch(images) for images, _ in test.one_batch_per_shape())
+            shapes = {len(batch): batch for batch in batches}
             with torch.inference_mode():
                 for batch in shapes.values():
                     self.logits(batch)
