@@ -10,7 +10,8 @@ printing around them, and a notebook calls them directly:
     launcher = LocalLauncher(store, ["cpu"], jobs_per_device=2, keep_checkpoints=False)
     ended = run_plan(plan(configs, store), launcher, {"name": "k"})  # ended.exit_code: 0 iff every run is done
 
-Runs train and record data_root made absolute: a worker or SLURM job may start in another folder.
+Runs train with data_root made absolute (a worker or SLURM job may start in another folder) but record it
+portably (RunConfig.recorded): the absolute path goes only to the run's log.
 """
 
 from collections.abc import Sequence
@@ -80,7 +81,7 @@ def check_data(configs: list[RunConfig], todo: list[RunConfig], store: Store) ->
         if cfg.run_id() in to_train or (store.run_dir(cfg) / DATA).exists():  # else finished before data records
             key = (cfg.dataset, cfg.data_root, cfg.image_size, cfg.train_subset, cfg.test_subset)
             if key not in loaded:
-                place = {"data": dataset_label(cfg.dataset, cfg.data_root), "data_root": cfg.data_root}
+                place = {"data": dataset_label(cfg.dataset, cfg.data_root), "data_root": cfg.recorded().data_root}
                 loaded[key] = {**place, **load_splits(cfg).identity()}
             cfg.check_image_size(loaded[key]["image_size"], f" in data_root={cfg.data_root!r}")
             records[cfg.run_id()] = loaded[key]
@@ -101,7 +102,7 @@ def plan(configs: list[RunConfig], store: Store, retry_failed: bool = False, key
 def train(sweep: Plan, launcher: Launcher) -> None:
     """Write the sweep's new run files, then train the runs left to train, rebuilding summary.csv as runs finish."""
     store = sweep.store
-    store.prepare(sweep.configs, sweep.data)
+    store.prepare([cfg.recorded() for cfg in sweep.configs], sweep.data)
     # Again, under the lock: another sweep may have ended since the plan was made.
     todo = runs_to_train(sweep.configs, store, sweep.retry_failed)
     todo_ids = {cfg.run_id() for cfg in todo}
