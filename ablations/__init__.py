@@ -2,13 +2,15 @@
 
 Module map, top to bottom (each layer imports only the layers below it):
 
-    run.py              `python -m ablations.run`: parse the command line, plan the sweep, launch it, print the end
+    run.py              `python -m ablations.run`: parse the command line, print the plan (or the dry-run table),
+                        run it, print the end
     sweep/              what to run and how to run it
-        presets.py        named recipes (smoke, cifar10, cifar10-jpeg)
+        presets.py        named recipes (smoke, cifar10, cifar10-jpeg) and the key table of --help
         grid.py           --set/--grid/--vary -> the list of RunConfigs
         study.py          a studies/*.toml file -> the same
-        local.py          the local launcher: worker processes per device slot
-        slurm.py          the SLURM launcher: one job array, followed to its end
+        plan.py           which runs train (again), their data checked and recorded, running them, how it ended
+        local.py          the local launcher: worker processes per device slot, and its options
+        slurm.py          the SLURM launcher: one job array, followed to its end; its options, checked
         progress.py       the tqdm bars and plain lines a researcher watches
         execute.py        the steps both launchers share: run one config in its folder, end a run in the sweep
     engine/             one training run on one device
@@ -21,13 +23,14 @@ Module map, top to bottom (each layer imports only the layers below it):
         loaders.py        splits placed on the device, batched
         augment.py        batched augmentation on the device
     store.py            the result folder's contract: file names, run statuses, readers
-    config.py           RunConfig: every key, what it accepts, the run id, parsing a key's value
+    config.py           RunConfig: every key, what it accepts, the run id, parsing a key's value; data_root as recorded
     atomic.py           whole-file writes
 
 Import rules (tests/test_layers.py checks them on every module):
 - convmixer/ imports nothing of ablations/ or analysis/; ablations/config.py imports only convmixer/.
 - store.py imports only config.py and atomic.py; data/ only config.py, atomic.py and convmixer/.
 - engine/ imports data/, store.py, config.py, atomic.py and convmixer/; never sweep/ or run.py.
-- sweep/ reaches engine/ only through execute.py; presets, grid and study import only config.py and each other.
+- sweep/ reaches engine/ only through execute.py, and data/ only through plan.py (which loads each dataset once
+  before the sweep, to check it and record it); presets, grid and study import only config.py and each other.
 - nothing imports run.py; analysis/ imports only config.py, store.py, atomic.py and data/ of ablations/.
 """

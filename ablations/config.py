@@ -12,6 +12,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from convmixer.arguments import check_patch_fits
 from convmixer.depthwise import IMPLS
@@ -45,6 +46,23 @@ REFERENCE_MODEL = MODEL_CONFIGS["convmixer_256_8_cifar10"]
 # The ConvMixerConfig fields a run sets as its own keys (the data sets the others): a new model knob is a field
 # there and a key in RunConfig, and model_config passes it on by name.
 MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ConvMixerConfig) if f.name not in ("n_classes", "in_chans"))
+
+
+def repository(folder: Path) -> Path | None:
+    """The git work tree that holds `folder` (a clone or a worktree: it has .git), or None (a pip install used
+    outside any checkout)."""
+    return next((path for path in (folder, *folder.parents) if (path / ".git").exists()), None)
+
+
+def portable_path(path: str) -> str:
+    """How results record a data path: relative to the repository (the git work tree of the current folder) when
+    it lies inside it, else only its file or folder name. The data's identity (data.json) does the matching, so
+    a result names where its data lives without committing a machine's path."""
+    absolute = Path(os.path.abspath(os.path.expanduser(path)))
+    repo = repository(Path.cwd())
+    if repo is not None and absolute.is_relative_to(repo):
+        return str(absolute.relative_to(repo))
+    return absolute.name
 
 
 class ConfigError(ValueError):
@@ -116,10 +134,14 @@ class RunConfig:
 
     def with_absolute_data_root(self, data_root: str | None = None) -> "RunConfig":
         """This config with data_root (or the given one) made absolute against the current folder, as a path typed
-        in a shell means. The sweep does this once, before any launcher: a worker or SLURM job may start in
-        another folder."""
+        in a shell means. The sweep trains with it (a worker or SLURM job may start in another folder) and records
+        `recorded()` instead."""
         path = self.data_root if data_root is None else data_root
         return dataclasses.replace(self, data_root=os.path.abspath(os.path.expanduser(path)))
+
+    def recorded(self) -> "RunConfig":
+        """This config as results record it: data_root portable (`portable_path`), never a machine's own path."""
+        return dataclasses.replace(self, data_root=portable_path(self.data_root))
 
     def model_config(self, n_classes: int, in_chans: int = 3) -> ConvMixerConfig:
         """The model this run trains; classes and channels come from the data, every other field from MODEL_KEYS."""

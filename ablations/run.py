@@ -12,11 +12,9 @@ this sweep's is refused; one sweep at a time works in a folder (a second is refu
 """
 
 import argparse
-import dataclasses
 import json
 import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -24,17 +22,17 @@ from typing import NoReturn
 import torch
 
 from ablations.atomic import WriteError
-from ablations.config import ACCEPTED, NOT_IDENTITY, ConfigError, RunConfig
+from ablations.config import ConfigError, RunConfig
 from ablations.data import dataset_label
 from ablations.data.loaders import DataError
-from ablations.data.sources import load_splits
 from ablations.engine.train import run_dtype
-from ablations.store import DATA, DONE, FAILED, FINISHED, Store, StoreError
+from ablations.store import DONE, FAILED, Store, StoreError
 from ablations.sweep.grid import Sweep, build_sweep
-from ablations.sweep.local import LocalLauncher
-from ablations.sweep.presets import DEFAULT_PRESET, PRESETS
-from ablations.sweep.progress import SweepProgress, run_label
-from ablations.sweep.slurm import SlurmLauncher, SlurmOptions, check_cluster, parse_extra
+from ablations.sweep.local import LocalLauncher, add_local_options
+from ablations.sweep.plan import check_ids, outcome, plan, run_plan
+from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, keys_help
+from ablations.sweep.progress import run_label
+from ablations.sweep.slurm import SlurmLauncher, SlurmOptions, add_slurm_options, check_cluster
 from ablations.sweep.study import Study, read_study
 from convmixer.arguments import OneLineParser, folder_path, run_cli
 from convmixer.runtime import parse_devices, usable_cores
@@ -47,24 +45,6 @@ MAX_RUNS = 10_000  # --max-runs's default: a design beyond it is most likely a t
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def keys_help(preset: str) -> str:
-    """Every key with its value under `preset` (what a run gets unless --set/--grid/--vary change it) and what
-    it accepts."""
-    values = RunConfig(**PRESETS[preset].values)
-    rows = []
-    for f in dataclasses.fields(RunConfig):
-        rule = ACCEPTED.get(f.name)
-        accepted = rule.describe().removeprefix("expected ") if rule else "true or false"
-        if f.name in NOT_IDENTITY:
-            accepted = "a folder or archive path (not part of the run id)"
-        rows.append(f"  {f.name:<16} {getattr(values, f.name)!s:<12} {accepted}")
-    presets = "\n".join(f"  {name:<16} {p.description}" for name, p in PRESETS.items())
-    header = (
-        f"keys, with their values in preset {preset} (`--preset NAME --help` shows another's), and what they accept:"
-    )
-    return f"{header}\n" + "\n".join(rows) + f"\n\npresets:\n{presets}"
 
 
 def help_preset(argv: list[str] | None) -> str:
@@ -119,44 +99,16 @@ def build_parser(preset: str = DEFAULT_PRESET) -> OneLineParser:
     parser.add_argument("--retry-failed", action="store_true", help="rerun failed runs from their last checkpoint")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoint.pt of finished runs")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
-    parser.add_argument("--devices", default="auto", help="auto, cpu, cuda, or GPU indices: 0,1 (local launcher)")
-    parser.add_argument(
-        "--jobs-per-device", type=int, metavar="N",
-        help="concurrent runs per device (default: 1 per GPU; on the CPU one per core, each run single-threaded)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--time-limit", type=float, metavar="MIN",
-        help="local launcher: start no run that the longest run so far says would end after MIN minutes, and stop "
-        "the runs in flight at MIN (they resume on the next start)",
-    )  # fmt: skip
-    slurm = parser.add_argument_group("SLURM (--launcher slurm: one job array, one job per run; docs/slurm.md)")
-    slurm.add_argument("--slurm-partition", metavar="NAME", help="partition (default: the cluster's default)")
-    slurm.add_argument("--slurm-time", type=int, default=240, metavar="MIN", help="time limit per job in minutes")
-    slurm.add_argument("--slurm-cpus", type=int, metavar="N", help="CPUs per run (default: 1, or 8 per GPU)")
-    slurm.add_argument("--slurm-mem", metavar="SIZE", help="memory per run in SLURM's syntax: 16G, 500M")
-    slurm.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per run (default 0: CPU)")
-    slurm.add_argument("--slurm-account", metavar="NAME", help="account to charge")
-    slurm.add_argument("--slurm-qos", metavar="NAME", help="quality of service")
-    slurm.add_argument(
-        "--slurm-option", action="append", default=[], metavar="KEY=VALUE",
-        help="any other sbatch option, e.g. constraint=a100 or exclusive (repeatable)",
-    )  # fmt: skip
-    slurm.add_argument("--slurm-parallel", type=int, metavar="N", help="run at most N jobs at once (default: all)")
-    slurm.add_argument("--slurm-poll", type=float, default=15.0, metavar="S", help="ask squeue every S seconds")
+    add_local_options(parser)
+    add_slurm_options(parser)
     return parser
 
 
 def load_design(args: argparse.Namespace) -> tuple[Study | None, str, Sweep]:
     """(the study or None, the preset's name, the sweep) from --study or from the other options."""
     if args.study is None:
-        preset = args.preset or DEFAULT_PRESET
-        return (
-            None,
-            preset,
-            build_sweep(
-                PRESETS[preset].values, args.set, args.grid, 1 if args.seeds is None else args.seeds, args.vary
-            ),
-        )
+        preset, seeds = args.preset or DEFAULT_PRESET, 1 if args.seeds is None else args.seeds
+        return None, preset, build_sweep(PRESETS[preset].values, args.set, args.grid, seeds, args.vary)
     given = [name for name in ("grid", "vary", "set") if getattr(args, name)]
     given += [name for name in ("seeds", "preset") if getattr(args, name) is not None]
     if given:
@@ -213,42 +165,12 @@ def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: l
         raise ConfigError(f"--time-limit {args.time_limit} is not accepted: expected a number of minutes > 0")
     if args.time_limit is not None and args.launcher == "slurm":
         raise ConfigError("--time-limit is not accepted with --launcher slurm: use --slurm-time for each job")
-    options = slurm_options(args)
+    options = SlurmOptions.from_args(args)
     if args.launcher == "slurm":
         for precision in {cfg.precision for cfg in configs}:
             run_dtype(precision, torch.device(options.device))
         check_cluster(options)
-    ids: dict[str, RunConfig] = {}
-    for cfg in configs:
-        first = ids.setdefault(cfg.run_id(), cfg)
-        if first is not cfg:
-            differ = [key for key, value in first.to_dict().items() if value != getattr(cfg, key)]
-            why = (
-                f"differ only in {', '.join(differ)}, which is not part of a run's id: sweep each in its own --out"
-                if differ
-                else "are the same config: drop one"
-            )
-            raise ConfigError(f"two runs of the sweep have the same id {cfg.run_id()}: they {why}")
-
-
-def check_data(configs: list[RunConfig], todo: list[RunConfig], store: Store) -> dict[str, dict]:
-    """Load each distinct dataset once before the sweep starts, as a run would: a missing dataset fails now, in
-    one line, not in every run; a download or a decode into the cache happens once here instead of in every
-    worker at once. Every run's patch is then checked against the size its images load at, and every run folder
-    against this data (`Store.check_run`). Returns the data record of each run to train or that recorded one."""
-    loaded: dict[tuple, dict] = {}
-    records = {}
-    to_train = {cfg.run_id() for cfg in todo}
-    for cfg in configs:
-        if cfg.run_id() in to_train or (store.run_dir(cfg) / DATA).exists():  # else finished before data records
-            key = (cfg.dataset, cfg.data_root, cfg.image_size, cfg.train_subset, cfg.test_subset)
-            if key not in loaded:
-                label = {"data": dataset_label(cfg.dataset, cfg.data_root), "data_root": cfg.data_root}
-                loaded[key] = {**label, **load_splits(cfg).identity()}
-            cfg.check_image_size(loaded[key]["image_size"], f" in data_root={cfg.data_root!r}")
-            records[cfg.run_id()] = loaded[key]
-        store.check_run(cfg, records.get(cfg.run_id()))
-    return records
+    check_ids(configs)
 
 
 def print_table(configs: list[RunConfig], keys: list[str], store: Store) -> None:
@@ -262,77 +184,20 @@ def print_table(configs: list[RunConfig], keys: list[str], store: Store) -> None
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def slurm_options(args: argparse.Namespace) -> SlurmOptions:
-    """The --slurm-* options, checked (the cluster itself is asked in check_cluster)."""
-    for name in ("slurm_time", "slurm_cpus", "slurm_parallel"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} {value} is not accepted: expected an integer >= 1")
-    if not args.slurm_poll > 0:
-        raise ConfigError(f"--slurm-poll {args.slurm_poll} is not accepted: expected a number of seconds > 0")
-    if args.slurm_gpus < 0:
-        raise ConfigError(f"--slurm-gpus {args.slurm_gpus} is not accepted: expected an integer >= 0")
-    if args.slurm_mem is not None and not re.fullmatch(r"[1-9][0-9]*[KMGT]?", args.slurm_mem):
-        raise ConfigError(f"--slurm-mem {args.slurm_mem!r} is not accepted: expected a size like 16G or 500M")
-    return SlurmOptions(
-        partition=args.slurm_partition, time_min=args.slurm_time, cpus_per_task=args.slurm_cpus, mem=args.slurm_mem,
-        gpus=args.slurm_gpus, account=args.slurm_account, qos=args.slurm_qos,
-        extra=parse_extra(args.slurm_option), parallel=args.slurm_parallel, poll_s=args.slurm_poll,
-    )  # fmt: skip
-
-
 def make_launcher(args: argparse.Namespace, store: Store, devices: list[str]) -> LocalLauncher | SlurmLauncher:
     if args.launcher == "slurm":
-        return SlurmLauncher(store, slurm_options(args), args.keep_checkpoints)
+        return SlurmLauncher(store, SlurmOptions.from_args(args), args.keep_checkpoints)
     limit_s = None if args.time_limit is None else 60 * args.time_limit
     return LocalLauncher(store, devices, args.jobs_per_device, args.keep_checkpoints, limit_s)
 
 
-def runs_to_train(configs: list[RunConfig], store: Store, retry_failed: bool) -> list[RunConfig]:
-    """The unfinished runs, the ones that failed for a transient reason (disk full, a killed worker), and with
-    --retry-failed every failed one (diverged ones would only diverge again)."""
-    states = [store.state(store.run_dir(cfg)) for cfg in configs]
-    return [
-        cfg
-        for cfg, state in zip(configs, states, strict=True)
-        if state.status not in FINISHED or (state.status == FAILED and (retry_failed or state.transient))
-    ]
-
-
-def run_sweep(args, configs: list[RunConfig], data: dict[str, dict], keys: list[str], store: Store, devices) -> None:
-    """Write the sweep's new run files, then train the runs left to train, rebuilding summary.csv as runs finish."""
-    store.prepare(configs, data)
-    todo = runs_to_train(configs, store, args.retry_failed)  # again, under the lock: another sweep may have ended
-    todo_ids = {cfg.run_id() for cfg in todo}
-    for cfg in configs:
-        if cfg.run_id() in todo_ids:
-            store.forget_failure(store.run_dir(cfg))
-        elif not args.keep_checkpoints:
-            store.drop_checkpoint(store.run_dir(cfg))  # one left by a sweep killed just after the run finished
-    store.write_summary()
-    if not todo:
-        return
-    progress = SweepProgress(
-        {cfg.run_id(): cfg.epochs for cfg in todo},
-        {cfg.run_id(): store.state(store.run_dir(cfg)).epochs for cfg in todo},
-        {cfg.run_id(): run_label(cfg.to_dict(), keys) for cfg in todo},
-    )
-    try:
-        make_launcher(args, store, devices).run(todo, progress)
-    finally:
-        progress.close()
-        store.write_summary()
-
-
 def report(configs: list[RunConfig], keys: list[str], store: Store) -> int:
     """Print how the sweep ended and where its results are; return the exit code."""
-    states = {cfg.run_id(): store.state(store.run_dir(cfg)) for cfg in configs}
-    counts = {}
-    for state in states.values():
-        counts[state.status] = counts.get(state.status, 0) + 1
+    ended = outcome(configs, store)
+    counts = ended.counts()
     print(f"{plural(len(configs), 'run')}: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
     for cfg in configs:
-        state = states[cfg.run_id()]
+        state = ended.states[cfg.run_id()]
         if state.status != DONE:
             print(f"  {cfg.run_id()} {run_label(cfg.to_dict(), keys)}: {state.describe(cfg.epochs)}")
     if counts.get(FAILED):
@@ -340,7 +205,7 @@ def report(configs: list[RunConfig], keys: list[str], store: Store) -> int:
         print("  add --retry-failed to resume the other failed runs too")
     print(f"summary: {store.summary}")
     print(f"report:  python -m analysis.report {store.root}")
-    return 0 if counts.get(DONE, 0) == len(configs) else 1
+    return ended.exit_code
 
 
 def first_line(name: str, configs: list[RunConfig], origin: str, keys: list[str]) -> str:
@@ -372,10 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     keys = sweep.varying_keys()
     origin = f"study {args.study} (preset {preset})" if study is not None else f"preset {preset}"
     print(first_line(name, configs, origin, keys), flush=True)
-    todo = runs_to_train(configs, store, args.retry_failed)
-    data = check_data(configs, todo, store)  # a dry run checks the data too: it is what a real run would fail on first
+    sweep_plan = plan(configs, store, args.retry_failed, keys)  # a dry run checks the data too: a run would fail on it
     slots = len(devices) * args.jobs_per_device
     workers = f"{plural(slots, 'worker')} on {', '.join(devices)}" if devices else "SLURM jobs"
+    todo = sweep_plan.todo
     print(f"{len(todo)} to train ({len(configs) - len(todo)} finished earlier) with {workers}; results in {store.root}")
     if args.dry_run:
         print_table(configs, keys, store)
@@ -383,12 +248,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{cfg.run_id()} {json.dumps(cfg.to_dict())}")
         return 0
     create_result_dir(store.root)
-    with store.lock_sweep():
-        store.set_aside_damaged()
-        design = {"name": name, "preset": preset, "study": str(args.study) if study else None,
-                  "description": study.description if study else "", **sweep.design()}  # fmt: skip
-        store.add_design(design, [cfg.run_id() for cfg in configs], study.text if study else None)
-        run_sweep(args, configs, data, keys, store, devices)
+    design = {"name": name, "preset": preset, "study": str(args.study) if study else None,
+              "description": study.description if study else "", **sweep.design()}  # fmt: skip
+    run_plan(sweep_plan, make_launcher(args, store, devices), design, study.text if study else None)
     return report(configs, keys, store)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ablations import run
+from ablations.sweep import plan
 from convmixer.tweet import TWEET
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +94,6 @@ def test_the_readmes_sweep_commands_are_accepted(argv, monkeypatch, capsys):
     """Every sweep the README shows parses and plans (a dry run), its data aside: CIFAR-10 is downloaded on first
     use, which a test must not do. A dry run writes nothing."""
     monkeypatch.chdir(ROOT)  # the README's commands run from the repository root
-    monkeypatch.setattr(run, "check_data", lambda configs, todo, store: {})
+    monkeypatch.setattr(plan, "check_data", lambda configs, todo, store: {})
     assert run.main([*argv[3:], "--dry-run"]) == 0
     assert "to train" in capsys.readouterr().out

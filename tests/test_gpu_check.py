@@ -84,7 +84,9 @@ def test_the_gpu_session_study_part_brings_back_the_store_without_checkpoints(ci
         names = tar.getnames()
     assert sum(name.endswith("/metrics.json") for name in names) == 2 and "tiny-study/sweep.json" in names
     assert not [name for name in names if "checkpoint" in name or name.endswith(".lock")]
-    assert {json.loads(path.read_text())["data_root"] for path in store.glob("runs/*/config.json")} == {str(data)}
+    # The data outside the repository: its name recorded, the machine's path left to the logs.
+    assert {json.loads(path.read_text())["data_root"] for path in store.glob("runs/*/config.json")} == {data.name}
+    assert all(f"data_root {data}\n" in path.read_text() for path in store.glob("runs/*/log.txt"))
 
 
 def test_the_gpu_session_script_refuses_a_bad_part_or_missing_data(repo_root, tmp_path):

@@ -26,6 +26,8 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
         "ablations.sweep.execute",
         ("ablations.engine", "ablations.sweep.progress", "ablations.store", "ablations.config", "convmixer"),
     ),  # fmt: skip
+    # The plan loads each dataset once, as a run would, to check it and record it: sweep/'s one arrow into data/.
+    ("ablations.sweep.plan", ("ablations.sweep.progress", "ablations.data", "ablations.store", "ablations.config")),
     ("ablations.sweep.presets", ("ablations.config",)),
     ("ablations.sweep.grid", ("ablations.config", "ablations.sweep.presets")),
     ("ablations.sweep.study", ("ablations.config", "ablations.sweep.grid", "ablations.sweep.presets")),

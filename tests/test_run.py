@@ -24,10 +24,11 @@ from PIL import Image
 
 import ablations.sweep.execute as worker
 from ablations import atomic
-from ablations.run import cli, runs_to_train
+from ablations.run import cli
 from ablations.store import Store
 from ablations.sweep.grid import build_sweep
 from ablations.sweep.local import LocalLauncher
+from ablations.sweep.plan import runs_to_train
 from ablations.sweep.presets import PRESETS
 from ablations.sweep.progress import SweepProgress
 from convmixer.runtime import parse_devices

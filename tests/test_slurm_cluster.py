@@ -136,7 +136,8 @@ def freeze_until_ended(pid: int, sweep: subprocess.Popen, timeout: float = 150) 
 
 def test_a_relative_data_root_reaches_a_job_that_starts_in_another_folder(cluster, tmp_path, cifar10_jpeg):
     """The real JPEG copy of CIFAR-10 under a relative data_root: the sweep resolves it once, before submitting,
-    so a job whose working directory is / (sbatch --chdir) still finds the data."""
+    so a job whose working directory is / (sbatch --chdir) still finds the data; the results record only its name
+    (no repository here), the run's log the path the job opened."""
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "cifar10-jpeg.tar.gz").symlink_to(cifar10_jpeg)
     out = tmp_path / "jpeg"
@@ -146,7 +147,9 @@ def test_a_relative_data_root_reaches_a_job_that_starts_in_another_folder(cluste
     assert sweep.returncode == 0, sweep.stdout + sweep.stderr
     rows = read_summary(out)
     assert [row["status"] for row in rows] == ["done", "done"]
-    assert {row["data_root"] for row in rows} == {str(tmp_path / "data" / "cifar10-jpeg.tar.gz")}
+    assert {row["data_root"] for row in rows} == {"cifar10-jpeg.tar.gz"}
+    opened = f"data_root {tmp_path / 'data' / 'cifar10-jpeg.tar.gz'}\n"
+    assert all(opened in (out / "runs" / row["run_id"] / "log.txt").read_text() for row in rows)
     no_jobs_left()
 
 

@@ -1,9 +1,10 @@
 """Runs one config inside its run folder, and ends it in the sweep: the steps both launchers share.
 
-train_run does the training, checkpointing and metrics; this wraps it with the run's log.txt and turns any
-exception (CUDA out of memory included) into a metrics.json with status "failed" and a one-line reason, so that
-one bad run is recorded and the sweep goes on. An interrupt (Ctrl-C, SIGTERM) is not a failure: the run
-stays unfinished and resumes from its last checkpoint next time.
+train_run does the training, checkpointing and metrics; this wraps it with the run's log.txt (the one file of a
+run that holds the machine's absolute data_root) and turns any exception (CUDA out of memory included) into a
+metrics.json with status "failed" and a one-line reason, so that one bad run is recorded and the sweep goes on. An
+interrupt (Ctrl-C, SIGTERM) is not a failure: the run stays unfinished and resumes from its last checkpoint next
+time.
 
 end_run is the sweep process's side: once a run's worker or job is gone, the run has metrics.json (written by
 execute_run) or gets one recording why it ended, and the progress display and summary.csv learn of it.
@@ -68,6 +69,7 @@ def execute_run(
                 pass
 
         log(f"start on {device} (host {socket.gethostname()}, pid {os.getpid()})")
+        log(f"data_root {os.path.abspath(cfg.data_root)}")  # results record it portably (RunConfig.recorded)
         try:
             metrics = train_run(cfg, run_dir, device=device, log=log, on_epoch=on_epoch)
         except (KeyboardInterrupt, SystemExit):

@@ -10,6 +10,7 @@ would still finish in time, and runs still training at the limit are stopped: th
 from their last checkpoint on the next start.
 """
 
+import argparse
 import multiprocessing
 import os
 import signal
@@ -27,6 +28,20 @@ from ablations.config import RunConfig
 from ablations.store import Store
 from ablations.sweep.execute import end_run, execute_run, limit_cpu_threads
 from ablations.sweep.progress import SweepProgress
+
+
+def add_local_options(parser: argparse.ArgumentParser) -> None:
+    """The sweep command's options of the local launcher (the command checks them against each other)."""
+    parser.add_argument("--devices", default="auto", help="auto, cpu, cuda, or GPU indices: 0,1 (local launcher)")
+    parser.add_argument(
+        "--jobs-per-device", type=int, metavar="N",
+        help="concurrent runs per device (default: 1 per GPU; on the CPU one per core, each run single-threaded)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--time-limit", type=float, metavar="MIN",
+        help="local launcher: start no run that the longest run so far says would end after MIN minutes, and stop "
+        "the runs in flight at MIN (they resume on the next start)",
+    )  # fmt: skip
 
 
 def device_slots(devices: list[str], jobs_per_device: int) -> list[str]:

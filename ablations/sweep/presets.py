@@ -5,10 +5,12 @@
 no gradient clipping; about 92.5% test accuracy); precision stays `auto` (bf16 on a GPU, where the reference
 used fp16 autocast). `smoke` is a tiny model on synthetic data whose
 four-run kernel-size sweep finishes in about two minutes on two CPU cores, so every command can be tried before a GPU
-is involved.
+is involved. `keys_help` lists every key with its value in a preset, for the --help of a command that takes --preset.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+from ablations.config import ACCEPTED, NOT_IDENTITY, RunConfig
 
 CIFAR10_RECIPE = {
     "dim": 256,
@@ -70,3 +72,21 @@ PRESETS = {
     ),
 }
 DEFAULT_PRESET = "smoke"
+
+
+def keys_help(preset: str) -> str:
+    """Every key with its value under `preset` (what a run gets unless --set/--grid/--vary change it) and what
+    it accepts."""
+    values = RunConfig(**PRESETS[preset].values)
+    rows = []
+    for f in fields(RunConfig):
+        rule = ACCEPTED.get(f.name)
+        accepted = rule.describe().removeprefix("expected ") if rule else "true or false"
+        if f.name in NOT_IDENTITY:
+            accepted = "a folder or archive path (not part of the run id)"
+        rows.append(f"  {f.name:<16} {getattr(values, f.name)!s:<12} {accepted}")
+    presets = "\n".join(f"  {name:<16} {p.description}" for name, p in PRESETS.items())
+    header = (
+        f"keys, with their values in preset {preset} (`--preset NAME --help` shows another's), and what they accept:"
+    )
+    return f"{header}\n" + "\n".join(rows) + f"\n\npresets:\n{presets}"

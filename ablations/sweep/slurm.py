@@ -17,6 +17,7 @@ locally. The sweep process submits, then follows the jobs with squeue (no accoun
 submitit is imported only here, and only when the launcher is used.
 """
 
+import argparse
 import os
 import re
 import subprocess
@@ -58,6 +59,28 @@ class SlurmOptions:
     parallel: int | None = None  # at most this many array tasks run at once (None: all)
     poll_s: float = 15.0  # how often the sweep process asks squeue (it looks at the store every second)
 
+    def __post_init__(self) -> None:
+        """ConfigError, naming the command's option, for a value SLURM would refuse or misread (the cluster itself
+        is asked in check_cluster)."""
+        for option, value in (("time", self.time_min), ("cpus", self.cpus_per_task), ("parallel", self.parallel)):
+            if value is not None and value < 1:
+                raise ConfigError(f"--slurm-{option} {value} is not accepted: expected an integer >= 1")
+        if not self.poll_s > 0:
+            raise ConfigError(f"--slurm-poll {self.poll_s} is not accepted: expected a number of seconds > 0")
+        if self.gpus < 0:
+            raise ConfigError(f"--slurm-gpus {self.gpus} is not accepted: expected an integer >= 0")
+        if self.mem is not None and not re.fullmatch(r"[1-9][0-9]*[KMGT]?", self.mem):
+            raise ConfigError(f"--slurm-mem {self.mem!r} is not accepted: expected a size like 16G or 500M")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "SlurmOptions":
+        """The options add_slurm_options parsed."""
+        return cls(
+            partition=args.slurm_partition, time_min=args.slurm_time, cpus_per_task=args.slurm_cpus,
+            mem=args.slurm_mem, gpus=args.slurm_gpus, account=args.slurm_account, qos=args.slurm_qos,
+            extra=parse_extra(args.slurm_option), parallel=args.slurm_parallel, poll_s=args.slurm_poll,
+        )  # fmt: skip
+
     @property
     def device(self) -> str:
         return "cuda" if self.gpus else "cpu"
@@ -68,6 +91,30 @@ class SlurmOptions:
         own = {"partition": self.partition, "time": self.time_min, "cpus_per_task": cpus, "mem": self.mem}
         own |= {"gpus_per_node": self.gpus or None, "account": self.account, "qos": self.qos}
         return {key: value for key, value in {**own, **self.extra}.items() if value is not None}
+
+
+def add_slurm_options(parser: argparse.ArgumentParser) -> None:
+    """The sweep command's --slurm-* options, with SlurmOptions' defaults (SlurmOptions.from_args reads them)."""
+    slurm = parser.add_argument_group("SLURM (--launcher slurm: one job array, one job per run; docs/slurm.md)")
+    slurm.add_argument("--slurm-partition", metavar="NAME", help="partition (default: the cluster's default)")
+    slurm.add_argument(
+        "--slurm-time", type=int, default=SlurmOptions.time_min, metavar="MIN", help="time limit per job in minutes"
+    )
+    slurm.add_argument("--slurm-cpus", type=int, metavar="N", help="CPUs per run (default: 1, or 8 per GPU)")
+    slurm.add_argument("--slurm-mem", metavar="SIZE", help="memory per run in SLURM's syntax: 16G, 500M")
+    slurm.add_argument(
+        "--slurm-gpus", type=int, default=SlurmOptions.gpus, metavar="N", help="GPUs per run (default 0: CPU)"
+    )
+    slurm.add_argument("--slurm-account", metavar="NAME", help="account to charge")
+    slurm.add_argument("--slurm-qos", metavar="NAME", help="quality of service")
+    slurm.add_argument(
+        "--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+        help="any other sbatch option, e.g. constraint=a100 or exclusive (repeatable)",
+    )  # fmt: skip
+    slurm.add_argument("--slurm-parallel", type=int, metavar="N", help="run at most N jobs at once (default: all)")
+    slurm.add_argument(
+        "--slurm-poll", type=float, default=SlurmOptions.poll_s, metavar="S", help="ask squeue every S seconds"
+    )
 
 
 def parse_extra(items: list[str]) -> dict[str, str | bool]:

@@ -1,0 +1,159 @@
+"""The sweep's plan: which runs train (again), on which data, and how the sweep ended, callable without an argv.
+
+`plan` checks what a run would fail on first (each distinct dataset is loaded once, every run folder is checked
+against it) and writes nothing; `run_plan` records the design, holds the folder's lock and trains what is left
+with a launcher; `outcome` reads every run's state back. `python -m ablations.run` is these three with parsing and
+printing around them, and a notebook calls them directly:
+
+    configs = build_sweep(PRESETS["smoke"].values, [], ["kernel_size=3,7"], seeds=1).configs()
+    store = Store(Path("sweeps/k"))
+    launcher = LocalLauncher(store, ["cpu"], jobs_per_device=2, keep_checkpoints=False)
+    ended = run_plan(plan(configs, store), launcher, {"name": "k"})  # ended.exit_code: 0 iff every run is done
+
+Runs train with data_root made absolute (a worker or SLURM job may start in another folder) but record it
+portably (RunConfig.recorded): the absolute path goes only to the run's log.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ablations.config import ConfigError, RunConfig
+from ablations.data import dataset_label
+from ablations.data.sources import load_splits
+from ablations.store import DATA, DONE, FAILED, FINISHED, RunState, Store
+from ablations.sweep.progress import SweepProgress, run_label
+
+
+class Launcher(Protocol):
+    """What run_plan needs of a launcher (LocalLauncher, SlurmLauncher)."""
+
+    keep_checkpoints: bool
+
+    def run(self, configs: list[RunConfig], progress: SweepProgress) -> dict[str, dict]: ...
+
+
+@dataclass
+class Plan:
+    store: Store
+    configs: list[RunConfig]  # every run of the sweep, data_root absolute
+    todo: list[RunConfig]  # the runs to train (again), as planned: run_plan asks again under the lock
+    data: dict[str, dict]  # the data.json record of each run to train, or that recorded one, by run id
+    retry_failed: bool = False
+    keys: list[str] = field(default_factory=list)  # the keys that name a run in the progress lines
+
+
+def check_ids(configs: list[RunConfig]) -> None:
+    """ConfigError unless every run has its own id (its own folder)."""
+    ids: dict[str, RunConfig] = {}
+    for cfg in configs:
+        first = ids.setdefault(cfg.run_id(), cfg)
+        if first is not cfg:
+            differ = [key for key, value in first.to_dict().items() if value != getattr(cfg, key)]
+            why = (
+                f"differ only in {', '.join(differ)}, which is not part of a run's id: sweep each in its own --out"
+                if differ
+                else "are the same config: drop one"
+            )
+            raise ConfigError(f"two runs of the sweep have the same id {cfg.run_id()}: they {why}")
+
+
+def runs_to_train(configs: list[RunConfig], store: Store, retry_failed: bool) -> list[RunConfig]:
+    """The unfinished runs, the ones that failed for a transient reason (disk full, a killed worker), and with
+    `retry_failed` every failed one (diverged ones would only diverge again)."""
+    states = [store.state(store.run_dir(cfg)) for cfg in configs]
+    return [
+        cfg
+        for cfg, state in zip(configs, states, strict=True)
+        if state.status not in FINISHED or (state.status == FAILED and (retry_failed or state.transient))
+    ]
+
+
+def check_data(configs: list[RunConfig], todo: list[RunConfig], store: Store) -> dict[str, dict]:
+    """Load each distinct dataset once before the sweep starts, as a run would: a missing dataset fails now, in
+    one line, not in every run; a download or a decode into the cache happens once here instead of in every
+    worker at once. Every run's patch is then checked against the size its images load at, and every run folder
+    against this data (`Store.check_run`). Returns the data record of each run to train or that recorded one."""
+    loaded: dict[tuple, dict] = {}
+    records = {}
+    to_train = {cfg.run_id() for cfg in todo}
+    for cfg in configs:
+        if cfg.run_id() in to_train or (store.run_dir(cfg) / DATA).exists():  # else finished before data records
+            key = (cfg.dataset, cfg.data_root, cfg.image_size, cfg.train_subset, cfg.test_subset)
+            if key not in loaded:
+                place = {"data": dataset_label(cfg.dataset, cfg.data_root), "data_root": cfg.recorded().data_root}
+                loaded[key] = {**place, **load_splits(cfg).identity()}
+            cfg.check_image_size(loaded[key]["image_size"], f" in data_root={cfg.data_root!r}")
+            records[cfg.run_id()] = loaded[key]
+        store.check_run(cfg, records.get(cfg.run_id()))
+    return records
+
+
+def plan(configs: list[RunConfig], store: Store, retry_failed: bool = False, keys: Sequence[str] = ()) -> Plan:
+    """What a sweep of `configs` into `store` would train, its data loaded and checked; nothing is written.
+    Damaged run files are read as absent (run_plan sets them aside); `keys` name the runs in progress lines."""
+    configs = [cfg.with_absolute_data_root() for cfg in configs]
+    check_ids(configs)
+    store.find_damaged()
+    todo = runs_to_train(configs, store, retry_failed)
+    return Plan(store, configs, todo, check_data(configs, todo, store), retry_failed, list(keys))
+
+
+def train(sweep: Plan, launcher: Launcher) -> None:
+    """Write the sweep's new run files, then train the runs left to train, rebuilding summary.csv as runs finish."""
+    store = sweep.store
+    store.prepare([cfg.recorded() for cfg in sweep.configs], sweep.data)
+    # Again, under the lock: another sweep may have ended since the plan was made.
+    todo = runs_to_train(sweep.configs, store, sweep.retry_failed)
+    todo_ids = {cfg.run_id() for cfg in todo}
+    for cfg in sweep.configs:
+        if cfg.run_id() in todo_ids:
+            store.forget_failure(store.run_dir(cfg))
+        elif not launcher.keep_checkpoints:
+            store.drop_checkpoint(store.run_dir(cfg))  # one left by a sweep killed just after the run finished
+    store.write_summary()
+    if not todo:
+        return
+    progress = SweepProgress(
+        {cfg.run_id(): cfg.epochs for cfg in todo},
+        {cfg.run_id(): store.state(store.run_dir(cfg)).epochs for cfg in todo},
+        {cfg.run_id(): run_label(cfg.to_dict(), sweep.keys) for cfg in todo},
+    )
+    try:
+        launcher.run(todo, progress)
+    finally:
+        progress.close()
+        store.write_summary()
+
+
+@dataclass
+class Outcome:
+    """How a sweep ended: the state of each of its runs, by run id in the sweep's order."""
+
+    states: dict[str, RunState]
+
+    def counts(self) -> dict[str, int]:
+        """How many runs have each status, in the order the statuses first occur."""
+        counts: dict[str, int] = {}
+        for state in self.states.values():
+            counts[state.status] = counts.get(state.status, 0) + 1
+        return counts
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every run is done, 1 when some failed, diverged or are unfinished."""
+        return 0 if all(state.status == DONE for state in self.states.values()) else 1
+
+
+def outcome(configs: list[RunConfig], store: Store) -> Outcome:
+    return Outcome({cfg.run_id(): store.state(store.run_dir(cfg)) for cfg in configs})
+
+
+def run_plan(sweep: Plan, launcher: Launcher, design: dict, study_text: str | None = None) -> Outcome:
+    """Run a plan: hold the folder's lock (one sweep at a time), set damaged files aside, record the design (the
+    `design` fields of sweep.json: name, preset, ...; Store.add_design) with its runs, train, and say how it ended."""
+    with sweep.store.lock_sweep():
+        sweep.store.set_aside_damaged()
+        sweep.store.add_design(design, [cfg.run_id() for cfg in sweep.configs], study_text)
+        train(sweep, launcher)
+    return outcome(sweep.configs, sweep.store)

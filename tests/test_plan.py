@@ -1,0 +1,149 @@
+"""The sweep's plan from Python, without an argv, and what its results record of where the data was."""
+
+import csv
+import functools
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import imagefolder, write_tree
+
+from ablations.config import ConfigError, RunConfig, portable_path
+from ablations.store import Store, StoreError
+from ablations.sweep.execute import end_run, execute_run
+from ablations.sweep.plan import Outcome, plan, run_plan
+from ablations.sweep.progress import SweepProgress
+from ablations.sweep.slurm import SlurmOptions
+
+TINY = dict(dim=8, depth=1, patch_size=4, kernel_size=3, epochs=1)
+
+
+def tiny(data: Path, **changes) -> RunConfig:
+    """A run of about a tenth of a second on the tree `pictures` writes."""
+    return imagefolder(data, **{**TINY, **changes})
+
+
+class InProcess:
+    """The Launcher protocol at its smallest: each run trained in this process, one after the other."""
+
+    keep_checkpoints = False
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def run(self, configs: list[RunConfig], progress: SweepProgress) -> dict[str, dict]:
+        ended = {}
+        for cfg in configs:
+            run_id = cfg.run_id()
+            progress.started(run_id, "cpu")
+            execute_run(cfg, self.store, "cpu", on_epoch=functools.partial(progress.epoch, run_id))
+            ended[run_id] = end_run(self.store, run_id, progress, lambda: "no metrics.json", "cpu")
+        return ended
+
+
+def sweep(configs: list[RunConfig], out: Path) -> Outcome:
+    store = Store(out)
+    return run_plan(plan(configs, store, keys=["kernel_size"]), InProcess(store), {"name": out.name})
+
+
+def summary_rows(out: Path) -> list[dict]:
+    with open(out / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run_files(out: Path, name: str) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(out.glob(f"runs/*/{name}"))]
+
+
+def pictures(folder: Path) -> Path:
+    write_tree(folder, {"train": 4, "test": 2})
+    return folder
+
+
+def test_a_notebook_plans_and_runs_a_sweep_without_an_argv(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = pictures(tmp_path / "pictures")
+    configs = [tiny(data, kernel_size=k) for k in (3, 5)]
+    store = Store(tmp_path / "out")
+    planned = plan(configs, store)
+    assert [cfg.run_id() for cfg in planned.todo] == [cfg.run_id() for cfg in configs]
+    assert not (tmp_path / "out").exists()  # planning writes nothing
+    ended = run_plan(planned, InProcess(store), {"name": "out"})
+    assert ended.exit_code == 0 and ended.counts() == {"done": 2}
+    assert [row["status"] for row in summary_rows(tmp_path / "out")] == ["done", "done"]
+    assert store.read_designs()[0]["runs"] == [cfg.run_id() for cfg in configs]
+    assert plan(configs, store).todo == []  # planned again: nothing left to train
+
+
+def test_two_runs_in_one_folder_are_refused_when_planned(tmp_path):
+    cfg = RunConfig(**TINY)
+    with pytest.raises(ConfigError, match="are the same config: drop one"):
+        plan([cfg, RunConfig(**TINY)], Store(tmp_path))
+
+
+def test_a_data_root_outside_the_repository_is_recorded_by_its_name_and_logged_in_full(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no git work tree here or above: no repository
+    data = pictures(tmp_path / "elsewhere" / "pictures")
+    assert sweep([tiny(data)], tmp_path / "out").exit_code == 0
+    assert [c["data_root"] for c in run_files(tmp_path / "out", "config.json")] == ["pictures"]
+    assert [d["data_root"] for d in run_files(tmp_path / "out", "data.json")] == ["pictures"]
+    assert [row["data_root"] for row in summary_rows(tmp_path / "out")] == ["pictures"]
+    (log,) = (tmp_path / "out").glob("runs/*/log.txt")
+    assert f"data_root {data}\n" in log.read_text()
+    recorded = [path for path in (tmp_path / "out").rglob("*") if path.is_file() and path.name != "log.txt"]
+    assert [path.name for path in recorded if str(tmp_path) in path.read_text(errors="replace")] == []
+
+
+def test_a_data_root_inside_the_repository_is_recorded_relative_to_it(tmp_path, monkeypatch):
+    repo = tmp_path / "checkout"
+    (repo / ".git").mkdir(parents=True)
+    pictures(repo / "data" / "pictures")
+    monkeypatch.chdir(repo / "data")  # a path typed in a subfolder is recorded from the repository's root
+    assert sweep([tiny(Path("pictures"))], tmp_path / "out").exit_code == 0
+    assert [c["data_root"] for c in run_files(tmp_path / "out", "config.json")] == ["data/pictures"]
+    assert [d["data_root"] for d in run_files(tmp_path / "out", "data.json")] == ["data/pictures"]
+
+
+def test_a_rerun_from_another_folder_with_the_same_images_is_accepted_and_other_images_are_not(tmp_path, monkeypatch):
+    first, second = tmp_path / "one" / "pictures", tmp_path / "two" / "pictures"
+    monkeypatch.chdir(tmp_path)
+    sweep([tiny(pictures(first), epochs=2)], tmp_path / "out")
+    config, before = run_files(tmp_path / "out", "config.json"), run_files(tmp_path / "out", "data.json")
+    shutil.copytree(first, second)
+    shutil.rmtree(first)
+    monkeypatch.chdir(tmp_path / "two")
+    moved = tiny(Path("pictures"), epochs=2)
+    assert plan([moved], Store(tmp_path / "out")).todo == []  # the same images, elsewhere: the same finished run
+    assert sweep([moved], tmp_path / "out").exit_code == 0
+    assert (run_files(tmp_path / "out", "config.json"), run_files(tmp_path / "out", "data.json")) == (config, before)
+    (second / "train" / "cat" / "000.png").unlink()  # other images: one fewer
+    with pytest.raises(StoreError, match="a result on other data needs another --out"):
+        plan([moved], Store(tmp_path / "out"))
+
+
+def test_a_portable_path_is_relative_to_the_git_work_tree_of_the_current_folder_else_a_name(tmp_path, monkeypatch):
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / ".git").write_text("gitdir: elsewhere\n")  # a git worktree's .git is a file
+    monkeypatch.chdir(tmp_path / "repo")
+    assert portable_path("data") == "data"
+    assert portable_path(str(tmp_path / "repo" / "a" / "b.tar.gz")) == "a/b.tar.gz"
+    assert portable_path("../shared/data/cifar10-jpeg.tar.gz") == "cifar10-jpeg.tar.gz"
+    monkeypatch.chdir(tmp_path)
+    assert portable_path(str(tmp_path / "repo" / "a" / "b.tar.gz")) == "b.tar.gz"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"time_min": 0}, "--slurm-time 0 is not accepted: expected an integer >= 1"),
+        ({"cpus_per_task": 0}, "--slurm-cpus 0 is not accepted"),
+        ({"parallel": -1}, "--slurm-parallel -1 is not accepted"),
+        ({"poll_s": 0.0}, "--slurm-poll 0.0 is not accepted: expected a number of seconds > 0"),
+        ({"gpus": -1}, "--slurm-gpus -1 is not accepted: expected an integer >= 0"),
+        ({"mem": "lots"}, "--slurm-mem 'lots' is not accepted: expected a size like 16G or 500M"),
+    ],
+)
+def test_slurm_options_check_themselves(options, message):
+    with pytest.raises(ConfigError, match=message):
+        SlurmOptions(**options)
