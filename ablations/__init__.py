@@ -14,6 +14,7 @@ Module map, top to bottom (each layer imports only the layers below it):
     engine/             one training run on one device
         train.py          model, optimiser, resumable epochs, metrics
         schedule.py       learning-rate schedules
+        setup.py          the memory layout and depthwise conv a run uses ("auto": the fastest, timed)
     data/               the images a run trains on
         sources.py        CIFAR, ImageFolder trees and archives, the synthetic set -> finished splits
         decode.py         image files -> one uint8 array, decoded on every core (forked workers)

@@ -33,9 +33,16 @@ from ablations import atomic
 from benchmarks.train_speed import check_out
 from convmixer.arguments import OneLineParser, UsageError, run_cli
 from convmixer.count import closed_form
-from convmixer.depthwise import DepthwiseConv2d, step_seconds, use_impl
+from convmixer.depthwise import DepthwiseConv2d, use_impl
 from convmixer.model import ConvMixer, ConvMixerConfig
-from convmixer.runtime import AUTOCAST_DTYPES, cuda_math_flags, hardware_name, parse_device, toolkit_commit
+from convmixer.runtime import (
+    AUTOCAST_DTYPES,
+    cuda_math_flags,
+    hardware_name,
+    parse_device,
+    step_seconds,
+    toolkit_commit,
+)
 
 PROG = "python -m benchmarks.kernels"
 BASELINE = 5  # the kernel size each row's time per FLOP is compared with

@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ablations.config import RunConfig
 from ablations.engine import train
 from ablations.store import HISTORY, METRICS, RUNS, read_history, read_metrics
-from convmixer.runtime import synchronize
+from convmixer.runtime import step_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 # The keys benchmarks.train_speed sets; a product run gets them with --set on top of the cifar10 preset.
@@ -99,14 +99,8 @@ def bare_step(cfg: RunConfig, image_size: int, classes: int, device: torch.devic
     trainer = bare_trainer(cfg, classes, device, mode)
     images, targets = random_batch(cfg, image_size, classes, device)
     trainer.model.train()
-    for _ in range(3):
-        trainer.train_step(images, targets, cfg.lr)
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step(images, targets, cfg.lr)
-    synchronize(device)
-    return {"mode": mode, "steps": steps, "images_per_s": steps * cfg.batch_size / (time.perf_counter() - start)}
+    seconds = step_seconds(lambda: trainer.train_step(images, targets, cfg.lr), device, warmup=3, repeats=steps)
+    return {"mode": mode, "steps": steps, "images_per_s": steps * cfg.batch_size / sum(seconds)}
 
 
 class OpBytes(TorchDispatchMode):
@@ -146,10 +140,5 @@ def copy_rate(device: torch.device, megabytes: int, repeats: int = 10) -> float:
     """Bytes per second read plus written by a device-to-device copy of `megabytes` MB."""
     source = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device).fill_(1)
     target = torch.empty_like(source)
-    target.copy_(source)
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        target.copy_(source)
-    synchronize(device)
-    return 2 * source.nbytes * repeats / (time.perf_counter() - start)
+    seconds = step_seconds(lambda: target.copy_(source), device, warmup=1, repeats=repeats)
+    return 2 * source.nbytes * repeats / sum(seconds)
