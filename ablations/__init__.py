@@ -30,6 +30,7 @@ Import rules (tests/test_layers.py checks them on every module):
 - store.py imports only config.py and atomic.py; data/ only config.py, atomic.py and convmixer/.
 - engine/ imports data/, store.py, config.py, atomic.py and convmixer/; never sweep/ or run.py.
 - sweep/ reaches engine/ only through execute.py; presets, grid and study import only config.py and each other
-  (and presets the torch-free front of data/, for the default location of the CIFAR-10 JPEG copy).
+  (and presets the torch-free front of data/, for the default location of the CIFAR-10 JPEG copy, and the
+  model registry, whose ConvMixer-256/8 the CIFAR-10 recipe trains).
 - nothing imports run.py; analysis/ imports only config.py, store.py, atomic.py and data/ of ablations/.
 """

@@ -32,7 +32,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
         "ablations.sweep.execute",
         ("ablations.engine", "ablations.sweep.progress", "ablations.store", "ablations.config", "convmixer"),
     ),  # fmt: skip
-    ("ablations.sweep.presets", ("ablations.config", "ablations.data")),
+    ("ablations.sweep.presets", ("ablations.config", "ablations.data", "convmixer.registry")),
     ("ablations.sweep.grid", ("ablations.config", "ablations.sweep.presets")),
     ("ablations.sweep.study", ("ablations.config", "ablations.sweep.grid", "ablations.sweep.presets")),
     ("ablations.sweep", ("ablations.sweep", "ablations.store", "ablations.config", "ablations.atomic", "convmixer")),

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 from ablations.config import ConfigError
 from ablations.data import CIFAR10_JPEG_ENV, default_cifar10_jpeg
+from convmixer.registry import get_config
 
+# The model is the registry's (convmixer_256_8_cifar10): the recipe adds how it trains, and spells no knob again.
+CIFAR10_MODEL = get_config("convmixer_256_8_cifar10")
 CIFAR10_RECIPE = {
-    "dim": 256,
-    "depth": 8,
-    "kernel_size": 5,
-    "patch_size": 2,
+    **{key: getattr(CIFAR10_MODEL, key) for key in ("dim", "depth", "kernel_size", "patch_size")},
     "epochs": 25,
     "batch_size": 512,
     "lr": 0.05,
