@@ -27,17 +27,12 @@ from ablations.store import HISTORY, METRICS, RUNS, read_history, read_metrics
 from convmixer.runtime import step_seconds
 
 REPO = Path(__file__).resolve().parents[1]
-# The keys benchmarks.train_speed sets; a product run gets them with --set on top of the cifar10 preset.
-PRODUCT_KEYS = (
-    "dim", "depth", "kernel_size", "patch_size", "dataset", "data_root", "train_subset", "test_subset", "scale",
-    "randaug_n", "randaug_m", "jitter", "reprob", "epochs", "batch_size", "lr", "weight_decay", "schedule",
-    "clip_norm", "precision", "compile",
-)  # fmt: skip
 
 
 def set_text(cfg: RunConfig) -> str:
-    """cfg's benchmark keys as one --set value of `python -m ablations.run`."""
-    values = {key: getattr(cfg, key) for key in PRODUCT_KEYS}
+    """Every key of cfg but the seed (the product command's --grid gives it) as one --set value of
+    `python -m ablations.run`: the product run is cfg, whatever --set changed."""
+    values = {key: value for key, value in cfg.to_dict().items() if key != "seed"}
     return ",".join(f"{key}={str(v).lower() if isinstance(v, bool) else v}" for key, v in values.items())
 
 

@@ -12,6 +12,7 @@ from ablations.config import ConfigError, RunConfig
 from ablations.data import CIFAR10_JPEG_ENV
 from ablations.engine.schedule import learning_rate
 from ablations.engine.train import train_run
+from ablations.sweep.grid import parse_sets
 from ablations.sweep.presets import PRESETS
 from benchmarks import measure, train_speed
 
@@ -338,6 +339,11 @@ def test_train_speed_needs_the_data_named_and_knows_the_targets_recipe_by_the_pr
     cfg = RunConfig(**{**PRESETS[train_speed.TARGETS_PRESET].values, "data_root": "anywhere"})
     assert train_speed.full_recipe(cfg, 50_000) and not train_speed.full_recipe(cfg, 49_999)
     assert not train_speed.full_recipe(dataclasses.replace(cfg, weight_decay=0.05), 50_000)
+
+
+def test_a_product_run_of_the_benchmark_is_its_config_whatever_set_changed():
+    cfg = RunConfig(dataset="imagefolder", data_root="/data/x.tar.gz", channels_last=False, hflip=False, seed=3)
+    assert RunConfig(**parse_sets([measure.set_text(cfg)]), seed=3) == cfg
 
 
 TINY_SPEED = ["--device", "cpu", "--set", "epochs=2,train_subset=100,test_subset=50,dim=8,depth=1,batch_size=50",
