@@ -16,6 +16,7 @@ Module map, top to bottom (each layer imports only the layers below it):
     engine/             one training run on one device
         train.py          model, optimiser, resumable epochs, metrics
         schedule.py       learning-rate schedules
+        setup.py          the memory layout and depthwise conv a run uses ("auto": the fastest, timed)
     data/               the images a run trains on
         sources.py        CIFAR, ImageFolder trees and archives, the synthetic set -> finished splits
         decode.py         image files -> one uint8 array, decoded on every core (forked workers)
@@ -31,6 +32,8 @@ Import rules (tests/test_layers.py checks them on every module):
 - store.py imports only config.py and atomic.py; data/ only config.py, atomic.py and convmixer/.
 - engine/ imports data/, store.py, config.py, atomic.py and convmixer/; never sweep/ or run.py.
 - sweep/ reaches engine/ only through execute.py, and data/ only through plan.py (which loads each dataset once
-  before the sweep, to check it and record it); presets, grid and study import only config.py and each other.
+  before the sweep, to check it and record it) and presets.py (the torch-free front of data/, for the default
+  location of the CIFAR-10 JPEG copy); presets, grid and study import only config.py and each other (and presets
+  the model registry, whose ConvMixer-256/8 the CIFAR-10 recipe trains).
 - nothing imports run.py; analysis/ imports only config.py, store.py, atomic.py and data/ of ablations/.
 """

@@ -30,7 +30,7 @@ from ablations.store import DONE, FAILED, Store, StoreError
 from ablations.sweep.grid import Sweep, build_sweep
 from ablations.sweep.local import LocalLauncher, add_local_options
 from ablations.sweep.plan import check_ids, outcome, plan, run_plan
-from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, keys_help
+from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, keys_help, sweep_data_root
 from ablations.sweep.progress import run_label
 from ablations.sweep.slurm import SlurmLauncher, SlurmOptions, add_slurm_options, check_cluster
 from ablations.sweep.study import Study, read_study
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(help_preset(argv)).parse_args(argv)  # --help exits here
     study, preset, sweep = load_design(args)
     check_size(sweep, args.max_runs)
-    configs = [cfg.with_absolute_data_root(args.data_root) for cfg in sweep.configs()]
+    data_root = sweep_data_root(preset, {*sweep.fixed, *sweep.varying_keys()}, args.data_root)
+    configs = [cfg.with_absolute_data_root(data_root) for cfg in sweep.configs()]
     try:
         devices = parse_devices(args.devices) if args.launcher == "local" else []
     except ValueError as error:

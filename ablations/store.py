@@ -336,7 +336,8 @@ class Store:
         entry = json.loads(json.dumps({**LATER_DESIGN_KEYS, **design, "runs": run_ids}))  # as read back: lists
 
         def what(d: dict, runs: bool = True) -> dict:  # the name follows the folder: not part of what ran
-            return {k: v for k, v in d.items() if k != "name" and (runs or k != "runs")}
+            fixed = {k: v for k, v in d.get("fixed", {}).items() if k not in NOT_IDENTITY}  # nor where the data is
+            return {**{k: v for k, v in d.items() if k != "name" and (runs or k != "runs")}, "fixed": fixed}
 
         designs = self.read_designs()
         for number, old in enumerate(designs, 1):

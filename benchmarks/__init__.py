@@ -3,5 +3,6 @@
 bare step, bandwidth and the engine's targets from measure.py), `python -m benchmarks.kernels` (the depthwise conv
 per kernel size, layout and implementation), `python -m benchmarks.gpu_check` (one command that checks the toolkit
 on a GPU machine) and `python -m benchmarks.startup` (how long a run's data takes to be ready: cold, warm, kept);
-`bash benchmarks/gpu_session.sh` runs the CUDA tests and the benchmarks in one call on a GPU machine.
+`bash benchmarks/gpu_session.sh` runs the CUDA tests and the benchmarks in one call on a GPU machine. common.py holds
+what they share: a run named as the runner names it (--preset, --set, --data-root) and the one result writer.
 """

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from ablations.config import RunConfig
-from ablations.data import dataset_label
+from ablations.data import CIFAR10_JPEG_ENV, dataset_label, default_cifar10_jpeg
 from ablations.data.loaders import build_data
 from ablations.engine.train import Trainer, run_dtype, train_run
 from ablations.sweep.presets import CIFAR10_RECIPE
@@ -47,7 +47,6 @@ from convmixer.throughput import measure_throughput
 REPO = Path(__file__).resolve().parents[1]
 
 PROG = "python -m benchmarks.gpu_check"
-DATA_CANDIDATES = (REPO / ".device-data/cifar10-jpeg.tar.gz", REPO.parent / "shared/data/cifar10-jpeg.tar.gz")
 # --tiny: the same stages with a model, data and epochs small enough for a busy 2-core CPU.
 TINY = {"dim": 16, "depth": 1, "patch_size": 4, "train_subset": 256, "test_subset": 128, "batch_size": 64, "epochs": 1}
 
@@ -55,8 +54,9 @@ TINY = {"dim": 16, "depth": 1, "patch_size": 4, "train_subset": 256, "test_subse
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    candidates = ", ".join(str(path.relative_to(REPO.parent)) for path in DATA_CANDIDATES)
-    parser.add_argument("--data", help=f"CIFAR-10 tree or .tar.gz, or 'synthetic' (default: first of {candidates})")
+    parser.add_argument(
+        "--data", help=f"CIFAR-10 tree or .tar.gz, or 'synthetic' (default: ${CIFAR10_JPEG_ENV}, else synthetic)"
+    )
     parser.add_argument("--wheels", type=Path, help="install these .whl files (fvcore, submitit, ...) first, offline")
     parser.add_argument("--tiny", action="store_true", help="tiny model and data: the CPU self-test")
     parser.add_argument("--budget", type=float, default=530, help="seconds for all stages (default 530)")
@@ -66,9 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.device = parse_device(args.device)
     except ValueError as error:
         parser.error(str(error))
-    if args.data is None:
-        args.data = next((str(p) for p in DATA_CANDIDATES if p.exists()), "synthetic")
-    elif args.data != "synthetic" and not Path(args.data).exists():
+    args.data = args.data or default_cifar10_jpeg() or "synthetic"
+    if args.data != "synthetic" and not Path(args.data).exists():
         parser.error(f"--data {args.data!r} is not accepted: it does not exist")
     if args.wheels is not None and not list(args.wheels.glob("*.whl")):
         parser.error(f"--wheels {str(args.wheels)!r} is not accepted: no .whl files in it")

@@ -14,7 +14,8 @@
 #   bash benchmarks/gpu_session.sh --tiny      # the same code on a CPU with tiny settings (the test suite)
 #
 # Carried to the machine (docs/benchmarks.md): .device-data/cifar10-jpeg.tar.gz and .whl/ (fvcore, submitit, ...).
-# Environment: OUT (default: a new temporary folder), DATA (default .device-data/cifar10-jpeg.tar.gz),
+# Environment: OUT (default: a new temporary folder), DATA (default $CONVMIXER_CIFAR10_JPEG, else the carried
+# .device-data/cifar10-jpeg.tar.gz; exported as CONVMIXER_CIFAR10_JPEG to every command),
 # CONVMIXER_CACHE (default .device-data/cache: decoded splits and Inductor's cache), KERNELS_ARGS (for
 # python -m benchmarks.kernels), STUDY (default studies/cifar10-gpu.toml), STORE (default results/<its stem>),
 # STUDY_MINUTES (default 7; the sweep then exits 1, its runs not all done, which session.txt shows).
@@ -33,7 +34,8 @@ for arg in "$@"; do
     esac
 done
 OUT=${OUT:-$(mktemp -d)}
-DATA=${DATA:-.device-data/cifar10-jpeg.tar.gz}
+DATA=${DATA:-${CONVMIXER_CIFAR10_JPEG:-.device-data/cifar10-jpeg.tar.gz}}
+export CONVMIXER_CIFAR10_JPEG=$DATA
 export CONVMIXER_CACHE=${CONVMIXER_CACHE:-$PWD/.device-data/cache}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ ! -e "$DATA" ]; then
@@ -68,7 +70,7 @@ fi
 
 # Time limits from the H200's first run (docs/benchmarks.md): each part fits one call of under 8 minutes.
 if [ "$TINY" = 1 ]; then
-    SHAPE=(--device cpu --epochs 2 --train-subset 100 --test-subset 50 --width 8 --depth 1 --batch-size 50
+    SHAPE=(--device cpu --set epochs=2,train_subset=100,test_subset=50,dim=8,depth=1,batch_size=50
            --workers 0 --bare-steps 2 --copy-mb 8)
     COMPILED=engine  # a cold Inductor compile takes a minute on a small CPU; the tests cover that path
 else
@@ -77,14 +79,14 @@ fi
 case "$PART" in
     speed)
         step cuda-tests 120 python -m pytest -q -m cuda -p no:cacheprovider -rfEs tests/test_cuda.py tests/test_kernels.py
-        step train-speed 320 python -m benchmarks.train_speed --data "$DATA" "${SHAPE[@]}" --seeds 1 \
+        step train-speed 320 python -m benchmarks.train_speed --data-root "$DATA" "${SHAPE[@]}" --seeds 1 \
             --compiled-seeds 2 --variants "$COMPILED,reference,reference-workers" --reference-epochs 2 \
             --out "$OUT/train_speed.json"
         if [ "$TINY" = 0 ]; then  # the kernel table's CPU path is its own tests'
             step kernels 90 python -m benchmarks.kernels --out "$OUT/kernels.json" ${KERNELS_ARGS:-}
         fi ;;
     accuracy)
-        step train-speed 450 python -m benchmarks.train_speed --data "$DATA" "${SHAPE[@]}" --seeds 2 \
+        step train-speed 450 python -m benchmarks.train_speed --data-root "$DATA" "${SHAPE[@]}" --seeds 2 \
             --variants engine,reference-workers --out "$OUT/train_speed_accuracy.json" ;;
     study)
         STUDY=${STUDY:-studies/cifar10-gpu.toml}
@@ -95,7 +97,7 @@ case "$PART" in
         tar -czf "$OUT/$(basename "$STORE").tar.gz" --exclude 'checkpoint.pt*' --exclude .lock \
             -C "$(dirname "$STORE")" "$(basename "$STORE")" ;;
     jobs)
-        step train-speed 420 python -m benchmarks.train_speed --data "$DATA" "${SHAPE[@]}" --seeds 2 \
+        step train-speed 420 python -m benchmarks.train_speed --data-root "$DATA" "${SHAPE[@]}" --seeds 2 \
             --variants engine,engine-2-per-device --out "$OUT/train_speed_jobs.json" ;;
 esac
 

@@ -20,7 +20,6 @@ measured in the same run. Run it alone on the device: anything sharing it shows 
 import argparse
 import dataclasses
 import importlib
-import shlex
 import statistics
 import sys
 from collections.abc import Callable
@@ -29,13 +28,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ablations import atomic
-from benchmarks.train_speed import check_out
+from ablations.sweep.presets import CIFAR10_RECIPE
+from benchmarks.common import check_out, write_result
 from convmixer.arguments import OneLineParser, UsageError, run_cli
 from convmixer.count import closed_form
-from convmixer.depthwise import DepthwiseConv2d, step_seconds, use_impl
+from convmixer.depthwise import DepthwiseConv2d, use_impl
 from convmixer.model import ConvMixer, ConvMixerConfig
-from convmixer.runtime import AUTOCAST_DTYPES, cuda_math_flags, hardware_name, parse_device, toolkit_commit
+from convmixer.runtime import (
+    AUTOCAST_DTYPES,
+    cuda_math_flags,
+    hardware_name,
+    parse_device,
+    step_seconds,
+    toolkit_commit,
+)
 
 PROG = "python -m benchmarks.kernels"
 BASELINE = 5  # the kernel size each row's time per FLOP is compared with
@@ -67,7 +73,10 @@ class Shape:
         return self.image // self.patch
 
 
-FULL = Shape(dim=256, depth=8, patch=2, image=32, batch=512)  # the CIFAR-10 reference ConvMixer-256/8 k5 p2
+# the CIFAR-10 reference recipe's model and batch: ConvMixer-256/8 p2 on 32x32 images, batch 512
+FULL = Shape(
+    CIFAR10_RECIPE["dim"], CIFAR10_RECIPE["depth"], CIFAR10_RECIPE["patch_size"], 32, CIFAR10_RECIPE["batch_size"]
+)
 TINY = Shape(dim=16, depth=2, patch=2, image=16, batch=4)
 
 
@@ -267,11 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n".join(["", *header, "", rows_table(rows), "", fastest_table(rows), ""])
     print(report)
     if args.out is not None:
-        command = "python " + shlex.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
-        atomic.write_json(args.out, {"command": command, "header": header, "shape": dataclasses.asdict(shape),
-                                     "copy_rate_bytes_per_s": rate, "rows": rows})  # fmt: skip
-        atomic.write_text(args.out.with_suffix(".md"), f"`{command}`\n{report}")
-        print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+        result = {"header": header, "shape": dataclasses.asdict(shape), "copy_rate_bytes_per_s": rate, "rows": rows}
+        write_result(args.out, argv, result, report)
     return 0
 
 

@@ -24,20 +24,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ablations.config import RunConfig
 from ablations.engine import train
 from ablations.store import HISTORY, METRICS, RUNS, read_history, read_metrics
-from convmixer.runtime import synchronize
+from convmixer.runtime import step_seconds
 
 REPO = Path(__file__).resolve().parents[1]
-# The keys benchmarks.train_speed sets; a product run gets them with --set on top of the cifar10 preset.
-PRODUCT_KEYS = (
-    "dim", "depth", "kernel_size", "patch_size", "dataset", "data_root", "train_subset", "test_subset", "scale",
-    "randaug_n", "randaug_m", "jitter", "reprob", "epochs", "batch_size", "lr", "weight_decay", "schedule",
-    "clip_norm", "precision", "compile",
-)  # fmt: skip
 
 
 def set_text(cfg: RunConfig) -> str:
-    """cfg's benchmark keys as one --set value of `python -m ablations.run`."""
-    values = {key: getattr(cfg, key) for key in PRODUCT_KEYS}
+    """Every key of cfg but the seed (the product command's --grid gives it) as one --set value of
+    `python -m ablations.run`: the product run is cfg, whatever --set changed."""
+    values = {key: value for key, value in cfg.to_dict().items() if key != "seed"}
     return ",".join(f"{key}={str(v).lower() if isinstance(v, bool) else v}" for key, v in values.items())
 
 
@@ -99,14 +94,8 @@ def bare_step(cfg: RunConfig, image_size: int, classes: int, device: torch.devic
     trainer = bare_trainer(cfg, classes, device, mode)
     images, targets = random_batch(cfg, image_size, classes, device)
     trainer.model.train()
-    for _ in range(3):
-        trainer.train_step(images, targets, cfg.lr)
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step(images, targets, cfg.lr)
-    synchronize(device)
-    return {"mode": mode, "steps": steps, "images_per_s": steps * cfg.batch_size / (time.perf_counter() - start)}
+    seconds = step_seconds(lambda: trainer.train_step(images, targets, cfg.lr), device, warmup=3, repeats=steps)
+    return {"mode": mode, "steps": steps, "images_per_s": steps * cfg.batch_size / sum(seconds)}
 
 
 class OpBytes(TorchDispatchMode):
@@ -146,10 +135,5 @@ def copy_rate(device: torch.device, megabytes: int, repeats: int = 10) -> float:
     """Bytes per second read plus written by a device-to-device copy of `megabytes` MB."""
     source = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device).fill_(1)
     target = torch.empty_like(source)
-    target.copy_(source)
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        target.copy_(source)
-    synchronize(device)
-    return 2 * source.nbytes * repeats / (time.perf_counter() - start)
+    seconds = step_seconds(lambda: target.copy_(source), device, warmup=1, repeats=repeats)
+    return 2 * source.nbytes * repeats / sum(seconds)

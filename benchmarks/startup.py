@@ -1,6 +1,7 @@
 """Start-up of a run's data: how long `build_data` takes before the first epoch can begin, after the imports.
 
-Measures, in one process, on an ImageFolder archive (default: the CIFAR-10 JPEG copy, all 60,000 images):
+Measures, in one process, the data of a run named as the runner names it (--preset, default cifar10-jpeg: the
+CIFAR-10 JPEG copy, all 60,000 images; --set KEY=VALUE,...; --data-root or $CONVMIXER_CIFAR10_JPEG):
   serial      a cold start (empty decoded-split cache) decoding in this process only: the reference
   cold        a cold start decoding on every usable core (forked workers), what a run does
   warm        a second process's start: the decoded splits come from the cache
@@ -10,7 +11,7 @@ what the wall time cannot, whether the workers added work), with the ratio seria
 its own empty cache folder (a temporary one, removed afterwards), so nothing of the user's cache is read or
 written.
 
-    python -m benchmarks.startup                      # CPU; --device cuda on a GPU machine
+    python -m benchmarks.startup --data-root PATH/TO/cifar10-jpeg.tar.gz    # CPU; --device cuda on a GPU machine
 """
 
 import argparse
@@ -24,14 +25,14 @@ from pathlib import Path
 
 import torch
 
-from ablations.config import RunConfig
+from ablations.config import ConfigError
 from ablations.data import decode, loaders, sources
 from ablations.data.sources import DataError
+from benchmarks.common import add_recipe_options, recipe_config
 from convmixer.arguments import OneLineParser, run_cli
 from convmixer.runtime import cpu_name, device_name, resolve_device, synchronize, usable_cores
 
 PROG = "python -m benchmarks.startup"
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data/cifar10-jpeg.tar.gz"
 
 
 @contextlib.contextmanager
@@ -75,12 +76,12 @@ def timed(start: Callable[[], loaders.Data], device: torch.device) -> tuple[floa
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="an ImageFolder folder or archive")
+    add_recipe_options(parser, "cifar10-jpeg")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto (default cpu)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
-    cfg = RunConfig(dataset="imagefolder", data_root=str(args.data.resolve()))
+    cfg = recipe_config(args)
     times, cpu = {}, {}
 
     def start() -> loaders.Data:
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             times["kept"], cpu["kept"], data = timed(start, device)
     images = data.train.num_samples + data.test.num_samples
     figures = {
-        "data": str(args.data),
+        "data": cfg.data_root,
         "images": images,
         "device": device_name(device),
         "cpu": cpu_name(),
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         **{f"{name}_cpu_s": round(seconds, 3) for name, seconds in cpu.items()},
         "speedup_cold_vs_serial": round(times["serial"] / times["cold"], 2),
     }
-    print(f"start-up of {images:,} images of {args.data.name} on {figures['device']}, {figures['cpu']}")
+    print(f"start-up of {images:,} images of {Path(cfg.data_root).name} on {figures['device']}, {figures['cpu']}")
     print("  start    wall s   CPU s (this process and its workers)")
     for name in times:
         print(f"  {name:<7} {times[name]:7.3f} {cpu[name]:7.3f}")
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    return run_cli(main, argv, PROG, (DataError,))
+    return run_cli(main, argv, PROG, (DataError, ConfigError))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Training speed and accuracy of the engine against the reference recipe, same data and device, one command.
 
-Trains ConvMixer-256/8 (k5, p2) on the CIFAR-10 JPEG copy for the same number of epochs in several ways:
+Trains one run, named as the runner names it (--preset, default cifar10-jpeg: the reference recipe's ConvMixer-256/8
+k5 p2 on the CIFAR-10 JPEG copy; --set KEY=VALUE,... overrides its keys; --data-root or $CONVMIXER_CIFAR10_JPEG
+says where the data is), for the same number of epochs in several ways:
   engine               the product's own command, `python -m ablations.run`, in a fresh process per seed, timed
                        from process start to exit (bf16 on CUDA, fp32 on CPU)
   engine-compiled      the same with compile=true for --compiled-seeds seeds (2), Inductor's cache fresh for this
@@ -19,14 +21,14 @@ bandwidth), and a table of the targets of issue 17 with every ratio taken agains
 --reference-epochs N times the reference variants over their first N epochs and extrapolates their total (said so
 in the table). With --out it writes the lot as JSON and Markdown.
 
-    python -m benchmarks.train_speed --seeds 2 --out results/benchmarks/h200.json     # on a GPU
+    python -m benchmarks.train_speed --data-root PATH/TO/cifar10-jpeg.tar.gz --seeds 2 --out h200.json   # a GPU
+    python -m benchmarks.train_speed --data-root PATH --set epochs=2,train_subset=1000,dim=64 --device cpu
 """
 
 import argparse
 import dataclasses
 import math
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -35,17 +37,17 @@ from pathlib import Path
 
 import torch
 
-from ablations import atomic
-from ablations.config import PRECISIONS, ConfigError, RunConfig
+from ablations.config import ConfigError, RunConfig
 from ablations.data import dataset_label
 from ablations.data.sources import DataError, Split, load_splits
+from ablations.sweep.presets import PRESETS
 from benchmarks import measure
+from benchmarks.common import add_recipe_options, check_out, recipe_config, write_result
 from benchmarks.reference_recipe import PUBLISHED, TUNED, train_reference
 from convmixer.arguments import OneLineParser, UsageError, run_cli
 from convmixer.count import closed_form
 from convmixer.runtime import autocast_dtype, cuda_math_flags, parse_device
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data/cifar10-jpeg.tar.gz"
 # Dense bf16/fp16 tensor-core peak from the datasheets (SXM parts), matched against the CUDA device name.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 VARIANTS = ("engine", "engine-compiled", "engine-fp16", "engine-2-per-device", "reference", "reference-workers",
@@ -54,34 +56,16 @@ OPT_IN = ("engine-fp16", "reference-tuned")  # run only when named in --variants
 PROG = "python -m benchmarks.train_speed"
 BASELINE = "reference"  # speed ratios are to the reference as published
 WORKERS_BASELINE = "reference-workers"  # and to it with --workers workers; accuracy is compared with it
+TARGETS_PRESET = "cifar10-jpeg"  # the recipe the targets are set for, and the default
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--epochs", type=int, default=25)
-    add("--data", default=str(DEFAULT_DATA), help="ImageFolder tree or .tar.gz of it (train/ and test/)")
-    add("--train-subset", type=int, default=0, help="this many training images, stratified (0: all)")
-    add("--test-subset", type=int, default=0, help="this many test images, stratified (0: all)")
+    add_recipe_options(parser, TARGETS_PRESET)  # the run's keys, in the runner's words; seed= is the first seed
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add("--workers", type=int, default=16, help="DataLoader workers of reference-workers and reference-tuned")
-    add("--batch-size", type=int, default=512)
-    add("--width", type=int, default=256)
-    add("--depth", type=int, default=8)
-    add("--kernel-size", type=int, default=5)
-    add("--patch-size", type=int, default=2)
-    # The reference README's command: --lr-max=0.05 --ra-n=2 --ra-m=12 --wd=0.005 --scale=1.0 --jitter=0 --reprob=0
-    add("--lr", type=float, default=0.05)
-    add("--wd", type=float, default=0.005)
-    add("--ra-n", type=int, default=2)
-    add("--ra-m", type=int, default=12)
-    add("--scale", type=float, default=1.0)
-    add("--jitter", type=float, default=0.0)
-    add("--reprob", type=float, default=0.0)
-    add("--clip-norm", type=float, default=0.0, help="0: off, as in the README command (its --clip-norm is 1.0)")
-    add("--precision", choices=PRECISIONS, default="auto", help="the engine's; auto: bf16 on CUDA, fp32 on CPU")
-    add("--seed", type=int, default=0, help="the first seed")
-    add("--seeds", type=int, default=1, help="run every variant with this many seeds (--seed, --seed + 1, ...)")
+    add("--seeds", type=int, default=1, help="run every variant with this many seeds (seed, seed + 1, ...)")
     add("--compiled-seeds", type=int, default=2, help="seeds of engine-compiled (the first compiles cold, the "
         "later ones show the warm cache)")  # fmt: skip
     add("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default: all but {', '.join(OPT_IN)}, "
@@ -93,36 +77,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--peak-tflops", type=float, default=None, help="device peak for MFU (default: datasheet table)")
     add("--out", type=Path, default=None, help="write results to this .json and a .md beside it")
     return parser.parse_args(argv)
-
-
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    cfg = RunConfig(
-        dim=args.width, depth=args.depth, kernel_size=args.kernel_size, patch_size=args.patch_size,
-        dataset="imagefolder", data_root=str(Path(args.data).resolve()), train_subset=args.train_subset,
-        test_subset=args.test_subset, scale=args.scale, randaug_n=args.ra_n, randaug_m=args.ra_m, jitter=args.jitter,
-        reprob=args.reprob, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.wd,
-        schedule="onecycle", clip_norm=args.clip_norm, precision=args.precision, seed=args.seed,
-    )  # fmt: skip
-    cfg.validate()
-    return cfg
-
-
-def check_out(out: Path | None) -> None:
-    """Refuse an --out that cannot be written now, not after the benchmark has trained for an hour."""
-    if out is None:
-        return
-    if out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is not accepted: it is a folder; expected a .json path")
-    if out.suffix == ".md":  # the .md written beside it would replace the JSON
-        raise ValueError(f"--out {str(out)!r} is not accepted: expected a .json path (the .md goes beside it)")
-    if out.with_suffix(".md").is_dir():
-        raise ValueError(f"--out {str(out)!r} is not accepted: {str(out.with_suffix('.md'))!r} is a folder")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"--out {str(out)!r} is not accepted: cannot create its folder ({error.strerror})") from None
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {str(out)!r} is not accepted: its folder is not writable")
 
 
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
@@ -293,10 +247,10 @@ def bare_and_bandwidth(cfg: RunConfig, splits: tuple[Split, Split], device: torc
 
 
 def full_recipe(cfg: RunConfig, train_images: int) -> bool:
-    """Whether cfg is the run the issue's targets are set for: 25 epochs of ConvMixer-256/8 k5 p2, batch 512,
-    on all 50,000 training images."""
-    recipe = (cfg.epochs, cfg.dim, cfg.depth, cfg.kernel_size, cfg.patch_size, cfg.batch_size, train_images)
-    return recipe == (25, 256, 8, 5, 2, 512, 50_000)
+    """Whether cfg is the run the issue's targets are set for: the preset's recipe (25 epochs of ConvMixer-256/8
+    k5 p2, batch 512, ...) on all 50,000 training images."""
+    recipe = PRESETS[TARGETS_PRESET].values
+    return all(getattr(cfg, key) == value for key, value in recipe.items()) and train_images == 50_000
 
 
 def target(label: str, value: float | None, fmt: str, goal: Callable[[float], bool] | None) -> dict:
@@ -401,7 +355,7 @@ def describe(cfg: RunConfig, device: torch.device, args: argparse.Namespace, pea
 
 def check_args(args: argparse.Namespace) -> tuple[RunConfig, torch.device, list[str]]:
     """The config, device and variants of the command line, or ValueError naming the bad value."""
-    cfg = config_from_args(args)
+    cfg = recipe_config(args)
     device = parse_device(args.device)
     autocast_dtype(cfg.precision, device)
     checks = (
@@ -413,8 +367,6 @@ def check_args(args: argparse.Namespace) -> tuple[RunConfig, torch.device, list[
         if value < least:
             raise ValueError(f"{flag} {value} is not accepted: expected an integer >= {least}")
     variants = variants_to_run(args.variants, device, args.seeds)
-    if not Path(cfg.data_root).exists():
-        raise ValueError(f"--data {args.data!r} is not accepted: it does not exist")
     if args.peak_tflops is not None and not (math.isfinite(args.peak_tflops) and args.peak_tflops > 0):
         raise ValueError(f"--peak-tflops {args.peak_tflops} is not accepted: expected a number > 0")
     check_out(args.out)
@@ -423,11 +375,11 @@ def check_args(args: argparse.Namespace) -> tuple[RunConfig, torch.device, list[
 
 def run_variants(cfg: RunConfig, splits: tuple[Split, Split], device: torch.device, variants: list[str],
                  args: argparse.Namespace, work: Path) -> dict[str, list[dict]]:  # fmt: skip
-    seeds = list(range(args.seed, args.seed + args.seeds))
+    seeds = list(range(cfg.seed, cfg.seed + args.seeds))
     runs = {}
     for name in variants:
         if name == "engine-compiled":
-            runs[name] = run_engine(name, cfg, list(range(args.seed, args.seed + args.compiled_seeds)), device, work)
+            runs[name] = run_engine(name, cfg, list(range(cfg.seed, cfg.seed + args.compiled_seeds)), device, work)
         elif name.startswith("engine"):
             runs[name] = run_engine(name, cfg, seeds, device, work)
         else:
@@ -444,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
 
     peak = peak_tflops(device, args.peak_tflops)
     loaded = load_splits(cfg, resident_bytes=sys.maxsize)  # every variant trains from the same images
-    cfg.check_image_size(loaded.image_size, f" in --data {cfg.data_root!r}")
+    cfg.check_image_size(loaded.image_size, f" in data_root={cfg.data_root!r}")
     splits = loaded.train, loaded.test
     counts = closed_form(cfg.model_config(len(splits[0].classes), 3), splits[0].images.shape[-1])
     header = describe(cfg, device, args, peak)
@@ -463,14 +415,10 @@ def main(argv: list[str] | None = None) -> int:
                         ""])  # fmt: skip
     print(report)
     if args.out is not None:
-        command = "python " + shlex.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
-        atomic.write_json(args.out, {
-            "command": command, "header": header, "config": cfg.to_dict(), "seeds": args.seeds,
-            "counts": counts.to_dict(), "peak_tflops": peak, "runs": runs, "summaries": summaries, **extra,
-            "targets": goals,
-        })  # fmt: skip
-        atomic.write_text(args.out.with_suffix(".md"), f"`{command}`\n{report}")
-        print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+        write_result(args.out, argv, {
+            "header": header, "config": cfg.to_dict(), "seeds": args.seeds, "counts": counts.to_dict(),
+            "peak_tflops": peak, "runs": runs, "summaries": summaries, **extra, "targets": goals,
+        }, report)  # fmt: skip
     return 0
 
 

@@ -1,17 +1,20 @@
 """What code needs to know about the machine it runs on, in one place: device names, autocast dtypes, CUDA math
-flags, synchronisation, peak memory, optional packages, and the facts every stored number names (hardware, commit).
+flags, synchronisation, timing a step, peak memory, optional packages, and the facts every stored number names
+(hardware, commit).
 
 Everything here is plain torch and the standard library, so the engine, the counter, the sweep CLI and the
 benchmarks share one device vocabulary without importing each other (or fvcore).
 """
 
 import importlib
+import itertools
 import os
 import platform
 import resource
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -160,6 +163,29 @@ def cuda_math_flags(*, benchmark: bool, tf32: bool) -> Iterator[None]:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # CUDA launches are asynchronous; time the work, not the launch
+
+
+def step_seconds(step: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """The time of each of `repeats` calls of `step`, after `warmup` untimed ones: the one timing helper of the
+    toolkit. On CUDA, events recorded around each call time the work on the device (as airbench does), with one
+    host sync at the end, so a short step is not slowed by a sync of its own; elsewhere the wall clock."""
+    for _ in range(warmup):
+        step()
+    if device.type != "cuda":
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            seconds.append(time.perf_counter() - start)
+        return seconds
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(repeats + 1)]
+    with torch.cuda.device(device):
+        events[0].record()
+        for event in events[1:]:
+            step()
+            event.record()
+        torch.cuda.synchronize()
+    return [start.elapsed_time(end) / 1e3 for start, end in itertools.pairwise(events)]
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -1,34 +1,18 @@
 """Inference throughput of a model: images/s and peak memory on a device, timed after warm-up.
 
 The counter's CLI reports it next to the counts (`python -m convmixer.count --throughput`), and the GPU check
-runs it on CUDA. Timing synchronises the device around each batch: CUDA launches are asynchronous.
+runs it on CUDA. Each batch is timed by convmixer.runtime.step_seconds (CUDA events on a GPU: launches are
+asynchronous).
 """
 
 import statistics
-import time
 
 import torch
 from torch import nn
 
 from convmixer.arguments import check_choice, check_integer
 from convmixer.model import count_parameters
-from convmixer.runtime import AUTOCAST_DTYPES, check_memory, parse_device, peak_memory_mb, synchronize
-
-
-def batch_seconds(
-    model: nn.Module, images: torch.Tensor, warmup: int, repeats: int, autocast: torch.autocast
-) -> list[float]:
-    """Seconds of each of `repeats` forward passes, timed after `warmup` untimed ones."""
-    seconds = []
-    with torch.inference_mode(), autocast:
-        for step in range(warmup + repeats):
-            synchronize(images.device)
-            start = time.perf_counter()
-            model(images)
-            synchronize(images.device)
-            if step >= warmup:
-                seconds.append(time.perf_counter() - start)
-    return seconds
+from convmixer.runtime import AUTOCAST_DTYPES, check_memory, parse_device, peak_memory_mb, step_seconds
 
 
 def measure_throughput(
@@ -63,7 +47,8 @@ def measure_throughput(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     before = peak_memory_mb(device)
-    median = statistics.median(batch_seconds(model, images, warmup, repeats, autocast))
+    with torch.inference_mode(), autocast:
+        median = statistics.median(step_seconds(lambda: model(images), device, warmup, repeats))
     if device.type == "cuda":
         peak_mb, peak_kind = peak_memory_mb(device), "torch.cuda.max_memory_allocated"
     else:

@@ -13,17 +13,10 @@ import torch
 from torch import nn
 
 from ablations.config import ConfigError, RunConfig, parse_value
+from ablations.engine.setup import Setup, Workload, candidates, fastest_setup, time_setup
 from ablations.engine.train import train_run
 from benchmarks import kernels
-from convmixer.depthwise import (
-    DepthwiseConv2d,
-    Setup,
-    Workload,
-    candidates,
-    fastest_setup,
-    time_setup,
-    use_impl,
-)
+from convmixer.depthwise import DepthwiseConv2d, use_impl
 from convmixer.model import ConvMixer
 
 CUDA = torch.device("cuda")
@@ -172,6 +165,15 @@ def test_auto_times_only_what_is_left_open_and_a_fixed_setting_times_nothing():
     assert {setup for setup, _ in timed} == {Setup(True, "torch"), Setup(True, "triton")}
     assert fastest_setup(False, "torch", workload(7), timer) == Setup(False, "torch")
     assert len(timed) == 2
+
+
+def test_timing_a_setup_never_shifts_the_random_numbers_of_the_run_that_asked():
+    work = Workload(torch.device("cpu"), None, dim=4, kernel_size=3, size=4, batch=2)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    assert time_setup(Setup(True, "torch"), work) > 0
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_a_tie_keeps_the_setup_runs_had_before_auto():

@@ -1,6 +1,6 @@
-"""The layering the architecture relies on (ablations/__init__.py states it): every import of every module, at
-the top or inside a function, goes to a layer below its own, and the package docstring's module map lists
-exactly the modules on disk."""
+"""The layering the architecture relies on (ablations/__init__.py and convmixer/__init__.py state it): every import
+of every module, at the top or inside a function, goes to a layer below its own, and each package docstring's
+module map lists exactly the modules on disk."""
 
 import ast
 import re
@@ -12,7 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("convmixer", "ablations", "analysis", "benchmarks")
 
 # What each module may import of this repository's packages, by prefix; the first matching rule applies.
+# convmixer/'s parts (its module map): plumbing imports nothing of the repository, the model only itself and
+# plumbing, the tools anything of convmixer/.
+PLUMBING = ("convmixer.runtime", "convmixer.arguments")
+MODEL = tuple(f"convmixer.{name}" for name in ("tweet", "model", "depthwise", "depthwise_kernels", "registry"))
 RULES: list[tuple[str, tuple[str, ...]]] = [
+    *((name, ()) for name in PLUMBING),
+    *((name, MODEL + PLUMBING) for name in MODEL),
     ("convmixer", ("convmixer",)),
     ("ablations.atomic", ()),
     ("ablations.config", ("convmixer",)),
@@ -28,7 +34,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ),  # fmt: skip
     # The plan loads each dataset once, as a run would, to check it and record it: sweep/'s one arrow into data/.
     ("ablations.sweep.plan", ("ablations.sweep.progress", "ablations.data", "ablations.store", "ablations.config")),
-    ("ablations.sweep.presets", ("ablations.config",)),
+    ("ablations.sweep.presets", ("ablations.config", "ablations.data", "convmixer.registry")),
     ("ablations.sweep.grid", ("ablations.config", "ablations.sweep.presets")),
     ("ablations.sweep.study", ("ablations.config", "ablations.sweep.grid", "ablations.sweep.presets")),
     ("ablations.sweep", ("ablations.sweep", "ablations.store", "ablations.config", "ablations.atomic", "convmixer")),
@@ -97,8 +103,9 @@ def test_nothing_imports_the_command_line_module():
     assert importers == []
 
 
-def test_the_module_map_lists_every_module_of_ablations():
-    docstring = ast.get_docstring(ast.parse((REPO / "ablations" / "__init__.py").read_text()))
-    listed = set(re.findall(r"^ {4,}(\w+\.py)\b", docstring, re.MULTILINE))
-    on_disk = {path.name for path in (REPO / "ablations").rglob("*.py") if path.name != "__init__.py"}
-    assert listed == on_disk
+@pytest.mark.parametrize("package", ["ablations", "convmixer"])
+def test_the_module_map_lists_every_module_of_the_package(package):
+    docstring = ast.get_docstring(ast.parse((REPO / package / "__init__.py").read_text()))
+    listed = re.findall(r"^ {4,}(\w+\.py)\b", docstring, re.MULTILINE)
+    on_disk = {path.name for path in (REPO / package).rglob("*.py") if path.name != "__init__.py"}
+    assert sorted(listed) == sorted(on_disk)

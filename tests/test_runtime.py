@@ -1,4 +1,5 @@
-"""Runtime helpers (devices, precision, CUDA flags, memory, optional packages) and training without fvcore/submitit."""
+"""Runtime helpers (devices, precision, CUDA flags, timing, memory, optional packages) and training without
+fvcore/submitit."""
 
 import json
 import os
@@ -13,10 +14,20 @@ from torch.backends import cudnn
 from ablations.config import RunConfig
 from convmixer import runtime
 from convmixer.count import closed_form
-from convmixer.runtime import MissingPackage, autocast_dtype, cuda_math_flags, parse_device, require
+from convmixer.runtime import MissingPackage, autocast_dtype, cuda_math_flags, parse_device, require, step_seconds
 
 OPTIONAL = ("fvcore", "submitit")
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_step_seconds_times_each_call_after_the_untimed_warm_up(device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    calls = []
+    x = torch.ones(64, 64, device=device)
+    seconds = step_seconds(lambda: calls.append(x @ x), torch.device(device), warmup=2, repeats=3)
+    assert len(calls) == 5 and len(seconds) == 3 and all(s > 0 for s in seconds)
 
 
 def test_device_names():

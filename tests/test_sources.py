@@ -311,7 +311,7 @@ def test_a_cifar_folder_failing_the_integrity_check_says_so_and_downloads_nothin
 def test_the_startup_benchmark_times_each_start_and_leaves_the_cache_alone(tmp_path, capsys, convmixer_cache):
     archive = write_archive(tmp_path, {"train": 3, "test": 2})
     before = sorted(convmixer_cache.rglob("*"))
-    assert startup.cli(["--data", str(archive), "--json", str(tmp_path / "startup.json")]) == 0
+    assert startup.cli(["--data-root", str(archive), "--json", str(tmp_path / "startup.json")]) == 0
     figures = json.loads((tmp_path / "startup.json").read_text())
     assert figures["images"] == 15 and {"serial_s", "cold_s", "warm_s", "kept_s"} <= set(figures)
     assert "cold start" in capsys.readouterr().out

@@ -169,6 +169,17 @@ def test_sweep_json_of_the_first_format_reads_as_one_design_and_gains_its_runs_b
     assert (tmp_path / "study-2.toml").read_text() == "study text" and not (tmp_path / "study.toml").exists()
 
 
+def test_a_design_that_differs_only_in_where_its_data_is_is_the_same_design(tmp_path):
+    """data_root is not part of a run's id, nor of a design's: a committed study rerun with its data elsewhere."""
+    store = Store(tmp_path)
+    design = {"name": "s", "preset": "cifar10-jpeg", "fixed": {"dim": 8, "data_root": "../shared/data/x.tar.gz"}}
+    assert store.add_design(design, ["a"], None) == 1
+    written = (tmp_path / "sweep.json").read_text()
+    assert store.add_design({**design, "fixed": {"dim": 8}}, ["a"], None) == 1
+    assert (tmp_path / "sweep.json").read_text() == written
+    assert store.add_design({**design, "fixed": {"dim": 16}}, ["a"], None) == 2
+
+
 def test_a_lock_is_refused_while_another_holder_has_it(tmp_path):
     with hold_lock(tmp_path / ".lock") as held:
         assert held is not None

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ablations.config import ConfigError
+from ablations.data import CIFAR10_JPEG_ENV
 from ablations.run import cli
 from ablations.sweep.grid import build_sweep
 from ablations.sweep.presets import PRESETS
@@ -160,6 +161,19 @@ def test_data_root_sets_where_every_run_of_a_study_finds_its_data(tmp_path, caps
     study = str(repo_root / "studies" / "cifar10-cpu.toml")
     assert cli(["--study", study, "--data-root", str(missing), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
     assert f"data_root='{missing}' does not exist" in capsys.readouterr().err
+
+
+def test_a_study_on_the_jpeg_copy_without_its_path_fails_in_one_line_that_points_to_the_data_docs(
+    tmp_path, capsys, repo_root, monkeypatch
+):
+    monkeypatch.delenv(CIFAR10_JPEG_ENV, raising=False)
+    study = str(repo_root / "studies" / "cifar10-cpu.toml")
+    assert cli(["--study", study, "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs the CIFAR-10 JPEG copy" in err and "docs/data.md" in err
+    monkeypatch.setenv(CIFAR10_JPEG_ENV, str(tmp_path / "from-env.tar.gz"))  # the default location, when set
+    assert cli(["--study", study, "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert f"data_root='{tmp_path / 'from-env.tar.gz'}' does not exist" in capsys.readouterr().err
 
 
 def test_a_missing_study_file_is_one_line(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """The training engine: schedules, learning, determinism, bit-exact resume, divergence, checkpoints."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,8 +9,11 @@ import torch
 
 import ablations.engine.train as train
 from ablations.config import ConfigError, RunConfig
+from ablations.data import CIFAR10_JPEG_ENV
 from ablations.engine.schedule import learning_rate
 from ablations.engine.train import train_run
+from ablations.sweep.grid import parse_sets
+from ablations.sweep.presets import PRESETS
 from benchmarks import measure, train_speed
 
 TIMING_KEYS = {
@@ -301,9 +305,11 @@ def test_the_tf32_key_keeps_run_ids():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--lr", "nan"], "lr=nan is not accepted: expected a finite number"),  # was a traceback in AdamW
-        (["--clip-norm", "nan"], "clip_norm=nan is not accepted"),  # silently trained without clipping
-        (["--seed", str(2**64)], "seed=18446744073709551616 is not accepted"),  # was a traceback in manual_seed
+        (["--set", "lr=nan"], "lr='nan' is not accepted: expected a finite number"),  # was a traceback in AdamW
+        (["--set", "clip_norm=nan"], "clip_norm='nan' is not accepted"),  # silently trained without clipping
+        (["--set", f"seed={2**64}"], "seed=18446744073709551616 is not accepted"),  # a traceback in manual_seed
+        (["--set", "width=8"], "--set: unknown key 'width'"),  # locuslab's names are not the runner's
+        (["--preset", "imagenet"], "argument --preset: invalid choice: 'imagenet'"),
         (["--peak-tflops", "0"], "--peak-tflops 0.0 is not accepted: expected a number > 0"),  # MFU n/a, silently
         (["--out", "{tmp}"], "is not accepted: it is a folder; expected a .json path"),
         (["--out", "{tmp}/speed.md"], "expected a .json path (the .md goes beside it)"),  # the .md replaced the JSON
@@ -318,23 +324,37 @@ def test_the_tf32_key_keeps_run_ids():
 def test_train_speed_refuses_bad_options_before_training(tmp_path, capsys, args, message):
     """An unwritable --out used to be found only after the whole benchmark had run, losing its results."""
     (tmp_path / "file").write_text("x")
-    argv = ["--data", str(tmp_path), "--device", "cpu", *(arg.format(tmp=tmp_path) for arg in args)]
+    argv = ["--data-root", str(tmp_path), "--device", "cpu", *(arg.format(tmp=tmp_path) for arg in args)]
     assert train_speed.cli(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{train_speed.PROG}: error: ") and message in err and err.count("\n") == 1
     assert [path.name for path in tmp_path.iterdir()] == ["file"]
 
 
-TINY_SPEED = ["--device", "cpu", "--epochs", "2", "--train-subset", "100", "--test-subset", "50", "--width", "8",
-              "--depth", "1", "--batch-size", "50", "--workers", "0", "--bare-steps", "2",
-              "--copy-mb", "8"]  # fmt: skip
+def test_train_speed_needs_the_data_named_and_knows_the_targets_recipe_by_the_preset(monkeypatch, capsys):
+    monkeypatch.delenv(CIFAR10_JPEG_ENV, raising=False)
+    assert train_speed.cli(["--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the CIFAR-10 JPEG copy" in err and "docs/data.md" in err and err.count("\n") == 1
+    cfg = RunConfig(**{**PRESETS[train_speed.TARGETS_PRESET].values, "data_root": "anywhere"})
+    assert train_speed.full_recipe(cfg, 50_000) and not train_speed.full_recipe(cfg, 49_999)
+    assert not train_speed.full_recipe(dataclasses.replace(cfg, weight_decay=0.05), 50_000)
+
+
+def test_a_product_run_of_the_benchmark_is_its_config_whatever_set_changed():
+    cfg = RunConfig(dataset="imagefolder", data_root="/data/x.tar.gz", channels_last=False, hflip=False, seed=3)
+    assert RunConfig(**parse_sets([measure.set_text(cfg)]), seed=3) == cfg
+
+
+TINY_SPEED = ["--device", "cpu", "--set", "epochs=2,train_subset=100,test_subset=50,dim=8,depth=1,batch_size=50",
+              "--workers", "0", "--bare-steps", "2", "--copy-mb", "8"]  # fmt: skip
 
 
 @pytest.mark.slow
 def test_train_speed_measures_every_target_against_baselines_of_the_same_run(cifar10_jpeg, tmp_path):
     out = tmp_path / "speed.json"
     variants = "engine,engine-2-per-device,reference,reference-workers"
-    argv = ["--data", str(cifar10_jpeg), *TINY_SPEED, "--seeds", "2", "--variants", variants, "--out", str(out)]
+    argv = ["--data-root", str(cifar10_jpeg), *TINY_SPEED, "--seeds", "2", "--variants", variants, "--out", str(out)]
     assert train_speed.main(argv) == 0
     result = read_json(out)
     summaries, goals = result["summaries"], {row["target"]: row for row in result["targets"]}

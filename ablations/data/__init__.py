@@ -3,11 +3,14 @@
 This front stays free of torch so that the report and the benchmarks can name a run's data without loading it.
 """
 
+import os
 from pathlib import Path
 
-# The JPEG re-encoding of CIFAR-10 in ../shared/data (cifar10-jpeg.tar.gz, or a tree unpacked from it) is not
+# The JPEG re-encoding of CIFAR-10 (cifar10-jpeg.tar.gz, or a tree unpacked from it; docs/data.md) is not
 # CIFAR-10: its README asks that every result on it carry this label, so exactly one rule may decide it.
 CIFAR10_JPEG = "cifar10-jpeg"
+# Where a command finds the JPEG copy when it is not told: the one place that default lives (docs/data.md).
+CIFAR10_JPEG_ENV = "CONVMIXER_CIFAR10_JPEG"
 CIFAR10_JPEG_LABEL = "CIFAR-10 (JPEG q75 copy)"
 LABELS = {"synthetic": "synthetic", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
@@ -18,3 +21,8 @@ def dataset_label(dataset: str, data_root: str) -> str:
     if dataset == "imagefolder":
         return CIFAR10_JPEG_LABEL if root.startswith(CIFAR10_JPEG) else f"ImageFolder {root}"
     return LABELS.get(dataset, root)
+
+
+def default_cifar10_jpeg() -> str | None:
+    """The path of the CIFAR-10 JPEG copy when a command is not given one: $CONVMIXER_CIFAR10_JPEG, else None."""
+    return os.environ.get(CIFAR10_JPEG_ENV) or None

@@ -150,7 +150,7 @@ def load_cifar(name: str, root: str, train: bool) -> Split:
                 f"{name}: no {dataset_class.base_folder}/ under data_root={root!r} and downloading it failed "
                 f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'offline?'}); set data_root "
                 f"to the folder holding {dataset_class.base_folder}/, or use dataset=imagefolder with data_root "
-                "set to an ImageFolder tree or .tar.gz (e.g. ../shared/data/cifar10-jpeg.tar.gz)"
+                "set to an ImageFolder tree or .tar.gz (the CIFAR-10 JPEG copy: docs/data.md)"
             ) from error
     images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
     return Split(images, torch.tensor(dataset.targets), list(dataset.classes))

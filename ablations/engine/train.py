@@ -26,9 +26,10 @@ from ablations.config import ConfigError, RunConfig
 from ablations.data.loaders import Data, TestLoader, TrainLoader, build_data
 from ablations.data.sources import cache_dir
 from ablations.engine.schedule import learning_rate
+from ablations.engine.setup import Setup, Workload, candidates, fastest_setup
 from ablations.store import CHECKPOINT, HISTORY, METRICS
 from convmixer.count import closed_form
-from convmixer.depthwise import Setup, Workload, candidates, fastest_setup, use_impl
+from convmixer.depthwise import use_impl
 from convmixer.runtime import (
     autocast_dtype,
     cuda_math_flags,

@@ -3,20 +3,24 @@
 `cifar10` is the reference recipe of locuslab/convmixer-cifar10 (README: ConvMixer-256/8, kernel 5, patch 2,
 `--lr-max=0.05 --ra-n=2 --ra-m=12 --wd=0.005 --scale=1.0 --jitter=0 --reprob=0`, 25 epochs, batch 512,
 no gradient clipping; about 92.5% test accuracy); precision stays `auto` (bf16 on a GPU, where the reference
-used fp16 autocast). `smoke` is a tiny model on synthetic data whose
-four-run kernel-size sweep finishes in about two minutes on two CPU cores, so every command can be tried before a GPU
-is involved. `keys_help` lists every key with its value in a preset, for the --help of a command that takes --preset.
+used fp16 autocast). `cifar10-jpeg` is the same recipe on the JPEG copy of CIFAR-10, whose path the user gives
+(data_root, or $CONVMIXER_CIFAR10_JPEG: ablations.data.default_cifar10_jpeg). `smoke` is a tiny model on synthetic
+data whose four-run kernel-size sweep finishes in about two minutes on two CPU cores, so every command can be tried
+before a GPU is involved. `keys_help` lists every key with its value in a preset, for the --help of a command that
+takes --preset.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
-from ablations.config import ACCEPTED, NOT_IDENTITY, RunConfig
+from ablations.config import ACCEPTED, NOT_IDENTITY, ConfigError, RunConfig
+from ablations.data import CIFAR10_JPEG_ENV, default_cifar10_jpeg
+from convmixer.registry import get_config
 
+# The model is the registry's (convmixer_256_8_cifar10): the recipe adds how it trains, and spells no knob again.
+CIFAR10_MODEL = get_config("convmixer_256_8_cifar10")
 CIFAR10_RECIPE = {
-    "dim": 256,
-    "depth": 8,
-    "kernel_size": 5,
-    "patch_size": 2,
+    **{key: getattr(CIFAR10_MODEL, key) for key in ("dim", "depth", "kernel_size", "patch_size")},
     "epochs": 25,
     "batch_size": 512,
     "lr": 0.05,
@@ -36,6 +40,7 @@ CIFAR10_RECIPE = {
 class Preset:
     description: str
     values: dict
+    needs_cifar10_jpeg: bool = False  # its runs read the CIFAR-10 JPEG copy, whose path the user gives
 
 
 PRESETS = {
@@ -67,8 +72,9 @@ PRESETS = {
         {"dataset": "cifar10", **CIFAR10_RECIPE},
     ),
     "cifar10-jpeg": Preset(
-        "the cifar10 recipe on the JPEG q75 copy of CIFAR-10 in ../shared/data (label results accordingly)",
-        {"dataset": "imagefolder", "data_root": "../shared/data/cifar10-jpeg.tar.gz", **CIFAR10_RECIPE},
+        f"the cifar10 recipe on the JPEG q75 copy of CIFAR-10 at data_root (or ${CIFAR10_JPEG_ENV}; docs/data.md)",
+        {"dataset": "imagefolder", **CIFAR10_RECIPE},
+        needs_cifar10_jpeg=True,
     ),
 }
 DEFAULT_PRESET = "smoke"
@@ -84,9 +90,27 @@ def keys_help(preset: str) -> str:
         accepted = rule.describe().removeprefix("expected ") if rule else "true or false"
         if f.name in NOT_IDENTITY:
             accepted = "a folder or archive path (not part of the run id)"
-        rows.append(f"  {f.name:<16} {getattr(values, f.name)!s:<12} {accepted}")
+        value = getattr(values, f.name)
+        if f.name == "data_root" and PRESETS[preset].needs_cifar10_jpeg:
+            value = "(required)"  # the user's copy: --data-root or $CONVMIXER_CIFAR10_JPEG, never a default path
+        rows.append(f"  {f.name:<16} {value!s:<12} {accepted}")
     presets = "\n".join(f"  {name:<16} {p.description}" for name, p in PRESETS.items())
     header = (
         f"keys, with their values in preset {preset} (`--preset NAME --help` shows another's), and what they accept:"
     )
     return f"{header}\n" + "\n".join(rows) + f"\n\npresets:\n{presets}"
+
+
+def sweep_data_root(preset: str, keys: Iterable[str], given: str | None) -> str | None:
+    """The data_root every run of a sweep gets instead of its own (None: its own): `given` (--data-root); else, for
+    a preset whose data no key names, the default location of the CIFAR-10 JPEG copy. A ConfigError in one line
+    when that has none, before anything runs."""
+    if given is not None or not PRESETS[preset].needs_cifar10_jpeg or "data_root" in keys:
+        return given
+    found = default_cifar10_jpeg()
+    if found is None:
+        raise ConfigError(
+            f"preset {preset} needs the CIFAR-10 JPEG copy: give its path with --data-root PATH, --set data_root=PATH "
+            f"or ${CIFAR10_JPEG_ENV} (where to get it: docs/data.md)"
+        )
+    return found

@@ -1,0 +1,59 @@
+"""What the benchmarks share: the runner's vocabulary for a run (--preset, --set, --data-root, parsed by the sweep's
+own parser) and the one way a benchmark writes its result (JSON, a Markdown twin, the command line that made it).
+
+A benchmark takes the same keys as `python -m ablations.run`, so a recipe is named once (ablations/sweep/presets.py)
+and a key means the same thing in both.
+"""
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from ablations import atomic
+from ablations.config import RunConfig
+from ablations.sweep.grid import parse_sets
+from ablations.sweep.presets import PRESETS, sweep_data_root
+
+
+def add_recipe_options(parser: argparse.ArgumentParser, preset: str) -> None:
+    """--preset, --set and --data-root, as the runner has them."""
+    parser.add_argument("--preset", choices=PRESETS, default=preset, help=f"the recipe (default {preset})")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE,...", help="override its keys")
+    parser.add_argument("--data-root", metavar="PATH", help="where the data is (default: the preset's; docs/data.md)")
+
+
+def recipe_config(args: argparse.Namespace) -> RunConfig:
+    """The run of --preset, --set and --data-root, validated, its data_root absolute; ConfigError naming a bad value."""
+    values = {**PRESETS[args.preset].values, **parse_sets(args.set)}
+    data_root = sweep_data_root(args.preset, values, args.data_root)
+    cfg = RunConfig(**values)
+    cfg.validate()
+    return cfg.with_absolute_data_root(data_root)
+
+
+def check_out(out: Path | None) -> None:
+    """Refuse an --out that cannot be written now, not after the benchmark has run for an hour."""
+    if out is None:
+        return
+    if out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is not accepted: it is a folder; expected a .json path")
+    if out.suffix == ".md":  # the .md written beside it would replace the JSON
+        raise ValueError(f"--out {str(out)!r} is not accepted: expected a .json path (the .md goes beside it)")
+    if out.with_suffix(".md").is_dir():
+        raise ValueError(f"--out {str(out)!r} is not accepted: {str(out.with_suffix('.md'))!r} is a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out {str(out)!r} is not accepted: cannot create its folder ({error.strerror})") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {str(out)!r} is not accepted: its folder is not writable")
+
+
+def write_result(out: Path, argv: list[str] | None, result: dict, report: str) -> None:
+    """`result` as JSON at `out` and `report` as Markdown beside it, each headed by the command that made them."""
+    command = "python " + shlex.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+    atomic.write_json(out, {"command": command, **result})
+    atomic.write_text(out.with_suffix(".md"), f"`{command}`\n{report}")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
