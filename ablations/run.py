@@ -25,8 +25,7 @@ import torch
 
 from ablations.atomic import WriteError
 from ablations.config import ACCEPTED, NOT_IDENTITY, ConfigError, RunConfig
-from ablations.data import dataset_label
-from ablations.data.loaders import DataError
+from ablations.data import DataError, dataset_label
 from ablations.data.sources import load_splits
 from ablations.engine.train import run_dtype
 from ablations.store import DATA, DONE, FAILED, FINISHED, Store, StoreError

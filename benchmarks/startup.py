@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 
 from ablations.config import RunConfig
-from ablations.data import decode, loaders, sources
-from ablations.data.sources import DataError
+from ablations.data import DataError, decode, loaders, sources
 from convmixer.arguments import OneLineParser, run_cli
 from convmixer.runtime import cpu_name, device_name, resolve_device, synchronize, usable_cores
 

@@ -37,8 +37,8 @@ import torch
 
 from ablations import atomic
 from ablations.config import PRECISIONS, ConfigError, RunConfig
-from ablations.data import dataset_label
-from ablations.data.sources import DataError, Split, load_splits
+from ablations.data import DataError, dataset_label
+from ablations.data.sources import Split, load_splits
 from benchmarks import measure
 from benchmarks.reference_recipe import PUBLISHED, TUNED, train_reference
 from convmixer.arguments import OneLineParser, UsageError, run_cli
