@@ -30,6 +30,7 @@ from ablations.store import CHECKPOINT, HISTORY, METRICS
 from convmixer.count import closed_form
 from convmixer.depthwise import Setup, Workload, candidates, fastest_setup, use_impl
 from convmixer.runtime import (
+    AUTOCAST_DTYPES,
     autocast_dtype,
     cuda_math_flags,
     device_name,
@@ -43,6 +44,7 @@ from convmixer.runtime import (
 
 COMPILE_BACKEND = "inductor"  # torch.compile's; the tests use "eager" to check graph capture without a C++ build
 COMPILE_CACHE = "inductor"  # Inductor's cache folder, under the toolkit's cache folder ($CONVMIXER_CACHE)
+PRECISION_NAMES = {dtype: name for name, dtype in AUTOCAST_DTYPES.items()}  # metrics.json's precision_used
 
 
 def run_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -325,7 +327,7 @@ def train_run(
             log(f"warm-up (each batch shape once: cuDNN autotuning, lazy initialisation) {warm_up_s:.1f} s")
         history, reason, wall_before = train_epochs(trainer, data, run_dir, started, log, on_epoch)
     engine = {
-        "precision_used": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
+        "precision_used": PRECISION_NAMES[dtype],
         "tf32_used": device.type == "cuda" and dtype is None and cfg.tf32,  # fp32 convolutions on TF32 tensor cores
         "compiled_graphs": compiled_graphs() - graphs_before if cfg.compile else None,  # 0: ran eagerly
         "warm_up_s": warm_up_s,  # before epoch 1, in this process (a resumed run warms up again)
