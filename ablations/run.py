@@ -165,7 +165,7 @@ def load_design(args: argparse.Namespace) -> tuple[Study | None, str, Sweep]:
 
 
 def default_name(study: Study | None, preset: str, sweep: Sweep) -> str:
-    return study.name if study is not None else "-".join([preset, *sweep.vary, *sweep.axes])
+    return study.name if study is not None else "-".join([preset, *sweep.vary, *sweep.grid])
 
 
 def check_size(sweep: Sweep, max_runs: int) -> None:
@@ -384,8 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     create_result_dir(store.root)
     with store.lock_sweep():
         store.set_aside_damaged()
-        design = {"name": name, "preset": preset, "study": str(args.study) if study else None,
-                  "description": study.description if study else "", **sweep.design()}  # fmt: skip
+        design = sweep.design(name, preset, str(args.study) if study else None, study.description if study else "")
         store.add_design(design, [cfg.run_id() for cfg in configs], study.text if study else None)
         run_sweep(args, configs, data, keys, store, devices)
     return report(configs, keys, store)

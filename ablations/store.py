@@ -12,7 +12,8 @@ other data is refused (`check_run`). sweep.json keeps every design ever swept in
 ids, so that the report can tell one design's runs from another's. One sweep works in a folder at a time: it
 holds the folder's .lock (`lock_sweep`); a SLURM job holds its run folder's (`hold_lock`).
 
-This module owns the run folder's contract: its file names, the run states and the readers of its JSON files.
+This module owns the run folder's contract: its file names, the run states, the readers of its JSON files, and,
+through ablations.design, the reader and writer of sweep.json.
 The engine writes the files and analysis reads them, both by these names; the store imports neither of them.
 """
 
@@ -31,11 +32,12 @@ from typing import IO
 
 from ablations import atomic
 from ablations.config import LEGACY_RUN_ID_LENGTH, NOT_IDENTITY, RunConfig
+from ablations.design import Design, file_content, read_file
 
 # A run folder: its config, the engine's per-epoch history, resumable state and final metrics, and its log.
 CONFIG, HISTORY, CHECKPOINT, METRICS, LOG = "config.json", "history.json", "checkpoint.pt", "metrics.json", "log.txt"
 RUNS, SUMMARY = "runs", "summary.csv"  # in the sweep folder: one folder per run, and the table derived from them
-DESIGN, STUDY_COPY = "sweep.json", "study.toml"  # the sweep's designs (read by analysis), the study file it came from
+DESIGN, STUDY_COPY = "sweep.json", "study.toml"  # the sweep's designs (ablations.design), the study file it came from
 DATA = "data.json"  # in a run folder: the data it trained on (`check_run` compares a rerun's with it)
 LOCK = ".lock"  # in the sweep folder (one sweep at a time) and, under SLURM, in each run folder (one job per run)
 METRIC_COLUMNS = (
@@ -47,11 +49,6 @@ SUMMARY_COLUMNS = ("run_id", *(f.name for f in dataclasses.fields(RunConfig)), *
 DONE, DIVERGED, FAILED, UNFINISHED = "done", "diverged", "failed", "unfinished"
 FINISHED = (DONE, DIVERGED, FAILED)  # the statuses a metrics.json may hold
 STATUSES = (*FINISHED, UNFINISHED)  # unfinished: no metrics.json yet (not started, running, or killed)
-
-
-# Design keys added after designs were first recorded, with the value every earlier sweep had: read as that
-# value, so an old sweep.json is the same design as the command that wrote it.
-LATER_DESIGN_KEYS = {"order": "seeds"}
 
 
 class StoreError(RuntimeError):
@@ -315,37 +312,30 @@ class Store:
         lock.flush()
         return lock
 
-    def read_designs(self) -> list[dict]:
-        """Every design swept into the folder, oldest first, each with "runs": its run ids, or None for the one
-        design of a sweep.json written before designs listed their runs (every run folder is then its run)."""
+    def read_designs(self) -> list[Design]:
+        """Every design swept into the folder, oldest first (ablations.design.read_file: both formats)."""
         path = self.root / DESIGN
         if not path.exists():
             return []
-        value = read_object(path)
-        if "designs" not in value:  # the first format: one design object
-            return [{**LATER_DESIGN_KEYS, **value, "runs": None}]
-        designs = value["designs"]
-        if not isinstance(designs, list) or not all(isinstance(d, dict) and "runs" in d for d in designs):
-            raise StoreError(f"{path} is not accepted: 'designs' must be a list of objects, each with 'runs'")
-        return [{**LATER_DESIGN_KEYS, **design} for design in designs]
+        try:
+            return read_file(read_object(path))
+        except ValueError as error:
+            raise StoreError(f"{path} is not accepted: {error}") from None
 
-    def add_design(self, design: dict, run_ids: list[str], study_text: str | None) -> int:
-        """Record a sweep's design (preset, fixed keys, baseline, axes, seeds) and its runs beside the designs
-        already in sweep.json, unless one of them is the same; return its number (1: the first). The study file
-        of design n is kept as study.toml (n = 1) or study-n.toml, and is never overwritten."""
-        entry = json.loads(json.dumps({**LATER_DESIGN_KEYS, **design, "runs": run_ids}))  # as read back: lists
-
-        def what(d: dict, runs: bool = True) -> dict:  # the name follows the folder: not part of what ran
-            return {k: v for k, v in d.items() if k != "name" and (runs or k != "runs")}
-
+    def add_design(self, design: Design, run_ids: list[str], study_text: str | None) -> int:
+        """Record a sweep's design and its runs beside the designs already in sweep.json, unless one of them is the
+        same; return its number (1: the first). The study file of design n is kept as study.toml (n = 1) or
+        study-n.toml, and is never overwritten."""
+        entry = Design.from_dict(dataclasses.replace(design, runs=run_ids).to_dict())  # as read back: lists
         designs = self.read_designs()
         for number, old in enumerate(designs, 1):
-            if what(old) == what(entry) or (old["runs"] is None and what(old, False) == what(entry, False)):
+            if old.same_as(entry):
                 return number
-        if designs and designs[0]["runs"] is None:  # the first format held one design: the folder's runs then
-            designs[0]["runs"] = sorted(path.name for path in self.runs.glob("*") if (path / CONFIG).exists())
+        if designs and designs[0].runs is None:  # the first format held one design: the folder's runs then
+            runs = sorted(path.name for path in self.runs.glob("*") if (path / CONFIG).exists())
+            designs[0] = dataclasses.replace(designs[0], runs=runs)
         designs.append(entry)
-        atomic.write_json(self.root / DESIGN, {"designs": designs})
+        atomic.write_json(self.root / DESIGN, file_content(designs))
         study = self.root / (STUDY_COPY if len(designs) == 1 else f"study-{len(designs)}.toml")
         if study_text is not None and not study.exists():
             atomic.write_text(study, study_text)

@@ -16,8 +16,9 @@ figures), report (tables, figure set and the `python -m analysis.report` command
 import importlib
 from typing import Any
 
+from ablations.design import Design
 from analysis import provenance, style
-from analysis.design import Design, Scope, axis_rows, read_design, scope, variant_keys, variant_label
+from analysis.design import Scope, axis_rows, read_design, scope, variant_keys, variant_label
 from analysis.load import AnalysisError, load_history, load_runs
 from analysis.provenance import data_text
 from analysis.stats import mean_ci, pareto_front, welch

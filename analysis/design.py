@@ -1,9 +1,10 @@
 """What is compared: the swept keys, the variants they make, the baseline, and, for a study, its axes.
 
-The design of a sweep (sweep.json, written by the runner), or what its runs show when it has none, decides three
-things the report must get right: which keys are the swept ones (every other key must be the same in every pooled
-run, or the comparison is between unrelated sweeps), which run is the baseline, and, for a study (one factor at a
-time from a baseline), which variants belong to which axis of its table. `scope` decides all of it at once.
+The design of a sweep (sweep.json, read as the store's `ablations.design.Design`), or what its runs show when it has
+none, decides three things the report must get right: which keys are the swept ones (every other key must be the
+same in every pooled run, or the comparison is between unrelated sweeps), which run is the baseline, and, for a
+study (one factor at a time from a baseline), which variants belong to which axis of its table. `scope` decides
+all of it at once.
 Sweeps written before sweep.json existed have no design: their swept keys are those whose values differ in them.
 
 A folder may hold several designs (each sweep into it that changed the design added one to sweep.json, with its
@@ -18,7 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from ablations.config import NOT_IDENTITY, RunConfig, parse_value
-from ablations.store import DESIGN, Store, StoreError
+from ablations.design import Design
+from ablations.store import Store, StoreError
 from analysis.load import CONFIG_KEYS, AnalysisError, load_runs, sweep_name
 
 # Keys that never make two runs different variants: the seed is what we average over, and NOT_IDENTITY's
@@ -39,44 +41,12 @@ def variant_label(values: dict) -> str:
     return ", ".join(f"{key}={value}" for key, value in values.items()) or "all runs"
 
 
-@dataclass(frozen=True)
-class Design:
-    """A sweep's sweep.json: vary axes change one key at a time from `baseline`; grid axes form a product."""
-
-    name: str
-    preset: str = ""
-    study: str | None = None
-    description: str = ""
-    fixed: dict = field(default_factory=dict)
-    baseline: dict = field(default_factory=dict)
-    vary: dict = field(default_factory=dict)
-    grid: dict = field(default_factory=dict)
-    seeds: int = 0
-    order: str = "seeds"  # the order its runs were trained in (ablations.sweep.grid.ORDERS)
-    runs: list[str] | None = None  # its run ids; None: every run of the folder (sweep.json's first format)
-
-    @property
-    def axes(self) -> list[str]:
-        return [*self.vary, *self.grid]
-
-
 def read_designs(sweep: Path) -> list[Design]:
     """Every design of a sweep folder, oldest first ([] for a sweep written before designs were recorded)."""
-    path = Path(sweep) / DESIGN
     try:
-        designs = Store(sweep).read_designs()
+        return Store(sweep).read_designs()
     except StoreError as error:
         raise AnalysisError(str(error)) from None
-    known = Design.__dataclass_fields__
-    for values in designs:
-        unknown = sorted(set(values) - set(known))
-        if unknown or not isinstance(values.get("name"), str):
-            problem = f"unknown key {unknown[0]!r}" if unknown else "no 'name'"
-            raise AnalysisError(f"{path} is not accepted: {problem}; expected the keys {', '.join(known)}")
-        for key in ("fixed", "baseline", "vary", "grid"):
-            if not isinstance(values.get(key, {}), dict):
-                raise AnalysisError(f"{path} is not accepted: {key!r} must be a JSON object")
-    return [Design(**values) for values in designs]
 
 
 def read_design(sweep: Path) -> Design | None:

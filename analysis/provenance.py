@@ -11,7 +11,7 @@ import re
 import pandas as pd
 
 from ablations.data import dataset_label
-from analysis.design import Design
+from ablations.design import Design
 from convmixer.model import ConvMixerConfig
 
 NOT_RECORDED = "not recorded"

@@ -15,8 +15,9 @@ PACKAGES = ("convmixer", "ablations", "analysis", "benchmarks")
 RULES: list[tuple[str, tuple[str, ...]]] = [
     ("convmixer", ("convmixer",)),
     ("ablations.atomic", ()),
+    ("ablations.design", ()),
     ("ablations.config", ("convmixer",)),
-    ("ablations.store", ("ablations.config", "ablations.atomic")),
+    ("ablations.store", ("ablations.design", "ablations.config", "ablations.atomic", "convmixer")),
     ("ablations.data", ("ablations.data", "ablations.config", "ablations.atomic", "convmixer")),
     (
         "ablations.engine",
@@ -27,15 +28,23 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
         ("ablations.engine", "ablations.sweep.progress", "ablations.store", "ablations.config", "convmixer"),
     ),  # fmt: skip
     ("ablations.sweep.presets", ("ablations.config",)),
-    ("ablations.sweep.grid", ("ablations.config", "ablations.sweep.presets")),
+    ("ablations.sweep.grid", ("ablations.design", "ablations.config", "ablations.sweep.presets")),
     ("ablations.sweep.study", ("ablations.config", "ablations.sweep.grid", "ablations.sweep.presets")),
     ("ablations.sweep", ("ablations.sweep", "ablations.store", "ablations.config", "ablations.atomic", "convmixer")),
     ("ablations.run", ("ablations", "convmixer")),
     ("ablations", ()),  # the package's own __init__
     (
         "analysis",
-        ("analysis", "ablations.config", "ablations.store", "ablations.atomic", "ablations.data", "convmixer"),
-    ),  # fmt: skip
+        (
+            "analysis",
+            "ablations.design",
+            "ablations.config",
+            "ablations.store",
+            "ablations.atomic",
+            "ablations.data",
+            "convmixer",
+        ),
+    ),
     (
         "benchmarks",
         (

@@ -8,6 +8,7 @@ import pytest
 
 from ablations import atomic
 from ablations.config import RunConfig
+from ablations.design import Design
 from ablations.store import SUMMARY_COLUMNS, Store, StoreError, hold_lock
 
 
@@ -159,13 +160,14 @@ def test_sweep_json_of_the_first_format_reads_as_one_design_and_gains_its_runs_b
     first = {"name": "s", "preset": "smoke", "grid": {"kernel_size": [3, 5]}, "seeds": 1}
     atomic.write_json(tmp_path / "sweep.json", first)
     store.prepare(configs()[:2])
-    assert store.read_designs() == [{**first, "order": "seeds", "runs": None}]  # a key added later: its default
-    assert store.add_design(first, [cfg.run_id() for cfg in configs()[:2]], None) == 1  # the same design
+    (design,) = store.read_designs()
+    assert design == Design(**first) and design.order == "seeds"  # a key added later (order): its value then
+    assert store.add_design(design, [cfg.run_id() for cfg in configs()[:2]], None) == 1  # the same design
     assert json.loads((tmp_path / "sweep.json").read_text()) == first  # not rewritten
-    assert store.add_design({**first, "seeds": 2}, ["x"], "study text") == 2
+    assert store.add_design(Design(**{**first, "seeds": 2}), ["x"], "study text") == 2
     old, new = store.read_designs()
-    assert old == {**first, "order": "seeds", "runs": sorted(cfg.run_id() for cfg in configs()[:2])}
-    assert new["runs"] == ["x"]
+    assert old == Design(**first, runs=sorted(cfg.run_id() for cfg in configs()[:2]))
+    assert new.runs == ["x"]
     assert (tmp_path / "study-2.toml").read_text() == "study text" and not (tmp_path / "study.toml").exists()
 
 
