@@ -20,8 +20,8 @@ import pandas as pd
 
 from ablations.config import NOT_IDENTITY, RunConfig, parse_value
 from ablations.design import Design
-from ablations.store import Store, StoreError
-from analysis.load import CONFIG_KEYS, AnalysisError, load_runs, sweep_name
+from ablations.store import DONE, Store, StoreError
+from analysis.load import CONFIG_KEYS, AnalysisError, done, load_runs, sweep_name
 
 # Keys that never make two runs different variants: the seed is what we average over, and NOT_IDENTITY's
 # (data_root) say only where the same data lives.
@@ -117,10 +117,10 @@ def check_not_mixed(runs: pd.DataFrame, swept: list[str]) -> None:
 def check_one_gpu_kind(runs: pd.DataFrame) -> None:
     """AnalysisError when done runs were measured on different hardware and one of them on a GPU: speed and the
     numerics of bf16 kernels differ between GPU kinds, so their runs are not seeds of one experiment."""
-    done = runs[runs["status"] == "done"]
-    if "hardware" not in done or not done["device"].astype(str).str.startswith("cuda").any():
+    finished = done(runs)
+    if "hardware" not in finished or not finished["device"].astype(str).str.startswith("cuda").any():
         return
-    kinds = sorted(map(str, done["hardware"].dropna().unique()))
+    kinds = sorted(map(str, finished["hardware"].dropna().unique()))
     if len(kinds) > 1:
         raise AnalysisError(
             f"the runs were measured on different hardware ({', '.join(kinds)}): report each kind on its own, "
@@ -161,8 +161,8 @@ def choose_baseline(runs: pd.DataFrame, keys: list[str], designs: dict[str, Desi
         baseline = study | parse_baseline(items, runs, keys)
     else:
         baseline = study or default_baseline(runs, keys)
-    done = runs[runs["status"] == "done"]
-    if baseline and not (done[list(baseline)] == pd.Series(baseline)).all(axis=1).any():
+    finished = done(runs)
+    if baseline and not (finished[list(baseline)] == pd.Series(baseline)).all(axis=1).any():
         raise AnalysisError(
             f"the baseline {variant_label(baseline)} matches no finished run: "
             f"name one that ran with --baseline KEY=VALUE (keys: {', '.join(keys)})"
@@ -225,7 +225,7 @@ class Scope:
 
     @property
     def done(self) -> pd.DataFrame:
-        return self.runs[self.runs["status"] == "done"]
+        return done(self.runs)
 
     @property
     def grid_keys(self) -> list[str]:
@@ -246,9 +246,9 @@ def scope(sweeps: list[Path], baseline_items: list[str], allow_mixed: bool = Fal
         reasons = reasons.where(reasons != "", left_out(runs, sweep, chosen))
     dropped = runs[reasons != ""].assign(reason=reasons[reasons != ""])[["sweep", "run_id", "reason"]]
     runs = runs[reasons == ""].reset_index(drop=True)
-    if (runs["status"] != "done").all():
+    if done(runs).empty:
         found = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().items()) or "no runs"
-        raise AnalysisError(f"no finished runs (status done) in {', '.join(map(str, sweeps))}: found {found}")
+        raise AnalysisError(f"no finished runs (status {DONE}) in {', '.join(map(str, sweeps))}: found {found}")
     swept = swept_keys(runs, designs)
     if not allow_mixed:
         check_not_mixed(runs, swept)

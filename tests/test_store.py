@@ -1,15 +1,17 @@
 """The result store: run states from the files, summary.csv rebuilt from them, cleanup after a kill."""
 
+import ast
 import csv
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
 from ablations import atomic
 from ablations.config import RunConfig
 from ablations.design import Design
-from ablations.store import SUMMARY_COLUMNS, Store, StoreError, hold_lock
+from ablations.store import METRIC_FIELDS, STATUSES, SUMMARY_COLUMNS, Store, StoreError, hold_lock
 
 
 def configs() -> list[RunConfig]:
@@ -61,6 +63,7 @@ def test_failure_is_recorded_and_can_be_forgotten_for_a_retry(tmp_path):
     metrics = store.record_failure(run_dir, "RuntimeError: boom", "cpu")
     expected = {"status": "failed", "reason": "RuntimeError: boom", "epochs_completed": 1, "device": "cpu"}
     assert metrics == {**expected, "transient": False}
+    assert set(metrics) == {name for name, field in METRIC_FIELDS.items() if field.writer in ("both", "failure")}
     assert store.state(run_dir).describe(cfg.epochs) == "failed (RuntimeError: boom)"
 
     store.drop_checkpoint(run_dir)  # a failed run keeps its checkpoint: a retry resumes from it
@@ -177,3 +180,17 @@ def test_a_lock_is_refused_while_another_holder_has_it(tmp_path):
         with pytest.raises(StoreError, match=r"is in use by another sweep"):
             Store(tmp_path).lock_sweep()  # flock: a second open file description is another holder
     Store(tmp_path).lock_sweep().close()
+
+
+def test_no_status_word_is_spelled_outside_the_store():
+    """The statuses have one owner (ablations.store): a "done" written elsewhere would miss a rename or a new one."""
+    repo = Path(__file__).resolve().parents[1]
+    spelled = []
+    for path in sorted(
+        p for package in ("ablations", "analysis", "benchmarks", "convmixer") for p in (repo / package).rglob("*.py")
+    ):
+        if path != repo / "ablations" / "store.py":
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and node.value in STATUSES:
+                    spelled.append(f"{path.relative_to(repo)}:{node.lineno} {node.value!r}")
+    assert spelled == []

@@ -26,7 +26,7 @@ from ablations.config import ConfigError, RunConfig
 from ablations.data.loaders import Data, TestLoader, TrainLoader, build_data
 from ablations.data.sources import cache_dir
 from ablations.engine.schedule import learning_rate
-from ablations.store import CHECKPOINT, HISTORY, METRICS
+from ablations.store import CHECKPOINT, DIVERGED, DONE, HISTORY, write_metrics
 from convmixer.count import closed_form
 from convmixer.depthwise import Setup, Workload, candidates, fastest_setup, use_impl
 from convmixer.runtime import (
@@ -271,7 +271,7 @@ def final_metrics(history: list[dict], reason: str, device: torch.device, counts
     train_time = sum(record["train_time_s"] for record in history)
     images = sum(record["train_time_s"] * record["train_images_per_s"] for record in history)
     return {
-        "status": "diverged" if reason else "done",
+        "status": DIVERGED if reason else DONE,
         "reason": reason,
         **{key: last.get(key) for key in ("test_acc", "test_loss", "train_acc", "train_loss")},
         "train_images_per_s": images / train_time if train_time else None,
@@ -336,7 +336,7 @@ def train_run(
     }
     metrics = final_metrics(history, reason, device, counts, wall_before + time.perf_counter() - started, engine)
     if run_dir is not None:
-        atomic.write_json(Path(run_dir) / METRICS, metrics)
+        write_metrics(Path(run_dir), metrics)
     return metrics
 
 
