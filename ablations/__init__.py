@@ -23,17 +23,20 @@ Module map, top to bottom (each layer imports only the layers below it):
         synthetic.py      the synthetic task
         loaders.py        splits placed on the device, batched
         augment.py        batched augmentation on the device
-    store.py            the result folder's contract: file names, run statuses, readers
+    store.py            the result folder's contract, and every on-disk format: file names, run statuses,
+                        metrics.json's fields, readers and writers
+    design.py           sweep.json's format: Design, one sweep's design (the store reads and writes it)
     config.py           RunConfig: every key, what it accepts, the run id, parsing a key's value; data_root as recorded
     atomic.py           whole-file writes
 
 Import rules (tests/test_layers.py checks them on every module):
 - convmixer/ imports nothing of ablations/ or analysis/; ablations/config.py imports only convmixer/.
-- store.py imports only config.py and atomic.py; data/ only config.py, atomic.py and convmixer/.
+- design.py imports only config.py; store.py only design.py, config.py, atomic.py and convmixer/; data/ only
+  config.py, atomic.py and convmixer/.
 - engine/ imports data/, store.py, config.py, atomic.py and convmixer/; never sweep/ or run.py.
 - sweep/ reaches engine/ only through execute.py, and data/ only through plan.py (which loads each dataset once
   before the sweep, to check it and record it) and presets.py (the torch-free front of data/, for the default
-  location of the CIFAR-10 JPEG copy); presets, grid and study import only config.py and each other (and presets
-  the model registry, whose ConvMixer-256/8 the CIFAR-10 recipe trains).
-- nothing imports run.py; analysis/ imports only config.py, store.py, atomic.py and data/ of ablations/.
+  location of the CIFAR-10 JPEG copy); presets, grid and study import only config.py, each other and (grid)
+  design.py (and presets the model registry, whose ConvMixer-256/8 the CIFAR-10 recipe trains).
+- nothing imports run.py; analysis/ imports only design.py, config.py, store.py, atomic.py and data/ of ablations/.
 """

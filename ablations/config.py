@@ -18,10 +18,11 @@ from convmixer.arguments import check_patch_fits
 from convmixer.depthwise import IMPLS
 from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig
 from convmixer.registry import MODEL_CONFIGS
+from convmixer.runtime import AUTOCAST_DTYPES
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "imagefolder")
 SCHEDULES = ("onecycle", "cosine")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PRECISIONS = ("auto", *sorted(AUTOCAST_DTYPES))  # convmixer.runtime's names; auto: the device decides
 DEPTHWISE_IMPLS = ("auto", *IMPLS)
 # Switches that also accept "auto": the engine settles them by timing on the device.
 AUTO_SWITCHES = ("channels_last",)

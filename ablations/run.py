@@ -23,8 +23,7 @@ import torch
 
 from ablations.atomic import WriteError
 from ablations.config import ConfigError, RunConfig
-from ablations.data import dataset_label
-from ablations.data.loaders import DataError
+from ablations.data import DataError, dataset_label
 from ablations.engine.train import run_dtype
 from ablations.store import DONE, FAILED, Store, StoreError
 from ablations.sweep.grid import Sweep, build_sweep
@@ -118,7 +117,7 @@ def load_design(args: argparse.Namespace) -> tuple[Study | None, str, Sweep]:
 
 
 def default_name(study: Study | None, preset: str, sweep: Sweep) -> str:
-    return study.name if study is not None else "-".join([preset, *sweep.vary, *sweep.axes])
+    return study.name if study is not None else "-".join([preset, *sweep.vary, *sweep.grid])
 
 
 def check_size(sweep: Sweep, max_runs: int) -> None:
@@ -249,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{cfg.run_id()} {json.dumps(cfg.to_dict())}")
         return 0
     create_result_dir(store.root)
-    design = {"name": name, "preset": preset, "study": str(args.study) if study else None,
-              "description": study.description if study else "", **sweep.design()}  # fmt: skip
+    design = sweep.design(name, preset, str(args.study) if study else None, study.description if study else "")
     run_plan(sweep_plan, make_launcher(args, store, devices), design, study.text if study else None)
     return report(configs, keys, store)
 

@@ -12,8 +12,10 @@ other data is refused (`check_run`). sweep.json keeps every design ever swept in
 ids, so that the report can tell one design's runs from another's. One sweep works in a folder at a time: it
 holds the folder's .lock (`lock_sweep`); a SLURM job holds its run folder's (`hold_lock`).
 
-This module owns the run folder's contract: its file names, the run states and the readers of its JSON files.
-The engine writes the files and analysis reads them, both by these names; the store imports neither of them.
+This module owns the run folder's contract and every on-disk format: its file names, the run statuses, the fields
+of metrics.json (`METRIC_FIELDS`, which summary.csv's columns and the report's checks derive from), and, through
+ablations.design, sweep.json. The engine writes the files and analysis reads them, both through these names; the
+store imports neither of them.
 """
 
 import csv
@@ -21,37 +23,113 @@ import dataclasses
 import fcntl
 import io
 import json
+import math
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ablations import atomic
 from ablations.config import LEGACY_RUN_ID_LENGTH, NOT_IDENTITY, RunConfig
+from ablations.design import Design, file_content, read_file
+from convmixer.runtime import AUTOCAST_DTYPES
 
 # A run folder: its config, the engine's per-epoch history, resumable state and final metrics, and its log.
 CONFIG, HISTORY, CHECKPOINT, METRICS, LOG = "config.json", "history.json", "checkpoint.pt", "metrics.json", "log.txt"
 RUNS, SUMMARY = "runs", "summary.csv"  # in the sweep folder: one folder per run, and the table derived from them
-DESIGN, STUDY_COPY = "sweep.json", "study.toml"  # the sweep's designs (read by analysis), the study file it came from
+DESIGN, STUDY_COPY = "sweep.json", "study.toml"  # the sweep's designs (ablations.design), the study file it came from
 DATA = "data.json"  # in a run folder: the data it trained on (`check_run` compares a rerun's with it)
 LOCK = ".lock"  # in the sweep folder (one sweep at a time) and, under SLURM, in each run folder (one job per run)
-METRIC_COLUMNS = (
-    "status", "reason", "test_acc", "params", "macs", "flops",
-    "train_images_per_s", "peak_memory_mb", "train_time_s", "epochs_completed",
-)  # fmt: skip
-SUMMARY_COLUMNS = ("run_id", *(f.name for f in dataclasses.fields(RunConfig)), *METRIC_COLUMNS)
 # Every status a run can have, in one vocabulary for the store, the sweep's console and the report.
 DONE, DIVERGED, FAILED, UNFINISHED = "done", "diverged", "failed", "unfinished"
 FINISHED = (DONE, DIVERGED, FAILED)  # the statuses a metrics.json may hold
 STATUSES = (*FINISHED, UNFINISHED)  # unfinished: no metrics.json yet (not started, running, or killed)
 
 
-# Design keys added after designs were first recorded, with the value every earlier sweep had: read as that
-# value, so an old sweep.json is the same design as the command that wrote it.
-LATER_DESIGN_KEYS = {"order": "seeds"}
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _fraction(value: Any) -> bool:
+    return _number(value) and 0 <= value <= 1
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _positive_int(value: Any) -> bool:
+    return _count(value) and value > 0
+
+
+def _positive(value: Any) -> bool:
+    return _number(value) and value > 0
+
+
+def _seconds(value: Any) -> bool:
+    return _number(value) and value >= 0
+
+
+def _one_of(words: Iterable[str]) -> str:
+    *others, last = map(repr, words)
+    return f"{', '.join(others)} or {last}"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of metrics.json: who writes it, what a value may be, and whether a done run needs it."""
+
+    writer: str  # "both": the engine and record_failure; "engine" (on a GPU only: "gpu"); "failure": record_failure
+    check: Callable[[Any], bool]  # a done run's value, when there and not null, passes it (others are not checked)
+    accepted: str  # the check in words, for the one-line error
+    done_needs: bool = False  # a done run must have it (the report computes with it)
+    column: bool = False  # a column of summary.csv
+
+
+def _text(writer: str, column: bool = False) -> Field:
+    return Field(writer, lambda value: isinstance(value, str), "a string", column=column)
+
+
+def _flag(writer: str) -> Field:
+    return Field(writer, lambda value: isinstance(value, bool), "true or false")
+
+
+# metrics.json: every field the engine (a finished run) and record_failure (a failed one) write, declared once. The
+# summary.csv columns keep this order.
+METRIC_FIELDS = {
+    "status": Field("both", lambda value: value in FINISHED, _one_of(FINISHED), done_needs=True, column=True),
+    "reason": _text("both", column=True),
+    "test_acc": Field("engine", _fraction, "a number in [0, 1]", done_needs=True, column=True),
+    "params": Field("engine", _positive_int, "a positive integer", done_needs=True, column=True),
+    "macs": Field("engine", _positive_int, "a positive integer", done_needs=True, column=True),
+    "flops": Field("engine", _positive_int, "a positive integer", column=True),
+    "train_images_per_s": Field("engine", _positive, "a positive number", column=True),
+    "peak_memory_mb": Field("engine", _positive, "a positive number", column=True),
+    "train_time_s": Field("engine", _seconds, "a number >= 0", column=True),
+    "epochs_completed": Field("both", _positive_int, "a positive integer", column=True),  # 0 only if failed
+    "test_loss": Field("engine", _number, "a finite number"),
+    "train_acc": Field("engine", _fraction, "a number in [0, 1]"),
+    "train_loss": Field("engine", _number, "a finite number"),
+    "wall_time_s": Field("engine", _seconds, "a number >= 0"),
+    "precision_used": Field("engine", lambda value: value in AUTOCAST_DTYPES, _one_of(AUTOCAST_DTYPES)),
+    "tf32_used": _flag("engine"),
+    "compiled_graphs": Field("engine", _count, "an integer >= 0"),
+    "warm_up_s": Field("engine", _seconds, "a number >= 0"),
+    "channels_last_used": _flag("engine"),
+    "depthwise_impl_used": _text("engine"),
+    "device": _text("both"),
+    "hardware": _text("engine"),
+    "driver": _text("gpu"),
+    "torch_version": _text("engine"),
+    "toolkit_commit": _text("engine"),
+    "finished_at": _text("engine"),
+    "transient": _flag("failure"),
+}
+METRIC_COLUMNS = tuple(name for name, spec in METRIC_FIELDS.items() if spec.column)
+SUMMARY_COLUMNS = ("run_id", *(f.name for f in dataclasses.fields(RunConfig)), *METRIC_COLUMNS)
 
 
 class StoreError(RuntimeError):
@@ -98,6 +176,15 @@ def read_metrics(path: Path) -> dict:
             "delete it to redo that run"
         )
     return metrics
+
+
+def write_metrics(run_dir: Path, metrics: dict) -> None:
+    """Write a finished run's metrics.json; ValueError for a field METRIC_FIELDS does not declare (a new metric is
+    declared there first, so that the validator and summary.csv know it)."""
+    undeclared = sorted(set(metrics) - set(METRIC_FIELDS))
+    if undeclared:
+        raise ValueError(f"metrics.json field {undeclared[0]!r} is not declared in ablations.store.METRIC_FIELDS")
+    atomic.write_json(run_dir / METRICS, metrics)
 
 
 def read_history(path: Path) -> list[dict]:
@@ -271,7 +358,7 @@ class Store:
             "epochs_completed": epochs_completed(run_dir),
             "device": device,
         }
-        atomic.write_json(run_dir / METRICS, metrics)
+        write_metrics(run_dir, metrics)
         return metrics
 
     def drop_checkpoint(self, run_dir: Path) -> None:
@@ -315,38 +402,30 @@ class Store:
         lock.flush()
         return lock
 
-    def read_designs(self) -> list[dict]:
-        """Every design swept into the folder, oldest first, each with "runs": its run ids, or None for the one
-        design of a sweep.json written before designs listed their runs (every run folder is then its run)."""
+    def read_designs(self) -> list[Design]:
+        """Every design swept into the folder, oldest first (ablations.design.read_file: both formats)."""
         path = self.root / DESIGN
         if not path.exists():
             return []
-        value = read_object(path)
-        if "designs" not in value:  # the first format: one design object
-            return [{**LATER_DESIGN_KEYS, **value, "runs": None}]
-        designs = value["designs"]
-        if not isinstance(designs, list) or not all(isinstance(d, dict) and "runs" in d for d in designs):
-            raise StoreError(f"{path} is not accepted: 'designs' must be a list of objects, each with 'runs'")
-        return [{**LATER_DESIGN_KEYS, **design} for design in designs]
+        try:
+            return read_file(read_object(path))
+        except ValueError as error:
+            raise StoreError(f"{path} is not accepted: {error}") from None
 
-    def add_design(self, design: dict, run_ids: list[str], study_text: str | None) -> int:
-        """Record a sweep's design (preset, fixed keys, baseline, axes, seeds) and its runs beside the designs
-        already in sweep.json, unless one of them is the same; return its number (1: the first). The study file
-        of design n is kept as study.toml (n = 1) or study-n.toml, and is never overwritten."""
-        entry = json.loads(json.dumps({**LATER_DESIGN_KEYS, **design, "runs": run_ids}))  # as read back: lists
-
-        def what(d: dict, runs: bool = True) -> dict:  # the name follows the folder: not part of what ran
-            fixed = {k: v for k, v in d.get("fixed", {}).items() if k not in NOT_IDENTITY}  # nor where the data is
-            return {**{k: v for k, v in d.items() if k != "name" and (runs or k != "runs")}, "fixed": fixed}
-
+    def add_design(self, design: Design, run_ids: list[str], study_text: str | None) -> int:
+        """Record a sweep's design and its runs beside the designs already in sweep.json, unless one of them is the
+        same; return its number (1: the first). The study file of design n is kept as study.toml (n = 1) or
+        study-n.toml, and is never overwritten."""
+        entry = Design.from_dict(dataclasses.replace(design, runs=run_ids).to_dict())  # as read back: lists
         designs = self.read_designs()
         for number, old in enumerate(designs, 1):
-            if what(old) == what(entry) or (old["runs"] is None and what(old, False) == what(entry, False)):
+            if old.same_as(entry):
                 return number
-        if designs and designs[0]["runs"] is None:  # the first format held one design: the folder's runs then
-            designs[0]["runs"] = sorted(path.name for path in self.runs.glob("*") if (path / CONFIG).exists())
+        if designs and designs[0].runs is None:  # the first format held one design: the folder's runs then
+            runs = sorted(path.name for path in self.runs.glob("*") if (path / CONFIG).exists())
+            designs[0] = dataclasses.replace(designs[0], runs=runs)
         designs.append(entry)
-        atomic.write_json(self.root / DESIGN, {"designs": designs})
+        atomic.write_json(self.root / DESIGN, file_content(designs))
         study = self.root / (STUDY_COPY if len(designs) == 1 else f"study-{len(designs)}.toml")
         if study_text is not None and not study.exists():
             atomic.write_text(study, study_text)

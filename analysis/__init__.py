@@ -3,6 +3,7 @@
 The notebook's API, importable from here (notebooks/explore_sweep.ipynb shows each step on a real sweep):
 
     runs, history = load_runs([sweep]), load_history([sweep])    # one row per run; per-epoch records, long form
+    finished = done(runs)                                         # the runs with status done
     chosen = scope([sweep], [])                                   # swept keys, baseline, a study's axes
     variants = summarise(runs, chosen.baseline, chosen.keys)      # aggregate() and compare() side by side
     markdown_table(table(variants, chosen.keys))                  # study_table(variants, chosen) for a study
@@ -16,9 +17,10 @@ figures), report (tables, figure set and the `python -m analysis.report` command
 import importlib
 from typing import Any
 
+from ablations.design import Design
 from analysis import provenance, style
-from analysis.design import Design, Scope, axis_rows, read_design, scope, variant_keys, variant_label
-from analysis.load import AnalysisError, load_history, load_runs
+from analysis.design import Scope, axis_rows, read_design, scope, variant_keys, variant_label
+from analysis.load import AnalysisError, done, load_history, load_runs
 from analysis.provenance import data_text
 from analysis.stats import mean_ci, pareto_front, welch
 from analysis.variants import aggregate, compare, summarise
@@ -42,6 +44,7 @@ __all__ = [
     "axis_rows",
     "compare",
     "data_text",
+    "done",
     "load_history",
     "load_runs",
     "mean_ci",

@@ -1,9 +1,10 @@
 """What is compared: the swept keys, the variants they make, the baseline, and, for a study, its axes.
 
-The design of a sweep (sweep.json, written by the runner), or what its runs show when it has none, decides three
-things the report must get right: which keys are the swept ones (every other key must be the same in every pooled
-run, or the comparison is between unrelated sweeps), which run is the baseline, and, for a study (one factor at a
-time from a baseline), which variants belong to which axis of its table. `scope` decides all of it at once.
+The design of a sweep (sweep.json, read as the store's `ablations.design.Design`), or what its runs show when it has
+none, decides three things the report must get right: which keys are the swept ones (every other key must be the
+same in every pooled run, or the comparison is between unrelated sweeps), which run is the baseline, and, for a
+study (one factor at a time from a baseline), which variants belong to which axis of its table. `scope` decides
+all of it at once.
 Sweeps written before sweep.json existed have no design: their swept keys are those whose values differ in them.
 
 A folder may hold several designs (each sweep into it that changed the design added one to sweep.json, with its
@@ -18,8 +19,9 @@ from pathlib import Path
 import pandas as pd
 
 from ablations.config import NOT_IDENTITY, RunConfig, parse_value
-from ablations.store import DESIGN, Store, StoreError
-from analysis.load import CONFIG_KEYS, AnalysisError, load_runs, sweep_name
+from ablations.design import Design
+from ablations.store import DONE, Store, StoreError
+from analysis.load import CONFIG_KEYS, AnalysisError, done, load_runs, sweep_name
 
 # Keys that never make two runs different variants: the seed is what we average over, and NOT_IDENTITY's
 # (data_root) say only where the same data lives.
@@ -39,44 +41,12 @@ def variant_label(values: dict) -> str:
     return ", ".join(f"{key}={value}" for key, value in values.items()) or "all runs"
 
 
-@dataclass(frozen=True)
-class Design:
-    """A sweep's sweep.json: vary axes change one key at a time from `baseline`; grid axes form a product."""
-
-    name: str
-    preset: str = ""
-    study: str | None = None
-    description: str = ""
-    fixed: dict = field(default_factory=dict)
-    baseline: dict = field(default_factory=dict)
-    vary: dict = field(default_factory=dict)
-    grid: dict = field(default_factory=dict)
-    seeds: int = 0
-    order: str = "seeds"  # the order its runs were trained in (ablations.sweep.grid.ORDERS)
-    runs: list[str] | None = None  # its run ids; None: every run of the folder (sweep.json's first format)
-
-    @property
-    def axes(self) -> list[str]:
-        return [*self.vary, *self.grid]
-
-
 def read_designs(sweep: Path) -> list[Design]:
     """Every design of a sweep folder, oldest first ([] for a sweep written before designs were recorded)."""
-    path = Path(sweep) / DESIGN
     try:
-        designs = Store(sweep).read_designs()
+        return Store(sweep).read_designs()
     except StoreError as error:
         raise AnalysisError(str(error)) from None
-    known = Design.__dataclass_fields__
-    for values in designs:
-        unknown = sorted(set(values) - set(known))
-        if unknown or not isinstance(values.get("name"), str):
-            problem = f"unknown key {unknown[0]!r}" if unknown else "no 'name'"
-            raise AnalysisError(f"{path} is not accepted: {problem}; expected the keys {', '.join(known)}")
-        for key in ("fixed", "baseline", "vary", "grid"):
-            if not isinstance(values.get(key, {}), dict):
-                raise AnalysisError(f"{path} is not accepted: {key!r} must be a JSON object")
-    return [Design(**values) for values in designs]
 
 
 def read_design(sweep: Path) -> Design | None:
@@ -147,10 +117,10 @@ def check_not_mixed(runs: pd.DataFrame, swept: list[str]) -> None:
 def check_one_gpu_kind(runs: pd.DataFrame) -> None:
     """AnalysisError when done runs were measured on different hardware and one of them on a GPU: speed and the
     numerics of bf16 kernels differ between GPU kinds, so their runs are not seeds of one experiment."""
-    done = runs[runs["status"] == "done"]
-    if "hardware" not in done or not done["device"].astype(str).str.startswith("cuda").any():
+    finished = done(runs)
+    if "hardware" not in finished or not finished["device"].astype(str).str.startswith("cuda").any():
         return
-    kinds = sorted(map(str, done["hardware"].dropna().unique()))
+    kinds = sorted(map(str, finished["hardware"].dropna().unique()))
     if len(kinds) > 1:
         raise AnalysisError(
             f"the runs were measured on different hardware ({', '.join(kinds)}): report each kind on its own, "
@@ -191,8 +161,8 @@ def choose_baseline(runs: pd.DataFrame, keys: list[str], designs: dict[str, Desi
         baseline = study | parse_baseline(items, runs, keys)
     else:
         baseline = study or default_baseline(runs, keys)
-    done = runs[runs["status"] == "done"]
-    if baseline and not (done[list(baseline)] == pd.Series(baseline)).all(axis=1).any():
+    finished = done(runs)
+    if baseline and not (finished[list(baseline)] == pd.Series(baseline)).all(axis=1).any():
         raise AnalysisError(
             f"the baseline {variant_label(baseline)} matches no finished run: "
             f"name one that ran with --baseline KEY=VALUE (keys: {', '.join(keys)})"
@@ -255,7 +225,7 @@ class Scope:
 
     @property
     def done(self) -> pd.DataFrame:
-        return self.runs[self.runs["status"] == "done"]
+        return done(self.runs)
 
     @property
     def grid_keys(self) -> list[str]:
@@ -276,9 +246,9 @@ def scope(sweeps: list[Path], baseline_items: list[str], allow_mixed: bool = Fal
         reasons = reasons.where(reasons != "", left_out(runs, sweep, chosen))
     dropped = runs[reasons != ""].assign(reason=reasons[reasons != ""])[["sweep", "run_id", "reason"]]
     runs = runs[reasons == ""].reset_index(drop=True)
-    if (runs["status"] != "done").all():
+    if done(runs).empty:
         found = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().items()) or "no runs"
-        raise AnalysisError(f"no finished runs (status done) in {', '.join(map(str, sweeps))}: found {found}")
+        raise AnalysisError(f"no finished runs (status {DONE}) in {', '.join(map(str, sweeps))}: found {found}")
     swept = swept_keys(runs, designs)
     if not allow_mixed:
         check_not_mixed(runs, swept)

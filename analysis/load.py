@@ -6,7 +6,6 @@ and metric is there with its JSON type. Several sweeps load into one table with 
 
 import dataclasses
 import json
-import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from ablations.store import (
     CONFIG,
     DONE,
     HISTORY,
+    METRIC_FIELDS,
     METRICS,
     RUNS,
     UNFINISHED,
@@ -45,54 +45,24 @@ def _read(reader: Callable[[Path], Any], path: Path) -> Any:
         raise AnalysisError(str(error)) from None
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _fraction(value: Any) -> bool:
-    return _number(value) and 0 <= value <= 1
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _positive(value: Any) -> bool:
-    return _number(value) and value > 0
-
-
-# What a done run's metrics.json must hold (the report computes with them), and what an optional key holds when it
-# is there and not null: check, and the words for what is accepted.
-DONE_REQUIRED = {
-    "test_acc": (_fraction, "a number in [0, 1]"),
-    "params": (_positive_int, "a positive integer"),
-    "macs": (_positive_int, "a positive integer"),
-}
-DONE_OPTIONAL = {
-    "flops": (_positive_int, "a positive integer"),
-    "train_images_per_s": (_positive, "a positive number"),
-    "epochs_completed": (_positive_int, "a positive integer"),
-    "train_acc": (_fraction, "a number in [0, 1]"),
-    "precision_used": (lambda value: value in ("fp32", "bf16", "fp16"), "'fp32', 'bf16' or 'fp16'"),
-    **{
-        key: (lambda value: isinstance(value, str), "a string")
-        for key in ("device", "hardware", "driver", "finished_at")
-    },
-}
-
-
 def check_done_metrics(metrics: dict, path: Path) -> None:
     """AnalysisError (one line naming `path` and the key) unless a done run's metrics have the types and ranges
-    the report computes with: a hand edit or a damaged file must not become a number in a table."""
-    for key, (check, accepted) in {**DONE_REQUIRED, **DONE_OPTIONAL}.items():
-        if key not in metrics and key in DONE_REQUIRED:
-            raise AnalysisError(f"{path} is not accepted: a done run needs {key!r}; delete it to redo that run")
+    the report computes with (ablations.store.METRIC_FIELDS): a hand edit or a damaged file must not become a
+    number in a table."""
+    for key, spec in METRIC_FIELDS.items():
+        if key not in metrics and spec.done_needs:
+            raise AnalysisError(f"{path} is not accepted: a {DONE} run needs {key!r}; delete it to redo that run")
         value = metrics.get(key)
-        if (value is not None or key in DONE_REQUIRED) and not check(value):
+        if (value is not None or spec.done_needs) and not spec.check(value):
             raise AnalysisError(
-                f"{path}: {key}={json.dumps(value)} is not accepted for a done run: expected {accepted}; "
+                f"{path}: {key}={json.dumps(value)} is not accepted for a {DONE} run: expected {spec.accepted}; "
                 "delete it to redo that run"
             )
+
+
+def done(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that finished with status done: the only ones whose numbers enter a table or a figure."""
+    return runs[runs["status"] == DONE]
 
 
 def check_config(config: dict, path: Path) -> None:
@@ -168,10 +138,10 @@ def history_gaps(runs: pd.DataFrame, history: pd.DataFrame) -> dict[str, str]:
     report can name them instead of drawing fewer curves without a word."""
     epochs = history.groupby("run_id")["epoch"].nunique()
     gaps = {}
-    for row in runs[runs["status"] == DONE].to_dict("records"):
+    for row in done(runs).to_dict("records"):
         found, expected = int(epochs.get(row["run_id"], 0)), row.get("epochs_completed")
         if not found:
             gaps[row["run_id"]] = f"no {HISTORY} (missing or empty)"
-        elif _number(expected) and found < expected:
+        elif pd.notna(expected) and found < expected:
             gaps[row["run_id"]] = f"{HISTORY} has {found} of {int(expected)} epochs"
     return gaps

@@ -11,7 +11,8 @@ import re
 import pandas as pd
 
 from ablations.data import dataset_label
-from analysis.design import Design
+from ablations.design import Design
+from analysis.load import done
 from convmixer.model import ConvMixerConfig
 
 NOT_RECORDED = "not recorded"
@@ -70,11 +71,11 @@ def precision_text(runs: pd.DataFrame) -> str:
     """What ran, as the finished runs recorded it: "bf16 (precision auto)", "fp32"; a run that did not record it
     (made before precision_used existed) is said to be so, not guessed from the device."""
     asked = values_text(runs, "precision")
-    done = runs[runs["status"] == "done"]
-    used = values_text(done, "precision_used")
+    finished = done(runs)
+    used = values_text(finished, "precision_used")
     if used == NOT_RECORDED:
         return f"{asked} (what ran: {NOT_RECORDED})"
-    some = " (some runs: not recorded)" if done["precision_used"].isna().any() else ""
+    some = " (some runs: not recorded)" if finished["precision_used"].isna().any() else ""
     return (used if used == asked else f"{used} (precision {asked})") + some
 
 
@@ -120,9 +121,9 @@ def origin_text(designs: dict[str, Design | None]) -> str:
 
 
 def seeds_text(runs: pd.DataFrame, keys: list[str]) -> str:
-    done = runs[runs["status"] == "done"]
-    seeds = sorted(done["seed"].unique())
-    per_variant = done.groupby(keys)["seed"].nunique() if keys else pd.Series([len(seeds)])
+    finished = done(runs)
+    seeds = sorted(finished["seed"].unique())
+    per_variant = finished.groupby(keys)["seed"].nunique() if keys else pd.Series([len(seeds)])
     low, high = int(per_variant.min()), int(per_variant.max())
     n = str(low) if low == high else f"{low} to {high}"
     return f"{n} per variant (seeds {', '.join(map(str, seeds))})"
@@ -138,10 +139,10 @@ def dates_text(runs: pd.DataFrame) -> str:
 
 def hardware_text(runs: pd.DataFrame) -> str:
     """The machines that measured the runs, e.g. "Intel(R) Xeon(R) Processor (2 cores) (device cpu)"."""
-    done = runs[runs["status"] == "done"]
-    pairs = done[["device"]].assign(
-        hardware=done["hardware"] if "hardware" in done else math.nan,
-        driver=done["driver"] if "driver" in done else math.nan,  # GPU runs record their NVIDIA driver
+    finished = done(runs)
+    pairs = finished[["device"]].assign(
+        hardware=finished["hardware"] if "hardware" in finished else math.nan,
+        driver=finished["driver"] if "driver" in finished else math.nan,  # GPU runs record their NVIDIA driver
     )
     names = sorted(
         {
@@ -154,15 +155,15 @@ def hardware_text(runs: pd.DataFrame) -> str:
 
 def throughput_label(runs: pd.DataFrame) -> str:
     """A short line for a throughput axis: "measured on Intel Xeon Processor (2 cores), a shared CPU: indicative"."""
-    done = runs[runs["status"] == "done"]
-    names = done["hardware"].dropna() if "hardware" in done else pd.Series(dtype=str)
+    finished = done(runs)
+    names = finished["hardware"].dropna() if "hardware" in finished else pd.Series(dtype=str)
     hardware = ", ".join(sorted({re.sub(r"\((R|TM)\)", "", name) for name in names})) or f"hardware {NOT_RECORDED}"
     return f"measured on {hardware}" + (", a shared CPU: indicative" if measured_on_cpu(runs) else "")
 
 
 def measured_on_cpu(runs: pd.DataFrame) -> bool:
-    done = runs[runs["status"] == "done"]
-    return bool(done["device"].astype(str).str.startswith("cpu").any())
+    finished = done(runs)
+    return bool(finished["device"].astype(str).str.startswith("cpu").any())
 
 
 def throughput_note(runs: pd.DataFrame) -> str:

@@ -22,6 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ablations.config import ConfigError
+from ablations.store import DONE
 from analysis import plots, provenance, style
 from analysis.design import Scope, axis_rows, scope, variant_label
 from analysis.load import AnalysisError, history_gaps, load_history
@@ -274,7 +275,7 @@ def index(sweeps: list[Path], scope: Scope, table_md: str, notes: str, files: li
     """report.md: what ran, the table, the figures and the list of `files` (names inside the report folder)."""
     runs = scope.runs
     counts = runs["status"].value_counts()
-    statuses = ", ".join(f"{counts.get(status, 0)} {status}" for status in ("done", *NOT_DONE))
+    statuses = ", ".join(f"{counts.get(status, 0)} {status}" for status in (DONE, *NOT_DONE))
     swept = "; ".join(f"{key} ∈ {{{', '.join(map(str, sorted(runs[key].unique())))}}}" for key in scope.keys)
     descriptions = [design.description for design in scope.designs.values() if design and design.description]
     setup = provenance.setup(runs, scope.designs, scope.keys)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ablations.store import DONE, STATUSES
 from analysis.design import variant_keys, variant_label
+from analysis.load import done
 from analysis.stats import Difference, mean_ci, welch
 
 METRICS = ("test_acc", "train_images_per_s")  # measured per run: averaged over seeds
@@ -29,11 +30,11 @@ def aggregate(runs: pd.DataFrame, keys: list[str] | None = None, level: float = 
     keys = variant_keys(runs) if keys is None else list(keys)
     rows = []
     for values, group in _groups(runs, keys):
-        done = group[group["status"] == "done"]
+        finished = done(group)
         row = dict(zip(keys, values, strict=True))
-        row["n"] = len(done)
+        row["n"] = len(finished)
         for metric in METRICS:
-            estimate = mean_ci(done[metric] if metric in done else [], level)
+            estimate = mean_ci(finished[metric] if metric in finished else [], level)
             row |= {f"{metric}_mean": estimate.mean, f"{metric}_sd": estimate.sd, f"{metric}_ci": estimate.ci}
         for cost in MODEL_COSTS:
             known = group[cost].dropna() if cost in group else []
@@ -53,17 +54,18 @@ def compare(
     kernel_size=9 run of the same patch_size; the baseline rows themselves get is_baseline=True and no difference.
     """
     keys = variant_keys(runs) if keys is None else list(keys)
-    done = runs[runs["status"] == "done"]
+    finished = done(runs)
     rows = []
     for values, group in _groups(runs, keys):
         variant = dict(zip(keys, values, strict=True))
         reference = variant | baseline
         is_baseline = reference == variant
-        selected = done.loc[(done[list(reference)] == pd.Series(reference)).all(axis=1)] if reference else done
+        at_reference = (finished[list(reference)] == pd.Series(reference)).all(axis=1) if reference else True
+        selected = finished.loc[at_reference] if reference else finished
         if is_baseline:
             d = Difference(math.nan, math.nan, math.nan, math.nan, math.nan)
         else:
-            d = welch(group.loc[group["status"] == "done", metric], selected[metric], level)
+            d = welch(done(group)[metric], selected[metric], level)
         rows.append(
             variant
             | {

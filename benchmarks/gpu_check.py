@@ -38,6 +38,7 @@ from ablations.config import RunConfig
 from ablations.data import CIFAR10_JPEG_ENV, dataset_label, default_cifar10_jpeg
 from ablations.data.loaders import build_data
 from ablations.engine.train import Trainer, run_dtype, train_run
+from ablations.store import DONE
 from ablations.sweep.presets import CIFAR10_RECIPE
 from convmixer.arguments import OneLineParser, run_cli
 from convmixer.model import ConvMixerConfig
@@ -193,7 +194,7 @@ def train_recipe(check: Check, timeout: float) -> str:
     cfg = check.recipe()
     history: list[dict] = []
     metrics = train_run(cfg, None, device=check.device, log=lambda line: None, on_epoch=history.append)
-    if metrics["status"] != "done":
+    if metrics["status"] != DONE:
         raise RuntimeError(f"run {metrics['status']}: {metrics['reason']}")
     last = history[-1]
     return (f"{cfg.model_name}, {cfg.epochs} epochs on {data_label(check)}: test acc "
@@ -255,7 +256,7 @@ def sweep(check: Check, timeout: float) -> str:
         re.search(r"start on (\S+) \(host \S+, pid (\d+)\)", log.read_text()) for log in out.glob("runs/*/log.txt")
     ]
     workers = sorted({match.groups() for match in starts if match})
-    if done.returncode != 0 or statuses != ["done"] * 4:
+    if done.returncode != 0 or statuses != [DONE] * 4:
         raise RuntimeError(f"exit {done.returncode}, statuses {statuses}: {done.stderr.strip()[-300:]}")
     return f"4 runs done on devices {sorted({d for d, _ in workers})} by {len(workers)} worker processes"
 

@@ -26,8 +26,7 @@ from pathlib import Path
 import torch
 
 from ablations.config import ConfigError
-from ablations.data import decode, loaders, sources
-from ablations.data.sources import DataError
+from ablations.data import DataError, decode, loaders, sources
 from benchmarks.common import add_recipe_options, recipe_config
 from convmixer.arguments import OneLineParser, run_cli
 from convmixer.runtime import cpu_name, device_name, resolve_device, synchronize, usable_cores

@@ -38,8 +38,8 @@ from pathlib import Path
 import torch
 
 from ablations.config import ConfigError, RunConfig
-from ablations.data import dataset_label
-from ablations.data.sources import DataError, Split, load_splits
+from ablations.data import DataError, dataset_label
+from ablations.data.sources import Split, load_splits
 from ablations.sweep.presets import PRESETS
 from benchmarks import measure
 from benchmarks.common import add_recipe_options, check_out, recipe_config, write_result

@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 from ablations.config import RunConfig
+from ablations.design import Design
 from analysis import plots, provenance, report, style
-from analysis.design import Design, axis_levels, choose_baseline, default_baseline, variant_keys
+from analysis.design import axis_levels, choose_baseline, default_baseline, variant_keys
 from analysis.load import load_history, load_runs
 from analysis.stats import mean_ci, pareto_front, welch
 from analysis.variants import aggregate, compare, summarise

@@ -21,8 +21,9 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     *((name, MODEL + PLUMBING) for name in MODEL),
     ("convmixer", ("convmixer",)),
     ("ablations.atomic", ()),
+    ("ablations.design", ("ablations.config",)),
     ("ablations.config", ("convmixer",)),
-    ("ablations.store", ("ablations.config", "ablations.atomic")),
+    ("ablations.store", ("ablations.design", "ablations.config", "ablations.atomic", "convmixer")),
     ("ablations.data", ("ablations.data", "ablations.config", "ablations.atomic", "convmixer")),
     (
         "ablations.engine",
@@ -33,17 +34,28 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
         ("ablations.engine", "ablations.sweep.progress", "ablations.store", "ablations.config", "convmixer"),
     ),  # fmt: skip
     # The plan loads each dataset once, as a run would, to check it and record it: sweep/'s one arrow into data/.
-    ("ablations.sweep.plan", ("ablations.sweep.progress", "ablations.data", "ablations.store", "ablations.config")),
+    (
+        "ablations.sweep.plan",
+        ("ablations.sweep.progress", "ablations.data", "ablations.design", "ablations.store", "ablations.config"),
+    ),
     ("ablations.sweep.presets", ("ablations.config", "ablations.data", "convmixer.registry")),
-    ("ablations.sweep.grid", ("ablations.config", "ablations.sweep.presets")),
+    ("ablations.sweep.grid", ("ablations.design", "ablations.config", "ablations.sweep.presets")),
     ("ablations.sweep.study", ("ablations.config", "ablations.sweep.grid", "ablations.sweep.presets")),
     ("ablations.sweep", ("ablations.sweep", "ablations.store", "ablations.config", "ablations.atomic", "convmixer")),
     ("ablations.run", ("ablations", "convmixer")),
     ("ablations", ()),  # the package's own __init__
     (
         "analysis",
-        ("analysis", "ablations.config", "ablations.store", "ablations.atomic", "ablations.data", "convmixer"),
-    ),  # fmt: skip
+        (
+            "analysis",
+            "ablations.design",
+            "ablations.config",
+            "ablations.store",
+            "ablations.atomic",
+            "ablations.data",
+            "convmixer",
+        ),
+    ),
     (
         "benchmarks",
         (

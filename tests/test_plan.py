@@ -10,6 +10,7 @@ import pytest
 from conftest import imagefolder, write_tree
 
 from ablations.config import ConfigError, RunConfig, portable_path
+from ablations.design import Design
 from ablations.store import Store, StoreError
 from ablations.sweep.execute import end_run, execute_run
 from ablations.sweep.plan import Outcome, plan, run_plan
@@ -44,7 +45,7 @@ class InProcess:
 
 def sweep(configs: list[RunConfig], out: Path) -> Outcome:
     store = Store(out)
-    return run_plan(plan(configs, store, keys=["kernel_size"]), InProcess(store), {"name": out.name})
+    return run_plan(plan(configs, store, keys=["kernel_size"]), InProcess(store), Design(out.name))
 
 
 def summary_rows(out: Path) -> list[dict]:
@@ -69,10 +70,10 @@ def test_a_notebook_plans_and_runs_a_sweep_without_an_argv(tmp_path, monkeypatch
     planned = plan(configs, store)
     assert [cfg.run_id() for cfg in planned.todo] == [cfg.run_id() for cfg in configs]
     assert not (tmp_path / "out").exists()  # planning writes nothing
-    ended = run_plan(planned, InProcess(store), {"name": "out"})
+    ended = run_plan(planned, InProcess(store), Design("out"))
     assert ended.exit_code == 0 and ended.counts() == {"done": 2}
     assert [row["status"] for row in summary_rows(tmp_path / "out")] == ["done", "done"]
-    assert store.read_designs()[0]["runs"] == [cfg.run_id() for cfg in configs]
+    assert store.read_designs()[0].runs == [cfg.run_id() for cfg in configs]
     assert plan(configs, store).todo == []  # planned again: nothing left to train
 
 

@@ -18,8 +18,8 @@ from PIL import Image
 import ablations.data
 from ablations import atomic
 from ablations.config import RunConfig
-from ablations.data import dataset_label, decode, sources, synthetic
-from ablations.data.sources import DataError, load_splits, resize, stratified_subset
+from ablations.data import DataError, dataset_label, decode, sources, synthetic
+from ablations.data.sources import load_splits, resize, stratified_subset
 from analysis import provenance
 from benchmarks import gpu_check, startup, train_speed
 

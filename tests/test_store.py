@@ -1,14 +1,17 @@
 """The result store: run states from the files, summary.csv rebuilt from them, cleanup after a kill."""
 
+import ast
 import csv
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
 from ablations import atomic
 from ablations.config import RunConfig
-from ablations.store import SUMMARY_COLUMNS, Store, StoreError, hold_lock
+from ablations.design import Design
+from ablations.store import METRIC_FIELDS, STATUSES, SUMMARY_COLUMNS, Store, StoreError, hold_lock
 
 
 def configs() -> list[RunConfig]:
@@ -60,6 +63,7 @@ def test_failure_is_recorded_and_can_be_forgotten_for_a_retry(tmp_path):
     metrics = store.record_failure(run_dir, "RuntimeError: boom", "cpu")
     expected = {"status": "failed", "reason": "RuntimeError: boom", "epochs_completed": 1, "device": "cpu"}
     assert metrics == {**expected, "transient": False}
+    assert set(metrics) == {name for name, field in METRIC_FIELDS.items() if field.writer in ("both", "failure")}
     assert store.state(run_dir).describe(cfg.epochs) == "failed (RuntimeError: boom)"
 
     store.drop_checkpoint(run_dir)  # a failed run keeps its checkpoint: a retry resumes from it
@@ -159,25 +163,26 @@ def test_sweep_json_of_the_first_format_reads_as_one_design_and_gains_its_runs_b
     first = {"name": "s", "preset": "smoke", "grid": {"kernel_size": [3, 5]}, "seeds": 1}
     atomic.write_json(tmp_path / "sweep.json", first)
     store.prepare(configs()[:2])
-    assert store.read_designs() == [{**first, "order": "seeds", "runs": None}]  # a key added later: its default
-    assert store.add_design(first, [cfg.run_id() for cfg in configs()[:2]], None) == 1  # the same design
+    (design,) = store.read_designs()
+    assert design == Design(**first) and design.order == "seeds"  # a key added later (order): its value then
+    assert store.add_design(design, [cfg.run_id() for cfg in configs()[:2]], None) == 1  # the same design
     assert json.loads((tmp_path / "sweep.json").read_text()) == first  # not rewritten
-    assert store.add_design({**first, "seeds": 2}, ["x"], "study text") == 2
+    assert store.add_design(Design(**{**first, "seeds": 2}), ["x"], "study text") == 2
     old, new = store.read_designs()
-    assert old == {**first, "order": "seeds", "runs": sorted(cfg.run_id() for cfg in configs()[:2])}
-    assert new["runs"] == ["x"]
+    assert old == Design(**first, runs=sorted(cfg.run_id() for cfg in configs()[:2]))
+    assert new.runs == ["x"]
     assert (tmp_path / "study-2.toml").read_text() == "study text" and not (tmp_path / "study.toml").exists()
 
 
 def test_a_design_that_differs_only_in_where_its_data_is_is_the_same_design(tmp_path):
     """data_root is not part of a run's id, nor of a design's: a committed study rerun with its data elsewhere."""
     store = Store(tmp_path)
-    design = {"name": "s", "preset": "cifar10-jpeg", "fixed": {"dim": 8, "data_root": "../shared/data/x.tar.gz"}}
+    design = Design("s", "cifar10-jpeg", fixed={"dim": 8, "data_root": "../shared/data/x.tar.gz"})
     assert store.add_design(design, ["a"], None) == 1
     written = (tmp_path / "sweep.json").read_text()
-    assert store.add_design({**design, "fixed": {"dim": 8}}, ["a"], None) == 1
+    assert store.add_design(dataclasses.replace(design, fixed={"dim": 8}), ["a"], None) == 1
     assert (tmp_path / "sweep.json").read_text() == written
-    assert store.add_design({**design, "fixed": {"dim": 16}}, ["a"], None) == 2
+    assert store.add_design(dataclasses.replace(design, fixed={"dim": 16}), ["a"], None) == 2
 
 
 def test_a_lock_is_refused_while_another_holder_has_it(tmp_path):
@@ -186,3 +191,33 @@ def test_a_lock_is_refused_while_another_holder_has_it(tmp_path):
         with pytest.raises(StoreError, match=r"is in use by another sweep"):
             Store(tmp_path).lock_sweep()  # flock: a second open file description is another holder
     Store(tmp_path).lock_sweep().close()
+
+
+def status_literals(tree: ast.Module) -> list[ast.Constant]:
+    """The string constants of a module that are a status word, names in `__all__` (analysis's `done`) aside."""
+    exported = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and any(getattr(target, "id", "") == "__all__" for target in node.targets)
+    ]
+    names = {id(constant) for value in exported for constant in ast.walk(value)}
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and node.value in STATUSES and id(node) not in names
+    ]
+
+
+def test_no_status_word_is_spelled_outside_the_store():
+    """The statuses have one owner (ablations.store): a "done" written elsewhere would miss a rename or a new one."""
+    repo = Path(__file__).resolve().parents[1]
+    packages = ("ablations", "analysis", "benchmarks", "convmixer")
+    paths = sorted(path for package in packages for path in (repo / package).rglob("*.py"))
+    spelled = [
+        f"{path.relative_to(repo)}:{node.lineno} {node.value!r}"
+        for path in paths
+        if path != repo / "ablations" / "store.py"
+        for node in status_literals(ast.parse(path.read_text()))
+    ]
+    assert spelled == []
+    assert len(status_literals(ast.parse('status = "done" if ok else "failed"\n__all__ = ["done"]'))) == 2

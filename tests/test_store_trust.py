@@ -139,7 +139,7 @@ def test_name_and_out_work_together(tmp_path, capsys):
     out = tmp_path / "b"
     assert cli(["--set", TINY, "--devices", "cpu", "--name", "a", "--out", str(out)]) == 0
     assert capsys.readouterr().out.startswith("sweep a: 1 run of preset smoke")
-    assert Store(out).read_designs()[0]["name"] == "a"
+    assert Store(out).read_designs()[0].name == "a"
 
 
 def test_a_file_the_toolkit_did_not_write_is_never_overwritten(tmp_path, capsys):
@@ -168,13 +168,13 @@ def test_a_second_design_is_kept_beside_the_first_and_the_report_takes_the_lates
     shutil.copytree(foreign, out / "runs" / foreign.name)
 
     first, second = Store(out).read_designs()
-    assert first["fixed"]["lr"] != second["fixed"]["lr"] and len(first["runs"]) == len(second["runs"]) == 2
+    assert first.fixed["lr"] != second.fixed["lr"] and len(first.runs) == len(second.runs) == 2
     assert "lr = 0.05" not in (out / "study.toml").read_text() and "lr = 0.05" in (out / "study-2.toml").read_text()
     chosen = scope([out], [])
-    assert set(chosen.runs["run_id"]) == set(second["runs"]) and set(chosen.runs["lr"]) == {0.05}
+    assert set(chosen.runs["run_id"]) == set(second.runs) and set(chosen.runs["lr"]) == {0.05}
     reasons = dict(zip(chosen.left_out["run_id"], chosen.left_out["reason"], strict=True))
-    assert reasons == {**dict.fromkeys(first["runs"], "of another design"), foreign.name: "in no design"}
-    assert set(scope([out], [], design="1").runs["run_id"]) == set(first["runs"])
+    assert reasons == {**dict.fromkeys(first.runs, "of another design"), foreign.name: "in no design"}
+    assert set(scope([out], [], design="1").runs["run_id"]) == set(first.runs)
     assert len(scope([out], [], allow_mixed=True, design="all").runs) == 4
 
 
@@ -191,4 +191,4 @@ def test_the_mission_command_into_a_copy_of_the_committed_sweep_rewrites_no_resu
     after = snapshot(copy)
     assert {name for name in after if after[name] != before.get(name)} == {"sweep.json"}
     first, second = Store(copy).read_designs()
-    assert (first["seeds"], len(first["runs"]), second["seeds"], len(second["runs"])) == (3, 12, 1, 4)
+    assert (first.seeds, len(first.runs), second.seeds, len(second.runs)) == (3, 12, 1, 4)

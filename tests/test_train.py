@@ -12,6 +12,7 @@ from ablations.config import ConfigError, RunConfig
 from ablations.data import CIFAR10_JPEG_ENV
 from ablations.engine.schedule import learning_rate
 from ablations.engine.train import train_run
+from ablations.store import METRIC_FIELDS, METRICS, write_metrics
 from ablations.sweep.grid import parse_sets
 from ablations.sweep.presets import PRESETS
 from benchmarks import measure, train_speed
@@ -275,6 +276,24 @@ def test_padding_the_eval_batch_for_compile_changes_no_logit(straight_run):
 def test_metrics_say_how_the_run_ran(straight_run):
     _, metrics = straight_run
     assert (metrics["precision_used"], metrics["tf32_used"], metrics["compiled_graphs"]) == ("fp32", False, None)
+
+
+def test_the_metrics_json_a_run_writes_is_the_one_the_store_declares(straight_run):
+    """Every field the engine writes on a CPU is in METRIC_FIELDS with a value its check accepts, and every field
+    declared as the engine's is written (driver: on a GPU only): a field added on one side only fails here."""
+    run_dir, _ = straight_run
+    metrics = read_json(run_dir / METRICS)
+    assert set(metrics) == {name for name, field in METRIC_FIELDS.items() if field.writer in ("both", "engine")}
+    refused = {
+        name: value for name, value in metrics.items() if value is not None and not METRIC_FIELDS[name].check(value)
+    }
+    assert refused == {}
+
+
+def test_a_metric_the_store_does_not_declare_is_not_written(tmp_path):
+    with pytest.raises(ValueError, match="'top5_acc' is not declared in ablations.store.METRIC_FIELDS"):
+        write_metrics(tmp_path, {"status": "done", "top5_acc": 0.9})
+    assert not (tmp_path / METRICS).exists()
 
 
 def test_a_checkpoint_from_another_device_keeps_this_devices_adamw(straight_run, tmp_path):

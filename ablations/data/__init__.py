@@ -15,6 +15,11 @@ CIFAR10_JPEG_LABEL = "CIFAR-10 (JPEG q75 copy)"
 LABELS = {"synthetic": "synthetic", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 
+class DataError(ValueError):
+    """The data cannot be found or read; the message is one line saying what to change. Defined here, torch-free,
+    so that every command imports it from one place (`from ablations.data import DataError`)."""
+
+
 def dataset_label(dataset: str, data_root: str) -> str:
     """How results name the data of a run: "CIFAR-10", "ImageFolder pets", or "CIFAR-10 (JPEG q75 copy)"."""
     root = Path(data_root).name

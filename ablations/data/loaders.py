@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader
 
 from ablations.config import RunConfig
 from ablations.data.augment import Augment, normalise
-from ablations.data.sources import RESIDENT_BYTES, DataError, ImageFiles, Split, Splits, load_splits
+from ablations.data.sources import RESIDENT_BYTES, ImageFiles, Split, Splits, load_splits
 
-__all__ = ["Data", "DataError", "TestLoader", "TrainLoader", "build_data"]
+__all__ = ["Data", "TestLoader", "TrainLoader", "build_data"]
 
 # Per-channel mean/std for a streamed dataset, whose train split is too big to scan: ImageNet's.
 STREAMED_MEAN, STREAMED_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -34,7 +34,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ablations import atomic
 from ablations.config import RunConfig
-from ablations.data import synthetic
+from ablations.data import DataError, synthetic
 from ablations.data.decode import DecodeFailure, decode_all, decode_image, fork_workers
 from convmixer.runtime import usable_cores
 
@@ -42,10 +42,6 @@ CACHE_FORMAT = "v1"  # bump when decoding changes, so old cache files are not re
 SUBSET_SEED = 0  # subsets are the same for every run seed
 RESIDENT_BYTES = 4 << 30  # decoded uint8 train + test images up to this size are held in memory (and on the device)
 TEST_SPLIT_NAMES = ("test", "val")
-
-
-class DataError(ValueError):
-    """The data cannot be found or read; the message is one line saying what to change."""
 
 
 @dataclass

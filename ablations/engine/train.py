@@ -27,10 +27,11 @@ from ablations.data.loaders import Data, TestLoader, TrainLoader, build_data
 from ablations.data.sources import cache_dir
 from ablations.engine.schedule import learning_rate
 from ablations.engine.setup import Setup, Workload, candidates, fastest_setup
-from ablations.store import CHECKPOINT, HISTORY, METRICS
+from ablations.store import CHECKPOINT, DIVERGED, DONE, HISTORY, write_metrics
 from convmixer.count import closed_form
 from convmixer.depthwise import use_impl
 from convmixer.runtime import (
+    AUTOCAST_DTYPES,
     autocast_dtype,
     cuda_math_flags,
     device_name,
@@ -44,6 +45,7 @@ from convmixer.runtime import (
 
 COMPILE_BACKEND = "inductor"  # torch.compile's; the tests use "eager" to check graph capture without a C++ build
 COMPILE_CACHE = "inductor"  # Inductor's cache folder, under the toolkit's cache folder ($CONVMIXER_CACHE)
+PRECISION_NAMES = {dtype: name for name, dtype in AUTOCAST_DTYPES.items()}  # metrics.json's precision_used
 
 
 def run_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -270,7 +272,7 @@ def final_metrics(history: list[dict], reason: str, device: torch.device, counts
     train_time = sum(record["train_time_s"] for record in history)
     images = sum(record["train_time_s"] * record["train_images_per_s"] for record in history)
     return {
-        "status": "diverged" if reason else "done",
+        "status": DIVERGED if reason else DONE,
         "reason": reason,
         **{key: last.get(key) for key in ("test_acc", "test_loss", "train_acc", "train_loss")},
         "train_images_per_s": images / train_time if train_time else None,
@@ -326,7 +328,7 @@ def train_run(
             log(f"warm-up (each batch shape once: cuDNN autotuning, lazy initialisation) {warm_up_s:.1f} s")
         history, reason, wall_before = train_epochs(trainer, data, run_dir, started, log, on_epoch)
     engine = {
-        "precision_used": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
+        "precision_used": PRECISION_NAMES[dtype],
         "tf32_used": device.type == "cuda" and dtype is None and cfg.tf32,  # fp32 convolutions on TF32 tensor cores
         "compiled_graphs": compiled_graphs() - graphs_before if cfg.compile else None,  # 0: ran eagerly
         "warm_up_s": warm_up_s,  # before epoch 1, in this process (a resumed run warms up again)
@@ -335,7 +337,7 @@ def train_run(
     }
     metrics = final_metrics(history, reason, device, counts, wall_before + time.perf_counter() - started, engine)
     if run_dir is not None:
-        atomic.write_json(Path(run_dir) / METRICS, metrics)
+        write_metrics(Path(run_dir), metrics)
     return metrics
 
 

@@ -39,9 +39,10 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:300]}"
 
 
-def record_failure(store: Store, run_dir: Path, error: Exception, device: str) -> dict:
-    """Record why the run failed; atomic.WriteError says whether the fault may pass (disk full), and then a plain
-    rerun retries the run. If even that record cannot be written, the run stays unfinished (a rerun resumes it)."""
+def record_exception(store: Store, run_dir: Path, error: Exception, device: str) -> dict:
+    """Record the exception that failed the run, in one line, through the store's record_failure; atomic.WriteError
+    says whether the fault may pass (disk full), and then a plain rerun retries the run. If even that record cannot
+    be written, the run stays unfinished (a rerun resumes it)."""
     reason, transient = one_line(error), getattr(error, "transient", False)
     try:
         return store.record_failure(run_dir, reason, device, transient)
@@ -77,7 +78,7 @@ def execute_run(
             raise
         except Exception as error:  # a failed run is data for the sweep, not a crash
             log("".join(traceback.format_exception(error)).rstrip())
-            metrics = record_failure(store, run_dir, error, device)
+            metrics = record_exception(store, run_dir, error, device)
         log(f"finished: {metrics['status']}" + (f" ({metrics['reason']})" if metrics["reason"] else ""))
     if not keep_checkpoints:
         store.drop_checkpoint(run_dir)

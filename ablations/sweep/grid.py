@@ -12,27 +12,29 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from ablations.config import ConfigError, RunConfig, field_types, parse_value
+from ablations.config import ConfigError, RunConfig, field_types, parse_value, portable_path
+from ablations.design import Design
 
 # The order runs are trained in. "seeds": every variant for seed 0 first, so a half-finished sweep already spans
-# the design. "axes": the baseline's seeds, then each vary axis in the order written with all its seeds, so a
-# sweep cut short (a GPU lent for minutes) leaves whole axes finished, the earlier ones first.
+# the design. "axes": the baseline's seeds, then each vary axis in the order written with all its seeds (grid axes
+# are crossed with every run, so they come whole with each), so a sweep cut short (a GPU lent for minutes) leaves
+# whole axes finished, the earlier ones first. An axis is one swept key and its values (ablations.design).
 ORDERS = ("seeds", "axes")
 
 
 @dataclass
 class Sweep:
-    """What to train: the fixed keys (the baseline's values included), the one-at-a-time `vary` axes, the
-    cartesian `axes` crossed with every run, in command-line order, the number of seeds, and the run order."""
+    """What to train: the fixed keys (the baseline's values included), the cartesian `grid` axes crossed with every
+    run, in command-line order, the number of seeds, the one-at-a-time `vary` axes, and the run order."""
 
     fixed: dict = field(default_factory=dict)
-    axes: dict[str, list] = field(default_factory=dict)
+    grid: dict[str, list] = field(default_factory=dict)
     seeds: int = 1
     vary: dict[str, list] = field(default_factory=dict)
     order: str = "seeds"  # one of ORDERS
 
     def varying_keys(self) -> list[str]:
-        return list(self.vary) + list(self.axes) + (["seed"] if self.seeds > 1 else [])
+        return list(self.vary) + list(self.grid) + (["seed"] if self.seeds > 1 else [])
 
     def baseline(self) -> dict:
         """The values of the varied keys that every vary axis starts from ({} for a plain grid)."""
@@ -46,7 +48,7 @@ class Sweep:
 
     def size(self) -> int:
         """How many runs configs() makes, counted from the axes without making them."""
-        return self.seeds * len(self.variants()) * math.prod(len(values) for values in self.axes.values())
+        return self.seeds * len(self.variants()) * math.prod(len(values) for values in self.grid.values())
 
     def configs(self) -> list[RunConfig]:
         """Every run, in ORDERS[self.order]'s order."""
@@ -57,8 +59,8 @@ class Sweep:
             pairs = [(change, seed) for seed in seeds for change in self.variants()]
         runs = []
         for change, seed in pairs:
-            for combo in itertools.product(*self.axes.values()):
-                values = {**self.fixed, **change, **dict(zip(self.axes, combo, strict=True))}
+            for combo in itertools.product(*self.grid.values()):
+                values = {**self.fixed, **change, **dict(zip(self.grid, combo, strict=True))}
                 if seed is not None:
                     values["seed"] = seed
                 runs.append(RunConfig(**values))
@@ -66,10 +68,11 @@ class Sweep:
             cfg.validate()
         return runs
 
-    def design(self) -> dict:
-        """The sweep as plain data, for the store's sweep.json: what the report needs to group and compare runs."""
-        return {"fixed": self.fixed, "baseline": self.baseline(), "vary": self.vary, "grid": self.axes,
-                "seeds": self.seeds, "order": self.order}  # fmt: skip
+    def design(self, name: str, preset: str, study: str | None = None, description: str = "") -> Design:
+        """The sweep's design, for the store's sweep.json: what the report needs to group and compare runs."""
+        fixed = {key: portable_path(value) if key == "data_root" else value for key, value in self.fixed.items()}
+        values = {"fixed": fixed, "baseline": self.baseline(), "vary": self.vary, "grid": self.grid}
+        return Design(name, preset, study, description, **values, seeds=self.seeds, order=self.order)
 
 
 def check_key(key: str, option: str) -> str:
@@ -123,22 +126,22 @@ def parse_grid(items: list[str], option: str = "--grid") -> dict[str, list]:
 
 def check_sweep(sweep: Sweep, sources: dict[str, str]) -> Sweep:
     """Refuse a key that two parts of the design claim; `sources` names the parts ("--set", "[fixed]", ...)."""
-    parts = {"fixed": sweep.fixed, "vary": sweep.vary, "grid": sweep.axes}
+    parts = {"fixed": sweep.fixed, "vary": sweep.vary, "grid": sweep.grid}
     for (first, a), (second, b) in itertools.combinations(parts.items(), 2):
         both = sorted(set(a) & set(b))
         if both:
             raise ConfigError(f"key {both[0]!r} is in both {sources[first]} and {sources[second]}; give it in one")
     if sweep.seeds < 1:
         raise ConfigError(f"{sources['seeds']} {sweep.seeds} is not accepted: expected an integer >= 1")
-    if sweep.seeds > 1 and "seed" in set(sweep.fixed) | set(sweep.vary) | set(sweep.axes):
+    if sweep.seeds > 1 and "seed" in set(sweep.fixed) | set(sweep.vary) | set(sweep.grid):
         raise ConfigError(f"{sources['seeds']} and a 'seed' key exclude each other; use one of them")
     return sweep
 
 
 def build_sweep(preset: dict, sets: list[str], grids: list[str], seeds: int, varies: list[str] = ()) -> Sweep:
     """The sweep from a preset's values and the --set/--grid/--vary/--seeds options (they override the preset)."""
-    fixed, axes, vary = parse_sets(sets), parse_grid(grids), parse_grid(list(varies), "--vary")
+    fixed, grid, vary = parse_sets(sets), parse_grid(grids), parse_grid(list(varies), "--vary")
     sources = {"fixed": "--set", "vary": "--vary", "grid": "--grid", "seeds": "--seeds"}
     # A --set key that --vary changes is allowed: --set gives the baseline's value.
-    check_sweep(Sweep({k: v for k, v in fixed.items() if k not in vary}, axes, seeds, vary), sources)
-    return Sweep({**preset, **fixed}, axes, seeds, vary)
+    check_sweep(Sweep({k: v for k, v in fixed.items() if k not in vary}, grid, seeds, vary), sources)
+    return Sweep({**preset, **fixed}, grid, seeds, vary)

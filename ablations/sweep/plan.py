@@ -5,10 +5,10 @@ against it) and writes nothing; `run_plan` records the design, holds the folder'
 with a launcher; `outcome` reads every run's state back. `python -m ablations.run` is these three with parsing and
 printing around them, and a notebook calls them directly:
 
-    configs = build_sweep(PRESETS["smoke"].values, [], ["kernel_size=3,7"], seeds=1).configs()
+    design = build_sweep(PRESETS["smoke"].values, [], ["kernel_size=3,7"], seeds=1)
     store = Store(Path("sweeps/k"))
     launcher = LocalLauncher(store, ["cpu"], jobs_per_device=2, keep_checkpoints=False)
-    ended = run_plan(plan(configs, store), launcher, {"name": "k"})  # ended.exit_code: 0 iff every run is done
+    ended = run_plan(plan(design.configs(), store), launcher, design.design("k", "smoke"))  # exit_code 0: all done
 
 Runs train with data_root made absolute (a worker or SLURM job may start in another folder) but record it
 portably (RunConfig.recorded): the absolute path goes only to the run's log.
@@ -21,6 +21,7 @@ from typing import Protocol
 from ablations.config import ConfigError, RunConfig
 from ablations.data import dataset_label
 from ablations.data.sources import load_splits
+from ablations.design import Design
 from ablations.store import DATA, DONE, FAILED, FINISHED, RunState, Store
 from ablations.sweep.progress import SweepProgress, run_label
 
@@ -149,9 +150,9 @@ def outcome(configs: list[RunConfig], store: Store) -> Outcome:
     return Outcome({cfg.run_id(): store.state(store.run_dir(cfg)) for cfg in configs})
 
 
-def run_plan(sweep: Plan, launcher: Launcher, design: dict, study_text: str | None = None) -> Outcome:
+def run_plan(sweep: Plan, launcher: Launcher, design: Design, study_text: str | None = None) -> Outcome:
     """Run a plan: hold the folder's lock (one sweep at a time), set damaged files aside, record the design (the
-    `design` fields of sweep.json: name, preset, ...; Store.add_design) with its runs, train, and say how it ended."""
+    sweep's `Design`, as sweep.json holds it: Store.add_design) with its runs, train, and say how it ended."""
     with sweep.store.lock_sweep():
         sweep.store.set_aside_damaged()
         sweep.store.add_design(design, [cfg.run_id() for cfg in sweep.configs], study_text)
