@@ -3,9 +3,7 @@
 The SLURM launcher is tested against a real cluster in test_slurm_cluster.py."""
 
 import contextlib
-import csv
 import errno
-import hashlib
 import io
 import json
 import multiprocessing
@@ -20,49 +18,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import read_json, read_summary, snapshot, tiny_configs, tiny_set
 from PIL import Image
 
 import ablations.sweep.execute as worker
 from ablations import atomic
 from ablations.run import cli, runs_to_train
 from ablations.store import Store
-from ablations.sweep.grid import build_sweep
 from ablations.sweep.local import LocalLauncher
-from ablations.sweep.presets import PRESETS
 from ablations.sweep.progress import SweepProgress
 from convmixer.runtime import parse_devices
 
-TINY_VALUES = {"dim": 8, "depth": 1, "patch_size": 4, "train_subset": 200, "test_subset": 100, "batch_size": 50}
-
-
-def tiny_set(epochs: int = 2, **changes) -> str:
-    """A --set value for runs that take about a second on a CPU core."""
-    return ",".join(f"{key}={value}" for key, value in {**TINY_VALUES, "epochs": epochs, **changes}.items())
-
-
 TINY = ["--set", tiny_set()]
-
-
-def tiny_configs(grid: list[str], epochs: int = 2):
-    return build_sweep(PRESETS["smoke"].values, [tiny_set(epochs)], grid, seeds=1).configs()
-
-
-def read_json(path: Path):
-    return json.loads(path.read_text())
-
-
-def read_summary(root: Path) -> list[dict]:
-    with open(root / "summary.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def snapshot(root: Path) -> dict:
-    """Every file under root with its size, mtime and content hash: equal snapshots mean nothing was touched."""
-    return {
-        str(path): (path.stat().st_size, path.stat().st_mtime_ns, hashlib.sha1(path.read_bytes()).hexdigest())
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
 
 
 def progress_for(configs, kind: type[SweepProgress] = SweepProgress) -> SweepProgress:

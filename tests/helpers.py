@@ -1,0 +1,40 @@
+"""Helpers that several test files share to run tiny sweeps and look at their result folders (test_run.py and
+test_slurm_cluster.py): the tiny runs' --set values, and readers of a sweep's files."""
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+from ablations.config import RunConfig
+from ablations.sweep.grid import build_sweep
+from ablations.sweep.presets import PRESETS
+
+TINY_VALUES = {"dim": 8, "depth": 1, "patch_size": 4, "train_subset": 200, "test_subset": 100, "batch_size": 50}
+
+
+def tiny_set(epochs: int = 2, **changes) -> str:
+    """A --set value for runs that take about a second on a CPU core."""
+    return ",".join(f"{key}={value}" for key, value in {**TINY_VALUES, "epochs": epochs, **changes}.items())
+
+
+def tiny_configs(grid: list[str], epochs: int = 2) -> list[RunConfig]:
+    return build_sweep(PRESETS["smoke"].values, [tiny_set(epochs)], grid, seeds=1).configs()
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def read_summary(root: Path) -> list[dict]:
+    with open(root / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def snapshot(root: Path) -> dict:
+    """Every file under root with its size, mtime and content hash: equal snapshots mean nothing was touched."""
+    return {
+        str(path): (path.stat().st_size, path.stat().st_mtime_ns, hashlib.sha1(path.read_bytes()).hexdigest())
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
