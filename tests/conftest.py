@@ -1,12 +1,11 @@
-"""Shared pytest setup: single-threaded torch, a per-session data cache, the shared CIFAR-10 archive, a real sweep,
-and small ImageFolder trees written on the fly.
+"""Shared pytest setup: single-threaded torch, a per-session data cache, the shared CIFAR-10 archive, a committed
+tiny sweep, and small ImageFolder trees written on the fly.
 
 On a small, busy CPU, handing microsecond-sized ops to OpenMP threads costs far more than it saves
 (measured: a 4-channel ConvMixer forward took ~300 ms with 2 threads under load, ~3 ms with 1).
 """
 
-import subprocess
-import sys
+import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,12 @@ from ablations.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+# tests/data/tiny-sweep was trained by the runner with these options (+ --devices cpu --out tests/data/tiny-sweep;
+# then .lock removed and data_root written as "data", as committed results hold it); test_analysis.py checks,
+# in a slow test, that a fresh sweep still writes the same store.
 TINY_SWEEP_KEYS = "dataset=synthetic,epochs=2,dim=8,depth=1,train_subset=128,test_subset=64,batch_size=64"
+TINY_SWEEP_OPTIONS = ("--preset", "smoke", "--grid", "kernel_size=3,5", "--seeds", "3", "--set", TINY_SWEEP_KEYS)
+TINY_SWEEP = REPO / "tests" / "data" / "tiny-sweep"
 TREE_CLASSES = ("cat", "dog", "emu")
 NO_AUGMENT = dict(scale=1.0, hflip=False, randaug_n=0, jitter=0.0, reprob=0.0)
 
@@ -83,14 +87,10 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real sweep for analysis/ and the notebooks: the runner trains a tiny model on synthetic data,
-    2 kernel sizes x 3 seeds."""
-    folder = tmp_path_factory.mktemp("analysis-sweep")
-    options = ["--preset", "smoke", "--grid", "kernel_size=3,5", "--seeds", "3", "--set", TINY_SWEEP_KEYS]
-    command = [sys.executable, "-m", "ablations.run", *options, "--devices", "cpu", "--out", str(folder)]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return folder
+    """A real sweep for analysis/ and the notebooks, 2 kernel sizes x 3 seeds of a tiny model on synthetic data:
+    a copy of the committed tests/data/tiny-sweep, so that tests which write a report into it leave the repository
+    as it was (training it took 40 s per session)."""
+    return Path(shutil.copytree(TINY_SWEEP, tmp_path_factory.mktemp("analysis") / TINY_SWEEP.name))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,7 +1,8 @@
 """analysis/: seed statistics against printed t tables and by hand, and the report of a real sweep.
 
-The sweep (the `sweep` fixture of conftest.py) is trained once per session by the real runner; test_notebooks.py
-explores the same folder.
+The sweep (the `sweep` fixture of conftest.py) is a copy of tests/data/tiny-sweep, which the real runner trained;
+test_notebooks.py explores the same folder. Two slow tests keep that store honest: the runner still writes it, and a
+sweep into a copy of it trains nothing and changes no file.
 """
 
 import json
@@ -14,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_SWEEP, TINY_SWEEP_OPTIONS
+from helpers import snapshot
 from PIL import Image
 
 from ablations.config import RunConfig
+from ablations.run import cli
 from analysis import plots, provenance, report, style
 from analysis.design import Design, axis_levels, choose_baseline, default_baseline, variant_keys
 from analysis.load import load_history, load_runs
@@ -95,6 +99,44 @@ def test_pareto_front():
     assert pareto_front(throughput, [0.5, 0.4, 0.7, 0.6], higher_cost_is_better=True).tolist() == [
         True, False, True, False]  # fmt: skip
     assert pareto_front([1, math.nan, 3], [0.5, 0.9, math.nan]).tolist() == [True, False, False]
+
+
+# --- the committed tiny sweep ---------------------------------------------------------------------------------------
+
+
+def json_keys(path: Path) -> list[str]:
+    """The keys of a JSON object, or of the first object of a JSON list (history.json)."""
+    content = json.loads(path.read_text())
+    return sorted(content[0] if isinstance(content, list) else content)
+
+
+@pytest.mark.slow
+def test_the_runner_still_writes_the_committed_tiny_sweep(tmp_path, repo_root):
+    """The same runs, files, configs and keys (numbers may differ across machines; data_root is written relative
+    in the committed copy, as committed results hold it)."""
+    fresh = tmp_path / TINY_SWEEP.name
+    command = [sys.executable, "-m", "ablations.run", *TINY_SWEEP_OPTIONS, "--devices", "cpu", "--out", str(fresh)]
+    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    files = sorted(str(path.relative_to(TINY_SWEEP)) for path in TINY_SWEEP.rglob("*") if path.is_file())
+    assert sorted(str(path.relative_to(fresh)) for path in fresh.rglob("*") if path.is_file()) == [".lock", *files]
+    assert read_run(fresh, "sweep.json") == read_run(TINY_SWEEP, "sweep.json")
+    for name in files:
+        if name.endswith(".json"):
+            assert json_keys(fresh / name) == json_keys(TINY_SWEEP / name), name
+        if name.endswith("config.json"):
+            assert read_run(fresh, name) | {"data_root": "data"} == read_run(TINY_SWEEP, name)
+    header = (fresh / "summary.csv").read_text().splitlines()[0]
+    assert header == (TINY_SWEEP / "summary.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.slow
+def test_a_sweep_into_a_copy_of_the_committed_tiny_sweep_changes_no_file(tmp_path, capsys):
+    store = Path(shutil.copytree(TINY_SWEEP, tmp_path / TINY_SWEEP.name))
+    before = snapshot(store)
+    assert cli([*TINY_SWEEP_OPTIONS, "--devices", "cpu", "--out", str(store)]) == 0
+    assert "0 to train (6 finished earlier)" in capsys.readouterr().out
+    assert {name: facts for name, facts in snapshot(store).items() if not name.endswith(".lock")} == before
 
 
 # --- loading and summarising a real sweep -----------------------------------------------------------------------

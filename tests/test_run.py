@@ -115,8 +115,8 @@ def test_dry_run_lists_status_and_writes_nothing(finished_sweep, capsys):
         (["--set", "seed=99999999999999999999"], "seed=99999999999999999999 is not accepted"),  # failed every run
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_touches_nothing(finished_sweep, capsys, args, message):
-    out, _, _ = finished_sweep
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(sweep, capsys, args, message):
+    out = sweep  # a result folder with finished runs, copied from the committed tests/data/tiny-sweep
     before = snapshot(out)
     assert cli([*TINY, *args, "--out", str(out)]) == 2
     err = capsys.readouterr().err
