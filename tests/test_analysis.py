@@ -367,6 +367,7 @@ def test_sweeps_that_differ_in_an_unswept_key_are_refused_unless_allowed(sweep, 
     assert code == 2 and "differ in lr (0.02, 0.5), which is not a swept key (swept: kernel_size)" in err
 
 
+@pytest.mark.slow  # writes a whole report: its figures as PNG and PDF
 def test_runs_of_two_gpu_kinds_are_refused_unless_allowed(sweep, tmp_path, capsys):
     """A study grown over several GPU sittings: runs from an H200 and an A100 are not seeds of one experiment."""
     folder = copy_runs(sweep, tmp_path / "gpus", lambda config: True)
@@ -379,6 +380,7 @@ def test_runs_of_two_gpu_kinds_are_refused_unless_allowed(sweep, tmp_path, capsy
     assert report.main([str(folder), "--allow-mixed", "--out", str(tmp_path / "pooled")]) == 0
 
 
+@pytest.mark.slow  # writes a whole report: its figures as PNG and PDF
 def test_a_baseline_that_matches_no_run_is_an_error(sweep, tmp_path, capsys):
     # Runs of two --grid commands: k=3 at p=2 and k=5 at p=4; the default baseline (k=5, p=2) never ran.
     legacy = copy_runs(sweep, tmp_path / "legacy", lambda config: True)
@@ -425,6 +427,7 @@ def study(sweep, tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # writes a whole report: its figures as PNG and PDF
 def test_a_study_table_has_one_block_per_axis_with_differences_from_the_baseline(study, tmp_path):
     out = tmp_path / "out"
     assert report.main([str(study), "--out", str(out)]) == 0
@@ -446,6 +449,7 @@ def test_a_study_table_has_one_block_per_axis_with_differences_from_the_baseline
     assert "A tiny study." in index and "study studies/tiny.toml (preset smoke)" in index
 
 
+@pytest.mark.slow  # writes a whole report: its figures as PNG and PDF
 def test_report_and_captions_say_what_ran(sweep, tmp_path):
     out = tmp_path / "out"
     assert report.main([str(sweep), "--out", str(out)]) == 0

@@ -87,6 +87,7 @@ def test_conv_and_linear_agree_with_torch_flop_counter(kernel, patch, image, nor
     assert torch_counter.get_total_flops() == 2 * count_model(config, image).conv_linear_macs
 
 
+@pytest.mark.slow  # traces a 50-million-parameter model at 224 px
 def test_convmixer_1536_20_at_224():
     counts = count_model(get_config("convmixer_1536_20"), 224)  # raises if the trace and closed form differ
     assert round(counts.params / 1e6, 2) == 51.63  # timm's figure for this model
@@ -148,7 +149,11 @@ def test_cli_registry_model_with_override(capsys):
 
 @pytest.mark.parametrize(
     "model, image_size",
-    [("convmixer_256_8_cifar10", 32), ("convmixer_256_8_ks9_p1_cifar10", 32), ("convmixer_768_32", 224)],
+    [
+        ("convmixer_256_8_cifar10", 32),
+        ("convmixer_256_8_ks9_p1_cifar10", 32),
+        pytest.param("convmixer_768_32", 224, marks=pytest.mark.slow),  # traces a 21-million-parameter model at 224 px
+    ],
 )
 def test_cli_counts_a_registry_model_at_its_own_image_size(model, image_size, capsys):
     """A CIFAR-10 model counted at 224 px overstated its MACs 49-fold; --image-size still overrides."""
@@ -194,6 +199,7 @@ def test_cli_bad_values_exit_2(flags, message, capsys):
     assert err.startswith(f"{count.PROG}: error: ") and message in err and err.count("\n") == 1
 
 
+@pytest.mark.slow  # the entry point's smoke test: a fresh interpreter imports torch
 def test_cli_module_entry_point_has_no_traceback():
     bad = [sys.executable, "-m", "convmixer.count", "--dim", "8", "--depth", "-1"]
     result = subprocess.run(bad, capture_output=True, text=True, timeout=120)

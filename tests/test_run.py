@@ -46,6 +46,7 @@ def finished_sweep(tmp_path_factory) -> tuple[Path, int, str]:
     return out, code, stdout.getvalue()
 
 
+@pytest.mark.slow  # the first test of finished_sweep trains it
 def test_a_sweep_fills_the_store_and_says_where_the_results_are(finished_sweep):
     out, code, stdout = finished_sweep
     rows = {row["lr"]: row for row in read_summary(out)}
@@ -67,6 +68,7 @@ def test_a_sweep_fills_the_store_and_says_where_the_results_are(finished_sweep):
     assert not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_rerunning_skips_finished_runs(finished_sweep, capsys):
     out, _, _ = finished_sweep
     metrics_before = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
@@ -75,6 +77,7 @@ def test_rerunning_skips_finished_runs(finished_sweep, capsys):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == metrics_before
 
 
+@pytest.mark.slow
 def test_dry_run_lists_status_and_writes_nothing(finished_sweep, capsys):
     out, _, _ = finished_sweep
     before = snapshot(out)
