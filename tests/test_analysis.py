@@ -1,8 +1,8 @@
 """analysis/: seed statistics against printed t tables and by hand, and the report of a real sweep.
 
 The sweep (the `sweep` fixture of conftest.py) is a copy of tests/data/tiny-sweep, which the real runner trained;
-test_notebooks.py explores the same folder. Two slow tests keep that store honest: the runner still writes it, and a
-sweep into a copy of it trains nothing and changes no file.
+test_notebooks.py explores the same folder and tests/data/tiny-study. Slow tests keep both stores honest: the runner
+still writes them, and a sweep into a copy of one trains nothing and changes no file.
 """
 
 import json
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_SWEEP, TINY_SWEEP_OPTIONS
+from conftest import TINY_STUDY, TINY_STUDY_OPTIONS, TINY_SWEEP, TINY_SWEEP_OPTIONS
 from helpers import snapshot
 from PIL import Image
 
@@ -101,7 +101,7 @@ def test_pareto_front():
     assert pareto_front([1, math.nan, 3], [0.5, 0.9, math.nan]).tolist() == [True, False, False]
 
 
-# --- the committed tiny sweep ---------------------------------------------------------------------------------------
+# --- the committed tiny stores --------------------------------------------------------------------------------------
 
 
 def json_keys(path: Path) -> list[str]:
@@ -110,31 +110,36 @@ def json_keys(path: Path) -> list[str]:
     return sorted(content[0] if isinstance(content, list) else content)
 
 
+TINY_STORES = [(TINY_SWEEP, TINY_SWEEP_OPTIONS), (TINY_STUDY, TINY_STUDY_OPTIONS)]
+
+
 @pytest.mark.slow
-def test_the_runner_still_writes_the_committed_tiny_sweep(tmp_path, repo_root):
+@pytest.mark.parametrize("committed, options", TINY_STORES)
+def test_the_runner_still_writes_the_committed_tiny_store(committed, options, tmp_path, repo_root):
     """The same runs, files, configs and keys (numbers may differ across machines; data_root is written relative
     in the committed copy, as committed results hold it)."""
-    fresh = tmp_path / TINY_SWEEP.name
-    command = [sys.executable, "-m", "ablations.run", *TINY_SWEEP_OPTIONS, "--devices", "cpu", "--out", str(fresh)]
+    fresh = tmp_path / committed.name
+    command = [sys.executable, "-m", "ablations.run", *options, "--devices", "cpu", "--out", str(fresh)]
     result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    files = sorted(str(path.relative_to(TINY_SWEEP)) for path in TINY_SWEEP.rglob("*") if path.is_file())
+    files = sorted(str(path.relative_to(committed)) for path in committed.rglob("*") if path.is_file())
     assert sorted(str(path.relative_to(fresh)) for path in fresh.rglob("*") if path.is_file()) == [".lock", *files]
-    assert read_run(fresh, "sweep.json") == read_run(TINY_SWEEP, "sweep.json")
+    assert read_run(fresh, "sweep.json") == read_run(committed, "sweep.json")
     for name in files:
         if name.endswith(".json"):
-            assert json_keys(fresh / name) == json_keys(TINY_SWEEP / name), name
+            assert json_keys(fresh / name) == json_keys(committed / name), name
         if name.endswith("config.json"):
-            assert read_run(fresh, name) | {"data_root": "data"} == read_run(TINY_SWEEP, name)
+            assert read_run(fresh, name) | {"data_root": "data"} == read_run(committed, name)
     header = (fresh / "summary.csv").read_text().splitlines()[0]
-    assert header == (TINY_SWEEP / "summary.csv").read_text().splitlines()[0]
+    assert header == (committed / "summary.csv").read_text().splitlines()[0]
 
 
 @pytest.mark.slow
-def test_a_sweep_into_a_copy_of_the_committed_tiny_sweep_changes_no_file(tmp_path, capsys):
-    store = Path(shutil.copytree(TINY_SWEEP, tmp_path / TINY_SWEEP.name))
+@pytest.mark.parametrize("committed, options", TINY_STORES)
+def test_a_sweep_into_a_copy_of_a_committed_tiny_store_changes_no_file(committed, options, tmp_path, capsys):
+    store = Path(shutil.copytree(committed, tmp_path / committed.name))
     before = snapshot(store)
-    assert cli([*TINY_SWEEP_OPTIONS, "--devices", "cpu", "--out", str(store)]) == 0
+    assert cli([*options, "--devices", "cpu", "--out", str(store)]) == 0
     assert "0 to train (6 finished earlier)" in capsys.readouterr().out
     assert {name: facts for name, facts in snapshot(store).items() if not name.endswith(".lock")} == before
 
