@@ -35,9 +35,12 @@ TOLERANCE = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rto
 # Triton's interpreter runs the kernels on CPU tensors, with numpy, exactly as written; it must be chosen before
 # triton is first imported (its own library functions are jitted then), so these tests run in a process of their
 # own, started by test_the_triton_depthwise_conv_equals_nn_conv2d_on_the_interpreter.
-on_interpreter = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1", reason="run in their own process, with TRITON_INTERPRET=1"
-)
+def on_interpreter(test):
+    """Skipped but in that process; slow, as the interpreter runs each kernel as Python (over a second of CPU)."""
+    only_there = pytest.mark.skipif(
+        os.environ.get("TRITON_INTERPRET") != "1", reason="run in their own process, with TRITON_INTERPRET=1"
+    )
+    return pytest.mark.slow(only_there(test))
 
 
 def twins(dim: int, k: int, device: torch.device) -> tuple[nn.Conv2d, DepthwiseConv2d]:
