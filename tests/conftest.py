@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_SWEEP
 from PIL import Image
 
 from ablations.config import RunConfig
@@ -22,15 +23,6 @@ from ablations.data.sources import load_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-# tests/data/tiny-sweep and tiny-study were trained by the runner with these options (+ --devices cpu --out
-# tests/data/<name>; then .lock removed and data_root written as "data", as committed results hold it);
-# test_analysis.py checks, in slow tests, that a fresh sweep still writes the same stores.
-TINY_SWEEP_KEYS = "dataset=synthetic,epochs=2,dim=8,depth=1,train_subset=128,test_subset=64,batch_size=64"
-TINY_SWEEP_OPTIONS = ("--preset", "smoke", "--grid", "kernel_size=3,5", "--seeds", "3", "--set", TINY_SWEEP_KEYS)
-TINY_SWEEP = REPO / "tests" / "data" / "tiny-sweep"
-TINY_STUDY_OPTIONS = ("--preset", "smoke", "--vary", "kernel_size=3", "--vary", "patch_size=2", "--seeds", "2",
-                      "--set", TINY_SWEEP_KEYS)  # fmt: skip
-TINY_STUDY = REPO / "tests" / "data" / "tiny-study"
 FAST_TEST_CPU_SECONDS = 1.0
 TREE_CLASSES = ("cat", "dog", "emu")
 NO_AUGMENT = dict(scale=1.0, hflip=False, randaug_n=0, jitter=0.0, reprob=0.0)

@@ -1,5 +1,5 @@
-"""Helpers that several test files share to run tiny sweeps and look at their result folders (test_run.py and
-test_slurm_cluster.py): the tiny runs' --set values, and readers of a sweep's files."""
+"""Helpers that several test files share to run tiny sweeps and look at their result folders: the tiny runs' --set
+values, the two tiny sweeps committed in tests/data/ and how they were made, and readers of a sweep's files."""
 
 import csv
 import hashlib
@@ -9,6 +9,18 @@ from pathlib import Path
 from ablations.config import RunConfig
 from ablations.sweep.grid import build_sweep
 from ablations.sweep.presets import PRESETS
+
+DATA = Path(__file__).resolve().parent / "data"
+
+# tests/data/tiny-sweep and tiny-study were trained by the runner with these options (+ --devices cpu --out
+# tests/data/<name>; then .lock removed and data_root written as "data", as committed results hold it);
+# test_analysis.py checks, in slow tests, that a fresh sweep still writes the same stores.
+TINY_SWEEP_KEYS = "dataset=synthetic,epochs=2,dim=8,depth=1,train_subset=128,test_subset=64,batch_size=64"
+TINY_SWEEP_OPTIONS = ("--preset", "smoke", "--grid", "kernel_size=3,5", "--seeds", "3", "--set", TINY_SWEEP_KEYS)
+TINY_SWEEP = DATA / "tiny-sweep"
+TINY_STUDY_OPTIONS = ("--preset", "smoke", "--vary", "kernel_size=3", "--vary", "patch_size=2", "--seeds", "2",
+                      "--set", TINY_SWEEP_KEYS)  # fmt: skip
+TINY_STUDY = DATA / "tiny-study"
 
 TINY_VALUES = {"dim": 8, "depth": 1, "patch_size": 4, "train_subset": 200, "test_subset": 100, "batch_size": 50}
 

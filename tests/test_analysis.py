@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_STUDY, TINY_STUDY_OPTIONS, TINY_SWEEP, TINY_SWEEP_OPTIONS
-from helpers import snapshot
+from helpers import TINY_STUDY, TINY_STUDY_OPTIONS, TINY_SWEEP, TINY_SWEEP_OPTIONS, snapshot
 from PIL import Image
 
 from ablations.config import RunConfig

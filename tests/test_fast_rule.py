@@ -48,7 +48,8 @@ def test_busy_but_marked_slow():
 
 @pytest.mark.slow  # burns 3.6 s of CPU on purpose, in a fresh pytest
 def test_an_unmarked_test_over_a_second_of_cpu_fails_and_names_the_way_out(tmp_path, repo_root):
-    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    for name in ("conftest.py", "helpers.py"):
+        shutil.copy(Path(__file__).with_name(name), tmp_path / name)
     (tmp_path / "test_made_up.py").write_text(TESTS)
     options = ["-c", str(repo_root / "pyproject.toml"), "--rootdir", str(tmp_path), "-p", "no:cacheprovider", "-rf"]
     command = [sys.executable, "-m", "pytest", "-q", *options, str(tmp_path)]

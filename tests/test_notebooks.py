@@ -7,7 +7,8 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
-from conftest import REPO, TINY_STUDY
+from conftest import REPO
+from helpers import TINY_STUDY
 from nbclient import NotebookClient
 
 NOTEBOOKS = REPO / "notebooks"
