@@ -46,7 +46,7 @@ NOT_IDENTITY = ("data_root",)
 REFERENCE_MODEL = MODEL_CONFIGS["convmixer_256_8_cifar10"]
 # The ConvMixerConfig fields a run sets as its own keys (the data sets the others): a new model knob is a field
 # there and a key in RunConfig, and model_config passes it on by name.
-MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ConvMixerConfig) if f.name not in ("n_classes", "in_chans"))
+MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ConvMixerConfig) if f.name not in ("num_classes", "in_chans"))
 
 
 def repository(folder: Path) -> Path | None:
@@ -144,10 +144,10 @@ class RunConfig:
         """This config as results record it: data_root portable (`portable_path`), never a machine's own path."""
         return dataclasses.replace(self, data_root=portable_path(self.data_root))
 
-    def model_config(self, n_classes: int, in_chans: int = 3) -> ConvMixerConfig:
+    def model_config(self, num_classes: int, in_chans: int = 3) -> ConvMixerConfig:
         """The model this run trains; classes and channels come from the data, every other field from MODEL_KEYS."""
         return ConvMixerConfig(
-            n_classes=n_classes, in_chans=in_chans, **{key: getattr(self, key) for key in MODEL_KEYS}
+            num_classes=num_classes, in_chans=in_chans, **{key: getattr(self, key) for key in MODEL_KEYS}
         )
 
     @property

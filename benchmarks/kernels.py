@@ -156,7 +156,7 @@ def floors(shape: Shape, what: str, k: int, precision: str) -> tuple[float, floa
     activation = shape.batch * shape.dim * shape.size**2 * (2 if precision == "bf16" else 4)
     layers = shape.depth if what == "model" else 1
     if what == "model":
-        config = ConvMixerConfig(shape.dim, shape.depth, k, shape.patch, n_classes=10)
+        config = ConvMixerConfig(shape.dim, shape.depth, k, shape.patch, num_classes=10)
         flops = 3 * shape.batch * closed_form(config, shape.image).flops
     else:
         flops = 3 * 2 * k * k * shape.dim * shape.size**2 * shape.batch

@@ -87,7 +87,7 @@ def closed_form(config: ConvMixerConfig, image_size: int) -> Counts:
     convs_with_act_norm = 1 + 2 * depth
     by_category = {
         "conv": maps * c * p * p + depth * (maps * k * k + maps * dim),
-        "linear": dim * config.n_classes,
+        "linear": dim * config.num_classes,
         "norm": convs_with_act_norm * NORM_MACS_PER_ELEMENT[config.norm] * maps,
         "activation": convs_with_act_norm * maps,
         "residual": depth * RESIDUAL_ADDS_PER_LAYER[config.residual] * maps,
@@ -97,7 +97,7 @@ def closed_form(config: ConvMixerConfig, image_size: int) -> Counts:
     params = (
         dim * c * p * p + dim + norm_params
         + depth * (dim * k * k + dim + norm_params + dim * dim + dim + norm_params)
-        + dim * config.n_classes + config.n_classes
+        + dim * config.num_classes + config.num_classes
     )  # fmt: skip
     return Counts(params, by_category)
 
@@ -140,7 +140,7 @@ def op_handles() -> dict[str, Handle]:
 
 FREE_OPS = ("aten::flatten", "aten::permute")
 # The tweet's arguments h, d, k, p, n, in its order; it fixes every other ConvMixerConfig field at the default.
-TWEET_ARGUMENTS = ("dim", "depth", "kernel_size", "patch_size", "n_classes")
+TWEET_ARGUMENTS = ("dim", "depth", "kernel_size", "patch_size", "num_classes")
 
 
 def trace_counts(model: nn.Module, image_size: int, in_chans: int = 3) -> Counts:
@@ -203,6 +203,8 @@ def count_model(config: ConvMixerConfig, image_size: int, *, tweet: bool = False
 PROG = "python -m convmixer.count"
 DEFAULT_IMAGE_SIZE = 224  # without --model: the ImageNet resolution of the paper
 SHAPE_FLAGS = tuple(field.name for field in dataclasses.fields(ConvMixerConfig))
+# The field was n_classes before it took timm's spelling; scripts written then still pass the old flag.
+OLD_FLAGS = {"num_classes": ("--n-classes",)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -220,7 +222,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if flag in KNOB_CHOICES:
             parser.add_argument(f"--{flag}", choices=tuple(KNOB_CHOICES[flag]))
         else:
-            parser.add_argument("--" + flag.replace("_", "-"), type=int, help=f"model {flag}")
+            names = ("--" + flag.replace("_", "-"), *OLD_FLAGS.get(flag, ()))
+            parser.add_argument(*names, type=int, help=f"model {flag}")
     parser.add_argument(
         "--image-size", type=int, metavar="PX",
         help=f"input side in pixels (default: the --model's size from the registry, else {DEFAULT_IMAGE_SIZE})",
@@ -253,7 +256,7 @@ def format_text(config: ConvMixerConfig, image_size: int, tweet: bool, counts: C
     side = image_size // config.patch_size
     lines = [
         f"{'tweet ' if tweet else ''}{config.name}: kernel {config.kernel_size}, "
-        f"patch {config.patch_size}, {config.n_classes} classes, residual {config.residual}, "
+        f"patch {config.patch_size}, {config.num_classes} classes, residual {config.residual}, "
         f"norm {config.norm}, activation {config.activation}",
         f"input {config.in_chans}x{image_size}x{image_size} -> {side}x{side} patches"
         + (f" (the last {dropped} px of each side are dropped)" if (dropped := image_size % config.patch_size) else ""),

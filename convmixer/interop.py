@@ -172,14 +172,14 @@ def infer_config(state_dict: StateDict, activation: str) -> ConvMixerConfig:
     """
     depth = MODULAR.infer_depth(state_dict)
     dim, in_chans, patch_size, _ = state_dict["stem.conv.weight"].shape
-    n_classes = state_dict["head.fc.weight"].shape[0]
+    num_classes = state_dict["head.fc.weight"].shape[0]
     kernel_size = state_dict["blocks.0.depthwise.conv.weight"].shape[-1] if depth else ConvMixerConfig.kernel_size
     return ConvMixerConfig(
         dim=dim,
         depth=depth,
         kernel_size=kernel_size,
         patch_size=patch_size,
-        n_classes=n_classes,
+        num_classes=num_classes,
         in_chans=in_chans,
         activation=activation,
     )

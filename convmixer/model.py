@@ -108,10 +108,10 @@ class MixerLayer(nn.Module):
 class ClassifierHead(nn.Module):
     """Global average pooling over space, then a linear classifier."""
 
-    def __init__(self, dim: int, n_classes: int) -> None:
+    def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(dim, n_classes)
+        self.fc = nn.Linear(dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(x).flatten(1))
@@ -130,7 +130,7 @@ class ConvMixerConfig:
     depth: int
     kernel_size: int = 9
     patch_size: int = 7
-    n_classes: int = 1000
+    num_classes: int = 1000
     in_chans: int = 3
     residual: str = "depthwise"
     norm: str = "batch"
@@ -158,7 +158,7 @@ class ConvMixer(nn.Module):
         depth: int,
         kernel_size: int = ConvMixerConfig.kernel_size,
         patch_size: int = ConvMixerConfig.patch_size,
-        n_classes: int = ConvMixerConfig.n_classes,
+        num_classes: int = ConvMixerConfig.num_classes,
         *,
         in_chans: int = ConvMixerConfig.in_chans,
         residual: str = ConvMixerConfig.residual,
@@ -171,7 +171,7 @@ class ConvMixer(nn.Module):
             ("depth", depth, 0),
             ("kernel_size", kernel_size, 1),
             ("patch_size", patch_size, 1),
-            ("n_classes", n_classes, 1),
+            ("num_classes", num_classes, 1),
             ("in_chans", in_chans, 1),
         ):
             check_integer(name, value, minimum)
@@ -182,7 +182,7 @@ class ConvMixer(nn.Module):
             depth=depth,
             kernel_size=kernel_size,
             patch_size=patch_size,
-            n_classes=n_classes,
+            num_classes=num_classes,
             in_chans=in_chans,
             residual=residual,
             norm=norm,
@@ -190,7 +190,7 @@ class ConvMixer(nn.Module):
         )
         self.stem = PatchEmbed(in_chans, dim, patch_size, norm_layer, act_layer)
         self.blocks = nn.Sequential(*[MixerLayer(dim, kernel_size, skips, norm_layer, act_layer) for _ in range(depth)])
-        self.head = ClassifierHead(dim, n_classes)
+        self.head = ClassifierHead(dim, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.stem(x))

@@ -20,19 +20,19 @@ class RegisteredModel:
 
 MODELS: dict[str, RegisteredModel] = {
     "convmixer_1536_20": RegisteredModel(
-        ConvMixerConfig(dim=1536, depth=20, kernel_size=9, patch_size=7, n_classes=1000), 224
+        ConvMixerConfig(dim=1536, depth=20, kernel_size=9, patch_size=7, num_classes=1000), 224
     ),
     "convmixer_768_32": RegisteredModel(
-        ConvMixerConfig(dim=768, depth=32, kernel_size=7, patch_size=7, n_classes=1000, activation="relu"), 224
+        ConvMixerConfig(dim=768, depth=32, kernel_size=7, patch_size=7, num_classes=1000, activation="relu"), 224
     ),
     "convmixer_1024_20_ks9_p14": RegisteredModel(
-        ConvMixerConfig(dim=1024, depth=20, kernel_size=9, patch_size=14, n_classes=1000), 224
+        ConvMixerConfig(dim=1024, depth=20, kernel_size=9, patch_size=14, num_classes=1000), 224
     ),
     "convmixer_256_8_cifar10": RegisteredModel(
-        ConvMixerConfig(dim=256, depth=8, kernel_size=5, patch_size=2, n_classes=10), 32
+        ConvMixerConfig(dim=256, depth=8, kernel_size=5, patch_size=2, num_classes=10), 32
     ),
     "convmixer_256_8_ks9_p1_cifar10": RegisteredModel(
-        ConvMixerConfig(dim=256, depth=8, kernel_size=9, patch_size=1, n_classes=10), 32
+        ConvMixerConfig(dim=256, depth=8, kernel_size=9, patch_size=1, num_classes=10), 32
     ),
 }
 MODEL_CONFIGS: dict[str, ConvMixerConfig] = {name: model.config for name, model in MODELS.items()}
@@ -58,7 +58,7 @@ def default_image_size(name: str) -> int:
 
 
 def create_model(name: str, **overrides: object) -> ConvMixer:
-    """Build a registered model; keyword overrides replace config fields (e.g. `n_classes=100`)."""
+    """Build a registered model; keyword overrides replace config fields (e.g. `num_classes=100`)."""
     config = get_config(name)
     accepted = sorted(field.name for field in dataclasses.fields(config))
     unknown = set(overrides) - set(accepted)

@@ -1,7 +1,8 @@
 """analysis/: seed statistics against printed t tables and by hand, and the report of a real sweep.
 
-The sweep (the `sweep` fixture of conftest.py) is trained once per session by the real runner; test_notebooks.py
-explores the same folder.
+The sweep (the `sweep` fixture of conftest.py) is a copy of tests/data/tiny-sweep, which the real runner trained;
+test_notebooks.py explores the same folder and tests/data/tiny-study. Slow tests keep both stores honest: the runner
+still writes them, and a sweep into a copy of one trains nothing and changes no file.
 """
 
 import json
@@ -14,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import TINY_STUDY, TINY_STUDY_OPTIONS, TINY_SWEEP, TINY_SWEEP_OPTIONS, snapshot
 from PIL import Image
 
 from ablations.config import RunConfig
 from ablations.design import Design
+from ablations.run import cli
 from analysis import plots, provenance, report, style
 from analysis.design import axis_levels, choose_baseline, default_baseline, variant_keys
 from analysis.load import load_history, load_runs
@@ -96,6 +99,49 @@ def test_pareto_front():
     assert pareto_front(throughput, [0.5, 0.4, 0.7, 0.6], higher_cost_is_better=True).tolist() == [
         True, False, True, False]  # fmt: skip
     assert pareto_front([1, math.nan, 3], [0.5, 0.9, math.nan]).tolist() == [True, False, False]
+
+
+# --- the committed tiny stores --------------------------------------------------------------------------------------
+
+
+def json_keys(path: Path) -> list[str]:
+    """The keys of a JSON object, or of the first object of a JSON list (history.json)."""
+    content = json.loads(path.read_text())
+    return sorted(content[0] if isinstance(content, list) else content)
+
+
+TINY_STORES = [(TINY_SWEEP, TINY_SWEEP_OPTIONS), (TINY_STUDY, TINY_STUDY_OPTIONS)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("committed, options", TINY_STORES)
+def test_the_runner_still_writes_the_committed_tiny_store(committed, options, tmp_path, repo_root):
+    """The same runs, files, configs and keys (numbers may differ across machines; data_root is written relative
+    in the committed copy, as committed results hold it)."""
+    fresh = tmp_path / committed.name
+    command = [sys.executable, "-m", "ablations.run", *options, "--devices", "cpu", "--out", str(fresh)]
+    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    files = sorted(str(path.relative_to(committed)) for path in committed.rglob("*") if path.is_file())
+    assert sorted(str(path.relative_to(fresh)) for path in fresh.rglob("*") if path.is_file()) == [".lock", *files]
+    assert read_run(fresh, "sweep.json") == read_run(committed, "sweep.json")
+    for name in files:
+        if name.endswith(".json"):
+            assert json_keys(fresh / name) == json_keys(committed / name), name
+        if name.endswith("config.json"):
+            assert read_run(fresh, name) | {"data_root": "data"} == read_run(committed, name)
+    header = (fresh / "summary.csv").read_text().splitlines()[0]
+    assert header == (committed / "summary.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("committed, options", TINY_STORES)
+def test_a_sweep_into_a_copy_of_a_committed_tiny_store_changes_no_file(committed, options, tmp_path, capsys):
+    store = Path(shutil.copytree(committed, tmp_path / committed.name))
+    before = snapshot(store)
+    assert cli([*options, "--devices", "cpu", "--out", str(store)]) == 0
+    assert "0 to train (6 finished earlier)" in capsys.readouterr().out
+    assert {name: facts for name, facts in snapshot(store).items() if not name.endswith(".lock")} == before
 
 
 # --- loading and summarising a real sweep -----------------------------------------------------------------------
@@ -326,6 +372,7 @@ def test_sweeps_that_differ_in_an_unswept_key_are_refused_unless_allowed(sweep, 
     assert code == 2 and "differ in lr (0.02, 0.5), which is not a swept key (swept: kernel_size)" in err
 
 
+@pytest.mark.slow  # writes a whole report: its figures as PNG and PDF
 def test_runs_of_two_gpu_kinds_are_refused_unless_allowed(sweep, tmp_path, capsys):
     """A study grown over several GPU sittings: runs from an H200 and an A100 are not seeds of one experiment."""
     folder = copy_runs(sweep, tmp_path / "gpus", lambda config: True)
@@ -338,6 +385,7 @@ def test_runs_of_two_gpu_kinds_are_refused_unless_allowed(sweep, tmp_path, capsy
     assert report.main([str(folder), "--allow-mixed", "--out", str(tmp_path / "pooled")]) == 0
 
 
+@pytest.mark.slow  # writes a whole report: its figures as PNG and PDF
 def test_a_baseline_that_matches_no_run_is_an_error(sweep, tmp_path, capsys):
     # Runs of two --grid commands: k=3 at p=2 and k=5 at p=4; the default baseline (k=5, p=2) never ran.
     legacy = copy_runs(sweep, tmp_path / "legacy", lambda config: True)
@@ -384,6 +432,7 @@ def study(sweep, tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # writes a whole report: its figures as PNG and PDF
 def test_a_study_table_has_one_block_per_axis_with_differences_from_the_baseline(study, tmp_path):
     out = tmp_path / "out"
     assert report.main([str(study), "--out", str(out)]) == 0
@@ -405,6 +454,7 @@ def test_a_study_table_has_one_block_per_axis_with_differences_from_the_baseline
     assert "A tiny study." in index and "study studies/tiny.toml (preset smoke)" in index
 
 
+@pytest.mark.slow  # writes a whole report: its figures as PNG and PDF
 def test_report_and_captions_say_what_ran(sweep, tmp_path):
     out = tmp_path / "out"
     assert report.main([str(sweep), "--out", str(out)]) == 0

@@ -89,6 +89,7 @@ def test_bad_options_exit_2_with_one_line(argv: list[str], message: tuple, capsy
     assert all(fragment in error for fragment in message)
 
 
+@pytest.mark.slow  # the entry point's smoke test: a fresh interpreter imports torch
 def test_command_line_bad_option_has_no_traceback() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "convmixer.check", "--dtype", "half"], capture_output=True, text=True, check=False

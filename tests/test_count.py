@@ -36,7 +36,7 @@ def test_trace_equals_closed_form_over_the_ablation_space(residual, norm, activa
 
 def test_closed_form_by_hand():
     # dim 2, depth 1, kernel 3, patch 2, 4x4 image -> 2x2 positions, a map has 2*4 = 8 elements.
-    counts = closed_form(ConvMixerConfig(2, 1, 3, 2, n_classes=3), 4)
+    counts = closed_form(ConvMixerConfig(2, 1, 3, 2, num_classes=3), 4)
     assert counts.by_category == {
         "conv": 8 * 3 * 2 * 2 + 8 * 3 * 3 + 8 * 2,  # stem, depthwise, pointwise
         "linear": 2 * 3,
@@ -57,7 +57,7 @@ def test_bad_arguments_name_what_is_accepted():
 
 
 def test_in_chans_and_parameters_match_the_module():
-    config = ConvMixerConfig(6, 2, 5, 3, n_classes=7, in_chans=1, norm="layer")
+    config = ConvMixerConfig(6, 2, 5, 3, num_classes=7, in_chans=1, norm="layer")
     model = config.build()
     assert closed_form(config, 11).params == count_parameters(model)
     assert count_model(config, 11) == closed_form(config, 11)
@@ -65,7 +65,7 @@ def test_in_chans_and_parameters_match_the_module():
 
 @pytest.mark.parametrize("kernel,patch,image,depth", [(3, 2, 8, 1), (5, 3, 10, 2), (1, 4, 9, 0)])
 def test_tweet_counts_like_the_modular_model(kernel, patch, image, depth):
-    config = ConvMixerConfig(4, depth, kernel, patch, n_classes=5)
+    config = ConvMixerConfig(4, depth, kernel, patch, num_classes=5)
     tweet = build_model(config, tweet=True)
     assert isinstance(tweet, nn.Sequential)
     assert trace_counts(tweet, image) == closed_form(config, image) == count_model(config, image)
@@ -80,13 +80,14 @@ def test_tweet_refuses_what_it_cannot_run():
 
 @pytest.mark.parametrize("kernel,patch,image,norm", [(3, 2, 8, "batch"), (4, 3, 10, "layer"), (6, 5, 11, "batch")])
 def test_conv_and_linear_agree_with_torch_flop_counter(kernel, patch, image, norm):
-    config = ConvMixerConfig(4, 2, kernel, patch, n_classes=5, norm=norm)
+    config = ConvMixerConfig(4, 2, kernel, patch, num_classes=5, norm=norm)
     model = config.build().eval()
     with FlopCounterMode(display=False) as torch_counter, torch.no_grad():
         model(torch.randn(1, 3, image, image))
     assert torch_counter.get_total_flops() == 2 * count_model(config, image).conv_linear_macs
 
 
+@pytest.mark.slow  # traces a 50-million-parameter model at 224 px
 def test_convmixer_1536_20_at_224():
     counts = count_model(get_config("convmixer_1536_20"), 224)  # raises if the trace and closed form differ
     assert round(counts.params / 1e6, 2) == 51.63  # timm's figure for this model
@@ -97,7 +98,7 @@ def test_convmixer_1536_20_at_224():
 class WithExtraOp(nn.Module):
     def __init__(self, op):
         super().__init__()
-        self.body, self.op = ConvMixerConfig(4, 1, 3, 2, n_classes=2).build(), op
+        self.body, self.op = ConvMixerConfig(4, 1, 3, 2, num_classes=2).build(), op
 
     def forward(self, x):
         return self.op(self.body(x))
@@ -124,17 +125,20 @@ def test_trace_restores_training_mode():
 
 def test_cli_text_and_json(capsys):
     flags = ["--dim", "8", "--depth", "2", "--kernel-size", "4", "--patch-size", "3", "--image-size", "10"]
-    flags += ["--n-classes", "5", "--norm", "layer", "--residual", "both"]
+    flags += ["--num-classes", "5", "--norm", "layer", "--residual", "both"]
     assert count.main(flags) == 0
     text = capsys.readouterr().out
     assert "1 MAC = 2 FLOPs" in text and "conv+linear MACs" in text and "fvcore trace == closed form" in text
     assert "input 3x10x10 -> 3x3 patches (the last 1 px of each side are dropped)" in text  # 10 = 3 * 3 + 1
     assert count.main([*flags, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    config = ConvMixerConfig(8, 2, 4, 3, n_classes=5, norm="layer", residual="both")
+    config = ConvMixerConfig(8, 2, 4, 3, num_classes=5, norm="layer", residual="both")
     expected = count_model(config, 10).to_dict()
     assert {key: report[key] for key in expected} == expected
     assert report["model"]["tweet"] is False and report["model"]["image_size"] == 10
+    old_name = ["--n-classes" if flag == "--num-classes" else flag for flag in flags]  # scripts may still pass it
+    assert count.main([*old_name, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == report
 
 
 def test_cli_registry_model_with_override(capsys):
@@ -145,7 +149,11 @@ def test_cli_registry_model_with_override(capsys):
 
 @pytest.mark.parametrize(
     "model, image_size",
-    [("convmixer_256_8_cifar10", 32), ("convmixer_256_8_ks9_p1_cifar10", 32), ("convmixer_768_32", 224)],
+    [
+        ("convmixer_256_8_cifar10", 32),
+        ("convmixer_256_8_ks9_p1_cifar10", 32),
+        pytest.param("convmixer_768_32", 224, marks=pytest.mark.slow),  # traces a 21-million-parameter model at 224 px
+    ],
 )
 def test_cli_counts_a_registry_model_at_its_own_image_size(model, image_size, capsys):
     """A CIFAR-10 model counted at 224 px overstated its MACs 49-fold; --image-size still overrides."""
@@ -191,6 +199,7 @@ def test_cli_bad_values_exit_2(flags, message, capsys):
     assert err.startswith(f"{count.PROG}: error: ") and message in err and err.count("\n") == 1
 
 
+@pytest.mark.slow  # the entry point's smoke test: a fresh interpreter imports torch
 def test_cli_module_entry_point_has_no_traceback():
     bad = [sys.executable, "-m", "convmixer.count", "--dim", "8", "--depth", "-1"]
     result = subprocess.run(bad, capture_output=True, text=True, timeout=120)
@@ -200,7 +209,7 @@ def test_cli_module_entry_point_has_no_traceback():
 
 
 def test_throughput_on_cpu(capsys):
-    speed = measure_throughput(ConvMixerConfig(8, 1, 3, 2, n_classes=4).build(), 16, 4, "cpu", warmup=1, repeats=3)
+    speed = measure_throughput(ConvMixerConfig(8, 1, 3, 2, num_classes=4).build(), 16, 4, "cpu", warmup=1, repeats=3)
     assert speed["images_per_s"] > 0 and speed["median_batch_s"] > 0 and speed["peak_memory_mb"] >= 0
     flags = ["--dim", "8", "--depth", "1", "--image-size", "16", "--patch-size", "2", "--throughput", "--json"]
     assert count.main([*flags, "--batch-size", "2", "--repeats", "2", "--warmup", "0", "--channels-last"]) == 0

@@ -133,5 +133,5 @@ def test_every_model_knob_is_a_run_key():
     # model_config passes MODEL_KEYS by name: a knob added to ConvMixerConfig alone would fail here, not mid-sweep.
     assert set(config.MODEL_KEYS) <= set(field_types())
     cfg = RunConfig(norm="layer", kernel_size=3)
-    model = cfg.model_config(n_classes=7, in_chans=1)
-    assert (model.norm, model.kernel_size, model.n_classes, model.in_chans) == ("layer", 3, 7, 1)
+    model = cfg.model_config(num_classes=7, in_chans=1)
+    assert (model.norm, model.kernel_size, model.num_classes, model.in_chans) == ("layer", 3, 7, 1)

@@ -69,14 +69,14 @@ def test_bad_choice_names_argument_and_accepted_values(argument: str, value: obj
         ("depth", -1, 0),
         ("kernel_size", 0, 1),
         ("patch_size", 0, 1),
-        ("n_classes", 0, 1),
+        ("num_classes", 0, 1),
         ("in_chans", 0, 1),
         ("kernel_size", 3.0, 1),
         ("dim", True, 1),
     ],
 )
 def test_bad_size_names_argument_and_minimum(argument: str, value: object, minimum: int) -> None:
-    arguments = {"dim": 4, "depth": 1, "kernel_size": 3, "patch_size": 2, "n_classes": 5, "in_chans": 3}
+    arguments = {"dim": 4, "depth": 1, "kernel_size": 3, "patch_size": 2, "num_classes": 5, "in_chans": 3}
     with pytest.raises(ValueError, match=f"{argument}={value!r} .* integer >= {minimum}"):
         ConvMixer(**{**arguments, argument: value})
 
@@ -146,8 +146,8 @@ def test_registry_matches_paper_parameter_counts(name: str, paper_millions: floa
 
 def test_create_model_overrides_config_fields() -> None:
     with torch.device("meta"):
-        model = create_model("convmixer_256_8_cifar10", n_classes=100, norm="layer")
-    assert model.config == ConvMixerConfig(256, 8, 5, 2, n_classes=100, norm="layer")
+        model = create_model("convmixer_256_8_cifar10", num_classes=100, norm="layer")
+    assert model.config == ConvMixerConfig(256, 8, 5, 2, num_classes=100, norm="layer")
     with pytest.raises(ValueError, match=r"unknown override\(s\) \['width'\]; accepted: \['activation', 'depth'"):
         create_model("convmixer_256_8_cifar10", width=128)
 

@@ -1,14 +1,14 @@
 """The notebooks are committed without outputs and run top to bottom, via nbclient: explore_sweep on the committed
-study by default (where it is in the checkout), and on sweeps the runner trains here (a grid and a study)."""
+study by default (where it is in the checkout), and on sweeps the runner trained (tests/data: a grid and a study)."""
 
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
-from conftest import REPO, TINY_SWEEP_KEYS
+from conftest import REPO
+from helpers import TINY_STUDY
 from nbclient import NotebookClient
 
 NOTEBOOKS = REPO / "notebooks"
@@ -55,13 +55,9 @@ def png_outputs(notebook: nbformat.NotebookNode) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A one-factor-at-a-time sweep from the runner: baseline k=5 at p=4, then k=3 and p=2, 2 seeds."""
-    folder = tmp_path_factory.mktemp("notebook-study")
-    options = ["--preset", "smoke", "--vary", "kernel_size=3", "--vary", "patch_size=2", "--seeds", "2"]
-    command = [sys.executable, "-m", "ablations.run", *options, "--set", TINY_SWEEP_KEYS, "--devices", "cpu"]
-    result = subprocess.run([*command, "--out", str(folder)], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return folder
+    """A one-factor-at-a-time sweep from the runner: baseline k=5 at p=4, then k=3 and p=2, 2 seeds (a copy of the
+    committed tests/data/tiny-study, as the `sweep` fixture copies tiny-sweep)."""
+    return Path(shutil.copytree(TINY_STUDY, tmp_path_factory.mktemp("notebook") / TINY_STUDY.name))
 
 
 @pytest.mark.slow

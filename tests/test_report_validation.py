@@ -2,7 +2,8 @@
 precision ran, LaTeX that typesets as written, figures that name their data, and a full disk that leaves nothing
 half-written (the cases of the reliability probe's D8/D9 and the newcomer review's F7/F8).
 
-The runs are copies of the session's real sweep (the `sweep` fixture of conftest.py: 2 kernel sizes x 3 seeds).
+The runs are copies of a real sweep (the `sweep` fixture of conftest.py, tests/data/tiny-sweep: 2 kernel sizes x 3
+seeds).
 """
 
 import errno

@@ -3,9 +3,7 @@
 The SLURM launcher is tested against a real cluster in test_slurm_cluster.py."""
 
 import contextlib
-import csv
 import errno
-import hashlib
 import io
 import json
 import multiprocessing
@@ -20,50 +18,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import read_json, read_summary, snapshot, tiny_configs, tiny_set
 from PIL import Image
 
 import ablations.sweep.execute as worker
 from ablations import atomic
 from ablations.run import cli
 from ablations.store import Store
-from ablations.sweep.grid import build_sweep
 from ablations.sweep.local import LocalLauncher
 from ablations.sweep.plan import runs_to_train
-from ablations.sweep.presets import PRESETS
 from ablations.sweep.progress import SweepProgress
 from convmixer.runtime import parse_devices
 
-TINY_VALUES = {"dim": 8, "depth": 1, "patch_size": 4, "train_subset": 200, "test_subset": 100, "batch_size": 50}
-
-
-def tiny_set(epochs: int = 2, **changes) -> str:
-    """A --set value for runs that take about a second on a CPU core."""
-    return ",".join(f"{key}={value}" for key, value in {**TINY_VALUES, "epochs": epochs, **changes}.items())
-
-
 TINY = ["--set", tiny_set()]
-
-
-def tiny_configs(grid: list[str], epochs: int = 2):
-    return build_sweep(PRESETS["smoke"].values, [tiny_set(epochs)], grid, seeds=1).configs()
-
-
-def read_json(path: Path):
-    return json.loads(path.read_text())
-
-
-def read_summary(root: Path) -> list[dict]:
-    with open(root / "summary.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def snapshot(root: Path) -> dict:
-    """Every file under root with its size, mtime and content hash: equal snapshots mean nothing was touched."""
-    return {
-        str(path): (path.stat().st_size, path.stat().st_mtime_ns, hashlib.sha1(path.read_bytes()).hexdigest())
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
 
 
 def progress_for(configs, kind: type[SweepProgress] = SweepProgress) -> SweepProgress:
@@ -80,6 +47,7 @@ def finished_sweep(tmp_path_factory) -> tuple[Path, int, str]:
     return out, code, stdout.getvalue()
 
 
+@pytest.mark.slow  # the first test of finished_sweep trains it
 def test_a_sweep_fills_the_store_and_says_where_the_results_are(finished_sweep):
     out, code, stdout = finished_sweep
     rows = {row["lr"]: row for row in read_summary(out)}
@@ -101,6 +69,7 @@ def test_a_sweep_fills_the_store_and_says_where_the_results_are(finished_sweep):
     assert not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_rerunning_skips_finished_runs(finished_sweep, capsys):
     out, _, _ = finished_sweep
     metrics_before = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
@@ -109,6 +78,7 @@ def test_rerunning_skips_finished_runs(finished_sweep, capsys):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == metrics_before
 
 
+@pytest.mark.slow
 def test_dry_run_lists_status_and_writes_nothing(finished_sweep, capsys):
     out, _, _ = finished_sweep
     before = snapshot(out)
@@ -149,8 +119,8 @@ def test_dry_run_lists_status_and_writes_nothing(finished_sweep, capsys):
         (["--set", "seed=99999999999999999999"], "seed=99999999999999999999 is not accepted"),  # failed every run
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_touches_nothing(finished_sweep, capsys, args, message):
-    out, _, _ = finished_sweep
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(sweep, capsys, args, message):
+    out = sweep  # a result folder with finished runs, copied from the committed tests/data/tiny-sweep
     before = snapshot(out)
     assert cli([*TINY, *args, "--out", str(out)]) == 2
     err = capsys.readouterr().err

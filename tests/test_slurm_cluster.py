@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_run import read_json, read_summary, snapshot, tiny_configs, tiny_set
+from helpers import read_json, read_summary, snapshot, tiny_configs, tiny_set
 
 from ablations.run import cli
 from ablations.store import LOCK, Store, hold_lock

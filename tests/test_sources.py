@@ -137,6 +137,7 @@ def test_a_folder_too_big_to_hold_is_handed_over_as_files_at_the_run_size(tmp_pa
     assert torch.equal(streamed.train.labels, held.train.labels)
 
 
+@pytest.mark.slow  # decodes real JPEGs
 def test_shared_cifar10_jpeg_archive_subset(cifar10_jpeg):
     splits = load_splits(imagefolder(cifar10_jpeg, train_subset=50, test_subset=20))
     assert splits.classes == CIFAR_CLASSES and splits.image_size == 32

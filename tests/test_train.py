@@ -79,6 +79,7 @@ def test_cosine_warms_up_then_decays_to_zero():
     assert learning_rate(cfg, 5, steps - 1, steps) == pytest.approx(0.05)  # halfway through the decay
 
 
+@pytest.mark.slow  # straight_run trains 4 epochs: every test that uses it is slow
 def test_learns_the_synthetic_set(straight_run):
     run_dir, metrics = straight_run
     assert metrics["status"] == "done" and metrics["reason"] == ""
@@ -130,6 +131,7 @@ def test_warming_up_every_batch_shape_changes_nothing_the_run_learns(straight_ru
     )
 
 
+@pytest.mark.slow  # the compiled case pays torch.compile's start-up
 def test_the_warm_up_runs_each_batch_shape_of_an_epoch_once(monkeypatch):
     """2,000 train images in batches of 300: 300 and 200; 500 test images: 300 and 200 (compiled: one shape)."""
     sizes = []
@@ -171,6 +173,7 @@ def test_interrupted_run_resumes_to_exactly_the_same_result(straight_run, tmp_pa
     )
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_with_weights_only_into_a_fresh_model(straight_run):
     run_dir, _ = straight_run
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
@@ -180,6 +183,7 @@ def test_checkpoint_loads_with_weights_only_into_a_fresh_model(straight_run):
     model.load_state_dict(checkpoint["model"])
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_run_is_set_aside_not_resumed(straight_run, tmp_path):
     run_dir, _ = straight_run
     (tmp_path / "checkpoint.pt").write_bytes((run_dir / "checkpoint.pt").read_bytes())
@@ -262,6 +266,7 @@ def test_configs_trained_one_after_another_in_one_process_are_each_compiled(monk
     assert eager["compiled_graphs"] is None
 
 
+@pytest.mark.slow
 def test_padding_the_eval_batch_for_compile_changes_no_logit(straight_run):
     trainer = train.Trainer(tiny(compile=True), tiny().model_config(10).build(), torch.device("cpu"), None)
     trainer.forward = trainer.model  # only the padding is under test here
@@ -273,11 +278,13 @@ def test_padding_the_eval_batch_for_compile_changes_no_logit(straight_run):
         assert torch.allclose(trainer.logits(padded)[:7], trainer.logits(images), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_metrics_say_how_the_run_ran(straight_run):
     _, metrics = straight_run
     assert (metrics["precision_used"], metrics["tf32_used"], metrics["compiled_graphs"]) == ("fp32", False, None)
 
 
+@pytest.mark.slow
 def test_the_metrics_json_a_run_writes_is_the_one_the_store_declares(straight_run):
     """Every field the engine writes on a CPU is in METRIC_FIELDS with a value its check accepts, and every field
     declared as the engine's is written (driver: on a GPU only): a field added on one side only fails here."""
@@ -296,6 +303,7 @@ def test_a_metric_the_store_does_not_declare_is_not_written(tmp_path):
     assert not (tmp_path / METRICS).exists()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_another_device_keeps_this_devices_adamw(straight_run, tmp_path):
     """A CPU checkpoint resumed on CUDA kept fused=False (AdamW then read every step counter back to the host);
     here a checkpoint written with fused=True (as on CUDA) is resumed on the CPU and must take the CPU's kernel."""
@@ -403,6 +411,7 @@ def test_a_reference_timed_over_fewer_epochs_is_extrapolated_and_has_no_accuracy
     assert "n/a" in train_speed.accuracy(summary["final_test_acc"])
 
 
+@pytest.mark.slow  # pays torch.compile's start-up
 def test_the_bare_step_runs_compiled_and_counts_the_bytes_of_a_step(monkeypatch):
     monkeypatch.setattr(train, "COMPILE_BACKEND", "eager")  # graph capture without a C++ build
     cfg = tiny(batch_size=8)

@@ -1,0 +1,52 @@
+"""Helpers that several test files share to run tiny sweeps and look at their result folders: the tiny runs' --set
+values, the two tiny sweeps committed in tests/data/ and how they were made, and readers of a sweep's files."""
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+from ablations.config import RunConfig
+from ablations.sweep.grid import build_sweep
+from ablations.sweep.presets import PRESETS
+
+DATA = Path(__file__).resolve().parent / "data"
+
+# tests/data/tiny-sweep and tiny-study were trained by the runner with these options (+ --devices cpu --out
+# tests/data/<name>; then .lock removed and data_root written as "data", as committed results hold it);
+# test_analysis.py checks, in slow tests, that a fresh sweep still writes the same stores.
+TINY_SWEEP_KEYS = "dataset=synthetic,epochs=2,dim=8,depth=1,train_subset=128,test_subset=64,batch_size=64"
+TINY_SWEEP_OPTIONS = ("--preset", "smoke", "--grid", "kernel_size=3,5", "--seeds", "3", "--set", TINY_SWEEP_KEYS)
+TINY_SWEEP = DATA / "tiny-sweep"
+TINY_STUDY_OPTIONS = ("--preset", "smoke", "--vary", "kernel_size=3", "--vary", "patch_size=2", "--seeds", "2",
+                      "--set", TINY_SWEEP_KEYS)  # fmt: skip
+TINY_STUDY = DATA / "tiny-study"
+
+TINY_VALUES = {"dim": 8, "depth": 1, "patch_size": 4, "train_subset": 200, "test_subset": 100, "batch_size": 50}
+
+
+def tiny_set(epochs: int = 2, **changes) -> str:
+    """A --set value for runs that take about a second on a CPU core."""
+    return ",".join(f"{key}={value}" for key, value in {**TINY_VALUES, "epochs": epochs, **changes}.items())
+
+
+def tiny_configs(grid: list[str], epochs: int = 2) -> list[RunConfig]:
+    return build_sweep(PRESETS["smoke"].values, [tiny_set(epochs)], grid, seeds=1).configs()
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def read_summary(root: Path) -> list[dict]:
+    with open(root / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def snapshot(root: Path) -> dict:
+    """Every file under root with its size, mtime and content hash: equal snapshots mean nothing was touched."""
+    return {
+        str(path): (path.stat().st_size, path.stat().st_mtime_ns, hashlib.sha1(path.read_bytes()).hexdigest())
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
