@@ -51,9 +51,11 @@ def check_out(out: Path | None) -> None:
         raise ValueError(f"--out {str(out)!r} is not accepted: its folder is not writable")
 
 
-def write_result(out: Path, argv: list[str] | None, result: dict, report: str) -> None:
-    """`result` as JSON at `out` and `report` as Markdown beside it, each headed by the command that made them."""
+def write_result(out: Path, argv: list[str] | None, result: dict, report: str, quiet: bool = False) -> None:
+    """`result` as JSON at `out` and `report` as Markdown beside it, each headed by the command that made them
+    (`quiet`: without saying so, for the partial results a benchmark writes as it goes)."""
     command = "python " + shlex.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     atomic.write_json(out, {"command": command, **result})
     atomic.write_text(out.with_suffix(".md"), f"`{command}`\n{report}")
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    if not quiet:
+        print(f"wrote {out} and {out.with_suffix('.md')}")

@@ -271,14 +271,20 @@ def main(argv: list[str] | None = None) -> int:
                         key = {"what": what, "kernel": k, "precision": precision, "layout": layout, "impl": impl}
                         rows.append(measure(shape, key, device, repeats, rate))
                         print(rows_table(rows[-1:]).splitlines()[-1], flush=True)
+        # After every kernel size, so that a run cut off at its time limit (a GPU lent for minutes) keeps its rows.
+        report = tables(header, rows)
+        if args.out is not None:
+            result = {"header": header, "shape": dataclasses.asdict(shape), "copy_rate_bytes_per_s": rate, "rows": rows}
+            write_result(args.out, argv, {**result, "complete": k == kernels[-1]}, report, quiet=k != kernels[-1])
+    print(report)
+    return 0
+
+
+def tables(header: list[str], rows: list[dict]) -> str:
+    """The rows so far, with their ratios to k=5 and sorted, and the fastest per precision and kernel size."""
     add_ratios(rows)
     rows.sort(key=lambda r: (r["what"], r["precision"], r["kernel"], r["layout"], r["impl"]))
-    report = "\n".join(["", *header, "", rows_table(rows), "", fastest_table(rows), ""])
-    print(report)
-    if args.out is not None:
-        result = {"header": header, "shape": dataclasses.asdict(shape), "copy_rate_bytes_per_s": rate, "rows": rows}
-        write_result(args.out, argv, result, report)
-    return 0
+    return "\n".join(["", *header, "", rows_table(rows), "", fastest_table(rows), ""])
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -373,18 +373,15 @@ def check_args(args: argparse.Namespace) -> tuple[RunConfig, torch.device, list[
     return cfg, device, variants
 
 
-def run_variants(cfg: RunConfig, splits: tuple[Split, Split], device: torch.device, variants: list[str],
-                 args: argparse.Namespace, work: Path) -> dict[str, list[dict]]:  # fmt: skip
+def run_variant(name: str, cfg: RunConfig, splits: tuple[Split, Split], device: torch.device,
+                args: argparse.Namespace, work: Path) -> list[dict]:  # fmt: skip
+    """One variant's runs, one per seed (engine-compiled: --compiled-seeds of them)."""
+    if name == "engine-compiled":
+        return run_engine(name, cfg, list(range(cfg.seed, cfg.seed + args.compiled_seeds)), device, work)
     seeds = list(range(cfg.seed, cfg.seed + args.seeds))
-    runs = {}
-    for name in variants:
-        if name == "engine-compiled":
-            runs[name] = run_engine(name, cfg, list(range(cfg.seed, cfg.seed + args.compiled_seeds)), device, work)
-        elif name.startswith("engine"):
-            runs[name] = run_engine(name, cfg, seeds, device, work)
-        else:
-            runs[name] = [run_reference(name, dataclasses.replace(cfg, seed=s), splits, device, args) for s in seeds]
-    return runs
+    if name.startswith("engine"):
+        return run_engine(name, cfg, seeds, device, work)
+    return [run_reference(name, dataclasses.replace(cfg, seed=s), splits, device, args) for s in seeds]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,10 +401,20 @@ def main(argv: list[str] | None = None) -> int:
                   f"{counts.params / 1e6:.3f} M params, {counts.flops / 1e9:.3f} GFLOPs forward per image")  # fmt: skip
     print("\n".join(header), flush=True)
 
+    def summaries_of(runs: dict[str, list[dict]]) -> dict[str, dict]:
+        return {name: summarise(seeds, cfg.epochs, 3 * counts.flops, peak) for name, seeds in runs.items()}
+
+    runs = {}
     with tempfile.TemporaryDirectory(prefix="train-speed-") as folder:
-        runs = run_variants(cfg, splits, device, variants, args, Path(folder))
+        for name in variants:
+            runs[name] = run_variant(name, cfg, splits, device, args, Path(folder))
+            so_far = markdown_table(summaries_of(runs))
+            print(f"{name} done:\n{so_far}", flush=True)
+            if args.out is not None:  # a run cut off at its time limit (a GPU lent for minutes) keeps these
+                partial = {"header": header, "config": cfg.to_dict(), "runs": runs, "complete": False}
+                write_result(args.out, argv, partial, "\n".join(["", *header, "", so_far, ""]), quiet=True)
         extra = bare_and_bandwidth(cfg, splits, device, variants, args, Path(folder))
-    summaries = {name: summarise(seeds, cfg.epochs, 3 * counts.flops, peak) for name, seeds in runs.items()}
+    summaries = summaries_of(runs)
     goals = targets(summaries, extra)
     first_seed = {name: seeds[0]["history"] for name, seeds in runs.items()}
     report = "\n".join(["", "\n".join(header + extra_lines(extra)), "", epoch_table(first_seed), "",
@@ -417,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         write_result(args.out, argv, {
             "header": header, "config": cfg.to_dict(), "seeds": args.seeds, "counts": counts.to_dict(),
-            "peak_tflops": peak, "runs": runs, "summaries": summaries, **extra, "targets": goals,
+            "peak_tflops": peak, "runs": runs, "summaries": summaries, **extra, "targets": goals, "complete": True,
         }, report)  # fmt: skip
     return 0
 

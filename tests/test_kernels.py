@@ -226,6 +226,25 @@ def test_the_kernel_benchmark_writes_a_row_per_setting_with_k5_as_the_baseline(t
     conv3 = next(row for row in rows if row["what"] == "depthwise" and row["kernel"] == 3)
     assert conv3["flops"] == 3 * 2 * 3 * 3 * 16 * 8 * 8 * 4  # three directions of 2*k*k*C*H*W*N
     assert "| precision | k | fastest layout |" in (tmp_path / "kernels.md").read_text()
+    assert report["complete"]
+
+
+@pytest.mark.slow
+def test_a_kernel_benchmark_cut_off_keeps_the_kernel_sizes_it_finished(tmp_path, monkeypatch):
+    """A GPU is lent for minutes: a table stopped at its time limit still holds every kernel size measured."""
+    measured = kernels.measure
+
+    def stop_at_k5(shape, key, *args):
+        if key["kernel"] == 5:
+            raise KeyboardInterrupt  # what a time limit's signal ends the run with, as far as the file is concerned
+        return measured(shape, key, *args)
+
+    monkeypatch.setattr(kernels, "measure", stop_at_k5)
+    out = tmp_path / "kernels.json"
+    with pytest.raises(KeyboardInterrupt):
+        kernels.main(["--device", "cpu", "--tiny", "--kernels", "3,5", "--repeats", "1", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert {row["kernel"] for row in report["rows"]} == {3} and not report["complete"]
 
 
 @pytest.mark.parametrize(

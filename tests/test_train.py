@@ -384,6 +384,7 @@ def test_train_speed_measures_every_target_against_baselines_of_the_same_run(cif
     argv = ["--data-root", str(cifar10_jpeg), *TINY_SPEED, "--seeds", "2", "--variants", variants, "--out", str(out)]
     assert train_speed.main(argv) == 0
     result = read_json(out)
+    assert result["complete"]
     summaries, goals = result["summaries"], {row["target"]: row for row in result["targets"]}
     assert list(summaries) == variants.split(",") and all(len(runs) == 2 for runs in result["runs"].values())
     engine = summaries["engine"]
