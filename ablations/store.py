@@ -238,11 +238,17 @@ def hold_lock(path: Path, wait: bool = True) -> IO[str] | None:
     None when another process holds it. StoreError where it cannot be held: another user's lock file, or a
     filesystem whose flock does not work (Lustre without -o flock, NFS without lockd), which would let two sweeps
     or jobs train one run at once; the user then chooses --lock-dir or --no-lock (`Locks`)."""
+    created = not path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = open(path, "a+")  # the caller closes it
     except PermissionError:
-        raise not_permitted(path if path.exists() else path.parent, "opened for its lock") from None
+        if not path.exists():  # the folder is another user's
+            raise AccessError(
+                f"cannot create the lock {path}: its folder belongs to {owner(path.parent)} (Permission denied); "
+                "ask them for access, or use another --out"
+            ) from None
+        raise not_permitted(path, "opened for its lock") from None
     except OSError as error:
         raise atomic.WriteError(path, error) from None
     try:
@@ -252,6 +258,8 @@ def hold_lock(path: Path, wait: bool = True) -> IO[str] | None:
         return None
     except OSError as error:  # ENOLCK, EOPNOTSUPP, EINVAL...: this filesystem does not lock
         lock.close()
+        if created:  # nothing was locked: leave the folder as it was
+            path.unlink(missing_ok=True)
         raise StoreError(
             f"cannot lock {path} ({error.strerror}): its filesystem has no working file locks, so two sweeps or "
             "jobs could train one run at once; choose --lock-dir DIR on a filesystem where locks work (a local "

@@ -7,15 +7,27 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+from helpers import TINY_SWEEP
 
 from ablations import atomic
 from ablations.config import RunConfig
 from ablations.design import Design
-from ablations.store import METRIC_FIELDS, STATUSES, SUMMARY_COLUMNS, Locks, Store, StoreError, hold_lock
+from ablations.store import (
+    METRIC_FIELDS,
+    STATUSES,
+    SUMMARY_COLUMNS,
+    AccessError,
+    Locks,
+    Store,
+    StoreError,
+    hold_lock,
+    read_config,
+)
 
 
 def configs() -> list[RunConfig]:
@@ -309,3 +321,67 @@ def test_no_status_word_is_spelled_outside_the_store():
     ]
     assert spelled == []
     assert len(status_literals(ast.parse('status = "done" if ok else "failed"\n__all__ = ["done"]'))) == 2
+
+
+def finished_copy(tmp_path: Path) -> tuple[Store, Path]:
+    """A copy of the committed tiny sweep (every run done, each with its data.json) and one of its run folders."""
+    root = Path(shutil.copytree(TINY_SWEEP, tmp_path / "sweep"))
+    return Store(root), sorted((root / "runs").iterdir())[0]
+
+
+def test_another_users_unreadable_file_is_refused_not_taken_for_damage(tmp_path, monkeypatch):
+    """Probe 3 N5: another user's metrics.json (mode 600) was renamed away as damaged and its run trained again."""
+    store, run_dir = finished_copy(tmp_path)
+    foreign = run_dir / "metrics.json"
+    real_read = Path.read_text
+
+    def read_text(path, *args, **kwargs):
+        if path == foreign:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.setattr("pwd.getpwuid", lambda uid: type("User", (), {"pw_name": "alice"}))
+    with pytest.raises(AccessError, match=f"^{foreign} cannot be read: it belongs to alice \\(Permission denied\\)"):
+        store.find_damaged()
+    assert foreign.exists() and not list(run_dir.glob("*.damaged-*"))
+
+
+def test_a_damaged_file_in_a_folder_this_user_cannot_change_is_refused(tmp_path, monkeypatch):
+    """Renaming it there would fail half way: refused in one line before anything is touched."""
+    store, run_dir = finished_copy(tmp_path)
+    (run_dir / "history.json").write_text("[1,2")
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != run_dir)
+    with pytest.raises(AccessError, match="history.json is damaged but cannot be set aside: its folder belongs to"):
+        store.find_damaged()
+
+
+def test_a_damaged_data_record_sets_the_run_aside_and_redoes_it(tmp_path):
+    """Probe 3 N5: a damaged data.json stopped every sweep into the folder, and deleting it (as told) kept the run
+    done with its data check off. Now what the run trained on is unknown, so its results go aside with it."""
+    store, run_dir = finished_copy(tmp_path)
+    (run_dir / "data.json").write_text('{"classes": [')
+    damaged = store.find_damaged()
+    assert set(damaged) == {run_dir / name for name in ("data.json", "metrics.json", "history.json")}
+    assert damaged[run_dir / "metrics.json"] == f"{run_dir / 'metrics.json'}: its run's data.json is damaged"
+    assert store.damage_fate(run_dir / "data.json").endswith("and its run trained again from scratch (what it "
+                                                             "trained on is not known)")  # fmt: skip
+    assert store.state(run_dir).status == "unfinished" and store.state(run_dir).epochs == 0
+    store.set_aside_damaged()
+    record = json.loads((sorted(store.runs.iterdir())[1] / "data.json").read_text())  # this sweep's data
+    store.prepare([read_config(run_dir / "config.json")], {run_dir.name: record})  # as the sweep does next
+    assert json.loads((run_dir / "data.json").read_text()) == record
+    assert store.metrics(run_dir) is None and len(list(run_dir.glob("*.damaged-*"))) == 3
+
+
+def test_each_damaged_run_file_says_what_will_happen_to_it(tmp_path):
+    """Probe 3 D10: a done run's damaged history.json said 'its run redone', and the run stayed done."""
+    store, run_dir = finished_copy(tmp_path)
+    other = sorted((store.runs).iterdir())[1]
+    for path in (run_dir / "history.json", run_dir / "config.json", other / "metrics.json"):
+        path.write_text("[")
+    store.find_damaged()
+    assert store.damage_fate(run_dir / "history.json").endswith("; the run stays done, without its training curves")
+    assert store.damage_fate(run_dir / "config.json").endswith("and written again from this sweep's config")
+    assert store.damage_fate(other / "metrics.json").endswith("and its run redone")
+    assert store.state(run_dir).status == "done" and store.state(other).status == "unfinished"
