@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     name, root = result_dir(args, default_name(study, preset, sweep))
     if args.lock_dir is not None and args.no_lock:
         raise ConfigError("--lock-dir and --no-lock exclude each other: choose where the locks are, or none")
-    store = Store(root, Locks(args.lock_dir, args.no_lock))
+    # Absolute: a SLURM job may start in another folder.
+    store = Store(root, Locks(args.lock_dir.absolute() if args.lock_dir else None, args.no_lock))
     store.check_folder()
     for path, why in store.find_damaged().items():
         print(f"damaged: {why}: it {'will be' if args.dry_run else 'is'} {store.damage_fate(path)}", flush=True)

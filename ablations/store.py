@@ -1,16 +1,21 @@
 """The result store of a sweep: <sweep folder>/runs/<run_id>/ per run, and summary.csv rebuilt from them.
 
 Every file is written atomically, so a sweep killed at any moment leaves only whole files (and perhaps a
-`.name.*.tmp` that the next start removes). The run files are the truth; summary.csv is only ever derived
-from them, so it can always be rebuilt and never disagrees with them for long. A run is finished iff its
-metrics.json exists; an unfinished run with a checkpoint.pt resumes from it.
+`.name.*.tmp` that the next sweep or run removes: atomic.drop_stale_temps). The run files are the truth;
+summary.csv is only ever derived from them, so it can always be rebuilt and never disagrees with them for long. A
+run is finished iff its metrics.json exists; an unfinished run with a checkpoint.pt resumes from it.
 
 A run's result is never rewritten: config.json and data.json are written once, when the run folder is made, and a
 finished run's files are only read (a key added to RunConfig later is filled in with its default when read).
 data.json records the data the run trains on (classes, image counts, a sha256 of each finished split); a rerun on
 other data is refused (`check_run`). sweep.json keeps every design ever swept into the folder, each with its run
 ids, so that the report can tell one design's runs from another's. One sweep works in a folder at a time: it
-holds the folder's .lock (`lock_sweep`); a SLURM job holds its run folder's (`hold_lock`).
+holds the folder's .lock (`lock_sweep`); a SLURM job holds its run folder's (`lock_run`). A lock that cannot be
+held (another user's, a filesystem without flock) is a one-line StoreError, never a silent go-ahead: `Locks` moves
+the locks elsewhere or, by the user's explicit choice, drops them.
+
+A run file that cannot be read is damaged (`find_damaged`) and set aside with a fate stated per file
+(`damage_fate`); one this user may not read or replace is not damage but an AccessError naming its owner.
 
 This module owns the run folder's contract and every on-disk format: its file names, the run statuses, the fields
 of metrics.json (`METRIC_FIELDS`, which summary.csv's columns and the report's checks derive from), and, through

@@ -209,6 +209,8 @@ def test_a_damaged_config_or_history_of_a_finished_run_is_set_aside_and_nothing_
     with contextlib.redirect_stdout(io.StringIO()) as said:
         cli([*TINY, "--set", "clip_norm=0", "--grid", "lr=0.01,1e6,0.1", "--out", str(out)])
     assert said.getvalue().count("damaged: ") == 2 and "1 to train (2 finished earlier)" in said.getvalue()
+    assert "history.json.damaged-<time>; the run stays done, without its training curves" in said.getvalue()
+    assert "config.json.damaged-<time> and written again from this sweep's config" in said.getvalue()
     assert read_json(run_dir / "config.json") == config and not (run_dir / "history.json").exists()
     assert len(list(run_dir.glob("*.damaged-*"))) == 2 and read_json(run_dir / "metrics.json")["status"] == "done"
 
@@ -244,6 +246,26 @@ def test_locks_that_cannot_be_held_stop_the_sweep_and_ask_for_a_choice(tmp_path,
     assert cli([*TINY_SWEEP_OPTIONS, "--out", str(out), *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and snapshot(out) == before
+
+
+@pytest.mark.slow
+def test_a_damaged_data_record_is_set_aside_with_its_results_and_the_run_trained_again(finished_sweep, tmp_path):
+    """Probe 3 N5: a damaged data.json stopped every sweep into the folder ('delete it to redo that run'), and
+    deleting it kept the run done, on data nobody could check any more."""
+    out = Path(shutil.copytree(finished_sweep[0], tmp_path / "lr"))
+    run_dir = next(path.parent for path in out.glob("runs/*/metrics.json") if read_json(path)["status"] == "done")
+    record, metrics = read_json(run_dir / "data.json"), read_json(run_dir / "metrics.json")
+    (run_dir / "data.json").write_text('{"classes": [')
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        cli([*TINY, "--set", "clip_norm=0", "--grid", "lr=0.01,1e6", "--out", str(out)])
+    said = said.getvalue()
+    assert "data.json.damaged-<time> and its run trained again from scratch" in said
+    assert "1 to train (1 finished earlier)" in said
+    assert read_json(run_dir / "data.json") == record and read_json(run_dir / "metrics.json")["status"] == "done"
+    assert read_json(run_dir / "metrics.json")["test_acc"] == metrics["test_acc"]  # the same run, redone
+    assert sorted(path.name.split(".damaged-")[0] for path in run_dir.glob("*.damaged-*")) == [
+        "data.json", "history.json", "metrics.json",
+    ]  # fmt: skip
 
 
 def noise_image_tree(root: Path) -> Path:
