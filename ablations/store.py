@@ -140,7 +140,7 @@ METRIC_COLUMNS = tuple(name for name, spec in METRIC_FIELDS.items() if spec.colu
 SUMMARY_COLUMNS = ("run_id", *(f.name for f in dataclasses.fields(RunConfig)), *METRIC_COLUMNS)
 
 
-REDO = "; delete it to redo that run"  # what a damaged run file's one-line error advises, where it is not set aside
+REDO = "; delete it to redo that run"  # the advice of a damaged run file's error where the sweep does not set it aside
 
 
 class StoreError(RuntimeError):
@@ -177,7 +177,7 @@ def read_json(path: Path):
         raise not_permitted(path, "read") from None
     except ValueError as error:  # JSONDecodeError, or UnicodeDecodeError for a binary file
         raise StoreError(f"{path} is not valid JSON ({error}); delete it to redo that run") from None
-    except OSError as error:  # a folder where the file should be, no permission
+    except OSError as error:  # a folder where the file should be, a disk error
         raise StoreError(f"{path} cannot be read ({error.strerror}); delete it to redo that run") from None
 
 
@@ -334,6 +334,8 @@ class Store:
                 try:
                     if (run_dir / name).exists():
                         reader(run_dir / name)
+                except PermissionError:  # the run folder itself is another user's, closed to this one
+                    raise not_permitted(run_dir, "read") from None
                 except AccessError:
                     raise
                 except StoreError as error:
@@ -357,11 +359,14 @@ class Store:
             return f"{aside} and written again from this sweep's config"
         if path.name == DATA or run_dir / DATA in self.damaged:
             return f"{aside} and its run trained again from scratch (what it trained on is not known)"
-        if path.name == HISTORY and self.metrics(run_dir) is not None:
-            return f"{aside}; the run stays {self.metrics(run_dir)['status']}, without its training curves"
-        if path.name == HISTORY:
-            return f"{aside}; the run's training writes it again"
-        return f"{aside} and its run redone"
+        if path.name != HISTORY:
+            return f"{aside} and its run redone"
+        status = self.state(run_dir).status
+        if status in (DONE, DIVERGED):
+            return f"{aside}; the run stays {status}, without its training curves"
+        if status == FAILED:  # a retry resumes from the checkpoint, whose history it writes again
+            return f"{aside}; the failed run is without its training curves until it is retried"
+        return f"{aside}; the run's training writes it again"
 
     def set_aside_damaged(self) -> list[Path]:
         """Rename each damaged file to <name>.damaged-<time> (kept, never deleted) and return the new paths: the
