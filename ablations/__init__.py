@@ -24,10 +24,10 @@ Module map, top to bottom (each layer imports only the layers below it):
         loaders.py        splits placed on the device, batched
         augment.py        batched augmentation on the device
     store.py            the result folder's contract, and every on-disk format: file names, run statuses,
-                        metrics.json's fields, readers and writers
+                        metrics.json's fields, readers and writers; its locks, and what a damaged file becomes
     design.py           sweep.json's format: Design, one sweep's design (the store reads and writes it)
     config.py           RunConfig: every key, what it accepts, the run id, parsing a key's value; data_root as recorded
-    atomic.py           whole-file writes
+    atomic.py           whole-file writes, and removing the temporary files killed writers left
 
 Import rules (tests/test_layers.py checks them on every module):
 - convmixer/ imports nothing of ablations/ or analysis/; ablations/config.py imports only convmixer/.
