@@ -228,7 +228,8 @@ def figure_set(variants: pd.DataFrame, history: pd.DataFrame, scope: Scope) -> d
     """The report's figures by file stem: accuracy against each swept key (in a study: along its axis), against
     each cost, and the training curves (in a study: one figure per axis, or every variant would share one).
 
-    Each names the model and the data; the curves leave out the done runs without a full history and say so."""
+    Each names the model and the data; the curves leave out the done runs whose history does not match the run,
+    and say so."""
     made = {}
     done = scope.done
     source = provenance.figure_source(done)
@@ -425,8 +426,8 @@ def build_report(
     table_md = markdown_table(made)
     caption = provenance.caption(chosen.runs, chosen.designs, chosen.keys)
     notes = f"{CI_NOTE} {DIFF_NOTE} {provenance.throughput_note(chosen.runs)} {PARETO_NOTE}"
-    history = load_history(sweeps)  # before the first write: a damaged history.json must leave `out` as it was
-    history = history[history["run_id"].isin(chosen.runs["run_id"])]
+    # The histories of the done runs only, the curves' (before the first write: a damaged one leaves `out` as it was).
+    history = load_history(sweeps, set(chosen.done["run_id"]))
     figures = figure_set(variants, history, chosen)
     texts = {
         "table.md": f"{table_md}\n{caption}\n\n{notes}\n",

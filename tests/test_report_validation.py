@@ -135,9 +135,29 @@ def test_a_run_without_its_history_is_named_in_the_report_and_its_curve_left_out
     chosen = scope([damaged], [])
     variants = summarise(chosen.runs, chosen.baseline, chosen.keys)
     curves = report.figure_set(variants, load_history([damaged]), chosen)["training_curves"]
-    assert "2 runs without a full history.json left out" in curves.axes[0].get_title(loc="left")
+    assert "2 runs left out (history.json missing, short or long)" in curves.axes[0].get_title(loc="left")
     assert report.main([str(sweep), "--out", str(tmp_path / "whole")]) == 0
     assert "Left out" not in (tmp_path / "whole" / "report.md").read_text()
+
+
+def test_a_history_longer_than_its_run_is_named_and_left_out(sweep, tmp_path):
+    """A 254 MB history.json of 200,000 epochs for a 3-epoch run was drawn as its curve, without a word."""
+    damaged = copy_sweep(sweep, tmp_path / "damaged")
+    long = first_run(damaged)
+    records = json.loads((long / "history.json").read_text())
+    (long / "history.json").write_text(json.dumps(records + [{**records[-1], "epoch": n} for n in range(3, 9)]))
+    gaps = history_gaps(load_runs([damaged]), load_history([damaged]))
+    assert gaps == {long.name: "its history.json has 8 epochs, the run 2"}
+
+
+def test_only_the_histories_asked_for_are_read(sweep, tmp_path):
+    damaged = copy_sweep(sweep, tmp_path / "damaged")
+    unread, *read = sorted((damaged / "runs").iterdir())
+    (unread / "history.json").write_text("[{not json")
+    history = load_history([damaged], {run_dir.name for run_dir in read})
+    assert set(history["run_id"]) == {run_dir.name for run_dir in read}
+    with pytest.raises(AnalysisError, match="history.json"):
+        load_history([damaged])
 
 
 # --- what ran: precision ----------------------------------------------------------------------------------------------
