@@ -187,8 +187,20 @@ def write_metrics(run_dir: Path, metrics: dict) -> None:
     atomic.write_json(run_dir / METRICS, metrics)
 
 
-def read_history(path: Path) -> list[dict]:
-    """A run's history.json: one object per completed epoch, each with its 'epoch' number."""
+# A history.json record is a dozen numbers (about 300 bytes): a file of more bytes than this per epoch of its run was
+# not written by the engine, and is refused unparsed (a 254 MB one cost every sweep start 35 s and 1.3 GB).
+HISTORY_BYTES_PER_EPOCH = 16_384
+
+
+def read_history(path: Path, epochs: int | None = None) -> list[dict]:
+    """A run's history.json: one object per completed epoch, each with its 'epoch' number. Given the run's `epochs`,
+    a file far larger than such a run writes is refused before it is parsed."""
+    size = path.stat().st_size
+    if epochs is not None and size > epochs * HISTORY_BYTES_PER_EPOCH:
+        raise StoreError(
+            f"{path} is not accepted: {size:,} bytes, more than a run of {epochs} epochs writes; "
+            "delete it to redo that run"
+        )
     records = read_json(path)
     if not isinstance(records, list) or not all(isinstance(record, dict) and "epoch" in record for record in records):
         raise StoreError(
@@ -260,10 +272,12 @@ class Store:
         """Every run file that cannot be read (a hand edit, a disk error), and why. The store then reads them as
         absent, so one damaged file does not stop every sweep into the folder until someone deletes it."""
         for run_dir in sorted(self.runs.iterdir()) if self.runs.is_dir() else []:
+            epochs = None  # the run's, from its config: a history far longer than that is not parsed
             for name, reader in ((CONFIG, read_config), (METRICS, read_metrics), (HISTORY, read_history)):
                 try:
                     if (run_dir / name).exists():
-                        reader(run_dir / name)
+                        read = reader(run_dir / name, epochs) if name == HISTORY else reader(run_dir / name)
+                        epochs = read.epochs if name == CONFIG else epochs
                 except StoreError as error:
                     self.damaged[run_dir / name] = str(error).removesuffix("; delete it to redo that run")
         return self.damaged
