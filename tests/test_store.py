@@ -127,7 +127,8 @@ def test_a_history_far_longer_than_its_run_is_damaged_and_never_parsed(tmp_path,
     store = Store(tmp_path)
     cfg, other = configs()[:2]
     store.prepare([cfg, other])
-    atomic.write_json(store.run_dir(cfg) / "history.json", history(3000))  # over 100 kB, where 3 epochs write under 1 kB
+    # over 100 kB, where 3 epochs write under 1 kB
+    atomic.write_json(store.run_dir(cfg) / "history.json", history(3000))
     atomic.write_json(store.run_dir(other) / "history.json", history(3))
     read_json = store_module.read_json
     parsed = []
