@@ -380,7 +380,11 @@ def publish(staging: Path, target: Path) -> None:
     the renames leaves the old report set aside as .<name>.old-*, which the next report puts back (`recover`)."""
     old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
     os.replace(target, old)
-    os.replace(staging, target)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        os.replace(old, target)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -449,7 +453,11 @@ def build_report(
         if not existed:
             target.rmdir()  # created above, still empty: a failed report leaves no folder behind
         raise
-    publish(staging, target)
+    try:
+        publish(staging, target)
+    except OSError as error:  # a folder that cannot be renamed (a mount point, say)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise AnalysisError(f"cannot write the report into {out} ({error.strerror}); nothing there changed") from None
     return out / "report.md"
 
 

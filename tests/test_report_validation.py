@@ -397,6 +397,24 @@ def test_a_report_killed_between_the_two_renames_is_put_back_by_the_next_one(tmp
     assert contents(target) == OLD and [path.name for path in tmp_path.iterdir()] == ["report"]
 
 
+def test_a_swap_that_fails_halfway_puts_the_old_report_back(tmp_path, monkeypatch):
+    target = folder(tmp_path / "report", OLD)
+    staging = folder(tmp_path / ".report.abcd.tmp", NEW)
+    replace, calls = report.os.replace, []
+
+    def second_fails(source, destination):
+        calls.append(source)
+        if len(calls) == 2:
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        replace(source, destination)
+
+    monkeypatch.setattr(report.os, "replace", second_fails)
+    with pytest.raises(OSError):
+        report.publish(staging, target)
+    assert contents(target) == OLD and contents(staging) == NEW  # the caller removes the staging folder
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".report.abcd.tmp", "report"]
+
+
 def test_the_next_report_removes_staging_folders_and_set_aside_reports_of_earlier_kills(tmp_path):
     target = folder(tmp_path / "report", OLD)
     folder(tmp_path / ".report.k1.tmp", {"table.md": "half"})
