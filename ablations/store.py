@@ -223,8 +223,20 @@ def write_metrics(run_dir: Path, metrics: dict) -> None:
     atomic.write_json(run_dir / METRICS, metrics)
 
 
-def read_history(path: Path) -> list[dict]:
-    """A run's history.json: one object per completed epoch, each with its 'epoch' number."""
+# A history.json record is a dozen numbers (about 300 bytes): a file of more bytes than this per epoch of its run was
+# not written by the engine, and is refused unparsed (a 254 MB one cost every sweep start 35 s and 1.3 GB).
+HISTORY_BYTES_PER_EPOCH = 16_384
+
+
+def read_history(path: Path, epochs: int | None = None) -> list[dict]:
+    """A run's history.json: one object per completed epoch, each with its 'epoch' number. Given the run's `epochs`,
+    a file far larger than such a run writes is refused before it is parsed."""
+    size = path.stat().st_size
+    if epochs is not None and size > epochs * HISTORY_BYTES_PER_EPOCH:
+        raise StoreError(
+            f"{path} is not accepted: {size:,} bytes, more than a run of {epochs} epochs writes; "
+            "delete it to redo that run"
+        )
     records = read_json(path)
     if not isinstance(records, list) or not all(isinstance(record, dict) and "epoch" in record for record in records):
         raise StoreError(
@@ -329,11 +341,13 @@ class Store:
         data.json is damaged trained on data nobody knows: its results count as damaged too. AccessError for a
         file this user may not read (another user's is not damage) or a damaged one it may not set aside."""
         for run_dir in sorted(self.runs.iterdir()) if self.runs.is_dir() else []:
+            epochs = None  # the run's, from its config: a history far longer than that is not parsed
             readers = ((CONFIG, read_config), (METRICS, read_metrics), (HISTORY, read_history), (DATA, read_object))
             for name, reader in readers:
                 try:
                     if (run_dir / name).exists():
-                        reader(run_dir / name)
+                        read = reader(run_dir / name, epochs) if name == HISTORY else reader(run_dir / name)
+                        epochs = read.epochs if name == CONFIG else epochs
                 except PermissionError:  # the run folder itself is another user's, closed to this one
                     raise not_permitted(run_dir, "read") from None
                 except AccessError:

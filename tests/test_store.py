@@ -15,6 +15,7 @@ import pytest
 from helpers import TINY_SWEEP
 
 from ablations import atomic
+from ablations import store as store_module
 from ablations.config import RunConfig
 from ablations.design import Design
 from ablations.store import (
@@ -155,6 +156,23 @@ def test_an_unreadable_file_is_named(tmp_path):
     (store.run_dir(cfg) / "metrics.json").write_text('{"status": "do')
     with pytest.raises(StoreError, match=r"metrics.json is not valid JSON .*delete it to redo that run"):
         store.write_summary()
+
+
+def test_a_history_far_longer_than_its_run_is_damaged_and_never_parsed(tmp_path, monkeypatch):
+    """A 254 MB history.json (200,000 epochs of a 3-epoch run) was parsed on every start: 35 s, 1.3 GB."""
+    store = Store(tmp_path)
+    cfg, other = configs()[:2]
+    store.prepare([cfg, other])
+    # over 100 kB, where 3 epochs write under 1 kB
+    atomic.write_json(store.run_dir(cfg) / "history.json", history(3000))
+    atomic.write_json(store.run_dir(other) / "history.json", history(3))
+    read_json = store_module.read_json
+    parsed = []
+    monkeypatch.setattr(store_module, "read_json", lambda path: parsed.append(path.name) or read_json(path))
+    damaged = store.find_damaged()
+    assert list(damaged) == [store.run_dir(cfg) / "history.json"]
+    assert damaged[store.run_dir(cfg) / "history.json"].endswith("bytes, more than a run of 3 epochs writes")
+    assert parsed.count("history.json") == 1  # the other run's, of its 3 epochs
 
 
 def test_a_run_folder_named_by_its_40_bit_id_is_refused_with_the_rename_to_make(tmp_path):
