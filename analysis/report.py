@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.figure import Figure
 
 from ablations.config import ConfigError
 from ablations.store import DONE
@@ -224,12 +223,15 @@ def point_labels(variants: pd.DataFrame, scope: Scope) -> list[str]:
     return labels
 
 
-def figure_set(variants: pd.DataFrame, history: pd.DataFrame, scope: Scope) -> dict[str, Figure]:
-    """The report's figures by file stem: accuracy against each swept key (in a study: along its axis), against
-    each cost, and the training curves (in a study: one figure per axis, or every variant would share one).
+def figure_set(
+    variants: pd.DataFrame, history: pd.DataFrame, scope: Scope, width: str = "one"
+) -> dict[str, plots.Plot]:
+    """The report's figures with their captions by file stem, `width` one or two columns of a paper: accuracy
+    against each swept key (in a study: along its axis), against each cost, and the training curves (in a study:
+    one figure per axis, or every variant would share one).
 
-    Each names the model and the data; the curves leave out the done runs whose history does not match the run,
-    and say so."""
+    Each caption names the model and the data; the curves leave out the done runs whose history does not match the
+    run, and say so."""
     made = {}
     done = scope.done
     source = provenance.figure_source(done)
@@ -238,13 +240,15 @@ def figure_set(variants: pd.DataFrame, history: pd.DataFrame, scope: Scope) -> d
         runs_on_axis = axis_rows(done, key, scope.varied, scope.baseline)
         series_keys = [key, *(other for other in scope.grid_keys if other != key)]
         made[f"accuracy_vs_{key}"] = plots.accuracy_vs_key(
-            on_axis, runs_on_axis, key, series_keys, scope.levels(key), scope.baseline.get(key), source
+            on_axis, runs_on_axis, key, series_keys, scope.levels(key), scope.baseline.get(key), source, width
         )
     measured = variants[variants["n"] > 0]
     hardware = provenance.throughput_label(scope.runs)
     for cost in plots.COSTS:
         labels = point_labels(measured, scope)
-        made[f"accuracy_vs_{cost}"] = plots.accuracy_vs_cost(measured, done, cost, scope.keys, labels, hardware, source)
+        made[f"accuracy_vs_{cost}"] = plots.accuracy_vs_cost(
+            measured, done, cost, scope.keys, labels, hardware, source, width
+        )
     gaps = history_gaps(done, history)
     with_history = done[~done["run_id"].isin(gaps)]
     done_history = history[history["run_id"].isin(with_history["run_id"])]
@@ -253,7 +257,7 @@ def figure_set(variants: pd.DataFrame, history: pd.DataFrame, scope: Scope) -> d
         left_out = len(axis_rows(done, key, scope.varied, scope.baseline) if key else done) - len(runs)
         curve_keys = [key, *scope.grid_keys] if key else scope.keys
         stem = f"training_curves_{key}" if key else "training_curves"
-        made[stem] = plots.training_curves(done_history, runs, curve_keys, source, left_out)
+        made[stem] = plots.training_curves(done_history, runs, curve_keys, source, left_out, width)
     return made
 
 
@@ -267,8 +271,11 @@ def gaps_text(scope: Scope, gaps: dict[str, str]) -> str:
     )
 
 
-def index(sweeps: list[Path], scope: Scope, table_md: str, notes: str, files: list[str], gaps: dict[str, str]) -> str:
-    """report.md: what ran, the table, the figures and the list of `files` (names inside the report folder)."""
+def index(
+    sweeps: list[Path], scope: Scope, table_md: str, notes: str, files: list[str], gaps: dict[str, str], captions: dict
+) -> str:
+    """report.md: what ran, the table, the figures with their `captions` (by file stem) and the list of `files`
+    (names inside the report folder)."""
     runs = scope.runs
     counts = runs["status"].value_counts()
     statuses = ", ".join(f"{counts.get(status, 0)} {status}" for status in (DONE, *NOT_DONE))
@@ -299,7 +306,7 @@ def index(sweeps: list[Path], scope: Scope, table_md: str, notes: str, files: li
         "",
         "## Figures",
         "",
-        *(f"![{Path(name).stem}]({name})\n" for name in files if name.endswith(".png")),
+        *(f"![{stem}]({stem}.png)\n\n*{stem}*: {text}\n" for stem, text in captions.items()),
         "## Files",
         "",
         *(f"- [{name}]({name})" for name in files),
@@ -318,12 +325,12 @@ def left_out_lines(scope: Scope) -> list[str]:
     ]
 
 
-def write_files(folder: Path, texts: dict[str, str], figures: dict[str, Figure]) -> None:
+def write_files(folder: Path, texts: dict[str, str], figures: dict[str, plots.Plot]) -> None:
     """Every report file into `folder`, the staging folder: a failed write leaves nothing half-done in `out`."""
     for name, text in texts.items():
         (folder / name).write_text(text)
-    for stem, figure in figures.items():
-        style.save(figure, folder / stem)
+    for stem, plot in figures.items():
+        style.save(plot.figure, folder / stem)
 
 
 def link_or_copy(source: str, target: str) -> None:
@@ -358,7 +365,7 @@ def failure(error: BaseException) -> str:
     return cause.strerror if cause is not None else f"{type(error).__name__}: {error}"
 
 
-def staged(target: Path, out: Path, texts: dict[str, str], figures: dict[str, Figure]) -> Path:
+def staged(target: Path, out: Path, texts: dict[str, str], figures: dict[str, plots.Plot]) -> Path:
     """A new folder beside the report folder `target` (`out` resolved) holding the whole new report and the user's
     files of the old one. If anything fails while it is written (a full disk), AnalysisError names `out`, and
     nothing is left behind."""
@@ -417,6 +424,7 @@ def build_report(
     out: Path | None = None,
     allow_mixed: bool = False,
     design: str = "latest",
+    figure_width: str = "one",
 ) -> Path:
     """Write every report file; returns the index path. Raises AnalysisError/ConfigError on input it cannot use,
     and AnalysisError naming `out` when it cannot be written (a full disk): `out` is then as it was before."""
@@ -432,7 +440,7 @@ def build_report(
     notes = f"{CI_NOTE} {DIFF_NOTE} {provenance.throughput_note(chosen.runs)} {PARETO_NOTE}"
     # The histories of the done runs only, the curves' (before the first write: a damaged one leaves `out` as it was).
     history = load_history(sweeps, set(chosen.done["run_id"]))
-    figures = figure_set(variants, history, chosen)
+    figures = figure_set(variants, history, chosen, figure_width)
     texts = {
         "table.md": f"{table_md}\n{caption}\n\n{notes}\n",
         "table.tex": latex_table(made, caption, notes),
@@ -440,7 +448,8 @@ def build_report(
     }
     files = [*texts, *(f"{stem}.{ext}" for stem in figures for ext in style.FORMATS)]
     gaps = history_gaps(chosen.done, history)
-    texts["report.md"] = index(sweeps, chosen, table_md, f"{caption}\n\n{notes}", files, gaps)
+    captions = {stem: plot.caption for stem, plot in figures.items()}
+    texts["report.md"] = index(sweeps, chosen, table_md, f"{caption}\n\n{notes}", files, gaps, captions)
     recover(target)
     existed = target.is_dir()
     try:
@@ -485,9 +494,15 @@ def main(argv: list[str] | None = None) -> int:
         help="which design of a folder that several were swept into: latest (default), all, or its number (1: the "
         "first); report.md names the runs it leaves out",
     )
+    parser.add_argument(
+        "--figure-width",
+        choices=list(style.WIDTHS),
+        default="one",
+        help="figures one column (3.3 in) or two columns (6.9 in) of a paper wide, fonts 7 pt or more (default: one)",
+    )
     parser.add_argument("--out", type=folder_path, help="output folder (default: <first sweep>/report)")
     args = parser.parse_args(argv)
-    path = build_report(args.sweeps, args.baseline, args.out, args.allow_mixed, args.design)
+    path = build_report(args.sweeps, args.baseline, args.out, args.allow_mixed, args.design, args.figure_width)
     print(f"wrote {path.parent}: report.md, tables and figures")
     return 0
 
