@@ -76,7 +76,13 @@ def seed_note(n: pd.Series) -> str:
 
 def caption(what: str, source: str, note: str) -> str:
     """`what` the figure shows, then the model and data (`source`, so that it can be cited alone), then `note`."""
-    return " ".join(f"{part[0].upper()}{part[1:]}." for part in (what, source, note) if part)
+    return " ".join(_sentence(part) for part in (what, source, note) if part)
+
+
+def _sentence(text: str) -> str:
+    """A capital and a full stop; a sentence that opens with a symbol (`n = 3 seeds`) keeps its case."""
+    symbol = text.split(" ")[1:2] == ["="]
+    return f"{text if symbol else text[0].upper() + text[1:]}."
 
 
 def _lower_first(text: str) -> str:
