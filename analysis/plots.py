@@ -312,7 +312,7 @@ def accuracy_vs_cost(
         texts = [text if name else None for text, name in zip(labels, named, strict=True)]
         order = np.lexsort((x, ~front))
         left_out = place_labels(ax, x[order], y[order], [texts[i] for i in order], style.MIN_FONT_SIZE)
-        what = f"test accuracy against {_lower_first(axis_label)}, Pareto front dashed"
+        what = f"test accuracy against {_lower_first(axis_label)}" + (", Pareto front dashed" if front.any() else "")
         note = seed_note(agg["n"]) + (f"; no room to name {', '.join(left_out)}" if left_out else "")
         return Plot(fig, caption(what, source, note))
 

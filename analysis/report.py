@@ -8,6 +8,7 @@ a time from a baseline) gets one block of rows per axis. Runs that differ in a k
 unless --allow-mixed asks for them to be pooled. A folder that several designs were swept into is reported for its
 latest design (--design picks another, or all); report.md names every run folder it leaves out, and why. The report
 is written whole into a staging folder beside DIR, then swapped in: a reader sees the old report or the new one.
+The figures are one column of a paper wide (--figure-width two: a page), each with its caption in report.md.
 """
 
 import glob

@@ -223,3 +223,11 @@ def test_the_committed_studys_figures_are_print_ready(width):
         check_print_ready(plot, width)
         assert "no room" not in plot.caption, stem
     assert np.isin(["accuracy_vs_macs", "training_curves_residual"], list(figures)).all()
+
+
+def test_a_caption_names_the_pareto_front_only_where_one_is_drawn():
+    """With one seed per variant no variant is ranked, so there is no dashed front to speak of."""
+    for n, promised in ((1, False), (2, True)):
+        agg, runs, labels = crowded_variants(n)
+        caption = plots.accuracy_vs_cost(agg, runs, "macs", ["variant"], labels).caption
+        assert ("Pareto front dashed" in caption) == promised
