@@ -1,4 +1,4 @@
-"""The report's figures, each a function from tidy tables to a matplotlib Figure drawn in the toolkit's style.
+"""The report's figures, each a function from tidy tables to a Plot: a Figure in the toolkit's style, and its caption.
 
 Accuracy is shown in percent as the mean over seeds with its 95% confidence interval, clipped to [0, 100]%: with
 2 or 3 seeds a t interval is wide and would otherwise reach below 0%. With few seeds (SEED_POINTS_UP_TO or fewer)
