@@ -10,7 +10,8 @@ content, so every later run of a sweep loads the tensors instead of decoding aga
 
 ImageFolder data never shrinks silently: the train and test class sets must match, a folder or file that cannot
 be read is an error (not a skip), and an archive must read to its end-of-archive marker (tarfile itself stops
-without a word at a cut that falls on a member boundary).
+without a word at a cut that falls on a member boundary). Nor does one odd image decide the size of all: the
+native image size is the most common one, never one image's.
 """
 
 import hashlib
@@ -26,8 +27,8 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -35,13 +36,14 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from ablations import atomic
 from ablations.config import RunConfig
 from ablations.data import DataError, synthetic
-from ablations.data.decode import DecodeFailure, decode_all, decode_image, fork_workers
+from ablations.data.decode import DecodeFailure, decode_all, decode_image, fork_workers, image_sizes
 from convmixer.runtime import usable_cores
 
-CACHE_FORMAT = "v1"  # bump when decoding changes, so old cache files are not reused
+CACHE_FORMAT = "v2"  # bump when decoding changes, so old cache files are not reused (v2: the native size rule)
 SUBSET_SEED = 0  # subsets are the same for every run seed
 RESIDENT_BYTES = 4 << 30  # decoded uint8 train + test images up to this size are held in memory (and on the device)
 TEST_SPLIT_NAMES = ("test", "val")
+NAMED_ODD_IMAGES = 3  # a note on images of another size than the native one names this many
 
 
 @dataclass
@@ -294,32 +296,42 @@ class ImageTree:
         offset, size = index[name]
         return memoryview(raw)[offset : offset + size]
 
-    def decode_files(self, names: list[str], size: int) -> torch.Tensor:
-        """The image files `names`, decoded to size x size, as one uint8 tensor; on every core for many files."""
+    def over_files(self, names: list[str], job: Callable[[Callable[[int], bytes], int, int], np.ndarray]) -> np.ndarray:
+        """`job(read, count, workers)` (decode.decode_all, decode.image_sizes) over the image files `names`, on
+        every core for many files; a file that fails is a one-line DataError naming it."""
         try:
-            images = decode_all(
-                lambda i: self.read(names[i]), len(names), size, fork_workers(len(names), usable_cores())
-            )
-        except DecodeFailure as failure:
+            return job(lambda i: self.read(names[i]), len(names), fork_workers(len(names), usable_cores()))
+        except DecodeFailure as failure:  # a read error is worded as the fingerprint's: "(Permission denied)"
+            why = f" ({failure.detail})" if failure.verb == "read" else f": {failure.detail}"
             raise DataError(
-                f"imagefolder: cannot {failure.verb} {names[failure.index]} in {self.source}: {failure.detail}"
+                f"imagefolder: cannot {failure.verb} {names[failure.index]} in {self.source}{why}"
             ) from None
         except BrokenProcessPool:  # a worker killed (the out-of-memory killer?) is a one-line error like the rest
             raise DataError(f"imagefolder: a process decoding {self.source} died (out of memory?); rerun") from None
-        return torch.from_numpy(images)
 
+    def decode_files(self, names: list[str], size: int) -> torch.Tensor:
+        """The image files `names`, decoded to size x size, as one uint8 tensor; on every core for many files."""
+        return torch.from_numpy(self.over_files(names, lambda read, n, workers: decode_all(read, n, size, workers)))
+
+    @cached_property
     def native_size(self) -> int:
-        """The shorter side of the first training image: the size used when image_size is 0."""
-        first = self.splits["train"].paths[0]
-        try:
-            data = self.read(first)
-        except OSError as error:
-            raise DataError(f"imagefolder: cannot read {first} in {self.source} ({error.strerror})") from None
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                return min(image.size)
-        except OSError:  # PIL's UnidentifiedImageError, whose message holds only a BytesIO repr
-            raise DataError(f"imagefolder: cannot decode {first} in {self.source}: not an image Pillow knows") from None
+        """The size used when image_size is 0: the most common shorter side of all the tree's images, train and
+        test (ties: the larger), read from their headers, so that one odd image cannot resize all the others.
+        The images of another size, which are resized to it, are counted and named in a note."""
+        names = self.splits["train"].paths + self.splits["test"].paths
+        sizes = self.over_files(names, image_sizes)
+        sides, counts = np.unique(sizes.min(1), return_counts=True)
+        native = int(sides[counts == counts.max()].max())
+        odd = np.flatnonzero(sizes.min(1) != native)
+        if len(odd):
+            shown = ", ".join(f"{names[i]} ({sizes[i, 0]}x{sizes[i, 1]})" for i in odd[:NAMED_ODD_IMAGES])
+            more = ", ..." if len(odd) > NAMED_ODD_IMAGES else ""
+            print(
+                f"note: the images in {self.source} not {native} px on their shorter side like most ({len(odd):,} of "
+                f"{len(names):,}) are resized to it: {shown}{more}; set image_size to choose the size",
+                file=sys.stderr,
+            )
+        return native
 
     def decode(self, split: str, size: int, subset: int) -> Split:
         """The stratified subset of a split, decoded (and resized to size x size) into one uint8 tensor."""
@@ -332,7 +344,7 @@ class ImageTree:
         so a hit never lists the archive (listing a 60k-image tar.gz takes seconds)."""
         size_name = f"{image_size}px" if image_size else "native"
         name = f"imagefolder-{self.fingerprint[:16]}-{split}-{size_name}-n{subset}"
-        return cached(name, lambda: self.decode(split, image_size or self.native_size(), subset))
+        return cached(name, lambda: self.decode(split, image_size or self.native_size, subset))
 
 
 class ImageFiles(Dataset):
@@ -407,7 +419,7 @@ def streamed_files(tree: ImageTree, cfg: RunConfig, resident_bytes: int) -> Spli
     train, test = tree.splits["train"], tree.splits["test"]
     train_keep = stratified_subset(train.labels, cfg.train_subset)
     test_keep = stratified_subset(test.labels, cfg.test_subset)
-    size = cfg.image_size or tree.native_size()
+    size = cfg.image_size or tree.native_size
     if (len(train_keep) + len(test_keep)) * 3 * size * size <= resident_bytes:
         return None
 
