@@ -405,3 +405,17 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_and_a_small_one_exactly(monk
     reduced = decode.decode_image(encoded.getvalue(), 32)
     assert drafts == [("RGB", (32, 32))] and reduced.shape == exact.shape == (3, 32, 32)
     assert np.abs(reduced.astype(int) - exact).mean() < 8  # the same picture, from libjpeg's 1/8-scale decode
+
+
+def test_several_imagefolder_trees_in_one_data_root_are_refused_naming_them(tmp_path):
+    for name in ("cifar", "pets/copy"):
+        write_tree(tmp_path / "data" / name, {"train": 1, "test": 1})
+    with pytest.raises(DataError) as error:
+        load_splits(imagefolder(tmp_path / "data"))
+    message = str(error.value)
+    assert "holds 2 ImageFolder trees, with cifar/train/, pets/copy/train/; set data_root to the folder" in message
+    archive = tmp_path / "two.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "data", arcname="both")
+    with pytest.raises(DataError, match="with both/cifar/train/, both/pets/copy/train/; pack one tree per archive"):
+        load_splits(imagefolder(archive))

@@ -10,8 +10,8 @@ content, so every later run of a sweep loads the tensors instead of decoding aga
 
 ImageFolder data never shrinks silently: the train and test class sets must match, a folder or file that cannot
 be read is an error (not a skip), and an archive must read to its end-of-archive marker (tarfile itself stops
-without a word at a cut that falls on a member boundary). Nor does one odd image decide the size of all: the
-native image size is the most common one, never one image's.
+without a word at a cut that falls on a member boundary). Nor is it ambiguous: a data_root holding several trees
+is refused, and the native image size is the most common one, never one image's.
 """
 
 import hashlib
@@ -243,23 +243,34 @@ class ImageTree:
                 if part == "train" or part in TEST_SPLIT_NAMES:
                     found.setdefault("/".join(parts[: depth + 1]), []).append((parts[depth + 1], name))
                     break
-        train_dirs = sorted((key for key in found if PurePosixPath(key).name == "train"), key=len)
-        if not train_dirs:
-            raise DataError(f"imagefolder: no train/<class>/<image> found in data_root={str(self.source)!r}")
-        beside_train = (str(PurePosixPath(train_dirs[0]).parent / name) for name in TEST_SPLIT_NAMES)
+        train_dir = self._train_dir([key for key in found if PurePosixPath(key).name == "train"])
+        beside_train = (str(PurePosixPath(train_dir).parent / name) for name in TEST_SPLIT_NAMES)
         test_dirs = [key for key in beside_train if key in found]
         if not test_dirs:
-            raise DataError(f"imagefolder: no test/<class>/<image> (or val/) beside {train_dirs[0]} in {self.source}")
-        classes = sorted({label for label, _ in found[train_dirs[0]]})
+            raise DataError(f"imagefolder: no test/<class>/<image> (or val/) beside {train_dir} in {self.source}")
+        classes = sorted({label for label, _ in found[train_dir]})
         check_same_classes(
-            self.source, set(classes), {label for label, _ in found[test_dirs[0]]}, train_dirs[0], test_dirs[0]
+            self.source, set(classes), {label for label, _ in found[test_dirs[0]]}, train_dir, test_dirs[0]
         )
         index = {label: i for i, label in enumerate(classes)}
         splits = {}
-        for split, key in (("train", train_dirs[0]), ("test", test_dirs[0])):
+        for split, key in (("train", train_dir), ("test", test_dirs[0])):
             entries = sorted(found[key])
             splits[split] = TreeSplit([name for _, name in entries], torch.tensor([index[c] for c, _ in entries]))
         return classes, splits
+
+    def _train_dir(self, train_dirs: list[str]) -> str:
+        """The one train/ folder of the tree; several mean several datasets, and which one is meant is not ours
+        to guess."""
+        if not train_dirs:
+            raise DataError(f"imagefolder: no train/<class>/<image> found in data_root={str(self.source)!r}")
+        if len(train_dirs) > 1:
+            fix = "pack one tree per archive" if self.is_archive else "set data_root to the folder of one of them"
+            raise DataError(
+                f"imagefolder: data_root={str(self.source)!r} holds {len(train_dirs)} ImageFolder trees, with "
+                f"{', '.join(f'{key}/' for key in sorted(train_dirs))}; {fix}"
+            )
+        return train_dirs[0]
 
     @property
     def classes(self) -> list[str]:
