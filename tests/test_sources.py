@@ -419,3 +419,18 @@ def test_several_imagefolder_trees_in_one_data_root_are_refused_naming_them(tmp_
         tar.add(tmp_path / "data", arcname="both")
     with pytest.raises(DataError, match="with both/cifar/train/, both/pets/copy/train/; pack one tree per archive"):
         load_splits(imagefolder(archive))
+
+
+def test_a_tar_member_whose_path_goes_through_dotdot_is_not_data(tmp_path):
+    archive = write_archive(tmp_path, {"train": 2, "test": 1})
+    image = (tmp_path / "tree" / "train" / "cat" / "000.png").read_bytes()
+    with_dotdot = tmp_path / "dotdot.tar"
+    with tarfile.open(archive) as source, tarfile.open(with_dotdot, "w") as tar:
+        for member in source:
+            tar.addfile(member, source.extractfile(member) if member.isfile() else None)
+        member = tarfile.TarInfo("tiny-jpeg/train/cat/../../x.png")
+        member.size = len(image)
+        tar.addfile(member, io.BytesIO(image))
+    tree = sources.ImageTree(with_dotdot)
+    assert "tiny-jpeg/train/cat/../../x.png" in tarfile.open(with_dotdot).getnames()
+    assert (len(tree.splits["train"].paths), len(tree.splits["test"].paths)) == (6, 3)

@@ -158,6 +158,12 @@ def is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS) and not PurePosixPath(name).name.startswith(".")
 
 
+def is_data_member(member: tarfile.TarInfo) -> bool:
+    """An archive member that is an image file. Links are not (they may point anywhere), nor a path through `..`
+    (`small/train/cat/../../x.jpg` is not in train/cat/, whatever its name says)."""
+    return member.isfile() and is_image(member.name) and ".." not in PurePosixPath(member.name).parts
+
+
 def image_names(root: Path) -> list[str]:
     """Every image file under the folder `root`, as a path relative to it, sorted. Unlike Path.rglob, which skips
     a folder it cannot read, a folder that cannot be read is a DataError naming it."""
@@ -219,7 +225,7 @@ class ImageTree:
                 tar.fileobj.seek(0)
                 raw = tar.fileobj.read()
             with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-                index = {m.name: (m.offset_data, m.size) for m in tar if m.isfile() and is_image(m.name)}
+                index = {m.name: (m.offset_data, m.size) for m in tar if is_data_member(m)}
                 end = tar.offset  # where tarfile stopped: the end-of-archive marker, or where the bytes ran out
         except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as error:  # truncated or corrupt
             raise DataError(f"imagefolder: cannot read the archive data_root={str(self.source)!r}: {error}") from None
