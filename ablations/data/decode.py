@@ -29,7 +29,8 @@ CHUNKS_PER_WORKER = 4  # smaller chunks than workers, so a slow worker does not 
 # patch grids need a few pixels, and upscaling 1x1 to the dataset's size would train on a flat colour.
 MIN_SIDE = 8
 # A larger image is refused before its pixels are decoded: 8192x8192 decodes to 200 MB of RGB, per decoder, and
-# beyond lie scans and decompression bombs. Below Pillow's own limit (89 MP, a warning), so ours speaks first.
+# beyond lie scans and decompression bombs. Below Pillow's own limits (a warning at 89 MP, silenced as this one
+# refuses such an image anyway; an error at 179 MP), so that the message can name the image's size.
 MAX_PIXELS = 8192 * 8192
 # Above this a JPEG is decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft, in libjpeg's DCT), still at least the
 # run's size a side, so a 64 MP photo costs a few MB instead of 200. Smaller images decode exactly as before.
@@ -106,7 +107,7 @@ def _convert_range(start: int, stop: int) -> DecodeFailure | None:
             out[i] = convert(data)
         except UnidentifiedImageError:  # its message holds a BytesIO repr, which tells the user nothing
             return DecodeFailure(i, "decode", "not an image file Pillow can identify")
-        except ImageRefused as error:
+        except (ImageRefused, Image.DecompressionBombError) as error:  # Pillow's: a frame found too large at load
             return DecodeFailure(i, "use", str(error))
         except (OSError, ValueError) as error:  # a truncated file, a corrupt stream
             return DecodeFailure(i, "decode", " ".join(str(error).split()))
