@@ -273,9 +273,10 @@ def effects_text(variants: pd.DataFrame, labels: list[str]) -> str:
         for row in holding.to_dict("records")
     ]
     held = "; ".join(named) if named else "none"
-    return (
-        f"Effects (Holm-adjusted p < {SIGNIFICANCE} over the {len(compared)} comparisons): {held}. "
-        f"The other {len(compared) - len(holding)} differences are not distinguished from seed noise."
+    rest = len(compared) - len(holding)
+    noise = f" The other {rest} {'difference is' if rest == 1 else 'differences are'} not told apart from seed noise."
+    return f"Effects (Holm-adjusted p < {SIGNIFICANCE} over the {len(compared)} comparisons): {held}." + (
+        noise if rest else ""
     )
 
 
