@@ -10,9 +10,9 @@ The notebook's API, importable from here (notebooks/explore_sweep.ipynb shows ea
     figure_set(variants, history, chosen)                         # the report's figures by file stem
 
 Modules, each importing only those above it: load (the store into pandas), design (what is compared), stats
-(seed statistics, with scipy and statsmodels), variants (runs to variants), provenance (what ran, in words), tables
-(Markdown and LaTeX tables, the effects in words), seeds (the seed planner, `python -m analysis.seeds`), style and
-plots (the figures), report (the figure set and the `python -m analysis.report` command).
+(seed statistics, with scipy and statsmodels), variants (runs to variants), provenance (what ran, in words), style
+and plots (the figures), tables (Markdown and LaTeX tables, the effects in words), seeds (the seed planner,
+`python -m analysis.seeds`), report (what a report holds, the figure set and the `python -m analysis.report` command).
 """
 
 import importlib
