@@ -1,4 +1,5 @@
-"""`python -m analysis.report sweeps/<name> [more] [--baseline KEY=VALUE ...] [--design N] [--allow-mixed] [--out DIR]`.
+"""`python -m analysis.report sweeps/<name> [more] [--baseline KEY=VALUE ...] [--design N] [--allow-mixed] [--out DIR]
+[--columns NAMES] [--bootstrap]`.
 
 Writes into DIR (default: <first sweep>/report/) a Markdown table of every variant (test accuracy ± 95% CI over
 seeds, difference from the baseline with Welch's CI and its Holm-adjusted p, parameters, MACs, training throughput,
@@ -19,6 +20,7 @@ import secrets
 import shutil
 import stat
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -262,7 +264,7 @@ def check_out(out: Path, target: Path, sweeps: list[Path]) -> None:
 
 
 def contents(
-    sweeps: list[Path], chosen: Scope, columns: list[str], bootstrap: bool
+    sweeps: list[Path], chosen: Scope, columns: Sequence[str], bootstrap: bool
 ) -> tuple[dict[str, str], dict[str, Figure], dict[str, str]]:
     """Every report file's text by name, the figures by stem, and the done runs the curves leave out (with why).
 
@@ -300,7 +302,7 @@ def build_report(
     out: Path | None = None,
     allow_mixed: bool = False,
     design: str = "latest",
-    columns: list[str] = (),
+    columns: Sequence[str] = (),
     bootstrap: bool = False,
 ) -> Path:
     """Write every report file; returns the index path. Raises AnalysisError/ConfigError on input it cannot use,

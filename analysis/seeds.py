@@ -46,15 +46,23 @@ def spread(runs: pd.DataFrame, keys: list[str]) -> tuple[float, int]:
     return pooled_sd(groups), sum(len(group) >= 2 for group in groups)
 
 
+def _number(text: str) -> float:
+    """The number, or NaN (which every range check below refuses) where `text` is none."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def positive(text: str) -> float:
-    value = float(text) if text.replace(".", "", 1).isdigit() else math.nan
-    if not value > 0:
+    value = _number(text)
+    if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"{text!r} is not accepted: expected a number of points > 0")
     return value
 
 
 def fraction(text: str) -> float:
-    value = float(text) if text.replace(".", "", 1).isdigit() else math.nan
+    value = _number(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not accepted: expected a number between 0 and 1")
     return value
