@@ -281,7 +281,8 @@ def effects_text(variants: pd.DataFrame, labels: list[str]) -> str:
 
 
 def caption(runs: pd.DataFrame, variants: pd.DataFrame, scope: Scope, names: list[str]) -> str:
-    """A few lines: what is compared, on which data and model, n seeds, what ± and the brackets (and p) mean."""
+    """A few lines: what is compared, on which data and model, n seeds, what ± and the brackets (and p) mean; the
+    optional columns of `names` get a word each."""
     names_of = [style.key_label(key).split(" (")[0].lower() for key in scope.varied or scope.keys]
     compared = " and ".join([", ".join(names_of[:-1]), names_of[-1]] if len(names_of) > 1 else names_of)
     how = " one at a time from the baseline" if scope.varied else ""
@@ -289,12 +290,12 @@ def caption(runs: pd.DataFrame, variants: pd.DataFrame, scope: Scope, names: lis
     parts = [
         f"Test accuracy of {provenance.model_names(runs)} on {provenance.data_text(runs)}, varying {compared}{how}; "
         f"n = {provenance.seeds_text(runs, scope.keys).split(' per')[0]} seeds per variant.",
-        "Acc.: mean ± 95% CI half-width over seeds. Δ: difference from the baseline in points [Welch 95% CI];",
-        f"p_Holm: Welch's p, Holm-adjusted over the {comparisons} comparisons." if "p" in names else "",
+        "Acc.: mean ± 95% CI over seeds. Δ: points from the baseline [Welch 95% CI];",
+        f"p_Holm: Welch's p, Holm-adjusted over the {comparisons} comparisons.",
         "Δ boot. CI: percentile bootstrap over seeds." if "boot" in names else "",
         noise_text(variants),
         "Img/s: training throughput." if "throughput" in names else "",
-        "Recipe: report.md.",
+        "Full recipe: report.md.",
     ]
     return " ".join(part for part in parts if part)
 

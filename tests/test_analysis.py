@@ -469,7 +469,7 @@ def test_report_and_captions_say_what_ran(sweep, tmp_path):
         text = (out / name).read_text()
         assert all(fact in text for fact in expected)
     latex = (out / "table.tex").read_text()  # a caption of a few lines: what ran, n seeds; the recipe in report.md
-    short = ["synthetic, subset: 128 train / 64 test images", "ConvMixer-8/1", "n = 3 seeds", "Recipe: report.md"]
+    short = ["synthetic, subset: 128 train / 64 test images", "ConvMixer-8/1", "n = 3 seeds", "Full recipe: report.md"]
     assert all(tables.latex_escape(fact) in latex for fact in short) and "onecycle" not in latex
     assert "Train images/s (CPU, indicative)" in (out / "table.md").read_text()
     older = copy_runs(sweep, tmp_path / "older", lambda config: True)
