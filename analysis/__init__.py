@@ -10,8 +10,9 @@ The notebook's API, importable from here (notebooks/explore_sweep.ipynb shows ea
     figure_set(variants, history, chosen)                         # the report's figures and captions by file stem
 
 Modules, each importing only those above it: load (the store into pandas), design (what is compared), stats
-(seed statistics, with scipy), variants (runs to variants), provenance (what ran, in words), style and plots (the
-figures), report (tables, figure set and the `python -m analysis.report` command).
+(seed statistics, with scipy and statsmodels), variants (runs to variants), provenance (what ran, in words), style
+and plots (the figures), tables (Markdown and LaTeX tables, the effects in words), seeds (the seed planner,
+`python -m analysis.seeds`), report (what a report holds, the figure set and the `python -m analysis.report` command).
 """
 
 import importlib
@@ -22,12 +23,13 @@ from analysis import provenance, style
 from analysis.design import Scope, axis_rows, read_design, scope, variant_keys, variant_label
 from analysis.load import AnalysisError, done, load_history, load_runs
 from analysis.provenance import data_text
-from analysis.stats import mean_ci, pareto_front, welch
+from analysis.stats import holm, mean_ci, pareto_front, seeds_needed, welch
+from analysis.tables import latex_table, markdown_table, study_table, table
 from analysis.variants import aggregate, compare, summarise
 
 # report.py also runs as `python -m analysis.report`: were it imported with the package, runpy would find it
 # loaded already and warn (then run a second copy), so its names are imported on first use.
-_FROM_REPORT = ("table", "study_table", "markdown_table", "latex_table", "figure_set", "build_report")
+_FROM_REPORT = ("figure_set", "build_report")
 
 
 def __getattr__(name: str) -> Any:
@@ -45,6 +47,9 @@ __all__ = [
     "compare",
     "data_text",
     "done",
+    "holm",
+    "latex_table",
+    "markdown_table",
     "load_history",
     "load_runs",
     "mean_ci",
@@ -52,8 +57,11 @@ __all__ = [
     "provenance",
     "read_design",
     "scope",
+    "seeds_needed",
+    "study_table",
     "style",
     "summarise",
+    "table",
     "variant_keys",
     "variant_label",
     "welch",

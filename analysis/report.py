@@ -1,9 +1,12 @@
-"""`python -m analysis.report sweeps/<name> [more] [--baseline KEY=VALUE ...] [--design N] [--allow-mixed] [--out DIR]`.
+"""`python -m analysis.report sweeps/<name> [more] [--baseline KEY=VALUE ...] [--design N] [--allow-mixed] [--out DIR]
+[--columns NAMES] [--bootstrap]`.
 
-Writes into DIR (default: <first sweep>/report/) a Markdown and a LaTeX (booktabs) table of every variant
-(test accuracy ± 95% CI over seeds, difference from the baseline with Welch's CI, parameters, MACs, training
-throughput, seeds), the same numbers unrounded in variants.csv, the figures as PNG and PDF, and report.md: what ran
-(data, model, recipe, design, seeds, hardware, commit, date), the table, and the figures. A study (one factor at
+Writes into DIR (default: <first sweep>/report/) a Markdown table of every variant (test accuracy ± 95% CI over
+seeds, difference from the baseline with Welch's CI and its Holm-adjusted p, parameters, MACs, training throughput,
+seeds), the LaTeX (booktabs) tables that fit a page (table.tex, one column; table-wide.tex, table* across two;
+--columns adds throughput and seeds, --bootstrap a bootstrap CI), the same numbers unrounded in variants.csv, the
+figures as PNG and PDF, and report.md: what ran (data, model, recipe, design, seeds, hardware, commit, date), the
+table, the effects that hold, the seeds a difference needs, and the figures. A study (one factor at
 a time from a baseline) gets one block of rows per axis. Runs that differ in a key no sweep swept are refused
 unless --allow-mixed asks for them to be pooled. A folder that several designs were swept into is reported for its
 latest design (--design picks another, or all); report.md names every run folder it leaves out, and why. The report
@@ -11,22 +14,21 @@ is written whole into a staging folder beside DIR, then swapped in: a reader see
 The figures are one column of a paper wide (--figure-width two: a page), each with its caption in report.md.
 """
 
+import argparse
 import glob
-import math
 import os
-import re
 import secrets
 import shutil
 import stat
 import sys
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from ablations.config import ConfigError
 from ablations.store import DONE
-from analysis import plots, provenance, style
+from analysis import plots, provenance, seeds, style, tables
 from analysis.design import Scope, axis_rows, scope, variant_label
 from analysis.load import AnalysisError, history_gaps, load_history
 from analysis.variants import NOT_DONE, summarise
@@ -36,7 +38,13 @@ PROG = "python -m analysis.report"
 CI_NOTE = "Accuracy: mean ± half-width of the 95% Student-t confidence interval over n seeds; n/a: one seed, no CI."
 DIFF_NOTE = (
     "Δ: difference of mean test accuracy from the baseline (the same variant with the baseline's values), "
-    "in percentage points, with Welch's 95% confidence interval."
+    "in percentage points, with Welch's 95% confidence interval. p (Holm): Welch's two-sided p-value, "
+    "Holm-adjusted over every comparison of the table; a difference is called an effect only when it is below "
+    "0.05 (the unadjusted intervals may exclude 0 where it is not)."
+)
+BOOTSTRAP_NOTE = (
+    "Δ bootstrap 95% CI: percentile bootstrap of the difference of means, each side's seeds resampled "
+    "(9,999 resamples, seeded); with 3 seeds a side it is narrower than Welch's and not to be trusted alone."
 )
 PARETO_NOTE = (
     f"Pareto fronts rank only variants with at least {plots.PARETO_MIN_SEEDS} seeds (one seed is one draw of "
@@ -44,171 +52,6 @@ PARETO_NOTE = (
 )
 # The figures a report writes: the names a rerun into the same folder may find left over from an earlier report.
 FIGURE_PATTERNS = ("accuracy_vs_*.png", "accuracy_vs_*.pdf", "training_curves*.png", "training_curves*.pdf")
-
-
-def _signed(x: float) -> str:
-    return f"{x:+.2f}"
-
-
-def accuracy_cell(mean: float, ci: float, n: int) -> str:
-    if n == 0:
-        return "–"
-    return f"{100 * mean:.2f} ± " + ("n/a" if math.isnan(ci) else f"{100 * ci:.2f}")
-
-
-def difference_cell(row: dict) -> str:
-    if row["is_baseline"]:
-        return "baseline"
-    if math.isnan(row["diff"]):
-        return "–"
-    low, high = 100 * row["diff_low"], 100 * row["diff_high"]
-    interval = "n/a" if math.isnan(low) else f"{_signed(low)}, {_signed(high)}"
-    return f"{_signed(100 * row['diff'])} [{interval}]"
-
-
-def seeds_cell(row: dict) -> str:
-    others = [f"{row[f'n_{status}']} {status}" for status in NOT_DONE if row[f"n_{status}"]]
-    return f"{row['n']} ({', '.join(others)})" if others else str(row["n"])
-
-
-def count_cell(value: float, divisor: float) -> str:
-    """Three significant digits, trailing zeros kept (1.00, 47.2, 115), so a column reads at one precision."""
-    if math.isnan(value):
-        return "–"
-    scaled = value / divisor
-    decimals = max(0, 2 - math.floor(math.log10(abs(scaled)))) if scaled else 0
-    return f"{scaled:.{decimals}f}"
-
-
-@dataclass(frozen=True)
-class Table:
-    """Formatted cells: a header, and blocks of rows, each under a title ("" for a table of one block)."""
-
-    header: list[str]
-    blocks: list[tuple[str, list[list[str]]]]
-    n_keys: int  # the leading, left-aligned key columns
-
-
-def _measures(variants: pd.DataFrame, cpu: bool) -> tuple[list[str], callable]:
-    """The header of the measured columns, and a function from a variant to their cells."""
-    params_divisor, params_unit = style.si_unit(variants["params"])
-    macs_divisor, macs_unit = style.si_unit(variants["macs"])
-    header = [
-        "Test acc. (%)",
-        "Δ vs baseline (pp) [95% CI]",
-        f"Params ({params_unit})",
-        f"MACs ({macs_unit})",
-        "Train images/s" + (" (CPU, indicative)" if cpu else ""),
-        "n seeds",
-    ]
-
-    def cells(row: dict) -> list[str]:
-        throughput = row["train_images_per_s_mean"]
-        return [
-            accuracy_cell(row["test_acc_mean"], row["test_acc_ci"], row["n"]),
-            difference_cell(row),
-            count_cell(row["params"], params_divisor),
-            count_cell(row["macs"], macs_divisor),
-            "–" if math.isnan(throughput) else f"{throughput:,.0f}",
-            seeds_cell(row),
-        ]
-
-    return header, cells
-
-
-def table(variants: pd.DataFrame, keys: list[str], cpu: bool = False) -> Table:
-    """Every variant, one row each, its keys in the first columns."""
-    header, cells = _measures(variants, cpu)
-    # records keep each column's type (iterrows would upcast)
-    rows = [[*(str(row[key]) for key in keys), *cells(row)] for row in variants.to_dict("records")]
-    return Table([*keys, *header], [("", rows)], len(keys))
-
-
-def study_table(variants: pd.DataFrame, scope: Scope, cpu: bool = False) -> Table:
-    """A paper's ablation table: per one-at-a-time axis, a block of the baseline and each change from it."""
-    header, cells = _measures(variants, cpu)
-    grid = scope.grid_keys
-    blocks = []
-    for key in scope.varied:
-        rank = {value: i for i, value in enumerate(scope.levels(key))}
-        rows = axis_rows(variants, key, scope.varied, scope.baseline)
-        rows = rows.assign(rank=rows[key].map(rank)).sort_values([*grid, "rank"])
-        block = [
-            [
-                *(str(row[other]) for other in grid),
-                style.short_label({key: row[key]}) + (" (baseline)" if row[key] == scope.baseline.get(key) else ""),
-                *cells(row),
-            ]
-            for row in rows.to_dict("records")
-        ]
-        blocks.append((style.key_label(key), block))
-    return Table([*grid, "Variant", *header], blocks, len(grid) + 1)
-
-
-def markdown_table(table: Table) -> str:
-    """Key columns left-aligned, numbers right-aligned; a block's title is a bold row of its own."""
-    header = table.header
-    lines = [header, ["---" if i < table.n_keys else "---:" for i in range(len(header))]]
-    for title, rows in table.blocks:
-        if title:
-            lines.append([f"**{title}**", *[""] * (len(header) - 1)])
-        lines += rows
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n"
-
-
-# Characters LaTeX reads as commands in text mode, and the symbols of the tables and captions, as LaTeX writes them.
-LATEX = {
-    "\\": r"\textbackslash{}",
-    "{": r"\{",
-    "}": r"\}",
-    "$": r"\$",
-    "_": r"\_",
-    "%": r"\%",
-    "&": r"\&",
-    "#": r"\#",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "±": r"$\pm$",
-    "Δ": r"$\Delta$",
-    "≥": r"$\geq$",
-    "α": r"$\alpha$",
-    "–": "--",
-}
-LATEX_SPECIAL = re.compile("|".join(map(re.escape, LATEX)))
-
-
-def latex_escape(text: str) -> str:
-    """`text` as LaTeX typesets it: in one pass, so that the braces of one replacement are not escaped again."""
-    text = LATEX_SPECIAL.sub(lambda match: LATEX[match.group()], text)
-    return re.sub(r"(?<![\w.])-(?=\d)", "$-$", text)  # a minus sign, not a hyphen
-
-
-def latex_table(table: Table, caption: str, notes: str = "") -> str:
-    """A booktabs table: `caption` (what ran) in the caption, `notes` (how to read the numbers) in small type
-    under the table, so that the caption stays a caption."""
-    header = table.header
-    body = []
-    for i, (title, rows) in enumerate(table.blocks):
-        if title:
-            body += [r"\midrule"] if i else []
-            body.append(rf"\multicolumn{{{len(header)}}}{{l}}{{\textit{{{latex_escape(title)}}}}} \\")
-        body += [" & ".join(map(latex_escape, cells)) + r" \\" for cells in rows]
-    lines = [
-        r"% Needs \usepackage{booktabs}. Written by python -m analysis.report.",
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{latex_escape(caption)}}}",
-        r"\begin{tabular}{" + "l" * table.n_keys + "r" * (len(header) - table.n_keys) + "}",
-        r"\toprule",
-        " & ".join(map(latex_escape, header)) + r" \\",
-        r"\midrule",
-        *body,
-        r"\bottomrule",
-        r"\end{tabular}",
-        *([r"\par\smallskip", rf"{{\footnotesize {latex_escape(notes)}\par}}"] if notes else []),
-        r"\end{table}",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def point_labels(variants: pd.DataFrame, scope: Scope) -> list[str]:
@@ -273,10 +116,17 @@ def gaps_text(scope: Scope, gaps: dict[str, str]) -> str:
 
 
 def index(
-    sweeps: list[Path], scope: Scope, table_md: str, notes: str, files: list[str], gaps: dict[str, str], captions: dict
+    sweeps: list[Path],
+    scope: Scope,
+    table_md: str,
+    notes: str,
+    files: list[str],
+    gaps: dict[str, str],
+    plan: list[str],
+    captions: dict[str, str],
 ) -> str:
-    """report.md: what ran, the table, the figures with their `captions` (by file stem) and the list of `files`
-    (names inside the report folder)."""
+    """report.md: what ran, the table, the seed plan, the figures with their `captions` (by file stem) and the list
+    of `files` (names inside the report folder)."""
     runs = scope.runs
     counts = runs["status"].value_counts()
     statuses = ", ".join(f"{counts.get(status, 0)} {status}" for status in (DONE, *NOT_DONE))
@@ -304,6 +154,12 @@ def index(
         "",
         table_md,
         notes,
+        "",
+        "## Seeds needed",
+        "",
+        *plan,
+        "",
+        "`python -m analysis.seeds <sweep> --delta POINTS` plans another difference.",
         "",
         "## Figures",
         "",
@@ -419,38 +275,61 @@ def check_out(out: Path, target: Path, sweeps: list[Path]) -> None:
             )
 
 
+def contents(
+    sweeps: list[Path], chosen: Scope, columns: Sequence[str], bootstrap: bool, figure_width: str = "one"
+) -> tuple[dict[str, str], dict[str, plots.Plot], dict[str, str]]:
+    """Every report file's text by name, the figures (`figure_width` one or two columns of a paper) with their
+    captions by stem, and the done runs the curves leave out (with why).
+
+    table.tex holds the core columns (it must fit one column of a page), table-wide.tex adds the bootstrap CI (when
+    computed) and those of `columns` (tables.OPTIONAL); table.md and report.md hold them all."""
+    variants = summarise(chosen.runs, chosen.baseline, chosen.keys, bootstrap=bootstrap)
+    cpu = provenance.measured_on_cpu(chosen.runs)
+    made = tables.study_table(variants, chosen, cpu) if chosen.varied else tables.table(variants, chosen.keys, cpu)
+    table_md = tables.markdown_table(made)
+    caption = provenance.caption(chosen.runs, chosen.designs, chosen.keys)
+    effects = tables.effects_text(variants, point_labels(variants, chosen))
+    statistics = " ".join(part for part in (tables.noise_text(variants), effects) if part)
+    extra = f" {BOOTSTRAP_NOTE}" if bootstrap else ""
+    notes = f"{CI_NOTE} {DIFF_NOTE}{extra} {provenance.throughput_note(chosen.runs)} {PARETO_NOTE}\n\n{statistics}"
+    narrow, wide = made.select(list(tables.CORE)), made.select([*tables.CORE, "boot", *columns])
+    # The histories of the done runs only, the curves' (before the first write: a damaged one leaves `out` as it was).
+    history = load_history(sweeps, set(chosen.done["run_id"]))
+    figures = figure_set(variants, history, chosen, figure_width)
+    texts = {
+        "table.md": f"{table_md}\n{caption}\n\n{notes}\n",
+        "table.tex": tables.latex_table(narrow, tables.caption(chosen.runs, variants, chosen, narrow.names)),
+        "table-wide.tex": tables.latex_table(wide, tables.caption(chosen.runs, variants, chosen, wide.names), True),
+        "variants.csv": variants.to_csv(index=False),
+    }
+    files = [*texts, *(f"{stem}.{ext}" for stem in figures for ext in style.FORMATS)]
+    gaps = history_gaps(chosen.done, history)
+    plan = seeds.plan_lines(*seeds.spread(chosen.done, chosen.keys), seeds.DELTAS)
+    captions = {stem: plot.caption for stem, plot in figures.items()}
+    texts["report.md"] = index(sweeps, chosen, table_md, f"{caption}\n\n{notes}", files, gaps, plan, captions)
+    return texts, figures, gaps
+
+
 def build_report(
     sweeps: list[Path],
     baseline_items: list[str],
     out: Path | None = None,
     allow_mixed: bool = False,
     design: str = "latest",
+    columns: Sequence[str] = (),
+    bootstrap: bool = False,
     figure_width: str = "one",
 ) -> Path:
     """Write every report file; returns the index path. Raises AnalysisError/ConfigError on input it cannot use,
-    and AnalysisError naming `out` when it cannot be written (a full disk): `out` is then as it was before."""
+    and AnalysisError naming `out` when it cannot be written (a full disk): `out` is then as it was before.
+
+    `columns` adds optional columns (tables.OPTIONAL) to table-wide.tex; `bootstrap` adds a bootstrap interval
+    of each difference; `figure_width` draws the figures one or two columns of a paper wide."""
     out = Path(out) if out is not None else Path(sweeps[0]) / "report"
     target = out.resolve()  # a link to the report folder stays a link: the folder it points to is swapped
     check_out(out, target, sweeps)
     chosen = scope(sweeps, baseline_items, allow_mixed, design)
-    variants = summarise(chosen.runs, chosen.baseline, chosen.keys)
-    cpu = provenance.measured_on_cpu(chosen.runs)
-    made = study_table(variants, chosen, cpu) if chosen.varied else table(variants, chosen.keys, cpu)
-    table_md = markdown_table(made)
-    caption = provenance.caption(chosen.runs, chosen.designs, chosen.keys)
-    notes = f"{CI_NOTE} {DIFF_NOTE} {provenance.throughput_note(chosen.runs)} {PARETO_NOTE}"
-    # The histories of the done runs only, the curves' (before the first write: a damaged one leaves `out` as it was).
-    history = load_history(sweeps, set(chosen.done["run_id"]))
-    figures = figure_set(variants, history, chosen, figure_width)
-    texts = {
-        "table.md": f"{table_md}\n{caption}\n\n{notes}\n",
-        "table.tex": latex_table(made, caption, notes),
-        "variants.csv": variants.to_csv(index=False),
-    }
-    files = [*texts, *(f"{stem}.{ext}" for stem in figures for ext in style.FORMATS)]
-    gaps = history_gaps(chosen.done, history)
-    captions = {stem: plot.caption for stem, plot in figures.items()}
-    texts["report.md"] = index(sweeps, chosen, table_md, f"{caption}\n\n{notes}", files, gaps, captions)
+    texts, figures, gaps = contents(sweeps, chosen, columns, bootstrap, figure_width)
     recover(target)
     existed = target.is_dir()
     try:
@@ -469,6 +348,16 @@ def build_report(
         shutil.rmtree(staging, ignore_errors=True)
         raise AnalysisError(f"cannot write the report into {out} ({error.strerror}); nothing there changed") from None
     return out / "report.md"
+
+
+def optional_columns(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in tables.OPTIONAL]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"{unknown[0]!r} is not accepted: choose from {', '.join(tables.OPTIONAL)} (comma-separated)"
+        )
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -502,8 +391,29 @@ def main(argv: list[str] | None = None) -> int:
         help="figures one column (3.3 in) or two columns (6.9 in) of a paper wide, fonts 7 pt or more (default: one)",
     )
     parser.add_argument("--out", type=folder_path, help="output folder (default: <first sweep>/report)")
+    parser.add_argument(
+        "--columns",
+        type=optional_columns,
+        default=[],
+        metavar="NAMES",
+        help=f"add columns to table-wide.tex, comma-separated: {', '.join(tables.OPTIONAL)} (table.md has them all)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        action="store_true",
+        help="add a percentile bootstrap 95%% CI of each difference (scipy.stats.bootstrap) beside Welch's",
+    )
     args = parser.parse_args(argv)
-    path = build_report(args.sweeps, args.baseline, args.out, args.allow_mixed, args.design, args.figure_width)
+    path = build_report(
+        args.sweeps,
+        args.baseline,
+        args.out,
+        args.allow_mixed,
+        args.design,
+        args.columns,
+        args.bootstrap,
+        args.figure_width,
+    )
     print(f"wrote {path.parent}: report.md, tables and figures")
     return 0
 

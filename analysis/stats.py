@@ -1,7 +1,8 @@
-"""Statistics over seeds: mean, standard deviation, Student-t confidence intervals, Welch's test, Pareto fronts.
+"""Statistics over seeds: mean, standard deviation, Student-t confidence intervals, Welch's test, Holm's
+adjustment, bootstrap intervals, the test set's binomial noise floor, seeds needed for a power, Pareto fronts.
 
-The t distribution and Welch's test come from scipy.stats; this module decides what a table needs from them:
-NaNs dropped, no interval from one seed, and an exact difference when every seed agrees.
+The distributions and tests come from scipy.stats and statsmodels; this module decides what a table needs from
+them: NaNs dropped, no interval from one seed, and an exact difference when every seed agrees.
 """
 
 import math
@@ -62,6 +63,62 @@ def welch(a: ArrayLike, b: ArrayLike, level: float = 0.95) -> Difference:
     test = stats.ttest_ind(_observed(a), _observed(b), equal_var=False)
     interval = test.confidence_interval(level)
     return Difference(diff, float(interval.low), float(interval.high), float(test.df), float(test.pvalue))
+
+
+def holm(pvalues: ArrayLike) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (one study's comparisons); NaNs stay NaN, outside it."""
+    from statsmodels.stats.multitest import multipletests  # statsmodels takes a second to import: only when used
+
+    p = np.asarray(pvalues, dtype=float)
+    adjusted = np.full_like(p, math.nan)
+    known = ~np.isnan(p)
+    if known.any():
+        adjusted[known] = multipletests(p[known], method="holm")[1]
+    return adjusted
+
+
+def bootstrap_difference(a: ArrayLike, b: ArrayLike, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(a) - mean(b), each side resampled on its own; NaNs with n < 2 a side.
+
+    Seeded, so that a report rerun writes the same numbers."""
+    x, y = _observed(a), _observed(b)
+    if len(x) < 2 or len(y) < 2:
+        return math.nan, math.nan
+
+    def difference(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
+        return np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
+    result = stats.bootstrap(
+        (x, y), difference, confidence_level=level, n_resamples=9999, method="percentile", rng=seed
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def noise_floor(accuracy: float, n_test: int) -> float:
+    """The binomial standard error of an accuracy measured on n_test images, sqrt(p(1-p)/n): a difference
+    smaller than this is within what one test set alone can resolve."""
+    if not n_test or math.isnan(accuracy):
+        return math.nan
+    return math.sqrt(accuracy * (1 - accuracy) / n_test)
+
+
+def seeds_needed(delta: float, sd: float, power: float = 0.8, alpha: float = 0.05) -> float:
+    """Seeds per variant for a two-sided two-sample t-test to detect a true difference `delta` at `power`, the
+    seeds' spread being `sd` (same unit as delta); the real-valued solution: round it up. NaN without a spread."""
+    from statsmodels.stats.power import TTestIndPower
+
+    if math.isnan(sd) or sd <= 0 or delta <= 0:
+        return math.nan
+    return float(TTestIndPower().solve_power(effect_size=delta / sd, power=power, alpha=alpha, ratio=1.0))
+
+
+def pooled_sd(values: list[ArrayLike]) -> float:
+    """The within-group standard deviation pooled over groups (each weighted by n - 1); NaN with no group of 2."""
+    groups = [x for x in map(_observed, values) if len(x) >= 2]
+    dof = sum(len(x) - 1 for x in groups)
+    if not dof:
+        return math.nan
+    return math.sqrt(sum(float(np.var(x, ddof=1)) * (len(x) - 1) for x in groups) / dof)
 
 
 def pareto_front(cost: ArrayLike, accuracy: ArrayLike, higher_cost_is_better: bool = False) -> np.ndarray:

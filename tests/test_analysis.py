@@ -21,7 +21,7 @@ from PIL import Image
 from ablations.config import RunConfig
 from ablations.design import Design
 from ablations.run import cli
-from analysis import plots, provenance, report, style
+from analysis import plots, provenance, report, style, tables
 from analysis.design import axis_levels, choose_baseline, default_baseline, variant_keys
 from analysis.load import load_history, load_runs
 from analysis.stats import mean_ci, pareto_front, welch
@@ -226,7 +226,7 @@ def test_report_command_writes_tables_and_figures_into_the_sweep(sweep, repo_roo
     assert result.returncode == 0, result.stderr
     out = sweep / "report"  # the default --out
     figures = [f"{figure}.{ext}" for figure in FIGURES for ext in ("png", "pdf")]
-    names = ["report.md", "table.md", "table.tex", "variants.csv", *figures]
+    names = ["report.md", "table.md", "table.tex", "table-wide.tex", "variants.csv", *figures]
     assert sorted(path.name for path in out.iterdir()) == sorted(names)
     assert all((out / name).stat().st_size > 0 for name in names)
     for figure in FIGURES:
@@ -238,7 +238,7 @@ def test_report_command_writes_tables_and_figures_into_the_sweep(sweep, repo_roo
     markdown = (out / "table.md").read_text()
     assert "| kernel_size |" in markdown and "| 3 |" in markdown and "| 5 |" in markdown and "baseline" in markdown
     latex = (out / "table.tex").read_text()
-    assert all(rule in latex for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"kernel\_size", r"$\pm$"))
+    assert all(rule in latex for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"$k$ & Acc.", r"$\pm$"))
     index = (out / "report.md").read_text()
     assert "Dataset: synthetic" in index and "(device cpu)" in index and "Baseline: kernel_size=3" in index
     assert all(f"({name})" in index for name in names if name != "report.md")
@@ -246,14 +246,14 @@ def test_report_command_writes_tables_and_figures_into_the_sweep(sweep, repo_roo
 
 def test_table_with_one_seed_says_there_is_no_ci(sweep, tmp_path):
     runs = load_runs([copy_runs(sweep, tmp_path / "single", lambda config: config["seed"] == 0)])
-    made = report.table(summarise(runs, {"kernel_size": 5}, ["kernel_size"]), ["kernel_size"])
-    markdown = report.markdown_table(made)
+    made = tables.table(summarise(runs, {"kernel_size": 5}, ["kernel_size"]), ["kernel_size"])
+    markdown = tables.markdown_table(made)
     assert markdown.count("± n/a") == 2 and markdown.count("[n/a]") == 1 and "| 5 | " in markdown
     assert [row[-1] for row in made.blocks[0][1]] == ["1", "1"]  # n seeds
 
 
 def test_latex_escape():
-    assert report.latex_escape("kernel_size 5% ± -1.20 [Δ –]") == r"kernel\_size 5\% $\pm$ $-$1.20 [$\Delta$ --]"
+    assert tables.latex_escape("kernel_size 5% ± -1.20 [Δ –]") == r"kernel\_size 5\% $\pm$ $-$1.20 [$\Delta$ --]"
 
 
 @pytest.mark.parametrize(
@@ -447,7 +447,7 @@ def test_a_study_table_has_one_block_per_axis_with_differences_from_the_baseline
     assert lines[patch + 1].startswith("| p=2 |") and lines[patch + 2].startswith("| p=4 (baseline) | ")
     assert "| baseline |" in lines[kernel + 2] and "| -10.00 [" in lines[patch + 1]  # Δ of p=2, with its CI
     latex = (out / "table.tex").read_text()
-    assert latex.count(r"\multicolumn{7}{l}{\textit{") == 2
+    assert latex.count(r"\multicolumn{6}{l}{\textit{") == 2
     names = {path.name for path in out.iterdir()}
     assert {"training_curves_kernel_size.png", "training_curves_patch_size.png", "accuracy_vs_patch_size.pdf"} <= names
     index = (out / "report.md").read_text()
@@ -465,9 +465,12 @@ def test_report_and_captions_say_what_ran(sweep, tmp_path):
         "seeds 0, 1, 2", metrics["hardware"], metrics["toolkit_commit"], metrics["finished_at"][:10],
         f"Design: sweep {sweep.name} (preset smoke)",
     ]  # fmt: skip
-    for name in ("report.md", "table.md", "table.tex"):
+    for name in ("report.md", "table.md"):
         text = (out / name).read_text()
-        assert all(report.latex_escape(fact) in text if name == "table.tex" else fact in text for fact in expected)
+        assert all(fact in text for fact in expected)
+    latex = (out / "table.tex").read_text()  # a caption of a few lines: what ran, n seeds; the recipe in report.md
+    short = ["synthetic, subset: 128 train / 64 test images", "ConvMixer-8/1", "n = 3 seeds", "Full recipe: report.md"]
+    assert all(tables.latex_escape(fact) in latex for fact in short) and "onecycle" not in latex
     assert "Train images/s (CPU, indicative)" in (out / "table.md").read_text()
     older = copy_runs(sweep, tmp_path / "older", lambda config: True)
     for path in (older / "runs").glob("*/metrics.json"):
@@ -494,7 +497,7 @@ def test_counts_are_printed_in_a_readable_unit():
     variants = pd.DataFrame({"params": [6470, 12000], "macs": [3.9e7, 1.2e9]})
     assert style.si_unit(variants["params"]) == (1e3, "k") and style.si_unit(variants["macs"]) == (1e9, "G")
     assert style.si_unit([1.2e6]) == (1e6, "M")
-    cells = [report.count_cell(value, 1e3) for value in (6470, 1000, 47210, 115400, 682, 0, math.nan)]
+    cells = [tables.count_cell(value, 1e3) for value in (6470, 1000, 47210, 115400, 682, 0, math.nan)]
     assert cells == ["6.47", "1.00", "47.2", "115", "0.682", "0", "–"]
 
 
