@@ -219,7 +219,7 @@ def place_labels(ax, x: ArrayLike, y: ArrayLike, texts: list[str | None], fontsi
     It measures the labels as drawn, so it runs last, once the figure's layout is final; the layout is then frozen,
     or a new layout pass would move the axes under labels placed for the old one."""
     fig = ax.figure
-    fig.draw_without_rendering()
+    fig.get_layout_engine().execute(fig)  # the layout alone, cheaper than a whole draw
     fig.set_layout_engine("none")
     renderer = fig.canvas.get_renderer()
     points = ax.transData.transform(np.column_stack([x, y]))

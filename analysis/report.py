@@ -329,16 +329,16 @@ def build_report(
     target = out.resolve()  # a link to the report folder stays a link: the folder it points to is swapped
     check_out(out, target, sweeps)
     chosen = scope(sweeps, baseline_items, allow_mixed, design)
-    texts, figures, gaps = contents(sweeps, chosen, columns, bootstrap, figure_width)
     recover(target)
     existed = target.is_dir()
-    try:
+    try:  # before the tables and figures, so that an `out` that cannot be a folder is refused at once
         target.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise AnalysisError(f"--out {str(out)!r} is not accepted: cannot create it ({error.strerror})") from None
     try:
+        texts, figures, gaps = contents(sweeps, chosen, columns, bootstrap, figure_width)
         staging = staged(target, out, texts, figures)
-    except AnalysisError:
+    except Exception:
         if not existed:
             target.rmdir()  # created above, still empty: a failed report leaves no folder behind
         raise
