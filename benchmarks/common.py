@@ -33,6 +33,12 @@ def recipe_config(args: argparse.Namespace) -> RunConfig:
     return cfg.with_absolute_data_root(data_root)
 
 
+def speed_words(ratio: float) -> str:
+    """A time ratio (the other's time / this one's) in words: 2.0 -> "2.00x faster", 0.9 -> "1.11x slower" (a
+    reader takes "0.9x faster" for faster)."""
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+
+
 def check_out(out: Path | None) -> None:
     """Refuse an --out that cannot be written now, not after the benchmark has run for an hour."""
     if out is None:

@@ -17,7 +17,7 @@ says where the data is), for the same number of epochs in several ways:
   reference-tuned      the published recipe with --workers workers, channels_last and fused AdamW (opt-in)
 Besides: the bare training step (the engine's train_step on random images already on the device: eager, compiled,
 and with CUDA graphs on a GPU), the device's copy rate and the op-level bytes of one step (achieved memory
-bandwidth), and a table of the targets of issue 17 with every ratio taken against baselines measured in this run.
+bandwidth), and a table of the engine's targets with every ratio taken against baselines measured in this run.
 --reference-epochs N times the reference variants over their first N epochs and extrapolates their total (said so
 in the table). With --out it writes the lot as JSON and Markdown.
 
@@ -42,7 +42,7 @@ from ablations.data import DataError, dataset_label
 from ablations.data.sources import Split, load_splits
 from ablations.sweep.presets import PRESETS
 from benchmarks import measure
-from benchmarks.common import add_recipe_options, check_out, recipe_config, write_result
+from benchmarks.common import add_recipe_options, check_out, recipe_config, speed_words, write_result
 from benchmarks.reference_recipe import PUBLISHED, TUNED, train_reference
 from convmixer.arguments import OneLineParser, UsageError, run_cli
 from convmixer.count import closed_form
@@ -206,8 +206,8 @@ def markdown_table(summaries: dict[str, dict]) -> str:
         lines.append("| " + " | ".join([label, *(fmt(summaries[name][key]) for name in names)]) + " |")
     if BASELINE in summaries:
         base = summaries[BASELINE]["total_epoch_time_s"]
-        ratios = [f"{base / summaries[name]['total_epoch_time_s']:.2f}x" for name in names]
-        lines.append("| " + " | ".join([f"speed-up on all epochs' time / {BASELINE}", *ratios]) + " |")
+        ratios = [speed_words(base / summaries[name]["total_epoch_time_s"]) for name in names]
+        lines.append("| " + " | ".join([f"all epochs' time against {BASELINE}", *ratios]) + " |")
     return "\n".join(lines)
 
 
@@ -264,7 +264,7 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def targets(summaries: dict[str, dict], extra: dict) -> list[dict]:
-    """Issue 17's targets, each from numbers measured in this run (n/a where a variant did not run)."""
+    """The engine's targets (docs/benchmarks.md), from numbers measured in this run (n/a: its variant did not run)."""
     get = lambda name, key: summaries[name][key] if name in summaries else None  # noqa: E731
     engine_total, bare = get("engine", "total_epoch_time_s"), extra.get("bare", {})
     accuracies = [get(name, "final_test_acc") for name in ("engine", WORKERS_BASELINE)]
@@ -310,7 +310,7 @@ def targets(summaries: dict[str, dict], extra: dict) -> list[dict]:
 
 def targets_table(rows: list[dict], recipe: bool) -> str:
     note = "" if recipe else " (this run is not the targets' recipe: 25 epochs of ConvMixer-256/8 k5 p2 on 50,000)"
-    lines = [f"Targets of issue 17{note}", "", "| target | measured | met |", "|---|---|---|"]
+    lines = [f"Targets of the engine{note}", "", "| target | measured | met |", "|---|---|---|"]
     for row in rows:
         met = {True: "yes", False: "NO", None: "-"}[row["met"]]
         lines.append(f"| {row['target']} | {row['measured']} | {met} |")
