@@ -29,7 +29,7 @@ from ablations.store import DONE, FAILED, Store, StoreError
 from ablations.sweep.grid import Sweep, build_sweep
 from ablations.sweep.local import LocalLauncher, add_local_options
 from ablations.sweep.plan import check_ids, outcome, plan, run_plan
-from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, keys_help, sweep_data_root
+from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, check_data_read, keys_help, sweep_data_root
 from ablations.sweep.progress import run_label
 from ablations.sweep.slurm import SlurmLauncher, SlurmOptions, add_slurm_options, check_cluster
 from ablations.sweep.study import Study, read_study
@@ -114,6 +114,18 @@ def load_design(args: argparse.Namespace) -> tuple[Study | None, str, Sweep]:
         raise ConfigError(f"--study and --{given[0]} exclude each other: the study file holds the whole design")
     study = read_study(args.study)
     return study, study.preset, study.sweep
+
+
+def given_data_root(args: argparse.Namespace, sweep: Sweep) -> str | None:
+    """How the command line (or the study) names a data_root, for a message; None when it names none."""
+    if args.data_root is not None:
+        return f"--data-root {args.data_root!r}"
+    if "data_root" in sweep.fixed:
+        return f"data_root={sweep.fixed['data_root']!r}"
+    for flag, axes in (("--grid", sweep.grid), ("--vary", sweep.vary)):
+        if "data_root" in axes:
+            return f"{flag} data_root={','.join(map(str, axes['data_root']))}"
+    return None
 
 
 def default_name(study: Study | None, preset: str, sweep: Sweep) -> str:
@@ -219,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(help_preset(argv)).parse_args(argv)  # --help exits here
     study, preset, sweep = load_design(args)
     check_size(sweep, args.max_runs)
-    data_root = sweep_data_root(preset, {*sweep.fixed, *sweep.varying_keys()}, args.data_root)
+    keys = sweep.varying_keys()
+    data_root = sweep_data_root(preset, {*sweep.fixed, *keys}, args.data_root)
+    check_data_read([cfg.dataset for cfg in sweep.configs()], given_data_root(args, sweep))
     configs = [cfg.with_absolute_data_root(data_root) for cfg in sweep.configs()]
     try:
         devices = parse_devices(args.devices) if args.launcher == "local" else []
@@ -234,7 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     for path, why in store.find_damaged().items():
         will = "will be set" if args.dry_run else "set"
         print(f"damaged: {why}: it {will} aside as {path.name}.damaged-<time> and its run redone", flush=True)
-    keys = sweep.varying_keys()
     origin = f"study {args.study} (preset {preset})" if study is not None else f"preset {preset}"
     print(first_line(name, configs, origin, keys), flush=True)
     sweep_plan = plan(configs, store, args.retry_failed, keys)  # a dry run checks the data too: a run would fail on it

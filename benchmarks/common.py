@@ -14,7 +14,7 @@ from pathlib import Path
 from ablations import atomic
 from ablations.config import RunConfig
 from ablations.sweep.grid import parse_sets
-from ablations.sweep.presets import PRESETS, sweep_data_root
+from ablations.sweep.presets import PRESETS, check_data_read, sweep_data_root
 
 
 def add_recipe_options(parser: argparse.ArgumentParser, preset: str) -> None:
@@ -29,6 +29,8 @@ def recipe_config(args: argparse.Namespace) -> RunConfig:
     values = {**PRESETS[args.preset].values, **parse_sets(args.set)}
     data_root = sweep_data_root(args.preset, values, args.data_root)
     cfg = RunConfig(**values)
+    given = f"--data-root {args.data_root!r}" if args.data_root is not None else None
+    check_data_read([cfg.dataset], given or (f"data_root={cfg.data_root!r}" if "data_root" in values else None))
     cfg.validate()
     return cfg.with_absolute_data_root(data_root)
 

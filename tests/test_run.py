@@ -113,7 +113,9 @@ def test_dry_run_lists_status_and_writes_nothing(finished_sweep, capsys):
         (["--time-limit", "5", "--launcher", "slurm"], "--time-limit is not accepted with --launcher slurm"),
         (["--set", "precision=fp16", "--devices", "cpu"], "precision='fp16' is not accepted on cpu: it needs CUDA"),
         (["--set", "dataset=imagefolder,data_root=/no/such/tree"], "data_root='/no/such/tree' does not exist"),
-        (["--grid", "data_root=a,b"], "have the same id 76a1eaa4f888036a: they differ only in data_root, which is not"),
+        (["--grid", "data_root=a,b", "--set", "dataset=imagefolder"], "they differ only in data_root, which is not"),
+        (["--data-root", "/x"], "--data-root '/x' is not accepted: the runs train on synthetic data, which reads no"),
+        (["--set", "data_root=/x"], "data_root='/x' is not accepted: the runs train on synthetic data"),
         (["--name", ""], "--name '' is not accepted: expected a folder name"),  # was ignored: default name
         (["--name", ".."], "--name '..' is not accepted"),  # would have written runs/ beside results/
         (["--set", "seed=99999999999999999999"], "seed=99999999999999999999 is not accepted"),  # failed every run
