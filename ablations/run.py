@@ -33,7 +33,7 @@ from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, check_data_read, ke
 from ablations.sweep.progress import run_label
 from ablations.sweep.slurm import SlurmLauncher, SlurmOptions, add_slurm_options, check_cluster
 from ablations.sweep.study import Study, read_study
-from convmixer.arguments import OneLineParser, folder_path, run_cli
+from convmixer.arguments import OneLineParser, folder_path, patch_grid, run_cli
 from convmixer.runtime import parse_devices, usable_cores
 
 PROG = "python -m ablations.run"
@@ -227,6 +227,13 @@ def first_line(name: str, configs: list[RunConfig], origin: str, keys: list[str]
     return f"sweep {name}: {plural(len(configs), 'run')} of {origin}: {models} on {data}, varying {varying}"
 
 
+def patch_notes(configs: list[RunConfig], data: dict[str, dict]) -> list[str]:
+    """A line for each patch size that does not divide its runs' images (their data records say the size): which
+    pixels it drops, in the counter's words."""
+    sizes = {(cfg.patch_size, data[cfg.run_id()].get("image_size") or 0) for cfg in configs if cfg.run_id() in data}
+    return [f"note: patch_size={patch}: {patch_grid(size, patch)}" for patch, size in sorted(sizes) if size % patch]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(help_preset(argv)).parse_args(argv)  # --help exits here
     study, preset, sweep = load_design(args)
@@ -254,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     slots = len(devices) * args.jobs_per_device
     workers = f"{plural(slots, 'worker')} on {', '.join(devices)}" if devices else "SLURM jobs"
     todo = sweep_plan.todo
+    for note in patch_notes(configs, sweep_plan.data):
+        print(note)
     print(f"{len(todo)} to train ({len(configs) - len(todo)} finished earlier) with {workers}; results in {store.root}")
     if args.dry_run:
         print_table(configs, keys, store)

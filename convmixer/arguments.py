@@ -32,6 +32,15 @@ def check_patch_fits(patch_size: int, image_size: int, images: str = "") -> None
         )
 
 
+def patch_grid(image_size: int, patch_size: int, in_chans: int = 3) -> str:
+    """How the patch embedding cuts an image, in the one wording the counter, the runner's console, a run's log and
+    the report share: "input 3x32x32 -> 10x10 patches (the last 2 px of each side are dropped)". A stride-p conv
+    without padding drops the pixels that do not fill a whole patch."""
+    side, dropped = divmod(image_size, patch_size)
+    grid = f"input {in_chans}x{image_size}x{image_size} -> {side}x{side} patches"
+    return grid + (f" (the last {dropped} px of each side are dropped)" if dropped else "")
+
+
 class UsageError(ValueError):
     """A command line argparse refused; `run_cli` reports it like any other bad input."""
 

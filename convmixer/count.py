@@ -21,7 +21,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from convmixer.arguments import OneLineParser, check_choice, check_integer, check_patch_fits, run_cli
+from convmixer.arguments import OneLineParser, check_choice, check_integer, check_patch_fits, patch_grid, run_cli
 from convmixer.model import KNOB_CHOICES, ConvMixerConfig, count_parameters
 from convmixer.registry import default_image_size, get_config, list_models
 from convmixer.runtime import AUTOCAST_DTYPES, MissingPackage, check_memory, require
@@ -253,13 +253,11 @@ def config_from_args(args: argparse.Namespace) -> ConvMixerConfig:
 
 
 def format_text(config: ConvMixerConfig, image_size: int, tweet: bool, counts: Counts, speed: dict | None) -> str:
-    side = image_size // config.patch_size
     lines = [
         f"{'tweet ' if tweet else ''}{config.name}: kernel {config.kernel_size}, "
         f"patch {config.patch_size}, {config.num_classes} classes, residual {config.residual}, "
         f"norm {config.norm}, activation {config.activation}",
-        f"input {config.in_chans}x{image_size}x{image_size} -> {side}x{side} patches"
-        + (f" (the last {dropped} px of each side are dropped)" if (dropped := image_size % config.patch_size) else ""),
+        patch_grid(image_size, config.patch_size, config.in_chans),
         f"{'params':<18}{counts.params / 1e6:10.3f} M  {counts.params:>18,}",
     ]
     for label, value in (("MACs", counts.macs), ("FLOPs", counts.flops), ("conv+linear MACs", counts.conv_linear_macs)):

@@ -28,6 +28,7 @@ from ablations.store import Store
 from ablations.sweep.local import LocalLauncher
 from ablations.sweep.plan import runs_to_train
 from ablations.sweep.progress import SweepProgress
+from analysis import report
 from convmixer.runtime import parse_devices
 
 TINY = ["--set", tiny_set()]
@@ -89,6 +90,22 @@ def test_dry_run_lists_status_and_writes_nothing(finished_sweep, capsys):
     assert statuses["0.01"] == "done" and statuses["0.1"] == "unfinished (not started)"
     assert statuses["1000000.0"].startswith("diverged (")
     assert snapshot(out) == before
+
+
+DROPS = "patch_size=3: input 3x32x32 -> 10x10 patches (the last 2 px of each side are dropped)"  # the counter's words
+
+
+@pytest.mark.slow  # trains a run and reports it
+def test_a_patch_that_does_not_divide_the_image_says_which_pixels_it_drops(tmp_path, capsys):
+    """Newcomer mistake b: patch_size=3 on 32 px images trained in silence, cropping 2 px of each side."""
+    out = tmp_path / "p3"
+    assert cli(["--set", tiny_set(1, patch_size=3), "--devices", "cpu", "--out", str(out)]) == 0
+    console = capsys.readouterr().out
+    assert f"note: {DROPS}" in console.splitlines()[1]
+    (run_dir,) = (out / "runs").iterdir()
+    assert DROPS in (run_dir / "log.txt").read_text()
+    assert report.cli([str(out)]) == 0
+    assert f"- Patches: {DROPS}" in (out / "report" / "report.md").read_text()
 
 
 @pytest.mark.parametrize(
