@@ -263,15 +263,21 @@ def main(argv: list[str] | None = None) -> int:
     todo = sweep_plan.todo
     for note in patch_notes(configs, sweep_plan.data):
         print(note)
-    print(f"{len(todo)} to train ({len(configs) - len(todo)} finished earlier) with {workers}; results in {store.root}")
+    resumed = sum(store.state(store.run_dir(cfg)).epochs > 0 for cfg in todo)
+    also = f", {resumed} of them from a checkpoint" if resumed else ""
+    earlier = len(configs) - len(todo)
+    line = f"{len(todo)} to train{also} ({earlier} finished earlier) with {workers}; results in {store.root}"
     if args.dry_run:
+        print(line)
         print_table(configs, keys, store)
         for cfg in configs if args.show_config else []:
             print(f"{cfg.run_id()} {json.dumps(cfg.to_dict())}")
         return 0
     create_result_dir(store.root)
     design = sweep.design(name, preset, str(args.study) if study else None, study.description if study else "")
-    run_plan(sweep_plan, make_launcher(args, store, devices), design, study.text if study else None)
+    launcher = make_launcher(args, store, devices)
+    # Announced once the folder is locked and the design recorded: a refusal never follows "N to train".
+    run_plan(sweep_plan, launcher, design, study.text if study else None, lambda: print(line, flush=True))
     return report(configs, keys, store)
 
 

@@ -8,6 +8,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -171,8 +172,9 @@ def test_an_out_folder_that_cannot_be_created_is_refused_before_any_write(tmp_pa
         ("file/sub", "--out 'file/sub' is not accepted: cannot create it (Not a directory)"),  # was a traceback
     ]:
         assert cli([*TINY, "--out", out]) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and message in err
+        printed = capsys.readouterr()
+        assert printed.err.count("\n") == 1 and message in printed.err
+        assert "to train" not in printed.out  # the refusal is not preceded by an announcement
     assert [path.name for path in tmp_path.iterdir()] == ["file"]
 
 
@@ -301,6 +303,17 @@ def test_a_sweep_killed_with_sigkill_resumes_without_loss_or_litter(tmp_path):
         assert [r["epoch"] for r in read_json(out / "runs" / row["run_id"] / "history.json")] == [1, 2, 3]
     assert any("resumed from" in log.read_text() for log in out.glob("runs/*/log.txt"))
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("checkpoint.pt"))
+    # The console says which runs resume, in the header and in each run's line.
+    assert re.search(r"^2 to train, [12] of them from a checkpoint \(0 finished", rerun.stdout, re.M)
+    assert re.search(r"^resume +\w{16} kernel_size=[35] after epoch [12] on cpu$", rerun.stdout, re.M)
+
+
+def test_a_run_with_epochs_done_starts_as_a_resume_on_the_console(capsys):
+    progress = SweepProgress({"a": 3, "b": 3}, {"a": 2, "b": 0}, {"a": "k=3", "b": "k=5"})
+    progress.started("a", "cpu")
+    progress.started("b", "cpu")
+    progress.close()
+    assert capsys.readouterr().out.splitlines() == ["resume   a k=3 after epoch 2 on cpu", "start    b k=5 on cpu"]
 
 
 class KillWorkerAtFirstEpoch(SweepProgress):
@@ -332,7 +345,7 @@ def test_a_dead_worker_fails_its_run_the_sweep_goes_on_and_a_plain_rerun_resumes
     assert read_json(store.run_dir(configs[0]) / "metrics.json")["transient"] is True
     args = ["--set", tiny_set(epochs=3), "--grid", "kernel_size=3,5", "--devices", "cpu", "--out", str(tmp_path)]
     assert cli(args) == 0  # a killed worker is a passing fault: a plain rerun resumes the run, no --retry-failed
-    assert "1 to train (1 finished earlier)" in capsys.readouterr().out
+    assert "1 to train, 1 of them from a checkpoint (1 finished earlier)" in capsys.readouterr().out
     assert [r["epoch"] for r in read_json(store.run_dir(configs[0]) / "history.json")] == [1, 2, 3]
     assert "resumed from" in (store.run_dir(configs[0]) / "log.txt").read_text()
 

@@ -14,7 +14,7 @@ Runs train with data_root made absolute (a worker or SLURM job may start in anot
 portably (RunConfig.recorded): the absolute path goes only to the run's log.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -150,11 +150,20 @@ def outcome(configs: list[RunConfig], store: Store) -> Outcome:
     return Outcome({cfg.run_id(): store.state(store.run_dir(cfg)) for cfg in configs})
 
 
-def run_plan(sweep: Plan, launcher: Launcher, design: Design, study_text: str | None = None) -> Outcome:
+def run_plan(
+    sweep: Plan,
+    launcher: Launcher,
+    design: Design,
+    study_text: str | None = None,
+    announce: Callable[[], None] | None = None,
+) -> Outcome:
     """Run a plan: hold the folder's lock (one sweep at a time), set damaged files aside, record the design (the
-    sweep's `Design`, as sweep.json holds it: Store.add_design) with its runs, train, and say how it ended."""
+    sweep's `Design`, as sweep.json holds it: Store.add_design) with its runs, train, and say how it ended.
+    `announce` is called once the sweep may start, so that what it prints never precedes a refusal."""
     with sweep.store.lock_sweep():
         sweep.store.set_aside_damaged()
         sweep.store.add_design(design, [cfg.run_id() for cfg in sweep.configs], study_text)
+        if announce is not None:
+            announce()
         train(sweep, launcher)
     return outcome(sweep.configs, sweep.store)
