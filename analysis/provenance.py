@@ -15,7 +15,7 @@ from ablations.data import dataset_label
 from ablations.design import Design
 from analysis.load import done
 from convmixer.arguments import patch_grid
-from convmixer.model import ConvMixerConfig
+from convmixer.config import ConvMixerConfig
 
 NOT_RECORDED = "not recorded"
 

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from convmixer.arguments import OneLineParser, check_choice, check_integer, check_patch_fits, patch_grid, run_cli
-from convmixer.model import KNOB_CHOICES, ConvMixerConfig, count_parameters
+from convmixer.config import KNOB_NAMES, ConvMixerConfig
+from convmixer.model import count_parameters
 from convmixer.registry import default_image_size, get_config, list_models
 from convmixer.runtime import AUTOCAST_DTYPES, MissingPackage, check_memory, require
 from convmixer.throughput import measure_throughput
@@ -219,8 +220,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "override the model's",
     )
     for flag in SHAPE_FLAGS:
-        if flag in KNOB_CHOICES:
-            parser.add_argument(f"--{flag}", choices=tuple(KNOB_CHOICES[flag]))
+        if flag in KNOB_NAMES:
+            parser.add_argument(f"--{flag}", choices=KNOB_NAMES[flag])
         else:
             names = ("--" + flag.replace("_", "-"), *OLD_FLAGS.get(flag, ()))
             parser.add_argument(*names, type=int, help=f"model {flag}")
