@@ -19,12 +19,9 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-import torch
-
 from ablations.atomic import WriteError
 from ablations.config import ConfigError, RunConfig
 from ablations.data import DataError, dataset_label
-from ablations.engine.train import run_dtype
 from ablations.store import DONE, FAILED, Store, StoreError
 from ablations.sweep.grid import Sweep, build_sweep
 from ablations.sweep.local import LocalLauncher, add_local_options
@@ -34,7 +31,6 @@ from ablations.sweep.progress import run_label
 from ablations.sweep.slurm import SlurmLauncher, SlurmOptions, add_slurm_options, check_cluster
 from ablations.sweep.study import Study, read_study
 from convmixer.arguments import OneLineParser, folder_path, patch_grid, run_cli
-from convmixer.runtime import parse_devices, usable_cores
 
 PROG = "python -m ablations.run"
 # Where a sweep goes without --out: a folder git ignores (.gitignore), apart from the committed results/.
@@ -167,6 +163,10 @@ def create_result_dir(root: Path) -> None:
 
 
 def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: list[str]) -> None:
+    import torch  # here, once the command line is parsed: --help and usage errors answer without it
+
+    from ablations.engine.train import run_dtype
+
     for precision in {cfg.precision for cfg in configs}:
         for device in devices:
             run_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     data_root = sweep_data_root(preset, {*sweep.fixed, *keys}, args.data_root)
     check_data_read([cfg.dataset for cfg in sweep.configs()], given_data_root(args, sweep))
     configs = [cfg.with_absolute_data_root(data_root) for cfg in sweep.configs()]
+    from convmixer.runtime import parse_devices, usable_cores  # torch, once the design is known to be valid
+
     try:
         devices = parse_devices(args.devices) if args.launcher == "local" else []
     except ValueError as error:

@@ -22,6 +22,7 @@ import torch
 from helpers import read_json, read_summary, snapshot, tiny_configs, tiny_set
 from PIL import Image
 
+import ablations.engine.train as engine_train
 import ablations.sweep.execute as worker
 from ablations import atomic
 from ablations.run import cli
@@ -354,7 +355,7 @@ def test_an_exception_in_a_run_is_recorded_with_its_reason(tmp_path, monkeypatch
     def broken_train_run(cfg, run_dir, **kwargs):
         raise RuntimeError("CUDA error: an illegal memory access\nwas encountered")
 
-    monkeypatch.setattr(worker, "train_run", broken_train_run)
+    monkeypatch.setattr(engine_train, "train_run", broken_train_run)  # execute_run imports it when it runs
     cfg = tiny_configs([])[0]
     store = Store(tmp_path)
     store.prepare([cfg])

@@ -20,7 +20,6 @@ from typing import Protocol
 
 from ablations.config import ConfigError, RunConfig
 from ablations.data import dataset_label
-from ablations.data.sources import load_splits
 from ablations.design import Design
 from ablations.store import DATA, DONE, FAILED, FINISHED, RunState, Store
 from ablations.sweep.progress import SweepProgress, run_label
@@ -75,6 +74,8 @@ def check_data(configs: list[RunConfig], todo: list[RunConfig], store: Store) ->
     one line, not in every run; a download or a decode into the cache happens once here instead of in every
     worker at once. Every run's patch is then checked against the size its images load at, and every run folder
     against this data (`Store.check_run`). Returns the data record of each run to train or that recorded one."""
+    from ablations.data.sources import load_splits  # torch: imported once a sweep runs, not for its --help
+
     loaded: dict[tuple, dict] = {}
     records = {}
     to_train = {cfg.run_id() for cfg in todo}
