@@ -45,6 +45,11 @@ def patch_grid(image_size: int, patch_size: int, in_chans: int = 3) -> str:
     return grid + (f" (the last {dropped} px of each side are dropped)" if dropped else "")
 
 
+class MissingPackage(ImportError):
+    """An optional package is not installed; the message is one line naming it and how to install it
+    (convmixer.runtime.require raises it; defined here, free of torch, for the CLIs' lists of bad-input errors)."""
+
+
 class UsageError(ValueError):
     """A command line argparse refused; `run_cli` reports it like any other bad input."""
 

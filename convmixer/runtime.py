@@ -22,7 +22,7 @@ from types import ModuleType
 import torch
 from torch.backends import cudnn
 
-from convmixer.arguments import PRECISIONS
+from convmixer.arguments import PRECISIONS, MissingPackage
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -211,10 +211,6 @@ def check_memory(sizes: str, floats: int) -> None:
 
 
 # --- optional packages ---
-
-
-class MissingPackage(ImportError):
-    """An optional package is not installed; the message is one line naming it and how to install it."""
 
 
 def require(module: str, extra: str) -> ModuleType:
