@@ -31,7 +31,10 @@ def run_with_import_times(module: str, args: list[str], cwd) -> tuple[subprocess
 
 @pytest.mark.parametrize(
     "module",
-    ["ablations.run", "convmixer.count", "benchmarks.startup", pytest.param("analysis.report", marks=pytest.mark.slow)],
+    [
+        *("ablations.run", "convmixer.count", "convmixer.check", "benchmarks.startup"),
+        pytest.param("analysis.report", marks=pytest.mark.slow),
+    ],
 )  # analysis.report imports pandas, scipy and matplotlib (over a second of CPU), though not torch
 @pytest.mark.parametrize("args", [["--help"], ["--no-such-flag"]], ids=["help", "bad-flag"])
 def test_help_and_argument_errors_answer_without_importing_torch(module, args, repo_root):
