@@ -32,7 +32,8 @@ def run_with_import_times(module: str, args: list[str], cwd) -> tuple[subprocess
 @pytest.mark.parametrize(
     "module",
     [
-        *("ablations.run", "convmixer.count", "convmixer.check", "benchmarks.startup", "benchmarks.kernels"),
+        *("ablations.run", "convmixer.count", "convmixer.check"),
+        *("benchmarks.startup", "benchmarks.kernels", "benchmarks.gpu_check"),
         pytest.param("analysis.report", marks=pytest.mark.slow),
     ],
 )  # analysis.report imports pandas, scipy and matplotlib (over a second of CPU), though not torch
