@@ -33,7 +33,7 @@ def run_with_import_times(module: str, args: list[str], cwd) -> tuple[subprocess
     "module",
     [
         *("ablations.run", "convmixer.count", "convmixer.check"),
-        *("benchmarks.startup", "benchmarks.kernels", "benchmarks.gpu_check"),
+        *("benchmarks.startup", "benchmarks.kernels", "benchmarks.gpu_check", "benchmarks.train_speed"),
         pytest.param("analysis.report", marks=pytest.mark.slow),
     ],
 )  # analysis.report imports pandas, scipy and matplotlib (over a second of CPU), though not torch
