@@ -1,21 +1,10 @@
-"""Every command starts as `python -m ...` in a fresh interpreter: one smoke test for each entry point whose own
-tests call it in process only (ablations.run, analysis.report, convmixer.count and convmixer.check have theirs beside
-their in-process tests: test_run.py, test_analysis.py, test_count.py, test_check.py), and the commands whose --help
-and argument errors answer before torch is imported (it takes seconds)."""
+"""Every command starts as `python -m ...` in a fresh interpreter, and its --help and argument errors answer before
+torch is imported (which takes seconds on a small CPU): each entry point, with -X importtime."""
 
 import subprocess
 import sys
 
 import pytest
-
-
-@pytest.mark.slow  # a fresh interpreter imports torch
-@pytest.mark.parametrize(
-    "module", ["benchmarks.train_speed", "benchmarks.kernels", "benchmarks.startup", "benchmarks.gpu_check"]
-)
-def test_the_benchmark_starts_as_a_module_and_shows_its_usage(module, repo_root):
-    done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=repo_root, capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.startswith(f"usage: python -m {module} "), done.stderr[-2000:]
 
 
 def run_with_import_times(module: str, args: list[str], cwd) -> tuple[subprocess.CompletedProcess, set[str], str]:
