@@ -19,15 +19,15 @@ Module map, top to bottom (each layer imports only the layers below it):
         setup.py          the memory layout and depthwise conv a run uses ("auto": the fastest, timed)
     data/               the images a run trains on
         sources.py        CIFAR, ImageFolder trees and archives, the synthetic set -> finished splits
-        decode.py         image files -> one uint8 array, decoded on every core (forked workers)
+        decode.py         image files -> one uint8 array (or their sizes), on every core (forked workers); size limits
         synthetic.py      the synthetic task
         loaders.py        splits placed on the device, batched
         augment.py        batched augmentation on the device
     store.py            the result folder's contract, and every on-disk format: file names, run statuses,
-                        metrics.json's fields, readers and writers
+                        metrics.json's fields, readers and writers; its locks, and what a damaged file becomes
     design.py           sweep.json's format: Design, one sweep's design (the store reads and writes it)
     config.py           RunConfig: every key, what it accepts, the run id, parsing a key's value; data_root as recorded
-    atomic.py           whole-file writes
+    atomic.py           whole-file writes, and removing the temporary files killed writers left
 
 Import rules (tests/test_layers.py checks them on every module):
 - convmixer/ imports nothing of ablations/ or analysis/; ablations/config.py imports only convmixer/.

@@ -2,13 +2,17 @@
 
 A reader (or a sweep restarted after SIGKILL) sees either the old file or the new one, never half of one.
 A write that fails raises WriteError, one line naming the file ("disk full writing <path>"), whatever the writer.
+A writer holds a lock on its temporary file until the rename, so that the temporaries a killed writer left behind
+(`.<name>.*.tmp`) can be told from live ones and removed (`drop_stale_temps`).
 """
 
 import errno
+import fcntl
 import io
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -18,6 +22,8 @@ os.umask(_UMASK)
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# A temporary file younger than this may belong to a writer between mkstemp and its lock: never removed.
+STALE_AFTER_S = 5.0
 
 
 class WriteError(OSError):
@@ -44,8 +50,10 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 def _write_then_rename(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    drop_stale_temps(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        _try_lock(fd)  # held until fd is closed: marks the temporary as live
         # mkstemp creates the file 0600; results are meant to be read by others (a shared cluster folder).
         os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
@@ -56,6 +64,34 @@ def _write_then_rename(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _try_lock(fd: int) -> bool:
+    """Whether an exclusive flock on fd was taken (False: another process holds it, or the filesystem has no locks)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def drop_stale_temps(folder: Path, name: str = "*", min_age_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove the temporary files of `name` (any name: "*") in `folder` that a killed writer left: older than
+    `min_age_s`, and no live writer holds their lock. On a filesystem without locks none is removed (live ones
+    cannot be told apart). Returns the removed paths."""
+    removed = []
+    now = time.time()
+    for tmp in Path(folder).glob(f".{name}.*.tmp"):
+        try:
+            if not tmp.is_file() or now - tmp.stat().st_mtime < min_age_s:
+                continue
+            with open(tmp, "rb") as f:
+                if _try_lock(f.fileno()):
+                    tmp.unlink()
+                    removed.append(tmp)
+        except OSError:  # gone already (its writer renamed it), or not ours to remove: left as it is
+            continue
+    return removed
 
 
 def write_text(path: Path, text: str) -> None:

@@ -32,6 +32,9 @@ NATIVE_IMAGE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32}
 MAX_RUN_SEED = 2**32 - 1
 # Far above any image a ConvMixer is trained on; beyond it a resize of the dataset only ends in an allocator crash.
 MAX_IMAGE_SIZE = 4096
+# Far above any rate or decay that trains, and below what torch cannot run: lr=1e300 overflows float32 when AdamW
+# makes a tensor of it (lr x weight_decay too), a failure at run time instead of a refusal here.
+MAX_LR, MAX_WEIGHT_DECAY = 1e6, 1e6
 # Keys added after results were first committed, with the value every earlier run had: a run holding that value
 # leaves the key out of its id, so adding a key never renames the runs already in a store.
 LATER_KEYS: dict[str, object] = {"tf32": True, "depthwise_impl": "torch"}
@@ -245,8 +248,8 @@ ACCEPTED: dict[str, Range | Choice | AutoSwitch] = {
     "cutmix": Range(float, 0.0, note="0: off"),
     "epochs": Range(int, 1),
     "batch_size": Range(int, 1),
-    "lr": Range(float, 0.0, open_low=True),
-    "weight_decay": Range(float, 0.0),
+    "lr": Range(float, 0.0, MAX_LR, open_low=True),
+    "weight_decay": Range(float, 0.0, MAX_WEIGHT_DECAY),
     "schedule": Choice(SCHEDULES),
     "warmup_epochs": Range(int, 0),
     "label_smoothing": Range(float, 0.0, 1.0),

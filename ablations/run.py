@@ -22,7 +22,7 @@ from typing import NoReturn
 from ablations.atomic import WriteError
 from ablations.config import ConfigError, RunConfig
 from ablations.data import DataError, dataset_label
-from ablations.store import DONE, FAILED, Store, StoreError
+from ablations.store import DONE, FAILED, Locks, Store, StoreError
 from ablations.sweep.grid import Sweep, build_sweep
 from ablations.sweep.local import LocalLauncher, add_local_options
 from ablations.sweep.plan import check_ids, outcome, plan, run_plan
@@ -94,6 +94,13 @@ def build_parser(preset: str = DEFAULT_PRESET) -> OneLineParser:
     parser.add_argument("--retry-failed", action="store_true", help="rerun failed runs from their last checkpoint")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoint.pt of finished runs")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    parser.add_argument(
+        "--lock-dir", type=folder_path, metavar="DIR",
+        help="keep the sweep's locks in DIR, on a filesystem where file locks work (Lustre needs -o flock)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-lock", action="store_true", help="take no locks (you make sure no other sweep or job uses the folder)"
+    )
     add_local_options(parser)
     add_slurm_options(parser)
     return parser
@@ -252,11 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         args.jobs_per_device = usable_cores() if devices == ["cpu"] else 1
     check_options(args, configs, devices)
     name, root = result_dir(args, default_name(study, preset, sweep))
-    store = Store(root)
+    if args.lock_dir is not None and args.no_lock:
+        raise ConfigError("--lock-dir and --no-lock exclude each other: choose where the locks are, or none")
+    # Absolute: a SLURM job may start in another folder.
+    store = Store(root, Locks(args.lock_dir.absolute() if args.lock_dir else None, args.no_lock))
     store.check_folder()
     for path, why in store.find_damaged().items():
-        will = "will be set" if args.dry_run else "set"
-        print(f"damaged: {why}: it {will} aside as {path.name}.damaged-<time> and its run redone", flush=True)
+        print(f"damaged: {why}: it {'will be' if args.dry_run else 'is'} {store.damage_fate(path)}", flush=True)
     origin = f"study {args.study} (preset {preset})" if study is not None else f"preset {preset}"
     print(first_line(name, configs, origin, keys), flush=True)
     sweep_plan = plan(configs, store, args.retry_failed, keys)  # a dry run checks the data too: a run would fail on it

@@ -1,16 +1,21 @@
 """The result store of a sweep: <sweep folder>/runs/<run_id>/ per run, and summary.csv rebuilt from them.
 
 Every file is written atomically, so a sweep killed at any moment leaves only whole files (and perhaps a
-`.name.*.tmp` that the next start removes). The run files are the truth; summary.csv is only ever derived
-from them, so it can always be rebuilt and never disagrees with them for long. A run is finished iff its
-metrics.json exists; an unfinished run with a checkpoint.pt resumes from it.
+`.name.*.tmp` that the next sweep or run removes: atomic.drop_stale_temps). The run files are the truth;
+summary.csv is only ever derived from them, so it can always be rebuilt and never disagrees with them for long. A
+run is finished iff its metrics.json exists; an unfinished run with a checkpoint.pt resumes from it.
 
 A run's result is never rewritten: config.json and data.json are written once, when the run folder is made, and a
 finished run's files are only read (a key added to RunConfig later is filled in with its default when read).
 data.json records the data the run trains on (classes, image counts, a sha256 of each finished split); a rerun on
 other data is refused (`check_run`). sweep.json keeps every design ever swept into the folder, each with its run
 ids, so that the report can tell one design's runs from another's. One sweep works in a folder at a time: it
-holds the folder's .lock (`lock_sweep`); a SLURM job holds its run folder's (`hold_lock`).
+holds the folder's .lock (`lock_sweep`); a SLURM job holds its run folder's (`lock_run`). A lock that cannot be
+held (another user's, a filesystem without flock) is a one-line StoreError, never a silent go-ahead: `Locks` moves
+the locks elsewhere or, by the user's explicit choice, drops them.
+
+A run file that cannot be read is damaged (`find_damaged`) and set aside with a fate stated per file
+(`damage_fate`); one this user may not read or replace is not damage but an AccessError naming its owner.
 
 This module owns the run folder's contract and every on-disk format: its file names, the run statuses, the fields
 of metrics.json (`METRIC_FIELDS`, which summary.csv's columns and the report's checks derive from), and, through
@@ -18,13 +23,16 @@ ablations.design, sweep.json. The engine writes the files and analysis reads the
 store imports neither of them.
 """
 
+import contextlib
 import csv
 import dataclasses
 import fcntl
+import hashlib
 import io
 import json
 import math
 import os
+import pwd
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -132,16 +140,44 @@ METRIC_COLUMNS = tuple(name for name, spec in METRIC_FIELDS.items() if spec.colu
 SUMMARY_COLUMNS = ("run_id", *(f.name for f in dataclasses.fields(RunConfig)), *METRIC_COLUMNS)
 
 
+REDO = "; delete it to redo that run"  # the advice of a damaged run file's error where the sweep does not set it aside
+
+
 class StoreError(RuntimeError):
     """A store file that cannot be read; the message names it."""
+
+
+class AccessError(StoreError):
+    """A store file this user may not read or replace (another user's): refused, never taken for damage."""
+
+
+def owner(path: Path) -> str:
+    """The name of the user who owns `path` (its uid where the system has no name for it)."""
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        return "an unknown user"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def not_permitted(path: Path, action: str) -> AccessError:
+    return AccessError(
+        f"{path} cannot be {action}: it belongs to {owner(path)} (Permission denied); ask them for access, "
+        "or use another --out"
+    )
 
 
 def read_json(path: Path):
     try:
         return json.loads(path.read_text())
+    except PermissionError:  # another user's file: not damage, so never set aside nor redone
+        raise not_permitted(path, "read") from None
     except ValueError as error:  # JSONDecodeError, or UnicodeDecodeError for a binary file
         raise StoreError(f"{path} is not valid JSON ({error}); delete it to redo that run") from None
-    except OSError as error:  # a folder where the file should be, no permission
+    except OSError as error:  # a folder where the file should be, a disk error
         raise StoreError(f"{path} cannot be read ({error.strerror}); delete it to redo that run") from None
 
 
@@ -187,8 +223,20 @@ def write_metrics(run_dir: Path, metrics: dict) -> None:
     atomic.write_json(run_dir / METRICS, metrics)
 
 
-def read_history(path: Path) -> list[dict]:
-    """A run's history.json: one object per completed epoch, each with its 'epoch' number."""
+# A history.json record is a dozen numbers (about 300 bytes): a file of more bytes than this per epoch of its run was
+# not written by the engine, and is refused unparsed (a 254 MB one cost every sweep start 35 s and 1.3 GB).
+HISTORY_BYTES_PER_EPOCH = 16_384
+
+
+def read_history(path: Path, epochs: int | None = None) -> list[dict]:
+    """A run's history.json: one object per completed epoch, each with its 'epoch' number. Given the run's `epochs`,
+    a file far larger than such a run writes is refused before it is parsed."""
+    size = path.stat().st_size
+    if epochs is not None and size > epochs * HISTORY_BYTES_PER_EPOCH:
+        raise StoreError(
+            f"{path} is not accepted: {size:,} bytes, more than a run of {epochs} epochs writes; "
+            "delete it to redo that run"
+        )
     records = read_json(path)
     if not isinstance(records, list) or not all(isinstance(record, dict) and "epoch" in record for record in records):
         raise StoreError(
@@ -204,17 +252,47 @@ def epochs_completed(run_dir: Path) -> int:
 
 def hold_lock(path: Path, wait: bool = True) -> IO[str] | None:
     """Hold an exclusive lock on `path` until the returned file is closed (or this process ends). Without `wait`,
-    None when another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(path, "a+")  # the caller closes it
+    None when another process holds it. StoreError where it cannot be held: another user's lock file, or a
+    filesystem whose flock does not work (Lustre without -o flock, NFS without lockd), which would let two sweeps
+    or jobs train one run at once; the user then chooses --lock-dir or --no-lock (`Locks`)."""
+    created = not path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "a+")  # the caller closes it
+    except PermissionError:
+        if not path.exists():  # the folder is another user's
+            raise AccessError(
+                f"cannot create the lock {path}: its folder belongs to {owner(path.parent)} (Permission denied); "
+                "ask them for access, or use another --out"
+            ) from None
+        raise not_permitted(path, "opened for its lock") from None
+    except OSError as error:
+        raise atomic.WriteError(path, error) from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         lock.close()
         return None
-    except OSError:  # a shared filesystem without locks (Lustre without -o flock): nothing to hold
-        pass
+    except OSError as error:  # ENOLCK, EOPNOTSUPP, EINVAL...: this filesystem does not lock
+        lock.close()
+        if created:  # nothing was locked: leave the folder as it was
+            path.unlink(missing_ok=True)
+        raise StoreError(
+            f"cannot lock {path} ({error.strerror}): its filesystem has no working file locks, so two sweeps or "
+            "jobs could train one run at once; choose --lock-dir DIR on a filesystem where locks work (a local "
+            "disk for a sweep on one machine), or --no-lock if you make sure of that yourself"
+        ) from None
     return lock
+
+
+@dataclass(frozen=True)
+class Locks:
+    """Where a store's locks are: beside the files they guard (the default), in `folder` (--lock-dir: a
+    filesystem whose flock works, when the results' does not), or nowhere (`off`, --no-lock: the user makes sure
+    that one sweep works in the folder and one job trains a run at a time)."""
+
+    folder: Path | None = None
+    off: bool = False
 
 
 def describe_data(record: dict) -> str:
@@ -250,32 +328,71 @@ class RunState:
 
 
 class Store:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, locks: Locks = Locks()) -> None:
         self.root = Path(root)
+        self.locks = locks
         self.runs = self.root / RUNS
         self.summary = self.root / SUMMARY
         self.damaged: dict[Path, str] = {}  # run files that cannot be read, and why: read as absent
 
     def find_damaged(self) -> dict[Path, str]:
         """Every run file that cannot be read (a hand edit, a disk error), and why. The store then reads them as
-        absent, so one damaged file does not stop every sweep into the folder until someone deletes it."""
+        absent, so one damaged file does not stop every sweep into the folder until someone deletes it. A run whose
+        data.json is damaged trained on data nobody knows: its results count as damaged too. AccessError for a
+        file this user may not read (another user's is not damage) or a damaged one it may not set aside."""
         for run_dir in sorted(self.runs.iterdir()) if self.runs.is_dir() else []:
-            for name, reader in ((CONFIG, read_config), (METRICS, read_metrics), (HISTORY, read_history)):
+            epochs = None  # the run's, from its config: a history far longer than that is not parsed
+            readers = ((CONFIG, read_config), (METRICS, read_metrics), (HISTORY, read_history), (DATA, read_object))
+            for name, reader in readers:
                 try:
                     if (run_dir / name).exists():
-                        reader(run_dir / name)
+                        read = reader(run_dir / name, epochs) if name == HISTORY else reader(run_dir / name)
+                        epochs = read.epochs if name == CONFIG else epochs
+                except PermissionError:  # the run folder itself is another user's, closed to this one
+                    raise not_permitted(run_dir, "read") from None
+                except AccessError:
+                    raise
                 except StoreError as error:
-                    self.damaged[run_dir / name] = str(error).removesuffix("; delete it to redo that run")
+                    self.damaged[run_dir / name] = str(error).removesuffix(REDO)
+            if run_dir / DATA in self.damaged:
+                for name in (METRICS, HISTORY, CHECKPOINT):
+                    if (run_dir / name).exists() and run_dir / name not in self.damaged:
+                        self.damaged[run_dir / name] = f"{run_dir / name}: its run's {DATA} is damaged"
+        for path in self.damaged:
+            if not os.access(path.parent, os.W_OK | os.X_OK):
+                raise AccessError(
+                    f"{path} is damaged but cannot be set aside: its folder belongs to {owner(path.parent)} "
+                    "(Permission denied); ask them to fix it, or use another --out"
+                )
         return self.damaged
+
+    def damage_fate(self, path: Path) -> str:
+        """What set_aside_damaged and the sweep after it do with a damaged run file, in words (they do just that)."""
+        aside, run_dir = f"set aside as {path.name}.damaged-<time>", path.parent
+        if path.name == CONFIG:
+            return f"{aside} and written again from this sweep's config"
+        if path.name == DATA or run_dir / DATA in self.damaged:
+            return f"{aside} and its run trained again from scratch (what it trained on is not known)"
+        if path.name != HISTORY:
+            return f"{aside} and its run redone"
+        status = self.state(run_dir).status
+        if status in (DONE, DIVERGED):
+            return f"{aside}; the run stays {status}, without its training curves"
+        if status == FAILED:  # a retry resumes from the checkpoint, whose history it writes again
+            return f"{aside}; the failed run is without its training curves until it is retried"
+        return f"{aside}; the run's training writes it again"
 
     def set_aside_damaged(self) -> list[Path]:
         """Rename each damaged file to <name>.damaged-<time> (kept, never deleted) and return the new paths: the
-        sweep then writes config.json again and retrains a run whose metrics.json was damaged."""
+        sweep then does what `damage_fate` says."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         moved = []
         for path in self.damaged:
             moved.append(path.with_name(f"{path.name}.damaged-{stamp}"))
-            os.replace(path, moved[-1])
+            try:
+                os.replace(path, moved[-1])
+            except PermissionError:
+                raise not_permitted(path, "set aside") from None
         self.damaged = {}
         return moved
 
@@ -296,13 +413,13 @@ class Store:
             epochs, transient = metrics.get("epochs_completed") or 0, metrics.get("transient") is True
             return RunState(metrics["status"], metrics.get("reason", ""), epochs, transient)
         # Epochs count only with a checkpoint to resume them from (history.json is written just before it).
-        resumable = (run_dir / CHECKPOINT).exists() and self.readable(run_dir / HISTORY)
+        resumable = self.readable(run_dir / CHECKPOINT) and self.readable(run_dir / HISTORY)
         return RunState(UNFINISHED, "", epochs_completed(run_dir) if resumable else 0)
 
-    def check_run(self, cfg: RunConfig, data: dict | None) -> None:
+    def check_run(self, cfg: RunConfig, data: dict | None, seen: str = "this sweep's data is") -> None:
         """StoreError (one line) unless the folder of `cfg` may take this run: its config.json describes this run,
-        its data.json (if any) the same images as `data` (this sweep's, when it was loaded), and it is not held
-        under the shorter id of an older toolkit."""
+        its data.json (if any) the same images as `data` (this sweep's, when it was loaded; `seen` says whose),
+        and it is not held under the shorter id of an older toolkit."""
         run_dir = self.run_dir(cfg)
         legacy = self.runs / cfg.run_id()[:LEGACY_RUN_ID_LENGTH]
         if legacy.is_dir() and not run_dir.exists():
@@ -318,19 +435,17 @@ class Store:
                     f"{run_dir / CONFIG} is another run than {cfg.run_id()} ({key}={getattr(recorded, key)!r}, not "
                     f"{getattr(cfg, key)!r}): edited by hand? move that folder away"
                 )
-        if data is not None and (run_dir / DATA).exists():
+        if data is not None and self.readable(run_dir / DATA):
             recorded = read_object(run_dir / DATA)
             if not same_data(recorded, data):
                 raise StoreError(
-                    f"{run_dir} was trained on {describe_data(recorded)}, but this sweep's data is "
-                    f"{describe_data(data)}: a result on other data needs another --out"
+                    f"{run_dir} was trained on {describe_data(recorded)}, but {seen} {describe_data(data)}: a result "
+                    "on other data needs another --out"
                 )
 
     def prepare(self, configs: list[RunConfig], data: dict[str, dict] | None = None) -> None:
         """Make each run's folder with its config.json and data.json (`data` by run id), so that summary.csv lists
-        the whole sweep from the start; files already there are kept as they are. Drop stale temps."""
-        for stale in self.root.glob(f".{SUMMARY}.*.tmp"):
-            stale.unlink(missing_ok=True)
+        the whole sweep from the start; files already there are kept as they are."""
         for cfg in configs:
             run_dir = self.run_dir(cfg)
             if not (run_dir / CONFIG).exists():
@@ -339,11 +454,15 @@ class Store:
             if cfg.run_id() in (data or {}) and not (run_dir / DATA).exists() and self.metrics(run_dir) is None:
                 atomic.write_json(run_dir / DATA, data[cfg.run_id()])
 
+    def drop_stale_temps(self) -> None:
+        """Remove the temporary files a killed sweep left in the folder (of sweep.json, study.toml, summary.csv);
+        a SLURM job of an earlier sweep still writing summary.csv holds its own, which stays."""
+        atomic.drop_stale_temps(self.root)
+
     def start_run(self, run_dir: Path) -> None:
         """Called by the one process about to train this run: temps left by a killed writer are garbage now."""
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in run_dir.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+        atomic.drop_stale_temps(run_dir, min_age_s=0)
 
     def forget_failure(self, run_dir: Path) -> None:
         """Make a failed run unfinished again, so that it resumes from its last checkpoint (--retry-failed)."""
@@ -387,20 +506,42 @@ class Store:
                 raise StoreError(f"{self.summary} was not written by this toolkit: move it away, or use another --out")
         self.read_designs()
 
-    def lock_sweep(self) -> IO[str]:
+    def lock_path(self, run_id: str | None = None) -> Path:
+        """The lock of the sweep folder (no `run_id`) or of one run: beside it, or under --lock-dir in a folder
+        named after this store's absolute path (the same on every node that mounts it there)."""
+        if self.locks.folder is None:
+            return self.root / LOCK if run_id is None else self.run_dir(run_id) / LOCK
+        where = str(self.root.resolve())
+        folder = self.locks.folder / f"{Path(where).name}-{hashlib.sha256(where.encode()).hexdigest()[:12]}"
+        return folder / (LOCK if run_id is None else f"{run_id}{LOCK}")
+
+    def lock_sweep(self) -> contextlib.AbstractContextManager:
         """Hold the folder's lock for this sweep (released when the returned file is closed or the process ends);
-        StoreError naming the other sweep's process if one holds it."""
-        lock = hold_lock(self.root / LOCK, wait=False)
+        StoreError naming the other sweep's process if one holds it, WriteError if the lock cannot be written."""
+        if self.locks.off:
+            return contextlib.nullcontext()
+        path = self.lock_path()
+        lock = hold_lock(path, wait=False)
         if lock is None:
-            holder = (self.root / LOCK).read_text().strip() or "a process that is starting"
+            holder = path.read_text().strip() or "a process that is starting"
             raise StoreError(
                 f"{self.root} is in use by another sweep ({holder}): wait for it to end, or use another --out"
             )
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
-        lock.flush()
+        try:
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+            lock.flush()
+        except OSError as error:  # disk full: no sweep starts, so no lock file is left either
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                lock.close()
+            raise atomic.WriteError(path, error) from None
         return lock
+
+    def lock_run(self, run_id: str) -> contextlib.AbstractContextManager:
+        """Hold one run's lock (a SLURM job trains its run only while holding it), waiting for another holder."""
+        return contextlib.nullcontext() if self.locks.off else hold_lock(self.lock_path(run_id))
 
     def read_designs(self) -> list[Design]:
         """Every design swept into the folder, oldest first (ablations.design.read_file: both formats)."""

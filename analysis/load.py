@@ -7,7 +7,7 @@ and metric is there with its JSON type. Several sweeps load into one table with 
 import dataclasses
 import json
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +119,13 @@ def load_runs(sweeps: Iterable[Path | str]) -> pd.DataFrame:
     return runs[~repeated].reset_index(drop=True)
 
 
-def load_history(sweeps: Iterable[Path | str]) -> pd.DataFrame:
-    """Every run's per-epoch record in long form: sweep, run_id, epoch, metric, value (one row per number)."""
+def load_history(sweeps: Iterable[Path | str], run_ids: Collection[str] | None = None) -> pd.DataFrame:
+    """Every run's per-epoch record in long form: sweep, run_id, epoch, metric, value (one row per number). Only the
+    runs of `run_ids` when given: a history is read only where it is drawn (one can be long)."""
     frames = []
     for sweep, run_dir in _sweep_runs(sweeps):
+        if run_ids is not None and run_dir.name not in run_ids:
+            continue
         history_path = run_dir / HISTORY
         records = _read(read_history, history_path) if history_path.exists() else []
         if records:
@@ -134,8 +137,9 @@ def load_history(sweeps: Iterable[Path | str]) -> pd.DataFrame:
 
 
 def history_gaps(runs: pd.DataFrame, history: pd.DataFrame) -> dict[str, str]:
-    """The done runs whose training curve is missing or cut short, run id -> why ("no history.json"), so that a
-    report can name them instead of drawing fewer curves without a word."""
+    """The done runs whose training curve is missing, cut short or longer than the run, run id -> why ("no
+    history.json"), so that a report can name them and leave them out instead of drawing a wrong curve or fewer
+    curves without a word."""
     epochs = history.groupby("run_id")["epoch"].nunique()
     gaps = {}
     for row in done(runs).to_dict("records"):
@@ -144,4 +148,6 @@ def history_gaps(runs: pd.DataFrame, history: pd.DataFrame) -> dict[str, str]:
             gaps[row["run_id"]] = f"no {HISTORY} (missing or empty)"
         elif pd.notna(expected) and found < expected:
             gaps[row["run_id"]] = f"{HISTORY} has {found} of {int(expected)} epochs"
+        elif pd.notna(expected) and found > expected:
+            gaps[row["run_id"]] = f"its {HISTORY} has {found} epochs, the run {int(expected)}"
     return gaps

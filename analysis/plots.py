@@ -233,7 +233,7 @@ def training_curves(
     """Test accuracy and training loss per epoch, mean over seeds with a 95% CI band, one line per variant.
 
     With SEED_POINTS_UP_TO seeds or fewer, each seed's curve is drawn thin beside the mean. `source` names the model
-    and the data; `left_out` runs (done, but without a full history) are said to be missing.
+    and the data; `left_out` runs (done, but their history does not match the run) are said to be missing.
     """
     joined = history.merge(runs[["run_id", *keys]], on="run_id")
     n = runs.groupby(keys)["run_id"].nunique() if keys else pd.Series([runs["run_id"].nunique()])
@@ -264,7 +264,7 @@ def training_curves(
             seeds = f"n = {n_min}" if n_min == n_max else f"n = {n_min}-{n_max}"
             subtitle = f"mean over {seeds} seeds, band: 95% CI (clipped){thin}"
         if left_out:
-            subtitle += f"; {left_out} run{'s' if left_out > 1 else ''} without a full history.json left out"
+            subtitle += f"; {left_out} run{'s' if left_out > 1 else ''} left out (history.json missing, short or long)"
         set_subtitle(axes[0], source, subtitle)
         if len(variants) > 1:
             axes[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))

@@ -6,15 +6,18 @@ throughput, seeds), the same numbers unrounded in variants.csv, the figures as P
 (data, model, recipe, design, seeds, hardware, commit, date), the table, and the figures. A study (one factor at
 a time from a baseline) gets one block of rows per axis. Runs that differ in a key no sweep swept are refused
 unless --allow-mixed asks for them to be pooled. A folder that several designs were swept into is reported for its
-latest design (--design picks another, or all); report.md names every run folder it leaves out, and why.
+latest design (--design picks another, or all); report.md names every run folder it leaves out, and why. The report
+is written whole into a staging folder beside DIR, then swapped in: a reader sees the old report or the new one.
 """
 
+import glob
 import math
 import os
 import re
+import secrets
 import shutil
+import stat
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,7 +228,8 @@ def figure_set(variants: pd.DataFrame, history: pd.DataFrame, scope: Scope) -> d
     """The report's figures by file stem: accuracy against each swept key (in a study: along its axis), against
     each cost, and the training curves (in a study: one figure per axis, or every variant would share one).
 
-    Each names the model and the data; the curves leave out the done runs without a full history and say so."""
+    Each names the model and the data; the curves leave out the done runs whose history does not match the run,
+    and say so."""
     made = {}
     done = scope.done
     source = provenance.figure_source(done)
@@ -251,14 +255,6 @@ def figure_set(variants: pd.DataFrame, history: pd.DataFrame, scope: Scope) -> d
         stem = f"training_curves_{key}" if key else "training_curves"
         made[stem] = plots.training_curves(done_history, runs, curve_keys, source, left_out)
     return made
-
-
-def remove_stale_figures(out: Path, written: list[Path]) -> None:
-    """Figures an earlier report wrote into `out` that this one did not (a key no longer swept)."""
-    for pattern in FIGURE_PATTERNS:
-        for path in out.glob(pattern):
-            if path not in written:
-                path.unlink()
 
 
 def gaps_text(scope: Scope, gaps: dict[str, str]) -> str:
@@ -330,29 +326,89 @@ def write_files(folder: Path, texts: dict[str, str], figures: dict[str, Figure])
         style.save(figure, folder / stem)
 
 
-def staged(out: Path, texts: dict[str, str], figures: dict[str, Figure]) -> Path:
-    """A new folder beside `out` holding every report file. If a write fails (a full disk), AnalysisError names
-    `out`, and nothing is left behind."""
-    staging = None
+def link_or_copy(source: str, target: str) -> None:
     try:
-        # Beside the folder `out` resolves to (a link may point to another file system), so that publish renames.
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent))
+        os.link(source, target)  # no bytes to write: the staging folder lies on the same file system
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def keep_users_files(target: Path, staging: Path) -> None:
+    """Put into `staging` every file of the report folder `target` that a report does not write (the user's notes),
+    so that the swap keeps them; the figures an earlier report wrote and this one does not (a key no longer swept)
+    are left behind with the old folder."""
+    for path in target.iterdir():
+        kept = staging / path.name
+        if kept.exists() or any(path.match(pattern) for pattern in FIGURE_PATTERNS):
+            continue
+        if path.is_symlink():
+            os.symlink(os.readlink(path), kept)
+        elif path.is_dir():
+            shutil.copytree(path, kept, symlinks=True, copy_function=link_or_copy)
+        else:
+            link_or_copy(str(path), str(kept))
+
+
+def failure(error: BaseException) -> str:
+    """Why a write failed, in a few words: the OSError behind it (on a full disk matplotlib's PDF writer raises an
+    AttributeError of its own while it cleans up after the ENOSPC), else the error itself."""
+    cause = error
+    while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
+        cause = cause.__cause__ or cause.__context__
+    return cause.strerror if cause is not None else f"{type(error).__name__}: {error}"
+
+
+def staged(target: Path, out: Path, texts: dict[str, str], figures: dict[str, Figure]) -> Path:
+    """A new folder beside the report folder `target` (`out` resolved) holding the whole new report and the user's
+    files of the old one. If anything fails while it is written (a full disk), AnalysisError names `out`, and
+    nothing is left behind."""
+    staging = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        staging.mkdir()
+        os.chmod(staging, stat.S_IMODE(target.stat().st_mode))  # the swap keeps the report folder's permissions
         write_files(staging, texts, figures)
+        keep_users_files(target, staging)
         return staging
-    except OSError as error:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise AnalysisError(f"cannot write the report into {out} ({error.strerror}); nothing there changed") from None
+    except Exception as error:  # any failure to write, not only OSError: see failure()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise AnalysisError(f"cannot write the report into {out} ({failure(error)}); nothing there changed") from None
 
 
-def publish(staging: Path, out: Path) -> None:
-    """Move the finished files from `staging` into `out` (renames on one file system: no new data to write),
-    then remove the figures an earlier report left there that this one did not write."""
-    written = []
-    for path in sorted(staging.iterdir()):
-        os.replace(path, out / path.name)
-        written.append(out / path.name)
-    remove_stale_figures(out, written)
+def publish(staging: Path, target: Path) -> None:
+    """Swap the finished `staging` folder in for the report folder `target` with two renames (on one file system:
+    no data to write), so that a reader sees the old report or the new one, never a mix of both. A kill between
+    the renames leaves the old report set aside as .<name>.old-*, which the next report puts back (`recover`)."""
+    old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+    os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(target: Path) -> None:
+    """Clear what a killed report left beside the report folder `target`: a report set aside by a publish killed
+    between its two renames is put back (when no report took its place), and the staging folders and set-aside
+    reports of earlier kills are removed."""
+    name = glob.escape(target.name)
+    olds = sorted(target.parent.glob(f".{name}.old-*"))
+    if olds and not target.exists():
+        os.replace(olds.pop(), target)
+    for leftover in [*olds, *target.parent.glob(f".{name}.*.tmp")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def check_out(out: Path, target: Path, sweeps: list[Path]) -> None:
+    """AnalysisError unless `out` can be the report's own folder: a report replaces the whole folder (`publish`),
+    so it must not hold a sweep it reads, or the current folder."""
+    for inside in [*(Path(sweep).resolve() for sweep in sweeps), Path.cwd().resolve()]:
+        if inside.is_relative_to(target):
+            raise AnalysisError(
+                f"--out {str(out)!r} is not accepted: it holds {inside}, and a report replaces its whole folder; "
+                "choose a folder of its own (default: <first sweep>/report)"
+            )
 
 
 def build_report(
@@ -365,6 +421,8 @@ def build_report(
     """Write every report file; returns the index path. Raises AnalysisError/ConfigError on input it cannot use,
     and AnalysisError naming `out` when it cannot be written (a full disk): `out` is then as it was before."""
     out = Path(out) if out is not None else Path(sweeps[0]) / "report"
+    target = out.resolve()  # a link to the report folder stays a link: the folder it points to is swapped
+    check_out(out, target, sweeps)
     chosen = scope(sweeps, baseline_items, allow_mixed, design)
     variants = summarise(chosen.runs, chosen.baseline, chosen.keys)
     cpu = provenance.measured_on_cpu(chosen.runs)
@@ -372,8 +430,8 @@ def build_report(
     table_md = markdown_table(made)
     caption = provenance.caption(chosen.runs, chosen.designs, chosen.keys)
     notes = f"{CI_NOTE} {DIFF_NOTE} {provenance.throughput_note(chosen.runs)} {PARETO_NOTE}"
-    history = load_history(sweeps)  # before the first write: a damaged history.json must leave `out` as it was
-    history = history[history["run_id"].isin(chosen.runs["run_id"])]
+    # The histories of the done runs only, the curves' (before the first write: a damaged one leaves `out` as it was).
+    history = load_history(sweeps, set(chosen.done["run_id"]))
     figures = figure_set(variants, history, chosen)
     texts = {
         "table.md": f"{table_md}\n{caption}\n\n{notes}\n",
@@ -383,21 +441,23 @@ def build_report(
     files = [*texts, *(f"{stem}.{ext}" for stem in figures for ext in style.FORMATS)]
     gaps = history_gaps(chosen.done, history)
     texts["report.md"] = index(sweeps, chosen, table_md, f"{caption}\n\n{notes}", files, gaps)
-    existed = out.is_dir()
+    recover(target)
+    existed = target.is_dir()
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        target.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise AnalysisError(f"--out {str(out)!r} is not accepted: cannot create it ({error.strerror})") from None
     try:
-        staging = staged(out, texts, figures)
+        staging = staged(target, out, texts, figures)
     except AnalysisError:
         if not existed:
-            out.rmdir()  # created above, still empty: a failed report leaves no folder behind
+            target.rmdir()  # created above, still empty: a failed report leaves no folder behind
         raise
     try:
-        publish(staging, out)
-    finally:
+        publish(staging, target)
+    except OSError as error:  # a folder that cannot be renamed (a mount point, say)
         shutil.rmtree(staging, ignore_errors=True)
+        raise AnalysisError(f"cannot write the report into {out} ({error.strerror}); nothing there changed") from None
     return out / "report.md"
 
 

@@ -24,7 +24,7 @@ def test_help_shows_the_active_presets_values_and_what_each_key_accepts(preset, 
     code, text = run([*preset, "--help"])
     rows = {line.split()[0]: line.split(None, 2)[1:] for line in text.split("keys,")[1].splitlines()[1:] if line}
     assert code == 0
-    assert rows["dim"] == [dim, "an integer >= 1"] and rows["lr"] == [lr, "a number > 0"]
+    assert rows["dim"] == [dim, "an integer >= 1"] and rows["lr"] == [lr, "a number in (0, 1e+06]"]
     assert rows["norm"] == ["batch", "choose one of batch, layer"]
 
 

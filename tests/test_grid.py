@@ -96,6 +96,9 @@ def test_every_expanded_config_is_validated():
         ({"lr": float("nan")}, "lr=nan is not accepted: expected a finite number"),  # passed every range check
         ({"clip_norm": float("nan")}, "clip_norm=nan is not accepted"),  # silently turned clipping off
         ({"weight_decay": float("inf")}, "weight_decay=inf is not accepted"),
+        # finite, but torch cannot make a float32 tensor of them: the run failed with an overflow RuntimeError
+        ({"lr": 1e300}, "lr=1e+300 is not accepted: expected a number in (0, 1e+06]"),
+        ({"weight_decay": 1e300}, "weight_decay=1e+300 is not accepted: expected a number in [0, 1e+06]"),
         ({"seed": 2**32}, "seed=4294967296 is not accepted: expected an integer in [0, 4294967295]"),
         ({"image_size": 100_000}, "image_size=100000 is not accepted: expected an integer in [0, 4096]"),
     ],

@@ -1,6 +1,8 @@
 """The sweep's plan from Python, without an argv, and what its results record of where the data was."""
 
 import csv
+import errno
+import fcntl
 import functools
 import json
 import shutil
@@ -11,11 +13,11 @@ from conftest import imagefolder, write_tree
 
 from ablations.config import ConfigError, RunConfig, portable_path
 from ablations.design import Design
-from ablations.store import Store, StoreError
+from ablations.store import Locks, Store, StoreError, read_metrics
 from ablations.sweep.execute import end_run, execute_run
 from ablations.sweep.plan import Outcome, plan, run_plan
 from ablations.sweep.progress import SweepProgress
-from ablations.sweep.slurm import SlurmOptions
+from ablations.sweep.slurm import SlurmLauncher, SlurmOptions, train_in_job
 
 TINY = dict(dim=8, depth=1, patch_size=4, kernel_size=3, epochs=1)
 
@@ -148,3 +150,65 @@ def test_a_portable_path_is_relative_to_the_git_work_tree_of_the_current_folder_
 def test_slurm_options_check_themselves(options, message):
     with pytest.raises(ConfigError, match=message):
         SlurmOptions(**options)
+
+
+def planned_not_trained(data: Path, out: Path) -> tuple[RunConfig, Store]:
+    """A run as a SLURM sweep leaves it for its array task: its folder, config.json and data.json written."""
+    store = Store(out)
+    planned = plan([tiny(data)], store)
+    store.prepare([cfg.recorded() for cfg in planned.configs], planned.data)
+    return planned.configs[0], store
+
+
+def test_a_slurm_task_on_a_node_that_sees_other_data_trains_nothing(tmp_path):
+    """Probe 3, SLURM: a node mounting another copy of data_root trained on it under the submit host's record."""
+    data = pictures(tmp_path / "pictures")
+    cfg, store = planned_not_trained(data, tmp_path / "out")
+    (data / "train" / "cat" / "000.png").unlink()  # this node's copy: one image fewer
+    metrics = train_in_job(str(store.root), cfg.to_dict(), False, "cpu", Locks())
+    assert metrics["status"] == "failed" and "\n" not in metrics["reason"]
+    assert "was trained on ImageFolder pictures (3 classes, 12 train" in metrics["reason"]
+    assert "but node " in metrics["reason"] and " sees ImageFolder pictures (3 classes, 11 train" in metrics["reason"]
+    assert not (store.run_dir(cfg) / "history.json").exists()
+    write_tree(tmp_path / "again", {"train": 4, "test": 2})
+    shutil.copy(tmp_path / "again" / "train" / "cat" / "000.png", data / "train" / "cat" / "000.png")
+    store.forget_failure(store.run_dir(cfg))
+    assert train_in_job(str(store.root), cfg.to_dict(), False, "cpu", Locks())["status"] == "done"
+
+
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (OSError(errno.ENOLCK, "No locks available"), "its filesystem has no working file locks"),
+        (PermissionError(errno.EACCES, "Permission denied"), ".lock cannot be opened for its lock: it belongs to"),
+    ],
+)
+def test_a_slurm_task_that_cannot_hold_its_runs_lock_fails_it_in_one_line(tmp_path, monkeypatch, error, message):
+    """Probe 3 N4 (another user's .lock gave a traceback in the task) and a filesystem without locks (the task
+    trained unlocked, so a duplicate task could train the same run at once)."""
+    cfg, store = planned_not_trained(pictures(tmp_path / "pictures"), tmp_path / "out")
+    (store.run_dir(cfg) / ".lock").write_text("")  # left by another user's job
+
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(fcntl, "flock", refuse) if error.errno == errno.ENOLCK else None
+    monkeypatch.setattr("builtins.open", refuse) if error.errno == errno.EACCES else None
+    metrics = train_in_job(str(store.root), cfg.to_dict(), False, "cpu", Locks())
+    monkeypatch.undo()
+    assert metrics["status"] == "failed" and message in metrics["reason"] and "\n" not in metrics["reason"]
+    assert read_metrics(store.run_dir(cfg) / "metrics.json")["reason"] == metrics["reason"]
+    assert not (store.run_dir(cfg) / "history.json").exists()
+
+
+@pytest.mark.parametrize("content", ["{not json", '["123_0"]', '{"abc": 5}'])
+def test_a_damaged_jobs_file_says_what_it_is_and_what_to_do(tmp_path, content):
+    """Probe 3: a damaged slurm/jobs.json said 'delete it to redo that run', which does not fit that file."""
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "jobs.json").write_text(content)
+    with pytest.raises(StoreError) as raised:
+        SlurmLauncher(Store(tmp_path), SlurmOptions(), False).recorded_jobs()
+    message = str(raised.value)
+    assert message.startswith(str(tmp_path / "slurm" / "jobs.json")) and "redo that run" not in message
+    assert message.endswith("it lists the jobs of earlier sweeps of this folder; cancel those still queued or running "
+                            "(squeue -u $USER), then delete it and rerun")  # fmt: skip

@@ -135,9 +135,29 @@ def test_a_run_without_its_history_is_named_in_the_report_and_its_curve_left_out
     chosen = scope([damaged], [])
     variants = summarise(chosen.runs, chosen.baseline, chosen.keys)
     curves = report.figure_set(variants, load_history([damaged]), chosen)["training_curves"]
-    assert "2 runs without a full history.json left out" in curves.axes[0].get_title(loc="left")
+    assert "2 runs left out (history.json missing, short or long)" in curves.axes[0].get_title(loc="left")
     assert report.main([str(sweep), "--out", str(tmp_path / "whole")]) == 0
     assert "Left out" not in (tmp_path / "whole" / "report.md").read_text()
+
+
+def test_a_history_longer_than_its_run_is_named_and_left_out(sweep, tmp_path):
+    """A 254 MB history.json of 200,000 epochs for a 3-epoch run was drawn as its curve, without a word."""
+    damaged = copy_sweep(sweep, tmp_path / "damaged")
+    long = first_run(damaged)
+    records = json.loads((long / "history.json").read_text())
+    (long / "history.json").write_text(json.dumps(records + [{**records[-1], "epoch": n} for n in range(3, 9)]))
+    gaps = history_gaps(load_runs([damaged]), load_history([damaged]))
+    assert gaps == {long.name: "its history.json has 8 epochs, the run 2"}
+
+
+def test_only_the_histories_asked_for_are_read(sweep, tmp_path):
+    damaged = copy_sweep(sweep, tmp_path / "damaged")
+    unread, *read = sorted((damaged / "runs").iterdir())
+    (unread / "history.json").write_text("[{not json")
+    history = load_history([damaged], {run_dir.name for run_dir in read})
+    assert set(history["run_id"]) == {run_dir.name for run_dir in read}
+    with pytest.raises(AnalysisError, match="history.json"):
+        load_history([damaged])
 
 
 # --- what ran: precision ----------------------------------------------------------------------------------------------
@@ -298,3 +318,131 @@ def test_a_report_replaces_its_files_in_place_and_keeps_the_users(sweep, tmp_pat
     assert (out / "my-notes.txt").read_text() == "mine" and "Baseline: kernel_size=5" in (out / "report.md").read_text()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["report"]
     assert all(path.stat().st_size > 0 for path in out.iterdir())
+
+
+def test_matplotlibs_own_error_after_a_full_disk_is_one_line_and_leaves_nothing(sweep, tmp_path, capsys, monkeypatch):
+    """On a full disk matplotlib's PDF writer ended in a traceback: AttributeError: 'Stream' object has no attribute
+    'pos', raised while it cleaned up after the ENOSPC; its staging folder and an empty --out were left."""
+
+    def save_onto_a_full_disk(fig, stem: Path) -> list[Path]:
+        Path(f"{stem}.pdf").write_bytes(b"")  # the PDF of 0 bytes the probe found
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise AttributeError("'Stream' object has no attribute 'pos'") from None  # as matplotlib's, no __cause__
+
+    monkeypatch.setattr(style, "save", save_onto_a_full_disk)
+    out = tmp_path / "disk" / "rep"
+    assert report.cli([str(sweep), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"{report.PROG}: error: cannot write the report into {out} (No space left on device); nothing there changed\n"
+    )
+    assert list((tmp_path / "disk").iterdir()) == []
+
+
+def test_a_write_failure_without_an_os_error_behind_it_is_named():
+    try:
+        raise TypeError("bad figure")
+    except TypeError as error:
+        assert report.failure(error) == "TypeError: bad figure"
+
+
+# --- publishing: old or new, never a mix; nothing left of a killed report -------------------------------------------
+
+
+def folder(path: Path, files: dict[str, str]) -> Path:
+    path.mkdir(parents=True)
+    for name, text in files.items():
+        (path / name).write_text(text)
+    return path
+
+
+def contents(path: Path) -> dict[str, str]:
+    return {file.name: file.read_text() for file in path.iterdir()}
+
+
+OLD = {"report.md": "old", "accuracy_vs_dim.png": "old figure", "my-notes.txt": "mine"}
+NEW = {"report.md": "new", "accuracy_vs_kernel_size.png": "new figure"}
+
+
+def test_publish_swaps_the_whole_folder_keeping_the_users_files_and_no_stale_figure(tmp_path):
+    target = folder(tmp_path / "report", OLD)
+    staging = folder(tmp_path / ".report.abcd.tmp", NEW)
+    report.keep_users_files(target, staging)
+    report.publish(staging, target)
+    assert contents(target) == NEW | {"my-notes.txt": "mine"}
+    assert [path.name for path in tmp_path.iterdir()] == ["report"]
+
+
+def test_a_report_killed_between_the_two_renames_is_put_back_by_the_next_one(tmp_path, monkeypatch):
+    """publish renamed file by file: a kill after the first rename left new figures beside the old report.md."""
+    target = folder(tmp_path / "report", OLD)
+    staging = folder(tmp_path / ".report.abcd.tmp", NEW)
+    replace = report.os.replace
+
+    def killed(*args):
+        raise SystemExit(137)  # as a SIGKILL: nothing after it runs
+
+    def killed_after_the_first(source, destination):
+        replace(source, destination)
+        monkeypatch.setattr(report.os, "replace", killed)
+
+    monkeypatch.setattr(report.os, "replace", killed_after_the_first)
+    with pytest.raises(SystemExit):
+        report.publish(staging, target)
+    monkeypatch.setattr(report.os, "replace", replace)
+    (aside,) = tmp_path.glob(".report.old-*")
+    assert not target.exists() and contents(aside) == OLD and contents(staging) == NEW  # no folder holds a mix
+    report.recover(target)
+    assert contents(target) == OLD and [path.name for path in tmp_path.iterdir()] == ["report"]
+
+
+def test_a_swap_that_fails_halfway_puts_the_old_report_back(tmp_path, monkeypatch):
+    target = folder(tmp_path / "report", OLD)
+    staging = folder(tmp_path / ".report.abcd.tmp", NEW)
+    replace, calls = report.os.replace, []
+
+    def second_fails(source, destination):
+        calls.append(source)
+        if len(calls) == 2:
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        replace(source, destination)
+
+    monkeypatch.setattr(report.os, "replace", second_fails)
+    with pytest.raises(OSError):
+        report.publish(staging, target)
+    assert contents(target) == OLD and contents(staging) == NEW  # the caller removes the staging folder
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".report.abcd.tmp", "report"]
+
+
+def test_the_next_report_removes_staging_folders_and_set_aside_reports_of_earlier_kills(tmp_path):
+    target = folder(tmp_path / "report", OLD)
+    folder(tmp_path / ".report.k1.tmp", {"table.md": "half"})
+    folder(tmp_path / ".report.old-k2", OLD)  # killed after the swap, before the old one was removed
+    folder(tmp_path / ".other.k3.tmp", {})  # another report folder's: not this one's to clear
+    report.recover(target)
+    assert contents(target) == OLD and sorted(path.name for path in tmp_path.iterdir()) == [".other.k3.tmp", "report"]
+
+
+@pytest.mark.parametrize("out", [".", "sweep-copy", "sweep-copy/.."])
+def test_an_out_holding_a_sweep_or_the_current_folder_is_refused(sweep, tmp_path, capsys, monkeypatch, out):
+    """A report replaces its whole folder: a sweep inside it would be moved away."""
+    monkeypatch.chdir(tmp_path)
+    copy = copy_sweep(sweep, tmp_path / "sweep-copy")
+    assert report.cli([str(copy), "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --out {out!r} is not accepted: it holds " in err and err.count("\n") == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["sweep-copy"]
+
+
+@pytest.mark.slow
+def test_a_rerun_after_a_killed_report_is_whole_and_clears_its_leftovers(sweep, tmp_path):
+    out = tmp_path / "report"
+    assert report.main([str(sweep), "--out", str(out)]) == 0
+    clean = {path.name: path.read_bytes() for path in out.iterdir()}
+    out.chmod(0o750)
+    folder(tmp_path / ".report.k1.tmp", {"table.md": "half"})
+    out.rename(tmp_path / ".report.old-k2")  # killed between the two renames of publish
+    assert report.main([str(sweep), "--out", str(out)]) == 0
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == clean
+    assert [path.name for path in tmp_path.iterdir()] == ["report"] and out.stat().st_mode & 0o777 == 0o750

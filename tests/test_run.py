@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import read_json, read_summary, snapshot, tiny_configs, tiny_set
+from helpers import TINY_SWEEP, TINY_SWEEP_OPTIONS, read_json, read_summary, snapshot, tiny_configs, tiny_set
 from PIL import Image
 
 import ablations.engine.train as engine_train
@@ -231,8 +231,63 @@ def test_a_damaged_config_or_history_of_a_finished_run_is_set_aside_and_nothing_
     with contextlib.redirect_stdout(io.StringIO()) as said:
         cli([*TINY, "--set", "clip_norm=0", "--grid", "lr=0.01,1e6,0.1", "--out", str(out)])
     assert said.getvalue().count("damaged: ") == 2 and "1 to train (2 finished earlier)" in said.getvalue()
+    assert "history.json.damaged-<time>; the run stays done, without its training curves" in said.getvalue()
+    assert "config.json.damaged-<time> and written again from this sweep's config" in said.getvalue()
     assert read_json(run_dir / "config.json") == config and not (run_dir / "history.json").exists()
     assert len(list(run_dir.glob("*.damaged-*"))) == 2 and read_json(run_dir / "metrics.json")["status"] == "done"
+
+
+def test_another_users_unreadable_run_file_is_refused_and_nothing_is_renamed(tmp_path, capsys, monkeypatch):
+    """Probe 3 N5: a sweep renamed another user's metrics.json (mode 600) away as damaged and trained the run again."""
+    out = Path(shutil.copytree(TINY_SWEEP, tmp_path / "shared"))
+    foreign = sorted(out.glob("runs/*/metrics.json"))[0]
+    real_read = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda path, *a, **k: real_read(path, *a, **k) if path != foreign else
+                        (_ for _ in ()).throw(PermissionError(errno.EACCES, "Permission denied")))  # fmt: skip
+    before = snapshot(out)
+    assert cli([*TINY_SWEEP_OPTIONS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{foreign} cannot be read: it belongs to " in err
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lock-dir", "locks", "--no-lock"], "--lock-dir and --no-lock exclude each other"),
+        ([], "(No locks available): its filesystem has no working file locks, so two sweeps or jobs could train one"),
+    ],
+)
+def test_locks_that_cannot_be_held_stop_the_sweep_and_ask_for_a_choice(tmp_path, capsys, monkeypatch, args, message):
+    """Lustre without -o flock, NFS without lockd: the sweep and its SLURM jobs went on unlocked, without a word."""
+    out = Path(shutil.copytree(TINY_SWEEP, tmp_path / "lustre"))
+    monkeypatch.setattr(
+        "fcntl.flock", lambda fd, op: (_ for _ in ()).throw(OSError(errno.ENOLCK, "No locks available"))
+    )
+    before = snapshot(out)
+    assert cli([*TINY_SWEEP_OPTIONS, "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and snapshot(out) == before
+
+
+@pytest.mark.slow
+def test_a_damaged_data_record_is_set_aside_with_its_results_and_the_run_trained_again(finished_sweep, tmp_path):
+    """Probe 3 N5: a damaged data.json stopped every sweep into the folder ('delete it to redo that run'), and
+    deleting it kept the run done, on data nobody could check any more."""
+    out = Path(shutil.copytree(finished_sweep[0], tmp_path / "lr"))
+    run_dir = next(path.parent for path in out.glob("runs/*/metrics.json") if read_json(path)["status"] == "done")
+    record, metrics = read_json(run_dir / "data.json"), read_json(run_dir / "metrics.json")
+    (run_dir / "data.json").write_text('{"classes": [')
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        cli([*TINY, "--set", "clip_norm=0", "--grid", "lr=0.01,1e6", "--out", str(out)])
+    said = said.getvalue()
+    assert "data.json.damaged-<time> and its run trained again from scratch" in said
+    assert "1 to train (1 finished earlier)" in said
+    assert read_json(run_dir / "data.json") == record and read_json(run_dir / "metrics.json")["status"] == "done"
+    assert read_json(run_dir / "metrics.json")["test_acc"] == metrics["test_acc"]  # the same run, redone
+    assert sorted(path.name.split(".damaged-")[0] for path in run_dir.glob("*.damaged-*")) == [
+        "data.json", "history.json", "metrics.json",
+    ]  # fmt: skip
 
 
 def noise_image_tree(root: Path) -> Path:
@@ -252,7 +307,7 @@ def test_undecodable_images_and_truncated_archives_are_one_line_errors(tmp_path,
         tar.add(tree, arcname="tree")
     data = (tmp_path / "tree.tar.gz").read_bytes()
     (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) // 2])  # a download or copy that stopped half way
-    (tree / "train" / "a" / "0.png").write_text("not a png")  # the first training image: read for its size
+    (tree / "train" / "a" / "0.png").write_text("not a png")  # read for its size, as every image is
     for root, message in [
         (tmp_path / "cut.tar.gz", "imagefolder: cannot read the archive data_root="),
         (tree, "imagefolder: cannot decode train/a/0.png in"),

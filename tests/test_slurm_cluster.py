@@ -24,7 +24,7 @@ import pytest
 from helpers import read_json, read_summary, snapshot, tiny_configs, tiny_set
 
 from ablations.run import cli
-from ablations.store import LOCK, Store, hold_lock
+from ablations.store import LOCK, Locks, Store, hold_lock
 from ablations.sweep.slurm import train_in_job
 
 CLUSTER_SCRIPT = Path(__file__).parent / "slurm" / "cluster.sh"
@@ -329,7 +329,7 @@ def test_an_array_task_trains_its_run_once_even_when_submitted_twice(tmp_path):
     store.prepare([cfg])
     run_dir = store.run_dir(cfg)
     task = multiprocessing.get_context("spawn").Process(
-        target=train_in_job, args=(str(tmp_path), cfg.to_dict(), False, "cpu")
+        target=train_in_job, args=(str(tmp_path), cfg.to_dict(), False, "cpu", Locks())
     )
     with hold_lock(run_dir / LOCK):  # another job training the run
         task.start()
@@ -339,5 +339,5 @@ def test_an_array_task_trains_its_run_once_even_when_submitted_twice(tmp_path):
     metrics = read_json(run_dir / "metrics.json")
     assert task.exitcode == 0 and metrics["status"] == "done" and read_summary(tmp_path)[0]["status"] == "done"
     before = snapshot(run_dir)
-    assert train_in_job(str(tmp_path), cfg.to_dict(), False, "cpu") == metrics  # a duplicate job: nothing to do
+    assert train_in_job(str(tmp_path), cfg.to_dict(), False, "cpu", Locks()) == metrics  # a duplicate: nothing to do
     assert snapshot(run_dir) == before

@@ -3,15 +3,32 @@
 import ast
 import csv
 import dataclasses
+import errno
+import fcntl
 import json
+import os
+import shutil
+import time
 from pathlib import Path
 
 import pytest
+from helpers import TINY_SWEEP
 
 from ablations import atomic
+from ablations import store as store_module
 from ablations.config import RunConfig
 from ablations.design import Design
-from ablations.store import METRIC_FIELDS, STATUSES, SUMMARY_COLUMNS, Store, StoreError, hold_lock
+from ablations.store import (
+    METRIC_FIELDS,
+    STATUSES,
+    SUMMARY_COLUMNS,
+    AccessError,
+    Locks,
+    Store,
+    StoreError,
+    hold_lock,
+    read_config,
+)
 
 
 def configs() -> list[RunConfig]:
@@ -86,18 +103,38 @@ def test_checkpoints_of_done_and_diverged_runs_are_dropped(tmp_path):
     ]  # fmt: skip
 
 
+def aged(path: Path, content: str = "half a file") -> Path:
+    """A temporary file as a writer killed a minute ago left it."""
+    path.write_text(content)
+    os.utime(path, (time.time() - 60, time.time() - 60))
+    return path
+
+
 def test_temporaries_left_by_a_killed_writer_are_removed(tmp_path):
+    """Probe 3 N8: a kill while sweep.json was written left its temporary file for good."""
     store = Store(tmp_path)
     cfg = configs()[0]
     store.prepare([cfg])
-    run_tmp = store.run_dir(cfg) / ".checkpoint.pt.abc123.tmp"
-    summary_tmp = tmp_path / ".summary.csv.def456.tmp"
-    run_tmp.write_bytes(b"half a checkpoint")
-    summary_tmp.write_text("run_id,di")
-    store.prepare([cfg])
-    assert not summary_tmp.exists() and run_tmp.exists()  # only the process that trains a run touches its folder
+    run_tmp = aged(store.run_dir(cfg) / ".checkpoint.pt.abc123.tmp")
+    stale = [aged(tmp_path / f".{name}.x1.tmp") for name in ("summary.csv", "sweep.json", "study.toml")]
+    young = tmp_path / ".sweep.json.young.tmp"  # a writer between mkstemp and its lock: never touched
+    young.write_text("{")
+    with open(aged(tmp_path / ".summary.csv.live.tmp"), "rb") as live:  # a SLURM job still writing it
+        fcntl.flock(live, fcntl.LOCK_EX)
+        store.drop_stale_temps()
+        assert Path(live.name).exists()
+    assert not any(path.exists() for path in stale) and young.exists()
+    assert run_tmp.exists()  # only the process that trains a run touches its folder
     store.start_run(store.run_dir(cfg))
     assert not run_tmp.exists()
+
+
+def test_a_write_removes_the_stale_temporaries_of_its_file(tmp_path):
+    """Probe 3 N8: a kill while the decoded cache was written left `.<split>.pt.*.tmp` in $CONVMIXER_CACHE (up to
+    the split's size) that no later run removed; the next write of that file does."""
+    split, other = aged(tmp_path / ".cifar10-train-v1.pt.k1.tmp"), aged(tmp_path / ".cifar10-test-v1.pt.k2.tmp")
+    atomic.torch_save({"x": 1}, tmp_path / "cifar10-train-v1.pt")
+    assert not split.exists() and other.exists() and (tmp_path / "cifar10-train-v1.pt").exists()
 
 
 def test_prepare_never_rewrites_a_config_even_for_a_moved_data_root(tmp_path):
@@ -119,6 +156,23 @@ def test_an_unreadable_file_is_named(tmp_path):
     (store.run_dir(cfg) / "metrics.json").write_text('{"status": "do')
     with pytest.raises(StoreError, match=r"metrics.json is not valid JSON .*delete it to redo that run"):
         store.write_summary()
+
+
+def test_a_history_far_longer_than_its_run_is_damaged_and_never_parsed(tmp_path, monkeypatch):
+    """A 254 MB history.json (200,000 epochs of a 3-epoch run) was parsed on every start: 35 s, 1.3 GB."""
+    store = Store(tmp_path)
+    cfg, other = configs()[:2]
+    store.prepare([cfg, other])
+    # over 100 kB, where 3 epochs write under 1 kB
+    atomic.write_json(store.run_dir(cfg) / "history.json", history(3000))
+    atomic.write_json(store.run_dir(other) / "history.json", history(3))
+    read_json = store_module.read_json
+    parsed = []
+    monkeypatch.setattr(store_module, "read_json", lambda path: parsed.append(path.name) or read_json(path))
+    damaged = store.find_damaged()
+    assert list(damaged) == [store.run_dir(cfg) / "history.json"]
+    assert damaged[store.run_dir(cfg) / "history.json"].endswith("bytes, more than a run of 3 epochs writes")
+    assert parsed.count("history.json") == 1  # the other run's, of its 3 epochs
 
 
 def test_a_run_folder_named_by_its_40_bit_id_is_refused_with_the_rename_to_make(tmp_path):
@@ -193,6 +247,70 @@ def test_a_lock_is_refused_while_another_holder_has_it(tmp_path):
     Store(tmp_path).lock_sweep().close()
 
 
+def test_a_disk_full_before_the_start_is_one_line_and_leaves_no_lock(tmp_path, monkeypatch):
+    """Probe 3 N3: lock_sweep's flush on a full disk was a traceback, and left an empty .lock."""
+    real_open = open
+
+    def full_disk_open(path, *args, **kwargs):
+        file = real_open(path, *args, **kwargs)
+        if Path(path).name == ".lock":
+            monkeypatch.setattr(file, "flush", lambda: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+        return file
+
+    monkeypatch.setattr("builtins.open", full_disk_open)
+    with pytest.raises(atomic.WriteError) as raised:
+        Store(tmp_path).lock_sweep()
+    assert str(raised.value) == f"disk full writing {tmp_path / '.lock'}" and not (tmp_path / ".lock").exists()
+
+
+def test_another_users_lock_is_refused_naming_it_and_its_owner(tmp_path, monkeypatch):
+    """Probe 3 N4: a .lock owned by another user (a shared folder) was a PermissionError traceback."""
+    (tmp_path / ".lock").write_text("")
+    real_open = open
+
+    def foreign_lock(path, *args, **kwargs):
+        if Path(path).name == ".lock":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", foreign_lock)
+    monkeypatch.setattr("pwd.getpwuid", lambda uid: type("User", (), {"pw_name": "alice"}))
+    with pytest.raises(StoreError, match=r"\.lock cannot be opened for its lock: it belongs to alice \(Permission"):
+        Store(tmp_path).lock_sweep()
+
+
+def test_a_filesystem_without_locks_is_named_never_run_unlocked(tmp_path, monkeypatch):
+    """Lustre without -o flock, NFS without lockd: flock fails there, and the sweep and every job went on unlocked."""
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    for hold in (lambda: Store(tmp_path).lock_sweep(), lambda: Store(tmp_path).lock_run("abc")):
+        with pytest.raises(StoreError) as raised:
+            hold()
+        message = str(raised.value)
+        assert message.startswith(f"cannot lock {tmp_path}/") and "(No locks available)" in message
+        assert "choose --lock-dir DIR" in message and "or --no-lock" in message and "\n" not in message
+    unlocked = Store(tmp_path / "off", Locks(off=True))  # --no-lock: the user's explicit choice
+    with unlocked.lock_sweep(), unlocked.lock_run("abc"):
+        assert not (tmp_path / "off").exists()
+
+
+def test_locks_under_a_lock_dir_guard_the_same_store_from_anywhere(tmp_path):
+    """--lock-dir: the locks of a store live elsewhere, named after its absolute path, so that every process of
+    the sweep (the sweep and each SLURM job) holds the same lock file for the same folder."""
+    locks = Locks(tmp_path / "locks")
+    store, other = Store(tmp_path / "a" / "sweep", locks), Store(tmp_path / "b" / "sweep", locks)
+    with store.lock_sweep():
+        with pytest.raises(StoreError, match="is in use by another sweep"):
+            Store(tmp_path / "a" / ".." / "a" / "sweep", locks).lock_sweep()
+        other.lock_sweep().close()  # another folder of the same name: another lock
+    assert store.lock_path().parent == store.lock_path("abc").parent != other.lock_path().parent
+    assert store.lock_path("abc").name == "abc.lock" and store.lock_path().is_relative_to(tmp_path / "locks")
+    assert not (tmp_path / "a" / "sweep" / ".lock").exists()
+
+
 def status_literals(tree: ast.Module) -> list[ast.Constant]:
     """The string constants of a module that are a status word, names in `__all__` (analysis's `done`) aside."""
     exported = [
@@ -221,3 +339,67 @@ def test_no_status_word_is_spelled_outside_the_store():
     ]
     assert spelled == []
     assert len(status_literals(ast.parse('status = "done" if ok else "failed"\n__all__ = ["done"]'))) == 2
+
+
+def finished_copy(tmp_path: Path) -> tuple[Store, Path]:
+    """A copy of the committed tiny sweep (every run done, each with its data.json) and one of its run folders."""
+    root = Path(shutil.copytree(TINY_SWEEP, tmp_path / "sweep"))
+    return Store(root), sorted((root / "runs").iterdir())[0]
+
+
+def test_another_users_unreadable_file_is_refused_not_taken_for_damage(tmp_path, monkeypatch):
+    """Probe 3 N5: another user's metrics.json (mode 600) was renamed away as damaged and its run trained again."""
+    store, run_dir = finished_copy(tmp_path)
+    foreign = run_dir / "metrics.json"
+    real_read = Path.read_text
+
+    def read_text(path, *args, **kwargs):
+        if path == foreign:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.setattr("pwd.getpwuid", lambda uid: type("User", (), {"pw_name": "alice"}))
+    with pytest.raises(AccessError, match=f"^{foreign} cannot be read: it belongs to alice \\(Permission denied\\)"):
+        store.find_damaged()
+    assert foreign.exists() and not list(run_dir.glob("*.damaged-*"))
+
+
+def test_a_damaged_file_in_a_folder_this_user_cannot_change_is_refused(tmp_path, monkeypatch):
+    """Renaming it there would fail half way: refused in one line before anything is touched."""
+    store, run_dir = finished_copy(tmp_path)
+    (run_dir / "history.json").write_text("[1,2")
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != run_dir)
+    with pytest.raises(AccessError, match="history.json is damaged but cannot be set aside: its folder belongs to"):
+        store.find_damaged()
+
+
+def test_a_damaged_data_record_sets_the_run_aside_and_redoes_it(tmp_path):
+    """Probe 3 N5: a damaged data.json stopped every sweep into the folder, and deleting it (as told) kept the run
+    done with its data check off. Now what the run trained on is unknown, so its results go aside with it."""
+    store, run_dir = finished_copy(tmp_path)
+    (run_dir / "data.json").write_text('{"classes": [')
+    damaged = store.find_damaged()
+    assert set(damaged) == {run_dir / name for name in ("data.json", "metrics.json", "history.json")}
+    assert damaged[run_dir / "metrics.json"] == f"{run_dir / 'metrics.json'}: its run's data.json is damaged"
+    assert store.damage_fate(run_dir / "data.json").endswith("and its run trained again from scratch (what it "
+                                                             "trained on is not known)")  # fmt: skip
+    assert store.state(run_dir).status == "unfinished" and store.state(run_dir).epochs == 0
+    store.set_aside_damaged()
+    record = json.loads((sorted(store.runs.iterdir())[1] / "data.json").read_text())  # this sweep's data
+    store.prepare([read_config(run_dir / "config.json")], {run_dir.name: record})  # as the sweep does next
+    assert json.loads((run_dir / "data.json").read_text()) == record
+    assert store.metrics(run_dir) is None and len(list(run_dir.glob("*.damaged-*"))) == 3
+
+
+def test_each_damaged_run_file_says_what_will_happen_to_it(tmp_path):
+    """Probe 3 D10: a done run's damaged history.json said 'its run redone', and the run stayed done."""
+    store, run_dir = finished_copy(tmp_path)
+    other = sorted((store.runs).iterdir())[1]
+    for path in (run_dir / "history.json", run_dir / "config.json", other / "metrics.json"):
+        path.write_text("[")
+    store.find_damaged()
+    assert store.damage_fate(run_dir / "history.json").endswith("; the run stays done, without its training curves")
+    assert store.damage_fate(run_dir / "config.json").endswith("and written again from this sweep's config")
+    assert store.damage_fate(other / "metrics.json").endswith("and its run redone")
+    assert store.state(run_dir).status == "done" and store.state(other).status == "unfinished"

@@ -217,6 +217,46 @@ def test_exploding_learning_rate_is_reported_as_diverged(tmp_path):
     assert read_json(tmp_path / "metrics.json")["status"] == "diverged"
 
 
+@pytest.mark.slow
+def test_a_finite_but_exploding_loss_is_diverged_with_its_reason(tmp_path):
+    """The reliability probe's lr=10 run (train loss 135 -> 284 -> 94, chance 2.3) was recorded done."""
+    cfg = tiny(dim=16, depth=2, kernel_size=5, epochs=3, train_subset=512, test_subset=128, batch_size=64, lr=10.0)
+    metrics = train_run(cfg, tmp_path, device="cpu", log=quiet)
+    assert metrics["status"] == "diverged" and metrics["epochs_completed"] == 1
+    reason = metrics["reason"]
+    assert reason.startswith("train loss is ") and reason.endswith(" in epoch 2, above 3 x ln(10 classes) = 6.91")
+
+
+def epoch(number: int, train_loss: float, test_loss: float = 2.0) -> dict:
+    return {"epoch": number, "train_loss": train_loss, "test_loss": test_loss}
+
+
+def test_the_divergence_rule_spares_epoch_1_and_a_loss_up_to_three_times_chance():
+    assert train.divergence(epoch(1, 135.6), 10) == ""  # the probe's lr=10 run, epoch 1
+    assert train.divergence(epoch(2, 284.4), 10) == "train loss is 284.4 in epoch 2, above 3 x ln(10 classes) = 6.91"
+    assert train.divergence(epoch(3, 6.9), 10) == ""  # 3 x ln 10 = 6.908
+    assert train.divergence(epoch(2, 2.1), 2) == "train loss is 2.1 in epoch 2, above 3 x ln(2 classes) = 2.08"
+    assert train.divergence(epoch(1, 2.0, float("inf")), 10) == "test loss is inf in epoch 1"
+
+
+def committed_histories() -> list[tuple[Path, int]]:
+    """Every committed run's history.json with its number of classes (data.json's; the runs recorded before
+    data.json existed trained on the 10 classes of the synthetic set or of CIFAR-10)."""
+    found = []
+    for path in sorted(Path(__file__).resolve().parents[1].glob("results/*/runs/*/history.json")):
+        data = path.with_name("data.json")
+        found.append((path, len(read_json(data)["classes"]) if data.exists() else 10))
+    return found
+
+
+def test_no_committed_run_would_have_diverged_under_the_rule():
+    histories = committed_histories()
+    assert histories, "no committed history.json found"
+    for path, classes in histories:
+        for record in read_json(path):
+            assert train.divergence(record, classes) == "", path
+
+
 def test_nan_in_the_second_epoch_stops_the_run_there(tmp_path, monkeypatch):
     build_data = train.build_data
 

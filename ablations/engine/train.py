@@ -1,10 +1,11 @@
 """The training engine: one run of one RunConfig, resumable after any epoch and bit-exact on CPU.
 
 Data and augmentation already live on the device (ablations.data.loaders), so the hot loop is forward, loss, backward,
-clip, AdamW step, with losses and accuracies summed on the device and read back once per epoch; that single
-read is also where a non-finite loss is caught and the run is stopped as "diverged". Each epoch ends with an
-atomic checkpoint holding only tensors and plain Python values (it loads with `weights_only=True`). Every random
-draw comes from (seed, epoch), so a resumed run replays exactly what an uninterrupted one would have done.
+clip, AdamW step, with losses and accuracies summed on the device and read back once per epoch. That single read is
+also where the run is stopped as "diverged", by one rule: a loss that is not finite, or from epoch 2 on a train loss
+above 3 x ln(number of classes), three times the loss of a uniform guess. Each epoch ends with an atomic checkpoint
+holding only tensors and plain Python values (it loads with `weights_only=True`). Every random draw comes from
+(seed, epoch), so a resumed run replays exactly what an uninterrupted one would have done.
 """
 
 import datetime
@@ -257,11 +258,23 @@ def read_checkpoint(path: Path, cfg: RunConfig, device: torch.device, log: Calla
     return None
 
 
-def divergence(record: dict) -> str:
-    """Why an epoch's numbers mean the run diverged, or "" when they are all finite."""
+# Divergence of a finite loss: from this epoch on, a train loss above CHANCE_FACTOR x ln(classes) (the loss of a
+# uniform guess) stops the run. Epoch 1 is spared (a warm-up can start high); no committed run's train loss ever
+# went above 1.03 x chance (tests/test_train.py checks them), and an exploding lr=10 run stood at 120 x.
+DIVERGENCE_FROM_EPOCH, CHANCE_FACTOR = 2, 3.0
+
+
+def divergence(record: dict, num_classes: int) -> str:
+    """Why an epoch's numbers mean the run diverged, or "" when they do not (the rule: the module's docstring)."""
     for key in ("train_loss", "test_loss"):
         if not math.isfinite(record[key]):
             return f"{key.replace('_', ' ')} is {record[key]} in epoch {record['epoch']}"
+    limit = CHANCE_FACTOR * math.log(num_classes)
+    if record["epoch"] >= DIVERGENCE_FROM_EPOCH and record["train_loss"] > limit:
+        return (
+            f"train loss is {record['train_loss']:.4g} in epoch {record['epoch']}, above {CHANCE_FACTOR:g} x "
+            f"ln({num_classes} classes) = {limit:.3g}"
+        )
     return ""
 
 
@@ -372,7 +385,7 @@ def train_epochs(
         epoch_start = time.perf_counter()
         record = {"epoch": epoch + 1, **trainer.train_epoch(data.train, epoch, progress), **trainer.evaluate(data.test)}
         record["epoch_time_s"] = time.perf_counter() - epoch_start
-        reason = divergence(record)
+        reason = divergence(record, data.num_classes)
         if reason:
             log(f"diverged: {reason}")
             break

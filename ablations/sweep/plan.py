@@ -69,13 +69,19 @@ def runs_to_train(configs: list[RunConfig], store: Store, retry_failed: bool) ->
     ]
 
 
+def data_record(cfg: RunConfig) -> dict:
+    """The data.json record of the data `cfg` loads here: where it is, and what it is (the splits' identity)."""
+    from ablations.data.sources import load_splits  # torch: imported once a sweep runs, not for its --help
+
+    place = {"data": dataset_label(cfg.dataset, cfg.data_root), "data_root": cfg.recorded().data_root}
+    return {**place, **load_splits(cfg).identity()}
+
+
 def check_data(configs: list[RunConfig], todo: list[RunConfig], store: Store) -> dict[str, dict]:
     """Load each distinct dataset once before the sweep starts, as a run would: a missing dataset fails now, in
     one line, not in every run; a download or a decode into the cache happens once here instead of in every
     worker at once. Every run's patch is then checked against the size its images load at, and every run folder
     against this data (`Store.check_run`). Returns the data record of each run to train or that recorded one."""
-    from ablations.data.sources import load_splits  # torch: imported once a sweep runs, not for its --help
-
     loaded: dict[tuple, dict] = {}
     records = {}
     to_train = {cfg.run_id() for cfg in todo}
@@ -83,8 +89,7 @@ def check_data(configs: list[RunConfig], todo: list[RunConfig], store: Store) ->
         if cfg.run_id() in to_train or (store.run_dir(cfg) / DATA).exists():  # else finished before data records
             key = (cfg.dataset, cfg.data_root, cfg.image_size, cfg.train_subset, cfg.test_subset)
             if key not in loaded:
-                place = {"data": dataset_label(cfg.dataset, cfg.data_root), "data_root": cfg.recorded().data_root}
-                loaded[key] = {**place, **load_splits(cfg).identity()}
+                loaded[key] = data_record(cfg)
             cfg.check_image_size(loaded[key]["image_size"], f" in data_root={cfg.data_root!r}")
             records[cfg.run_id()] = loaded[key]
         store.check_run(cfg, records.get(cfg.run_id()))
@@ -162,6 +167,7 @@ def run_plan(
     sweep's `Design`, as sweep.json holds it: Store.add_design) with its runs, train, and say how it ended.
     `announce` is called once the sweep may start, so that what it prints never precedes a refusal."""
     with sweep.store.lock_sweep():
+        sweep.store.drop_stale_temps()
         sweep.store.set_aside_damaged()
         sweep.store.add_design(design, [cfg.run_id() for cfg in sweep.configs], study_text)
         if announce is not None:

@@ -13,6 +13,8 @@ locally. The sweep process submits, then follows the jobs with squeue (no accoun
 - job ids are kept in slurm/jobs.json, so a rerun after the sweep process was killed follows the jobs still
   queued or running instead of submitting the same runs again; and a job only trains its run while holding the
   run's lock, so even a duplicate job never trains a run twice at once;
+- each job checks the data its node sees against the run's data.json before training: a node that mounts another
+  copy of data_root trains nothing, and its run fails naming both datasets;
 - Ctrl-C cancels the jobs (the runs stay resumable).
 submitit is imported only here, and only when the launcher is used.
 """
@@ -20,6 +22,7 @@ submitit is imported only here, and only when the launcher is used.
 import argparse
 import os
 import re
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -27,8 +30,9 @@ from pathlib import Path
 
 from ablations import atomic
 from ablations.config import ConfigError, RunConfig
-from ablations.store import HISTORY, LOCK, Store, hold_lock, read_json
-from ablations.sweep.execute import end_run, execute_run, limit_cpu_threads
+from ablations.store import HISTORY, REDO, AccessError, Locks, Store, StoreError, read_json
+from ablations.sweep.execute import end_run, execute_run, limit_cpu_threads, record_exception
+from ablations.sweep.plan import data_record
 from ablations.sweep.progress import SweepProgress
 
 JOBS = "jobs.json"  # {run_id: SLURM job id}, in the sweep's slurm/ folder
@@ -163,13 +167,23 @@ def check_cluster(options: SlurmOptions) -> None:
         raise ConfigError(f"SLURM refuses these jobs ({' '.join(command[2:-2])}): {reason}")
 
 
-def train_in_job(store_root: str, values: dict, keep_checkpoints: bool, device: str) -> dict:
-    """One array task: train one run (unless a duplicate job trained it already; see the module docstring)."""
-    store, cfg = Store(Path(store_root)), RunConfig.from_dict(values)
-    with hold_lock(store.run_dir(cfg) / LOCK):
-        metrics = store.metrics(store.run_dir(cfg))
+def train_in_job(store_root: str, values: dict, keep_checkpoints: bool, device: str, locks: Locks) -> dict:
+    """One array task: train one run (unless a duplicate job trained it already; see the module docstring) on the
+    data its data.json records. A lock it cannot hold or other data on this node fail the run in one line."""
+    store, cfg = Store(Path(store_root), locks), RunConfig.from_dict(values)
+    run_dir = store.run_dir(cfg)
+    try:
+        lock = store.lock_run(cfg.run_id())
+    except (StoreError, OSError) as error:  # another user's lock file, a filesystem without locks
+        return record_exception(store, run_dir, error, device)
+    with lock:
+        metrics = store.metrics(run_dir)
         if metrics is None:
             limit_cpu_threads(device)
+            try:
+                store.check_run(cfg, data_record(cfg), seen=f"node {socket.gethostname()} sees")
+            except Exception as error:  # other data here, or none: nothing trains, the run says why
+                return record_exception(store, run_dir, error, device)
             metrics = execute_run(cfg, store, device, keep_checkpoints=keep_checkpoints)
     store.write_summary()
     return metrics
@@ -237,8 +251,9 @@ class SlurmLauncher:
         values = [cfg.to_dict() for cfg in configs]
         try:
             jobs = executor.map_array(
-                train_in_job, [root] * n, values, [self.keep_checkpoints] * n, [self.options.device] * n
-            )
+                train_in_job, [root] * n, values, [self.keep_checkpoints] * n, [self.options.device] * n,
+                [self.store.locks] * n,
+            )  # fmt: skip
         except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError) as error:
             lines = str(error).strip().splitlines() or ["(no message)"]
             raise ConfigError(f"sbatch refused the job array: {lines[-1]}") from None
@@ -247,8 +262,25 @@ class SlurmLauncher:
         return submitted
 
     def recorded_jobs(self) -> dict[str, str]:
+        """slurm/jobs.json: the jobs earlier sweep processes submitted, by run id. StoreError if it is damaged: it
+        is not a result, but without it a rerun cannot tell which of those jobs still run."""
         path = self.folder / JOBS
-        return read_json(path) if path.exists() else {}
+        if not path.exists():
+            return {}
+        try:
+            jobs = read_json(path)
+        except AccessError:
+            raise
+        except StoreError as error:
+            jobs, why = None, str(error).removesuffix(REDO)
+        else:
+            why = f"{path} is not accepted: expected a JSON object of run ids and SLURM job ids"
+        if not isinstance(jobs, dict) or not all(isinstance(v, str) for v in jobs.values()):
+            raise StoreError(
+                f"{why}: it lists the jobs of earlier sweeps of this folder; cancel those still queued or running "
+                f"(squeue -u $USER), then delete it and rerun"
+            )
+        return jobs
 
     def run(self, configs: list[RunConfig], progress: SweepProgress) -> dict[str, dict]:
         """Submit every config whose job is not still queued or running, follow all of them to their end, and
