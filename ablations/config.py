@@ -14,15 +14,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from convmixer.arguments import PRECISIONS as AUTOCAST_PRECISIONS
 from convmixer.arguments import check_patch_fits
-from convmixer.depthwise import IMPLS
-from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig
+from convmixer.config import ACTIVATION_NAMES, IMPLS, NORM_NAMES, RESIDUAL_NAMES, ConvMixerConfig
 from convmixer.registry import MODEL_CONFIGS
-from convmixer.runtime import AUTOCAST_DTYPES
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "imagefolder")
 SCHEDULES = ("onecycle", "cosine")
-PRECISIONS = ("auto", *sorted(AUTOCAST_DTYPES))  # convmixer.runtime's names; auto: the device decides
+PRECISIONS = ("auto", *sorted(AUTOCAST_PRECISIONS))  # convmixer.runtime's names; auto: the device decides
 DEPTHWISE_IMPLS = ("auto", *IMPLS)
 # Switches that also accept "auto": the engine settles them by timing on the device.
 AUTO_SWITCHES = ("channels_last",)
@@ -233,9 +232,9 @@ ACCEPTED: dict[str, Range | Choice | AutoSwitch] = {
     "depth": Range(int, 0),
     "kernel_size": Range(int, 1),
     "patch_size": Range(int, 1),
-    "residual": Choice(tuple(RESIDUALS)),
-    "norm": Choice(tuple(NORMS)),
-    "activation": Choice(tuple(ACTIVATIONS)),
+    "residual": Choice(RESIDUAL_NAMES),
+    "norm": Choice(NORM_NAMES),
+    "activation": Choice(ACTIVATION_NAMES),
     "dataset": Choice(DATASETS),
     "image_size": Range(int, 0, MAX_IMAGE_SIZE, note="0: the dataset's native size"),
     "train_subset": Range(int, 0, note="0: all images"),

@@ -19,22 +19,18 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-import torch
-
 from ablations.atomic import WriteError
 from ablations.config import ConfigError, RunConfig
 from ablations.data import DataError, dataset_label
-from ablations.engine.train import run_dtype
 from ablations.store import DONE, FAILED, Locks, Store, StoreError
 from ablations.sweep.grid import Sweep, build_sweep
 from ablations.sweep.local import LocalLauncher, add_local_options
 from ablations.sweep.plan import check_ids, outcome, plan, run_plan
-from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, keys_help, sweep_data_root
+from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, check_data_read, keys_help, sweep_data_root
 from ablations.sweep.progress import run_label
 from ablations.sweep.slurm import SlurmLauncher, SlurmOptions, add_slurm_options, check_cluster
 from ablations.sweep.study import Study, read_study
-from convmixer.arguments import OneLineParser, folder_path, run_cli
-from convmixer.runtime import parse_devices, usable_cores
+from convmixer.arguments import OneLineParser, folder_path, patch_grid, run_cli
 
 PROG = "python -m ablations.run"
 # Where a sweep goes without --out: a folder git ignores (.gitignore), apart from the committed results/.
@@ -123,6 +119,18 @@ def load_design(args: argparse.Namespace) -> tuple[Study | None, str, Sweep]:
     return study, study.preset, study.sweep
 
 
+def given_data_root(args: argparse.Namespace, sweep: Sweep) -> str | None:
+    """How the command line (or the study) names a data_root, for a message; None when it names none."""
+    if args.data_root is not None:
+        return f"--data-root {args.data_root!r}"
+    if "data_root" in sweep.fixed:
+        return f"data_root={sweep.fixed['data_root']!r}"
+    for flag, axes in (("--grid", sweep.grid), ("--vary", sweep.vary)):
+        if "data_root" in axes:
+            return f"{flag} data_root={','.join(map(str, axes['data_root']))}"
+    return None
+
+
 def default_name(study: Study | None, preset: str, sweep: Sweep) -> str:
     return study.name if study is not None else "-".join([preset, *sweep.vary, *sweep.grid])
 
@@ -162,6 +170,10 @@ def create_result_dir(root: Path) -> None:
 
 
 def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: list[str]) -> None:
+    import torch  # here, once the command line is parsed: --help and usage errors answer without it
+
+    from ablations.engine.train import run_dtype
+
     for precision in {cfg.precision for cfg in configs}:
         for device in devices:
             run_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
@@ -222,12 +234,23 @@ def first_line(name: str, configs: list[RunConfig], origin: str, keys: list[str]
     return f"sweep {name}: {plural(len(configs), 'run')} of {origin}: {models} on {data}, varying {varying}"
 
 
+def patch_notes(configs: list[RunConfig], data: dict[str, dict]) -> list[str]:
+    """A line for each patch size that does not divide its runs' images (their data records say the size): which
+    pixels it drops, in the counter's words."""
+    sizes = {(cfg.patch_size, data[cfg.run_id()].get("image_size") or 0) for cfg in configs if cfg.run_id() in data}
+    return [f"note: patch_size={patch}: {patch_grid(size, patch)}" for patch, size in sorted(sizes) if size % patch]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(help_preset(argv)).parse_args(argv)  # --help exits here
     study, preset, sweep = load_design(args)
     check_size(sweep, args.max_runs)
-    data_root = sweep_data_root(preset, {*sweep.fixed, *sweep.varying_keys()}, args.data_root)
+    keys = sweep.varying_keys()
+    data_root = sweep_data_root(preset, {*sweep.fixed, *keys}, args.data_root)
+    check_data_read([cfg.dataset for cfg in sweep.configs()], given_data_root(args, sweep))
     configs = [cfg.with_absolute_data_root(data_root) for cfg in sweep.configs()]
+    from convmixer.runtime import parse_devices, usable_cores  # torch, once the design is known to be valid
+
     try:
         devices = parse_devices(args.devices) if args.launcher == "local" else []
     except ValueError as error:
@@ -243,22 +266,29 @@ def main(argv: list[str] | None = None) -> int:
     store.check_folder()
     for path, why in store.find_damaged().items():
         print(f"damaged: {why}: it {'will be' if args.dry_run else 'is'} {store.damage_fate(path)}", flush=True)
-    keys = sweep.varying_keys()
     origin = f"study {args.study} (preset {preset})" if study is not None else f"preset {preset}"
     print(first_line(name, configs, origin, keys), flush=True)
     sweep_plan = plan(configs, store, args.retry_failed, keys)  # a dry run checks the data too: a run would fail on it
     slots = len(devices) * args.jobs_per_device
     workers = f"{plural(slots, 'worker')} on {', '.join(devices)}" if devices else "SLURM jobs"
     todo = sweep_plan.todo
-    print(f"{len(todo)} to train ({len(configs) - len(todo)} finished earlier) with {workers}; results in {store.root}")
+    for note in patch_notes(configs, sweep_plan.data):
+        print(note)
+    resumed = sum(store.state(store.run_dir(cfg)).epochs > 0 for cfg in todo)
+    also = f", {resumed} of them from a checkpoint" if resumed else ""
+    earlier = len(configs) - len(todo)
+    line = f"{len(todo)} to train{also} ({earlier} finished earlier) with {workers}; results in {store.root}"
     if args.dry_run:
+        print(line)
         print_table(configs, keys, store)
         for cfg in configs if args.show_config else []:
             print(f"{cfg.run_id()} {json.dumps(cfg.to_dict())}")
         return 0
     create_result_dir(store.root)
     design = sweep.design(name, preset, str(args.study) if study else None, study.description if study else "")
-    run_plan(sweep_plan, make_launcher(args, store, devices), design, study.text if study else None)
+    launcher = make_launcher(args, store, devices)
+    # Announced once the folder is locked and the design recorded: a refusal never follows "N to train".
+    run_plan(sweep_plan, launcher, design, study.text if study else None, lambda: print(line, flush=True))
     return report(configs, keys, store)
 
 

@@ -4,7 +4,8 @@ Module map, in three parts (a part imports only itself and the parts below it; n
 
     model               what a ConvMixer is
         tweet.py          the 280-character tweet, executed verbatim
-        model.py          the readable modular ConvMixer and its config, every ablation knob
+        config.py         ConvMixerConfig and the names every knob accepts, free of torch (what --help lists)
+        model.py          the readable modular ConvMixer, every ablation knob
         depthwise.py      its depthwise conv, offered on cuDNN or on a Triton kernel (the engine chooses)
         depthwise_kernels.py  the Triton kernels themselves
         registry.py       named configs of the paper's models, timm's names
@@ -15,10 +16,29 @@ Module map, in three parts (a part imports only itself and the parts below it; n
         throughput.py     inference images/s and peak memory on a device
     plumbing            shared by every part of the toolkit
         runtime.py        devices, precision, CUDA flags, the one timing helper, memory, optional packages
-        arguments.py      argument checks and the one-line error every CLI reports
+        arguments.py      argument checks, the precisions' names and the one-line error every CLI reports; free of
+                          torch, the one module of the repository that the runtime imports
 """
 
-from convmixer.model import ConvMixer, ConvMixerConfig
-from convmixer.registry import MODEL_CONFIGS, create_model, get_config, list_models
+import importlib
+from typing import Any
 
-__all__ = ["ConvMixer", "ConvMixerConfig", "MODEL_CONFIGS", "create_model", "get_config", "list_models"]
+# The model needs torch, which takes seconds to import: a command such as `python -m convmixer.count --help`
+# imports this package first, so the names below load on first use and --help answers without torch.
+_LAZY = {
+    "ConvMixer": "convmixer.model",
+    "ConvMixerConfig": "convmixer.config",
+    "MODEL_CONFIGS": "convmixer.registry",
+    "create_model": "convmixer.registry",
+    "get_config": "convmixer.registry",
+    "list_models": "convmixer.registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'convmixer' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
-import torch
-
 from ablations.config import RunConfig
 from ablations.store import Store
 from ablations.sweep.execute import end_run, execute_run, limit_cpu_threads
@@ -62,6 +60,8 @@ def _worker_main(conn: Connection, device: str, store_root: Path, keep_checkpoin
     threading.Thread(target=_exit_with_sweep, daemon=True).start()
     limit_cpu_threads(device)
     if device.startswith("cuda"):
+        import torch  # in the worker: the sweep process imports this module to parse its options
+
         torch.cuda.set_device(device)
     store = Store(store_root)
     while True:

@@ -7,7 +7,7 @@ used fp16 autocast). `cifar10-jpeg` is the same recipe on the JPEG copy of CIFAR
 (data_root, or $CONVMIXER_CIFAR10_JPEG: ablations.data.default_cifar10_jpeg). `smoke` is a tiny model on synthetic
 data whose four-run kernel-size sweep finishes in about two minutes on two CPU cores, so every command can be tried
 before a GPU is involved. `keys_help` lists every key with its value in a preset, for the --help of a command that
-takes --preset.
+takes --preset; `sweep_data_root` and `check_data_read` settle the data_root of a preset's runs.
 """
 
 from collections.abc import Iterable
@@ -78,6 +78,7 @@ PRESETS = {
     ),
 }
 DEFAULT_PRESET = "smoke"
+READS_NO_FILES = ("synthetic",)  # datasets made in memory: a data_root means nothing to them
 
 
 def keys_help(preset: str) -> str:
@@ -114,3 +115,14 @@ def sweep_data_root(preset: str, keys: Iterable[str], given: str | None) -> str 
             f"or ${CIFAR10_JPEG_ENV} (where to get it: docs/data.md)"
         )
     return found
+
+
+def check_data_read(datasets: Iterable[str], given: str | None) -> None:
+    """Refuse a data_root the runs would not read: `given` is how the user named one ("--data-root '/x'",
+    "data_root='/x'"), None when they did not. Synthetic runs read no files, so a path given to them is a forgotten
+    --preset, and a synthetic result would be recorded under the real data's path."""
+    if given is not None and set(datasets) <= set(READS_NO_FILES):
+        raise ConfigError(
+            f"{given} is not accepted: the runs train on synthetic data, which reads no files; to train on the data "
+            "there add --preset cifar10-jpeg (the JPEG copy of CIFAR-10), --preset cifar10 or --set dataset=..."
+        )
