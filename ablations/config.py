@@ -20,7 +20,7 @@ from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig
 from convmixer.registry import MODEL_CONFIGS
 from convmixer.runtime import AUTOCAST_DTYPES
 
-DATASETS = ("synthetic", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("synthetic", "cifar10", "cifar100", "imagefolder", "imagenette")
 SCHEDULES = ("onecycle", "cosine")
 PRECISIONS = ("auto", *sorted(AUTOCAST_DTYPES))  # convmixer.runtime's names; auto: the device decides
 DEPTHWISE_IMPLS = ("auto", *IMPLS)

@@ -105,7 +105,7 @@ def test_dry_run_lists_status_and_writes_nothing(finished_sweep, capsys):
         (["--devices", "cuda:7"], "--devices 'cuda:7' is not accepted: expected auto, cpu, cuda, or GPU indices"),
         (["--seeds", "0"], "--seeds 0 is not accepted: expected an integer >= 1"),
         (["--seeds", "two"], "argument --seeds: invalid int value: 'two'"),
-        (["--preset", "imagenet"], "argument --preset: invalid choice: 'imagenet'"),
+        (["--preset", "imagenet-21k"], "argument --preset: invalid choice: 'imagenet-21k'"),
         (["--jobs-per-device", "0"], "--jobs-per-device 0 is not accepted"),
         (["--grid", "kernel_size=3", "7", "9"], "unrecognized arguments: 7 9 (a key's values are comma-separated"),
         (["--time-limit", "0"], "--time-limit 0.0 is not accepted: expected a number of minutes > 0"),
