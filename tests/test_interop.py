@@ -8,7 +8,7 @@ from torch import nn
 from convmixer.interop import (
     convert,
     infer_config,
-    load_timm_checkpoint,
+    load_checkpoint,
     modular_to_timm,
     modular_to_tweet,
     timm_to_modular,
@@ -108,7 +108,7 @@ def test_timm_checkpoint_gives_timms_outputs(kernel_size: int, activation: str, 
     # timm pads "same" like the modular model, so even kernels match too (unlike the tweet).
     torch.manual_seed(0)
     timm = randomized(TimmLayoutConvMixer(6, 2, kernel_size, 3, 5, act_layer)).eval()
-    modular = load_timm_checkpoint(timm.state_dict(), activation).eval()
+    modular = load_checkpoint(timm.state_dict(), activation).eval()
     assert modular.config == ConvMixerConfig(6, 2, kernel_size, 3, 5, activation=activation)
     images = torch.randn(2, 3, 10, 10)
     assert torch.equal(modular(images), timm(images))
@@ -121,7 +121,7 @@ def test_timm_checkpoint_file_wrapped_like_timm_train_py(tmp_path) -> None:
     timm = randomized(TimmLayoutConvMixer(4, 1, 3, 2, 3, nn.GELU))
     path = tmp_path / "checkpoint.pth.tar"
     torch.save({"epoch": 3, "state_dict": timm.state_dict()}, path)
-    model = load_timm_checkpoint(path, "gelu")
+    model = load_checkpoint(path, "gelu")
     assert_same_state(modular_to_timm(model.state_dict()), timm.state_dict())
 
 
