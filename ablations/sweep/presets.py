@@ -185,8 +185,8 @@ PRESETS = {
             # 160 px copy; torchvision.datasets.Imagenette(size="160px") downloads it. No ConvMixer recipe for it is
             # published: the model (a 16x16 patch grid at 128 px) and the 40 epochs are this toolkit's choice, the
             # optimiser and augmentation the authors' ImageNet ones at the batch of one GPU.
-            "dataset": "imagenette",
             **IMAGENET_RECIPE,
+            "dataset": "imagenette",
             "dim": 512,
             "depth": 12,
             "kernel_size": 9,
