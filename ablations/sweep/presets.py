@@ -160,7 +160,8 @@ PRESETS = {
     ),
     "imagenet-budget": Preset(
         "ConvMixer-1024/20 p14 on ImageNet, 16 epochs at 168 px, for ablations compared at one budget (FFCV-style "
-        "short schedule); the imagenet recipe's optimiser, augmentation as FFCV's (crop, flip, label smoothing)",
+        "short schedule); the imagenet recipe's optimiser (and its differences), augmentation as FFCV's (crop, flip, "
+        "label smoothing)",
         {
             **model_values("convmixer_1024_20_ks9_p14"),
             **IMAGENET_RECIPE,
@@ -179,7 +180,8 @@ PRESETS = {
     ),
     "imagenette": Preset(
         "ConvMixer-512/12 k9 p8 on Imagenette (torchvision's 160 px copy, 10 ImageNet classes, downloaded into "
-        "data_root) at 128 px, 40 epochs, the imagenet recipe's augmentation: a small real set for quick ablations",
+        "data_root) at 128 px, 40 epochs, the imagenet recipe (and its differences): a small real set for "
+        "quick ablations",
         {
             # fastai/imagenette README: 10 easily classified ImageNet classes, a leaderboard at 128 px from its
             # 160 px copy; torchvision.datasets.Imagenette(size="160px") downloads it. No ConvMixer recipe for it is
