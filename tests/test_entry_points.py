@@ -10,8 +10,15 @@ import pytest
 
 @pytest.mark.slow  # a fresh interpreter imports torch
 @pytest.mark.parametrize(
-    "module", ["benchmarks.train_speed", "benchmarks.kernels", "benchmarks.startup", "benchmarks.gpu_check"]
+    "module",
+    [
+        "benchmarks.train_speed",
+        "benchmarks.kernels",
+        "benchmarks.startup",
+        "benchmarks.gpu_check",
+        "convmixer.evaluate",
+    ],
 )
-def test_the_benchmark_starts_as_a_module_and_shows_its_usage(module, repo_root):
+def test_the_command_starts_as_a_module_and_shows_its_usage(module, repo_root):
     done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=repo_root, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith(f"usage: python -m {module} "), done.stderr[-2000:]
