@@ -64,34 +64,23 @@ def _tweet_names(depth: int) -> dict[str, str]:
     )
 
 
+# timm's mixer layer, S(Residual(fn=S(conv, act, BN)), conv, act, BN), named inside the layer; the authors' own
+# model (locuslab/convmixer convmixer.py, which their timm fork registers) builds the same layer.
+_TIMM_LAYER = {"depthwise.conv": "0.fn.0", "depthwise.norm": "0.fn.2", "pointwise.conv": "1", "pointwise.norm": "3"}
+
+
 def _timm_names(depth: int) -> dict[str, str]:
-    # timm/models/convmixer.py: stem = S(conv, act, BN); block = S(Residual(fn=S(conv, act, BN)), conv, act, BN);
-    # its `pooling` (SelectAdaptivePool2d) and `head_drop` hold no tensors.
-    return _layout_names(
-        {"stem.conv": "stem.0", "stem.norm": "stem.2", "head.fc": "head"},
-        {
-            "depthwise.conv": "blocks.{i}.0.fn.0",
-            "depthwise.norm": "blocks.{i}.0.fn.2",
-            "pointwise.conv": "blocks.{i}.1",
-            "pointwise.norm": "blocks.{i}.3",
-        },
-        depth,
-    )
+    # timm/models/convmixer.py: stem = S(conv, act, BN), blocks = S(*layers); its `pooling` (SelectAdaptivePool2d)
+    # and `head_drop` hold no tensors.
+    per_layer = {module: f"blocks.{{i}}.{name}" for module, name in _TIMM_LAYER.items()}
+    return _layout_names({"stem.conv": "stem.0", "stem.norm": "stem.2", "head.fc": "head"}, per_layer, depth)
 
 
 def _locuslab_names(depth: int) -> dict[str, str]:
-    # locuslab/convmixer convmixer.py: one nn.Sequential of conv, act, BN, then per block S(Residual(fn=S(conv, act,
-    # BN)), conv, act, BN) at index 3 + i, then pool, flatten and the classifier at index depth + 5.
-    return _layout_names(
-        {"stem.conv": "0", "stem.norm": "2", "head.fc": str(depth + 5)},
-        {
-            "depthwise.conv": "{i3}.0.fn.0",
-            "depthwise.norm": "{i3}.0.fn.2",
-            "pointwise.conv": "{i3}.1",
-            "pointwise.norm": "{i3}.3",
-        },
-        depth,
-    )
+    # locuslab/convmixer convmixer.py: one nn.Sequential of conv, act, BN, then layer i at index 3 + i, then pool,
+    # flatten and the classifier at index depth + 5.
+    per_layer = {module: f"{{i3}}.{name}" for module, name in _TIMM_LAYER.items()}
+    return _layout_names({"stem.conv": "0", "stem.norm": "2", "head.fc": str(depth + 5)}, per_layer, depth)
 
 
 def _depth_from_blocks(keys: Iterable[str]) -> int:
@@ -99,20 +88,16 @@ def _depth_from_blocks(keys: Iterable[str]) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def _depth_from_tweet(keys: Iterable[str]) -> int:
-    # The classifier is the last module of the Sequential, at index depth + 3.
+def _depth_from_sequential(keys: Iterable[str], layout: str, first_key: str, modules_around: int) -> int:
+    """The depth of a ConvMixer built as one nn.Sequential, whose classifier is its last module, at index
+    depth + modules_around."""
     indices = [int(match.group(1)) for key in keys if (match := re.match(r"(\d+)\.", key))]
-    if not indices or max(indices) < 3:
-        raise ValueError("not a tweet ConvMixer state dict: expected keys like '0.0.weight' ... '<depth+3>.weight'")
-    return max(indices) - 3
-
-
-def _depth_from_locuslab(keys: Iterable[str]) -> int:
-    # The classifier is the last module of the Sequential, at index depth + 5.
-    indices = [int(match.group(1)) for key in keys if (match := re.match(r"(\d+)\.", key))]
-    if not indices or max(indices) < 5:
-        raise ValueError("not a locuslab ConvMixer state dict: expected keys like '0.weight' ... '<depth+5>.weight'")
-    return max(indices) - 5
+    if not indices or max(indices) < modules_around:
+        raise ValueError(
+            f"not a {layout} ConvMixer state dict: "
+            f"expected keys like '{first_key}' ... '<depth+{modules_around}>.weight'"
+        )
+    return max(indices) - modules_around
 
 
 @dataclass(frozen=True)
@@ -134,9 +119,11 @@ class Layout:
 
 
 MODULAR = Layout("modular", _modular_names, _depth_from_blocks)
-TWEET = Layout("tweet", _tweet_names, _depth_from_tweet)
+# Around the layers, the tweet has stem, pool, flatten, classifier; the authors' stem conv, act, BN, pool, flatten,
+# classifier.
+TWEET = Layout("tweet", _tweet_names, lambda keys: _depth_from_sequential(keys, "tweet", "0.0.weight", 3))
 TIMM = Layout("timm", _timm_names, _depth_from_blocks)
-LOCUSLAB = Layout("locuslab", _locuslab_names, _depth_from_locuslab)
+LOCUSLAB = Layout("locuslab", _locuslab_names, lambda keys: _depth_from_sequential(keys, "locuslab", "0.weight", 5))
 LAYOUTS = {layout.name: layout for layout in (MODULAR, TWEET, TIMM, LOCUSLAB)}
 # The layouts a released checkpoint comes in, in the order `load_checkpoint` tries them.
 CHECKPOINT_LAYOUTS = ("timm", "locuslab")
