@@ -70,13 +70,13 @@ def test_the_needed_data_of_each_preset_has_its_own_variable(tmp_path, capsys, m
     assert "needs ImageNet-1k" in capsys.readouterr().err
 
 
-def test_the_imagenet_preset_dry_runs_on_a_tree_in_imagenets_layout(tmp_path, capsys, monkeypatch) -> None:
+@pytest.mark.parametrize("preset, model", [("imagenet", "ConvMixer-1536/20"), ("imagenet-budget", "ConvMixer-1024/20")])
+def test_an_imagenet_preset_dry_runs_on_a_tree_in_imagenets_layout(tmp_path, capsys, monkeypatch, preset, model):
     image_tree(tmp_path / "imagenet")
     monkeypatch.setenv(IMAGENET_ENV, str(tmp_path / "imagenet"))
     out = tmp_path / "out"
-    assert cli(["--preset", "imagenet", "--set", "image_size=28", "--out", str(out), "--dry-run"]) == 0
-    printed = capsys.readouterr().out
-    assert "1 run of preset imagenet: ConvMixer-1536/20 on ImageFolder imagenet" in printed
+    assert cli(["--preset", preset, "--set", "image_size=28", "--out", str(out), "--dry-run"]) == 0
+    assert f"1 run of preset {preset}: {model} on ImageFolder imagenet" in capsys.readouterr().out
     assert not out.exists()
 
 
