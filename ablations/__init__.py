@@ -20,7 +20,7 @@ Module map, top to bottom (each layer imports only the layers below it):
         setup.py          the memory layout and depthwise conv a run uses ("auto": the fastest, timed)
     data/               the images a run trains on
         sources.py        CIFAR, Imagenette, ImageFolder trees and archives, the synthetic set -> finished splits
-        decode.py         image files -> one uint8 array, decoded on every core (forked workers)
+        decode.py         image files -> one uint8 array (or their sizes), on every core (forked workers); size limits
         synthetic.py      the synthetic task
         loaders.py        splits placed on the device, batched
         augment.py        batched augmentation on the device

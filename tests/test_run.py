@@ -285,7 +285,7 @@ def test_undecodable_images_and_truncated_archives_are_one_line_errors(tmp_path,
         tar.add(tree, arcname="tree")
     data = (tmp_path / "tree.tar.gz").read_bytes()
     (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) // 2])  # a download or copy that stopped half way
-    (tree / "train" / "a" / "0.png").write_text("not a png")  # the first training image: read for its size
+    (tree / "train" / "a" / "0.png").write_text("not a png")  # read for its size, as every image is
     for root, message in [
         (tmp_path / "cut.tar.gz", "imagefolder: cannot read the archive data_root="),
         (tree, "imagefolder: cannot decode train/a/0.png in"),

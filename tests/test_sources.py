@@ -1,7 +1,9 @@
 """Sources: synthetic, ImageFolder folder/archive, CIFAR offline, stratified subsets, the decode cache, and the
 finished splits `load_splits` hands over (subset and sized for every source)."""
 
+import contextlib
 import errno
+import io
 import json
 import os
 import shutil
@@ -13,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import TREE_CLASSES, imagefolder, write_archive, write_tree
-from PIL import Image
+from PIL import Image, ImageFile, JpegImagePlugin
 
 import ablations.data
-from ablations import atomic
+from ablations import atomic, run
 from ablations.config import RunConfig
 from ablations.data import DataError, dataset_label, decode, sources, synthetic
 from ablations.data.sources import load_splits, resize, stratified_subset
@@ -260,6 +262,8 @@ def test_parallel_decoding_equals_decoding_here_and_names_the_first_bad_file(tmp
     here = decode.decode_all(lambda i: tree.read(names[i]), len(names), 8, workers=0)
     forked = decode.decode_all(lambda i: tree.read(names[i]), len(names), 8, workers=2)
     assert here.shape == (15, 3, 8, 8) and np.array_equal(here, forked)
+    sizes = decode.image_sizes(lambda i: tree.read(names[i]), len(names), workers=2)
+    assert sizes.tolist() == [[16, 12]] * 15  # width, height, read from the headers by forked workers too
     (tmp_path / "tree" / "train" / "dog" / "003.png").write_bytes(b"not an image")
     (tmp_path / "tree" / "train" / "emu" / "001.png").write_bytes(b"not an image")
     monkeypatch.setattr(sources, "fork_workers", lambda count, cores: 2)
@@ -326,3 +330,107 @@ def test_a_decoding_worker_that_dies_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setattr(decode, "decode_image", lambda data, size: os._exit(9))  # as if SIGKILLed mid-decode
     with pytest.raises(DataError, match=r"a process decoding .*tree died \(out of memory\?\)"):
         tree.decode("train", 8, 0)
+
+
+def replace_image(path: Path, width: int, height: int) -> None:
+    Image.new("RGB", (width, height), (200, 100, 50)).save(path)
+
+
+def test_the_native_size_is_the_most_common_one_and_an_image_of_another_size_is_named(tmp_path, capsys):
+    write_tree(tmp_path / "tree", {"train": 3, "test": 1})  # 12x16 images
+    replace_image(tmp_path / "tree" / "train" / "cat" / "000.png", 9, 9)  # sorts first: it used to set the size
+    splits = load_splits(imagefolder(tmp_path / "tree"))
+    assert splits.image_size == 12 and splits.train.images.shape[1:] == (3, 12, 12)
+    note = capsys.readouterr().err.strip()
+    assert note.startswith("note: the images in") and "\n" not in note
+    assert "not 12 px on their shorter side like most (1 of 12) are resized to it: train/cat/000.png (9x9);" in note
+    write_tree(tmp_path / "even", {"train": 1, "test": 1})
+    for name in ("cat", "dog", "emu"):  # 3 images of 12 px against 3 of 9: a tie goes to the larger
+        replace_image(tmp_path / "even" / "train" / name / "000.png", 9, 20)
+    assert sources.ImageTree(tmp_path / "even").native_size == 12
+
+
+@pytest.mark.parametrize("image_size", [0, 8])  # the header scan of the native size, and the decode
+def test_an_image_under_the_minimum_size_is_a_one_line_error_naming_it(tmp_path, image_size):
+    write_tree(tmp_path / "tree", {"train": 2, "test": 1})
+    replace_image(tmp_path / "tree" / "train" / "dog" / "001.png", 1, 1)
+    with pytest.raises(DataError) as error:
+        load_splits(imagefolder(tmp_path / "tree", image_size=image_size))
+    assert f"cannot use train/dog/001.png in {tmp_path / 'tree'}: it is 1x1, under the 8 px a side" in str(error.value)
+
+
+@pytest.mark.parametrize("image_size", [0, 8])
+def test_an_image_over_the_pixel_limit_is_refused_before_it_is_decoded(tmp_path, monkeypatch, recwarn, image_size):
+    write_tree(tmp_path / "tree", {"train": 2, "test": 1})
+    replace_image(tmp_path / "tree" / "test" / "emu" / "000.png", 40, 30)
+    monkeypatch.setattr(decode, "MAX_PIXELS", 32 * 32)  # the 12x16 images pass, the 40x30 one does not
+    monkeypatch.setattr(decode.Image, "MAX_IMAGE_PIXELS", 1000)  # as in life, Pillow's warning limit is higher
+    real_load = ImageFile.ImageFile.load
+
+    def load(image):
+        assert image.size != (40, 30), "the refused image was decoded"
+        return real_load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    with pytest.raises(DataError, match=r"cannot use test/emu/000.png in .*: it is 40x30, over the limit of 1,024 "):
+        load_splits(imagefolder(tmp_path / "tree", image_size=image_size))
+    assert not recwarn.list  # no DecompressionBombWarning beside the error
+
+
+def test_a_decompression_bomb_is_a_one_line_error_and_exit_2_without_a_traceback(tmp_path, monkeypatch):
+    write_tree(tmp_path / "tree", {"train": 1, "test": 1})
+    monkeypatch.setattr(decode.Image, "MAX_IMAGE_PIXELS", 50)  # 12x16 = 192 pixels: over twice Pillow's limit
+    with pytest.raises(DataError, match=r"cannot use train/cat/000.png in .*: it is over Pillow's decompression-bomb"):
+        load_splits(imagefolder(tmp_path / "tree", image_size=8))
+    out = tmp_path / "out"
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        code = run.cli(["--set", f"dataset=imagefolder,data_root={tmp_path / 'tree'}", "--dry-run", "--out", str(out)])
+    [line] = stderr.getvalue().splitlines()
+    assert code == 2 and "cannot use train/cat/000.png" in line and "Traceback" not in line
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_and_a_small_one_exactly(monkeypatch):
+    pixels = np.random.default_rng(0).integers(0, 256, (96, 128, 3), np.uint8)
+    encoded = io.BytesIO()
+    Image.fromarray(pixels).resize((512, 384)).save(encoded, "JPEG")
+    drafts = []
+    real_draft = decode.Image.Image.draft
+    monkeypatch.setattr(
+        JpegImagePlugin.JpegImageFile, "draft", lambda image, *args: drafts.append(args) or real_draft(image, *args)
+    )
+    exact = decode.decode_image(encoded.getvalue(), 32)
+    assert not drafts  # 512x384 is under DRAFT_PIXELS: decoded whole, as before
+    monkeypatch.setattr(decode, "DRAFT_PIXELS", 1000)
+    reduced = decode.decode_image(encoded.getvalue(), 32)
+    assert drafts == [("RGB", (32, 32))] and reduced.shape == exact.shape == (3, 32, 32)
+    assert np.abs(reduced.astype(int) - exact).mean() < 8  # the same picture, from libjpeg's 1/8-scale decode
+
+
+def test_several_imagefolder_trees_in_one_data_root_are_refused_naming_them(tmp_path):
+    for name in ("cifar", "pets/copy"):
+        write_tree(tmp_path / "data" / name, {"train": 1, "test": 1})
+    with pytest.raises(DataError) as error:
+        load_splits(imagefolder(tmp_path / "data"))
+    message = str(error.value)
+    assert "holds 2 ImageFolder trees, with cifar/train/, pets/copy/train/; set data_root to the folder" in message
+    archive = tmp_path / "two.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "data", arcname="both")
+    with pytest.raises(DataError, match="with both/cifar/train/, both/pets/copy/train/; pack one tree per archive"):
+        load_splits(imagefolder(archive))
+
+
+def test_a_tar_member_whose_path_goes_through_dotdot_is_not_data(tmp_path):
+    archive = write_archive(tmp_path, {"train": 2, "test": 1})
+    image = (tmp_path / "tree" / "train" / "cat" / "000.png").read_bytes()
+    with_dotdot = tmp_path / "dotdot.tar"
+    with tarfile.open(archive) as source, tarfile.open(with_dotdot, "w") as tar:
+        for member in source:
+            tar.addfile(member, source.extractfile(member) if member.isfile() else None)
+        member = tarfile.TarInfo("tiny-jpeg/train/cat/../../x.png")
+        member.size = len(image)
+        tar.addfile(member, io.BytesIO(image))
+    tree = sources.ImageTree(with_dotdot)
+    assert "tiny-jpeg/train/cat/../../x.png" in tarfile.open(with_dotdot).getnames()
+    assert (len(tree.splits["train"].paths), len(tree.splits["test"].paths)) == (6, 3)

@@ -11,7 +11,8 @@ content, so every later run of a sweep loads the tensors instead of decoding aga
 
 ImageFolder data never shrinks silently: the train and test class sets must match, a folder or file that cannot
 be read is an error (not a skip), and an archive must read to its end-of-archive marker (tarfile itself stops
-without a word at a cut that falls on a member boundary).
+without a word at a cut that falls on a member boundary). Nor is it ambiguous: a data_root holding several trees
+is refused, and the native image size is the most common one, never one image's.
 """
 
 import hashlib
@@ -27,8 +28,8 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100, Imagenette
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -36,13 +37,14 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from ablations import atomic
 from ablations.config import RunConfig
 from ablations.data import IMAGENETTE_FOLDER, DataError, synthetic
-from ablations.data.decode import DecodeFailure, decode_all, decode_image, fork_workers
+from ablations.data.decode import DecodeFailure, decode_all, decode_image, fork_workers, image_sizes
 from convmixer.runtime import usable_cores
 
-CACHE_FORMAT = "v1"  # bump when decoding changes, so old cache files are not reused
+CACHE_FORMAT = "v2"  # bump when decoding changes, so old cache files are not reused (v2: the native size rule)
 SUBSET_SEED = 0  # subsets are the same for every run seed
 RESIDENT_BYTES = 4 << 30  # decoded uint8 train + test images up to this size are held in memory (and on the device)
 TEST_SPLIT_NAMES = ("test", "val")
+NAMED_ODD_IMAGES = 3  # a note on images of another size than the native one names this many
 
 
 @dataclass
@@ -157,6 +159,12 @@ def is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS) and not PurePosixPath(name).name.startswith(".")
 
 
+def is_data_member(member: tarfile.TarInfo) -> bool:
+    """An archive member that is an image file. Links are not (they may point anywhere), nor a path through `..`
+    (`small/train/cat/../../x.jpg` is not in train/cat/, whatever its name says)."""
+    return member.isfile() and is_image(member.name) and ".." not in PurePosixPath(member.name).parts
+
+
 def image_names(root: Path) -> list[str]:
     """Every image file under the folder `root`, as a path relative to it, sorted. Unlike Path.rglob, which skips
     a folder it cannot read, a folder that cannot be read is a DataError naming it."""
@@ -218,7 +226,7 @@ class ImageTree:
                 tar.fileobj.seek(0)
                 raw = tar.fileobj.read()
             with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-                index = {m.name: (m.offset_data, m.size) for m in tar if m.isfile() and is_image(m.name)}
+                index = {m.name: (m.offset_data, m.size) for m in tar if is_data_member(m)}
                 end = tar.offset  # where tarfile stopped: the end-of-archive marker, or where the bytes ran out
         except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as error:  # truncated or corrupt
             raise DataError(f"imagefolder: cannot read the archive data_root={str(self.source)!r}: {error}") from None
@@ -242,23 +250,34 @@ class ImageTree:
                 if part == "train" or part in TEST_SPLIT_NAMES:
                     found.setdefault("/".join(parts[: depth + 1]), []).append((parts[depth + 1], name))
                     break
-        train_dirs = sorted((key for key in found if PurePosixPath(key).name == "train"), key=len)
-        if not train_dirs:
-            raise DataError(f"imagefolder: no train/<class>/<image> found in data_root={str(self.source)!r}")
-        beside_train = (str(PurePosixPath(train_dirs[0]).parent / name) for name in TEST_SPLIT_NAMES)
+        train_dir = self._train_dir([key for key in found if PurePosixPath(key).name == "train"])
+        beside_train = (str(PurePosixPath(train_dir).parent / name) for name in TEST_SPLIT_NAMES)
         test_dirs = [key for key in beside_train if key in found]
         if not test_dirs:
-            raise DataError(f"imagefolder: no test/<class>/<image> (or val/) beside {train_dirs[0]} in {self.source}")
-        classes = sorted({label for label, _ in found[train_dirs[0]]})
+            raise DataError(f"imagefolder: no test/<class>/<image> (or val/) beside {train_dir} in {self.source}")
+        classes = sorted({label for label, _ in found[train_dir]})
         check_same_classes(
-            self.source, set(classes), {label for label, _ in found[test_dirs[0]]}, train_dirs[0], test_dirs[0]
+            self.source, set(classes), {label for label, _ in found[test_dirs[0]]}, train_dir, test_dirs[0]
         )
         index = {label: i for i, label in enumerate(classes)}
         splits = {}
-        for split, key in (("train", train_dirs[0]), ("test", test_dirs[0])):
+        for split, key in (("train", train_dir), ("test", test_dirs[0])):
             entries = sorted(found[key])
             splits[split] = TreeSplit([name for _, name in entries], torch.tensor([index[c] for c, _ in entries]))
         return classes, splits
+
+    def _train_dir(self, train_dirs: list[str]) -> str:
+        """The one train/ folder of the tree; several mean several datasets, and which one is meant is not ours
+        to guess."""
+        if not train_dirs:
+            raise DataError(f"imagefolder: no train/<class>/<image> found in data_root={str(self.source)!r}")
+        if len(train_dirs) > 1:
+            fix = "pack one tree per archive" if self.is_archive else "set data_root to the folder of one of them"
+            raise DataError(
+                f"imagefolder: data_root={str(self.source)!r} holds {len(train_dirs)} ImageFolder trees, with "
+                f"{', '.join(f'{key}/' for key in sorted(train_dirs))}; {fix}"
+            )
+        return train_dirs[0]
 
     @property
     def classes(self) -> list[str]:
@@ -295,32 +314,42 @@ class ImageTree:
         offset, size = index[name]
         return memoryview(raw)[offset : offset + size]
 
-    def decode_files(self, names: list[str], size: int) -> torch.Tensor:
-        """The image files `names`, decoded to size x size, as one uint8 tensor; on every core for many files."""
+    def over_files(self, names: list[str], job: Callable[[Callable[[int], bytes], int, int], np.ndarray]) -> np.ndarray:
+        """`job(read, count, workers)` (decode.decode_all, decode.image_sizes) over the image files `names`, on
+        every core for many files; a file that fails is a one-line DataError naming it."""
         try:
-            images = decode_all(
-                lambda i: self.read(names[i]), len(names), size, fork_workers(len(names), usable_cores())
-            )
-        except DecodeFailure as failure:
+            return job(lambda i: self.read(names[i]), len(names), fork_workers(len(names), usable_cores()))
+        except DecodeFailure as failure:  # a read error is worded as the fingerprint's: "(Permission denied)"
+            why = f" ({failure.detail})" if failure.verb == "read" else f": {failure.detail}"
             raise DataError(
-                f"imagefolder: cannot {failure.verb} {names[failure.index]} in {self.source}: {failure.detail}"
+                f"imagefolder: cannot {failure.verb} {names[failure.index]} in {self.source}{why}"
             ) from None
         except BrokenProcessPool:  # a worker killed (the out-of-memory killer?) is a one-line error like the rest
             raise DataError(f"imagefolder: a process decoding {self.source} died (out of memory?); rerun") from None
-        return torch.from_numpy(images)
 
+    def decode_files(self, names: list[str], size: int) -> torch.Tensor:
+        """The image files `names`, decoded to size x size, as one uint8 tensor; on every core for many files."""
+        return torch.from_numpy(self.over_files(names, lambda read, n, workers: decode_all(read, n, size, workers)))
+
+    @cached_property
     def native_size(self) -> int:
-        """The shorter side of the first training image: the size used when image_size is 0."""
-        first = self.splits["train"].paths[0]
-        try:
-            data = self.read(first)
-        except OSError as error:
-            raise DataError(f"imagefolder: cannot read {first} in {self.source} ({error.strerror})") from None
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                return min(image.size)
-        except OSError:  # PIL's UnidentifiedImageError, whose message holds only a BytesIO repr
-            raise DataError(f"imagefolder: cannot decode {first} in {self.source}: not an image Pillow knows") from None
+        """The size used when image_size is 0: the most common shorter side of all the tree's images, train and
+        test (ties: the larger), read from their headers, so that one odd image cannot resize all the others.
+        The images of another size, which are resized to it, are counted and named in a note."""
+        names = self.splits["train"].paths + self.splits["test"].paths
+        sizes = self.over_files(names, image_sizes)
+        sides, counts = np.unique(sizes.min(1), return_counts=True)
+        native = int(sides[counts == counts.max()].max())
+        odd = np.flatnonzero(sizes.min(1) != native)
+        if len(odd):
+            shown = ", ".join(f"{names[i]} ({sizes[i, 0]}x{sizes[i, 1]})" for i in odd[:NAMED_ODD_IMAGES])
+            more = ", ..." if len(odd) > NAMED_ODD_IMAGES else ""
+            print(
+                f"note: the images in {self.source} not {native} px on their shorter side like most ({len(odd):,} of "
+                f"{len(names):,}) are resized to it: {shown}{more}; set image_size to choose the size",
+                file=sys.stderr,
+            )
+        return native
 
     def decode(self, split: str, size: int, subset: int) -> Split:
         """The stratified subset of a split, decoded (and resized to size x size) into one uint8 tensor."""
@@ -333,7 +362,7 @@ class ImageTree:
         so a hit never lists the archive (listing a 60k-image tar.gz takes seconds)."""
         size_name = f"{image_size}px" if image_size else "native"
         name = f"imagefolder-{self.fingerprint[:16]}-{split}-{size_name}-n{subset}"
-        return cached(name, lambda: self.decode(split, image_size or self.native_size(), subset))
+        return cached(name, lambda: self.decode(split, image_size or self.native_size, subset))
 
 
 def imagenette_tree(root: str) -> ImageTree:
@@ -424,7 +453,7 @@ def streamed_files(tree: ImageTree, cfg: RunConfig, resident_bytes: int) -> Spli
     train, test = tree.splits["train"], tree.splits["test"]
     train_keep = stratified_subset(train.labels, cfg.train_subset)
     test_keep = stratified_subset(test.labels, cfg.test_subset)
-    size = cfg.image_size or tree.native_size()
+    size = cfg.image_size or tree.native_size
     if (len(train_keep) + len(test_keep)) * 3 * size * size <= resident_bytes:
         return None
 
