@@ -10,7 +10,8 @@ Module map, in three parts (a part imports only itself and the parts below it; n
         depthwise_kernels.py  the Triton kernels themselves
         registry.py       named configs of the paper's models, timm's names
     tools               what one does with a model, each with its command
-        interop.py        exact state-dict converters: modular <-> tweet <-> timm
+        interop.py        exact state-dict converters: modular <-> tweet <-> timm <-> locuslab; released checkpoints
+        evaluate.py       `python -m convmixer.evaluate`: top-1/top-5 of a released checkpoint, timm's eval transform
         check.py          `python -m convmixer.check`: the modular model computes the tweet's function
         count.py          `python -m convmixer.count`: parameters, MACs and FLOPs, two ways that must agree
         throughput.py     inference images/s and peak memory on a device

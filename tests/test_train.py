@@ -377,7 +377,7 @@ def test_the_tf32_key_keeps_run_ids():
         (["--set", "clip_norm=nan"], "clip_norm='nan' is not accepted"),  # silently trained without clipping
         (["--set", f"seed={2**64}"], "seed=18446744073709551616 is not accepted"),  # a traceback in manual_seed
         (["--set", "width=8"], "--set: unknown key 'width'"),  # locuslab's names are not the runner's
-        (["--preset", "imagenet"], "argument --preset: invalid choice: 'imagenet'"),
+        (["--preset", "imagenet-21k"], "argument --preset: invalid choice: 'imagenet-21k'"),
         (["--peak-tflops", "0"], "--peak-tflops 0.0 is not accepted: expected a number > 0"),  # MFU n/a, silently
         (["--out", "{tmp}"], "is not accepted: it is a folder; expected a .json path"),
         (["--out", "{tmp}/speed.md"], "expected a .json path (the .md goes beside it)"),  # the .md replaced the JSON

@@ -113,7 +113,7 @@ class Trainer:
         self.forward = torch.compile(model, dynamic=False, backend=COMPILE_BACKEND) if cfg.compile else model
         self.fused = fused_adamw(device)
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=self.fused
+            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps, fused=self.fused
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
 
