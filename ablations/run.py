@@ -13,7 +13,6 @@ this sweep's is refused; one sweep at a time works in a folder (a second is refu
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -24,13 +23,13 @@ from ablations.config import ConfigError, RunConfig
 from ablations.data import DataError, dataset_label
 from ablations.store import DONE, FAILED, Locks, Store, StoreError
 from ablations.sweep.grid import Sweep, build_sweep
-from ablations.sweep.local import LocalLauncher, add_local_options
+from ablations.sweep.local import LocalLauncher, add_local_options, local_devices
 from ablations.sweep.plan import check_ids, outcome, plan, run_plan
 from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, check_data_read, keys_help, sweep_data_root
 from ablations.sweep.progress import run_label
 from ablations.sweep.slurm import SlurmLauncher, SlurmOptions, add_slurm_options, check_cluster
 from ablations.sweep.study import Study, read_study
-from convmixer.arguments import OneLineParser, folder_path, patch_grid, run_cli
+from convmixer.arguments import OneLineParser, folder_path, run_cli
 
 PROG = "python -m ablations.run"
 # Where a sweep goes without --out: a folder git ignores (.gitignore), apart from the committed results/.
@@ -119,32 +118,8 @@ def load_design(args: argparse.Namespace) -> tuple[Study | None, str, Sweep]:
     return study, study.preset, study.sweep
 
 
-def given_data_root(args: argparse.Namespace, sweep: Sweep) -> str | None:
-    """How the command line (or the study) names a data_root, for a message; None when it names none."""
-    if args.data_root is not None:
-        return f"--data-root {args.data_root!r}"
-    if "data_root" in sweep.fixed:
-        return f"data_root={sweep.fixed['data_root']!r}"
-    for flag, axes in (("--grid", sweep.grid), ("--vary", sweep.vary)):
-        if "data_root" in axes:
-            return f"{flag} data_root={','.join(map(str, axes['data_root']))}"
-    return None
-
-
 def default_name(study: Study | None, preset: str, sweep: Sweep) -> str:
     return study.name if study is not None else "-".join([preset, *sweep.vary, *sweep.grid])
-
-
-def check_size(sweep: Sweep, max_runs: int) -> None:
-    """Refuse a design beyond --max-runs from its axis lengths, before a single RunConfig is built."""
-    if max_runs < 1:
-        raise ConfigError(f"--max-runs {max_runs} is not accepted: expected an integer >= 1")
-    size = sweep.size()
-    if size > max_runs:
-        raise ConfigError(
-            f"the design has {size:,} runs, more than --max-runs {max_runs:,}: check its axes and seeds, "
-            "or raise --max-runs"
-        )
 
 
 def result_dir(args: argparse.Namespace, default: str) -> tuple[str, Path]:
@@ -177,10 +152,6 @@ def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: l
     for precision in {cfg.precision for cfg in configs}:
         for device in devices:
             run_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
-    if args.jobs_per_device < 1:
-        raise ConfigError(f"--jobs-per-device {args.jobs_per_device} is not accepted: expected an integer >= 1")
-    if args.time_limit is not None and not 0 < args.time_limit < math.inf:
-        raise ConfigError(f"--time-limit {args.time_limit} is not accepted: expected a number of minutes > 0")
     if args.time_limit is not None and args.launcher == "slurm":
         raise ConfigError("--time-limit is not accepted with --launcher slurm: use --slurm-time for each job")
     options = SlurmOptions.from_args(args)
@@ -234,33 +205,20 @@ def first_line(name: str, configs: list[RunConfig], origin: str, keys: list[str]
     return f"sweep {name}: {plural(len(configs), 'run')} of {origin}: {models} on {data}, varying {varying}"
 
 
-def patch_notes(configs: list[RunConfig], data: dict[str, dict]) -> list[str]:
-    """A line for each patch size that does not divide its runs' images (their data records say the size): which
-    pixels it drops, in the counter's words."""
-    sizes = {(cfg.patch_size, data[cfg.run_id()].get("image_size") or 0) for cfg in configs if cfg.run_id() in data}
-    return [f"note: patch_size={patch}: {patch_grid(size, patch)}" for patch, size in sorted(sizes) if size % patch]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(help_preset(argv)).parse_args(argv)  # --help exits here
     study, preset, sweep = load_design(args)
-    check_size(sweep, args.max_runs)
+    sweep.check_size(args.max_runs)
     keys = sweep.varying_keys()
     data_root = sweep_data_root(preset, {*sweep.fixed, *keys}, args.data_root)
-    check_data_read([cfg.dataset for cfg in sweep.configs()], given_data_root(args, sweep))
+    check_data_read(
+        [cfg.dataset for cfg in sweep.configs()],
+        f"--data-root {args.data_root!r}" if args.data_root else sweep.named_data_root(),
+    )
     configs = [cfg.with_absolute_data_root(data_root) for cfg in sweep.configs()]
-    from convmixer.runtime import parse_devices, usable_cores  # torch, once the design is known to be valid
-
-    try:
-        devices = parse_devices(args.devices) if args.launcher == "local" else []
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    if args.jobs_per_device is None:
-        args.jobs_per_device = usable_cores() if devices == ["cpu"] else 1
+    devices = local_devices(args) if args.launcher == "local" else []  # torch, once the design is known to be valid
     check_options(args, configs, devices)
     name, root = result_dir(args, default_name(study, preset, sweep))
-    if args.lock_dir is not None and args.no_lock:
-        raise ConfigError("--lock-dir and --no-lock exclude each other: choose where the locks are, or none")
     # Absolute: a SLURM job may start in another folder.
     store = Store(root, Locks(args.lock_dir.absolute() if args.lock_dir else None, args.no_lock))
     store.check_folder()
@@ -272,10 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     slots = len(devices) * args.jobs_per_device
     workers = f"{plural(slots, 'worker')} on {', '.join(devices)}" if devices else "SLURM jobs"
     todo = sweep_plan.todo
-    for note in patch_notes(configs, sweep_plan.data):
+    for note in sweep_plan.patch_notes():
         print(note)
-    resumed = sum(store.state(store.run_dir(cfg)).epochs > 0 for cfg in todo)
-    also = f", {resumed} of them from a checkpoint" if resumed else ""
+    also = f", {sweep_plan.resumed()} of them from a checkpoint" if sweep_plan.resumed() else ""
     earlier = len(configs) - len(todo)
     line = f"{len(todo)} to train{also} ({earlier} finished earlier) with {workers}; results in {store.root}"
     if args.dry_run:

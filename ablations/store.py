@@ -294,6 +294,10 @@ class Locks:
     folder: Path | None = None
     off: bool = False
 
+    def __post_init__(self) -> None:
+        if self.folder is not None and self.off:
+            raise StoreError("--lock-dir and --no-lock exclude each other: choose where the locks are, or none")
+
 
 def describe_data(record: dict) -> str:
     """A data.json record in a few words: its label, classes, image counts and fingerprints."""

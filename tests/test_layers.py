@@ -39,7 +39,8 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     # The plan loads each dataset once, as a run would, to check it and record it: sweep/'s one arrow into data/.
     (
         "ablations.sweep.plan",
-        ("ablations.sweep.progress", "ablations.data", "ablations.design", "ablations.store", "ablations.config"),
+        ("ablations.sweep.progress", "ablations.data", "ablations.design", "ablations.store", "ablations.config")
+        + ("convmixer.arguments",),  # the counter's words for the pixels a patch drops
     ),
     ("ablations.sweep.presets", ("ablations.config", "ablations.data", "convmixer.registry")),
     ("ablations.sweep.grid", ("ablations.design", "ablations.config", "ablations.sweep.presets")),

@@ -23,6 +23,7 @@ from ablations.data import dataset_label
 from ablations.design import Design
 from ablations.store import DATA, DONE, FAILED, FINISHED, RunState, Store
 from ablations.sweep.progress import SweepProgress, run_label
+from convmixer.arguments import patch_grid
 
 
 class Launcher(Protocol):
@@ -41,6 +42,17 @@ class Plan:
     data: dict[str, dict]  # the data.json record of each run to train, or that recorded one, by run id
     retry_failed: bool = False
     keys: list[str] = field(default_factory=list)  # the keys that name a run in the progress lines
+
+    def resumed(self) -> int:
+        """How many of the runs to train go on from a checkpoint (an epoch or more done)."""
+        return sum(self.store.state(self.store.run_dir(cfg)).epochs > 0 for cfg in self.todo)
+
+    def patch_notes(self) -> list[str]:
+        """A line for each patch size that does not divide its runs' images (their data records say the size):
+        which pixels it drops, in the counter's words."""
+        sizes = {(cfg.patch_size, self.data[cfg.run_id()].get("image_size") or 0) for cfg in self.configs
+                 if cfg.run_id() in self.data}  # fmt: skip
+        return [f"note: patch_size={patch}: {patch_grid(size, patch)}" for patch, size in sorted(sizes) if size % patch]
 
 
 def check_ids(configs: list[RunConfig]) -> None:
