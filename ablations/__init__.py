@@ -5,7 +5,8 @@ Module map, top to bottom (each layer imports only the layers below it):
     run.py              `python -m ablations.run`: parse the command line, print the plan (or the dry-run table),
                         run it, print the end
     sweep/              what to run and how to run it
-        presets.py        named recipes (smoke, cifar10, cifar10-jpeg) and the key table of --help
+        presets.py        named recipes (smoke, cifar10, cifar10-jpeg, paper-cifar10, imagenet, imagenet-budget,
+                          imagenette), the data each needs, and the key table of --help
         grid.py           --set/--grid/--vary -> the list of RunConfigs
         study.py          a studies/*.toml file -> the same
         plan.py           which runs train (again), their data checked and recorded, running them, how it ended
@@ -18,7 +19,7 @@ Module map, top to bottom (each layer imports only the layers below it):
         schedule.py       learning-rate schedules
         setup.py          the memory layout and depthwise conv a run uses ("auto": the fastest, timed)
     data/               the images a run trains on
-        sources.py        CIFAR, ImageFolder trees and archives, the synthetic set -> finished splits
+        sources.py        CIFAR, Imagenette, ImageFolder trees and archives, the synthetic set -> finished splits
         decode.py         image files -> one uint8 array (or their sizes), on every core (forked workers); size limits
         synthetic.py      the synthetic task
         loaders.py        splits placed on the device, batched
@@ -36,7 +37,7 @@ Import rules (tests/test_layers.py checks them on every module):
 - engine/ imports data/, store.py, config.py, atomic.py and convmixer/; never sweep/ or run.py.
 - sweep/ reaches engine/ only through execute.py, and data/ only through plan.py (which loads each dataset once
   before the sweep, to check it and record it) and presets.py (the torch-free front of data/, for the default
-  location of the CIFAR-10 JPEG copy); presets, grid and study import only config.py, each other and (grid)
+  location of the data a preset needs); presets, grid and study import only config.py, each other and (grid)
   design.py (and presets the model registry, whose ConvMixer-256/8 the CIFAR-10 recipe trains).
 - nothing imports run.py; analysis/ imports only design.py, config.py, store.py, atomic.py and data/ of ablations/.
 """

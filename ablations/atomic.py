@@ -17,8 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -107,6 +105,8 @@ def write_json(path: Path, obj: Any) -> None:
 def torch_save(obj: Any, path: Path) -> None:
     # Serialised in memory first: torch.save straight into a file on a full disk fails with a RuntimeError from
     # its zip writer ("unexpected pos ..."), which hides both the cause and the file.
+    import torch  # here, not at the top: the store and every --help import this module, and torch takes seconds
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     _atomic_write(path, lambda f: f.write(buffer.getbuffer()))

@@ -14,15 +14,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from convmixer.arguments import PRECISIONS as AUTOCAST_PRECISIONS
 from convmixer.arguments import check_patch_fits
-from convmixer.depthwise import IMPLS
-from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig
+from convmixer.config import ACTIVATION_NAMES, IMPLS, NORM_NAMES, RESIDUAL_NAMES, ConvMixerConfig
 from convmixer.registry import MODEL_CONFIGS
-from convmixer.runtime import AUTOCAST_DTYPES
 
-DATASETS = ("synthetic", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("synthetic", "cifar10", "cifar100", "imagefolder", "imagenette")
 SCHEDULES = ("onecycle", "cosine")
-PRECISIONS = ("auto", *sorted(AUTOCAST_DTYPES))  # convmixer.runtime's names; auto: the device decides
+PRECISIONS = ("auto", *sorted(AUTOCAST_PRECISIONS))  # convmixer.runtime's names; auto: the device decides
 DEPTHWISE_IMPLS = ("auto", *IMPLS)
 # Switches that also accept "auto": the engine settles them by timing on the device.
 AUTO_SWITCHES = ("channels_last",)
@@ -38,7 +37,7 @@ MAX_IMAGE_SIZE = 4096
 MAX_LR, MAX_WEIGHT_DECAY = 1e6, 1e6
 # Keys added after results were first committed, with the value every earlier run had: a run holding that value
 # leaves the key out of its id, so adding a key never renames the runs already in a store.
-LATER_KEYS: dict[str, object] = {"tf32": True, "depthwise_impl": "torch"}
+LATER_KEYS: dict[str, object] = {"tf32": True, "depthwise_impl": "torch", "adam_eps": 1e-8}
 # Hex digits of a run id (64 bits); results written before ids had 16 were named by LEGACY_RUN_ID_LENGTH.
 RUN_ID_LENGTH, LEGACY_RUN_ID_LENGTH = 16, 10
 # Keys that say where a run's inputs live, not what the run is: left out of its id (the data itself is checked).
@@ -103,6 +102,7 @@ class RunConfig:
     batch_size: int = 512
     lr: float = 0.01
     weight_decay: float = 0.01
+    adam_eps: float = 1e-8  # AdamW's eps (torch's default); the authors' ImageNet recipe used 1e-3
     schedule: str = "onecycle"
     warmup_epochs: int = 0  # cosine only
     label_smoothing: float = 0.0
@@ -233,9 +233,9 @@ ACCEPTED: dict[str, Range | Choice | AutoSwitch] = {
     "depth": Range(int, 0),
     "kernel_size": Range(int, 1),
     "patch_size": Range(int, 1),
-    "residual": Choice(tuple(RESIDUALS)),
-    "norm": Choice(tuple(NORMS)),
-    "activation": Choice(tuple(ACTIVATIONS)),
+    "residual": Choice(RESIDUAL_NAMES),
+    "norm": Choice(NORM_NAMES),
+    "activation": Choice(ACTIVATION_NAMES),
     "dataset": Choice(DATASETS),
     "image_size": Range(int, 0, MAX_IMAGE_SIZE, note="0: the dataset's native size"),
     "train_subset": Range(int, 0, note="0: all images"),
@@ -251,6 +251,7 @@ ACCEPTED: dict[str, Range | Choice | AutoSwitch] = {
     "batch_size": Range(int, 1),
     "lr": Range(float, 0.0, MAX_LR, open_low=True),
     "weight_decay": Range(float, 0.0, MAX_WEIGHT_DECAY),
+    "adam_eps": Range(float, 0.0, 1.0, open_low=True),
     "schedule": Choice(SCHEDULES),
     "warmup_epochs": Range(int, 0),
     "label_smoothing": Range(float, 0.0, 1.0),

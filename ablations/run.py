@@ -13,28 +13,23 @@ this sweep's is refused; one sweep at a time works in a folder (a second is refu
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
 from typing import NoReturn
 
-import torch
-
 from ablations.atomic import WriteError
 from ablations.config import ConfigError, RunConfig
 from ablations.data import DataError, dataset_label
-from ablations.engine.train import run_dtype
 from ablations.store import DONE, FAILED, Locks, Store, StoreError
 from ablations.sweep.grid import Sweep, build_sweep
-from ablations.sweep.local import LocalLauncher, add_local_options
+from ablations.sweep.local import LocalLauncher, add_local_options, local_devices
 from ablations.sweep.plan import check_ids, outcome, plan, run_plan
-from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, keys_help, sweep_data_root
+from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, check_data_read, keys_help, sweep_data_root
 from ablations.sweep.progress import run_label
 from ablations.sweep.slurm import SlurmLauncher, SlurmOptions, add_slurm_options, check_cluster
 from ablations.sweep.study import Study, read_study
 from convmixer.arguments import OneLineParser, folder_path, run_cli
-from convmixer.runtime import parse_devices, usable_cores
 
 PROG = "python -m ablations.run"
 # Where a sweep goes without --out: a folder git ignores (.gitignore), apart from the committed results/.
@@ -127,18 +122,6 @@ def default_name(study: Study | None, preset: str, sweep: Sweep) -> str:
     return study.name if study is not None else "-".join([preset, *sweep.vary, *sweep.grid])
 
 
-def check_size(sweep: Sweep, max_runs: int) -> None:
-    """Refuse a design beyond --max-runs from its axis lengths, before a single RunConfig is built."""
-    if max_runs < 1:
-        raise ConfigError(f"--max-runs {max_runs} is not accepted: expected an integer >= 1")
-    size = sweep.size()
-    if size > max_runs:
-        raise ConfigError(
-            f"the design has {size:,} runs, more than --max-runs {max_runs:,}: check its axes and seeds, "
-            "or raise --max-runs"
-        )
-
-
 def result_dir(args: argparse.Namespace, default: str) -> tuple[str, Path]:
     """The sweep's name and folder: --name (default: `default`) under DEFAULT_ROOT, or --out, which --name then
     only names (without --name, --out's folder name is the sweep's)."""
@@ -162,13 +145,13 @@ def create_result_dir(root: Path) -> None:
 
 
 def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: list[str]) -> None:
+    import torch  # here, once the command line is parsed: --help and usage errors answer without it
+
+    from ablations.engine.train import run_dtype
+
     for precision in {cfg.precision for cfg in configs}:
         for device in devices:
             run_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
-    if args.jobs_per_device < 1:
-        raise ConfigError(f"--jobs-per-device {args.jobs_per_device} is not accepted: expected an integer >= 1")
-    if args.time_limit is not None and not 0 < args.time_limit < math.inf:
-        raise ConfigError(f"--time-limit {args.time_limit} is not accepted: expected a number of minutes > 0")
     if args.time_limit is not None and args.launcher == "slurm":
         raise ConfigError("--time-limit is not accepted with --launcher slurm: use --slurm-time for each job")
     options = SlurmOptions.from_args(args)
@@ -225,40 +208,44 @@ def first_line(name: str, configs: list[RunConfig], origin: str, keys: list[str]
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(help_preset(argv)).parse_args(argv)  # --help exits here
     study, preset, sweep = load_design(args)
-    check_size(sweep, args.max_runs)
-    data_root = sweep_data_root(preset, {*sweep.fixed, *sweep.varying_keys()}, args.data_root)
+    sweep.check_size(args.max_runs)
+    keys = sweep.varying_keys()
+    data_root = sweep_data_root(preset, {*sweep.fixed, *keys}, args.data_root)
+    check_data_read(
+        [cfg.dataset for cfg in sweep.configs()],
+        f"--data-root {args.data_root!r}" if args.data_root else sweep.named_data_root(),
+    )
     configs = [cfg.with_absolute_data_root(data_root) for cfg in sweep.configs()]
-    try:
-        devices = parse_devices(args.devices) if args.launcher == "local" else []
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    if args.jobs_per_device is None:
-        args.jobs_per_device = usable_cores() if devices == ["cpu"] else 1
+    devices = local_devices(args) if args.launcher == "local" else []  # torch, once the design is known to be valid
     check_options(args, configs, devices)
     name, root = result_dir(args, default_name(study, preset, sweep))
-    if args.lock_dir is not None and args.no_lock:
-        raise ConfigError("--lock-dir and --no-lock exclude each other: choose where the locks are, or none")
     # Absolute: a SLURM job may start in another folder.
     store = Store(root, Locks(args.lock_dir.absolute() if args.lock_dir else None, args.no_lock))
     store.check_folder()
     for path, why in store.find_damaged().items():
         print(f"damaged: {why}: it {'will be' if args.dry_run else 'is'} {store.damage_fate(path)}", flush=True)
-    keys = sweep.varying_keys()
     origin = f"study {args.study} (preset {preset})" if study is not None else f"preset {preset}"
     print(first_line(name, configs, origin, keys), flush=True)
     sweep_plan = plan(configs, store, args.retry_failed, keys)  # a dry run checks the data too: a run would fail on it
     slots = len(devices) * args.jobs_per_device
     workers = f"{plural(slots, 'worker')} on {', '.join(devices)}" if devices else "SLURM jobs"
     todo = sweep_plan.todo
-    print(f"{len(todo)} to train ({len(configs) - len(todo)} finished earlier) with {workers}; results in {store.root}")
+    for note in sweep_plan.patch_notes():
+        print(note)
+    also = f", {sweep_plan.resumed()} of them from a checkpoint" if sweep_plan.resumed() else ""
+    earlier = len(configs) - len(todo)
+    line = f"{len(todo)} to train{also} ({earlier} finished earlier) with {workers}; results in {store.root}"
     if args.dry_run:
+        print(line)
         print_table(configs, keys, store)
         for cfg in configs if args.show_config else []:
             print(f"{cfg.run_id()} {json.dumps(cfg.to_dict())}")
         return 0
     create_result_dir(store.root)
     design = sweep.design(name, preset, str(args.study) if study else None, study.description if study else "")
-    run_plan(sweep_plan, make_launcher(args, store, devices), design, study.text if study else None)
+    launcher = make_launcher(args, store, devices)
+    # Announced once the folder is locked and the design recorded: a refusal never follows "N to train".
+    run_plan(sweep_plan, launcher, design, study.text if study else None, lambda: print(line, flush=True))
     return report(configs, keys, store)
 
 

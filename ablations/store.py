@@ -43,7 +43,7 @@ from typing import IO, Any
 from ablations import atomic
 from ablations.config import LEGACY_RUN_ID_LENGTH, NOT_IDENTITY, RunConfig
 from ablations.design import Design, file_content, read_file
-from convmixer.runtime import AUTOCAST_DTYPES
+from convmixer.arguments import PRECISIONS
 
 # A run folder: its config, the engine's per-epoch history, resumable state and final metrics, and its log.
 CONFIG, HISTORY, CHECKPOINT, METRICS, LOG = "config.json", "history.json", "checkpoint.pt", "metrics.json", "log.txt"
@@ -122,7 +122,7 @@ METRIC_FIELDS = {
     "train_acc": Field("engine", _fraction, "a number in [0, 1]"),
     "train_loss": Field("engine", _number, "a finite number"),
     "wall_time_s": Field("engine", _seconds, "a number >= 0"),
-    "precision_used": Field("engine", lambda value: value in AUTOCAST_DTYPES, _one_of(AUTOCAST_DTYPES)),
+    "precision_used": Field("engine", lambda value: value in PRECISIONS, _one_of(PRECISIONS)),
     "tf32_used": _flag("engine"),
     "compiled_graphs": Field("engine", _count, "an integer >= 0"),
     "warm_up_s": Field("engine", _seconds, "a number >= 0"),
@@ -293,6 +293,10 @@ class Locks:
 
     folder: Path | None = None
     off: bool = False
+
+    def __post_init__(self) -> None:
+        if self.folder is not None and self.off:
+            raise StoreError("--lock-dir and --no-lock exclude each other: choose where the locks are, or none")
 
 
 def describe_data(record: dict) -> str:

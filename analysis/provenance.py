@@ -10,10 +10,12 @@ import re
 
 import pandas as pd
 
+from ablations.config import NATIVE_IMAGE_SIZE
 from ablations.data import dataset_label
 from ablations.design import Design
 from analysis.load import done
-from convmixer.model import ConvMixerConfig
+from convmixer.arguments import patch_grid
+from convmixer.config import ConvMixerConfig
 
 NOT_RECORDED = "not recorded"
 
@@ -53,6 +55,14 @@ def model_text(runs: pd.DataFrame) -> str:
         f"patch size p = {values_text(runs, 'patch_size')}, residual {values_text(runs, 'residual')}, "
         f"norm {values_text(runs, 'norm')}, activation {values_text(runs, 'activation')}"
     )
+
+
+def patches_text(runs: pd.DataFrame) -> str:
+    """The pixels a patch size that does not divide the images drops, in the counter's words; "" when none does.
+    An ImageFolder run at its native size (image_size 0) recorded no size in its config, so it is not checked."""
+    sides = runs["image_size"].where(runs["image_size"] > 0, runs["dataset"].map(NATIVE_IMAGE_SIZE))
+    pairs = {(int(patch), int(side)) for patch, side in zip(runs["patch_size"], sides, strict=True) if side == side}
+    return "; ".join(f"patch_size={p}: {patch_grid(side, p)}" for p, side in sorted(pairs) if side % p)
 
 
 def training_text(runs: pd.DataFrame) -> str:
@@ -175,10 +185,12 @@ def throughput_note(runs: pd.DataFrame) -> str:
 
 
 def setup(runs: pd.DataFrame, designs: dict[str, Design | None], keys: list[str]) -> dict[str, str]:
-    """The facts of the setup, in the order a reader needs them: name -> text."""
+    """The facts of the setup, in the order a reader needs them: name -> text ("Patches" only where pixels drop)."""
+    patches = patches_text(runs)
     return {
         "Dataset": data_text(runs),
         "Model": model_text(runs),
+        **({"Patches": patches} if patches else {}),
         "Training": training_text(runs),
         "Augmentation": augmentation_text(runs),
         "Design": origin_text(designs),

@@ -14,7 +14,7 @@ from pathlib import Path
 from ablations import atomic
 from ablations.config import RunConfig
 from ablations.sweep.grid import parse_sets
-from ablations.sweep.presets import PRESETS, sweep_data_root
+from ablations.sweep.presets import PRESETS, check_data_read, sweep_data_root
 
 
 def add_recipe_options(parser: argparse.ArgumentParser, preset: str) -> None:
@@ -29,8 +29,16 @@ def recipe_config(args: argparse.Namespace) -> RunConfig:
     values = {**PRESETS[args.preset].values, **parse_sets(args.set)}
     data_root = sweep_data_root(args.preset, values, args.data_root)
     cfg = RunConfig(**values)
+    given = f"--data-root {args.data_root!r}" if args.data_root is not None else None
+    check_data_read([cfg.dataset], given or (f"data_root={cfg.data_root!r}" if "data_root" in values else None))
     cfg.validate()
     return cfg.with_absolute_data_root(data_root)
+
+
+def speed_words(ratio: float) -> str:
+    """A time ratio (the other's time / this one's) in words: 2.0 -> "2.00x faster", 0.9 -> "1.11x slower" (a
+    reader takes "0.9x faster" for faster)."""
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
 
 
 def check_out(out: Path | None) -> None:

@@ -14,7 +14,8 @@ Stages, each timed and reported even when another fails:
   sweep         python -m ablations.run: 4 runs on 2 worker slots, and which device each ran on
 On a fresh GPU machine with no network this fits in 9 minutes (--budget); with --device cpu --tiny the same
 code runs on a CPU in well under a minute, which is how the test suite keeps it from rotting.
-Exit code 0 when every stage passed, 1 otherwise.
+Exit code 0 when every stage passed, 1 otherwise. torch, the engine and the data are imported by the stages that
+use them, so that --help and a bad option answer at once.
 """
 
 import argparse
@@ -32,18 +33,12 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from ablations.config import RunConfig
 from ablations.data import CIFAR10_JPEG_ENV, dataset_label, default_cifar10_jpeg
-from ablations.data.loaders import build_data
-from ablations.engine.train import Trainer, run_dtype, train_run
 from ablations.store import DONE
 from ablations.sweep.presets import CIFAR10_RECIPE
 from convmixer.arguments import OneLineParser, run_cli
-from convmixer.model import ConvMixerConfig
-from convmixer.runtime import device_name, parse_device, synchronize
-from convmixer.throughput import measure_throughput
+from convmixer.config import ConvMixerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=530, help="seconds for all stages (default 530)")
     parser.add_argument("--out", type=Path, help="folder for gpu_check.json and gpu_check.txt")
     args = parser.parse_args(argv)
+    from convmixer.runtime import parse_device  # torch: after --help and the other options
+
     try:
         args.device = parse_device(args.device)
     except ValueError as error:
@@ -161,6 +158,12 @@ def sync_sites(caught: list[warnings.WarningMessage]) -> collections.Counter:
 
 def sync_audit(check: Check, timeout: float) -> str:
     """Train one epoch after a warm-up one and count every host sync CUDA's debug mode reports, by source line."""
+    import torch
+
+    from ablations.data.loaders import build_data
+    from ablations.engine.train import Trainer, run_dtype
+    from convmixer.runtime import synchronize
+
     cfg = check.recipe()
     device = check.device
     data = build_data(cfg, device)
@@ -191,6 +194,8 @@ def sync_audit(check: Check, timeout: float) -> str:
 
 
 def train_recipe(check: Check, timeout: float) -> str:
+    from ablations.engine.train import train_run
+
     cfg = check.recipe()
     history: list[dict] = []
     metrics = train_run(cfg, None, device=check.device, log=lambda line: None, on_epoch=history.append)
@@ -226,6 +231,8 @@ def count_throughput(check: Check, timeout: float) -> str:
 
 def layernorm_cost(check: Check, timeout: float) -> str:
     """Inference img/s of the batch- and layer-norm models, under bf16 autocast and in fp32 (channels_last)."""
+    from convmixer.throughput import measure_throughput
+
     dim, depth, patch, batch = (16, 1, 4, 8) if check.args.tiny else (256, 8, 2, 512)
     rates = {}
     for norm in ("batch", "layer"):
@@ -243,6 +250,8 @@ def layernorm_cost(check: Check, timeout: float) -> str:
 
 def sweep(check: Check, timeout: float) -> str:
     """4 runs on 2 worker slots: one GPU twice, or two GPUs once each (a CPU twice with --device cpu)."""
+    import torch
+
     gpus = torch.cuda.device_count() if check.device.type == "cuda" else 0
     devices, jobs = ("0,1", "1") if gpus >= 2 else (check.device.type, "2")
     keys = TINY if check.args.tiny else {"train_subset": 2000, "test_subset": 500, "epochs": 2}
@@ -268,6 +277,10 @@ def table(rows: list[dict]) -> str:
 
 
 def environment(check: Check) -> str:
+    import torch
+
+    from convmixer.runtime import device_name
+
     device = check.device
     facts = [f"torch {torch.__version__}", device_name(device)]
     if device.type == "cuda":

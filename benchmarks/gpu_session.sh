@@ -11,7 +11,7 @@
 #                                              # side on one GPU (--jobs-per-device 1 vs 2)
 #   bash benchmarks/gpu_session.sh study       # the next runs of studies/cifar10-gpu.toml into results/cifar10-gpu
 #                                              # (those that fit in STUDY_MINUTES, default 7), brought back as
-#                                              # $OUT/cifar10-gpu.tar.gz without checkpoints (issue 18)
+#                                              # $OUT/cifar10-gpu.tar.gz without checkpoints
 #   bash benchmarks/gpu_session.sh --tiny      # the same code on a CPU with tiny settings (the test suite)
 #
 # Carried to the machine (docs/benchmarks.md): .device-data/cifar10-jpeg.tar.gz and .whl/ (fvcore, submitit, ...).

@@ -15,7 +15,12 @@ measured in the same run. Run it alone on the device: anything sharing it shows 
 
     python -m benchmarks.kernels --out results/benchmarks/kernels-h200.json        # on a GPU
     python -m benchmarks.kernels --device cpu --tiny --kernels 3,5                  # a quick CPU try
+
+torch and the model are imported by the functions that time them, after the command line is parsed (annotations
+are strings), so that --help and a bad option answer at once.
 """
+
+from __future__ import annotations
 
 import argparse
 import dataclasses
@@ -24,30 +29,22 @@ import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from ablations.sweep.presets import CIFAR10_RECIPE
 from benchmarks.common import check_out, write_result
 from convmixer.arguments import OneLineParser, UsageError, run_cli
+from convmixer.config import ConvMixerConfig
 from convmixer.count import closed_form
-from convmixer.depthwise import DepthwiseConv2d, use_impl
-from convmixer.model import ConvMixer, ConvMixerConfig
-from convmixer.runtime import (
-    AUTOCAST_DTYPES,
-    cuda_math_flags,
-    hardware_name,
-    parse_device,
-    step_seconds,
-    toolkit_commit,
-)
+
+if TYPE_CHECKING:
+    import torch
 
 PROG = "python -m benchmarks.kernels"
 BASELINE = 5  # the kernel size each row's time per FLOP is compared with
 PRECISIONS = ("bf16", "fp32")
 COPY_BYTES = 256 * 2**20  # at least this much per copy when measuring the copy rate: more than any cache holds
-LAYOUTS = {"channels_last": torch.channels_last, "NCHW": torch.contiguous_format}
+LAYOUTS = {"channels_last": "channels_last", "NCHW": "contiguous_format"}  # -> torch's memory format
 # the implementations a row names -> (DepthwiseConv2d.impl, cuDNN's autotuner on)
 ROUTES = {
     "torch": ("torch", False),
@@ -107,6 +104,10 @@ def impls_on(device: torch.device) -> tuple[str, ...]:
 def copy_rate(device: torch.device, nbytes: int) -> float:
     """Bytes per second a plain device copy moves (each byte read once and written once), at its fastest of 20:
     the floor is what the device can do, and on a shared machine the median can be far below that."""
+    import torch
+
+    from convmixer.runtime import step_seconds
+
     source = torch.zeros(nbytes // 4, device=device)
     target = torch.zeros_like(source)
     return 2 * source.numel() * 4 / min(step_seconds(lambda: target.copy_(source), device, warmup=3, repeats=20))
@@ -115,6 +116,12 @@ def copy_rate(device: torch.device, nbytes: int) -> float:
 def model_step(shape: Shape, k: int, impl: str, layout: torch.memory_format, dtype: torch.dtype | None,
                device: torch.device) -> Callable[[], None]:  # fmt: skip
     """One forward + backward of ConvMixer-dim/depth at kernel size k on a random batch (no optimiser step)."""
+    import torch
+    import torch.nn.functional as F
+
+    from convmixer.depthwise import use_impl
+    from convmixer.model import ConvMixer
+
     model = ConvMixer(shape.dim, shape.depth, k, shape.patch, 10).to(device, memory_format=layout)
     use_impl(model, impl)
     images = torch.randn(shape.batch, 3, shape.image, shape.image, device=device).contiguous(memory_format=layout)
@@ -132,6 +139,10 @@ def model_step(shape: Shape, k: int, impl: str, layout: torch.memory_format, dty
 def depthwise_step(shape: Shape, k: int, impl: str, layout: torch.memory_format, dtype: torch.dtype | None,
                    device: torch.device) -> Callable[[], None]:  # fmt: skip
     """One forward + backward of the depthwise conv alone, its input in the precision a mixer layer hands it."""
+    import torch
+
+    from convmixer.depthwise import DepthwiseConv2d, use_impl
+
     conv = DepthwiseConv2d(shape.dim, k).to(device, memory_format=layout)
     use_impl(conv, impl)
     x = torch.randn(shape.batch, shape.dim, shape.size, shape.size, device=device, dtype=dtype or torch.float32)
@@ -165,13 +176,18 @@ def floors(shape: Shape, what: str, k: int, precision: str) -> tuple[float, floa
 
 def measure(shape: Shape, key: dict, device: torch.device, repeats: int, rate: float) -> dict:
     """One row: `key` (what, kernel, precision, layout, impl) timed, with its floors; a failure is its row's error."""
+    import torch
+
+    from convmixer.runtime import AUTOCAST_DTYPES, cuda_math_flags, step_seconds
+
     impl, tune = ROUTES[key["impl"]]
     dtype = AUTOCAST_DTYPES[key["precision"]]
     flops, nbytes = floors(shape, key["what"], key["kernel"], key["precision"])
     row = {**key, "flops": flops, "bytes_floor": nbytes, "floor_s": nbytes / rate}
     try:
         with cuda_math_flags(benchmark=tune, tf32=True):
-            step = STEPS[key["what"]](shape, key["kernel"], impl, LAYOUTS[key["layout"]], dtype, device)
+            layout = getattr(torch, LAYOUTS[key["layout"]])
+            step = STEPS[key["what"]](shape, key["kernel"], impl, layout, dtype, device)
             times = step_seconds(step, device, warmup=3, repeats=repeats)
     except Exception as error:  # one implementation failing (a Triton compile, memory) must not lose the table
         message = " ".join(f"{type(error).__name__}: {error}".splitlines())[:300]
@@ -231,6 +247,10 @@ def fastest_table(rows: list[dict]) -> str:
 
 
 def describe(shape: Shape, device: torch.device, repeats: int, rate: float) -> list[str]:
+    import torch
+
+    from convmixer.runtime import hardware_name, toolkit_commit
+
     try:
         triton = f"triton {importlib.import_module('triton').__version__}"
     except ModuleNotFoundError:
@@ -246,6 +266,8 @@ def describe(shape: Shape, device: torch.device, repeats: int, rate: float) -> l
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from convmixer.runtime import parse_device
+
     try:
         device = parse_device(args.device)
         kernels = parse_kernels(args.kernels)

@@ -22,14 +22,19 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ablations.config import ConfigError
-from ablations.data import DataError, decode, loaders, sources
-from benchmarks.common import add_recipe_options, recipe_config
+from ablations.data import DataError
+from benchmarks.common import add_recipe_options, recipe_config, speed_words
 from convmixer.arguments import OneLineParser, run_cli
-from convmixer.runtime import cpu_name, device_name, resolve_device, synchronize, usable_cores
+
+if TYPE_CHECKING:
+    import torch
+
+    from ablations.data import loaders
+
+# torch and the data's loaders are imported once the command line is parsed: --help answers without them.
 
 PROG = "python -m benchmarks.startup"
 
@@ -37,6 +42,8 @@ PROG = "python -m benchmarks.startup"
 @contextlib.contextmanager
 def serial_decoding() -> Iterator[None]:
     """Decode in this process only, as the toolkit did before it forked workers."""
+    from ablations.data import sources
+
     forked = sources.fork_workers
     sources.fork_workers = lambda count, cores: 0
     try:
@@ -65,8 +72,10 @@ def cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def timed(start: Callable[[], loaders.Data], device: torch.device) -> tuple[float, float, loaders.Data]:
+def timed(start: Callable[[], "loaders.Data"], device: "torch.device") -> tuple[float, float, "loaders.Data"]:
     """(wall seconds, CPU seconds, the data) of one start-up."""
+    from convmixer.runtime import synchronize
+
     began, cpu = time.perf_counter(), cpu_seconds()
     data = start()
     synchronize(device)
@@ -79,11 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto (default cpu)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
+    from ablations.data import decode, loaders
+    from convmixer.runtime import cpu_name, device_name, resolve_device, usable_cores
+
     device = resolve_device(args.device)
     cfg = recipe_config(args)
     times, cpu = {}, {}
 
-    def start() -> loaders.Data:
+    def start() -> "loaders.Data":
         return loaders.build_data(cfg, device)
 
     with tempfile.TemporaryDirectory(prefix="convmixer-startup-") as scratch:
@@ -111,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     print("  start    wall s   CPU s (this process and its workers)")
     for name in times:
         print(f"  {name:<7} {times[name]:7.3f} {cpu[name]:7.3f}")
-    print(f"  cold start {figures['speedup_cold_vs_serial']}x faster than serial ({figures['decode_workers']} workers)")
+    speed = speed_words(times["serial"] / times["cold"])
+    print(f"  cold start {speed} than serial ({figures['decode_workers']} workers)")
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

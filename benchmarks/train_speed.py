@@ -17,13 +17,18 @@ says where the data is), for the same number of epochs in several ways:
   reference-tuned      the published recipe with --workers workers, channels_last and fused AdamW (opt-in)
 Besides: the bare training step (the engine's train_step on random images already on the device: eager, compiled,
 and with CUDA graphs on a GPU), the device's copy rate and the op-level bytes of one step (achieved memory
-bandwidth), and a table of the targets of issue 17 with every ratio taken against baselines measured in this run.
+bandwidth), and a table of the engine's targets with every ratio taken against baselines measured in this run.
 --reference-epochs N times the reference variants over their first N epochs and extrapolates their total (said so
 in the table). With --out it writes the lot as JSON and Markdown.
 
     python -m benchmarks.train_speed --data-root PATH/TO/cifar10-jpeg.tar.gz --seeds 2 --out h200.json   # a GPU
     python -m benchmarks.train_speed --data-root PATH --set epochs=2,train_subset=1000,dim=64 --device cpu
+
+torch, the data, the reference recipe and the measurements are imported by the functions that run them, after the
+command line is parsed (annotations are strings), so that --help and a bad option answer at once.
 """
+
+from __future__ import annotations
 
 import argparse
 import dataclasses
@@ -34,19 +39,19 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ablations.config import ConfigError, RunConfig
 from ablations.data import DataError, dataset_label
-from ablations.data.sources import Split, load_splits
 from ablations.sweep.presets import PRESETS
-from benchmarks import measure
-from benchmarks.common import add_recipe_options, check_out, recipe_config, write_result
-from benchmarks.reference_recipe import PUBLISHED, TUNED, train_reference
+from benchmarks.common import add_recipe_options, check_out, recipe_config, speed_words, write_result
 from convmixer.arguments import OneLineParser, UsageError, run_cli
 from convmixer.count import closed_form
-from convmixer.runtime import autocast_dtype, cuda_math_flags, parse_device
+
+if TYPE_CHECKING:
+    import torch
+
+    from ablations.data.sources import Split
 
 # Dense bf16/fp16 tensor-core peak from the datasheets (SXM parts), matched against the CUDA device name.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
@@ -82,6 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
     if given is not None or device.type != "cuda":
         return given
+    import torch
+
     name = torch.cuda.get_device_name(device)
     return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
 
@@ -110,6 +117,8 @@ def engine_config(name: str, cfg: RunConfig) -> RunConfig:
 def run_engine(name: str, cfg: RunConfig, seeds: list[int], device: torch.device, work: Path) -> list[dict]:
     """The engine variant's runs, one per seed: {"history", "metrics", "process_s"} (process_s: the seed's own
     process, start to exit; for engine-2-per-device the one sweep process that ran all seeds side by side)."""
+    from benchmarks import measure
+
     env = measure.product_env(work / "inductor")
     if name == "engine-2-per-device":
         runs, wall = measure.product_runs(cfg, seeds, device, 2, work, env)
@@ -123,6 +132,9 @@ def run_engine(name: str, cfg: RunConfig, seeds: list[int], device: torch.device
 
 def run_reference(name: str, cfg: RunConfig, splits: tuple[Split, Split], device: torch.device,
                   args: argparse.Namespace) -> dict:  # fmt: skip
+    from benchmarks.reference_recipe import PUBLISHED, TUNED, train_reference
+    from convmixer.runtime import cuda_math_flags
+
     variant = {"reference": PUBLISHED, "reference-workers": dataclasses.replace(PUBLISHED, workers=args.workers),
                "reference-tuned": dataclasses.replace(TUNED, workers=args.workers)}[name]  # fmt: skip
     with cuda_math_flags(benchmark=False, tf32=True):  # the original leaves cuDNN's autotuner off (torch's default)
@@ -206,8 +218,8 @@ def markdown_table(summaries: dict[str, dict]) -> str:
         lines.append("| " + " | ".join([label, *(fmt(summaries[name][key]) for name in names)]) + " |")
     if BASELINE in summaries:
         base = summaries[BASELINE]["total_epoch_time_s"]
-        ratios = [f"{base / summaries[name]['total_epoch_time_s']:.2f}x" for name in names]
-        lines.append("| " + " | ".join([f"speed-up on all epochs' time / {BASELINE}", *ratios]) + " |")
+        ratios = [speed_words(base / summaries[name]["total_epoch_time_s"]) for name in names]
+        lines.append("| " + " | ".join([f"all epochs' time against {BASELINE}", *ratios]) + " |")
     return "\n".join(lines)
 
 
@@ -232,6 +244,8 @@ def bare_and_bandwidth(cfg: RunConfig, splits: tuple[Split, Split], device: torc
                        args: argparse.Namespace, work: Path) -> dict:  # fmt: skip
     """The bare step in each mode the engine variants call for, and the achieved memory bandwidth of the eager
     step against the device's copy rate."""
+    from benchmarks import measure
+
     modes = ["eager"] + (["compiled"] if "engine-compiled" in variants else [])
     modes += ["cudagraphs"] if "engine-compiled" in variants and device.type == "cuda" else []
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor")  # warm from the engine-compiled runs
@@ -264,7 +278,7 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def targets(summaries: dict[str, dict], extra: dict) -> list[dict]:
-    """Issue 17's targets, each from numbers measured in this run (n/a where a variant did not run)."""
+    """The engine's targets (docs/benchmarks.md), from numbers measured in this run (n/a: its variant did not run)."""
     get = lambda name, key: summaries[name][key] if name in summaries else None  # noqa: E731
     engine_total, bare = get("engine", "total_epoch_time_s"), extra.get("bare", {})
     accuracies = [get(name, "final_test_acc") for name in ("engine", WORKERS_BASELINE)]
@@ -310,7 +324,7 @@ def targets(summaries: dict[str, dict], extra: dict) -> list[dict]:
 
 def targets_table(rows: list[dict], recipe: bool) -> str:
     note = "" if recipe else " (this run is not the targets' recipe: 25 epochs of ConvMixer-256/8 k5 p2 on 50,000)"
-    lines = [f"Targets of issue 17{note}", "", "| target | measured | met |", "|---|---|---|"]
+    lines = [f"Targets of the engine{note}", "", "| target | measured | met |", "|---|---|---|"]
     for row in rows:
         met = {True: "yes", False: "NO", None: "-"}[row["met"]]
         lines.append(f"| {row['target']} | {row['measured']} | {met} |")
@@ -330,6 +344,11 @@ def extra_lines(extra: dict) -> list[str]:
 
 
 def describe(cfg: RunConfig, device: torch.device, args: argparse.Namespace, peak: float | None) -> list[str]:
+    import torch
+
+    from benchmarks.reference_recipe import PUBLISHED
+    from convmixer.runtime import autocast_dtype
+
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     engine_precision = autocast_dtype(cfg.precision, device) or "fp32"
     reference_precision = "fp16 autocast + GradScaler" if device.type == "cuda" else "fp32 (no CUDA)"
@@ -355,6 +374,8 @@ def describe(cfg: RunConfig, device: torch.device, args: argparse.Namespace, pea
 
 def check_args(args: argparse.Namespace) -> tuple[RunConfig, torch.device, list[str]]:
     """The config, device and variants of the command line, or ValueError naming the bad value."""
+    from convmixer.runtime import autocast_dtype, parse_device  # torch: once the options are parsed
+
     cfg = recipe_config(args)
     device = parse_device(args.device)
     autocast_dtype(cfg.precision, device)
@@ -390,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg, device, variants = check_args(args)
     except ValueError as error:  # ConfigError is a ValueError
         raise UsageError(str(error)) from None
+
+    from ablations.data.sources import load_splits
 
     peak = peak_tflops(device, args.peak_tflops)
     loaded = load_splits(cfg, resident_bytes=sys.maxsize)  # every variant trains from the same images

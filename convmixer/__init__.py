@@ -4,21 +4,42 @@ Module map, in three parts (a part imports only itself and the parts below it; n
 
     model               what a ConvMixer is
         tweet.py          the 280-character tweet, executed verbatim
-        model.py          the readable modular ConvMixer and its config, every ablation knob
+        config.py         ConvMixerConfig and the names every knob accepts, free of torch (what --help lists)
+        model.py          the readable modular ConvMixer, every ablation knob
         depthwise.py      its depthwise conv, offered on cuDNN or on a Triton kernel (the engine chooses)
         depthwise_kernels.py  the Triton kernels themselves
         registry.py       named configs of the paper's models, timm's names
     tools               what one does with a model, each with its command
-        interop.py        exact state-dict converters: modular <-> tweet <-> timm
+        interop.py        exact state-dict converters: modular <-> tweet <-> timm <-> locuslab; released checkpoints
+        evaluate.py       `python -m convmixer.evaluate`: top-1/top-5 of a released checkpoint, timm's eval transform
         check.py          `python -m convmixer.check`: the modular model computes the tweet's function
         count.py          `python -m convmixer.count`: parameters, MACs and FLOPs, two ways that must agree
         throughput.py     inference images/s and peak memory on a device
     plumbing            shared by every part of the toolkit
         runtime.py        devices, precision, CUDA flags, the one timing helper, memory, optional packages
-        arguments.py      argument checks and the one-line error every CLI reports
+        arguments.py      argument checks, the precisions' names and the one-line error every CLI reports; free of
+                          torch, the one module of the repository that the runtime imports
 """
 
-from convmixer.model import ConvMixer, ConvMixerConfig
-from convmixer.registry import MODEL_CONFIGS, create_model, get_config, list_models
+import importlib
+from typing import Any
 
-__all__ = ["ConvMixer", "ConvMixerConfig", "MODEL_CONFIGS", "create_model", "get_config", "list_models"]
+# The model needs torch, which takes seconds to import: a command such as `python -m convmixer.count --help`
+# imports this package first, so the names below load on first use and --help answers without torch.
+_LAZY = {
+    "ConvMixer": "convmixer.model",
+    "ConvMixerConfig": "convmixer.config",
+    "MODEL_CONFIGS": "convmixer.registry",
+    "create_model": "convmixer.registry",
+    "get_config": "convmixer.registry",
+    "list_models": "convmixer.registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'convmixer' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

@@ -12,6 +12,10 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+# The autocast precisions by name, free of torch so that a run config and --help can list them;
+# convmixer.runtime.AUTOCAST_DTYPES maps each to its dtype.
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 
 def check_choice(name: str, value: object, accepted: Collection) -> None:
     if value not in accepted:
@@ -30,6 +34,20 @@ def check_patch_fits(patch_size: int, image_size: int, images: str = "") -> None
         raise ValueError(
             f"patch_size={patch_size} is not accepted: larger than the {image_size}x{image_size} images{images}"
         )
+
+
+def patch_grid(image_size: int, patch_size: int, in_chans: int = 3) -> str:
+    """How the patch embedding cuts an image, in the one wording the counter, the runner's console, a run's log and
+    the report share: "input 3x32x32 -> 10x10 patches (the last 2 px of each side are dropped)". A stride-p conv
+    without padding drops the pixels that do not fill a whole patch."""
+    side, dropped = divmod(image_size, patch_size)
+    grid = f"input {in_chans}x{image_size}x{image_size} -> {side}x{side} patches"
+    return grid + (f" (the last {dropped} px of each side are dropped)" if dropped else "")
+
+
+class MissingPackage(ImportError):
+    """An optional package is not installed; the message is one line naming it and how to install it
+    (convmixer.runtime.require raises it; defined here, free of torch, for the CLIs' lists of bad-input errors)."""
 
 
 class UsageError(ValueError):

@@ -5,7 +5,12 @@ weights into the modular model with `tweet_to_modular`, and compares logits in e
 step: logits from batch statistics, the updated running statistics, and gradients for the input and every
 parameter. Even kernels are not comparable: the tweet's `padding=k//2` grows the map and its residual add fails;
 the check shows that failure and what the modular model computes instead.
+
+torch and the models are imported by the functions that build and compare them, so that `--help` and a bad option
+answer at once (annotations are strings: `from __future__ import annotations`).
 """
+
+from __future__ import annotations
 
 import argparse
 import sys
@@ -13,25 +18,26 @@ import textwrap
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from convmixer.arguments import OneLineParser, run_cli
-from convmixer.interop import StateDict, tweet_to_modular
-from convmixer.model import ConvMixer, count_parameters
-from convmixer.registry import create_model, list_models
-from convmixer.tweet import ConvMixer as TweetConvMixer
 
-Converter = Callable[[StateDict], StateDict]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from convmixer.interop import StateDict
+    from convmixer.model import ConvMixer
+
+Converter = Callable[["StateDict"], "StateDict"]
 
 # Differences are relative: max |modular - tweet| / max |tweet|, per compared tensor. With odd kernels the two
 # models run the same kernels in the same order and every difference is exactly 0 on CPU. The tolerances are for
 # a build that orders the arithmetic differently (another conv algorithm, a GPU): a float32 copy of these models
 # differs from the float64 one by at most 1.4e-5 (parameter gradients; logits ~5e-7), so float32 gets 1e-4;
 # float64 rounding is ~5e8 times finer, so 1e-10 still leaves a margin of >1000. A wrong weight mapping gives O(1).
-TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-4}
-DTYPES = {"float32": (torch.float32,), "float64": (torch.float64,), "both": (torch.float64, torch.float32)}
+TOLERANCES = {"float64": 1e-10, "float32": 1e-4}  # by torch dtype name
+DTYPES = {"float32": ("float32",), "float64": ("float64",), "both": ("float64", "float32")}
 COLUMNS = ("eval logits", "train logits", "running stats", "input grad", "param grad")
 PROG = "python -m convmixer.check"
 BATCH_SIZE = 4
@@ -81,7 +87,7 @@ class Row:
 
     @property
     def tolerance(self) -> float:
-        return TOLERANCES[self.dtype]
+        return TOLERANCES[dtype_name(self.dtype)]
 
     @property
     def status(self) -> str:
@@ -89,6 +95,10 @@ class Row:
             same_kernel_as_crop = self.crop_first <= self.tolerance
             return "DIFFERS" if self.case.kernel_size % 2 == 0 and same_kernel_as_crop else "FAIL"
         return "PASS" if all(value <= self.tolerance for value in self.differences.values()) else "FAIL"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def relative_difference(modular: torch.Tensor, tweet: torch.Tensor) -> float:
@@ -99,6 +109,9 @@ def relative_difference(modular: torch.Tensor, tweet: torch.Tensor) -> float:
 
 def randomize_batch_norms(model: nn.Module) -> None:
     """Give every BatchNorm distinct affine parameters and running statistics (the defaults are 1s and 0s)."""
+    import torch
+    from torch import nn
+
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -110,6 +123,11 @@ def randomize_batch_norms(model: nn.Module) -> None:
 
 
 def build_pair(case: Case, dtype: torch.dtype, seed: int, convert: Converter) -> tuple[nn.Sequential, ConvMixer]:
+    import torch
+
+    from convmixer.model import ConvMixer
+    from convmixer.tweet import ConvMixer as TweetConvMixer
+
     torch.manual_seed(seed)
     tweet = TweetConvMixer(case.dim, case.depth, case.kernel_size, case.patch_size, N_CLASSES).to(dtype)
     randomize_batch_norms(tweet)
@@ -138,6 +156,10 @@ def max_over_keys(modular: StateDict, tweet_as_modular: StateDict, keys: Sequenc
 
 
 def compare(tweet: nn.Sequential, modular: ConvMixer, images: torch.Tensor) -> dict[str, float]:
+    import torch
+
+    from convmixer.interop import tweet_to_modular
+
     differences = {"eval logits": relative_difference(modular.eval()(images), tweet.eval()(images))}
     probe = torch.randn(len(images), N_CLASSES, dtype=images.dtype)
     modular_logits, modular_input_grad = train_step(modular, images, probe)
@@ -160,8 +182,13 @@ def compare_even_kernel_crops(tweet: nn.Sequential, modular: ConvMixer, images: 
     return relative_difference(same, grown[..., 1:, 1:]), relative_difference(same, grown[..., :-1, :-1])
 
 
-def check_case(case: Case, dtype: torch.dtype, seed: int, convert: Converter = tweet_to_modular) -> Row:
-    tweet, modular = build_pair(case, dtype, seed, convert)
+def check_case(case: Case, dtype: torch.dtype, seed: int, convert: Converter | None = None) -> Row:
+    """One config in one dtype; `convert` copies the tweet's weights into the modular model (tweet_to_modular)."""
+    import torch
+
+    from convmixer.interop import tweet_to_modular
+
+    tweet, modular = build_pair(case, dtype, seed, convert or tweet_to_modular)
     images = torch.randn(BATCH_SIZE, 3, case.image_size, case.image_size, dtype=dtype)
     row = Row(case, dtype)
     try:
@@ -176,7 +203,9 @@ def check_case(case: Case, dtype: torch.dtype, seed: int, convert: Converter = t
     return row
 
 
-def run_check(cases: Sequence[Case], dtypes: Sequence[torch.dtype], seed: int, convert: Converter) -> list[Row]:
+def run_check(
+    cases: Sequence[Case], dtypes: Sequence[torch.dtype], seed: int, convert: Converter | None = None
+) -> list[Row]:
     with warnings.catch_warnings():
         # PyTorch warns that even-kernel 'same' padding pads asymmetrically: that is the point of those rows.
         warnings.filterwarnings("ignore", message="Using padding='same' with even kernel lengths")
@@ -188,7 +217,7 @@ def format_number(value: float) -> str:
 
 
 def format_row(row: Row) -> str:
-    label = f"{row.case!s:<22} {str(row.dtype).removeprefix('torch.'):<8}"
+    label = f"{row.case!s:<22} {dtype_name(row.dtype):<8}"
     if row.tweet_error:
         return f"{label} {row.status:<7} not the same function: tweet fails with {row.tweet_error}"
     cells = " ".join(f"{format_number(row.differences[column]):>13}" for column in COLUMNS)
@@ -214,6 +243,11 @@ def even_kernel_summary(rows: Sequence[Row]) -> str:
 
 def registry_summary() -> str:
     """Every registered config and the default model must build; the meta device skips allocating weights."""
+    import torch
+
+    from convmixer.model import ConvMixer, count_parameters
+    from convmixer.registry import create_model, list_models
+
     with torch.device("meta"):
         models = {name: create_model(name) for name in list_models()}
         models["ConvMixer(256, 8) defaults"] = ConvMixer(256, 8)
@@ -222,7 +256,7 @@ def registry_summary() -> str:
 
 
 def report(rows: Sequence[Row]) -> str:
-    tolerances = ", ".join(f"{str(dtype).removeprefix('torch.')} {tol:.0e}" for dtype, tol in TOLERANCES.items())
+    tolerances = ", ".join(f"{name} {tol:.0e}" for name, tol in TOLERANCES.items())
     header = f"{'config (dim/depth)':<22} {'dtype':<8} {'result':<7} " + " ".join(f"{c:>13}" for c in COLUMNS)
     lines = [
         f"max |modular - tweet| / max |tweet|; tolerance: {tolerances}",
@@ -253,21 +287,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None, convert: Converter = tweet_to_modular) -> int:
+def main(argv: Sequence[str] | None = None, convert: Converter | None = None, one_thread: bool = False) -> int:
     """Print the comparison table; 0 if every comparable row is within tolerance, else 1.
 
     `convert` copies the tweet's weights into the modular model; a test swaps in a broken one to see the check fail.
     """
     args = parse_args(argv)
-    rows = run_check(QUICK_CASES if args.quick else CASES, DTYPES[args.dtype], args.seed, convert)
+    import torch
+
+    if one_thread:  # the models are tiny: OpenMP handoffs cost more than they save, worst on a busy CPU
+        torch.set_num_threads(1)
+    dtypes = [getattr(torch, name) for name in DTYPES[args.dtype]]
+    rows = run_check(QUICK_CASES if args.quick else CASES, dtypes, args.seed, convert)
     print(report(rows))
     return 1 if any(row.status == "FAIL" for row in rows) else 0
 
 
-def cli(argv: Sequence[str] | None = None) -> int:
-    return run_cli(main, argv, PROG)
+def cli(argv: Sequence[str] | None = None, one_thread: bool = False) -> int:
+    return run_cli(lambda args: main(args, one_thread=one_thread), argv, PROG)
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)  # the models are tiny: OpenMP handoffs cost more than they save, worst on a busy CPU
-    sys.exit(cli())
+    sys.exit(cli(one_thread=True))

@@ -17,16 +17,26 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from convmixer.arguments import OneLineParser, check_choice, check_integer, check_patch_fits, run_cli
-from convmixer.model import KNOB_CHOICES, ConvMixerConfig, count_parameters
+from convmixer.arguments import (
+    PRECISIONS,
+    MissingPackage,
+    OneLineParser,
+    check_choice,
+    check_integer,
+    check_patch_fits,
+    patch_grid,
+    run_cli,
+)
+from convmixer.config import KNOB_NAMES, ConvMixerConfig
 from convmixer.registry import default_image_size, get_config, list_models
-from convmixer.runtime import AUTOCAST_DTYPES, MissingPackage, check_memory, require
-from convmixer.throughput import measure_throughput
-from convmixer.tweet import ConvMixer as TweetConvMixer
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# torch (and the modules that need it) is imported by the functions that trace or time a model, not here: the
+# closed form is arithmetic, and `--help` or a bad flag must answer without waiting seconds for torch.
 
 Handle = Callable[[list, list], int | Counter]  # fvcore's op handle: (inputs, outputs) -> count
 
@@ -106,6 +116,8 @@ def fvcore_handles() -> ModuleType:
     """fvcore's op handles, imported on first use (fvcore is the optional `count` extra)."""
     with warnings.catch_warnings():  # fvcore.nn scripts its losses at import; torch now warns about that
         warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+        from convmixer.runtime import require
+
         return require("fvcore.nn.jit_handles", "count")
 
 
@@ -143,8 +155,13 @@ FREE_OPS = ("aten::flatten", "aten::permute")
 TWEET_ARGUMENTS = ("dim", "depth", "kernel_size", "patch_size", "num_classes")
 
 
-def trace_counts(model: nn.Module, image_size: int, in_chans: int = 3) -> Counts:
+def trace_counts(model: "nn.Module", image_size: int, in_chans: int = 3) -> Counts:
     """Count any ConvMixer-like module by tracing one image through it in eval mode with fvcore."""
+    import torch
+
+    from convmixer.model import count_parameters
+    from convmixer.runtime import require
+
     handles = op_handles()  # first: a missing fvcore fails before any work
     parameter = next(model.parameters())
     image = torch.randn(1, in_chans, image_size, image_size, device=parameter.device, dtype=parameter.dtype)
@@ -167,8 +184,12 @@ def trace_counts(model: nn.Module, image_size: int, in_chans: int = 3) -> Counts
     return Counts(count_parameters(model), {category: int(by_operator[category]) for category in CATEGORIES})
 
 
-def build_model(config: ConvMixerConfig, *, tweet: bool = False) -> nn.Module:
+def build_model(config: ConvMixerConfig, *, tweet: bool = False) -> "nn.Module":
     """The modular ConvMixer of `config`, or the tweet's nn.Sequential where the tweet can express it."""
+    import torch
+
+    from convmixer.tweet import ConvMixer as TweetConvMixer
+
     if not tweet:
         return config.build()
     with torch.device("meta"):
@@ -190,6 +211,8 @@ def build_model(config: ConvMixerConfig, *, tweet: bool = False) -> nn.Module:
 
 def count_model(config: ConvMixerConfig, image_size: int, *, tweet: bool = False) -> Counts:
     """Trace the model of `config` (or the tweet) and return its counts, which must equal the closed form."""
+    from convmixer.runtime import check_memory
+
     expected = closed_form(config, image_size)
     # the trace holds the weights, the image and a few feature maps (`pool` reads one map, one MAC per element)
     floats = expected.params + config.in_chans * image_size**2 + 3 * expected.by_category["pool"]
@@ -219,8 +242,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "override the model's",
     )
     for flag in SHAPE_FLAGS:
-        if flag in KNOB_CHOICES:
-            parser.add_argument(f"--{flag}", choices=tuple(KNOB_CHOICES[flag]))
+        if flag in KNOB_NAMES:
+            parser.add_argument(f"--{flag}", choices=KNOB_NAMES[flag])
         else:
             names = ("--" + flag.replace("_", "-"), *OLD_FLAGS.get(flag, ()))
             parser.add_argument(*names, type=int, help=f"model {flag}")
@@ -235,7 +258,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--dtype", choices=tuple(AUTOCAST_DTYPES), default="fp32", help="autocast dtype")
+    parser.add_argument("--dtype", choices=PRECISIONS, default="fp32", help="autocast dtype")
     parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args(argv)
     if args.image_size is None:
@@ -253,13 +276,11 @@ def config_from_args(args: argparse.Namespace) -> ConvMixerConfig:
 
 
 def format_text(config: ConvMixerConfig, image_size: int, tweet: bool, counts: Counts, speed: dict | None) -> str:
-    side = image_size // config.patch_size
     lines = [
         f"{'tweet ' if tweet else ''}{config.name}: kernel {config.kernel_size}, "
         f"patch {config.patch_size}, {config.num_classes} classes, residual {config.residual}, "
         f"norm {config.norm}, activation {config.activation}",
-        f"input {config.in_chans}x{image_size}x{image_size} -> {side}x{side} patches"
-        + (f" (the last {dropped} px of each side are dropped)" if (dropped := image_size % config.patch_size) else ""),
+        patch_grid(image_size, config.patch_size, config.in_chans),
         f"{'params':<18}{counts.params / 1e6:10.3f} M  {counts.params:>18,}",
     ]
     for label, value in (("MACs", counts.macs), ("FLOPs", counts.flops), ("conv+linear MACs", counts.conv_linear_macs)):
@@ -284,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = count_model(config, args.image_size, tweet=args.tweet)
     speed = None
     if args.throughput:
+        from convmixer.throughput import measure_throughput
+
         model = build_model(config, tweet=args.tweet)
         speed = measure_throughput(
             model, args.image_size, args.batch_size, args.device, in_chans=config.in_chans,

@@ -18,9 +18,9 @@ import os
 import torch
 from torch import nn
 
+from convmixer.config import IMPLS
 from convmixer.runtime import require
 
-IMPLS = ("torch", "triton")
 # Tile sizes of the Triton kernels: output pixels x channels per program, images per weight-gradient program.
 # Untuned: a first guess that keeps a program's fp32 accumulator at 2,048 values (16 per thread with 4 warps).
 BLOCK_HW, BLOCK_C, IMAGES_PER_PROGRAM = 64, 32, 16

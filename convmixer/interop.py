@@ -1,11 +1,14 @@
-"""Exact state-dict converters between the modular ConvMixer, the tweet's nn.Sequential and timm's ConvMixer.
+"""Exact state-dict converters between the modular ConvMixer, the tweet's nn.Sequential, timm's ConvMixer and the
+authors' own (locuslab/convmixer convmixer.py).
 
-The three hold the same tensors under different names; timm's layout is the one of the released ImageNet
-checkpoints. Each layout is a table from modular module names to its own, so one renaming routine serves
-every direction and rejects any state dict with a missing or unexpected key. Only the tweet's architecture
-(depthwise residual, BatchNorm, 3 input channels for the tweet) has a counterpart in the other layouts.
+The four hold the same tensors under different names; the released ImageNet checkpoints come in timm's layout
+(timm's hub) or the authors' (their GitHub release, saved by their timm fork). Each layout is a table from
+modular module names to its own, so one renaming routine serves every direction and rejects any state dict with a
+missing or unexpected key. Only the tweet's architecture (depthwise residual, BatchNorm, 3 input channels for the
+tweet) has a counterpart in the other layouts.
 """
 
+import argparse
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -36,10 +39,10 @@ def _modular_modules(depth: int) -> dict[str, tuple[str, ...]]:
 
 
 def _layout_names(fixed: dict[str, str], per_block: dict[str, str], depth: int) -> dict[str, str]:
-    """{modular module name: layout's name}; `per_block` names use {i} (block index) and {n} (i + 1)."""
+    """{modular module name: layout's name}; `per_block` names use {i} (block index), {n} (i + 1) and {i3} (i + 3)."""
     names = dict(fixed)
     for i in range(depth):
-        names |= {f"blocks.{i}.{module}": name.format(i=i, n=i + 1) for module, name in per_block.items()}
+        names |= {f"blocks.{i}.{module}": name.format(i=i, n=i + 1, i3=i + 3) for module, name in per_block.items()}
     return names
 
 
@@ -61,19 +64,23 @@ def _tweet_names(depth: int) -> dict[str, str]:
     )
 
 
+# timm's mixer layer, S(Residual(fn=S(conv, act, BN)), conv, act, BN), named inside the layer; the authors' own
+# model (locuslab/convmixer convmixer.py, which their timm fork registers) builds the same layer.
+_TIMM_LAYER = {"depthwise.conv": "0.fn.0", "depthwise.norm": "0.fn.2", "pointwise.conv": "1", "pointwise.norm": "3"}
+
+
 def _timm_names(depth: int) -> dict[str, str]:
-    # timm/models/convmixer.py: stem = S(conv, act, BN); block = S(Residual(fn=S(conv, act, BN)), conv, act, BN);
-    # its `pooling` (SelectAdaptivePool2d) and `head_drop` hold no tensors.
-    return _layout_names(
-        {"stem.conv": "stem.0", "stem.norm": "stem.2", "head.fc": "head"},
-        {
-            "depthwise.conv": "blocks.{i}.0.fn.0",
-            "depthwise.norm": "blocks.{i}.0.fn.2",
-            "pointwise.conv": "blocks.{i}.1",
-            "pointwise.norm": "blocks.{i}.3",
-        },
-        depth,
-    )
+    # timm/models/convmixer.py: stem = S(conv, act, BN), blocks = S(*layers); its `pooling` (SelectAdaptivePool2d)
+    # and `head_drop` hold no tensors.
+    per_layer = {module: f"blocks.{{i}}.{name}" for module, name in _TIMM_LAYER.items()}
+    return _layout_names({"stem.conv": "stem.0", "stem.norm": "stem.2", "head.fc": "head"}, per_layer, depth)
+
+
+def _locuslab_names(depth: int) -> dict[str, str]:
+    # locuslab/convmixer convmixer.py: one nn.Sequential of conv, act, BN, then layer i at index 3 + i, then pool,
+    # flatten and the classifier at index depth + 5.
+    per_layer = {module: f"{{i3}}.{name}" for module, name in _TIMM_LAYER.items()}
+    return _layout_names({"stem.conv": "0", "stem.norm": "2", "head.fc": str(depth + 5)}, per_layer, depth)
 
 
 def _depth_from_blocks(keys: Iterable[str]) -> int:
@@ -81,12 +88,16 @@ def _depth_from_blocks(keys: Iterable[str]) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def _depth_from_tweet(keys: Iterable[str]) -> int:
-    # The classifier is the last module of the Sequential, at index depth + 3.
+def _depth_from_sequential(keys: Iterable[str], layout: str, first_key: str, modules_around: int) -> int:
+    """The depth of a ConvMixer built as one nn.Sequential, whose classifier is its last module, at index
+    depth + modules_around."""
     indices = [int(match.group(1)) for key in keys if (match := re.match(r"(\d+)\.", key))]
-    if not indices or max(indices) < 3:
-        raise ValueError("not a tweet ConvMixer state dict: expected keys like '0.0.weight' ... '<depth+3>.weight'")
-    return max(indices) - 3
+    if not indices or max(indices) < modules_around:
+        raise ValueError(
+            f"not a {layout} ConvMixer state dict: "
+            f"expected keys like '{first_key}' ... '<depth+{modules_around}>.weight'"
+        )
+    return max(indices) - modules_around
 
 
 @dataclass(frozen=True)
@@ -108,9 +119,14 @@ class Layout:
 
 
 MODULAR = Layout("modular", _modular_names, _depth_from_blocks)
-TWEET = Layout("tweet", _tweet_names, _depth_from_tweet)
+# Around the layers, the tweet has stem, pool, flatten, classifier; the authors' stem conv, act, BN, pool, flatten,
+# classifier.
+TWEET = Layout("tweet", _tweet_names, lambda keys: _depth_from_sequential(keys, "tweet", "0.0.weight", 3))
 TIMM = Layout("timm", _timm_names, _depth_from_blocks)
-LAYOUTS = {layout.name: layout for layout in (MODULAR, TWEET, TIMM)}
+LOCUSLAB = Layout("locuslab", _locuslab_names, lambda keys: _depth_from_sequential(keys, "locuslab", "0.weight", 5))
+LAYOUTS = {layout.name: layout for layout in (MODULAR, TWEET, TIMM, LOCUSLAB)}
+# The layouts a released checkpoint comes in, in the order `load_checkpoint` tries them.
+CHECKPOINT_LAYOUTS = ("timm", "locuslab")
 
 
 def _mismatch_message(
@@ -185,17 +201,41 @@ def infer_config(state_dict: StateDict, activation: str) -> ConvMixerConfig:
     )
 
 
-def load_timm_checkpoint(checkpoint: str | Path | StateDict, activation: str) -> ConvMixer:
-    """A modular ConvMixer holding the weights of a timm ConvMixer checkpoint (a file or a state dict).
-
-    A file saved by timm's train.py wraps the weights in {"state_dict": ...}; both forms are accepted. Files are
-    loaded with `weights_only=True`; a trusted pickle holding other objects can be loaded by hand and passed as a dict.
-    """
-    if isinstance(checkpoint, str | Path):
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if "state_dict" in checkpoint:
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a checkpoint file: bare, or wrapped by timm's train.py in {"state_dict": ...} beside its
+    arguments (an argparse.Namespace, allowed here) and epoch. Loaded with weights_only=True: nothing else runs."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint:
         checkpoint = checkpoint["state_dict"]
-    modular_state_dict = timm_to_modular(checkpoint)
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a state dict")
+    # A model saved inside DistributedDataParallel names every tensor "module.<name>".
+    return {key.removeprefix("module."): value for key, value in checkpoint.items()}
+
+
+def checkpoint_layout(state_dict: StateDict) -> str:
+    """Which of CHECKPOINT_LAYOUTS names the tensors of `state_dict`; ValueError (one line) when none does."""
+    for name in CHECKPOINT_LAYOUTS:
+        layout = LAYOUTS[name]
+        try:
+            if set(layout.key_map(layout.infer_depth(state_dict)).values()) == set(state_dict):
+                return name
+        except ValueError:  # not even this layout's key pattern
+            continue
+    first = sorted(state_dict)[:4]
+    raise ValueError(f"not a ConvMixer checkpoint in timm's or locuslab's layout (its first keys: {first})")
+
+
+def load_checkpoint(checkpoint: str | Path | StateDict, activation: str) -> ConvMixer:
+    """A modular ConvMixer holding the weights of a released checkpoint, in timm's or the authors' layout (a file,
+    see `read_checkpoint`, or a state dict; a file from a trusted source holding other objects can be loaded by
+    hand and passed as a dict)."""
+    if isinstance(checkpoint, str | Path):
+        checkpoint = read_checkpoint(checkpoint)
+    elif "state_dict" in checkpoint:
+        checkpoint = checkpoint["state_dict"]
+    modular_state_dict = convert(checkpoint, checkpoint_layout(checkpoint), "modular")
     model = infer_config(modular_state_dict, activation).build()
     model.load_state_dict(modular_state_dict)
     return model

@@ -6,13 +6,14 @@ Every conv is followed by an activation and a norm, in that order, as in the pap
 """
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 from torch import nn
 
 from convmixer.arguments import check_choice, check_integer
+from convmixer.config import ACTIVATION_NAMES, NORM_NAMES, RESIDUAL_NAMES, ConvMixerConfig
 from convmixer.depthwise import DepthwiseConv2d
 
 Built = TypeVar("Built")  # what a knob's name maps to: a layer constructor or Skips
@@ -43,19 +44,18 @@ class Skips:
     block: bool = False
 
 
-# Each knob's accepted names and what they build, as in timm's _NORM_MAP: one lookup (`choose`) both validates
-# a name and gives its layer, and the run config and the CLIs offer `tuple(NORMS)` etc. as their choices.
-NORMS: dict[str, NormLayer] = {"batch": nn.BatchNorm2d, "layer": ChannelLayerNorm}
-ACTIVATIONS: dict[str, ActLayer] = {"gelu": nn.GELU, "relu": nn.ReLU}
-RESIDUALS: dict[str, Skips] = {
-    "depthwise": Skips(depthwise=True),  # the paper's
-    "pointwise": Skips(pointwise=True),
-    "both": Skips(depthwise=True, pointwise=True),
-    "block": Skips(block=True),
-    "none": Skips(),
-}
-# The knobs chosen by name; every other ConvMixerConfig field is an integer.
-KNOB_CHOICES: dict[str, Mapping[str, object]] = {"residual": RESIDUALS, "norm": NORMS, "activation": ACTIVATIONS}
+# What each knob's name (convmixer/config.py, torch-free) builds, as in timm's _NORM_MAP: one lookup (`choose`)
+# both validates a name and gives its layer.
+NORMS: dict[str, NormLayer] = dict(zip(NORM_NAMES, (nn.BatchNorm2d, ChannelLayerNorm), strict=True))
+ACTIVATIONS: dict[str, ActLayer] = dict(zip(ACTIVATION_NAMES, (nn.GELU, nn.ReLU), strict=True))
+SKIPS = (
+    Skips(depthwise=True),
+    Skips(pointwise=True),
+    Skips(depthwise=True, pointwise=True),
+    Skips(block=True),
+    Skips(),
+)
+RESIDUALS: dict[str, Skips] = dict(zip(RESIDUAL_NAMES, SKIPS, strict=True))
 
 
 class ConvActNorm(nn.Module):
@@ -115,34 +115,6 @@ class ClassifierHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(x).flatten(1))
-
-
-@dataclass(frozen=True)
-class ConvMixerConfig:
-    """Every constructor argument of `ConvMixer`, so a model can be rebuilt or counted from its config.
-
-    These are the model's defaults, and ConvMixer's signature takes them from here. They follow the paper's
-    ImageNet signature (kernel 9, patch 7, 1000 classes, as timm's ConvMixer); ablations.config.RunConfig
-    defaults instead to the CIFAR-10 reference model (the registry's convmixer_256_8_cifar10), which a sweep trains.
-    """
-
-    dim: int
-    depth: int
-    kernel_size: int = 9
-    patch_size: int = 7
-    num_classes: int = 1000
-    in_chans: int = 3
-    residual: str = "depthwise"
-    norm: str = "batch"
-    activation: str = "gelu"
-
-    @property
-    def name(self) -> str:
-        """The paper's name for the model, ConvMixer-dim/depth."""
-        return f"ConvMixer-{self.dim}/{self.depth}"
-
-    def build(self) -> "ConvMixer":
-        return ConvMixer(**asdict(self))
 
 
 class ConvMixer(nn.Module):

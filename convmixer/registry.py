@@ -8,8 +8,12 @@ the ImageNet models, 32 for the CIFAR-10 ones (the counter uses it unless told a
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from convmixer.model import ConvMixer, ConvMixerConfig
+from convmixer.config import ConvMixerConfig
+
+if TYPE_CHECKING:
+    from convmixer.model import ConvMixer
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ def default_image_size(name: str) -> int:
     return registered(name).image_size
 
 
-def create_model(name: str, **overrides: object) -> ConvMixer:
+def create_model(name: str, **overrides: object) -> "ConvMixer":
     """Build a registered model; keyword overrides replace config fields (e.g. `num_classes=100`)."""
     config = get_config(name)
     accepted = sorted(field.name for field in dataclasses.fields(config))

@@ -22,6 +22,8 @@ from types import ModuleType
 import torch
 from torch.backends import cudnn
 
+from convmixer.arguments import PRECISIONS, MissingPackage
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -129,7 +131,7 @@ def device_name(device: torch.device) -> str:
 
 # --- precision ---
 
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES = dict(zip(PRECISIONS, (None, torch.bfloat16, torch.float16), strict=True))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -209,10 +211,6 @@ def check_memory(sizes: str, floats: int) -> None:
 
 
 # --- optional packages ---
-
-
-class MissingPackage(ImportError):
-    """An optional package is not installed; the message is one line naming it and how to install it."""
 
 
 def require(module: str, extra: str) -> ModuleType:

@@ -158,6 +158,16 @@ def test_load_runs_reads_every_run_file(sweep):
     assert provenance.data_text(runs) == "synthetic, subset: 128 train / 64 test images"
 
 
+def test_the_report_names_the_pixels_a_patch_drops_only_where_it_drops_some():
+    runs = pd.DataFrame({"dataset": ["synthetic", "cifar10", "imagefolder", "imagefolder"], "image_size": [0, 0, 0, 30],
+                         "patch_size": [4, 3, 3, 4]})  # fmt: skip
+    assert provenance.patches_text(runs) == (
+        "patch_size=3: input 3x32x32 -> 10x10 patches (the last 2 px of each side are dropped); "
+        "patch_size=4: input 3x30x30 -> 7x7 patches (the last 2 px of each side are dropped)"
+    )  # the ImageFolder run at its native size recorded no size: not checked
+    assert provenance.patches_text(runs.iloc[:1]) == ""
+
+
 def test_load_history_is_long_form(sweep):
     history = load_history([sweep])
     assert list(history.columns) == ["sweep", "run_id", "epoch", "metric", "value"]

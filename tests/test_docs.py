@@ -71,6 +71,10 @@ def test_a_broken_link_and_a_broken_anchor_are_found(tmp_path):
     assert broken_links(page) == ["nowhere.md: no such file", "other.md#thrice: no heading #thrice in other.md"]
 
 
+def test_the_readme_stays_an_entrance_of_at_most_200_lines():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200  # details go to docs/
+
+
 def test_the_readme_quotes_the_tweet_verbatim():
     assert TWEET in (ROOT / "README.md").read_text()
 
@@ -97,3 +101,19 @@ def test_the_readmes_sweep_commands_are_accepted(argv, monkeypatch, capsys):
     monkeypatch.setattr(plan, "check_data", lambda configs, todo, store: {})
     assert run.main([*argv[3:], "--dry-run"]) == 0
     assert "to train" in capsys.readouterr().out
+
+
+def python_blocks(page: Path, containing: str) -> list[str]:
+    """The ```python blocks of a page that contain `containing`."""
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.MULTILINE | re.DOTALL)
+    return [block for block in blocks if containing in block]
+
+
+@pytest.mark.slow  # decodes 6,000 JPEGs the first time
+def test_the_build_data_snippet_of_data_md_runs_and_gives_the_documented_shapes(cifar10_jpeg):
+    (snippet,) = python_blocks(ROOT / "docs" / "data.md", "build_data(")
+    names: dict = {}
+    exec(snippet.replace("PATH/TO/cifar10-jpeg.tar.gz", str(cifar10_jpeg)), names)  # noqa: S102
+    images, targets = names["images"], names["targets"]
+    assert (tuple(images.shape), str(images.dtype)) == ((512, 3, 32, 32), "torch.float32")  # the snippet's comment
+    assert (tuple(targets.shape), str(targets.dtype)) == ((512, 10), "torch.float32")

@@ -1,6 +1,5 @@
-"""Every command starts as `python -m ...` in a fresh interpreter: one smoke test for each entry point whose own
-tests call it in process only. ablations.run, analysis.report, convmixer.count and convmixer.check have theirs beside
-their in-process tests (test_run.py, test_analysis.py, test_count.py, test_check.py)."""
+"""Every command starts as `python -m ...` in a fresh interpreter, and its --help and argument errors answer before
+torch is imported (which takes seconds on a small CPU): each entry point, with -X importtime."""
 
 import subprocess
 import sys
@@ -8,10 +7,31 @@ import sys
 import pytest
 
 
-@pytest.mark.slow  # a fresh interpreter imports torch
+def run_with_import_times(module: str, args: list[str], cwd) -> tuple[subprocess.CompletedProcess, set[str], str]:
+    """`python -X importtime -m module args`: the finished process, the top-level packages it imported, and its
+    stderr without the import-time lines."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", module, *args], cwd=cwd, capture_output=True, text=True
+    )
+    lines = done.stderr.splitlines()
+    imported = {line.rpartition("|")[2].strip().split(".")[0] for line in lines if line.startswith("import time:")}
+    return done, imported, "".join(f"{line}\n" for line in lines if not line.startswith("import time:"))
+
+
 @pytest.mark.parametrize(
-    "module", ["benchmarks.train_speed", "benchmarks.kernels", "benchmarks.startup", "benchmarks.gpu_check"]
-)
-def test_the_benchmark_starts_as_a_module_and_shows_its_usage(module, repo_root):
-    done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=repo_root, capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.startswith(f"usage: python -m {module} "), done.stderr[-2000:]
+    "module",
+    [
+        *("ablations.run", "convmixer.count", "convmixer.check", "convmixer.evaluate"),
+        *("benchmarks.startup", "benchmarks.kernels", "benchmarks.gpu_check", "benchmarks.train_speed"),
+        pytest.param("analysis.report", marks=pytest.mark.slow),
+    ],
+)  # analysis.report imports pandas, scipy and matplotlib (over a second of CPU), though not torch
+@pytest.mark.parametrize("args", [["--help"], ["--no-such-flag"]], ids=["help", "bad-flag"])
+def test_help_and_argument_errors_answer_without_importing_torch(module, args, repo_root):
+    done, imported, err = run_with_import_times(module, args, repo_root)
+    assert "torch" not in imported
+    if args == ["--help"]:
+        assert done.returncode == 0 and done.stdout.startswith(f"usage: python -m {module}"), err[-2000:]
+    else:
+        assert done.returncode == 2 and err.count("\n") == 1, err[-2000:]
+        assert err.startswith(f"python -m {module}: error: ")

@@ -62,7 +62,7 @@ def test_the_gpu_session_script_runs_its_cpu_path_and_leaves_at_most_8_files(cif
     assert done.returncode == 0, summary
     assert re.search(r"^cuda-tests +exit 0 ", summary, re.M) and re.search(r"^train-speed +exit 0 ", summary, re.M)
     assert {path.name for path in out.iterdir()} == {"session.txt", "train_speed.json", "train_speed.md", "logs.tar.gz"}
-    assert "Targets of issue 17" in (out / "train_speed.md").read_text()
+    assert "Targets of the engine" in (out / "train_speed.md").read_text()
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from torch import nn
 from convmixer.interop import (
     convert,
     infer_config,
-    load_timm_checkpoint,
+    load_checkpoint,
     modular_to_timm,
     modular_to_tweet,
     timm_to_modular,
@@ -108,7 +108,7 @@ def test_timm_checkpoint_gives_timms_outputs(kernel_size: int, activation: str, 
     # timm pads "same" like the modular model, so even kernels match too (unlike the tweet).
     torch.manual_seed(0)
     timm = randomized(TimmLayoutConvMixer(6, 2, kernel_size, 3, 5, act_layer)).eval()
-    modular = load_timm_checkpoint(timm.state_dict(), activation).eval()
+    modular = load_checkpoint(timm.state_dict(), activation).eval()
     assert modular.config == ConvMixerConfig(6, 2, kernel_size, 3, 5, activation=activation)
     images = torch.randn(2, 3, 10, 10)
     assert torch.equal(modular(images), timm(images))
@@ -121,7 +121,7 @@ def test_timm_checkpoint_file_wrapped_like_timm_train_py(tmp_path) -> None:
     timm = randomized(TimmLayoutConvMixer(4, 1, 3, 2, 3, nn.GELU))
     path = tmp_path / "checkpoint.pth.tar"
     torch.save({"epoch": 3, "state_dict": timm.state_dict()}, path)
-    model = load_timm_checkpoint(path, "gelu")
+    model = load_checkpoint(path, "gelu")
     assert_same_state(modular_to_timm(model.state_dict()), timm.state_dict())
 
 
@@ -163,3 +163,53 @@ def test_ablations_without_a_counterpart_are_rejected() -> None:
         modular_to_timm(ConvMixer(4, 1, norm="layer").state_dict())
     with pytest.raises(ValueError, match="tweet hard-codes 3 input channels; .* in_chans=1"):
         modular_to_tweet(ConvMixer(4, 1, in_chans=1).state_dict())
+
+
+def locuslab_convmixer(dim: int, depth: int, kernel_size: int, patch_size: int, num_classes: int) -> nn.Sequential:
+    """The authors' ConvMixer (locuslab/convmixer convmixer.py: one nn.Sequential), the layout of their release."""
+    return nn.Sequential(
+        nn.Conv2d(3, dim, patch_size, stride=patch_size),
+        nn.GELU(),
+        nn.BatchNorm2d(dim),
+        *[
+            nn.Sequential(
+                TimmResidual(
+                    nn.Sequential(
+                        nn.Conv2d(dim, dim, kernel_size, groups=dim, padding="same"), nn.GELU(), nn.BatchNorm2d(dim)
+                    )
+                ),
+                nn.Conv2d(dim, dim, kernel_size=1),
+                nn.GELU(),
+                nn.BatchNorm2d(dim),
+            )
+            for _ in range(depth)
+        ],
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(),
+        nn.Linear(dim, num_classes),
+    )
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_a_checkpoint_in_the_authors_layout_gives_their_outputs(tmp_path, depth: int) -> None:
+    import argparse
+
+    torch.manual_seed(0)
+    theirs = randomized(locuslab_convmixer(6, depth, 5, 3, 4)).eval()
+    path = tmp_path / "convmixer.pth.tar"
+    # As timm's train.py saves: the arguments (an argparse.Namespace) beside the weights, names without "module.".
+    torch.save({"epoch": 1, "args": argparse.Namespace(lr=0.01), "state_dict": theirs.state_dict()}, path)
+    ours = load_checkpoint(path, "gelu").eval()
+    assert ours.config == ConvMixerConfig(6, depth, 5 if depth else ConvMixerConfig.kernel_size, 3, 4)
+    images = torch.randn(2, 3, 12, 12)
+    assert torch.equal(ours(images), theirs(images))
+    assert_same_state(convert(ours.state_dict(), "modular", "locuslab"), theirs.state_dict())
+
+
+def test_a_ddp_prefixed_checkpoint_loads_and_a_foreign_one_is_named(tmp_path) -> None:
+    timm = randomized(TimmLayoutConvMixer(4, 1, 3, 2, 3, nn.GELU))
+    path = tmp_path / "ddp.pth"
+    torch.save({f"module.{key}": value for key, value in timm.state_dict().items()}, path)
+    assert_same_state(modular_to_timm(load_checkpoint(path, "gelu").state_dict()), timm.state_dict())
+    with pytest.raises(ValueError, match="not a ConvMixer checkpoint in timm's or locuslab's layout"):
+        load_checkpoint({"fc.weight": torch.zeros(2, 2)}, "gelu")

@@ -12,12 +12,15 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("convmixer", "ablations", "analysis", "benchmarks")
 
 # What each module may import of this repository's packages, by prefix; the first matching rule applies.
-# convmixer/'s parts (its module map): plumbing imports nothing of the repository, the model only itself and
-# plumbing, the tools anything of convmixer/.
+# convmixer/'s parts (its module map): plumbing imports only the torch-free arguments.py, the model only itself
+# and plumbing, the tools anything of convmixer/.
 PLUMBING = ("convmixer.runtime", "convmixer.arguments")
-MODEL = tuple(f"convmixer.{name}" for name in ("tweet", "model", "depthwise", "depthwise_kernels", "registry"))
+MODEL = tuple(
+    f"convmixer.{name}" for name in ("tweet", "config", "model", "depthwise", "depthwise_kernels", "registry")
+)
 RULES: list[tuple[str, tuple[str, ...]]] = [
-    *((name, ()) for name in PLUMBING),
+    ("convmixer.runtime", ("convmixer.arguments",)),
+    ("convmixer.arguments", ()),
     *((name, MODEL + PLUMBING) for name in MODEL),
     ("convmixer", ("convmixer",)),
     ("ablations.atomic", ()),
@@ -36,7 +39,8 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     # The plan loads each dataset once, as a run would, to check it and record it: sweep/'s one arrow into data/.
     (
         "ablations.sweep.plan",
-        ("ablations.sweep.progress", "ablations.data", "ablations.design", "ablations.store", "ablations.config"),
+        ("ablations.sweep.progress", "ablations.data", "ablations.design", "ablations.store", "ablations.config")
+        + ("convmixer.arguments",),  # the counter's words for the pixels a patch drops
     ),
     ("ablations.sweep.presets", ("ablations.config", "ablations.data", "convmixer.registry")),
     ("ablations.sweep.grid", ("ablations.design", "ablations.config", "ablations.sweep.presets")),

@@ -1,7 +1,11 @@
 """The notebooks are committed without outputs and run top to bottom, via nbclient: explore_sweep on the committed
 study by default (where it is in the checkout), and on sweeps the runner trained (tests/data: a grid and a study)."""
 
+import os
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -103,3 +107,21 @@ def test_model_walkthrough_runs():
     assert "max |modular - tweet| over the logits: 0.0" in text
     assert " 0 failed" in text  # convmixer.check's verdict over its quick cases
     assert "0.594 M parameters" in text
+
+
+@pytest.mark.slow
+def test_the_readmes_nbconvert_command_runs_as_written(study):
+    """The README's `CONVMIXER_SWEEP=... jupyter nbconvert ...` line, run by a shell from the repository root with
+    the sweep swapped for a tiny one; its output notebook (git-ignored) is removed afterwards."""
+    (line,) = [line for line in (REPO / "README.md").read_text().splitlines() if "jupyter nbconvert" in line]
+    setting, *argv = shlex.split(line)
+    assert setting.startswith("CONVMIXER_SWEEP=") and argv[0] == "jupyter"
+    jupyter = shutil.which("jupyter") or str(Path(sys.executable).parent / "jupyter")
+    written = NOTEBOOKS / "explore_sweep.nbconvert.ipynb"
+    try:
+        env = {**os.environ, "CONVMIXER_SWEEP": str(study)}
+        done = subprocess.run([jupyter, *argv[1:]], cwd=REPO, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert png_outputs(nbformat.read(written, as_version=4))
+    finally:
+        written.unlink(missing_ok=True)

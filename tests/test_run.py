@@ -8,6 +8,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import torch
 from helpers import TINY_SWEEP, TINY_SWEEP_OPTIONS, read_json, read_summary, snapshot, tiny_configs, tiny_set
 from PIL import Image
 
+import ablations.engine.train as engine_train
 import ablations.sweep.execute as worker
 from ablations import atomic
 from ablations.run import cli
@@ -28,6 +30,7 @@ from ablations.store import Store
 from ablations.sweep.local import LocalLauncher
 from ablations.sweep.plan import runs_to_train
 from ablations.sweep.progress import SweepProgress
+from analysis import report
 from convmixer.runtime import parse_devices
 
 TINY = ["--set", tiny_set()]
@@ -91,6 +94,22 @@ def test_dry_run_lists_status_and_writes_nothing(finished_sweep, capsys):
     assert snapshot(out) == before
 
 
+DROPS = "patch_size=3: input 3x32x32 -> 10x10 patches (the last 2 px of each side are dropped)"  # the counter's words
+
+
+@pytest.mark.slow  # trains a run and reports it
+def test_a_patch_that_does_not_divide_the_image_says_which_pixels_it_drops(tmp_path, capsys):
+    """Newcomer mistake b: patch_size=3 on 32 px images trained in silence, cropping 2 px of each side."""
+    out = tmp_path / "p3"
+    assert cli(["--set", tiny_set(1, patch_size=3), "--devices", "cpu", "--out", str(out)]) == 0
+    console = capsys.readouterr().out
+    assert f"note: {DROPS}" in console.splitlines()[1]
+    (run_dir,) = (out / "runs").iterdir()
+    assert DROPS in (run_dir / "log.txt").read_text()
+    assert report.cli([str(out)]) == 0
+    assert f"- Patches: {DROPS}" in (out / "report" / "report.md").read_text()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -105,7 +124,7 @@ def test_dry_run_lists_status_and_writes_nothing(finished_sweep, capsys):
         (["--devices", "cuda:7"], "--devices 'cuda:7' is not accepted: expected auto, cpu, cuda, or GPU indices"),
         (["--seeds", "0"], "--seeds 0 is not accepted: expected an integer >= 1"),
         (["--seeds", "two"], "argument --seeds: invalid int value: 'two'"),
-        (["--preset", "imagenet"], "argument --preset: invalid choice: 'imagenet'"),
+        (["--preset", "imagenet-21k"], "argument --preset: invalid choice: 'imagenet-21k'"),
         (["--jobs-per-device", "0"], "--jobs-per-device 0 is not accepted"),
         (["--grid", "kernel_size=3", "7", "9"], "unrecognized arguments: 7 9 (a key's values are comma-separated"),
         (["--time-limit", "0"], "--time-limit 0.0 is not accepted: expected a number of minutes > 0"),
@@ -113,7 +132,9 @@ def test_dry_run_lists_status_and_writes_nothing(finished_sweep, capsys):
         (["--time-limit", "5", "--launcher", "slurm"], "--time-limit is not accepted with --launcher slurm"),
         (["--set", "precision=fp16", "--devices", "cpu"], "precision='fp16' is not accepted on cpu: it needs CUDA"),
         (["--set", "dataset=imagefolder,data_root=/no/such/tree"], "data_root='/no/such/tree' does not exist"),
-        (["--grid", "data_root=a,b"], "have the same id 76a1eaa4f888036a: they differ only in data_root, which is not"),
+        (["--grid", "data_root=a,b", "--set", "dataset=imagefolder"], "they differ only in data_root, which is not"),
+        (["--data-root", "/x"], "--data-root '/x' is not accepted: the runs train on synthetic data, which reads no"),
+        (["--set", "data_root=/x"], "data_root='/x' is not accepted: the runs train on synthetic data"),
         (["--name", ""], "--name '' is not accepted: expected a folder name"),  # was ignored: default name
         (["--name", ".."], "--name '..' is not accepted"),  # would have written runs/ beside results/
         (["--set", "seed=99999999999999999999"], "seed=99999999999999999999 is not accepted"),  # failed every run
@@ -152,8 +173,9 @@ def test_an_out_folder_that_cannot_be_created_is_refused_before_any_write(tmp_pa
         ("file/sub", "--out 'file/sub' is not accepted: cannot create it (Not a directory)"),  # was a traceback
     ]:
         assert cli([*TINY, "--out", out]) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and message in err
+        printed = capsys.readouterr()
+        assert printed.err.count("\n") == 1 and message in printed.err
+        assert "to train" not in printed.out  # the refusal is not preceded by an announcement
     assert [path.name for path in tmp_path.iterdir()] == ["file"]
 
 
@@ -337,6 +359,17 @@ def test_a_sweep_killed_with_sigkill_resumes_without_loss_or_litter(tmp_path):
         assert [r["epoch"] for r in read_json(out / "runs" / row["run_id"] / "history.json")] == [1, 2, 3]
     assert any("resumed from" in log.read_text() for log in out.glob("runs/*/log.txt"))
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("checkpoint.pt"))
+    # The console says which runs resume, in the header and in each run's line.
+    assert re.search(r"^2 to train, [12] of them from a checkpoint \(0 finished", rerun.stdout, re.M)
+    assert re.search(r"^resume +\w{16} kernel_size=[35] after epoch [12] on cpu$", rerun.stdout, re.M)
+
+
+def test_a_run_with_epochs_done_starts_as_a_resume_on_the_console(capsys):
+    progress = SweepProgress({"a": 3, "b": 3}, {"a": 2, "b": 0}, {"a": "k=3", "b": "k=5"})
+    progress.started("a", "cpu")
+    progress.started("b", "cpu")
+    progress.close()
+    assert capsys.readouterr().out.splitlines() == ["resume   a k=3 after epoch 2 on cpu", "start    b k=5 on cpu"]
 
 
 class KillWorkerAtFirstEpoch(SweepProgress):
@@ -368,7 +401,7 @@ def test_a_dead_worker_fails_its_run_the_sweep_goes_on_and_a_plain_rerun_resumes
     assert read_json(store.run_dir(configs[0]) / "metrics.json")["transient"] is True
     args = ["--set", tiny_set(epochs=3), "--grid", "kernel_size=3,5", "--devices", "cpu", "--out", str(tmp_path)]
     assert cli(args) == 0  # a killed worker is a passing fault: a plain rerun resumes the run, no --retry-failed
-    assert "1 to train (1 finished earlier)" in capsys.readouterr().out
+    assert "1 to train, 1 of them from a checkpoint (1 finished earlier)" in capsys.readouterr().out
     assert [r["epoch"] for r in read_json(store.run_dir(configs[0]) / "history.json")] == [1, 2, 3]
     assert "resumed from" in (store.run_dir(configs[0]) / "log.txt").read_text()
 
@@ -377,7 +410,7 @@ def test_an_exception_in_a_run_is_recorded_with_its_reason(tmp_path, monkeypatch
     def broken_train_run(cfg, run_dir, **kwargs):
         raise RuntimeError("CUDA error: an illegal memory access\nwas encountered")
 
-    monkeypatch.setattr(worker, "train_run", broken_train_run)
+    monkeypatch.setattr(engine_train, "train_run", broken_train_run)  # execute_run imports it when it runs
     cfg = tiny_configs([])[0]
     store = Store(tmp_path)
     store.prepare([cfg])

@@ -87,8 +87,9 @@ def test_a_second_sweep_into_a_busy_folder_is_refused_naming_the_other(tmp_path,
     try:
         assert holder.stdout.readline() == "held\n"
         assert cli(["--set", TINY, "--devices", "cpu", "--out", str(out)]) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and f"{out} is in use by another sweep (pid {holder.pid} on host " in err
+        printed = capsys.readouterr()
+        assert f"{out} is in use by another sweep (pid {holder.pid} on host " in printed.err
+        assert printed.err.count("\n") == 1 and "to train" not in printed.out  # refused before it is announced
         assert not (out / "runs").exists()
     finally:
         holder.communicate("\n", timeout=30)

@@ -16,6 +16,7 @@ from ablations.store import METRIC_FIELDS, METRICS, write_metrics
 from ablations.sweep.grid import parse_sets
 from ablations.sweep.presets import PRESETS
 from benchmarks import measure, train_speed
+from benchmarks.common import speed_words
 
 TIMING_KEYS = {
     "epoch_time_s", "train_time_s", "train_images_per_s", "peak_memory_mb", "wall_time_s", "finished_at", "warm_up_s",
@@ -376,7 +377,7 @@ def test_the_tf32_key_keeps_run_ids():
         (["--set", "clip_norm=nan"], "clip_norm='nan' is not accepted"),  # silently trained without clipping
         (["--set", f"seed={2**64}"], "seed=18446744073709551616 is not accepted"),  # a traceback in manual_seed
         (["--set", "width=8"], "--set: unknown key 'width'"),  # locuslab's names are not the runner's
-        (["--preset", "imagenet"], "argument --preset: invalid choice: 'imagenet'"),
+        (["--preset", "imagenet-21k"], "argument --preset: invalid choice: 'imagenet-21k'"),
         (["--peak-tflops", "0"], "--peak-tflops 0.0 is not accepted: expected a number > 0"),  # MFU n/a, silently
         (["--out", "{tmp}"], "is not accepted: it is a folder; expected a .json path"),
         (["--out", "{tmp}/speed.md"], "expected a .json path (the .md goes beside it)"),  # the .md replaced the JSON
@@ -439,8 +440,17 @@ def test_train_speed_measures_every_target_against_baselines_of_the_same_run(cif
     assert speedup == pytest.approx(summaries["reference"]["total_epoch_time_s"] / engine["total_epoch_time_s"])
     assert result["bare"]["eager"]["images_per_s"] > 0 and result["step_bytes"] > 0 and result["copy_bytes_per_s"] > 0
     table = out.with_suffix(".md").read_text()
-    assert "(2 seeds)" in table and "| speed-up on all epochs' time / reference |" in table and "| 1.00x |" in table
-    assert "Targets of issue 17 (this run is not the targets' recipe" in table
+    assert "(2 seeds)" in table and "| all epochs' time against reference |" in table and "| 1.00x faster |" in table
+    assert "Targets of the engine (this run is not the targets' recipe" in table
+
+
+def test_a_ratio_under_one_reads_as_slower():
+    assert [speed_words(r) for r in (2.1, 1.0, 0.9, 0.5)] == [
+        "2.10x faster",
+        "1.00x faster",
+        "1.11x slower",
+        "2.00x slower",
+    ]
 
 
 def test_a_reference_timed_over_fewer_epochs_is_extrapolated_and_has_no_accuracy():

@@ -12,7 +12,11 @@ CIFAR10_JPEG = "cifar10-jpeg"
 # Where a command finds the JPEG copy when it is not told: the one place that default lives (docs/data.md).
 CIFAR10_JPEG_ENV = "CONVMIXER_CIFAR10_JPEG"
 CIFAR10_JPEG_LABEL = "CIFAR-10 (JPEG q75 copy)"
-LABELS = {"synthetic": "synthetic", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+# The folder torchvision.datasets.Imagenette makes for its 160 px copy under data_root (the imagenette dataset).
+IMAGENETTE_FOLDER = "imagenette2-160"
+# Where a command finds ImageNet (train/ and val/ class folders) when it is not told (docs/data.md).
+IMAGENET_ENV = "CONVMIXER_IMAGENET"
+LABELS = {"synthetic": "synthetic", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenette": "Imagenette (160 px)"}
 
 
 class DataError(ValueError):
@@ -28,6 +32,11 @@ def dataset_label(dataset: str, data_root: str) -> str:
     return LABELS.get(dataset, root)
 
 
+def default_data(env: str) -> str | None:
+    """The path of a dataset only the user can place, when a command is not given one: $env, else None."""
+    return os.environ.get(env) or None
+
+
 def default_cifar10_jpeg() -> str | None:
     """The path of the CIFAR-10 JPEG copy when a command is not given one: $CONVMIXER_CIFAR10_JPEG, else None."""
-    return os.environ.get(CIFAR10_JPEG_ENV) or None
+    return default_data(CIFAR10_JPEG_ENV)

@@ -1,4 +1,5 @@
-"""Where the images come from: torchvision's CIFAR, an ImageFolder tree (folder or tar archive), or the synthetic set.
+"""Where the images come from: torchvision's CIFAR or Imagenette, an ImageFolder tree (folder or tar archive), or the
+synthetic set.
 
 `load_splits(cfg)` hands a run its finished data: the train and test splits of its dataset with the stratified
 subsets taken and every image at the run's size, as uint8 NCHW tensors with int64 labels (`Split`), or, for an
@@ -30,12 +31,12 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets import CIFAR10, CIFAR100, Imagenette
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ablations import atomic
 from ablations.config import RunConfig
-from ablations.data import DataError, synthetic
+from ablations.data import IMAGENETTE_FOLDER, DataError, synthetic
 from ablations.data.decode import DecodeFailure, decode_all, decode_image, fork_workers, image_sizes
 from convmixer.runtime import usable_cores
 
@@ -364,6 +365,22 @@ class ImageTree:
         return cached(name, lambda: self.decode(split, image_size or self.native_size, subset))
 
 
+def imagenette_tree(root: str) -> ImageTree:
+    """Imagenette in torchvision's layout under `root` (root/imagenette2-160/{train,val}/<wnid>/<image>.JPEG),
+    downloaded there by torchvision.datasets.Imagenette (its 160 px copy, 94 MB) when missing."""
+    folder = Path(root) / IMAGENETTE_FOLDER
+    if not folder.exists():
+        try:
+            Imagenette(root, split="train", size="160px", download=True)  # one archive holds both splits
+        except (OSError, RuntimeError) as error:
+            raise DataError(
+                f"imagenette: no {IMAGENETTE_FOLDER}/ under data_root={root!r} and downloading it failed "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'offline?'}); set data_root "
+                f"to the folder holding {IMAGENETTE_FOLDER}/ (how to get it offline: docs/data.md)"
+            ) from None
+    return ImageTree(folder)
+
+
 class ImageFiles(Dataset):
     """Image files of a folder tree, each decoded to a size x size uint8 tensor in a DataLoader worker."""
 
@@ -450,8 +467,8 @@ def load_splits(cfg: RunConfig, resident_bytes: int = RESIDENT_BYTES) -> Splits:
     """The finished train and test data of cfg's dataset. Raises DataError (one line) when it cannot be found or
     read. An ImageFolder tree decodes only the images it keeps, straight to the run's size (PIL, bilinear, after
     a centre crop to a square); the other sources hold whole splits, cut and resized as tensors by `finished`."""
-    if cfg.dataset == "imagefolder":
-        tree = ImageTree(Path(cfg.data_root))
+    if cfg.dataset in ("imagefolder", "imagenette"):
+        tree = ImageTree(Path(cfg.data_root)) if cfg.dataset == "imagefolder" else imagenette_tree(cfg.data_root)
         streamed = streamed_files(tree, cfg, resident_bytes)
         if streamed is not None:
             return streamed

@@ -29,6 +29,7 @@ from ablations.data.sources import cache_dir
 from ablations.engine.schedule import learning_rate
 from ablations.engine.setup import Setup, Workload, candidates, fastest_setup
 from ablations.store import CHECKPOINT, DIVERGED, DONE, HISTORY, write_metrics
+from convmixer.arguments import patch_grid
 from convmixer.count import closed_form
 from convmixer.depthwise import use_impl
 from convmixer.runtime import (
@@ -112,7 +113,7 @@ class Trainer:
         self.forward = torch.compile(model, dynamic=False, backend=COMPILE_BACKEND) if cfg.compile else model
         self.fused = fused_adamw(device)
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=self.fused
+            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps, fused=self.fused
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
 
@@ -336,6 +337,8 @@ def train_run(
             f"{counts['params'] / 1e6:.3f} M params, {counts['macs'] / 1e6:.1f} M MACs/image, "
             f"{data.train.num_samples} train images, {device_name(device)}"
         )
+        if data.image_size % cfg.patch_size:  # said in the run's log too: the patch drops pixels of every image
+            log(f"patch_size={cfg.patch_size}: {patch_grid(data.image_size, cfg.patch_size, data.in_chans)}")
         warm_up_s = trainer.warm_up(data.train, data.test) if device.type in WARM_UP_DEVICES else 0.0
         if warm_up_s:
             log(f"warm-up (each batch shape once: cuDNN autotuning, lazy initialisation) {warm_up_s:.1f} s")

@@ -17,19 +17,21 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from ablations.config import RunConfig
-from ablations.engine.train import train_run
 from ablations.store import FAILED, LOG, Store
 from ablations.sweep.progress import SweepProgress
-from convmixer.runtime import resolve_device
 
 
 def limit_cpu_threads(device: str) -> None:
     """One intra-op thread on a CPU device unless OMP_NUM_THREADS says otherwise: ConvMixers small enough to
     train on a CPU run several times faster single-threaded than with threads fighting over busy cores
     (measured 12x on a loaded 2-core VM). Parallelism on a CPU comes from --jobs-per-device instead."""
+    # torch and the engine are imported in the worker that trains, not by the launchers' modules: the sweep
+    # command imports those to parse its options, and its --help must not wait seconds for torch.
+    import torch
+
+    from convmixer.runtime import resolve_device
+
     if resolve_device(device).type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
 
@@ -59,6 +61,8 @@ def execute_run(
     on_epoch: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train (or resume) `cfg` in its run folder on `device` and return its metrics; never raises on a bad run."""
+    from ablations.engine.train import train_run  # torch: see limit_cpu_threads
+
     run_dir = store.run_dir(cfg)
     store.start_run(run_dir)
     with open(run_dir / LOG, "a", buffering=1) as log_file:

@@ -50,6 +50,25 @@ class Sweep:
         """How many runs configs() makes, counted from the axes without making them."""
         return self.seeds * len(self.variants()) * math.prod(len(values) for values in self.grid.values())
 
+    def named_data_root(self) -> str | None:
+        """How the design names a data_root, for a message; None when it names none."""
+        if "data_root" in self.fixed:
+            return f"data_root={self.fixed['data_root']!r}"
+        for flag, axes in (("--grid", self.grid), ("--vary", self.vary)):
+            if "data_root" in axes:
+                return f"{flag} data_root={','.join(map(str, axes['data_root']))}"
+        return None
+
+    def check_size(self, max_runs: int) -> None:
+        """Refuse a design beyond `max_runs` (--max-runs) from its axis lengths, before a RunConfig is built."""
+        if max_runs < 1:
+            raise ConfigError(f"--max-runs {max_runs} is not accepted: expected an integer >= 1")
+        if self.size() > max_runs:
+            raise ConfigError(
+                f"the design has {self.size():,} runs, more than --max-runs {max_runs:,}: check its axes and seeds, "
+                "or raise --max-runs"
+            )
+
     def configs(self) -> list[RunConfig]:
         """Every run, in ORDERS[self.order]'s order."""
         seeds = range(self.seeds) if self.seeds > 1 else [None]

@@ -11,6 +11,7 @@ from their last checkpoint on the next start.
 """
 
 import argparse
+import math
 import multiprocessing
 import os
 import signal
@@ -22,9 +23,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
-import torch
-
-from ablations.config import RunConfig
+from ablations.config import ConfigError, RunConfig
 from ablations.store import Store
 from ablations.sweep.execute import end_run, execute_run, limit_cpu_threads
 from ablations.sweep.progress import SweepProgress
@@ -42,6 +41,24 @@ def add_local_options(parser: argparse.ArgumentParser) -> None:
         help="local launcher: start no run that the longest run so far says would end after MIN minutes, and stop "
         "the runs in flight at MIN (they resume on the next start)",
     )  # fmt: skip
+
+
+def local_devices(args: argparse.Namespace) -> list[str]:
+    """The --devices and --jobs-per-device of the command line, checked (the latter filled in when not given);
+    ConfigError in one line for a bad one, and for a --time-limit that is not a number of minutes > 0."""
+    from convmixer.runtime import parse_devices, usable_cores  # torch: once the command line is parsed
+
+    try:
+        devices = parse_devices(args.devices)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if args.jobs_per_device is None:
+        args.jobs_per_device = usable_cores() if devices == ["cpu"] else 1
+    if args.jobs_per_device < 1:
+        raise ConfigError(f"--jobs-per-device {args.jobs_per_device} is not accepted: expected an integer >= 1")
+    if args.time_limit is not None and not 0 < args.time_limit < math.inf:
+        raise ConfigError(f"--time-limit {args.time_limit} is not accepted: expected a number of minutes > 0")
+    return devices
 
 
 def device_slots(devices: list[str], jobs_per_device: int) -> list[str]:
@@ -62,6 +79,8 @@ def _worker_main(conn: Connection, device: str, store_root: Path, keep_checkpoin
     threading.Thread(target=_exit_with_sweep, daemon=True).start()
     limit_cpu_threads(device)
     if device.startswith("cuda"):
+        import torch  # in the worker: the sweep process imports this module to parse its options
+
         torch.cuda.set_device(device)
     store = Store(store_root)
     while True:

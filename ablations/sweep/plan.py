@@ -14,16 +14,16 @@ Runs train with data_root made absolute (a worker or SLURM job may start in anot
 portably (RunConfig.recorded): the absolute path goes only to the run's log.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ablations.config import ConfigError, RunConfig
 from ablations.data import dataset_label
-from ablations.data.sources import load_splits
 from ablations.design import Design
 from ablations.store import DATA, DONE, FAILED, FINISHED, RunState, Store
 from ablations.sweep.progress import SweepProgress, run_label
+from convmixer.arguments import patch_grid
 
 
 class Launcher(Protocol):
@@ -42,6 +42,17 @@ class Plan:
     data: dict[str, dict]  # the data.json record of each run to train, or that recorded one, by run id
     retry_failed: bool = False
     keys: list[str] = field(default_factory=list)  # the keys that name a run in the progress lines
+
+    def resumed(self) -> int:
+        """How many of the runs to train go on from a checkpoint (an epoch or more done)."""
+        return sum(self.store.state(self.store.run_dir(cfg)).epochs > 0 for cfg in self.todo)
+
+    def patch_notes(self) -> list[str]:
+        """A line for each patch size that does not divide its runs' images (their data records say the size):
+        which pixels it drops, in the counter's words."""
+        sizes = {(cfg.patch_size, self.data[cfg.run_id()].get("image_size") or 0) for cfg in self.configs
+                 if cfg.run_id() in self.data}  # fmt: skip
+        return [f"note: patch_size={patch}: {patch_grid(size, patch)}" for patch, size in sorted(sizes) if size % patch]
 
 
 def check_ids(configs: list[RunConfig]) -> None:
@@ -72,6 +83,8 @@ def runs_to_train(configs: list[RunConfig], store: Store, retry_failed: bool) ->
 
 def data_record(cfg: RunConfig) -> dict:
     """The data.json record of the data `cfg` loads here: where it is, and what it is (the splits' identity)."""
+    from ablations.data.sources import load_splits  # torch: imported once a sweep runs, not for its --help
+
     place = {"data": dataset_label(cfg.dataset, cfg.data_root), "data_root": cfg.recorded().data_root}
     return {**place, **load_splits(cfg).identity()}
 
@@ -155,12 +168,21 @@ def outcome(configs: list[RunConfig], store: Store) -> Outcome:
     return Outcome({cfg.run_id(): store.state(store.run_dir(cfg)) for cfg in configs})
 
 
-def run_plan(sweep: Plan, launcher: Launcher, design: Design, study_text: str | None = None) -> Outcome:
+def run_plan(
+    sweep: Plan,
+    launcher: Launcher,
+    design: Design,
+    study_text: str | None = None,
+    announce: Callable[[], None] | None = None,
+) -> Outcome:
     """Run a plan: hold the folder's lock (one sweep at a time), set damaged files aside, record the design (the
-    sweep's `Design`, as sweep.json holds it: Store.add_design) with its runs, train, and say how it ended."""
+    sweep's `Design`, as sweep.json holds it: Store.add_design) with its runs, train, and say how it ended.
+    `announce` is called once the sweep may start, so that what it prints never precedes a refusal."""
     with sweep.store.lock_sweep():
         sweep.store.drop_stale_temps()
         sweep.store.set_aside_damaged()
         sweep.store.add_design(design, [cfg.run_id() for cfg in sweep.configs], study_text)
+        if announce is not None:
+            announce()
         train(sweep, launcher)
     return outcome(sweep.configs, sweep.store)

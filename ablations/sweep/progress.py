@@ -55,7 +55,9 @@ class SweepProgress:
 
     def started(self, run_id: str, device: str) -> None:
         self.update_counts(running=1, left=-1)
-        self.write(f"start    {self.name(run_id)} on {device}")
+        done = self.done_epochs[run_id]  # epochs a checkpoint holds: the run resumes after them
+        start = f"resume   {self.name(run_id)} after epoch {done}" if done else f"start    {self.name(run_id)}"
+        self.write(f"{start} on {device}")
         self.slots[run_id] = min(set(range(1, len(self.slots) + 2)) - set(self.slots.values()))
         self.run_bars[run_id] = tqdm(
             total=self.epochs[run_id], initial=self.done_epochs[run_id], desc=self.name(run_id),

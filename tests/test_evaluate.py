@@ -1,0 +1,94 @@
+"""convmixer.evaluate: timm's evaluation transform for the ConvMixers (numbers read from timm's source), the scores
+of a checkpoint on a tiny ImageFolder tree made here, and the one-line errors."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convmixer import registry
+from convmixer.evaluate import PROG, EvalTransform, cli
+from convmixer.interop import convert
+from convmixer.model import ConvMixerConfig
+
+TINY = ConvMixerConfig(dim=8, depth=1, kernel_size=3, patch_size=4, num_classes=7)
+CLASSES = [f"n0{i}" for i in range(TINY.num_classes)]  # WordNet-id-like folder names, sorted as ImageNet's
+
+
+def test_the_transform_is_timms_for_the_convmixers() -> None:
+    # timm/models/convmixer.py _cfg: input_size (3, 224, 224), crop_pct .96, interpolation 'bicubic',
+    # IMAGENET_DEFAULT_MEAN/STD; timm's transforms_imagenet_eval resizes to floor(224 / .96) = 233, then crops 224.
+    transform = EvalTransform(224)
+    assert (transform.crop_pct, transform.resize_size, transform.interpolation) == (0.96, 233, "bicubic")
+    assert transform.mean == (0.485, 0.456, 0.406) and transform.std == (0.229, 0.224, 0.225)
+
+
+def test_the_transform_resizes_the_shorter_side_with_pillows_bicubic_then_crops_the_centre() -> None:
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    transform = EvalTransform(224)
+    # By hand: the shorter side 300 -> 233, the longer 400 -> int(233 * 400 / 300) = 310; the centre crop starts
+    # at round((233 - 224) / 2) = 4 rows and round((310 - 224) / 2) = 43 columns.
+    resized = np.asarray(image.resize((310, 233), Image.Resampling.BICUBIC), dtype=np.float32) / 255
+    crop = torch.from_numpy(resized[4 : 4 + 224, 43 : 43 + 224]).permute(2, 0, 1)
+    expected = (crop - torch.tensor(transform.mean).view(3, 1, 1)) / torch.tensor(transform.std).view(3, 1, 1)
+    assert torch.allclose(transform.build()(image), expected, atol=1e-6)
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """A registered 'tiny' model at 32 px, a checkpoint of it in the authors' layout, and a validation tree."""
+    monkeypatch.setitem(registry.MODELS, "tiny", registry.RegisteredModel(TINY, 32))
+    torch.manual_seed(0)
+    model = TINY.build().eval()
+    checkpoint = tmp_path / "tiny.pth.tar"
+    torch.save({"epoch": 1, "state_dict": convert(model.state_dict(), "modular", "locuslab")}, checkpoint)
+    rng = np.random.default_rng(0)
+    for name in CLASSES:
+        (tmp_path / "val" / name).mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 256, (36 + 4 * i, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "val" / name / f"{i}.JPEG")
+    return model, checkpoint, tmp_path / "val"
+
+
+def test_the_scores_are_the_models_own_on_the_transformed_images(tiny, capsys) -> None:
+    model, checkpoint, val = tiny
+    transform = EvalTransform(32).build()
+    images, labels = [], []
+    for label, name in enumerate(CLASSES):
+        for path in sorted((val / name).iterdir()):
+            images.append(transform(Image.open(path).convert("RGB")))
+            labels.append(label)
+    with torch.no_grad():
+        ranked = model(torch.stack(images)).topk(5, dim=1).indices
+    hits = ranked == torch.tensor(labels)[:, None]
+    top1, top5 = 100 * hits[:, 0].float().mean(), 100 * hits.any(1).float().mean()
+    assert cli(["--model", "tiny", "--checkpoint", str(checkpoint), "--data", str(val), "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"tiny: top-1 {top1:.2f}%, top-5 {top5:.2f}% on 14 images of {val}")
+
+
+def test_bad_input_is_one_line_exit_2(tiny, tmp_path, capsys, monkeypatch) -> None:
+    _, checkpoint, val = tiny
+    other = ConvMixerConfig(dim=8, depth=2, kernel_size=3, patch_size=4, num_classes=7).build()
+    torch.save(convert(other.state_dict(), "modular", "timm"), tmp_path / "other.pth")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    (val / "extra").mkdir()
+    cases = [
+        (["--model", "nope"], "model 'nope' is not registered"),
+        (["--checkpoint", str(tmp_path / "missing.pth")], "is not a file"),
+        (["--checkpoint", str(tmp_path / "notes.txt")], "cannot be loaded with weights_only=True"),
+        (["--checkpoint", str(tmp_path / "other.pth")], "holds a ConvMixer-8/2"),
+        (["--data", str(tmp_path / "nowhere")], "is not a folder"),
+        (["--batch-size", "0"], "--batch-size=0 is not accepted"),
+        ([], "Found no valid file for the classes extra"),  # an empty class folder, named
+    ]
+    base = {"--model": "tiny", "--checkpoint": str(checkpoint), "--data": str(val)}
+    for change, message in cases:
+        argv = {**base, **dict(zip(change[::2], change[1::2], strict=True))}
+        assert cli([*(part for item in argv.items() for part in item), "--workers", "0"]) == 2, message
+        err = capsys.readouterr().err
+        assert err.startswith(f"{PROG}: error: ") and message in err and err.count("\n") == 1, err
+    Image.new("RGB", (32, 32)).save(val / "extra" / "0.JPEG")
+    assert cli(["--model", "tiny", "--checkpoint", str(checkpoint), "--data", str(val)]) == 2
+    assert "has 8 class folders; tiny has 7" in capsys.readouterr().err
