@@ -7,7 +7,7 @@ The notebook's API, importable from here (notebooks/explore_sweep.ipynb shows ea
     chosen = scope([sweep], [])                                   # swept keys, baseline, a study's axes
     variants = summarise(runs, chosen.baseline, chosen.keys)      # aggregate() and compare() side by side
     markdown_table(table(variants, chosen.keys))                  # study_table(variants, chosen) for a study
-    figure_set(variants, history, chosen)                         # the report's figures by file stem
+    figure_set(variants, history, chosen)                         # the report's figures and captions by file stem
 
 Modules, each importing only those above it: load (the store into pandas), design (what is compared), stats
 (seed statistics, with scipy and statsmodels), variants (runs to variants), provenance (what ran, in words), style

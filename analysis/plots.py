@@ -1,19 +1,25 @@
-"""The report's figures, each a function from tidy tables to a matplotlib Figure drawn in the toolkit's style.
+"""The report's figures, each a function from tidy tables to a Plot: a Figure in the toolkit's style, and its caption.
 
 Accuracy is shown in percent as the mean over seeds with its 95% confidence interval, clipped to [0, 100]%: with
 2 or 3 seeds a t interval is wide and would otherwise reach below 0%. With few seeds (SEED_POINTS_UP_TO or fewer)
 every seed's own result is drawn beside the mean, so the reader sees the spread the interval summarises. The
 Pareto front of accuracy against a cost is drawn only through variants with at least two seeds: a single seed's
 accuracy is one draw of the seed noise, so it is shown but never ranked.
+
+A figure carries no title: each function returns the figure with its caption (what it shows, the model and the
+data, n and what the bars are), which the report writes under the image in report.md, as a paper would.
 """
 
 import textwrap
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from matplotlib import transforms
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import Bbox
 from numpy.typing import ArrayLike
 
 from analysis import style
@@ -27,7 +33,7 @@ COSTS = {
 }
 SEED_POINTS_UP_TO = 5  # with at most this many seeds per variant, each seed's result is drawn too
 PARETO_MIN_SEEDS = 2  # a variant needs this many seeds to be ranked on the Pareto front
-MUTED = "0.35"  # the grey of subtitles and of points that are shown but not ranked
+MUTED = "0.35"  # the grey of points that are shown but not ranked, and of label leader lines
 # The least span of an accuracy axis, in percentage points: a 1 pp difference between two single seeds must not fill
 # the height of a figure and look like an effect.
 MIN_ACCURACY_SPAN = 10.0
@@ -51,8 +57,15 @@ def clipped_error(y: ArrayLike, ci: ArrayLike, low: float = 0.0, high: float = 1
     return np.vstack([np.clip(np.minimum(ci, y - low), 0, None), np.clip(np.minimum(ci, high - y), 0, None)])
 
 
+class Plot(NamedTuple):
+    """A figure and its caption (the text report.md puts under it)."""
+
+    figure: Figure
+    caption: str
+
+
 def seed_note(n: pd.Series) -> str:
-    """The subtitle: how many seeds, and what the bars and points are."""
+    """How many seeds, and what the bars and points are: the end of a caption."""
     low, high = int(n.min()), int(n.max())
     seeds = f"n = {low}" if low == high else f"n = {low}-{high}"
     if high == 1:
@@ -61,10 +74,30 @@ def seed_note(n: pd.Series) -> str:
     return note + (", dots: each seed" if high <= SEED_POINTS_UP_TO else "")
 
 
-def set_subtitle(ax, source: str, note: str) -> None:
-    """The muted lines above a plot: what it shows (model and data, so that it can be cited alone), then `note`."""
-    lines = [textwrap.fill(source, 60)] if source else []
-    ax.set_title("\n".join([*lines, note]), loc="left", color=MUTED)
+def caption(what: str, source: str, note: str) -> str:
+    """`what` the figure shows, then the model and data (`source`, so that it can be cited alone), then `note`."""
+    return " ".join(_sentence(part) for part in (what, source, note) if part)
+
+
+def _sentence(text: str) -> str:
+    """A capital and a full stop; a sentence that opens with a symbol (`n = 3 seeds`) keeps its case."""
+    symbol = text.split(" ")[1:2] == ["="]
+    return f"{text if symbol else text[0].upper() + text[1:]}."
+
+
+def _lower_first(text: str) -> str:
+    """`Kernel size` -> `kernel size` inside a sentence; `MACs` stays as it is."""
+    return text if text[1:2].isupper() else text[:1].lower() + text[1:]
+
+
+def _legend_below(fig: Figure, handles: list, labels: list[str]) -> None:
+    """The legend under the axes, in as many columns as fit the figure's width: beside the axes, it took a third of
+    a one-column figure."""
+    for ncols in range(min(len(labels), 6), 0, -1):
+        legend = fig.legend(handles, labels, loc="outside lower center", ncols=ncols)
+        if ncols == 1 or legend.get_window_extent(fig.canvas.get_renderer()).width <= fig.bbox.width:
+            return
+        legend.remove()
 
 
 def keep_accuracy_span(ax) -> None:
@@ -109,32 +142,35 @@ def accuracy_vs_key(
     levels: list | None = None,
     baseline=None,
     source: str = "",
-) -> Figure:
+    width: str = "one",
+) -> Plot:
     """Test accuracy against one swept key, one line per value of the other `keys`; `runs`: the finished runs.
 
     `levels`: the key's values in the order to show them (default: sorted); the `baseline` value's tick says so.
-    `source` (provenance.figure_source) names the model and the data above the plot.
-    Values that are words (residual, norm) have no order between them, so their points are not joined by lines.
+    `source` (provenance.figure_source) names the model and the data in the caption; `width`: "one" or "two"
+    columns of a paper. Values that are words (residual, norm) have no order between them, so their points are not
+    joined by lines.
     """
     with style.context():
-        fig = Figure()
+        fig = style.figure(width)
         ax = fig.add_subplot()
         numeric = _is_numeric(agg[key])
         present = set(agg[key])
         levels = [value for value in levels if value in present] if levels is not None else sorted(present)
-        series = _series(agg, [other for other in keys if other != key])
+        others = [other for other in keys if other != key]
+        series = _series(agg, others)
         for i, (label, rows) in enumerate(series):
             rows = rows.sort_values(key)
             x = rows[key].to_numpy(float) if numeric else np.array([levels.index(value) for value in rows[key]], float)
             # Nudge each series sideways by a few points so that error bars at the same x do not hide each other;
-            # its seeds sit 4 points to the right of its mean.
-            shift = 7.0 * (i - (len(series) - 1) / 2)
+            # its seeds sit 3 points to the right of its mean.
+            shift = 5.0 * (i - (len(series) - 1) / 2)
             nudge = transforms.offset_copy(ax.transData, fig=fig, x=shift, units="points")
             y = 100 * rows["test_acc_mean"].to_numpy(float)
             error = clipped_error(y, 100 * rows["test_acc_ci"].to_numpy(float))
             look = style.series_style(i) | ({} if numeric else {"linestyle": "none"})
             ax.errorbar(x, y, yerr=error, label=label or None, transform=nudge, **look)
-            _draw_seeds(ax, transforms.offset_copy(nudge, fig=fig, x=4.0, units="points"), x, rows, runs, keys, look)
+            _draw_seeds(ax, transforms.offset_copy(nudge, fig=fig, x=3.0, units="points"), x, rows, runs, keys, look)
             # Artists with their own transform do not widen the axes' limits by themselves.
             ax.update_datalim(np.column_stack([np.concatenate([x, x]), np.concatenate([y - error[0], y + error[1]])]))
         if numeric and _wide_range(levels):
@@ -149,10 +185,12 @@ def accuracy_vs_key(
         keep_accuracy_span(ax)
         ax.set_xlabel(style.key_label(key))
         ax.set_ylabel("Test accuracy (%)")
-        set_subtitle(ax, source, seed_note(agg["n"]))
         if len(series) > 1:
-            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        return fig
+            _legend_below(fig, *ax.get_legend_handles_labels())
+        what = f"test accuracy against {_lower_first(style.key_label(key))}"
+        if others:
+            what += f", one {'line' if numeric else 'colour'} per {', '.join(map(style.short_key, others))}"
+        return Plot(fig, caption(what, source, seed_note(agg["n"])))
 
 
 def ranked_front(x: ArrayLike, y: ArrayLike, n: ArrayLike, higher_cost_is_better: bool) -> np.ndarray:
@@ -160,6 +198,65 @@ def ranked_front(x: ArrayLike, y: ArrayLike, n: ArrayLike, higher_cost_is_better
     ranked = np.asarray(n) >= PARETO_MIN_SEEDS
     y = np.where(ranked, np.asarray(y, dtype=float), np.nan)  # NaN points are never on the front
     return pareto_front(x, y, higher_cost_is_better=higher_cost_is_better)
+
+
+# Where a point's label may go, nearest first: its direction from the point (degrees; level with it first, so that the
+# point's vertical error bar does not cross it) at each distance (points). Beyond the first distance, a thin leader
+# line joins the label to its point.
+LABEL_ANGLES = (0, 180, 90, 270, 30, 330, 150, 210, 60, 300, 120, 240)
+LABEL_DISTANCES = (5, 12, 20, 30, 45, 60)
+
+
+def _free(box: Bbox, inside: Bbox, taken: list[Bbox]) -> bool:
+    within = inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+    return within and not any(box.overlaps(other) for other in taken)
+
+
+def place_labels(ax, x: ArrayLike, y: ArrayLike, texts: list[str | None], fontsize: float) -> list[str]:
+    """Name each point (x, y) with its text (None: no label), in this order, at the nearest place where it covers no
+    other label and no point, inside the axes; returns the texts that found no such place (left out).
+
+    It measures the labels as drawn, so it runs last, once the figure's layout is final; the layout is then frozen,
+    or a new layout pass would move the axes under labels placed for the old one."""
+    fig = ax.figure
+    fig.get_layout_engine().execute(fig)  # the layout alone, cheaper than a whole draw
+    fig.set_layout_engine("none")
+    renderer = fig.canvas.get_renderer()
+    points = ax.transData.transform(np.column_stack([x, y]))
+    radius = fig.dpi / 72 * 4  # a marker's half-width, in pixels, with a margin
+    taken = [Bbox.from_extents(px - radius, py - radius, px + radius, py + radius) for px, py in points]
+    inside = ax.get_window_extent(renderer)
+    labels = [(xi, yi, text) for xi, yi, text in zip(x, y, texts, strict=True) if text is not None]
+    return [text for xi, yi, text in labels if not _place(ax, xi, yi, text, fontsize, renderer, inside, taken)]
+
+
+def _place(ax, x: float, y: float, text: str, fontsize: float, renderer, inside: Bbox, taken: list[Bbox]) -> bool:
+    """Add the first free label of `text` for the point (x, y), its box to `taken`; False if none is free."""
+    for distance in LABEL_DISTANCES:
+        for label in _candidates(ax, x, y, text, distance, fontsize):
+            label.update_positions(renderer)
+            box = Text.get_window_extent(label, renderer)  # the text alone: an annotation's own box has its leader
+            if _free(box, inside, taken):
+                taken.append(box)
+                return True
+            label.remove()
+    return False
+
+
+def _candidates(ax, x: float, y: float, text: str, distance: float, fontsize: float):
+    """The labels at one distance around a point, each added to the axes in turn (a rejected one is removed)."""
+    leader = {"arrowprops": {"arrowstyle": "-", "color": MUTED, "linewidth": 0.5, "shrinkA": 0, "shrinkB": 3}}
+    # A light backing keeps a label legible where an error bar or the front's line passes behind it.
+    backing = {"boxstyle": "square,pad=0.05", "facecolor": "white", "edgecolor": "none", "alpha": 0.75}
+    for angle in LABEL_ANGLES:
+        dx, dy = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+        # The side of the label that faces the point sits at the offset.
+        ha = "left" if dx > 0.1 else "right" if dx < -0.1 else "center"
+        va = "bottom" if dy > 0.1 else "top" if dy < -0.1 else "center"
+        yield ax.annotate(
+            text, (x, y), xytext=(dx * distance, dy * distance), textcoords="offset points", fontsize=fontsize,
+            ha=ha, va=va, bbox=backing, **(leader if distance > LABEL_DISTANCES[0] else {}),
+        )  # fmt: skip
 
 
 def accuracy_vs_cost(
@@ -170,11 +267,13 @@ def accuracy_vs_cost(
     labels: list[str],
     hardware: str = "",
     source: str = "",
-) -> Figure:
+    width: str = "one",
+) -> Plot:
     """Test accuracy against a cost (one of COSTS), the Pareto front dashed, each point named by its `labels`.
 
-    `hardware` names what measured the throughput (shown under its axis); `source` names the model and the data.
-    The legend sits under the plot: its hollow marker for an unranked point would read as one more point inside.
+    `hardware` names what measured the throughput (shown under its axis); `source` names the model and the data in
+    the caption; `width`: "one" or "two" columns of a paper. The legend sits under the plot: its hollow marker for an
+    unranked point would read as one more point inside.
     """
     column, higher_is_better, label = COSTS[cost]
     scale, unit = style.si_unit(agg[column]) if cost in ("macs", "params") else (1.0, "")
@@ -184,7 +283,7 @@ def accuracy_vs_cost(
     front = ranked_front(x, y, n, higher_is_better)
     unranked = n < PARETO_MIN_SEEDS
     with style.context():
-        fig = Figure(layout="constrained")  # makes room for the legend under the axes
+        fig = style.figure(width)
         ax = fig.add_subplot()
         colour = style.OKABE_ITO[0]
         ax.errorbar(x, y, yerr=clipped_error(y, 100 * agg["test_acc_ci"]), fmt="none", ecolor=colour, elinewidth=1)
@@ -198,23 +297,24 @@ def accuracy_vs_cost(
             order = np.argsort(x[front])
             front_label = f"Pareto front (n ≥ {PARETO_MIN_SEEDS})"
             ax.plot(x[front][order], y[front][order], "o--", color=colour, label=front_label)
-        # Beyond a handful of points, labels would cover each other: then only the front is named. Labels sit to
-        # the right of their point, level with it, so that the vertical error bar does not cross them.
-        named = front if len(agg) > 8 else np.ones_like(front)
-        for xi, yi, text in zip(x[named], y[named], np.asarray(labels, dtype=object)[named], strict=True):
-            ax.annotate(text, (xi, yi), xytext=(5, 0), textcoords="offset points", fontsize=7, va="center")
         if _wide_range(x):
             ax.set_xscale("log")
         axis_label = label.format(unit=unit)
-        hardware = textwrap.fill(hardware, 60)
+        hardware = textwrap.fill(hardware, 50 if width == "one" else 110)
         ax.set_xlabel(f"{axis_label}\n{hardware}" if cost == "throughput" and hardware else axis_label)
         ax.set_ylabel("Test accuracy (%)")
         keep_accuracy_span(ax)
-        set_subtitle(ax, source, seed_note(agg["n"]))
         # Below the axes and their label: inside, its hollow marker read as one more point; to the right, the
         # points' labels ran into it.
-        fig.legend(loc="outside lower center", ncols=3)
-        return fig
+        _legend_below(fig, *ax.get_legend_handles_labels())
+        # Beyond a handful of points, labels would crowd the plot: then only the front is named, front first.
+        named = front if len(agg) > 8 else np.ones_like(front)
+        texts = [text if name else None for text, name in zip(labels, named, strict=True)]
+        order = np.lexsort((x, ~front))
+        left_out = place_labels(ax, x[order], y[order], [texts[i] for i in order], style.MIN_FONT_SIZE)
+        what = f"test accuracy against {_lower_first(axis_label)}" + (", Pareto front dashed" if front.any() else "")
+        note = seed_note(agg["n"]) + (f"; no room to name {', '.join(left_out)}" if left_out else "")
+        return Plot(fig, caption(what, source, note))
 
 
 def _mean_band(values: pd.DataFrame) -> pd.DataFrame:
@@ -227,20 +327,39 @@ def _mean_band(values: pd.DataFrame) -> pd.DataFrame:
 CURVE_PANELS = [("test_acc", 100, "Test accuracy (%)", (0.0, 100.0)), ("train_loss", 1, "Training loss", (0.0, None))]
 
 
+def curves_note(n: pd.Series, left_out: int) -> str:
+    """How many seeds a curve averages and what its band and thin lines are; the runs left out, if any."""
+    n_min, n_max = int(n.min()), int(n.max())
+    if n_max == 1:
+        note = "one seed per variant: no band"
+    else:
+        thin = ", thin: each seed" if n_max <= SEED_POINTS_UP_TO else ""
+        seeds = f"n = {n_min}" if n_min == n_max else f"n = {n_min}-{n_max}"
+        note = f"mean over {seeds} seeds, band: 95% CI (clipped){thin}"
+    if left_out:
+        note += f"; {left_out} run{'s' if left_out > 1 else ''} left out (history.json missing, short or long)"
+    return note
+
+
 def training_curves(
-    history: pd.DataFrame, runs: pd.DataFrame, keys: list[str], source: str = "", left_out: int = 0
-) -> Figure:
+    history: pd.DataFrame,
+    runs: pd.DataFrame,
+    keys: list[str],
+    source: str = "",
+    left_out: int = 0,
+    width: str = "one",
+) -> Plot:
     """Test accuracy and training loss per epoch, mean over seeds with a 95% CI band, one line per variant.
 
     With SEED_POINTS_UP_TO seeds or fewer, each seed's curve is drawn thin beside the mean. `source` names the model
-    and the data; `left_out` runs (done, but their history does not match the run) are said to be missing.
+    and the data in the caption; `left_out` runs (done, but their history does not match the run) are said to be
+    missing. One column wide, the two panels are stacked; two columns wide, they sit side by side.
     """
     joined = history.merge(runs[["run_id", *keys]], on="run_id")
     n = runs.groupby(keys)["run_id"].nunique() if keys else pd.Series([runs["run_id"].nunique()])
-    n_min, n_max = int(n.min()), int(n.max())
     with style.context():
-        fig = Figure(figsize=(2 * style.WIDTH, style.HEIGHT))
-        axes = fig.subplots(1, 2)
+        fig = style.figure(width, 2 * style.HEIGHT if width == "one" else style.HEIGHT + 0.2)
+        axes = fig.subplots(2, 1, sharex=True) if width == "one" else fig.subplots(1, 2)
         variants = list(joined.groupby(keys, sort=True)) if keys else [((), joined)]
         for i, (values, rows) in enumerate(variants):
             label = style.short_label(dict(zip(keys, values, strict=True)))
@@ -249,24 +368,17 @@ def training_curves(
                 per_seed = rows[rows["metric"] == metric].pivot_table("value", "epoch", "run_id") * factor
                 band = _mean_band(per_seed)
                 ax.plot(band.index, band["mean"], label=label, markevery=max(1, len(band) // 8), **look)
-                if n_max <= SEED_POINTS_UP_TO and per_seed.shape[1] > 1:
+                if n.max() <= SEED_POINTS_UP_TO and per_seed.shape[1] > 1:
                     ax.plot(per_seed.index, per_seed.to_numpy(), color=look["color"], linewidth=0.6, alpha=0.45)
                 below, above = (band["mean"] - band["ci"]).clip(low, high), (band["mean"] + band["ci"]).clip(low, high)
                 ax.fill_between(band.index, below, above, color=look["color"], alpha=0.2, linewidth=0)
         for ax, (_, _, ylabel, _) in zip(axes, CURVE_PANELS, strict=True):
-            ax.set_xlabel("Epoch")
+            ax.set_xlabel("Epoch" if ax is axes[-1] or width == "two" else "")
             ax.set_ylabel(ylabel)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if n_max == 1:
-            subtitle = "one seed per variant: no band"
-        else:
-            thin = ", thin: each seed" if n_max <= SEED_POINTS_UP_TO else ""
-            seeds = f"n = {n_min}" if n_min == n_max else f"n = {n_min}-{n_max}"
-            subtitle = f"mean over {seeds} seeds, band: 95% CI (clipped){thin}"
-        if left_out:
-            subtitle += f"; {left_out} run{'s' if left_out > 1 else ''} left out (history.json missing, short or long)"
-        set_subtitle(axes[0], source, subtitle)
         if len(variants) > 1:
-            axes[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        fig.tight_layout()
-        return fig
+            _legend_below(fig, *axes[0].get_legend_handles_labels())
+        what = "test accuracy and training loss per epoch" + (
+            f", one line per {', '.join(map(style.short_key, keys))}" if len(variants) > 1 else ""
+        )
+        return Plot(fig, caption(what, source, curves_note(n, left_out)))

@@ -11,6 +11,7 @@ a time from a baseline) gets one block of rows per axis. Runs that differ in a k
 unless --allow-mixed asks for them to be pooled. A folder that several designs were swept into is reported for its
 latest design (--design picks another, or all); report.md names every run folder it leaves out, and why. The report
 is written whole into a staging folder beside DIR, then swapped in: a reader sees the old report or the new one.
+The figures are one column of a paper wide (--figure-width two: a page), each with its caption in report.md.
 """
 
 import argparse
@@ -24,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.figure import Figure
 
 from ablations.config import ConfigError
 from ablations.store import DONE
@@ -67,12 +67,15 @@ def point_labels(variants: pd.DataFrame, scope: Scope) -> list[str]:
     return labels
 
 
-def figure_set(variants: pd.DataFrame, history: pd.DataFrame, scope: Scope) -> dict[str, Figure]:
-    """The report's figures by file stem: accuracy against each swept key (in a study: along its axis), against
-    each cost, and the training curves (in a study: one figure per axis, or every variant would share one).
+def figure_set(
+    variants: pd.DataFrame, history: pd.DataFrame, scope: Scope, width: str = "one"
+) -> dict[str, plots.Plot]:
+    """The report's figures with their captions by file stem, `width` one or two columns of a paper: accuracy
+    against each swept key (in a study: along its axis), against each cost, and the training curves (in a study:
+    one figure per axis, or every variant would share one).
 
-    Each names the model and the data; the curves leave out the done runs whose history does not match the run,
-    and say so."""
+    Each caption names the model and the data; the curves leave out the done runs whose history does not match the
+    run, and say so."""
     made = {}
     done = scope.done
     source = provenance.figure_source(done)
@@ -81,13 +84,15 @@ def figure_set(variants: pd.DataFrame, history: pd.DataFrame, scope: Scope) -> d
         runs_on_axis = axis_rows(done, key, scope.varied, scope.baseline)
         series_keys = [key, *(other for other in scope.grid_keys if other != key)]
         made[f"accuracy_vs_{key}"] = plots.accuracy_vs_key(
-            on_axis, runs_on_axis, key, series_keys, scope.levels(key), scope.baseline.get(key), source
+            on_axis, runs_on_axis, key, series_keys, scope.levels(key), scope.baseline.get(key), source, width
         )
     measured = variants[variants["n"] > 0]
     hardware = provenance.throughput_label(scope.runs)
     for cost in plots.COSTS:
         labels = point_labels(measured, scope)
-        made[f"accuracy_vs_{cost}"] = plots.accuracy_vs_cost(measured, done, cost, scope.keys, labels, hardware, source)
+        made[f"accuracy_vs_{cost}"] = plots.accuracy_vs_cost(
+            measured, done, cost, scope.keys, labels, hardware, source, width
+        )
     gaps = history_gaps(done, history)
     with_history = done[~done["run_id"].isin(gaps)]
     done_history = history[history["run_id"].isin(with_history["run_id"])]
@@ -96,7 +101,7 @@ def figure_set(variants: pd.DataFrame, history: pd.DataFrame, scope: Scope) -> d
         left_out = len(axis_rows(done, key, scope.varied, scope.baseline) if key else done) - len(runs)
         curve_keys = [key, *scope.grid_keys] if key else scope.keys
         stem = f"training_curves_{key}" if key else "training_curves"
-        made[stem] = plots.training_curves(done_history, runs, curve_keys, source, left_out)
+        made[stem] = plots.training_curves(done_history, runs, curve_keys, source, left_out, width)
     return made
 
 
@@ -111,10 +116,17 @@ def gaps_text(scope: Scope, gaps: dict[str, str]) -> str:
 
 
 def index(
-    sweeps: list[Path], scope: Scope, table_md: str, notes: str, files: list[str], gaps: dict[str, str], plan: list[str]
+    sweeps: list[Path],
+    scope: Scope,
+    table_md: str,
+    notes: str,
+    files: list[str],
+    gaps: dict[str, str],
+    plan: list[str],
+    captions: dict[str, str],
 ) -> str:
-    """report.md: what ran, the table, the seed plan, the figures and the list of `files` (names inside the report
-    folder)."""
+    """report.md: what ran, the table, the seed plan, the figures with their `captions` (by file stem) and the list
+    of `files` (names inside the report folder)."""
     runs = scope.runs
     counts = runs["status"].value_counts()
     statuses = ", ".join(f"{counts.get(status, 0)} {status}" for status in (DONE, *NOT_DONE))
@@ -151,7 +163,7 @@ def index(
         "",
         "## Figures",
         "",
-        *(f"![{Path(name).stem}]({name})\n" for name in files if name.endswith(".png")),
+        *(f"![{stem}]({stem}.png)\n\n*{stem}*: {text}\n" for stem, text in captions.items()),
         "## Files",
         "",
         *(f"- [{name}]({name})" for name in files),
@@ -170,12 +182,12 @@ def left_out_lines(scope: Scope) -> list[str]:
     ]
 
 
-def write_files(folder: Path, texts: dict[str, str], figures: dict[str, Figure]) -> None:
+def write_files(folder: Path, texts: dict[str, str], figures: dict[str, plots.Plot]) -> None:
     """Every report file into `folder`, the staging folder: a failed write leaves nothing half-done in `out`."""
     for name, text in texts.items():
         (folder / name).write_text(text)
-    for stem, figure in figures.items():
-        style.save(figure, folder / stem)
+    for stem, plot in figures.items():
+        style.save(plot.figure, folder / stem)
 
 
 def link_or_copy(source: str, target: str) -> None:
@@ -210,7 +222,7 @@ def failure(error: BaseException) -> str:
     return cause.strerror if cause is not None else f"{type(error).__name__}: {error}"
 
 
-def staged(target: Path, out: Path, texts: dict[str, str], figures: dict[str, Figure]) -> Path:
+def staged(target: Path, out: Path, texts: dict[str, str], figures: dict[str, plots.Plot]) -> Path:
     """A new folder beside the report folder `target` (`out` resolved) holding the whole new report and the user's
     files of the old one. If anything fails while it is written (a full disk), AnalysisError names `out`, and
     nothing is left behind."""
@@ -264,9 +276,10 @@ def check_out(out: Path, target: Path, sweeps: list[Path]) -> None:
 
 
 def contents(
-    sweeps: list[Path], chosen: Scope, columns: Sequence[str], bootstrap: bool
-) -> tuple[dict[str, str], dict[str, Figure], dict[str, str]]:
-    """Every report file's text by name, the figures by stem, and the done runs the curves leave out (with why).
+    sweeps: list[Path], chosen: Scope, columns: Sequence[str], bootstrap: bool, figure_width: str = "one"
+) -> tuple[dict[str, str], dict[str, plots.Plot], dict[str, str]]:
+    """Every report file's text by name, the figures (`figure_width` one or two columns of a paper) with their
+    captions by stem, and the done runs the curves leave out (with why).
 
     table.tex holds the core columns (it must fit one column of a page), table-wide.tex adds the bootstrap CI (when
     computed) and those of `columns` (tables.OPTIONAL); table.md and report.md hold them all."""
@@ -282,7 +295,7 @@ def contents(
     narrow, wide = made.select(list(tables.CORE)), made.select([*tables.CORE, "boot", *columns])
     # The histories of the done runs only, the curves' (before the first write: a damaged one leaves `out` as it was).
     history = load_history(sweeps, set(chosen.done["run_id"]))
-    figures = figure_set(variants, history, chosen)
+    figures = figure_set(variants, history, chosen, figure_width)
     texts = {
         "table.md": f"{table_md}\n{caption}\n\n{notes}\n",
         "table.tex": tables.latex_table(narrow, tables.caption(chosen.runs, variants, chosen, narrow.names)),
@@ -292,7 +305,8 @@ def contents(
     files = [*texts, *(f"{stem}.{ext}" for stem in figures for ext in style.FORMATS)]
     gaps = history_gaps(chosen.done, history)
     plan = seeds.plan_lines(*seeds.spread(chosen.done, chosen.keys), seeds.DELTAS)
-    texts["report.md"] = index(sweeps, chosen, table_md, f"{caption}\n\n{notes}", files, gaps, plan)
+    captions = {stem: plot.caption for stem, plot in figures.items()}
+    texts["report.md"] = index(sweeps, chosen, table_md, f"{caption}\n\n{notes}", files, gaps, plan, captions)
     return texts, figures, gaps
 
 
@@ -304,26 +318,27 @@ def build_report(
     design: str = "latest",
     columns: Sequence[str] = (),
     bootstrap: bool = False,
+    figure_width: str = "one",
 ) -> Path:
     """Write every report file; returns the index path. Raises AnalysisError/ConfigError on input it cannot use,
     and AnalysisError naming `out` when it cannot be written (a full disk): `out` is then as it was before.
 
     `columns` adds optional columns (tables.OPTIONAL) to table-wide.tex; `bootstrap` adds a bootstrap interval
-    of each difference."""
+    of each difference; `figure_width` draws the figures one or two columns of a paper wide."""
     out = Path(out) if out is not None else Path(sweeps[0]) / "report"
     target = out.resolve()  # a link to the report folder stays a link: the folder it points to is swapped
     check_out(out, target, sweeps)
     chosen = scope(sweeps, baseline_items, allow_mixed, design)
-    texts, figures, gaps = contents(sweeps, chosen, columns, bootstrap)
     recover(target)
     existed = target.is_dir()
-    try:
+    try:  # before the tables and figures, so that an `out` that cannot be a folder is refused at once
         target.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise AnalysisError(f"--out {str(out)!r} is not accepted: cannot create it ({error.strerror})") from None
     try:
+        texts, figures, gaps = contents(sweeps, chosen, columns, bootstrap, figure_width)
         staging = staged(target, out, texts, figures)
-    except AnalysisError:
+    except Exception:
         if not existed:
             target.rmdir()  # created above, still empty: a failed report leaves no folder behind
         raise
@@ -369,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         help="which design of a folder that several were swept into: latest (default), all, or its number (1: the "
         "first); report.md names the runs it leaves out",
     )
+    parser.add_argument(
+        "--figure-width",
+        choices=list(style.WIDTHS),
+        default="one",
+        help="figures one column (3.3 in) or two columns (6.9 in) of a paper wide, fonts 7 pt or more (default: one)",
+    )
     parser.add_argument("--out", type=folder_path, help="output folder (default: <first sweep>/report)")
     parser.add_argument(
         "--columns",
@@ -384,7 +405,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     path = build_report(
-        args.sweeps, args.baseline, args.out, args.allow_mixed, args.design, args.columns, args.bootstrap
+        args.sweeps,
+        args.baseline,
+        args.out,
+        args.allow_mixed,
+        args.design,
+        args.columns,
+        args.bootstrap,
+        args.figure_width,
     )
     print(f"wrote {path.parent}: report.md, tables and figures")
     return 0

@@ -1,9 +1,10 @@
-"""The one figure style of the toolkit: Okabe-Ito colours (safe for colour-blind readers), paper-sized fonts, PNG + PDF.
+"""The one figure style of the toolkit: Okabe-Ito colours (safe for colour-blind readers), a paper's column widths,
+fonts of 7 pt or more at print size, PNG + PDF with embedded TrueType fonts.
 
-Every plot in analysis.plots draws inside `context()` and is written with `save()`, so figures from the report
-and from the notebooks look the same and drop into a paper without restyling. Figures are built with
-matplotlib's object-oriented API (`Figure()` on the Agg canvas), never pyplot, so no GUI backend or global state
-is involved.
+Every plot in analysis.plots is made by `figure()` inside `context()` and written with `save()`, so figures from
+the report and from the notebooks look the same and drop into a paper unscaled: a figure is saved at the size it
+was drawn (no tight crop), so its fonts print at the size set here. Figures are built with matplotlib's
+object-oriented API (a `Figure` on the Agg canvas), never pyplot, so no GUI backend or global state is involved.
 """
 
 import contextlib
@@ -12,6 +13,7 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 from cycler import cycler
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
@@ -19,17 +21,20 @@ from numpy.typing import ArrayLike
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
 # A marker per colour, so that series stay apart in greyscale print too.
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-WIDTH, HEIGHT = 4.2, 3.0  # inches: one column of a two-column paper at 1.2x, readable at 100%
+# Inches: the text width of one column and of a whole page of a two-column paper (IEEE, ACM, NeurIPS-like).
+WIDTHS = {"one": 3.3, "two": 6.9}
+WIDTH, HEIGHT = WIDTHS["one"], 2.4  # one plot, one column wide
+MIN_FONT_SIZE = 7  # points at print size: the least most venues accept
 
 RC = {
     "figure.figsize": (WIDTH, HEIGHT),
     "figure.dpi": 100,
-    "font.size": 9,
-    "axes.titlesize": 9,
-    "axes.labelsize": 9,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
-    "legend.fontsize": 7.5,
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "xtick.labelsize": MIN_FONT_SIZE,
+    "ytick.labelsize": MIN_FONT_SIZE,
+    "legend.fontsize": MIN_FONT_SIZE,
     "legend.frameon": False,
     "axes.prop_cycle": cycler(color=OKABE_ITO),
     "axes.spines.top": False,
@@ -37,12 +42,11 @@ RC = {
     "axes.grid": True,
     "grid.color": "#d9d9d9",
     "grid.linewidth": 0.6,
-    "lines.linewidth": 1.5,
-    "lines.markersize": 5,
-    "errorbar.capsize": 2.5,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 4,
+    "errorbar.capsize": 2,
     "savefig.dpi": 300,
-    "savefig.bbox": "tight",
-    "savefig.pad_inches": 0.03,
+    "savefig.bbox": "standard",  # the figure's own size, so that 7 pt is 7 pt in print; constrained layout fits it
     "pdf.fonttype": 42,  # embed TrueType, so text in the PDF stays text (journals ask for it)
 }
 
@@ -77,9 +81,13 @@ def key_label(key: str) -> str:
     return KEY_LABELS.get(key, key)
 
 
+def short_key(key: str) -> str:
+    return KEY_SHORT.get(key, key)
+
+
 def short_label(values: dict) -> str:
     """`k=3, residual=none`: the legend and point label of a variant."""
-    return ", ".join(f"{KEY_SHORT.get(key, key)}={value}" for key, value in values.items())
+    return ", ".join(f"{short_key(key)}={value}" for key, value in values.items())
 
 
 def si_unit(counts: ArrayLike) -> tuple[float, str]:
@@ -91,6 +99,16 @@ def si_unit(counts: ArrayLike) -> tuple[float, str]:
 def context() -> contextlib.AbstractContextManager:
     """Draw with the toolkit's style without touching the global matplotlib settings."""
     return matplotlib.rc_context(RC)
+
+
+def figure(width: str = "one", height: float = HEIGHT) -> Figure:
+    """An empty figure `width` ("one" or "two" columns) wide, under constrained layout (legends and labels fit inside
+    it), on the Agg canvas, so that its labels can be measured before it is saved (plots.place_labels)."""
+    if width not in WIDTHS:
+        raise ValueError(f"figure width {width!r} is not accepted: expected one of {', '.join(WIDTHS)}")
+    fig = Figure(figsize=(WIDTHS[width], height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
 LINESTYLES = ["-", "--", ":", "-."]  # from the 9th series on, colours and markers repeat with another line style

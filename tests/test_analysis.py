@@ -540,16 +540,16 @@ def drawn_y(fig) -> np.ndarray:
 def test_error_bars_and_bands_stay_within_0_and_100_percent():
     assert plots.clipped_error([5, 98, 50], [20, 10, math.nan]).tolist() == [[5, 10, 0], [20, 2, 0]]
     agg, runs = fake_variants(3, [0.02, 0.5, 0.97, 0.4], ci=0.3)
-    y = drawn_y(plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size", "patch_size"]))
+    y = drawn_y(plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size", "patch_size"]).figure)
     assert y.min() >= 0 and y.max() <= 100 and y.min() < 1  # drawn, and clipped at 0
-    y = drawn_y(plots.accuracy_vs_cost(agg, runs, "macs", ["kernel_size", "patch_size"], ["a", "b", "c", "d"]))
+    y = drawn_y(plots.accuracy_vs_cost(agg, runs, "macs", ["kernel_size", "patch_size"], ["a", "b", "c", "d"]).figure)
     assert y.min() >= 0 and y.max() <= 100
     history = pd.DataFrame(
         [{"run_id": run_id, "epoch": epoch, "metric": metric, "value": value}
          for i, run_id in enumerate(runs["run_id"]) for epoch in (1, 2)
          for metric, value in (("test_acc", [0.01, 0.99][i % 2]), ("train_loss", [0.01, 3.0][i % 2]))]
     )  # fmt: skip
-    curves = plots.training_curves(history, runs.assign(status="done"), ["kernel_size"])
+    curves = plots.training_curves(history, runs.assign(status="done"), ["kernel_size"]).figure
     for ax, (low, high) in zip(curves.axes, [(0, 100), (0, math.inf)], strict=True):
         bands = np.concatenate([path.vertices[:, 1] for c in ax.collections for path in c.get_paths()])
         assert bands.min() >= low and bands.max() <= high
@@ -558,17 +558,18 @@ def test_error_bars_and_bands_stay_within_0_and_100_percent():
 @pytest.mark.parametrize("n, seed_points", [(1, 0), (3, 12), (5, 20), (6, 0)])
 def test_every_seed_is_drawn_up_to_five_seeds_and_n_is_stated(n, seed_points):
     agg, runs = fake_variants(n, [0.3, 0.4, 0.5, 0.6], ci=math.nan if n == 1 else 0.05)
-    fig = plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size", "patch_size"])
+    fig, caption = plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size", "patch_size"])
     ax = fig.axes[0]
     seeds = [line for line in ax.lines if line.get_linestyle() == "None" and line.get_markersize() == 3]
     assert sum(len(line.get_ydata()) for line in seeds) == seed_points
-    assert f"n = {n}" in ax.get_title(loc="left") and ("no CI" in ax.get_title(loc="left")) == (n == 1)
+    assert f"n = {n}" in caption and ("no CI" in caption) == (n == 1)
 
 
 def test_legends_and_axes_use_short_labels_and_units():
     agg, runs = fake_variants(2, [0.3, 0.4, 0.5, 0.6], ci=0.05)
-    ax = plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size", "patch_size"]).axes[0]
-    assert [text.get_text() for text in ax.get_legend().get_texts()] == ["p=2", "p=4"]
+    fig = plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size", "patch_size"]).figure
+    ax = fig.axes[0]
+    assert [text.get_text() for text in fig.legends[0].get_texts()] == ["p=2", "p=4"]
     assert ax.get_xlabel() == "Kernel size k (cells of the patch grid)"
     assert style.short_label({"kernel_size": 3, "residual": "none"}) == "k=3, residual=none"
 
@@ -577,10 +578,10 @@ def test_training_curves_promise_no_band_with_one_seed(sweep):
     runs = load_runs([sweep])
     one = runs[runs["seed"] == 0]
     history = load_history([sweep])
-    fig = plots.training_curves(history[history["run_id"].isin(one["run_id"])], one, ["kernel_size"])
-    assert fig.axes[0].get_title(loc="left") == "one seed per variant: no band"
-    assert [text.get_text() for text in fig.axes[1].get_legend().get_texts()] == ["k=3", "k=5"]
-    three = plots.training_curves(history, runs, ["kernel_size"]).axes[0].get_title(loc="left")
+    fig, caption = plots.training_curves(history[history["run_id"].isin(one["run_id"])], one, ["kernel_size"])
+    assert caption.endswith("One seed per variant: no band.")
+    assert [text.get_text() for text in fig.legends[0].get_texts()] == ["k=3", "k=5"]
+    three = plots.training_curves(history, runs, ["kernel_size"]).caption
     assert "n = 3" in three and "band: 95% CI" in three
 
 
@@ -590,7 +591,7 @@ def test_the_pareto_front_does_not_crown_a_one_seed_variant():
     assert front.tolist() == [False, True, True]
     agg, runs = fake_variants(3, [0.9, 0.3, 0.5, 0.6], ci=0.05)
     agg.loc[0, "n"] = 1
-    fig = plots.accuracy_vs_cost(agg, runs, "macs", ["kernel_size", "patch_size"], list("abcd"))
+    fig = plots.accuracy_vs_cost(agg, runs, "macs", ["kernel_size", "patch_size"], list("abcd")).figure
     legend = [text.get_text() for text in fig.legends[0].get_texts()]
     assert "one seed: not ranked" in legend and "Pareto front (n ≥ 2)" in legend
 
@@ -601,7 +602,7 @@ def test_throughput_axis_names_the_hardware_and_flags_a_shared_cpu(sweep):
     hardware = runs["hardware"].iloc[0].replace("(R)", "")
     assert label == f"measured on {hardware}, a shared CPU: indicative"
     agg, fake_runs = fake_variants(3, [0.3, 0.4, 0.5, 0.6], ci=0.05)
-    ax = plots.accuracy_vs_cost(agg, fake_runs, "throughput", ["kernel_size"], list("abcd"), label).axes[0]
+    ax = plots.accuracy_vs_cost(agg, fake_runs, "throughput", ["kernel_size"], list("abcd"), label).figure.axes[0]
     assert "indicative" in ax.get_xlabel() and "measured on" in ax.get_xlabel()
 
 
@@ -614,7 +615,7 @@ def test_axes_keep_the_designs_order_and_mark_the_baseline():
     assert levels == ["depthwise", "none", "pointwise", "block", "odd"]  # baseline first, design order, the rest
     assert axis_levels(runs, {"s": design}, "kernel_size", baseline) == [3, 5, 7, 9]  # numbers ascend
     agg = pd.DataFrame({"residual": ["none", "depthwise"], "test_acc_mean": [0.5, 0.6], "test_acc_ci": 0.01, "n": 1})
-    ax = plots.accuracy_vs_key(agg, agg, "residual", ["residual"], levels, "depthwise").axes[0]
+    ax = plots.accuracy_vs_key(agg, agg, "residual", ["residual"], levels, "depthwise").figure.axes[0]
     assert [tick.get_text() for tick in ax.get_xticklabels()] == ["depthwise\n(baseline)", "none"]
     assert all(line.get_linestyle() == "None" for line in ax.lines)  # words have no order: points, no line
 

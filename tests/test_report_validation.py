@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from analysis import plots, provenance, report, style, tables
 from analysis.design import scope
@@ -135,7 +134,7 @@ def test_a_run_without_its_history_is_named_in_the_report_and_its_curve_left_out
     chosen = scope([damaged], [])
     variants = summarise(chosen.runs, chosen.baseline, chosen.keys)
     curves = report.figure_set(variants, load_history([damaged]), chosen)["training_curves"]
-    assert "2 runs left out (history.json missing, short or long)" in curves.axes[0].get_title(loc="left")
+    assert "2 runs left out (history.json missing, short or long)" in curves.caption
     assert report.main([str(sweep), "--out", str(tmp_path / "whole")]) == 0
     assert "Left out" not in (tmp_path / "whole" / "report.md").read_text()
 
@@ -207,9 +206,8 @@ def test_every_figure_names_the_model_and_the_data(sweep):
     assert set(figures) == {f"accuracy_vs_{name}" for name in ("kernel_size", *plots.COSTS)} | {"training_curves"}
     source = "ConvMixer-8/1 on synthetic, subset: 128 train / 64 test images"
     assert provenance.figure_source(chosen.runs) == source
-    for stem, figure in figures.items():
-        *lines, seeds = figure.axes[0].get_title(loc="left").splitlines()  # wrapped to the figure's width
-        assert " ".join(lines) == source and "n = 3" in seeds, stem
+    for stem, (_, caption) in figures.items():
+        assert f". {source}. " in caption and "n = 3" in caption, stem
 
 
 def one_seed_variants(accuracies: list[float]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -225,8 +223,8 @@ def test_the_one_seed_legend_sits_under_the_plot():
     axes, the points' labels ran into it."""
     agg, runs = one_seed_variants([0.625, 0.3, 0.55])
     for cost in plots.COSTS:
-        fig = plots.accuracy_vs_cost(agg, runs, cost, ["kernel_size"], ["k=3", "k=5", "k=7"])
-        FigureCanvasAgg(fig).draw()
+        fig = plots.accuracy_vs_cost(agg, runs, cost, ["kernel_size"], ["k=3", "k=5", "k=7"]).figure
+        fig.draw_without_rendering()
         (legend,), ax = fig.legends, fig.axes[0]
         assert "one seed: not ranked" in [text.get_text() for text in legend.get_texts()]
         axes_box = ax.get_tightbbox()  # the axes with their tick labels and axis label
@@ -237,23 +235,23 @@ def test_a_small_single_seed_difference_does_not_fill_the_figure():
     """Two one-seed variants at 31.8% and 33.0% spanned the whole height of accuracy_vs_patch_size."""
     agg, runs = one_seed_variants([0.318, 0.330])
     for fig in (
-        plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size"]),
-        plots.accuracy_vs_cost(agg, runs, "macs", ["kernel_size"], ["a", "b"]),
+        plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size"]).figure,
+        plots.accuracy_vs_cost(agg, runs, "macs", ["kernel_size"], ["a", "b"]).figure,
     ):
         low, high = fig.axes[0].get_ylim()
         assert high - low >= plots.MIN_ACCURACY_SPAN and low <= 31.8 and high >= 33.0
     agg, runs = one_seed_variants([0.99, 0.995])  # near the top: the span stays within 0-100%
-    low, high = plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size"]).axes[0].get_ylim()
+    low, high = plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size"]).figure.axes[0].get_ylim()
     assert (low, high) == (100 - plots.MIN_ACCURACY_SPAN, 100)
     agg, runs = one_seed_variants([0.2, 0.6])  # wide already: left alone
-    low, high = plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size"]).axes[0].get_ylim()
+    low, high = plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size"]).figure.axes[0].get_ylim()
     assert high - low < 45 and low > 15
 
 
 def test_the_same_figure_is_saved_as_the_same_files(tmp_path, monkeypatch):
     """A report rerun on committed results rewrote every PDF: each recorded the time it was made."""
     agg, runs = one_seed_variants([0.3, 0.5])
-    figure = plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size"])
+    figure = plots.accuracy_vs_key(agg, runs, "kernel_size", ["kernel_size"]).figure
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1000000000")  # the time matplotlib takes as now, when it is set
     first = [path.read_bytes() for path in style.save(figure, tmp_path / "first")]
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "2000000000")  # years later
