@@ -13,7 +13,7 @@ from ablations.sweep.presets import PRESETS
 DATA = Path(__file__).resolve().parent / "data"
 
 # tests/data/tiny-sweep and tiny-study were trained by the runner with these options (+ --devices cpu --out
-# tests/data/<name>; then .lock removed and data_root written as "data", as committed results hold it);
+# tests/data/<name>; then .lock removed; each log.txt names the absolute data_root, written as /path/to/checkout/data);
 # test_analysis.py checks, in slow tests, that a fresh sweep still writes the same stores.
 TINY_SWEEP_KEYS = "dataset=synthetic,epochs=2,dim=8,depth=1,train_subset=128,test_subset=64,batch_size=64"
 TINY_SWEEP_OPTIONS = ("--preset", "smoke", "--grid", "kernel_size=3,5", "--seeds", "3", "--set", TINY_SWEEP_KEYS)
