@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     origin = f"study {args.study} (preset {preset})" if study is not None else f"preset {preset}"
     print(first_line(name, configs, origin, keys), flush=True)
     sweep_plan = plan(configs, store, args.retry_failed, keys)  # a dry run checks the data too: a run would fail on it
-    slots = len(devices) * args.jobs_per_device
+    slots = len(devices) * (args.jobs_per_device or 0)  # the SLURM launcher has no devices here, nor jobs per one
     workers = f"{plural(slots, 'worker')} on {', '.join(devices)}" if devices else "SLURM jobs"
     todo = sweep_plan.todo
     for note in sweep_plan.patch_notes():
