@@ -119,26 +119,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, type=Path, help="the validation folder: one folder per class")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: the usable cores)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import torch
     from torch.utils.data import DataLoader
 
-    from convmixer.runtime import usable_cores
+    from convmixer.runtime import parse_device, usable_cores
 
     check_integer("--batch-size", args.batch_size, minimum=1)
     workers = usable_cores() if args.workers is None else args.workers
     check_integer("--workers", workers, minimum=0)
     model = load_model(args.model, args.checkpoint)  # first: it names a bad --model before any data is read
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        raise ValueError(f"--device {args.device!r} is not accepted: expected cpu, cuda or cuda:N") from None
+    device = parse_device(args.device)
     transform = EvalTransform(default_image_size(args.model))
     images = validation_images(args.data, transform.build())
     if len(images.classes) != model.config.num_classes:
