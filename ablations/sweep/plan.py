@@ -14,6 +14,7 @@ Runs train with data_root made absolute (a worker or SLURM job may start in anot
 portably (RunConfig.recorded): the absolute path goes only to the run's log.
 """
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -153,10 +154,7 @@ class Outcome:
 
     def counts(self) -> dict[str, int]:
         """How many runs have each status, in the order the statuses first occur."""
-        counts: dict[str, int] = {}
-        for state in self.states.values():
-            counts[state.status] = counts.get(state.status, 0) + 1
-        return counts
+        return dict(Counter(state.status for state in self.states.values()))
 
     @property
     def exit_code(self) -> int:
