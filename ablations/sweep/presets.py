@@ -144,10 +144,11 @@ PRESETS = {
             # authors' ImageNet command adapted by a user in locuslab/convmixer#15: `-b 64 --epochs 200 --lr 0.01
             # --scale 0.75 1.0 --weight-decay 0.01 --input-size 3 32 32 --mean 0.4914 0.4822 0.4465 --std 0.2471
             # 0.2435 0.2616`, the rest as IMAGENET_RECIPE. (The toolkit normalises CIFAR-10 by its own statistics.)
-            **{key: IMAGENET_RECIPE[key] for key in ("adam_eps", "schedule", "warmup_epochs", "hflip", "randaug_n")},
-            "randaug_m": IMAGENET_RECIPE["randaug_m"],
-            **{key: IMAGENET_RECIPE[key] for key in ("jitter", "reprob", "mixup", "cutmix", "label_smoothing")},
-            "clip_norm": 1.0,
+            **{
+                key: IMAGENET_RECIPE[key]
+                for key in ("adam_eps", "schedule", "warmup_epochs", "hflip", "randaug_n", "randaug_m", "jitter")
+                + ("reprob", "mixup", "cutmix", "label_smoothing", "clip_norm")
+            },
             "epochs": 200,
             "batch_size": 64,
             "lr": 0.01,
