@@ -14,8 +14,9 @@ Module map, top to bottom (each layer imports only the layers below it):
         slurm.py          the SLURM launcher: one job array, followed to its end; its options, checked
         progress.py       the tqdm bars and plain lines a researcher watches
         execute.py        the steps both launchers share: run one config in its folder, end a run in the sweep
-    engine/             one training run on one device
+    engine/             one training run, on one device or on several processes (DDP)
         train.py          model, optimiser, resumable epochs, metrics
+        distributed.py    a run on several processes: the process group (torchrun's env://), synced BatchNorm, DDP
         schedule.py       learning-rate schedules
         setup.py          the memory layout and depthwise conv a run uses ("auto": the fastest, timed)
     data/               the images a run trains on

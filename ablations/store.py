@@ -128,6 +128,7 @@ METRIC_FIELDS = {
     "warm_up_s": Field("engine", _seconds, "a number >= 0"),
     "channels_last_used": _flag("engine"),
     "depthwise_impl_used": _text("engine"),
+    "processes": Field("engine", _positive_int, "a positive integer"),  # of a run on several (DDP); 1 if absent
     "device": _text("both"),
     "hardware": _text("engine"),
     "driver": _text("gpu"),
