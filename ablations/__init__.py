@@ -4,6 +4,8 @@ Module map, top to bottom (each layer imports only the layers below it):
 
     run.py              `python -m ablations.run`: parse the command line, print the plan (or the dry-run table),
                         run it, print the end
+    train.py            `python -m ablations.train`: one run, on one process or on several under torchrun (DDP), into
+                        a result folder as the sweep writes it
     sweep/              what to run and how to run it
         presets.py        named recipes (smoke, cifar10, cifar10-jpeg, paper-cifar10, imagenet, imagenet-budget,
                           imagenette), the data each needs, and the key table of --help
@@ -40,5 +42,6 @@ Import rules (tests/test_layers.py checks them on every module):
   before the sweep, to check it and record it) and presets.py (the torch-free front of data/, for the default
   location of the data a preset needs); presets, grid and study import only config.py, each other and (grid)
   design.py (and presets the model registry, whose ConvMixer-256/8 the CIFAR-10 recipe trains).
-- nothing imports run.py; analysis/ imports only design.py, config.py, store.py, atomic.py and data/ of ablations/.
+- nothing imports run.py or train.py; analysis/ imports only design.py, config.py, store.py, atomic.py and data/ of
+  ablations/.
 """

@@ -21,7 +21,7 @@ def run_with_import_times(module: str, args: list[str], cwd) -> tuple[subprocess
 @pytest.mark.parametrize(
     "module",
     [
-        *("ablations.run", "convmixer.count", "convmixer.check", "convmixer.evaluate"),
+        *("ablations.run", "ablations.train", "convmixer.count", "convmixer.check", "convmixer.evaluate"),
         *("benchmarks.startup", "benchmarks.kernels", "benchmarks.gpu_check", "benchmarks.train_speed"),
         pytest.param("analysis.report", marks=pytest.mark.slow),
     ],

@@ -176,7 +176,9 @@ class RankGroup:
         finally:
             for _, process, _ in ranks:
                 process.join(timeout=30)
-                process.kill()  # no-op if it is gone
+                if process.is_alive():  # stuck in a collective whose peer is gone: its timeout is longer
+                    process.kill()
+                    process.join()
         faults = [why for rank, process, conn in ranks if (why := rank_fault(rank, process, conn))]
         if metrics["status"] != FAILED or not faults:
             return metrics
@@ -189,8 +191,10 @@ def rank_fault(rank: int, process: multiprocessing.process.BaseProcess, conn: Co
     """What stopped a rank, in a few words ("" if it ended well): its error, else its signal or exit code."""
     if process.exitcode == 0:
         return ""
-    if conn.poll():
-        return f"rank {rank}: {conn.recv()}"
+    try:
+        return f"rank {rank}: {conn.recv()}"  # its error, sent before it exited
+    except EOFError:  # none: killed, or it died in native code
+        pass
     if process.exitcode < 0:
         return f"rank {rank} killed by {signal.Signals(-process.exitcode).name}"
     return f"rank {rank} exited with code {process.exitcode}"
