@@ -150,14 +150,14 @@ def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: l
     from ablations.engine.distributed import Ranks, local_batch
     from ablations.engine.train import run_dtype
 
-    for cfg in configs:
-        local_batch(cfg.batch_size, Ranks(world_size=args.procs_per_run))  # each process's share of every batch
     for precision in {cfg.precision for cfg in configs}:
         for device in devices:
             run_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
     if args.time_limit is not None and args.launcher == "slurm":
         raise ConfigError("--time-limit is not accepted with --launcher slurm: use --slurm-time for each job")
-    options = SlurmOptions.from_args(args)
+    options = SlurmOptions.from_args(args)  # --procs-per-run >= 1 is checked here or by local_devices
+    for cfg in configs:
+        local_batch(cfg.batch_size, Ranks(world_size=args.procs_per_run))  # each process's share of every batch
     if args.launcher == "slurm":
         for precision in {cfg.precision for cfg in configs}:
             run_dtype(precision, torch.device(options.device))

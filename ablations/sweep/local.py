@@ -46,7 +46,8 @@ def add_local_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--procs-per-run", type=int, default=1, metavar="N",
-        help="train each run on N processes (DDP): N GPUs per run, or N CPU processes (gloo); default 1",
+        help="train each run on N processes (DDP): N GPUs per run, or N CPU processes (gloo); under --launcher slurm "
+        "a job of N tasks (default 1)",
     )  # fmt: skip
     parser.add_argument(
         "--time-limit", type=float, metavar="MIN",
