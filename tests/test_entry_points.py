@@ -23,6 +23,7 @@ def run_with_import_times(module: str, args: list[str], cwd) -> tuple[subprocess
     [
         *("ablations.run", "ablations.train", "convmixer.count", "convmixer.check", "convmixer.evaluate"),
         *("benchmarks.startup", "benchmarks.kernels", "benchmarks.gpu_check", "benchmarks.train_speed"),
+        "benchmarks.scaling",
         pytest.param("analysis.report", marks=pytest.mark.slow),
     ],
 )  # analysis.report imports pandas, scipy and matplotlib (over a second of CPU), though not torch
