@@ -196,7 +196,10 @@ def train_in_job(
     store, cfg = Store(Path(store_root), locks), RunConfig.from_dict(values)
     run_dir = store.run_dir(cfg)
     if procs > 1:
-        import_submitit().helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        job = import_submitit().helpers.TorchDistributedEnvironment()
+        if job.world_size == job.local_world_size:  # one node: loopback, not a node name that may not resolve
+            job.master_addr = "127.0.0.1"
+        job.export(set_cuda_visible_devices=False, overwrite=True)
         if os.environ["RANK"] != "0":
             if store.metrics(run_dir) is None:  # rank 0 trains it too: a duplicate job's ranks all stop here
                 follow_run(cfg, run_dir, device)
