@@ -17,7 +17,7 @@ from ablations.config import ConfigError, RunConfig
 from ablations.data.loaders import build_data, for_rank
 from ablations.engine.distributed import Ranks, local_batch
 from ablations.run import cli
-from ablations.sweep.local import device_slots
+from ablations.sweep.local import device_slots, free_port
 
 # 1,600 images in 25 batches of 64 (32 per rank), 3 epochs; no augmentation: each rank draws its own stream.
 SAME_FUNCTION = tiny_set(epochs=3, train_subset=1600, batch_size=64, hflip=False)
@@ -188,3 +188,36 @@ def test_torchrun_trains_one_run_as_the_sweep_trains_it(sweeps, tmp_path):
     assert history(out, configs(False)) == history(sweeps[2], configs(False))
     assert [row["run_id"] for row in read_summary(out)] == [configs(False).run_id()]
     assert (out / "sweep.json").exists() and not (out / "runs" / configs(False).run_id() / "checkpoint.pt").exists()
+
+
+def wait_in_a_collective(rank: int, port: int, arrived) -> None:
+    """Rank 0 all-reduces; rank 1 joins the group and never does (a hung peer)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from ablations.engine import distributed
+
+    distributed.COLLECTIVE_TIMEOUT_S = 2.0  # what CONVMIXER_COLLECTIVE_TIMEOUT_S=2 sets when the module loads
+    distributed.start(Ranks(rank, 2), torch.device("cpu"))
+    if rank == 1:
+        time.sleep(30)
+        return
+    start = time.monotonic()
+    try:
+        distributed.all_sum(torch.ones(1))
+    except Exception as error:  # gloo's timeout
+        arrived.put((type(error).__name__, time.monotonic() - start))
+
+
+@pytest.mark.slow
+def test_a_collective_whose_peer_hangs_ends_at_the_timeout():
+    context = torch.multiprocessing.get_context("spawn")
+    arrived = context.Queue()
+    port = free_port()
+    ranks = [context.Process(target=wait_in_a_collective, args=(r, port, arrived)) for r in range(2)]
+    for process in ranks:
+        process.start()
+    try:
+        error, waited = arrived.get(timeout=60)
+    finally:
+        for process in ranks:
+            process.kill()
+    assert error in ("RuntimeError", "DistBackendError") and 1.5 < waited < 15

@@ -61,8 +61,9 @@ SINGLE = Ranks()
 
 
 def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
-    """Each rank's own GPU (cuda:LOCAL_RANK) when the run is on CUDA; the CPU as it is."""
-    if device.type == "cuda" and ranks.world_size > 1:
+    """Each rank's own GPU: cuda:LOCAL_RANK for a run on "cuda" (torchrun, SLURM); a GPU named by its index (the
+    local launcher's slots) and the CPU as they are."""
+    if device.type == "cuda" and device.index is None and ranks.world_size > 1:
         return torch.device("cuda", ranks.local_rank)
     return device
 

@@ -136,6 +136,11 @@ def _rank_main(conn: Connection, values: dict, run_dir: Path, device: str, env: 
         sys.exit(1)
 
 
+# How long the other ranks may take to exit once rank 0 has ended its run: after a run, or an error that closed the
+# group's connections, they end within seconds.
+RANK_EXIT_S = 20
+
+
 def free_port() -> int:
     """A TCP port free on this machine now, for a run's rendezvous (MASTER_PORT)."""
     with socket.socket() as probe:
@@ -175,12 +180,14 @@ class RankGroup:
                 distributed=True,
             )  # fmt: skip
         finally:
-            for _, process, _ in ranks:
-                process.join(timeout=30)
-                if process.is_alive():  # stuck in a collective whose peer is gone: its timeout is longer
+            hung = set()
+            for rank, process, _ in ranks:
+                process.join(timeout=RANK_EXIT_S)
+                if process.is_alive():  # stuck (a collective waits out its timeout, a stopped process never ends)
                     process.kill()
                     process.join()
-        faults = [why for rank, process, conn in ranks if (why := rank_fault(rank, process, conn))]
+                    hung.add(rank)
+        faults = [why for rank, process, conn in ranks if (why := rank_fault(rank, process, conn, rank in hung))]
         if metrics["status"] != FAILED or not faults:
             return metrics
         killed = any(process.exitcode < 0 for _, process, _ in ranks)  # a signal may not come again: rerun resumes
@@ -188,8 +195,11 @@ class RankGroup:
         return self.store.record_failure(run_dir, reason, ",".join(self.devices), transient=killed)
 
 
-def rank_fault(rank: int, process: multiprocessing.process.BaseProcess, conn: Connection) -> str:
-    """What stopped a rank, in a few words ("" if it ended well): its error, else its signal or exit code."""
+def rank_fault(rank: int, process: multiprocessing.process.BaseProcess, conn: Connection, hung: bool) -> str:
+    """What stopped a rank, in a few words ("" if it ended well): its error, else its signal or exit code, or that
+    it was still running RANK_EXIT_S after rank 0 had ended (`hung`: then this launcher killed it)."""
+    if hung:
+        return f"rank {rank} still running {RANK_EXIT_S} s after rank 0 ended: killed"
     if process.exitcode == 0:
         return ""
     try:
