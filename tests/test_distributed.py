@@ -18,6 +18,7 @@ from ablations.data.loaders import build_data, for_rank
 from ablations.engine.distributed import Ranks, local_batch
 from ablations.run import cli
 from ablations.sweep.local import device_slots, free_port
+from ablations.train import cli as train_cli
 
 # 1,600 images in 25 batches of 64 (32 per rank), 3 epochs; no augmentation: each rank draws its own stream.
 SAME_FUNCTION = tiny_set(epochs=3, train_subset=1600, batch_size=64, hflip=False)
@@ -221,3 +222,22 @@ def test_a_collective_whose_peer_hangs_ends_at_the_timeout():
         for process in ranks:
             process.kill()
     assert error in ("RuntimeError", "DistBackendError") and 1.5 < waited < 15
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--set", "kernel_size=x"], {}, "--set: kernel_size='x' is not accepted: expected an integer"),
+        (["--set", tiny_set()], {"RANK": "0", "WORLD_SIZE": "3"}, "batch_size=50 is not accepted on 3 processes"),
+        (["--set", tiny_set()], {"RANK": "3", "WORLD_SIZE": "2"}, "RANK=3 is not accepted: expected 0 <= RANK"),
+    ],
+)
+def test_the_single_run_entry_refuses_bad_input_in_one_line_before_writing(tmp_path, capsys, monkeypatch, args,
+                                                                           env, message):  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "one"
+    assert train_cli([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m ablations.train: error: ") and err.count("\n") == 1 and message in err
+    assert not out.exists()
