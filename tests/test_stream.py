@@ -81,11 +81,13 @@ def test_a_training_crop_depends_on_seed_epoch_and_index_only(tree):
 
 
 def test_test_images_get_timms_eval_transform(tree):
-    data = build_data(streamed(tree), CPU, resident_bytes=0, workers=0)
-    files = data.test.images.files
+    """Exactly EvalTransform's resize and crop with Pillow; within a few grey levels with torchvision's decoder."""
+    files = build_data(streamed(tree), CPU, resident_bytes=0, workers=0).test.images.files
     with Image.open(tree / files.paths[0]) as image:
-        expected = torch.from_numpy(np.array(EvalTransform(16).geometry()(image.convert("RGB"))))
-    assert torch.equal(files[(0, 0)].image, expected.permute(2, 0, 1))
+        expected = torch.from_numpy(np.array(EvalTransform(16).geometry()(image.convert("RGB")))).permute(2, 0, 1)
+    assert torch.equal(files[(0, 0)].image, expected)
+    files.cpu_decoder = "torchvision"
+    assert (files[(0, 0)].image.float() - expected.float()).abs().mean() < 3
 
 
 def test_grayscale_and_cmyk_jpegs_come_out_rgb(tree):
@@ -95,14 +97,20 @@ def test_grayscale_and_cmyk_jpegs_come_out_rgb(tree):
     assert all(files[(0, i)].image.shape == (3, 16, 16) and not files[(0, i)].problem for i in range(len(files)))
 
 
-def test_decode_on_the_device_crops_like_the_workers(tree):
-    """decode=gpu on a CPU device runs the device path with torchvision's CPU decoder: the same crop, a decode
-    and resize within a few grey levels of Pillow's; the CMYK files are Pillow's exactly."""
+def test_decode_on_the_device_gives_the_pixels_of_its_decoder_in_the_workers(tree):
+    """decode=gpu on a CPU device runs the device path (the worker reads, the device decodes and cuts) with
+    torchvision's CPU decoder: the pixels of that decoder in the workers, and within a few grey levels of decode=cpu
+    (Pillow)."""
     pillow = build_data(streamed(tree), CPU, resident_bytes=0, workers=0)
     device = build_data(streamed(tree, decode="gpu"), CPU, resident_bytes=0, workers=0)
-    for ours, theirs in ((pillow.train.epoch(0), device.train.epoch(0)), (pillow.test, device.test)):
-        (a, _), (b, _) = pixels(ours), pixels(theirs)
-        assert a.shape == b.shape and (a - b).abs().mean() < 0.1  # normalised units: about 6 grey levels
+    workers = build_data(streamed(tree), CPU, resident_bytes=0, workers=0)
+    workers.train.images.files.cpu_decoder = workers.test.images.files.cpu_decoder = "torchvision"
+    for by_workers, by_device, by_pillow in (
+        (workers.train.epoch(0), device.train.epoch(0), pillow.train.epoch(0)),
+        (workers.test, device.test, pillow.test),
+    ):
+        (a, _), (b, _), (c, _) = pixels(by_workers), pixels(by_device), pixels(by_pillow)
+        assert torch.equal(a, b) and (a - c).abs().mean() < 0.1  # normalised units: about 6 grey levels
 
 
 def test_decode_auto_is_gpu_only_where_cuda_decodes():

@@ -7,10 +7,12 @@ draws of image i in epoch e come from (seed, e, i) alone, so an epoch replays ex
 order reads it, and a resumed run sees the crops an uninterrupted one would have. What stays batched on the device
 (RandAugment, mixup, cutmix, erasing, normalisation) is ablations.data.augment's.
 
-`decode` says who decodes: "cpu", Pillow in the worker (measured faster than torchvision.io.decode_jpeg here:
-docs/benchmarks.md); "gpu", nvJPEG through torchvision.io.decode_jpeg on the run's device, the worker reading
-only the file and its header (the crop is drawn from the header's size, cut and resized on the device). A file
-nvJPEG does not take (not a JPEG, or CMYK) is decoded by Pillow in the worker either way.
+`decode` says who decodes a JPEG: "cpu", Pillow in the worker (measured 5-11 % faster than
+torchvision.io.decode_jpeg in the worker here, crop and resize included: docs/benchmarks.md); "gpu", nvJPEG
+through torchvision.io.decode_jpeg on the run's device, the worker reading only the file and its header (the crop
+is drawn from the header's size, cut and resized on the device). A file torchvision does not take (not a JPEG,
+CMYK, over DRAFT_PIXELS) is Pillow's, in the worker, either way. Every file's header is read by Pillow first, for
+the size limits and the crop's draw.
 
 A bad file (unreadable, not an image, truncated, out of ablations.data.decode's size limits) is not raised in the
 worker, where DataLoader would wrap it in a traceback: the sample carries its one-line problem, and the loader
@@ -34,7 +36,7 @@ from ablations.data.decode import DRAFT_PIXELS, IMAGE_ERRORS, image_problem, ope
 from convmixer.evaluate import EvalTransform
 
 TRAIN_RATIO = (3 / 4, 4 / 3)  # timm's and torchvision's default aspect ratios of the random-resized crop
-GPU_MODES = ("L", "RGB")  # JPEG colour modes nvJPEG decodes to RGB; CMYK and others go to Pillow
+JPEG_MODES = ("L", "RGB")  # JPEG colour modes torchvision (and nvJPEG) decode to RGB; CMYK and others go to Pillow
 
 
 class Reader(Protocol):
@@ -99,7 +101,10 @@ NO_CROP = Crop(0, 0, 0, 0, False)
 
 class ImageFiles(Dataset):
     """The image files of one split, streamed: item (epoch_seed, i) is image i as a `Sample`. `scale` and `flip`
-    are the training crop's (None: a test split, timm's eval transform)."""
+    are the training crop's (None: a test split, timm's eval transform). `decode` "cpu" decodes a JPEG with
+    `cpu_decoder` in the worker, "gpu" leaves it to `finish_on_device`; other files are Pillow's either way."""
+
+    cpu_decoder = "pillow"  # "torchvision": decode_jpeg in the worker, measured slower (benchmarks/loader.py)
 
     def __init__(self, reader: Reader, paths: list[str], labels: torch.Tensor, size: int, *,
                  scale: float | None = None, flip: bool = False, decode: str = "cpu") -> None:  # fmt: skip
@@ -124,6 +129,8 @@ class ImageFiles(Dataset):
             except IMAGE_ERRORS as error:
                 verb, detail = image_problem(error)
                 problem = f"cannot {verb} {self.paths[i]}: {detail}"
+            except RuntimeError as error:  # torchvision's decoder: "decode_jpeg, <its source file>, <why>"
+                problem = f"cannot decode {self.paths[i]}: {str(error).rsplit(', ', 1)[-1]}"
         return Sample(image, int(self.labels[i]), encoded, crop, problem, time.perf_counter() - start)
 
     def prepare(self, data: bytes, seed: int) -> tuple[torch.Tensor, bool, Crop]:
@@ -132,14 +139,23 @@ class ImageFiles(Dataset):
             crop, full = NO_CROP, image.size
             if self.scale is not None:
                 crop = draw_crop(image.height, image.width, self.scale, self.flip, seed)
-            if self.decode == "gpu" and image.format == "JPEG" and image.mode in GPU_MODES:
-                return torch.frombuffer(bytearray(data), dtype=torch.uint8), True, crop
-            if image.width * image.height > DRAFT_PIXELS:  # libjpeg scales by 1/2..1/8: still >= size a side
+            pixels = image.width * image.height
+            torchvision_takes = image.format == "JPEG" and image.mode in JPEG_MODES and pixels <= DRAFT_PIXELS
+            if torchvision_takes and (self.decode == "gpu" or self.cpu_decoder == "torchvision"):
+                encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                if self.decode == "gpu":
+                    return encoded, True, crop
+                return self.cut(decode_jpeg_rgb([encoded], torch.device("cpu"))[0], crop), False, crop
+            if pixels > DRAFT_PIXELS:  # libjpeg scales by 1/2..1/8: still >= size a side
                 image.draft("RGB", (self.size, self.size))
                 crop = rescaled(crop, image.size, full)
             image = image.convert("RGB")
             image = self.eval_geometry(image) if self.scale is None else self.train_crop(image, crop)
             return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy()), False, crop
+
+    def cut(self, image: torch.Tensor, crop: Crop) -> torch.Tensor:
+        """A decoded uint8 image cut as this split's images are: the training crop, or the eval transform."""
+        return eval_cut(image, self.size) if self.scale is None else train_cut(image, crop, self.size)
 
     def train_crop(self, image: Image.Image, crop: Crop) -> Image.Image:
         box = (crop.left, crop.top, crop.left + crop.width, crop.top + crop.height)
@@ -159,38 +175,44 @@ def finish_on_device(batch: Batch, size: int, device: torch.device, train: bool)
     """The batch's images as one N x 3 x size x size uint8 tensor on `device`: the ones the workers finished as
     they are, the encoded ones decoded there by torchvision.io.decode_jpeg (nvJPEG on CUDA) and cut like the
     workers' (train: the crop, resized, then the flip; test: the eval transform)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     out = torch.empty(len(batch.images), 3, size, size, dtype=torch.uint8, device=device)
     todo = [i for i, encoded in enumerate(batch.encoded) if encoded]
-    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec's (docs/data.md)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        decoded = decode_jpeg([batch.images[i] for i in todo], mode=ImageReadMode.RGB, device=device) if todo else []
+    decoded = decode_jpeg_rgb([batch.images[i] for i in todo], device) if todo else []
     for i, image in zip(todo, decoded, strict=True):
-        out[i] = cut(image, batch.crops[i], size) if train else eval_cut(image, size)
+        out[i] = train_cut(image, batch.crops[i], size) if train else eval_cut(image, size)
     for i, encoded in enumerate(batch.encoded):
         if not encoded:
             out[i] = batch.images[i].to(device, non_blocking=True)
     return out
 
 
-def cut(image: torch.Tensor, crop: Crop, size: int) -> torch.Tensor:
+def decode_jpeg_rgb(files: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """JPEG files (uint8 tensors of their bytes) decoded to RGB uint8 on `device` by torchvision (nvJPEG on CUDA)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec's (docs/data.md)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
+
+
+def train_cut(image: torch.Tensor, crop: Crop, size: int) -> torch.Tensor:
     region = image[:, crop.top : crop.top + crop.height, crop.left : crop.left + crop.width]
-    resized = resize(region, (size, size))
+    resized = resize(region, (size, size), "bilinear")
     return resized.flip(-1) if crop.flip else resized
 
 
 def eval_cut(image: torch.Tensor, size: int) -> torch.Tensor:
+    """EvalTransform on a tensor: the shorter side resized to size / crop_pct (bicubic, antialiased), centre crop."""
     height, width = image.shape[-2:]
     factor = EvalTransform(size).resize_size / min(height, width)
-    scaled = resize(image, (round(height * factor), round(width * factor)))
+    scaled = resize(image, (round(height * factor), round(width * factor)), "bicubic")
     top, left = (scaled.shape[-2] - size) // 2, (scaled.shape[-1] - size) // 2
     return scaled[:, top : top + size, left : left + size]
 
 
-def resize(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """A uint8 C x H x W image resized (bilinear, antialiased, as Pillow) to `shape`, uint8."""
-    resized = F.interpolate(image[None].float(), size=shape, mode="bilinear", antialias=True, align_corners=False)
+def resize(image: torch.Tensor, shape: tuple[int, int], mode: str) -> torch.Tensor:
+    """A uint8 C x H x W image resized (`mode`, antialiased, as Pillow) to `shape`, uint8."""
+    resized = F.interpolate(image[None].float(), size=shape, mode=mode, antialias=True, align_corners=False)
     return resized[0].round().clamp(0, 255).to(torch.uint8)
 
 
