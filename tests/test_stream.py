@@ -3,6 +3,7 @@ full-size file and replayed from (seed, epoch, index), the eval transform, decod
 empty classes (error or skip), the data record, the loader's log line; and, slow, runs trained through it."""
 
 import io
+import os
 import shutil
 import tarfile
 
@@ -203,6 +204,21 @@ def test_a_cut_shard_or_a_sample_without_its_class_is_one_line(shard_folder, tmp
         tar.addfile(info, io.BytesIO(jpeg.getvalue()))
     with pytest.raises(DataError, match=r"the sample 'n01484850/x' of .*val-000009.tar has no .cls member"):
         load_splits(streamed(lost), resident_bytes=0)
+
+
+def test_a_shards_index_is_read_once_then_cached_until_the_shard_changes(shard_folder, tmp_path, monkeypatch):
+    folder = shutil.copytree(shard_folder, tmp_path / "shards")
+    first = shards.ShardSet(folder)
+
+    def no_scan(path):
+        raise AssertionError(f"{path} scanned again")
+
+    monkeypatch.setattr(shards, "scan", no_scan)
+    assert shards.ShardSet(folder).index == first.index  # every shard's index from the cache
+    changed = folder / "val-000000.tar"
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="val-000000.tar scanned again"):
+        shards.ShardSet(folder)
 
 
 def test_the_loader_says_in_one_line_how_fast_it_was_and_when_it_held_the_model_back(tree):

@@ -74,17 +74,19 @@ class ResidentImages:
 
 
 class EpochOrder:
-    """The batch sampler of a streamed split's DataLoader: the batches of the order being read, each item
-    (epoch seed, index). It runs in this process, so a persistent loader reads each new order as it is set."""
+    """The batch sampler of a streamed split's DataLoader: the order being read, batch_size at a time, each item
+    (the epoch's crop seed, index). It runs in this process, so a persistent loader reads each new order as it is
+    set; batches are made as the loader asks for them (an epoch of ImageNet as Python tuples would take 100 MB)."""
 
     def __init__(self) -> None:
-        self.batches: list[list[tuple[int, int]]] = []
+        self.order, self.batch_size, self.epoch_seed = torch.zeros(0, dtype=torch.long), 1, 0
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        return iter(self.batches)
+        for index in self.order.split(self.batch_size):
+            yield [(self.epoch_seed, i) for i in index.tolist()]
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return math.ceil(len(self.order) / self.batch_size)
 
 
 @dataclass
@@ -120,7 +122,7 @@ class StreamedImages:
         return len(self.files)
 
     def batches(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.order.batches = [[(self.epoch_seed, i) for i in index.tolist()] for index in order.split(batch_size)]
+        self.order.order, self.order.batch_size, self.order.epoch_seed = order, batch_size, self.epoch_seed
         self.times = times = LoaderTimes()
         start = time.perf_counter()
         batches = iter(self.loader)

@@ -4,7 +4,8 @@ A shard folder holds `train-000000.tar`, `train-000001.tar`, ... and `val-000000
 `val-`), and optionally `classes.txt` (line i names class i). A sample is the members sharing a key, as in
 WebDataset: `<key>.jpg` (or another image extension) and `<key>.cls`, the class index as decimal text. Each shard
 is an uncompressed tar, so an image is read with one pread at its offset: every shard's headers are read once
-into an index (key -> shard, offset, size), never its images, and no archive is read whole into memory. The images
+into an index (key -> shard, offset, size; cached under the toolkit's cache folder until the shard changes),
+never its images, and no archive is read whole into memory. The images
 are then named as in an ImageFolder tree, `<split>/<class>/<key>.<ext>`, with the class as its zero-padded index
 (sorted, the folders keep the .cls order), so that every rule of ablations.data.sources applies to them unchanged.
 
@@ -12,7 +13,9 @@ are then named as in an ImageFolder tree, `<split>/<class>/<key>.<ext>`, with th
 This module stays free of torch, so that the command's --help answers at once.
 """
 
+import hashlib
 import io
+import json
 import os
 import re
 import sys
@@ -20,7 +23,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ablations.data import DataError
+from ablations import atomic
+from ablations.data import DataError, cache_dir
 from convmixer.arguments import OneLineParser, check_integer, run_cli
 
 PROG = "python -m ablations.data.shards"
@@ -29,6 +33,9 @@ SHARD = re.compile(r"^(train|val|test)-(\d{6})\.tar$")
 CLASSES_FILE = "classes.txt"
 LABEL_EXT = "cls"
 CLASS_DIGITS = 6  # the zero-padded class index that names a class folder: sorted, it keeps the index order
+# A shard's index (its samples' keys, offsets, sizes and classes) is cached here, under the toolkit's cache folder,
+# keyed by the shard's path, size and modification time: scanning ImageNet's 2.6 million tar headers takes minutes.
+INDEX_FOLDER, INDEX_FORMAT = "shard-index", "v1"
 IMAGES_PER_SHARD = 1000  # the default of the writer: about 110 MB of ImageNet JPEGs, WebDataset's usual size
 
 
@@ -77,30 +84,22 @@ class ShardSet:
         self._fds: dict[int, int] = {}
 
     def _samples(self, path: Path, number: int) -> dict[str, tuple[str, Member, int]]:
-        """The samples of one shard: key -> (image extension, where its bytes are, its class index)."""
-        from ablations.data.sources import is_data_member  # the rule for what is an image member, kept in one place
-
-        images, labels = {}, {}
+        """The samples of one shard: key -> (image extension, where its bytes are, its class index); from the
+        index cache when the shard is unchanged since it was indexed."""
         try:
-            with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-                for m in tar:
-                    key, ext = split_key(m.name)
-                    if is_data_member(m):
-                        images[key] = (ext, Member(number, m.offset_data, m.size))
-                    elif m.isfile() and ext == LABEL_EXT:
-                        labels[key] = os.pread(f.fileno(), m.size, m.offset_data)
-                if end_marker_missing(f.fileno(), tar.offset):
-                    raise DataError(f"imagefolder: the shard {path} is cut short (no end-of-archive marker)")
-        except (tarfile.TarError, OSError) as error:
-            raise DataError(f"imagefolder: cannot read the shard {path}: {error}") from None
-        samples = {}
-        for key, (ext, member) in images.items():
-            text = labels.get(key, b"").strip()
-            if not text.isdigit():
-                problem = "no .cls member" if key not in labels else f"a .cls that is not a class index ({text[:20]!r})"
-                raise DataError(f"imagefolder: the sample {key!r} of {path} has {problem}")
-            samples[key] = (ext, member, int(text))
-        return samples
+            stat = path.stat()
+        except OSError as error:
+            raise DataError(f"imagefolder: cannot read the shard {path} ({error.strerror})") from None
+        identity = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{INDEX_FORMAT}"
+        cached = cache_dir() / INDEX_FOLDER / f"{hashlib.sha256(identity.encode()).hexdigest()[:20]}.json"
+        rows = read_index(cached)
+        if rows is None:
+            rows = scan(path)
+            try:
+                atomic.write_json(cached, rows)
+            except atomic.WriteError:  # a read-only cache costs the next run a scan, not this one its data
+                pass
+        return {key: (ext, Member(number, offset, size), label) for key, ext, offset, size, label in rows}
 
     def _class_names(self, count: int) -> list[str]:
         path = self.folder / CLASSES_FILE
@@ -122,6 +121,44 @@ class ShardSet:
         if fd is None:
             fd = self._fds[member.shard] = os.open(self.paths[member.shard], os.O_RDONLY)
         return os.pread(fd, member.size, member.offset)
+
+
+def read_index(path: Path) -> list[list] | None:
+    """A shard's cached index rows, or None when there is none or it is damaged (then the shard is scanned)."""
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    well_formed = isinstance(rows, list) and all(isinstance(row, list) and len(row) == 5 for row in rows)
+    return rows if well_formed else None
+
+
+def scan(path: Path) -> list[list]:
+    """One shard's samples, [key, image extension, offset, size, class index] each, from its tar headers (the
+    images are never read; a .cls member is one pread)."""
+    from ablations.data.sources import is_data_member  # the rule for what is an image member, kept in one place
+
+    images, labels = {}, {}
+    try:
+        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for m in tar:
+                key, ext = split_key(m.name)
+                if is_data_member(m):
+                    images[key] = (ext, m.offset_data, m.size)
+                elif m.isfile() and ext == LABEL_EXT:
+                    labels[key] = os.pread(f.fileno(), m.size, m.offset_data)
+            if end_marker_missing(f.fileno(), tar.offset):
+                raise DataError(f"imagefolder: the shard {path} is cut short (no end-of-archive marker)")
+    except (tarfile.TarError, OSError) as error:
+        raise DataError(f"imagefolder: cannot read the shard {path}: {error}") from None
+    rows = []
+    for key, (ext, offset, size) in images.items():
+        text = labels.get(key, b"").strip()
+        if not text.isdigit():
+            problem = "no .cls member" if key not in labels else f"a .cls that is not a class index ({text[:20]!r})"
+            raise DataError(f"imagefolder: the sample {key!r} of {path} has {problem}")
+        rows.append([key, ext, offset, size, int(text)])
+    return rows
 
 
 def write_shards(tree: Path, out: Path, per_shard: int = IMAGES_PER_SHARD) -> list[Path]:

@@ -37,7 +37,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ablations import atomic
 from ablations.config import RunConfig
-from ablations.data import IMAGENETTE_FOLDER, DataError, synthetic
+from ablations.data import IMAGENETTE_FOLDER, DataError, cache_dir, synthetic
 from ablations.data.decode import DecodeFailure, decode_all, fork_workers, image_sizes
 from ablations.data.shards import CLASS_DIGITS, CLASSES_FILE, ShardSet, is_shard_folder
 from ablations.data.stream import ImageFiles
@@ -62,10 +62,6 @@ class Split:
 
     def subset(self, index: torch.Tensor) -> "Split":
         return Split(self.images[index], self.labels[index], self.classes)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("CONVMIXER_CACHE", "~/.cache/convmixer")).expanduser()
 
 
 def read_cached(path: Path) -> Split | None:
@@ -305,7 +301,8 @@ class ImageTree:
     @cached_property
     def empty_classes(self) -> list[str]:
         """Class folders of train/ or test/ holding no image (a class of classes.txt, for shards), as paths: a
-        class with no image drops out of the class list, and every later class index moves."""
+        class with no image drops out of the class list, and every later class index moves. Hidden folders
+        (.ipynb_checkpoints) are not classes, as hidden files are not images."""
         if self.is_sharded:
             return [f"class {i} ({name}) of {CLASSES_FILE}" for i, name in enumerate(self._shards.class_names)
                     if f"{i:0{CLASS_DIGITS}d}" not in self._layout[0]]  # fmt: skip
@@ -315,7 +312,7 @@ class ImageTree:
             f"{split.folder}/{entry.name}/"
             for split in self.splits.values()
             for entry in sorted((self.source / split.folder).iterdir())
-            if entry.is_dir() and entry.name not in self._layout[0]
+            if entry.is_dir() and entry.name not in self._layout[0] and not entry.name.startswith(".")
         ]
 
     @property
