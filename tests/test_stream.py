@@ -114,6 +114,19 @@ def test_decode_on_the_device_gives_the_pixels_of_its_decoder_in_the_workers(tre
         assert torch.equal(a, b) and (a - c).abs().mean() < 0.1  # normalised units: about 6 grey levels
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_nvjpeg_decodes_and_cuts_on_the_gpu_within_a_few_grey_levels_of_pillow(tree):
+    """decode=auto on CUDA is nvJPEG where torchvision has it; its batches match Pillow's up to the decoders."""
+    cuda = torch.device("cuda")
+    pillow = build_data(streamed(tree), cuda, resident_bytes=0, workers=0)
+    nvjpeg = build_data(streamed(tree, decode="auto"), cuda, resident_bytes=0, workers=0)
+    assert nvjpeg.train.images.files.decode == "gpu"
+    for ours, theirs in ((pillow.train.epoch(0), nvjpeg.train.epoch(0)), (pillow.test, nvjpeg.test)):
+        (a, a_labels), (b, b_labels) = pixels(ours), pixels(theirs)
+        assert b.device.type == "cuda" and torch.equal(a_labels, b_labels) and (a - b).abs().mean() < 0.1
+
+
 def test_decode_auto_is_gpu_only_where_cuda_decodes():
     assert resolve_decode("auto", CPU) == "cpu"
     assert resolve_decode("auto", torch.device("cuda"), available=lambda: True) == "gpu"

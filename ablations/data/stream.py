@@ -44,6 +44,8 @@ class Reader(Protocol):
 
     def read(self, name: str) -> bytes: ...
 
+    def size(self, name: str) -> int: ...
+
 
 class Crop(NamedTuple):
     top: int
@@ -57,7 +59,7 @@ def draw_crop(height: int, width: int, scale: float, flip: bool, seed: int) -> C
     """The random-resized crop and flip of one training image of height x width, drawn by torchvision's
     RandomResizedCrop.get_params from a generator seeded with `seed` (the global one, forked: nothing else moves)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU's only: torch.manual_seed would reseed CUDA's too
         box = RandomResizedCrop.get_params(torch.empty(1, height, width, device="meta"), [scale, 1.0], TRAIN_RATIO)
         flipped = flip and bool(torch.rand(1) < 0.5)
     return Crop(*box, flipped)
