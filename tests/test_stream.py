@@ -302,3 +302,16 @@ def test_a_resumed_streamed_run_equals_an_uninterrupted_one(shard_folder, tmp_pa
     assert history == [
         {k: v for k, v in r.items() if k not in timing} for r in read_json(tmp_path / "straight/history.json")
     ]
+
+
+@pytest.mark.slow
+def test_the_loader_benchmark_measures_each_layout_and_decoder(tmp_path):
+    from benchmarks import loader
+
+    assert loader.cli(["--images", "10", "--repeats", "1", "--size", "32", "--out", str(tmp_path / "loader.json")]) == 0
+    result = read_json(tmp_path / "loader.json")
+    rows = {(row["layout"], row["decoder"]): row["images_per_s"] for row in result["rows"]}
+    decoders = [name for name, _, _ in loader.variants("cpu")]
+    assert set(rows) == {(layout, decoder) for layout in ("folder", "shards") for decoder in decoders}
+    assert all(speed > 0 for speed in rows.values()) and result["size"] == 32
+    assert "| shards | Pillow, in the worker |" in (tmp_path / "loader.md").read_text()
