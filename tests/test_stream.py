@@ -169,12 +169,12 @@ def test_a_bad_image_is_one_line_naming_it_or_skipped_and_counted(tree, tmp_path
     assert "1 images skipped so far" in report and bad.name in report
 
 
-def test_a_huge_image_is_refused_before_its_pixels_are_decoded(tree, tmp_path, monkeypatch):
+def test_a_huge_image_is_refused_before_its_pixels_are_decoded_and_named_with_its_shard(shard_folder, monkeypatch):
     from ablations.data import decode
 
     monkeypatch.setattr(decode, "MAX_PIXELS", 40 * 40)  # the generated images are up to 61x54
-    data = build_data(streamed(tree), CPU, resident_bytes=0, workers=0)
-    with pytest.raises(DataError, match=r"cannot use train/.*\.JPEG: it is \d+x\d+, over the limit"):
+    data = build_data(streamed(shard_folder), CPU, resident_bytes=0, workers=0)
+    with pytest.raises(DataError, match=r"cannot use train/.*\.JPEG \(in train-00000\d\.tar\): it is \d+x\d+, over"):
         pixels(data.train.epoch(0))
 
 

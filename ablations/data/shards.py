@@ -55,7 +55,7 @@ def split_key(name: str) -> tuple[str, str]:
     """A member's (key, extension), as WebDataset splits them: at the first dot of the file name."""
     folder, _, base = name.rpartition("/")
     stem, _, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+    return (f"{folder}/{stem}" if folder else stem), ext
 
 
 def end_marker_missing(fd: int, end: int) -> bool:
@@ -145,7 +145,7 @@ def scan(path: Path) -> list[list]:
                 key, ext = split_key(m.name)
                 if is_data_member(m):
                     images[key] = (ext, m.offset_data, m.size)
-                elif m.isfile() and ext == LABEL_EXT:
+                elif m.isfile() and ext.lower() == LABEL_EXT:
                     labels[key] = os.pread(f.fileno(), m.size, m.offset_data)
             if end_marker_missing(f.fileno(), tar.offset):
                 raise DataError(f"imagefolder: the shard {path} is cut short (no end-of-archive marker)")

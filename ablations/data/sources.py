@@ -350,6 +350,10 @@ class ImageTree:
         offset, size = index[name]
         return memoryview(raw)[offset : offset + size]
 
+    def where(self, name: str) -> str:
+        """Image file `name` as an error names it: with its shard, for shards (the name is the index's)."""
+        return f"{name} (in {self._shards.paths[self._shards.index[name].shard].name})" if self.is_sharded else name
+
     def size(self, name: str) -> int:
         """The size in bytes of image file `name`, from the folder's listing or the index (no image is read)."""
         if self.is_sharded:
@@ -426,7 +430,7 @@ def imagenette_tree(root: str) -> ImageTree:
 @dataclass
 class Splits:
     """A run's finished data: train and test, subsets taken, images image_size x image_size; held in memory
-    (`Split`), or streamed (`ImageFiles`) when an ImageFolder folder is too big to hold."""
+    (`Split`), or streamed (`ImageFiles`) when an ImageFolder folder or shard folder is too big to hold."""
 
     train: Split | ImageFiles
     test: Split | ImageFiles

@@ -46,6 +46,8 @@ class Reader(Protocol):
 
     def size(self, name: str) -> int: ...
 
+    def where(self, name: str) -> str: ...
+
 
 class Crop(NamedTuple):
     top: int
@@ -124,15 +126,15 @@ class ImageFiles(Dataset):
         try:
             data = self.reader.read(self.paths[i])
         except OSError as error:
-            problem = f"cannot read {self.paths[i]} ({error.strerror or error})"
+            problem = f"cannot read {self.reader.where(self.paths[i])} ({error.strerror or error})"
         else:
             try:
                 image, encoded, crop = self.prepare(data, crop_seed(epoch_seed, i))
             except IMAGE_ERRORS as error:
                 verb, detail = image_problem(error)
-                problem = f"cannot {verb} {self.paths[i]}: {detail}"
+                problem = f"cannot {verb} {self.reader.where(self.paths[i])}: {detail}"
             except RuntimeError as error:  # torchvision's decoder: "decode_jpeg, <its source file>, <why>"
-                problem = f"cannot decode {self.paths[i]}: {str(error).rsplit(', ', 1)[-1]}"
+                problem = f"cannot decode {self.reader.where(self.paths[i])}: {str(error).rsplit(', ', 1)[-1]}"
         return Sample(image, int(self.labels[i]), encoded, crop, problem, time.perf_counter() - start)
 
     def prepare(self, data: bytes, seed: int) -> tuple[torch.Tensor, bool, Crop]:
