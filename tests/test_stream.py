@@ -134,6 +134,14 @@ def test_decode_auto_is_gpu_only_where_cuda_decodes():
     assert resolve_decode("cpu", torch.device("cuda"), available=lambda: True) == "cpu"
 
 
+def test_the_resident_limit_comes_from_the_environment_or_is_one_line(monkeypatch, tree):
+    monkeypatch.setenv("CONVMIXER_RESIDENT_BYTES", "0")
+    assert not load_splits(streamed(tree)).resident
+    monkeypatch.setenv("CONVMIXER_RESIDENT_BYTES", "4G")
+    with pytest.raises(DataError, match=r"^CONVMIXER_RESIDENT_BYTES='4G' is not accepted: expected a number of bytes"):
+        load_splits(streamed(tree))
+
+
 def test_new_keys_at_their_defaults_keep_every_run_id():
     cfg = RunConfig()
     assert cfg.run_id() == RunConfig(decode="cpu", bad_images="error").run_id()
