@@ -9,10 +9,12 @@ The notebook's API, importable from here (notebooks/explore_sweep.ipynb shows ea
     markdown_table(table(variants, chosen.keys))                  # study_table(variants, chosen) for a study
     figure_set(variants, history, chosen)                         # the report's figures and captions by file stem
 
-Modules, each importing only those above it: load (the store into pandas), design (what is compared), stats
-(seed statistics, with scipy and statsmodels), variants (runs to variants), provenance (what ran, in words), style
-and plots (the figures), tables (Markdown and LaTeX tables, the effects in words), seeds (the seed planner,
-`python -m analysis.seeds`), report (what a report holds, the figure set and the `python -m analysis.report` command).
+Modules, each importing only those above it: options (what the commands need before pandas: AnalysisError and
+the values their options accept), load (the store into pandas), design (what is compared), stats (seed statistics,
+with scipy and statsmodels), variants (runs to variants), provenance (what ran, in words), style and plots (the
+figures), tables (Markdown and LaTeX tables, the effects in words), seeds (the seed planner, `python -m
+analysis.seeds`), report (what a report holds, the figure set and the `python -m analysis.report` command), export/
+(the store as Parquet, TensorBoard, W&B or MLflow, `python -m analysis.export`; its own module map).
 """
 
 import importlib

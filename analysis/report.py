@@ -241,7 +241,11 @@ def staged(target: Path, out: Path, texts: dict[str, str], figures: dict[str, pl
 def publish(staging: Path, target: Path) -> None:
     """Swap the finished `staging` folder in for the report folder `target` with two renames (on one file system:
     no data to write), so that a reader sees the old report or the new one, never a mix of both. A kill between
-    the renames leaves the old report set aside as .<name>.old-*, which the next report puts back (`recover`)."""
+    the renames leaves the old report set aside as .<name>.old-*, which the next report puts back (`recover`). A
+    `target` not there yet is simply renamed into place."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
     old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
     os.replace(target, old)
     try:
