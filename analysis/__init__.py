@@ -13,59 +13,37 @@ Modules, each importing only those above it: options (what the commands need bef
 the values their options accept), load (the store into pandas), design (what is compared), stats (seed statistics,
 with scipy and statsmodels), variants (runs to variants), provenance (what ran, in words), style and plots (the
 figures), tables (Markdown and LaTeX tables, the effects in words), seeds (the seed planner, `python -m
-analysis.seeds`), report (what a report holds, the figure set and the `python -m analysis.report` command), export/
-(the store as Parquet, TensorBoard, W&B or MLflow, `python -m analysis.export`; its own module map).
+analysis.seeds`), build (what a report holds, the figure set, writing it whole), report (the `python -m
+analysis.report` command, which imports build once its command line is parsed), export/ (the store as Parquet,
+TensorBoard, W&B or MLflow, `python -m analysis.export`; its own module map).
 """
 
 import importlib
 from typing import Any
 
-from ablations.design import Design
-from analysis import provenance, style
-from analysis.design import Scope, axis_rows, read_design, scope, variant_keys, variant_label
-from analysis.load import AnalysisError, done, load_history, load_runs
-from analysis.provenance import data_text
-from analysis.stats import holm, mean_ci, pareto_front, seeds_needed, welch
-from analysis.tables import latex_table, markdown_table, study_table, table
-from analysis.variants import aggregate, compare, summarise
-
-# report.py also runs as `python -m analysis.report`: were it imported with the package, runpy would find it
-# loaded already and warn (then run a second copy), so its names are imported on first use.
-_FROM_REPORT = ("figure_set", "build_report")
+# Every name loads on first use: `python -m analysis.report --help` imports this package first, and pandas, scipy
+# and matplotlib take over a second to import; the command imports them once its command line is parsed.
+_FROM = {
+    "ablations.design": ("Design",),
+    "analysis.build": ("figure_set", "build_report"),
+    "analysis.design": ("Scope", "axis_rows", "read_design", "scope", "variant_keys", "variant_label"),
+    "analysis.load": ("done", "load_history", "load_runs"),
+    "analysis.options": ("AnalysisError",),
+    "analysis.provenance": ("data_text",),
+    "analysis.stats": ("holm", "mean_ci", "pareto_front", "seeds_needed", "welch"),
+    "analysis.tables": ("latex_table", "markdown_table", "study_table", "table"),
+    "analysis.variants": ("aggregate", "compare", "summarise"),
+}
+_LAZY = {name: module for module, names in _FROM.items() for name in names}
+_MODULES = ("provenance", "style")  # exported as modules
 
 
 def __getattr__(name: str) -> Any:
-    if name in _FROM_REPORT:
-        return getattr(importlib.import_module("analysis.report"), name)
+    if name in _MODULES:
+        return importlib.import_module(f"analysis.{name}")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'analysis' has no attribute {name!r}")
 
 
-__all__ = [
-    "AnalysisError",
-    "Design",
-    "Scope",
-    "aggregate",
-    "axis_rows",
-    "compare",
-    "data_text",
-    "done",
-    "holm",
-    "latex_table",
-    "markdown_table",
-    "load_history",
-    "load_runs",
-    "mean_ci",
-    "pareto_front",
-    "provenance",
-    "read_design",
-    "scope",
-    "seeds_needed",
-    "study_table",
-    "style",
-    "summarise",
-    "table",
-    "variant_keys",
-    "variant_label",
-    "welch",
-    *_FROM_REPORT,
-]
+__all__ = sorted([*_LAZY, *_MODULES])

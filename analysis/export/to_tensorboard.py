@@ -5,8 +5,8 @@ compares the runs. Written with torch's SummaryWriter, which stores scalars as 3
 import secrets
 from pathlib import Path
 
+from analysis.build import publish, recover
 from analysis.export.runs import Run
-from analysis.report import publish, recover
 
 
 def write_run(run: Run, folder: Path) -> None:
@@ -26,7 +26,7 @@ def write_run(run: Run, folder: Path) -> None:
 
 
 def write(runs: list[Run], out: Path) -> Path:
-    """Each run is written into a folder of its own, then swapped in for its earlier export (report.publish): a
+    """Each run is written into a folder of its own, then swapped in for its earlier export (build.publish): a
     second export replaces the first, it never adds a second set of event files."""
     root = Path(out) / "tensorboard" / runs[0].sweep
     for run in runs:
