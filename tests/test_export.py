@@ -3,6 +3,7 @@ client, the W&B offline run's .wandb file), holds every run's history.json, conf
 twice into one folder replaces the first export instead of adding a second."""
 
 import json
+import shutil
 import struct
 import sys
 from pathlib import Path
@@ -113,6 +114,8 @@ def wandb_run(folder: Path) -> tuple[dict, dict[int, dict]]:
 @pytest.mark.slow
 def test_wandb_offline_runs_hold_each_history_and_config_once(sweep, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")  # belt and braces: the export never goes online
+    for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):  # W&B's own logs stay out of ~/.cache
+        monkeypatch.setenv(name, str(tmp_path / "home"))
     export_twice(sweep, "wandb", tmp_path)
     runs = stored(sweep)
     folders = sorted((tmp_path / "wandb").glob("offline-run-*"))
@@ -170,3 +173,24 @@ def test_a_folder_that_is_no_sweep_is_one_line(tmp_path, capsys):
     assert cli([str(tmp_path), "--to", "parquet", "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.startswith(f"python -m analysis.export: error: {tmp_path} is not a sweep folder")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_an_unfinished_run_is_exported_with_its_status_and_the_epochs_it_has(sweep, tmp_path, monkeypatch):
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    copy = Path(shutil.copytree(sweep, tmp_path / sweep.name))
+    killed = sorted((copy / "runs").iterdir())[0]
+    (killed / "metrics.json").unlink()  # as a run killed after its epochs, before its end
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    for to in ("parquet", "mlflow"):
+        assert cli([str(copy), "--to", to, "--out", str(tmp_path / "out")]) == 0
+    table = pd.read_parquet(tmp_path / "out" / f"{copy.name}.parquet")
+    rows = table[table["run_id"] == killed.name]
+    assert set(rows["status"]) == {"unfinished"} and sorted(set(rows["epoch"])) == [1, 2]
+    assert rows["toolkit_commit"].isna().all()  # metrics.json recorded it: gone with it, not guessed
+    client = MlflowClient(tracking_uri=(tmp_path / "out" / "mlruns").as_uri())
+    found = client.search_runs([client.get_experiment_by_name(copy.name).experiment_id])
+    statuses = {made.data.tags["convmixer.run_id"]: made.info.status for made in found}
+    assert statuses.pop(killed.name) == "RUNNING" and set(statuses.values()) == {"FINISHED"}

@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from ablations.store import DONE
+from ablations.store import DONE, UNFINISHED
 from analysis.export.runs import Run
 
 TAG = "convmixer."  # the prefix of this toolkit's tags
@@ -32,7 +32,8 @@ def write_run(client, experiment_id: str, run: Run) -> str:
     client.log_batch(made, params=[Param(key, str(value)) for key, value in run.config.items()])
     for start in range(0, len(metrics), BATCH):
         client.log_batch(made, metrics=metrics[start : start + BATCH])
-    client.set_terminated(made, status="FINISHED" if run.status == DONE else "FAILED")
+    if run.status != UNFINISHED:  # an unfinished run recorded no end: it stays RUNNING, as MLflow says of those
+        client.set_terminated(made, status="FINISHED" if run.status == DONE else "FAILED")
     return made
 
 
