@@ -22,10 +22,14 @@ Module map, top to bottom (each layer imports only the layers below it):
         schedule.py       learning-rate schedules
         setup.py          the memory layout and depthwise conv a run uses ("auto": the fastest, timed)
     data/               the images a run trains on
-        sources.py        CIFAR, Imagenette, ImageFolder trees and archives, the synthetic set -> finished splits
+        sources.py        CIFAR, Imagenette, ImageFolder trees, archives and shards, the synthetic set -> finished
+                          splits (held, or streamed); the data record; empty classes
+        shards.py         WebDataset tar shards read by index (pread, never whole); `python -m ablations.data.shards`
         decode.py         image files -> one uint8 array (or their sizes), on every core (forked workers); size limits
+        stream.py         a streamed image in a loader worker: training crop from the full-size file, eval transform,
+                          decode on the CPU or on the device (nvJPEG)
         synthetic.py      the synthetic task
-        loaders.py        splits placed on the device, batched
+        loaders.py        splits placed on the device, batched; or streamed by persistent prefetching workers, timed
         augment.py        batched augmentation on the device
     store.py            the result folder's contract, and every on-disk format: file names, run statuses,
                         metrics.json's fields, readers and writers; its locks, and what a damaged file becomes

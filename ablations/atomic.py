@@ -94,8 +94,12 @@ def drop_stale_temps(folder: Path, name: str = "*", min_age_s: float = STALE_AFT
     return removed
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data))
+
+
 def write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    write_bytes(path, text.encode())
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -20,6 +20,8 @@ from convmixer.config import ACTIVATION_NAMES, IMPLS, NORM_NAMES, RESIDUAL_NAMES
 from convmixer.registry import MODEL_CONFIGS
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "imagefolder", "imagenette")
+DECODES = ("cpu", "gpu", "auto")
+BAD_IMAGES = ("error", "skip")
 SCHEDULES = ("onecycle", "cosine")
 PRECISIONS = ("auto", *sorted(AUTOCAST_PRECISIONS))  # convmixer.runtime's names; auto: the device decides
 DEPTHWISE_IMPLS = ("auto", *IMPLS)
@@ -38,8 +40,8 @@ MAX_LR, MAX_WEIGHT_DECAY = 1e6, 1e6
 # Keys added after results were first committed, with the value every earlier run had: a run holding that value
 # leaves the key out of its id, so adding a key never renames the runs already in a store.
 LATER_KEYS: dict[str, object] = {
-    "tf32": True, "depthwise_impl": "torch", "adam_eps": 1e-8, "sync_bn": True, "accum_steps": 1,
-    "checkpoint_activations": False,
+    "tf32": True, "depthwise_impl": "torch", "adam_eps": 1e-8, "decode": "cpu", "bad_images": "error",
+    "sync_bn": True, "accum_steps": 1, "checkpoint_activations": False,
 }  # fmt: skip
 # Hex digits of a run id (64 bits); results written before ids had 16 were named by LEGACY_RUN_ID_LENGTH.
 RUN_ID_LENGTH, LEGACY_RUN_ID_LENGTH = 16, 10
@@ -91,6 +93,10 @@ class RunConfig:
     image_size: int = 0  # 0: the dataset's native size
     train_subset: int = 0  # 0: all images; else this many, stratified by class
     test_subset: int = 0
+    # A streamed dataset's decoder (ablations.data.stream): Pillow in the loader workers, nvJPEG on the device, or
+    # auto (gpu where CUDA and torchvision's CUDA decode are there). Part of the id: the decoders' pixels differ.
+    decode: str = "cpu"
+    bad_images: str = "error"  # an unreadable, corrupt or refused image, an empty class folder: error, or skip
     # augmentation (the reference recipe's switches; 0 turns one off)
     scale: float = 0.75  # random-resized-crop minimum area fraction; 1.0 = no crop
     hflip: bool = True
@@ -247,6 +253,8 @@ ACCEPTED: dict[str, Range | Choice | AutoSwitch] = {
     "image_size": Range(int, 0, MAX_IMAGE_SIZE, note="0: the dataset's native size"),
     "train_subset": Range(int, 0, note="0: all images"),
     "test_subset": Range(int, 0, note="0: all images"),
+    "decode": Choice(DECODES),
+    "bad_images": Choice(BAD_IMAGES),
     "scale": Range(float, 0.0, 1.0, open_low=True),
     "randaug_n": Range(int, 0),
     "randaug_m": Range(int, 0, 30),

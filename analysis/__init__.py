@@ -9,34 +9,32 @@ The notebook's API, importable from here (notebooks/explore_sweep.ipynb shows ea
     markdown_table(table(variants, chosen.keys))                  # study_table(variants, chosen) for a study
     figure_set(variants, history, chosen)                         # the report's figures and captions by file stem
 
-Modules, each importing only those above it: load (the store into pandas), design (what is compared), stats
-(seed statistics, with scipy and statsmodels), variants (runs to variants), provenance (what ran, in words), style
-and plots (the figures), tables (Markdown and LaTeX tables, the effects in words), seeds (the seed planner,
-`python -m analysis.seeds`), report (what a report holds, the figure set and the `python -m analysis.report` command).
+Modules, each importing only those above it: options (what the commands need before pandas: AnalysisError and
+the values their options accept), load (the store into pandas), design (what is compared), stats (seed statistics,
+with scipy and statsmodels), variants (runs to variants), provenance (what ran, in words), style and plots (the
+figures), tables (Markdown and LaTeX tables, the effects in words), seeds (the seed planner, `python -m
+analysis.seeds`), build (what a report holds, the figure set, writing it whole), report (the `python -m
+analysis.report` command, which imports build once its command line is parsed), export/ (the store as Parquet,
+TensorBoard, W&B or MLflow, `python -m analysis.export`; its own module map).
 """
 
 import importlib
 from typing import Any
 
-from ablations.design import Design
-from analysis import provenance, style
-from analysis.design import Scope, axis_rows, read_design, scope, variant_keys, variant_label
-from analysis.load import AnalysisError, done, load_history, load_runs
-from analysis.provenance import data_text
-from analysis.stats import holm, mean_ci, pareto_front, seeds_needed, welch
-from analysis.tables import latex_table, markdown_table, study_table, table
-from analysis.variants import aggregate, compare, summarise
-
-# report.py also runs as `python -m analysis.report`: were it imported with the package, runpy would find it
-# loaded already and warn (then run a second copy), so its names are imported on first use.
-_FROM_REPORT = ("figure_set", "build_report")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FROM_REPORT:
-        return getattr(importlib.import_module("analysis.report"), name)
-    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
-
+# Every name loads on first use: `python -m analysis.report --help` imports this package first, and pandas, scipy
+# and matplotlib take over a second to import; the command imports them once its command line is parsed.
+_FROM = {
+    "ablations.design": ("Design",),
+    "analysis.build": ("figure_set", "build_report"),
+    "analysis.design": ("Scope", "axis_rows", "read_design", "scope", "variant_keys", "variant_label"),
+    "analysis.options": ("AnalysisError",),
+    "analysis.provenance": ("data_text",),
+    "analysis.stats": ("holm", "mean_ci", "pareto_front", "seeds_needed", "welch"),
+    "analysis.tables": ("latex_table", "markdown_table", "study_table", "table"),
+    "analysis.variants": ("aggregate", "compare", "summarise"),
+}  # and analysis.load: the names of __all__ not listed here (a status word is spelt in ablations.store alone)
+_HOME = {name: module for module, names in _FROM.items() for name in names}
+_MODULES = ("provenance", "style")  # exported as modules
 
 __all__ = [
     "AnalysisError",
@@ -44,14 +42,16 @@ __all__ = [
     "Scope",
     "aggregate",
     "axis_rows",
+    "build_report",
     "compare",
     "data_text",
     "done",
+    "figure_set",
     "holm",
     "latex_table",
-    "markdown_table",
     "load_history",
     "load_runs",
+    "markdown_table",
     "mean_ci",
     "pareto_front",
     "provenance",
@@ -65,5 +65,12 @@ __all__ = [
     "variant_keys",
     "variant_label",
     "welch",
-    *_FROM_REPORT,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return importlib.import_module(f"analysis.{name}")
+    if name in __all__:
+        return getattr(importlib.import_module(_HOME.get(name, "analysis.load")), name)
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")

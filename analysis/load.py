@@ -16,6 +16,7 @@ import pandas as pd
 from ablations.config import ConfigError, RunConfig
 from ablations.store import (
     CONFIG,
+    DATA,
     DONE,
     HISTORY,
     METRIC_FIELDS,
@@ -27,14 +28,12 @@ from ablations.store import (
     read_metrics,
     read_object,
 )
+from analysis.options import AnalysisError
 
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
 # A config.json written before a key existed ran with that key's default (new keys default to the old behaviour).
 CONFIG_DEFAULTS = RunConfig().to_dict()
-
-
-class AnalysisError(ValueError):
-    """Input the analysis cannot use; the message is one line naming the bad value and what is accepted."""
+DATA_FIELDS = ("data", "train_sha256", "test_sha256")  # of data.json: what an export says of the data
 
 
 def _read(reader: Callable[[Path], Any], path: Path) -> Any:
@@ -134,6 +133,18 @@ def load_history(sweeps: Iterable[Path | str], run_ids: Collection[str] | None =
     if not frames:
         return pd.DataFrame(columns=["sweep", "run_id", "epoch", "metric", "value"])
     return pd.concat(frames, ignore_index=True).drop_duplicates(["run_id", "epoch", "metric"])
+
+
+def load_data(sweeps: Iterable[Path | str]) -> pd.DataFrame:
+    """The data each run trained on, as its data.json recorded it: sweep, run_id, data (its label), train_sha256,
+    test_sha256 (the fingerprints of the finished splits); empty where a run predates data records."""
+    rows = []
+    for sweep, run_dir in _sweep_runs(sweeps):
+        path = run_dir / DATA
+        record = _read(read_object, path) if path.exists() else {}
+        fields = {key: record.get(key) for key in DATA_FIELDS}
+        rows.append({"sweep": sweep, "run_id": run_dir.name, **fields})
+    return pd.DataFrame(rows, columns=["sweep", "run_id", *DATA_FIELDS]).drop_duplicates("run_id")
 
 
 def history_gaps(runs: pd.DataFrame, history: pd.DataFrame) -> dict[str, str]:

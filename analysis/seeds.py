@@ -10,14 +10,17 @@ import argparse
 import math
 import sys
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ablations.config import ConfigError
-from analysis.design import scope
-from analysis.load import AnalysisError, done
-from analysis.stats import pooled_sd, seeds_needed
+from analysis.options import AnalysisError
 from convmixer.arguments import OneLineParser, folder_path, run_cli
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas, scipy and statsmodels (over a second on a small CPU) are imported in the functions that compute, so that
+# --help and usage errors answer at once.
 
 PROG = "python -m analysis.seeds"
 DELTAS = (0.5, 1.0, 2.0)  # points: report.md's plan
@@ -27,6 +30,8 @@ def plan_lines(
     sd: float, n_groups: int, deltas: tuple[float, ...], power: float = 0.8, alpha: float = 0.05
 ) -> list[str]:
     """The plan in words: the spread it starts from, then one line per difference (in points)."""
+    from analysis.stats import seeds_needed
+
     if math.isnan(sd):
         return ["Seeds needed: no variant has 2 seeds, so there is no seed-to-seed spread to plan from."]
     lines = [
@@ -39,8 +44,11 @@ def plan_lines(
     return lines
 
 
-def spread(runs: pd.DataFrame, keys: list[str]) -> tuple[float, int]:
+def spread(runs: "pd.DataFrame", keys: list[str]) -> tuple[float, int]:
     """The pooled within-variant sd of test accuracy in points, and how many variants it pools (2 seeds or more)."""
+    from analysis.load import done
+    from analysis.stats import pooled_sd
+
     finished = done(runs)
     groups = [group["test_acc"] * 100 for _, group in finished.groupby(keys)] if keys else [finished["test_acc"] * 100]
     return pooled_sd(groups), sum(len(group) >= 2 for group in groups)
@@ -78,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=fraction, default=0.05, help="two-sided significance level (default 0.05)")
     parser.add_argument("--design", default="latest", metavar="N", help="as in python -m analysis.report")
     args = parser.parse_args(argv)
+    from analysis.design import scope
+
     chosen = scope(list(map(Path, args.sweeps)), [], design=args.design)
     sd, n_groups = spread(chosen.done, chosen.keys)
     print("\n".join(plan_lines(sd, n_groups, tuple(args.delta or DELTAS), args.power, args.alpha)))

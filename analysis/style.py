@@ -17,12 +17,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
+from analysis.options import WIDTHS
+
 # Okabe & Ito (2008), ordered so that the first colours are the most distinct; yellow, weak on white, comes last.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
 # A marker per colour, so that series stay apart in greyscale print too.
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-# Inches: the text width of one column and of a whole page of a two-column paper (IEEE, ACM, NeurIPS-like).
-WIDTHS = {"one": 3.3, "two": 6.9}
 WIDTH, HEIGHT = WIDTHS["one"], 2.4  # one plot, one column wide
 MIN_FONT_SIZE = 7  # points at print size: the least most venues accept
 

@@ -16,10 +16,9 @@ from analysis import provenance, style
 from analysis.design import Scope, axis_rows
 from analysis.variants import NOT_DONE
 
-# The columns every table has (table.tex, which must fit one column of a page, has only these), and those the wide
-# LaTeX table adds only when asked (`python -m analysis.report --columns`); "boot" joins it with --bootstrap.
+# The columns every table has (table.tex, which must fit one column of a page, has only these); the wide LaTeX table
+# adds those of options.OPTIONAL only when asked (`python -m analysis.report --columns`), "boot" with --bootstrap.
 CORE = ("acc", "diff", "p", "params", "macs")
-OPTIONAL = ("throughput", "seeds")
 SIGNIFICANCE = 0.05  # an effect is called one in words when its Holm-adjusted p is below this
 
 

@@ -6,6 +6,8 @@
 #                                              # engine compiled (2 seeds: cold, then warm cache), the bare step and
 #                                              # bandwidth, the references timed over 2 epochs
 #   bash benchmarks/gpu_session.sh kernels     # the per-kernel-size table (python -m benchmarks.kernels)
+#   bash benchmarks/gpu_session.sh loader      # the streaming loader's CUDA test and img/s per core with nvJPEG
+#                                              # beside Pillow and torchvision (python -m benchmarks.loader)
 #   bash benchmarks/gpu_session.sh accuracy    # 25 epochs x 2 seeds of the engine and the 16-worker reference
 #   bash benchmarks/gpu_session.sh jobs        # 25 epochs x 2 seeds of the engine, one after another and side by
 #                                              # side on one GPU (--jobs-per-device 1 vs 2)
@@ -20,7 +22,7 @@
 # CONVMIXER_CACHE (default .device-data/cache: decoded splits and Inductor's cache), KERNELS_ARGS (for
 # python -m benchmarks.kernels), STUDY (default studies/cifar10-gpu.toml), STORE (default results/<its stem>),
 # STUDY_MINUTES (default 7; the sweep then exits 1, its runs not all done, which session.txt shows).
-# Files in $OUT: session.txt, train_speed[_accuracy|_jobs].json and .md, kernels.json and .md,
+# Files in $OUT: session.txt, train_speed[_accuracy|_jobs].json and .md, kernels.json and .md, loader.json and .md,
 # <study>.tar.gz, logs.tar.gz.
 # Each step has its own time limit and the script goes on after a failure; session.txt lists every step's exit
 # code and seconds. Exit code: 0 when every step passed.
@@ -29,9 +31,9 @@ cd "$(dirname "$0")/.."
 PART=speed TINY=0
 for arg in "$@"; do
     case "$arg" in
-        speed | kernels | accuracy | jobs | study) PART=$arg ;;
+        speed | kernels | loader | accuracy | jobs | study) PART=$arg ;;
         --tiny) TINY=1 ;;
-        *) echo "gpu_session.sh: error: argument '$arg' is not accepted: expected speed, kernels, accuracy, jobs, study or --tiny" >&2; exit 2 ;;
+        *) echo "gpu_session.sh: error: argument '$arg' is not accepted: expected speed, kernels, loader, accuracy, jobs, study or --tiny" >&2; exit 2 ;;
     esac
 done
 OUT=${OUT:-$(mktemp -d)}
@@ -86,6 +88,10 @@ case "$PART" in
             --out "$OUT/train_speed.json" ;;
     kernels)  # its CPU path is its own tests'
         step kernels 540 python -m benchmarks.kernels --out "$OUT/kernels.json" ${KERNELS_ARGS:-} ;;
+    loader)
+        LOADER=(--device cuda); [ "$TINY" = 1 ] && LOADER=(--device cpu --images 10 --repeats 1)
+        step stream-tests 120 python -m pytest -q -m cuda -p no:cacheprovider -rfEs tests/test_stream.py
+        step loader 300 python -m benchmarks.loader "${LOADER[@]}" --out "$OUT/loader.json" ;;
     accuracy)
         step train-speed 450 python -m benchmarks.train_speed --data-root "$DATA" "${SHAPE[@]}" --seeds 2 \
             --variants engine,reference-workers --out "$OUT/train_speed_accuracy.json" ;;

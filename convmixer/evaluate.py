@@ -43,7 +43,9 @@ class EvalTransform:
     def resize_size(self) -> int:
         return math.floor(self.image_size / self.crop_pct)
 
-    def build(self) -> "transforms.Compose":
+    def geometry(self) -> "transforms.Compose":
+        """The resize and the crop alone (a PIL image in, a PIL image out): what a streamed test split applies
+        (ablations.data.stream), normalising later on the device."""
         from torchvision import transforms
 
         # On PIL images, as timm does: Pillow's bicubic resize (always antialiased), then the crop.
@@ -51,10 +53,13 @@ class EvalTransform:
             [
                 transforms.Resize(self.resize_size, interpolation=transforms.InterpolationMode(self.interpolation)),
                 transforms.CenterCrop(self.image_size),
-                transforms.ToTensor(),
-                transforms.Normalize(self.mean, self.std),
             ]
         )
+
+    def build(self) -> "transforms.Compose":
+        from torchvision import transforms
+
+        return transforms.Compose([self.geometry(), transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
 
 
 def validation_images(folder: Path, transform: "transforms.Compose") -> "datasets.ImageFolder":

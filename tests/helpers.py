@@ -6,6 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ablations.config import RunConfig
 from ablations.sweep.grid import build_sweep
 from ablations.sweep.presets import PRESETS
@@ -50,3 +52,25 @@ def snapshot(root: Path) -> dict:
         for path in sorted(root.rglob("*"))
         if path.is_file()
     }
+
+
+IMAGENET_CLASSES = ("n01440764", "n01443537", "n01484850")  # WordNet ids, as ImageNet names its class folders
+
+
+def write_imagenet_tree(root: Path, per_class: dict[str, int], classes: tuple[str, ...] = IMAGENET_CLASSES) -> None:
+    """root/{train,val}/<wnid>/<wnid>_<n>.JPEG in ImageNet's layout: JPEGs of varied sizes (24 to 61 px a side) and
+    aspect ratios (portrait and landscape), every 5th one grayscale and every 7th CMYK; the mean colour encodes
+    the class, a gradient the image's number, so crops and flips show."""
+    from PIL import Image
+
+    for split, count in per_class.items():
+        for label, wnid in enumerate(classes):
+            (root / split / wnid).mkdir(parents=True)
+            for i in range(count):
+                width, height = 24 + (i * 7 + label * 11) % 38, 24 + (i * 13 + label * 5) % 31
+                x = np.linspace(0, 1, width)[None, :, None]
+                y = np.linspace(0, 1, height)[:, None, None]
+                pixels = 60 * label + 100 * x + (40 + i % 50) * y + np.array([0, 30, 60])
+                image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+                mode = "L" if i % 5 == 4 else "CMYK" if i % 7 == 6 else "RGB"
+                image.convert(mode).save(root / split / wnid / f"{wnid}_{i}.JPEG", quality=90)

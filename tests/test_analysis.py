@@ -30,6 +30,18 @@ from analysis.variants import aggregate, compare, summarise
 T_975_2 = 4.302653  # t_{0.975, 2 dof}, for the CI of 3 seeds
 
 
+def test_every_name_the_package_exports_loads_from_its_module():
+    """analysis loads its names on first use (so that --help answers before pandas): each must resolve, to the
+    object its own module defines."""
+    import analysis
+
+    for name in analysis.__all__:
+        value = getattr(analysis, name)
+        assert getattr(value, "__name__", name).rpartition(".")[2] == name, name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        analysis.nothing  # noqa: B018
+
+
 def read_run(run_dir: Path, name: str):
     return json.loads((run_dir / name).read_text())
 

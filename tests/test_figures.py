@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 from PIL import Image
 
-from analysis import load_history, plots, report, scope, style, summarise
+from analysis import build, load_history, plots, report, scope, style, summarise
 from analysis.plots import COSTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,7 +218,7 @@ def test_the_committed_studys_figures_are_print_ready(width):
     sweeps = [REPO / "results" / "cifar10-cpu"]
     chosen = scope(sweeps, [])
     variants = summarise(chosen.runs, chosen.baseline, chosen.keys)
-    figures = report.figure_set(variants, load_history(sweeps), chosen, width)
+    figures = build.figure_set(variants, load_history(sweeps), chosen, width)
     for stem, plot in figures.items():
         check_print_ready(plot, width)
         assert "no room" not in plot.caption, stem

@@ -44,24 +44,18 @@ def test_epochs_replay_exactly_and_differ_across_epochs_and_seeds():
     assert first[1].shape == (100, 10) and torch.allclose(first[1].sum(1), torch.ones(100))
 
 
-def test_streamed_folder_gives_the_same_batches_as_the_resident_path(tmp_path):
+def test_a_streamed_folder_has_the_resident_paths_labels_and_device_augmentation(tmp_path):
     write_tree(tmp_path / "tree", {"train": 5, "val": 3})  # val stands in for test
     cfg = imagefolder(tmp_path / "tree", scale=0.6, hflip=True, randaug_n=1)
     resident = build_data(cfg, torch.device("cpu"))
-    streamed = build_data(cfg, torch.device("cpu"), resident_bytes=0, workers=2)
+    streamed = build_data(cfg, torch.device("cpu"), resident_bytes=0, workers=0)
     assert resident.resident and not streamed.resident
     assert (streamed.num_classes, streamed.image_size, len(streamed.train)) == (3, 12, 4)
-
-    def pixels(data, images):  # undo each path's own normalisation
-        return images * torch.tensor(data.std).view(3, 1, 1) + torch.tensor(data.mean).view(3, 1, 1)
-
-    for loader in ("test", "train"):
-        batches = [(resident, resident.test), (streamed, streamed.test)]
-        if loader == "train":
-            batches = [(resident, resident.train.epoch(2)), (streamed, streamed.train.epoch(2))]
-        (ours_images, ours_labels), (their_images, their_labels) = (collect(b) for _, b in batches)
-        assert torch.equal(ours_labels, their_labels)
-        assert torch.allclose(pixels(resident, ours_images), pixels(streamed, their_images), atol=1e-5)
+    assert torch.equal(collect(resident.test)[1], collect(streamed.test)[1])
+    assert torch.equal(collect(resident.train.epoch(2))[1], collect(streamed.train.epoch(2))[1])
+    # The workers crop and flip; the device does the rest of the recipe (here RandAugment), not a second crop.
+    device_cfg = streamed.train.augment.cfg
+    assert (device_cfg.scale, device_cfg.hflip, device_cfg.randaug_n) == (1.0, False, 1)
 
 
 def test_batches_equal_the_per_batch_index_copies_they_replace():

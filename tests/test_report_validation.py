@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import plots, provenance, report, style, tables
+from analysis import build, plots, provenance, report, style, tables
 from analysis.design import scope
 from analysis.load import AnalysisError, history_gaps, load_history, load_runs
 from analysis.variants import summarise
@@ -133,7 +133,7 @@ def test_a_run_without_its_history_is_named_in_the_report_and_its_curve_left_out
     assert f"{cut.name} (" in line and "history.json has 1 of 2 epochs" in line
     chosen = scope([damaged], [])
     variants = summarise(chosen.runs, chosen.baseline, chosen.keys)
-    curves = report.figure_set(variants, load_history([damaged]), chosen)["training_curves"]
+    curves = build.figure_set(variants, load_history([damaged]), chosen)["training_curves"]
     assert "2 runs left out (history.json missing, short or long)" in curves.caption
     assert report.main([str(sweep), "--out", str(tmp_path / "whole")]) == 0
     assert "Left out" not in (tmp_path / "whole" / "report.md").read_text()
@@ -202,7 +202,7 @@ def test_every_figure_names_the_model_and_the_data(sweep):
     """Figures carried the n of seeds but not what was trained on what, so a pasted figure said nothing of it."""
     chosen = scope([sweep], [])
     variants = summarise(chosen.runs, chosen.baseline, chosen.keys)
-    figures = report.figure_set(variants, load_history([sweep]), chosen)
+    figures = build.figure_set(variants, load_history([sweep]), chosen)
     assert set(figures) == {f"accuracy_vs_{name}" for name in ("kernel_size", *plots.COSTS)} | {"training_curves"}
     source = "ConvMixer-8/1 on synthetic, subset: 128 train / 64 test images"
     assert provenance.figure_source(chosen.runs) == source
@@ -299,7 +299,7 @@ def test_a_full_disk_leaves_an_earlier_report_as_it_was(sweep, tmp_path, monkeyp
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     fill_the_disk_after(monkeypatch, figures=0)
     with pytest.raises(AnalysisError, match="No space left on device"):
-        report.build_report([sweep], ["kernel_size=5"], out)
+        build.build_report([sweep], ["kernel_size=5"], out)
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
     assert [path.name for path in tmp_path.iterdir()] == ["report"]
 
@@ -339,7 +339,7 @@ def test_a_write_failure_without_an_os_error_behind_it_is_named():
     try:
         raise TypeError("bad figure")
     except TypeError as error:
-        assert report.failure(error) == "TypeError: bad figure"
+        assert build.failure(error) == "TypeError: bad figure"
 
 
 # --- publishing: old or new, never a mix; nothing left of a killed report -------------------------------------------
@@ -363,8 +363,8 @@ NEW = {"report.md": "new", "accuracy_vs_kernel_size.png": "new figure"}
 def test_publish_swaps_the_whole_folder_keeping_the_users_files_and_no_stale_figure(tmp_path):
     target = folder(tmp_path / "report", OLD)
     staging = folder(tmp_path / ".report.abcd.tmp", NEW)
-    report.keep_users_files(target, staging)
-    report.publish(staging, target)
+    build.keep_users_files(target, staging)
+    build.publish(staging, target)
     assert contents(target) == NEW | {"my-notes.txt": "mine"}
     assert [path.name for path in tmp_path.iterdir()] == ["report"]
 
@@ -373,29 +373,29 @@ def test_a_report_killed_between_the_two_renames_is_put_back_by_the_next_one(tmp
     """publish renamed file by file: a kill after the first rename left new figures beside the old report.md."""
     target = folder(tmp_path / "report", OLD)
     staging = folder(tmp_path / ".report.abcd.tmp", NEW)
-    replace = report.os.replace
+    replace = build.os.replace
 
     def killed(*args):
         raise SystemExit(137)  # as a SIGKILL: nothing after it runs
 
     def killed_after_the_first(source, destination):
         replace(source, destination)
-        monkeypatch.setattr(report.os, "replace", killed)
+        monkeypatch.setattr(build.os, "replace", killed)
 
-    monkeypatch.setattr(report.os, "replace", killed_after_the_first)
+    monkeypatch.setattr(build.os, "replace", killed_after_the_first)
     with pytest.raises(SystemExit):
-        report.publish(staging, target)
-    monkeypatch.setattr(report.os, "replace", replace)
+        build.publish(staging, target)
+    monkeypatch.setattr(build.os, "replace", replace)
     (aside,) = tmp_path.glob(".report.old-*")
     assert not target.exists() and contents(aside) == OLD and contents(staging) == NEW  # no folder holds a mix
-    report.recover(target)
+    build.recover(target)
     assert contents(target) == OLD and [path.name for path in tmp_path.iterdir()] == ["report"]
 
 
 def test_a_swap_that_fails_halfway_puts_the_old_report_back(tmp_path, monkeypatch):
     target = folder(tmp_path / "report", OLD)
     staging = folder(tmp_path / ".report.abcd.tmp", NEW)
-    replace, calls = report.os.replace, []
+    replace, calls = build.os.replace, []
 
     def second_fails(source, destination):
         calls.append(source)
@@ -403,9 +403,9 @@ def test_a_swap_that_fails_halfway_puts_the_old_report_back(tmp_path, monkeypatc
             raise OSError(errno.EBUSY, "Device or resource busy")
         replace(source, destination)
 
-    monkeypatch.setattr(report.os, "replace", second_fails)
+    monkeypatch.setattr(build.os, "replace", second_fails)
     with pytest.raises(OSError):
-        report.publish(staging, target)
+        build.publish(staging, target)
     assert contents(target) == OLD and contents(staging) == NEW  # the caller removes the staging folder
     assert sorted(path.name for path in tmp_path.iterdir()) == [".report.abcd.tmp", "report"]
 
@@ -415,7 +415,7 @@ def test_the_next_report_removes_staging_folders_and_set_aside_reports_of_earlie
     folder(tmp_path / ".report.k1.tmp", {"table.md": "half"})
     folder(tmp_path / ".report.old-k2", OLD)  # killed after the swap, before the old one was removed
     folder(tmp_path / ".other.k3.tmp", {})  # another report folder's: not this one's to clear
-    report.recover(target)
+    build.recover(target)
     assert contents(target) == OLD and sorted(path.name for path in tmp_path.iterdir()) == [".other.k3.tmp", "report"]
 
 

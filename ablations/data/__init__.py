@@ -32,6 +32,11 @@ def dataset_label(dataset: str, data_root: str) -> str:
     return LABELS.get(dataset, root)
 
 
+def cache_dir() -> Path:
+    """The toolkit's cache folder: $CONVMIXER_CACHE, default ~/.cache/convmixer (decoded splits, shard indexes)."""
+    return Path(os.environ.get("CONVMIXER_CACHE", "~/.cache/convmixer")).expanduser()
+
+
 def default_data(env: str) -> str | None:
     """The path of a dataset only the user can place, when a command is not given one: $env, else None."""
     return os.environ.get(env) or None

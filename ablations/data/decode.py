@@ -90,6 +90,20 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
         return np.asarray(image).transpose(2, 0, 1)
 
 
+# What decoding a bad image file raises: not an image, refused by the size limits, truncated, a corrupt stream.
+IMAGE_ERRORS = (UnidentifiedImageError, ImageRefused, Image.DecompressionBombError, OSError, ValueError)
+
+
+def image_problem(error: Exception) -> tuple[str, str]:
+    """What an IMAGE_ERRORS error of an image file means, as (verb, detail): "decode" or "use" (out of the size
+    limits), and why in one line."""
+    if isinstance(error, UnidentifiedImageError):  # its message holds a BytesIO repr, which tells the user nothing
+        return "decode", "not an image file Pillow can identify"
+    if isinstance(error, (ImageRefused, Image.DecompressionBombError)):  # Pillow's: a frame too large at load
+        return "use", str(error)
+    return "decode", " ".join(str(error).split())  # a truncated file, a corrupt stream
+
+
 # The job of the current pass over the images, set in the parent before the workers fork, so they inherit it
 # instead of receiving it through a pipe: (how to read image i, what to make of its bytes, the output array).
 _job: tuple[Callable[[int], bytes], Callable[[bytes], object], np.ndarray] | None = None
@@ -105,12 +119,8 @@ def _convert_range(start: int, stop: int) -> DecodeFailure | None:
             return DecodeFailure(i, "read", error.strerror or str(error))
         try:
             out[i] = convert(data)
-        except UnidentifiedImageError:  # its message holds a BytesIO repr, which tells the user nothing
-            return DecodeFailure(i, "decode", "not an image file Pillow can identify")
-        except (ImageRefused, Image.DecompressionBombError) as error:  # Pillow's: a frame found too large at load
-            return DecodeFailure(i, "use", str(error))
-        except (OSError, ValueError) as error:  # a truncated file, a corrupt stream
-            return DecodeFailure(i, "decode", " ".join(str(error).split()))
+        except IMAGE_ERRORS as error:
+            return DecodeFailure(i, *image_problem(error))
     return None
 
 

@@ -4,9 +4,12 @@ The data arrive finished from ablations.data.sources (subset, sized); this modul
 A dataset whose decoded uint8 images fit in `resident_bytes` (every CIFAR-sized one) is moved to the device
 once; an epoch is then a shuffled index, copied to the device once (asynchronously, from pinned memory), and
 batched augmentation on the device, with no CPU work per image and no host sync inside the epoch.
-A larger ImageFolder tree streams through a torch DataLoader whose workers only decode and resize; the uint8
-batches go to the device and get the same augmentation. Either way every random draw of an epoch comes from
-generators seeded with (cfg.seed, epoch), so an epoch replays identically, for bit-exact resume.
+A larger ImageFolder folder or shard folder streams through persistent DataLoader workers, reading ahead, which
+cut each training image's random-resized crop and flip from the full-size file (test images: timm's eval
+transform; ablations.data.stream); the uint8 batches go to the device for the rest of the augmentation. Each
+pass times how long the steps waited for batches, so the run's log says when the loader is the bottleneck.
+Either way every random draw of an epoch comes from seeds derived from (cfg.seed, epoch) (and, for a streamed
+crop, the image's index), so an epoch replays identically, for bit-exact resume.
 A process that runs several runs (a sweep's worker) keeps the last resident dataset on its device, so the next
 run on the same data starts without loading or copying it again; a batch is always a copy (an index_select), so
 augmentation never changes the kept images.
@@ -16,6 +19,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -24,13 +28,20 @@ import torch
 from torch.utils.data import DataLoader
 
 from ablations.config import RunConfig
+from ablations.data import DataError
 from ablations.data.augment import Augment, normalise
-from ablations.data.sources import RESIDENT_BYTES, ImageFiles, Split, Splits, load_splits
+from ablations.data.sources import Split, Splits, load_splits, resident_limit
+from ablations.data.stream import Batch, ImageFiles, collate, finish_on_device, resolve_decode
 
 __all__ = ["Data", "TestLoader", "TrainLoader", "build_data", "for_rank"]
 
 # Per-channel mean/std for a streamed dataset, whose train split is too big to scan: ImageNet's.
 STREAMED_MEAN, STREAMED_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PREFETCH = 4  # batches each streaming worker reads ahead (DataLoader's prefetch_factor; its default is 2)
+# A pass whose steps waited for batches longer than this share of its time, and this long at least (the first
+# batch's wait, the workers starting, left out), says in the run's log that the loader is the bottleneck.
+BOTTLENECK_WAIT, BOTTLENECK_MIN_S = 0.1, 0.5
+NAMED_SKIPS = 3  # the log names this many of the images bad_images=skip left out
 
 
 def derived_seed(seed: int, epoch: int, stream: str) -> int:
@@ -62,22 +73,104 @@ class ResidentImages:
             yield self.images[index], self.labels[index]
 
 
-class StreamedImages:
-    """A split read from disk batch by batch, by `workers` DataLoader processes; batches land on the device."""
+class EpochOrder:
+    """The batch sampler of a streamed split's DataLoader: the order being read, batch_size at a time, each item
+    (the epoch's crop seed, index). It runs in this process, so a persistent loader reads each new order as it is
+    set; batches are made as the loader asks for them (an epoch of ImageNet as Python tuples would take 100 MB)."""
 
-    def __init__(self, files: ImageFiles, device: torch.device, workers: int) -> None:
-        self.files, self.device, self.workers = files, device, workers
+    def __init__(self) -> None:
+        self.order, self.batch_size, self.epoch_seed = torch.zeros(0, dtype=torch.long), 1, 0
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for index in self.order.split(self.batch_size):
+            yield [(self.epoch_seed, i) for i in index.tolist()]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / self.batch_size)
+
+
+@dataclass
+class LoaderTimes:
+    """What one pass over a streamed split measured: images, workers' seconds, the wait for the first batch (the
+    workers starting, the prefetch filling) and for the later ones, and the whole pass."""
+
+    images: int = 0
+    worker_s: float = 0.0
+    first_wait_s: float = 0.0
+    wait_s: float = 0.0
+    wall_s: float = 0.0
+
+
+class StreamedImages:
+    """A split read from disk batch by batch by `workers` persistent DataLoader processes, `PREFETCH` batches ahead
+    each, into pinned memory; batches land on the device. A bad image is a one-line DataError, or with
+    bad_images=skip leaves its batch (counted in `skipped`)."""
+
+    def __init__(self, files: ImageFiles, device: torch.device, workers: int, bad_images: str = "error") -> None:
+        self.files, self.device, self.workers, self.bad_images = files, device, workers, bad_images
+        self.order = EpochOrder()
+        self.loader = DataLoader(
+            files, batch_sampler=self.order, num_workers=workers, collate_fn=collate,
+            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            prefetch_factor=PREFETCH if workers else None,
+        )  # fmt: skip
+        self.epoch_seed = 0  # the crops' seed: StreamedTrainLoader sets it for each epoch
+        self.times = LoaderTimes()
+        self.skipped: dict[str, None] = {}  # each skipped image's problem (naming it), in the order met, over the run
 
     def __len__(self) -> int:
         return len(self.files)
 
     def batches(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader = DataLoader(
-            self.files, batch_sampler=[index.tolist() for index in order.split(batch_size)], num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
-        )  # fmt: skip
-        for images, labels in loader:
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        self.order.order, self.order.batch_size, self.order.epoch_seed = order, batch_size, self.epoch_seed
+        self.times = times = LoaderTimes()
+        start = time.perf_counter()
+        batches = iter(self.loader)
+        while True:
+            waited = time.perf_counter()
+            batch = next(batches, None)
+            if times.images:
+                times.wait_s += time.perf_counter() - waited
+            else:
+                times.first_wait_s = time.perf_counter() - waited
+            if batch is None:
+                break
+            times.images += len(batch.labels)
+            times.worker_s += batch.seconds
+            images, labels = self.finish(batch)
+            times.wall_s = time.perf_counter() - start
+            yield images, labels
+        times.wall_s = time.perf_counter() - start
+
+    def finish(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's images and labels on the device, its bad images raised or, with bad_images=skip, left out."""
+        bad = [i for i, problem in enumerate(batch.problems) if problem]
+        if bad and self.bad_images == "error":
+            raise DataError(f"imagefolder: {batch.problems[bad[0]]}; set bad_images=skip to leave such images out")
+        self.skipped.update(dict.fromkeys(batch.problems[i] for i in bad))
+        images = finish_on_device(batch, self.files.size, self.device, train=self.files.scale is not None)
+        labels = batch.labels.to(self.device, non_blocking=True)
+        if bad:
+            keep = torch.tensor([not problem for problem in batch.problems], device=self.device)
+            images, labels = images[keep], labels[keep]
+        return images, labels
+
+    def report(self) -> str:
+        """The last pass in one line: the loader's img/s (its workers' speed, all busy) beside the model's (the
+        images over the time the steps took, waits left out), and whether the loader held the model back."""
+        t = self.times
+        loader = t.images / t.worker_s * max(self.workers, 1) if t.worker_s else math.inf
+        model = t.images / max(t.wall_s - t.wait_s - t.first_wait_s, 1e-9)
+        line = (
+            f"loader {loader:.0f} img/s ({max(self.workers, 1)} workers), model {model:.0f} img/s; waited for "
+            f"batches {t.wait_s:.1f} s of {t.wall_s:.1f} s (+{t.first_wait_s:.1f} s for the first)"
+        )
+        if t.wait_s > max(BOTTLENECK_WAIT * t.wall_s, BOTTLENECK_MIN_S):
+            line += ": the loader is the bottleneck"
+        if self.skipped:
+            shown = "; ".join(list(self.skipped)[:NAMED_SKIPS]) + ("; ..." if len(self.skipped) > NAMED_SKIPS else "")
+            line += f"; bad_images=skip: {len(self.skipped)} images skipped so far ({shown})"
+        return line
 
 
 class TrainLoader:
@@ -134,6 +227,15 @@ class TrainLoader:
             size //= self.world_size
             images, labels = next(self.images.batches(torch.arange(size), size))
             yield self.augment(images, labels, gen)
+
+
+class StreamedTrainLoader(TrainLoader):
+    """A TrainLoader over streamed images, whose workers crop each image from its (seed, epoch, index): the epoch
+    tells them its seed before its batches are read."""
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.images.epoch_seed = derived_seed(self.seed, epoch, "crop")
+        return super().epoch(epoch)
 
 
 class TestLoader:
@@ -210,7 +312,7 @@ def for_rank(data: Data, cfg: RunConfig, rank: int, world_size: int) -> Data:
     train, test = data.train, data.test
     return dataclasses.replace(
         data,
-        train=TrainLoader(train.images, train.augment, cfg, rank=rank, world_size=world_size),
+        train=type(train)(train.images, train.augment, cfg, rank=rank, world_size=world_size),  # streamed: its own
         test=TestLoader(test.images, test.mean, test.std, cfg, rank=rank, world_size=world_size),
     )
 
@@ -226,14 +328,16 @@ def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_data(
-    cfg: RunConfig, device: torch.device, *, resident_bytes: int = RESIDENT_BYTES, workers: int | None = None
+    cfg: RunConfig, device: torch.device, *, resident_bytes: int | None = None, workers: int | None = None
 ) -> Data:
     """The loaders of one run. Raises DataError (a ValueError, one line) when the data cannot be found or read.
 
-    `resident_bytes`: the most decoded uint8 bytes (train + test) held on the device; larger ImageFolder
-    folders stream through `workers` DataLoader processes (default: one per CPU core, at most 8).
+    `resident_bytes`: the most decoded uint8 bytes (train + test) held on the device (default:
+    sources.RESIDENT_BYTES, or $CONVMIXER_RESIDENT_BYTES); larger ImageFolder folders and shard folders stream
+    through `workers` DataLoader processes (default: one per CPU core, at most 8).
     """
     device = torch.device(device)
+    resident_bytes = resident_limit() if resident_bytes is None else resident_bytes
     key = (cfg.dataset, cfg.data_root, cfg.image_size, cfg.train_subset, cfg.test_subset, str(device), resident_bytes)
     if key in _kept:
         data = _kept[key]
@@ -250,9 +354,16 @@ def build_data(
 
 def streamed_data(cfg: RunConfig, splits: Splits, device: torch.device, workers: int | None) -> Data:
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    train, test = StreamedImages(splits.train, device, workers), StreamedImages(splits.test, device, workers)
+    for files in (splits.train, splits.test):
+        files.decode = resolve_decode(cfg.decode, device)
+    train = StreamedImages(splits.train, device, workers, cfg.bad_images)
+    test = StreamedImages(splits.test, device, workers, cfg.bad_images)
     mean, std = torch.tensor(STREAMED_MEAN, device=device), torch.tensor(STREAMED_STD, device=device)
-    return loaders(cfg, train, test, mean, std, splits.classes, splits.image_size, resident=False)
+    # The workers cropped and flipped each training image already: the device does the rest of the recipe.
+    device_cfg = dataclasses.replace(cfg, scale=1.0, hflip=False)
+    data = loaders(device_cfg, train, test, mean, std, splits.classes, splits.image_size, resident=False)
+    data.train = StreamedTrainLoader(train, data.train.augment, cfg)
+    return data
 
 
 def loaders(

@@ -3,16 +3,18 @@ synthetic set.
 
 `load_splits(cfg)` hands a run its finished data: the train and test splits of its dataset with the stratified
 subsets taken and every image at the run's size, as uint8 NCHW tensors with int64 labels (`Split`), or, for an
-ImageFolder folder too big to hold, as image files decoded to that size on the fly (`ImageFiles`). Subsetting
-and sizing happen here for every source, so the loaders (ablations.data.loaders) only batch and augment.
+ImageFolder folder or shard folder too big to hold, as image files cropped to that size on the fly
+(ablations.data.stream.ImageFiles). Subsetting happens here for every source, so the loaders
+(ablations.data.loaders) only batch and augment.
 Decoding JPEGs is the slow part, so it runs on every core (ablations.data.decode), and a decoded split is saved
 once under the cache folder ($CONVMIXER_CACHE, default ~/.cache/convmixer), keyed by a hash of the source's
 content, so every later run of a sweep loads the tensors instead of decoding again.
 
 ImageFolder data never shrinks silently: the train and test class sets must match, a folder or file that cannot
-be read is an error (not a skip), and an archive must read to its end-of-archive marker (tarfile itself stops
-without a word at a cut that falls on a member boundary). Nor is it ambiguous: a data_root holding several trees
-is refused, and the native image size is the most common one, never one image's.
+be read and an empty class folder are errors (skipped and counted only with bad_images=skip), and an archive must
+read to its end-of-archive marker (tarfile itself stops without a word at a cut that falls on a member boundary).
+Nor is it ambiguous: a data_root holding several trees is refused, and the native image size is the most common
+one, never one image's.
 """
 
 import hashlib
@@ -24,27 +26,32 @@ import tarfile
 import zlib
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100, Imagenette
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ablations import atomic
 from ablations.config import RunConfig
-from ablations.data import IMAGENETTE_FOLDER, DataError, synthetic
-from ablations.data.decode import DecodeFailure, decode_all, decode_image, fork_workers, image_sizes
+from ablations.data import IMAGENETTE_FOLDER, DataError, cache_dir, synthetic
+from ablations.data.decode import DecodeFailure, decode_all, fork_workers, image_sizes
+from ablations.data.shards import CLASS_DIGITS, CLASSES_FILE, ShardSet, is_shard_folder
+from ablations.data.stream import ImageFiles
 from convmixer.runtime import usable_cores
 
 CACHE_FORMAT = "v2"  # bump when decoding changes, so old cache files are not reused (v2: the native size rule)
 SUBSET_SEED = 0  # subsets are the same for every run seed
 RESIDENT_BYTES = 4 << 30  # decoded uint8 train + test images up to this size are held in memory (and on the device)
+# A smaller limit, in bytes, streams data that would fit: to try or measure the streaming path on a small dataset.
+RESIDENT_ENV = "CONVMIXER_RESIDENT_BYTES"
 TEST_SPLIT_NAMES = ("test", "val")
 NAMED_ODD_IMAGES = 3  # a note on images of another size than the native one names this many
+# The files of a streamed split whose bytes its data record hashes, beside every name and size (a fixed pick).
+SAMPLED_FILES = 32
 
 
 @dataclass
@@ -55,10 +62,6 @@ class Split:
 
     def subset(self, index: torch.Tensor) -> "Split":
         return Split(self.images[index], self.labels[index], self.classes)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("CONVMIXER_CACHE", "~/.cache/convmixer")).expanduser()
 
 
 def read_cached(path: Path) -> Split | None:
@@ -195,14 +198,16 @@ def check_same_classes(source: Path, train: set[str], test: set[str], train_dir:
 class TreeSplit:
     paths: list[str]  # as named inside the folder or archive, sorted by class then path
     labels: torch.Tensor
+    folder: str  # the split's folder, holding one folder per class
 
 
 class ImageTree:
-    """An ImageFolder-style tree, root/{train,test}/<class>/<image>, in a folder or a tar archive.
+    """An ImageFolder-style tree, root/{train,test}/<class>/<image>, in a folder, a tar archive or a folder of
+    WebDataset shards (ablations.data.shards, whose images are named as in such a tree).
 
     The tree may sit one or more folders down (an archive of cifar10-jpeg/train/...); `val` stands in for a
     missing `test`. Archives are read straight from the file into memory, never extracted, so they suit
-    datasets that fit in memory; stream a larger one from an extracted folder.
+    datasets that fit in memory; stream a larger one from an extracted folder or from shards (read by index).
     """
 
     def __init__(self, source: Path) -> None:
@@ -216,6 +221,11 @@ class ImageTree:
         except OSError as error:  # no permission to the file or a folder above it
             raise DataError(f"imagefolder: cannot read data_root={str(source)!r} ({error.strerror})") from None
         self.source, self.is_archive = source, source.is_file()
+        self.is_sharded = not self.is_archive and is_shard_folder(source)
+
+    @cached_property
+    def _shards(self) -> ShardSet:
+        return ShardSet(self.source)
 
     @cached_property
     def _archive(self) -> tuple[bytes, dict[str, tuple[int, int]]]:
@@ -239,6 +249,8 @@ class ImageTree:
 
     @cached_property
     def _files(self) -> list[str]:
+        if self.is_sharded:
+            return sorted(self._shards.index)
         return sorted(self._archive[1]) if self.is_archive else image_names(self.source)
 
     @cached_property
@@ -263,7 +275,8 @@ class ImageTree:
         splits = {}
         for split, key in (("train", train_dir), ("test", test_dirs[0])):
             entries = sorted(found[key])
-            splits[split] = TreeSplit([name for _, name in entries], torch.tensor([index[c] for c, _ in entries]))
+            labels = torch.tensor([index[c] for c, _ in entries])
+            splits[split] = TreeSplit([name for _, name in entries], labels, key)
         return classes, splits
 
     def _train_dir(self, train_dirs: list[str]) -> str:
@@ -281,7 +294,26 @@ class ImageTree:
 
     @property
     def classes(self) -> list[str]:
+        if self.is_sharded:  # shards name a class folder by its index: its name is in classes.txt
+            return [self._shards.class_names[int(folder)] for folder in self._layout[0]]
         return self._layout[0]
+
+    @cached_property
+    def empty_classes(self) -> list[str]:
+        """Class folders of train/ or test/ holding no image (a class of classes.txt, for shards), as paths: a
+        class with no image drops out of the class list, and every later class index moves. Hidden folders
+        (.ipynb_checkpoints) are not classes, as hidden files are not images."""
+        if self.is_sharded:
+            return [f"class {i} ({name}) of {CLASSES_FILE}" for i, name in enumerate(self._shards.class_names)
+                    if f"{i:0{CLASS_DIGITS}d}" not in self._layout[0]]  # fmt: skip
+        if self.is_archive:  # an archive need not list its folders: nothing to compare with
+            return []
+        return [
+            f"{split.folder}/{entry.name}/"
+            for split in self.splits.values()
+            for entry in sorted((self.source / split.folder).iterdir())
+            if entry.is_dir() and entry.name not in self._layout[0] and not entry.name.startswith(".")
+        ]
 
     @property
     def splits(self) -> dict[str, TreeSplit]:
@@ -290,14 +322,16 @@ class ImageTree:
 
     @cached_property
     def fingerprint(self) -> str:
-        """sha256 of the archive's bytes, or of every image file's path and bytes in the folder."""
+        """sha256 of the archive's bytes (of each shard's, in order), or of every image file's path and bytes in
+        the folder."""
         digest = hashlib.sha256()
         name = str(self.source)
         try:
-            if self.is_archive:
-                with open(self.source, "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        digest.update(chunk)
+            if self.is_archive or self.is_sharded:
+                for name in self._shards.paths if self.is_sharded else [self.source]:
+                    with open(name, "rb") as f:
+                        while chunk := f.read(1 << 20):
+                            digest.update(chunk)
             else:
                 for name in self._files:
                     data = self.read(name)
@@ -308,11 +342,23 @@ class ImageTree:
 
     def read(self, name: str) -> bytes:
         """The bytes of image file `name` (OSError when a folder's file cannot be read)."""
+        if self.is_sharded:
+            return self._shards.read(name)
         if not self.is_archive:
             return (self.source / name).read_bytes()
         raw, index = self._archive
         offset, size = index[name]
         return memoryview(raw)[offset : offset + size]
+
+    def where(self, name: str) -> str:
+        """Image file `name` as an error names it: with its shard, for shards (the name is the index's)."""
+        return f"{name} (in {self._shards.paths[self._shards.index[name].shard].name})" if self.is_sharded else name
+
+    def size(self, name: str) -> int:
+        """The size in bytes of image file `name`, from the folder's listing or the index (no image is read)."""
+        if self.is_sharded:
+            return self._shards.size(name)
+        return self._archive[1][name][1] if self.is_archive else (self.source / name).stat().st_size
 
     def over_files(self, names: list[str], job: Callable[[Callable[[int], bytes], int, int], np.ndarray]) -> np.ndarray:
         """`job(read, count, workers)` (decode.decode_all, decode.image_sizes) over the image files `names`, on
@@ -381,29 +427,16 @@ def imagenette_tree(root: str) -> ImageTree:
     return ImageTree(folder)
 
 
-class ImageFiles(Dataset):
-    """Image files of a folder tree, each decoded to a size x size uint8 tensor in a DataLoader worker."""
-
-    def __init__(self, root: Path, paths: list[str], labels: torch.Tensor, size: int) -> None:
-        self.root, self.paths, self.labels, self.size = root, paths, labels, size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = decode_image((self.root / self.paths[i]).read_bytes(), self.size)
-        return torch.from_numpy(image.copy()), self.labels[i]
-
-
 @dataclass
 class Splits:
     """A run's finished data: train and test, subsets taken, images image_size x image_size; held in memory
-    (`Split`), or streamed (`ImageFiles`) when an ImageFolder folder is too big to hold."""
+    (`Split`), or streamed (`ImageFiles`) when an ImageFolder folder or shard folder is too big to hold."""
 
     train: Split | ImageFiles
     test: Split | ImageFiles
     classes: list[str]
     image_size: int
+    skipped: list[str] = field(default_factory=list)  # empty class folders left out, with bad_images=skip
 
     @property
     def resident(self) -> bool:
@@ -411,22 +444,31 @@ class Splits:
 
     def identity(self) -> dict:
         """What the store records as the data of a run (data.json) and compares on a rerun: the classes, the image
-        counts and size, and a sha256 of each split: of its decoded pixels and labels when held in memory, of its
-        file names, labels and file sizes when streamed (reading every file of a folder too big to hold is slow)."""
+        counts and size, and a sha256 of each split (`split_sha256`)."""
         return {
             "classes": list(self.classes), "image_size": self.image_size,
             "train_images": len(self.train.labels), "test_images": len(self.test.labels),
             "train_sha256": split_sha256(self.train), "test_sha256": split_sha256(self.test),
+            **({"skipped_classes": self.skipped} if self.skipped else {}),
         }  # fmt: skip
 
 
 def split_sha256(split: Split | ImageFiles) -> str:
+    """A split held in memory: of its labels and decoded pixels. A streamed one, whose files are too many to read
+    at every start: of its labels, every file's name and size, and the bytes of SAMPLED_FILES files picked at
+    fixed places. That detects a file added, removed, renamed, moved to another class or changed in size (a
+    re-encoded JPEG nearly always is), and any change to the sampled files; not a same-size edit elsewhere."""
     digest = hashlib.sha256(split.labels.to(torch.int64).numpy().tobytes())
     if isinstance(split, Split):
         digest.update(split.images.contiguous().numpy().tobytes())
-    else:
+        return digest.hexdigest()
+    try:
         for path in split.paths:
-            digest.update(f"{path}\0{(split.root / path).stat().st_size}\0".encode())
+            digest.update(f"{path}\0{split.reader.size(path)}\0".encode())
+        for i in torch.randperm(len(split.paths), generator=torch.Generator().manual_seed(SUBSET_SEED))[:SAMPLED_FILES]:
+            digest.update(split.reader.read(split.paths[int(i)]))
+    except OSError as error:
+        raise DataError(f"imagefolder: cannot read {error.filename} ({error.strerror})") from None
     return digest.hexdigest()
 
 
@@ -446,8 +488,9 @@ def finished(split: Split, subset: int, image_size: int) -> Split:
 
 
 def streamed_files(tree: ImageTree, cfg: RunConfig, resident_bytes: int) -> Splits | None:
-    """The files of an ImageFolder *folder* too big for `resident_bytes` once decoded; None when it fits, and
-    for archives, which are always decoded into memory (streaming them would be slow)."""
+    """The files of an ImageFolder folder or shard folder too big for `resident_bytes` once decoded, to stream
+    (training images cropped from the full-size file, ablations.data.stream); None when they fit, and for
+    archives, which are always decoded into memory (streaming a compressed tar would be slow)."""
     if tree.is_archive:
         return None
     train, test = tree.splits["train"], tree.splits["test"]
@@ -457,20 +500,53 @@ def streamed_files(tree: ImageTree, cfg: RunConfig, resident_bytes: int) -> Spli
     if (len(train_keep) + len(test_keep)) * 3 * size * size <= resident_bytes:
         return None
 
-    def files(split: TreeSplit, keep: torch.Tensor) -> ImageFiles:
-        return ImageFiles(tree.source, [split.paths[i] for i in keep.tolist()], split.labels[keep], size)
+    def files(split: TreeSplit, keep: torch.Tensor, **crop) -> ImageFiles:
+        paths = [split.paths[i] for i in keep.tolist()]
+        return ImageFiles(tree, paths, split.labels[keep], size, decode=cfg.decode, **crop)
 
-    return Splits(files(train, train_keep), files(test, test_keep), tree.classes, size)
+    train_files = files(train, train_keep, scale=cfg.scale, flip=cfg.hflip)
+    return Splits(train_files, files(test, test_keep), tree.classes, size)
 
 
-def load_splits(cfg: RunConfig, resident_bytes: int = RESIDENT_BYTES) -> Splits:
+def check_empty_classes(tree: ImageTree, bad_images: str) -> list[str]:
+    """The tree's empty class folders: a one-line DataError naming the first, or with bad_images=skip the list
+    (a note on stderr says so), so that the data record counts them."""
+    empty = tree.empty_classes
+    if empty and bad_images == "error":
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise DataError(
+            f"imagefolder: the class folder {empty[0]}{more} in {tree.source} holds no image, so every later class "
+            "index would move; remove it, or set bad_images=skip to leave it out"
+        )
+    if empty:
+        shown = ", ".join(empty[:NAMED_ODD_IMAGES]) + (", ..." if len(empty) > NAMED_ODD_IMAGES else "")
+        print(f"note: bad_images=skip: {len(empty)} empty class folders left out: {shown}", file=sys.stderr)
+    return empty
+
+
+def resident_limit() -> int:
+    """The most decoded bytes held in memory: RESIDENT_BYTES, or $CONVMIXER_RESIDENT_BYTES when set."""
+    text = os.environ.get(RESIDENT_ENV, "")
+    if not text:
+        return RESIDENT_BYTES
+    if not text.isdigit():
+        raise DataError(f"{RESIDENT_ENV}={text!r} is not accepted: expected a number of bytes (an integer >= 0)")
+    return int(text)
+
+
+def load_splits(cfg: RunConfig, resident_bytes: int | None = None) -> Splits:
     """The finished train and test data of cfg's dataset. Raises DataError (one line) when it cannot be found or
     read. An ImageFolder tree decodes only the images it keeps, straight to the run's size (PIL, bilinear, after
-    a centre crop to a square); the other sources hold whole splits, cut and resized as tensors by `finished`."""
+    a centre crop to a square), or streams them when they do not fit; the other sources hold whole splits, cut
+    and resized as tensors by `finished`."""
+    skipped: list[str] = []
+    resident_bytes = resident_limit() if resident_bytes is None else resident_bytes
     if cfg.dataset in ("imagefolder", "imagenette"):
         tree = ImageTree(Path(cfg.data_root)) if cfg.dataset == "imagefolder" else imagenette_tree(cfg.data_root)
+        skipped = check_empty_classes(tree, cfg.bad_images)
         streamed = streamed_files(tree, cfg, resident_bytes)
         if streamed is not None:
+            streamed.skipped = skipped
             return streamed
         train, test = (
             tree.load("train", cfg.image_size, cfg.train_subset),
@@ -483,4 +559,4 @@ def load_splits(cfg: RunConfig, resident_bytes: int = RESIDENT_BYTES) -> Splits:
             whole = load_cifar(cfg.dataset, cfg.data_root, True), load_cifar(cfg.dataset, cfg.data_root, False)
         train = finished(whole[0], cfg.train_subset, cfg.image_size)
         test = finished(whole[1], cfg.test_subset, cfg.image_size)
-    return Splits(train, test, train.classes, train.images.shape[-1])
+    return Splits(train, test, train.classes, train.images.shape[-1], skipped)

@@ -482,6 +482,8 @@ def train_epochs(
             f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f} | lr {record['lr']:.5f} | "
             f"{record['epoch_time_s']:.1f} s, {record['train_images_per_s']:.0f} img/s"
         )
+        if not data.resident:  # streamed: could the loader keep up with the model?
+            log(f"epoch {epoch + 1} data: {data.train.images.report()}")
         if on_epoch is not None:
             on_epoch(record)
     return history, reason, wall_before

@@ -77,8 +77,9 @@ IMAGENET_RECIPE = {
 # What the toolkit cannot do as their timm did; said in the description, never silently (docs/sweeps.md).
 IMAGENET_DIFFERENCES = (
     "no mstd0.5/inc1 in RandAugment, random erasing to zero (theirs: noise), "
-    "mixup per sample (theirs per batch), square crops, weight decay on every parameter, bf16 (theirs fp16), "
-    "BatchNorm over the whole batch (theirs 64 per GPU), train images pre-resized (not cropped from full size)"
+    "mixup per sample (theirs per batch), weight decay on every parameter, bf16 (theirs fp16), "
+    "BatchNorm over the whole batch (theirs 64 per GPU), and a subset small enough to sit on the device gets square "
+    "crops of pre-resized images (streamed, as the whole set is, crops come from the full-size file as theirs)"
 )
 
 

@@ -1,0 +1,213 @@
+"""Sharded tar archives in the WebDataset layout, read by index: a dataset too big to hold streams from them.
+
+A shard folder holds `train-000000.tar`, `train-000001.tar`, ... and `val-000000.tar`, ... (`test-` stands in for
+`val-`), and optionally `classes.txt` (line i names class i). A sample is the members sharing a key, as in
+WebDataset: `<key>.jpg` (or another image extension) and `<key>.cls`, the class index as decimal text. Each shard
+is an uncompressed tar, so an image is read with one pread at its offset: every shard's headers are read once
+into an index (key -> shard, offset, size; cached under the toolkit's cache folder until the shard changes),
+never its images, and no archive is read whole into memory. The images
+are then named as in an ImageFolder tree, `<split>/<class>/<key>.<ext>`, with the class as its zero-padded index
+(sorted, the folders keep the .cls order), so that every rule of ablations.data.sources applies to them unchanged.
+
+`python -m ablations.data.shards FOLDER OUT` writes the shards of an ImageFolder tree (train/ and val/ or test/).
+This module stays free of torch, so that the command's --help answers at once.
+"""
+
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ablations import atomic
+from ablations.data import DataError, cache_dir
+from convmixer.arguments import OneLineParser, check_integer, run_cli
+
+PROG = "python -m ablations.data.shards"
+
+SHARD = re.compile(r"^(train|val|test)-(\d{6})\.tar$")
+CLASSES_FILE = "classes.txt"
+LABEL_EXT = "cls"
+CLASS_DIGITS = 6  # the zero-padded class index that names a class folder: sorted, it keeps the index order
+# A shard's index (its samples' keys, offsets, sizes and classes) is cached here, under the toolkit's cache folder,
+# keyed by the shard's path, size and modification time: scanning ImageNet's 2.6 million tar headers takes minutes.
+INDEX_FOLDER, INDEX_FORMAT = "shard-index", "v1"
+IMAGES_PER_SHARD = 1000  # the default of the writer: about 110 MB of ImageNet JPEGs, WebDataset's usual size
+
+
+@dataclass(frozen=True)
+class Member:
+    shard: int  # index into ShardSet.paths
+    offset: int
+    size: int
+
+
+def is_shard_folder(path: Path) -> bool:
+    """A folder holding train-NNNNNN.tar shards."""
+    return path.is_dir() and any(SHARD.match(entry.name) and entry.name.startswith("train") for entry in path.iterdir())
+
+
+def split_key(name: str) -> tuple[str, str]:
+    """A member's (key, extension), as WebDataset splits them: at the first dot of the file name."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext
+
+
+def end_marker_missing(fd: int, end: int) -> bool:
+    """Python's tarfile stops without a word at a cut on a member boundary: a whole shard ends in a zero block."""
+    return os.pread(fd, tarfile.BLOCKSIZE, end) != bytes(tarfile.BLOCKSIZE)
+
+
+class ShardSet:
+    """The shards of one folder, indexed: `names` (ImageFolder-style paths), `read(name)`, `size(name)`, and the
+    class names (`class_names`: from classes.txt, else the indices)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.paths = sorted(entry for entry in folder.iterdir() if SHARD.match(entry.name))
+        self.index: dict[str, Member] = {}
+        labels: dict[int, int] = {}  # class index -> images
+        for number, path in enumerate(self.paths):
+            split = SHARD.match(path.name).group(1)
+            for key, (ext, member, label) in self._samples(path, number).items():
+                name = f"{split}/{label:0{CLASS_DIGITS}d}/{key}.{ext}"
+                if name in self.index:
+                    raise DataError(f"imagefolder: the key {key!r} of {path} is in another {split} shard too")
+                self.index[name] = member
+                labels[label] = labels.get(label, 0) + 1
+        self.class_names = self._class_names(max(labels, default=-1) + 1)
+        self._fds: dict[int, int] = {}
+
+    def _samples(self, path: Path, number: int) -> dict[str, tuple[str, Member, int]]:
+        """The samples of one shard: key -> (image extension, where its bytes are, its class index); from the
+        index cache when the shard is unchanged since it was indexed."""
+        try:
+            stat = path.stat()
+        except OSError as error:
+            raise DataError(f"imagefolder: cannot read the shard {path} ({error.strerror})") from None
+        identity = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{INDEX_FORMAT}"
+        cached = cache_dir() / INDEX_FOLDER / f"{hashlib.sha256(identity.encode()).hexdigest()[:20]}.json"
+        rows = read_index(cached)
+        if rows is None:
+            rows = scan(path)
+            try:
+                atomic.write_json(cached, rows)
+            except atomic.WriteError:  # a read-only cache costs the next run a scan, not this one its data
+                pass
+        return {key: (ext, Member(number, offset, size), label) for key, ext, offset, size, label in rows}
+
+    def _class_names(self, count: int) -> list[str]:
+        path = self.folder / CLASSES_FILE
+        if not path.exists():
+            return [str(i) for i in range(count)]
+        names = path.read_text().split()
+        if len(names) < count:
+            raise DataError(f"imagefolder: {path} names {len(names)} classes; the shards use class index {count - 1}")
+        return names
+
+    def size(self, name: str) -> int:
+        return self.index[name].size
+
+    def read(self, name: str) -> bytes:
+        """The bytes of image `name`: one pread (which moves no shared file position, so forked workers may share
+        the descriptors)."""
+        member = self.index[name]
+        fd = self._fds.get(member.shard)
+        if fd is None:
+            fd = self._fds[member.shard] = os.open(self.paths[member.shard], os.O_RDONLY)
+        return os.pread(fd, member.size, member.offset)
+
+
+def read_index(path: Path) -> list[list] | None:
+    """A shard's cached index rows, or None when there is none or it is damaged (then the shard is scanned)."""
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    well_formed = isinstance(rows, list) and all(isinstance(row, list) and len(row) == 5 for row in rows)
+    return rows if well_formed else None
+
+
+def scan(path: Path) -> list[list]:
+    """One shard's samples, [key, image extension, offset, size, class index] each, from its tar headers (the
+    images are never read; a .cls member is one pread)."""
+    from ablations.data.sources import is_data_member  # the rule for what is an image member, kept in one place
+
+    images, labels = {}, {}
+    try:
+        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for m in tar:
+                key, ext = split_key(m.name)
+                if is_data_member(m):
+                    images[key] = (ext, m.offset_data, m.size)
+                elif m.isfile() and ext.lower() == LABEL_EXT:
+                    labels[key] = os.pread(f.fileno(), m.size, m.offset_data)
+            if end_marker_missing(f.fileno(), tar.offset):
+                raise DataError(f"imagefolder: the shard {path} is cut short (no end-of-archive marker)")
+    except (tarfile.TarError, OSError) as error:
+        raise DataError(f"imagefolder: cannot read the shard {path}: {error}") from None
+    rows = []
+    for key, (ext, offset, size) in images.items():
+        text = labels.get(key, b"").strip()
+        if not text.isdigit():
+            problem = "no .cls member" if key not in labels else f"a .cls that is not a class index ({text[:20]!r})"
+            raise DataError(f"imagefolder: the sample {key!r} of {path} has {problem}")
+        rows.append([key, ext, offset, size, int(text)])
+    return rows
+
+
+def write_shards(tree: Path, out: Path, per_shard: int = IMAGES_PER_SHARD) -> list[Path]:
+    """The shards of the ImageFolder tree `tree` (tree/{train,val|test}/<class>/<image>) in `out`, with
+    classes.txt; keys are `<class>/<file stem>`, in sorted order. Returns the shards written."""
+    from ablations.data.sources import ImageTree  # the tree's rules: its classes, splits and checks
+
+    source = ImageTree(tree)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CLASSES_FILE).write_text("".join(f"{name}\n" for name in source.classes))
+    written = []
+    for split, prefix in (("train", "train"), ("test", "val")):
+        files = source.splits[split]
+        for start in range(0, len(files.paths), per_shard):
+            path = out / f"{prefix}-{start // per_shard:06d}.tar"
+            with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+                chunk = slice(start, start + per_shard)
+                for name, label in zip(files.paths[chunk], files.labels[chunk].tolist(), strict=True):
+                    pure = PurePosixPath(name)
+                    key = f"{source.classes[label]}/{pure.name.partition('.')[0]}"
+                    add_member(tar, f"{key}.{pure.name.partition('.')[2]}", bytes(source.read(name)))
+                    add_member(tar, f"{key}.{LABEL_EXT}", str(label).encode())
+            written.append(path)
+    return written
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("tree", type=Path, help="an ImageFolder tree: train/ and val/ (or test/), one folder per class")
+    parser.add_argument("out", type=Path, help="the folder to write train-NNNNNN.tar, val-NNNNNN.tar, classes.txt to")
+    parser.add_argument("--per-shard", type=int, default=IMAGES_PER_SHARD, help="images per shard (default 1000)")
+    args = parser.parse_args(argv)
+    check_integer("--per-shard", args.per_shard, minimum=1)
+    if args.out.is_dir() and any(SHARD.match(entry.name) for entry in args.out.iterdir()):
+        raise ValueError(f"{args.out} holds shards already; write into an empty folder")
+    written = write_shards(args.tree, args.out, args.per_shard)
+    print(f"wrote {len(written)} shards and {CLASSES_FILE} to {args.out}")
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv, PROG, (ValueError,))  # DataError is a ValueError
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

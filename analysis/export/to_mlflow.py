@@ -1,0 +1,55 @@
+"""The sweep as an MLflow file store, `<out>/mlruns`: experiment <sweep>, one MLflow run per run, named by its run
+id, with its config as params, a metric step per epoch, its status and provenance as tags (the commit also as
+mlflow.source.git.commit). `mlflow ui --backend-store-uri <out>/mlruns` shows it.
+
+MLflow 3 keeps the file store in maintenance mode and refuses it unless MLFLOW_ALLOW_FILE_STORE is set: this
+module sets it for its own process, since a folder of plain files is what an export after the fact should leave
+(`mlflow migrate-filestore` moves it into a database)."""
+
+import os
+import time
+from pathlib import Path
+
+from ablations.store import DONE, UNFINISHED
+from analysis.export.runs import Run
+
+TAG = "convmixer."  # the prefix of this toolkit's tags
+BATCH = 1000  # the most metrics one log_batch takes
+
+
+def write_run(client, experiment_id: str, run: Run) -> str:
+    from mlflow.entities import Metric, Param
+
+    tags = {f"{TAG}run_id": run.run_id, f"{TAG}status": run.status}
+    tags |= {f"{TAG}{key}": value for key, value in run.facts().items()}
+    if run.provenance["toolkit_commit"]:
+        tags["mlflow.source.git.commit"] = run.provenance["toolkit_commit"]
+    made = client.create_run(experiment_id, run_name=run.run_id, tags=tags).info.run_id
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(name, value, now, epoch) for epoch, values in run.epochs().items() for name, value in values.items()
+    ]
+    client.log_batch(made, params=[Param(key, str(value)) for key, value in run.config.items()])
+    for start in range(0, len(metrics), BATCH):
+        client.log_batch(made, metrics=metrics[start : start + BATCH])
+    if run.status != UNFINISHED:  # an unfinished run recorded no end: it stays RUNNING, as MLflow says of those
+        client.set_terminated(made, status="FINISHED" if run.status == DONE else "FAILED")
+    return made
+
+
+def write(runs: list[Run], out: Path) -> Path:
+    """A run exported before is deleted (MLflow's deleted state, which `mlflow gc` purges) once its new export is
+    written: a second export replaces the first, and a failed one leaves the first in place."""
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    from mlflow.tracking import MlflowClient
+
+    store = Path(out).resolve() / "mlruns"
+    client = MlflowClient(tracking_uri=store.as_uri())
+    experiment = client.get_experiment_by_name(runs[0].sweep)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(runs[0].sweep)
+    for run in runs:
+        earlier = client.search_runs([experiment_id], f"tags.`{TAG}run_id` = '{run.run_id}'")
+        write_run(client, experiment_id, run)
+        for old in earlier:
+            client.delete_run(old.info.run_id)
+    return store

@@ -1,0 +1,38 @@
+"""The sweep as TensorBoard event files, `<out>/tensorboard/<sweep>/<run_id>/`: a scalar per metric and epoch, and
+the run's hparams (its config, status and provenance, with its metrics), so that TensorBoard's HPARAMS tab
+compares the runs. Written with torch's SummaryWriter, which stores scalars as 32-bit floats."""
+
+import secrets
+from pathlib import Path
+
+from analysis.build import publish, recover
+from analysis.export.runs import Run
+
+
+def write_run(run: Run, folder: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    epochs = run.epochs()
+    last = epochs[max(epochs)] if epochs else {}
+    with SummaryWriter(log_dir=str(folder)) as writer:
+        for epoch, metrics in epochs.items():
+            for name, value in metrics.items():
+                writer.add_scalar(name, value, epoch)
+        # add_hparams would write into a sub-folder of its own: the hparams summaries go beside the scalars instead.
+        values = {**run.config, "status": run.status, **run.facts()}
+        for summary in hparams(values, last):
+            writer.file_writer.add_summary(summary)
+
+
+def write(runs: list[Run], out: Path) -> Path:
+    """Each run is written into a folder of its own, then swapped in for its earlier export (build.publish): a
+    second export replaces the first, it never adds a second set of event files."""
+    root = Path(out) / "tensorboard" / runs[0].sweep
+    for run in runs:
+        target = root / run.run_id
+        recover(target)
+        staging = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        write_run(run, staging)
+        publish(staging, target)
+    return root

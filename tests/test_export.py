@@ -1,0 +1,196 @@
+"""`python -m analysis.export`: each format, read back with its own tools (pyarrow through pandas, tbparse, MLflow's
+client, the W&B offline run's .wandb file), holds every run's history.json, config and provenance, and exporting
+twice into one folder replaces the first export instead of adding a second."""
+
+import json
+import shutil
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+from analysis.export import FORMATS
+from analysis.export.__main__ import cli
+from analysis.load import CONFIG_KEYS
+
+PROVENANCE = {"toolkit_commit", "hardware", "torch_version", "train_sha256", "test_sha256"}  # all the tiny runs hold
+
+
+def stored(sweep: Path) -> dict[str, dict]:
+    """Run id -> its files as the store holds them: history (by epoch), config, and provenance."""
+    runs = {}
+    for run_dir in sorted((sweep / "runs").iterdir()):
+        metrics, data = (json.loads((run_dir / name).read_text()) for name in ("metrics.json", "data.json"))
+        history = json.loads((run_dir / "history.json").read_text())
+        runs[run_dir.name] = {
+            "history": {row["epoch"]: {k: v for k, v in row.items() if k != "epoch"} for row in history},
+            "config": json.loads((run_dir / "config.json").read_text()),
+            "provenance": {key: {**metrics, **data}[key] for key in PROVENANCE},
+            "status": metrics["status"],
+        }
+    return runs
+
+
+def export_twice(sweep: Path, to: str, out: Path) -> None:
+    for _ in range(2):
+        assert cli([str(sweep), "--to", to, "--out", str(out)]) == 0
+
+
+@pytest.mark.slow
+def test_parquet_holds_every_number_of_every_history_once(sweep, tmp_path):
+    import pandas as pd
+
+    export_twice(sweep, "parquet", tmp_path)
+    table = pd.read_parquet(tmp_path / f"{sweep.name}.parquet")
+    runs = stored(sweep)
+    assert len(table) == sum(len(run["history"]) * len(next(iter(run["history"].values()))) for run in runs.values())
+    for row in table.to_dict("records"):
+        run = runs[row["run_id"]]
+        assert row["value"] == run["history"][row["epoch"]][row["metric"]]
+        assert {key: row[key] for key in CONFIG_KEYS} == run["config"]
+        assert {key: row[key] for key in PROVENANCE} == run["provenance"]
+        assert row["status"] == run["status"] and row["sweep"] == sweep.name
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The inplace keyword:DeprecationWarning")  # tbparse's call of pandas
+def test_tensorboard_holds_each_run_scalars_and_hparams(sweep, tmp_path):
+    from tbparse import SummaryReader
+
+    export_twice(sweep, "tensorboard", tmp_path)
+    root = tmp_path / "tensorboard" / sweep.name
+    runs = stored(sweep)
+    assert sorted(path.name for path in root.iterdir()) == sorted(runs)  # no staging or set-aside folder left
+    for run_id, run in runs.items():
+        assert len(list((root / run_id).iterdir())) == 1  # one event file: the second export replaced the first
+        reader = SummaryReader(str(root / run_id))
+        scalars = {(row["step"], row["tag"]): row["value"] for row in reader.scalars.to_dict("records")}
+        expected = {(epoch, name): value for epoch, values in run["history"].items() for name, value in values.items()}
+        assert scalars.keys() == expected.keys()
+        for key, value in expected.items():
+            assert scalars[key] == pytest.approx(value, rel=1e-6, abs=1e-12)  # TensorBoard stores float32
+        hparams = dict(zip(reader.hparams["tag"], reader.hparams["value"], strict=True))
+        assert {key: hparams[key] for key in PROVENANCE} == run["provenance"]
+        assert hparams["status"] == run["status"]
+        assert {key: hparams[key] for key in run["config"]} == run["config"]  # numbers as floats: 1.0 == True
+
+
+def wandb_records(path: Path):
+    """The protobuf records of a .wandb file: W&B's header, then LevelDB's log format (32 KiB blocks of records
+    with a 7-byte header; a record split across blocks comes in FIRST, MIDDLE... LAST pieces)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B"
+    position, pieces = 7, b""
+    while position + 7 <= len(data):
+        left = block - position % block
+        if left < 7:  # a block's tail too short for a header is padding
+            position += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        pieces += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # FULL or LAST
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pieces)
+            yield record
+            pieces = b""
+
+
+def wandb_run(folder: Path) -> tuple[dict, dict[int, dict]]:
+    """The config and the history (by step) of an offline run's folder, from its .wandb file."""
+    config, history = {}, {}
+    for record in wandb_records(next(folder.glob("*.wandb"))):
+        if record.HasField("run"):
+            config = {item.key: json.loads(item.value_json) for item in record.run.config.update}
+        if record.HasField("history"):
+            items = {item.nested_key[0] or item.key: json.loads(item.value_json) for item in record.history.item}
+            history[items.pop("_step")] = {key: value for key, value in items.items() if not key.startswith("_")}
+    return config, history
+
+
+@pytest.mark.slow
+def test_wandb_offline_runs_hold_each_history_and_config_once(sweep, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")  # belt and braces: the export never goes online
+    for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):  # W&B's own logs stay out of ~/.cache
+        monkeypatch.setenv(name, str(tmp_path / "home"))
+    export_twice(sweep, "wandb", tmp_path)
+    runs = stored(sweep)
+    folders = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert sorted(folder.name.rpartition("-")[2] for folder in folders) == sorted(runs)  # one folder per run
+    for folder in folders:
+        run = runs[folder.name.rpartition("-")[2]]
+        config, history = wandb_run(folder)
+        assert history == run["history"]
+        assert {key: config[key] for key in run["config"]} == run["config"]
+        assert {key: config[key] for key in PROVENANCE} == run["provenance"]
+        assert config["status"] == run["status"]
+
+
+@pytest.mark.slow
+def test_mlflow_store_holds_one_run_per_run_with_its_history(sweep, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    export_twice(sweep, "mlflow", tmp_path)
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    found = client.search_runs([client.get_experiment_by_name(sweep.name).experiment_id])
+    runs = stored(sweep)
+    assert sorted(made.data.tags["convmixer.run_id"] for made in found) == sorted(runs)  # the second replaced
+    for made in found:
+        run = runs[made.data.tags["convmixer.run_id"]]
+        assert made.data.params == {key: str(value) for key, value in run["config"].items()}
+        assert {key: made.data.tags[f"convmixer.{key}"] for key in PROVENANCE} == run["provenance"]
+        assert made.data.tags["mlflow.source.git.commit"] == run["provenance"]["toolkit_commit"]
+        assert made.info.status == "FINISHED" and made.data.tags["convmixer.status"] == run["status"]
+        for name in run["history"][1]:
+            points = client.get_metric_history(made.info.run_id, name)
+            assert {point.step: point.value for point in points} == {
+                epoch: values[name] for epoch, values in run["history"].items()
+            }
+
+
+def test_a_missing_package_is_one_line_naming_its_extra(sweep, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # an import of wandb now fails as if it were not installed
+    assert cli([str(sweep), "--to", "wandb", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "convmixer-toolkit[export-wandb]" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args", [["--to", "csv"], []], ids=["unknown", "missing"])
+def test_a_bad_format_is_one_line_listing_the_accepted_ones(sweep, args, capsys):
+    assert cli([str(sweep), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m analysis.export: error: ") and err.count("\n") == 1
+    named = ["csv", *FORMATS] if args else ["--to"]  # argparse lists the choices, quoted or not by its version
+    assert all(name in err for name in named)
+
+
+def test_a_folder_that_is_no_sweep_is_one_line(tmp_path, capsys):
+    assert cli([str(tmp_path), "--to", "parquet", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith(f"python -m analysis.export: error: {tmp_path} is not a sweep folder")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_an_unfinished_run_is_exported_with_its_status_and_the_epochs_it_has(sweep, tmp_path, monkeypatch):
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    copy = Path(shutil.copytree(sweep, tmp_path / sweep.name))
+    killed = sorted((copy / "runs").iterdir())[0]
+    (killed / "metrics.json").unlink()  # as a run killed after its epochs, before its end
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    for to in ("parquet", "mlflow"):
+        assert cli([str(copy), "--to", to, "--out", str(tmp_path / "out")]) == 0
+    table = pd.read_parquet(tmp_path / "out" / f"{copy.name}.parquet")
+    rows = table[table["run_id"] == killed.name]
+    assert set(rows["status"]) == {"unfinished"} and sorted(set(rows["epoch"])) == [1, 2]
+    assert rows["toolkit_commit"].isna().all()  # metrics.json recorded it: gone with it, not guessed
+    client = MlflowClient(tracking_uri=(tmp_path / "out" / "mlruns").as_uri())
+    found = client.search_runs([client.get_experiment_by_name(copy.name).experiment_id])
+    statuses = {made.data.tags["convmixer.run_id"]: made.info.status for made in found}
+    assert statuses.pop(killed.name) == "RUNNING" and set(statuses.values()) == {"FINISHED"}
