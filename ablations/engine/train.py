@@ -180,7 +180,7 @@ class Trainer:
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen, lr = 0, 0.0
+        seen, lr = torch.zeros((), device=self.device, dtype=torch.long), 0.0  # counted on the device, as the sums
         synchronize(self.device)
         start = time.perf_counter()
         batches = tqdm(
@@ -194,8 +194,7 @@ class Trainer:
             seen += len(targets)
         if not self.cfg.sync_bn:  # each rank's BatchNorm statistics: one mean, before evaluating and checkpointing
             distributed.average_buffers(self.model)
-        loss_total, correct_total = epoch_totals(loss_sum, correct)
-        seen *= self.ranks.world_size  # every rank's slice of every batch has the same size
+        loss_total, correct_total, seen = epoch_totals(loss_sum, correct, seen)
         train_time = time.perf_counter() - start
         return {
             "train_loss": loss_total / seen,
@@ -218,12 +217,13 @@ class Trainer:
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = torch.zeros((), device=self.device, dtype=torch.long)
         for images, labels in loader:
             logits = self.logits(self.full_batch(images), train=False)[: len(labels)]
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             correct += (logits.argmax(1) == labels).sum()
-        loss_total, correct_total = epoch_totals(loss_sum, correct)
-        seen = len(loader.images)  # the whole test set, over the ranks' shares
+            seen += len(labels)
+        loss_total, correct_total, seen = epoch_totals(loss_sum, correct, seen)
         return {"test_loss": loss_total / seen, "test_acc": correct_total / seen}
 
     def warm_up(self, train: TrainLoader, test: TestLoader) -> float:
