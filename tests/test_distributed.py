@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import imagefolder, write_tree
 from helpers import read_json, read_summary, tiny_configs, tiny_set
 
 from ablations.config import ConfigError, RunConfig
@@ -57,6 +58,19 @@ def test_the_ranks_slices_of_each_batch_make_the_one_process_batch():
     shares = [rank.test.num_samples for rank in (for_rank(data, cfg, r, 3) for r in range(3))]
     assert shares == [34, 33, 33]
     assert torch.equal(torch.cat([labels for rank in ranks for _, labels in rank.test]), data.test.images.labels)
+
+
+def test_a_streamed_folders_ranks_read_their_slices_of_the_one_process_batches(tmp_path):
+    """Streamed data reads by index (crops drawn per image), so the ranks' slices are the resident case's."""
+    write_tree(tmp_path / "tree", {"train": 6, "val": 3})  # 18 images in batches of 4: 4 x 4 and 2
+    cfg = imagefolder(tmp_path / "tree")
+    data = build_data(cfg, torch.device("cpu"), resident_bytes=0, workers=0)
+    ranks = [for_rank(data, cfg, rank, 2) for rank in range(2)]
+    assert type(ranks[1].train) is type(data.train) and not data.resident
+    two = zip(*(rank.train.epoch(3) for rank in ranks), strict=True)
+    for (images, labels), halves in zip(data.train.epoch(3), two, strict=True):
+        assert torch.equal(images, torch.cat([half[0] for half in halves]))
+        assert torch.equal(labels, torch.cat([half[1] for half in halves]))
 
 
 def test_a_gpu_slot_is_procs_per_run_gpus_and_a_cpu_slot_shares_the_cores():
