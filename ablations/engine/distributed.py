@@ -5,8 +5,8 @@ A process learns its place from torchrun's env:// contract (RANK, WORLD_SIZE, LO
 MASTER_PORT), which the toolkit's own launchers (the sweep's local workers, SLURM tasks) set as torchrun would, so
 there is one way in. The group is gloo on the CPU and NCCL on CUDA, with a timeout, so that a collective whose
 peer has died ends in an error instead of hanging. BatchNorm over all ranks is torch's SyncBatchNorm on GPUs, and
-on the CPU (where torch's refuses to run) `AllReduceBatchNorm`: two all-reduces per layer, the mean and then the
-centred sum of squares, which gives the statistics one process would compute over the whole global batch.
+on the CPU (where torch's refuses to run) `AllReduceBatchNorm`: one all-reduce of each rank's sums per layer (and
+one in the backward pass), which gives the statistics one process would compute over the whole global batch.
 """
 
 import datetime
@@ -131,27 +131,28 @@ def average_buffers(model: nn.Module) -> None:
 
 
 class AllReduceBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are those of the global batch: the per-rank sums all-reduced (with
-    autograd, so the backward pass reduces the gradients of the statistics too). Two passes, the mean first and
-    then the centred squares, so that the variance does not cancel as E[x^2] - E[x]^2 would. Evaluation uses the
-    running statistics, as BatchNorm2d does, with no collective."""
+    """BatchNorm2d whose training statistics are those of the global batch: each rank's per-channel sums of x and
+    x^2 and its count, in float64 so that E[x^2] - E[x]^2 does not cancel, all-reduced in one collective (with
+    autograd, so the backward pass reduces their gradients in one more). Evaluation uses the running statistics,
+    as BatchNorm2d does, with no collective."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        count = torch.tensor(float(x.numel() // x.shape[1]), device=x.device)
-        total = funcol.all_reduce(torch.cat([x.sum((0, 2, 3)), count.view(1)]), "sum", dist.group.WORLD)
+        count = torch.full((1,), x.numel() // x.shape[1], dtype=torch.float64, device=x.device)
+        sums = torch.cat([x.sum((0, 2, 3), dtype=torch.float64), x.square().sum((0, 2, 3), dtype=torch.float64)])
+        total = funcol.all_reduce(torch.cat([sums, count]), "sum", dist.group.WORLD)
         n = total[-1]
-        mean = total[:-1] / n
-        centred = x - mean.view(1, -1, 1, 1)
-        var = funcol.all_reduce(centred.square().sum((0, 2, 3)), "sum", dist.group.WORLD) / n
+        mean64 = total[: self.num_features] / n
+        var64 = total[self.num_features : -1] / n - mean64.square()
+        mean, var = mean64.to(x.dtype), var64.clamp(min=0).to(x.dtype)
         with torch.no_grad():
             self.num_batches_tracked += 1
             momentum = self.momentum if self.momentum is not None else 1 / float(self.num_batches_tracked)
             self.running_mean.lerp_(mean, momentum)
-            self.running_var.lerp_(var * n / (n - 1).clamp(min=1), momentum)
+            self.running_var.lerp_((var64 * n / (n - 1).clamp(min=1)).to(x.dtype), momentum)
         scale = self.weight / (var + self.eps).sqrt()
-        return centred * scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return (x - mean.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
 def sync_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
