@@ -4,6 +4,8 @@ Module map, top to bottom (each layer imports only the layers below it):
 
     run.py              `python -m ablations.run`: parse the command line, print the plan (or the dry-run table),
                         run it, print the end
+    train.py            `python -m ablations.train`: one run, on one process or on several under torchrun (DDP), into
+                        a result folder as the sweep writes it
     sweep/              what to run and how to run it
         presets.py        named recipes (smoke, cifar10, cifar10-jpeg, paper-cifar10, imagenet, imagenet-budget,
                           imagenette), the data each needs, and the key table of --help
@@ -14,8 +16,9 @@ Module map, top to bottom (each layer imports only the layers below it):
         slurm.py          the SLURM launcher: one job array, followed to its end; its options, checked
         progress.py       the tqdm bars and plain lines a researcher watches
         execute.py        the steps both launchers share: run one config in its folder, end a run in the sweep
-    engine/             one training run on one device
+    engine/             one training run, on one device or on several processes (DDP)
         train.py          model, optimiser, resumable epochs, metrics
+        distributed.py    a run on several processes: the process group (torchrun's env://), synced BatchNorm, DDP
         schedule.py       learning-rate schedules
         setup.py          the memory layout and depthwise conv a run uses ("auto": the fastest, timed)
     data/               the images a run trains on
@@ -43,5 +46,6 @@ Import rules (tests/test_layers.py checks them on every module):
   before the sweep, to check it and record it) and presets.py (the torch-free front of data/, for the default
   location of the data a preset needs); presets, grid and study import only config.py, each other and (grid)
   design.py (and presets the model registry, whose ConvMixer-256/8 the CIFAR-10 recipe trains).
-- nothing imports run.py; analysis/ imports only design.py, config.py, store.py, atomic.py and data/ of ablations/.
+- nothing imports run.py or train.py; analysis/ imports only design.py, config.py, store.py, atomic.py and data/ of
+  ablations/.
 """

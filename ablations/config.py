@@ -41,6 +41,7 @@ MAX_LR, MAX_WEIGHT_DECAY = 1e6, 1e6
 # leaves the key out of its id, so adding a key never renames the runs already in a store.
 LATER_KEYS: dict[str, object] = {
     "tf32": True, "depthwise_impl": "torch", "adam_eps": 1e-8, "decode": "cpu", "bad_images": "error",
+    "sync_bn": True, "accum_steps": 1, "checkpoint_activations": False,
 }  # fmt: skip
 # Hex digits of a run id (64 bits); results written before ids had 16 were named by LEGACY_RUN_ID_LENGTH.
 RUN_ID_LENGTH, LEGACY_RUN_ID_LENGTH = 16, 10
@@ -120,6 +121,10 @@ class RunConfig:
     channels_last: bool | str = True  # or "auto": on CUDA, the faster layout, timed (convmixer.depthwise)
     depthwise_impl: str = "torch"  # cuDNN's depthwise conv, "triton" (CUDA only) or "auto": the faster, timed
     compile: bool = False
+    # several processes per run (DDP, docs/engine.md): batch_size is the global batch, split over the processes
+    sync_bn: bool = True  # BatchNorm statistics over the global batch; false: each process's own (as timm's runs)
+    accum_steps: int = 1  # gradient accumulation: each process's batch in this many forward/backward passes
+    checkpoint_activations: bool = False  # recompute each mixer block's activations in the backward pass
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -269,6 +274,7 @@ ACCEPTED: dict[str, Range | Choice | AutoSwitch] = {
     "precision": Choice(PRECISIONS),
     "channels_last": AutoSwitch(),
     "depthwise_impl": Choice(DEPTHWISE_IMPLS),
+    "accum_steps": Range(int, 1),
     "seed": Range(int, 0, MAX_RUN_SEED),
 }
 

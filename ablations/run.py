@@ -23,7 +23,7 @@ from ablations.config import ConfigError, RunConfig
 from ablations.data import DataError, dataset_label
 from ablations.store import DONE, FAILED, Locks, Store, StoreError
 from ablations.sweep.grid import Sweep, build_sweep
-from ablations.sweep.local import LocalLauncher, add_local_options, local_devices
+from ablations.sweep.local import LocalLauncher, add_local_options, device_slots, local_devices
 from ablations.sweep.plan import check_ids, outcome, plan, run_plan
 from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, check_data_read, keys_help, sweep_data_root
 from ablations.sweep.progress import run_label
@@ -147,6 +147,7 @@ def create_result_dir(root: Path) -> None:
 def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: list[str]) -> None:
     import torch  # here, once the command line is parsed: --help and usage errors answer without it
 
+    from ablations.engine.distributed import Ranks, local_batch
     from ablations.engine.train import run_dtype
 
     for precision in {cfg.precision for cfg in configs}:
@@ -154,7 +155,9 @@ def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: l
             run_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
     if args.time_limit is not None and args.launcher == "slurm":
         raise ConfigError("--time-limit is not accepted with --launcher slurm: use --slurm-time for each job")
-    options = SlurmOptions.from_args(args)
+    options = SlurmOptions.from_args(args)  # --procs-per-run >= 1 is checked here or by local_devices
+    for cfg in configs:
+        local_batch(cfg.batch_size, Ranks(world_size=args.procs_per_run))  # each process's share of every batch
     if args.launcher == "slurm":
         for precision in {cfg.precision for cfg in configs}:
             run_dtype(precision, torch.device(options.device))
@@ -177,7 +180,7 @@ def make_launcher(args: argparse.Namespace, store: Store, devices: list[str]) ->
     if args.launcher == "slurm":
         return SlurmLauncher(store, SlurmOptions.from_args(args), args.keep_checkpoints)
     limit_s = None if args.time_limit is None else 60 * args.time_limit
-    return LocalLauncher(store, devices, args.jobs_per_device, args.keep_checkpoints, limit_s)
+    return LocalLauncher(store, devices, args.jobs_per_device, args.keep_checkpoints, limit_s, args.procs_per_run)
 
 
 def report(configs: list[RunConfig], keys: list[str], store: Store) -> int:
@@ -227,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     origin = f"study {args.study} (preset {preset})" if study is not None else f"preset {preset}"
     print(first_line(name, configs, origin, keys), flush=True)
     sweep_plan = plan(configs, store, args.retry_failed, keys)  # a dry run checks the data too: a run would fail on it
-    slots = len(devices) * (args.jobs_per_device or 0)  # the SLURM launcher has no devices here, nor jobs per one
+    slots = len(device_slots(devices, args.jobs_per_device or 0, args.procs_per_run))  # SLURM: no devices here
     workers = f"{plural(slots, 'worker')} on {', '.join(devices)}" if devices else "SLURM jobs"
+    if args.procs_per_run > 1:
+        workers += f", {args.procs_per_run} processes per run"
     todo = sweep_plan.todo
     for note in sweep_plan.patch_notes():
         print(note)

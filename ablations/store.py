@@ -90,7 +90,8 @@ def _one_of(words: Iterable[str]) -> str:
 class Field:
     """One field of metrics.json: who writes it, what a value may be, and whether a done run needs it."""
 
-    writer: str  # "both": the engine and record_failure; "engine" (on a GPU only: "gpu"); "failure": record_failure
+    writer: str  # "both": the engine and record_failure; "engine" (on a GPU only: "gpu"; on several processes:
+    # "ddp"); "failure": record_failure
     check: Callable[[Any], bool]  # a done run's value, when there and not null, passes it (others are not checked)
     accepted: str  # the check in words, for the one-line error
     done_needs: bool = False  # a done run must have it (the report computes with it)
@@ -128,6 +129,7 @@ METRIC_FIELDS = {
     "warm_up_s": Field("engine", _seconds, "a number >= 0"),
     "channels_last_used": _flag("engine"),
     "depthwise_impl_used": _text("engine"),
+    "processes": Field("ddp", _positive_int, "a positive integer"),  # of a run on several (DDP); 1 if absent
     "device": _text("both"),
     "hardware": _text("engine"),
     "driver": _text("gpu"),

@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 from helpers import read_json, read_summary, snapshot, tiny_configs, tiny_set
 
+from ablations.config import ConfigError
 from ablations.run import cli
 from ablations.store import LOCK, Locks, Store, hold_lock
-from ablations.sweep.slurm import train_in_job
+from ablations.sweep.slurm import SlurmOptions, train_in_job
 
 CLUSTER_SCRIPT = Path(__file__).parent / "slurm" / "cluster.sh"
 OPT_IN = "CONVMIXER_TEST_SLURM"
@@ -179,6 +180,23 @@ def test_a_sweep_is_one_job_array_on_the_cpu_with_the_numbers_of_a_local_run(clu
     no_jobs_left()
 
 
+def test_a_run_on_two_processes_is_one_job_of_two_tasks(cluster, tmp_path):
+    """--procs-per-run 2: one job with two tasks, whose ranks meet through SLURM's environment (submitit's
+    TorchDistributedEnvironment) and train the run with gloo; rank 0 writes it."""
+    out = tmp_path / "ddp"
+    command = sweep_command(out, "--set", tiny_set(), "--procs-per-run", "2", "--slurm-time", "5")
+    sweep = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert sweep.returncode == 0, sweep.stdout + sweep.stderr
+    (row,) = read_summary(out)
+    assert row["status"] == "done"
+    (job,) = jobs(out).values()
+    script = (out / "slurm" / f"{job.split('_')[0]}_submission.sh").read_text()
+    assert "--ntasks-per-node=2" in script and "--nodes=1" in script
+    assert read_json(out / "runs" / row["run_id"] / "metrics.json")["processes"] == 2
+    assert "cpu x 2 processes" in (out / "runs" / row["run_id"] / "log.txt").read_text()
+    no_jobs_left()
+
+
 def test_a_cancelled_job_fails_its_run_with_slurms_state_and_retry_resumes_it(cluster, tmp_path, start_sweep):
     """The run is frozen (SIGSTOP) so that it is partway through when SLURM kills it: submitit lets a job work on
     between scancel's SIGTERM and SIGKILL."""
@@ -294,6 +312,7 @@ def test_options_the_cluster_refuses_are_one_line_before_anything_is_written(clu
     "args, message",
     [
         (["--slurm-time", "0"], "--slurm-time 0 is not accepted: expected an integer >= 1"),
+        (["--launcher", "slurm", "--procs-per-run", "0"], "--procs-per-run 0 is not accepted: expected an integer"),
         (["--slurm-cpus", "0"], "--slurm-cpus 0 is not accepted"),
         (["--slurm-parallel", "0"], "--slurm-parallel 0 is not accepted"),
         (["--slurm-gpus", "-1"], "--slurm-gpus -1 is not accepted: expected an integer >= 0"),
@@ -309,6 +328,15 @@ def test_bad_slurm_options_are_one_line_exit_2(tmp_path, args, message):
     code, _, err = run_cli(["--set", tiny_set(), *args, "--out", str(tmp_path / "out")])
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_on_several_processes_asks_slurm_for_that_many_tasks_over_the_nodes_it_needs():
+    assert SlurmOptions(procs=2).sbatch() == {"time": 240, "cpus_per_task": 1, "nodes": 1, "ntasks_per_node": 2}
+    eight = SlurmOptions(gpus=4, procs=8).sbatch()
+    assert (eight["nodes"], eight["ntasks_per_node"], eight["gpus_per_node"], eight["cpus_per_task"]) == (2, 4, 4, 8)
+    assert SlurmOptions(gpus=4).sbatch()["cpus_per_task"] == 32 and "ntasks_per_node" not in SlurmOptions().sbatch()
+    with pytest.raises(ConfigError, match="--procs-per-run 6 is not accepted with --slurm-gpus 4"):
+        SlurmOptions(gpus=4, procs=6)
 
 
 @pytest.mark.slow

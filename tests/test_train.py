@@ -136,8 +136,8 @@ def test_warming_up_every_batch_shape_changes_nothing_the_run_learns(straight_ru
 def test_the_warm_up_runs_each_batch_shape_of_an_epoch_once(monkeypatch):
     """2,000 train images in batches of 300: 300 and 200; 500 test images: 300 and 200 (compiled: one shape)."""
     sizes = []
-    monkeypatch.setattr(train.Trainer, "logits", lambda self, images: sizes.append(len(images)) or torch.zeros(
-        len(images), 10, requires_grad=True))  # fmt: skip
+    monkeypatch.setattr(train.Trainer, "logits", lambda self, images, train=True: sizes.append(len(images))
+                        or torch.zeros(len(images), 10, requires_grad=True))  # fmt: skip
     for compiled, expected in ((False, [300, 200, 300, 200]), (True, [300, 300])):
         cfg = tiny(batch_size=300, compile=compiled)
         data = train.build_data(cfg, torch.device("cpu"))

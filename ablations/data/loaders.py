@@ -33,7 +33,7 @@ from ablations.data.augment import Augment, normalise
 from ablations.data.sources import Split, Splits, load_splits, resident_limit
 from ablations.data.stream import Batch, ImageFiles, collate, finish_on_device, resolve_decode
 
-__all__ = ["Data", "TestLoader", "TrainLoader", "build_data"]
+__all__ = ["Data", "TestLoader", "TrainLoader", "build_data", "for_rank"]
 
 # Per-channel mean/std for a streamed dataset, whose train split is too big to scan: ImageNet's.
 STREAMED_MEAN, STREAMED_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -178,33 +178,53 @@ class TrainLoader:
 
     Like the reference's DataLoader, the last batch of an epoch may be smaller (len = ceil(N / batch_size)).
     With cfg.compile it is dropped instead (when there is a full batch), so the compiled model sees one shape.
+    On `world_size` processes each global batch of the epoch's one permutation is cut into world_size equal
+    slices, rank `rank` taking its own; the epoch is cut to a multiple of world_size images (at most
+    world_size - 1 fewer, from the last batch), so that every rank's slice of every batch has the same size.
+    Augmentation draws from the rank's own stream (rank 0's is the one-process stream).
     """
 
-    def __init__(self, images: ResidentImages | StreamedImages, augment: Augment, cfg: RunConfig) -> None:
+    def __init__(
+        self, images: ResidentImages | StreamedImages, augment: Augment, cfg: RunConfig, *, rank: int = 0,
+        world_size: int = 1,
+    ) -> None:  # fmt: skip
         self.images, self.augment, self.batch_size, self.seed = images, augment, cfg.batch_size, cfg.seed
+        self.rank, self.world_size = rank, world_size
         self.drop_last = cfg.compile and self.num_samples > self.batch_size
 
     @property
     def num_samples(self) -> int:
         return len(self.images)
 
+    @property
+    def samples_per_epoch(self) -> int:
+        """The images an epoch trains on, over all ranks."""
+        kept = self.num_samples // self.batch_size * self.batch_size if self.drop_last else self.num_samples
+        return kept - kept % self.world_size
+
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
+        return math.ceil(self.samples_per_epoch / self.batch_size)
+
+    def rank_slice(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of each global batch of `order`, concatenated."""
+        if self.world_size == 1:
+            return order
+        return torch.cat([batch.view(self.world_size, -1)[self.rank] for batch in order.split(self.batch_size)])
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order_gen = torch.Generator().manual_seed(derived_seed(self.seed, epoch, "order"))
-        order = torch.randperm(self.num_samples, generator=order_gen)[: len(self) * self.batch_size]
-        augment_gen = torch.Generator(self.images.device).manual_seed(derived_seed(self.seed, epoch, "augment"))
-        for images, labels in self.images.batches(order, self.batch_size):
+        order = torch.randperm(self.num_samples, generator=order_gen)[: self.samples_per_epoch]
+        stream = "augment" if self.rank == 0 else f"augment/rank{self.rank}"
+        augment_gen = torch.Generator(self.images.device).manual_seed(derived_seed(self.seed, epoch, stream))
+        for images, labels in self.images.batches(self.rank_slice(order), self.batch_size // self.world_size):
             yield self.augment(images, labels, augment_gen)
 
     def one_batch_per_shape(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One augmented batch of each size an epoch yields (the full batch, and a shorter last one), drawn with a
         throwaway generator: what the engine warms up on, changing no epoch's draws."""
         gen = torch.Generator(self.images.device).manual_seed(0)
-        for size in batch_sizes(len(self) * self.batch_size if self.drop_last else self.num_samples, self.batch_size):
+        for size in batch_sizes(self.samples_per_epoch, self.batch_size):
+            size //= self.world_size
             images, labels = next(self.images.batches(torch.arange(size), size))
             yield self.augment(images, labels, gen)
 
@@ -219,29 +239,32 @@ class StreamedTrainLoader(TrainLoader):
 
 
 class TestLoader:
-    """Normalised test batches in a fixed order, no augmentation."""
+    """Normalised test batches in a fixed order, no augmentation. On `world_size` processes rank `rank` takes its
+    contiguous share of the test set (the shares differ by one image at most), batch_size / world_size at a time."""
 
     def __init__(
-        self, images: ResidentImages | StreamedImages, mean: torch.Tensor, std: torch.Tensor, cfg: RunConfig
-    ) -> None:
-        self.images, self.batch_size = images, cfg.batch_size
+        self, images: ResidentImages | StreamedImages, mean: torch.Tensor, std: torch.Tensor, cfg: RunConfig, *,
+        rank: int = 0, world_size: int = 1,
+    ) -> None:  # fmt: skip
+        self.images, self.batch_size = images, cfg.batch_size // world_size
         self.mean, self.std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
+        self.indices = torch.arange(len(images)).tensor_split(world_size)[rank]
 
     @property
     def num_samples(self) -> int:
-        return len(self.images)
+        return len(self.indices)
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in self.images.batches(torch.arange(self.num_samples), self.batch_size):
+        for images, labels in self.images.batches(self.indices, self.batch_size):
             yield normalise(images, self.mean, self.std), labels
 
     def one_batch_per_shape(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One test batch of each size an evaluation yields."""
         for size in batch_sizes(self.num_samples, self.batch_size):
-            images, labels = next(self.images.batches(torch.arange(size), size))
+            images, labels = next(self.images.batches(self.indices[:size], size))
             yield normalise(images, self.mean, self.std), labels
 
 
@@ -280,6 +303,18 @@ class Data:
     mean: tuple[float, ...]  # the per-channel normalisation, in [0, 1] pixel units
     std: tuple[float, ...]
     resident: bool  # True: the images live on the device; False: streamed from disk by DataLoader workers
+
+
+def for_rank(data: Data, cfg: RunConfig, rank: int, world_size: int) -> Data:
+    """`data` as rank `rank` of `world_size` processes sees it: its slices of each train batch and of the test set."""
+    if world_size == 1:
+        return data
+    train, test = data.train, data.test
+    return dataclasses.replace(
+        data,
+        train=type(train)(train.images, train.augment, cfg, rank=rank, world_size=world_size),  # streamed: its own
+        test=TestLoader(test.images, test.mean, test.std, cfg, rank=rank, world_size=world_size),
+    )
 
 
 def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

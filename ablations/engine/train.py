@@ -14,18 +14,22 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from ablations import atomic
 from ablations.config import ConfigError, RunConfig
-from ablations.data.loaders import Data, TestLoader, TrainLoader, build_data
+from ablations.data.loaders import Data, TestLoader, TrainLoader, build_data, for_rank
 from ablations.data.sources import cache_dir
+from ablations.engine import distributed
+from ablations.engine.distributed import SINGLE, Ranks
 from ablations.engine.schedule import learning_rate
 from ablations.engine.setup import Setup, Workload, candidates, fastest_setup
 from ablations.store import CHECKPOINT, DIVERGED, DONE, HISTORY, write_metrics
@@ -84,8 +88,16 @@ def fused_adamw(device: torch.device) -> bool:
 
 
 def epoch_totals(*sums: torch.Tensor) -> list[float]:
-    """An epoch's on-device sums read back to the host in one copy: the epoch's one host sync."""
-    return torch.stack([total.float() for total in sums]).tolist()
+    """An epoch's on-device sums, summed over the ranks in one all-reduce, read back to the host in one copy: the
+    epoch's one host sync."""
+    return distributed.all_sum(torch.stack([total.float() for total in sums])).tolist()
+
+
+def checkpoint_blocks(model: nn.Module) -> None:
+    """Recompute each mixer block's activations in the backward pass instead of keeping them (checkpoint_activations):
+    the forward's memory becomes one block's. The modules stay where they are, so the state dict is unchanged."""
+    for block in model.blocks:
+        block.forward = lambda x, forward=block.forward: checkpoint(forward, x, use_reentrant=False)
 
 
 # Where a run warms up before epoch 1 (Trainer.warm_up): CUDA autotunes per shape; a CPU has nothing to tune.
@@ -102,47 +114,73 @@ class Trainer:
     """The model, optimiser and scaler of one run, with one method per phase of an epoch."""
 
     def __init__(self, cfg: RunConfig, model: nn.Module, device: torch.device, dtype: torch.dtype | None,
-                 setup: Setup | None = None) -> None:  # fmt: skip
-        self.cfg, self.model, self.device, self.dtype = cfg, model, device, dtype
+                 setup: Setup | None = None, ranks: Ranks = SINGLE) -> None:  # fmt: skip
+        self.cfg, self.model, self.device, self.dtype, self.ranks = cfg, model, device, dtype, ranks
+        self.batch_size = distributed.local_batch(cfg.batch_size, ranks)
         # The layout and depthwise conv train_run timed, else the first candidate (what "auto" was before timing).
         self.setup = setup or candidates(cfg.channels_last, cfg.depthwise_impl, device)[0]
         use_impl(model, self.setup.impl)
         self.memory_format = torch.channels_last if self.setup.channels_last else torch.contiguous_format
         model.to(device=device, memory_format=self.memory_format)
+        if ranks.world_size > 1 and cfg.sync_bn:
+            distributed.sync_batch_norm(model, device)
+        if cfg.checkpoint_activations:
+            checkpoint_blocks(model)
+        # Several processes: training goes through DDP, evaluation (sharded, no collective) through the model.
+        self.wrapped = distributed.data_parallel(model, device) if ranks.world_size > 1 else model
         # Static shapes: a shape torch.compile has not seen is a visible recompile, never a silent dynamic graph.
-        self.forward = torch.compile(model, dynamic=False, backend=COMPILE_BACKEND) if cfg.compile else model
+        self.forward = self.compiled(self.wrapped)
+        self.eval_forward = self.forward if self.wrapped is model else self.compiled(model)
         self.fused = fused_adamw(device)
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps, fused=self.fused
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
+    def compiled(self, module: nn.Module) -> nn.Module:
+        return torch.compile(module, dynamic=False, backend=COMPILE_BACKEND) if self.cfg.compile else module
+
+    def logits(self, images: torch.Tensor, train: bool = True) -> torch.Tensor:
+        forward = self.forward if train else self.eval_forward
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            return self.forward(images.contiguous(memory_format=self.memory_format)).float()
+            return forward(images.contiguous(memory_format=self.memory_format)).float()
+
+    def micro_batches(self, images: torch.Tensor, targets: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The batch in cfg.accum_steps parts (fewer when the batch is shorter): one forward/backward each."""
+        parts = zip(images.tensor_split(self.cfg.accum_steps), targets.tensor_split(self.cfg.accum_steps), strict=True)
+        return [(x, y) for x, y in parts if len(y)]
 
     def train_step(self, images: torch.Tensor, targets: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimiser step; returns the batch's summed loss and number correct, still on the device."""
+        """One optimiser step; returns the batch's summed loss and number correct, still on the device. With
+        accum_steps, each part's mean loss is weighed by its share of the batch, so the gradient is the batch's
+        mean, and DDP averages the gradients over the ranks only in the last part's backward pass."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        logits = self.logits(images)
-        # Soft targets (mixup/cutmix) are class probabilities, which cross_entropy accepts as they are.
-        loss = F.cross_entropy(logits, targets, label_smoothing=self.cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        parts = self.micro_batches(images, targets)
+        loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device, dtype=torch.long)
+        for i, (x, y) in enumerate(parts):
+            last = i == len(parts) - 1
+            with self.wrapped.no_sync() if self.wrapped is not self.model and not last else nullcontext():
+                logits = self.logits(x)
+                # Soft targets (mixup/cutmix) are class probabilities, which cross_entropy accepts as they are.
+                loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+                self.scaler.scale(loss * (len(y) / len(targets))).backward()
+            labels = y if y.ndim == 1 else y.argmax(1)
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == labels).sum()
         if self.cfg.clip_norm > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        labels = targets if targets.ndim == 1 else targets.argmax(1)
-        return loss.detach() * len(targets), (logits.detach().argmax(1) == labels).sum()
+        return loss_sum, correct
 
     def train_epoch(self, loader: TrainLoader, epoch: int, progress: bool) -> dict:
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen, lr = 0, 0.0
+        seen, lr = torch.zeros((), device=self.device, dtype=torch.long), 0.0  # counted on the device, as the sums
         synchronize(self.device)
         start = time.perf_counter()
         batches = tqdm(
@@ -154,7 +192,9 @@ class Trainer:
             loss_sum += batch_loss
             correct += batch_correct
             seen += len(targets)
-        loss_total, correct_total = epoch_totals(loss_sum, correct)
+        if not self.cfg.sync_bn:  # each rank's BatchNorm statistics: one mean, before evaluating and checkpointing
+            distributed.average_buffers(self.model)
+        loss_total, correct_total, seen = epoch_totals(loss_sum, correct, seen)
         train_time = time.perf_counter() - start
         return {
             "train_loss": loss_total / seen,
@@ -167,7 +207,7 @@ class Trainer:
     def full_batch(self, images: torch.Tensor) -> torch.Tensor:
         """Compiled: a short eval batch padded with zero images to batch_size, so evaluation has one static shape
         (eval-mode outputs are per image, so the padding changes no real image's logits). Eager: as it is."""
-        missing = self.cfg.batch_size - len(images)
+        missing = self.batch_size - len(images)
         if not self.cfg.compile or missing <= 0:
             return images
         return torch.cat([images, images.new_zeros(missing, *images.shape[1:])])
@@ -177,13 +217,13 @@ class Trainer:
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
+        seen = torch.zeros((), device=self.device, dtype=torch.long)
         for images, labels in loader:
-            logits = self.logits(self.full_batch(images))[: len(labels)]
+            logits = self.logits(self.full_batch(images), train=False)[: len(labels)]
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
-        loss_total, correct_total = epoch_totals(loss_sum, correct)
+        loss_total, correct_total, seen = epoch_totals(loss_sum, correct, seen)
         return {"test_loss": loss_total / seen, "test_acc": correct_total / seen}
 
     def warm_up(self, train: TrainLoader, test: TestLoader) -> float:
@@ -206,7 +246,7 @@ class Trainer:
             shapes = {len(batch): batch for batch in batches}
             with torch.inference_mode():
                 for batch in shapes.values():
-                    self.logits(batch)
+                    self.logits(batch, train=False)
         self.model.load_state_dict(saved)
         synchronize(self.device)
         return time.perf_counter() - start
@@ -256,6 +296,22 @@ def read_checkpoint(path: Path, cfg: RunConfig, device: torch.device, log: Calla
     if log is not print:  # a sweep's run logs to its log.txt: say it on the console too
         print(f"{cfg.run_id()}: {message}", file=sys.stderr)
     return None
+
+
+def read_checkpoint_on_every_rank(path: Path | None, trainer: Trainer, log: Callable[[str], None]) -> dict | None:
+    """The checkpoint every rank resumes from: rank 0 reads it first (and alone sets an unusable one aside), then
+    the others read what it kept; a rank that finds another epoch there than rank 0 (a checkpoint changed in
+    between) fails the run instead of training out of step."""
+    checkpoint = None
+    if trainer.ranks.main and path is not None and path.exists():
+        checkpoint = read_checkpoint(path, trainer.cfg, trainer.device, log)
+    distributed.barrier()
+    if not trainer.ranks.main and path is not None and path.exists():
+        checkpoint = torch.load(path, map_location=trainer.device, weights_only=True)
+    epochs = distributed.gathered(checkpoint["epoch"] if checkpoint else 0)
+    if len(set(epochs)) > 1:
+        raise RuntimeError(f"the ranks found checkpoints of different epochs in {path}: {epochs}")
+    return checkpoint
 
 
 # Divergence of a finite loss: from this epoch on, a train loss above CHANCE_FACTOR x ln(classes) (the loss of a
@@ -312,12 +368,35 @@ def train_run(
     device: str | torch.device = "auto",
     log: Callable[[str], None] = print,
     on_epoch: Callable[[dict], None] | None = None,
+    ranks: Ranks = SINGLE,
 ) -> dict:
-    """Train one run (resuming from run_dir/checkpoint.pt if there is one) and return its final metrics."""
+    """Train one run (resuming from run_dir/checkpoint.pt if there is one) and return its final metrics. As rank
+    `ranks.rank` of several processes (DDP), it joins their process group for the run; rank 0 alone logs and
+    writes the run's files, every rank resumes from them."""
     started = time.perf_counter()
     cfg.validate()
-    device = resolve_device(device)
+    distributed.local_batch(cfg.batch_size, ranks)  # an indivisible batch fails before any process waits for another
+    device = distributed.rank_device(resolve_device(device), ranks)
     dtype = run_dtype(cfg.precision, device)  # before loading data, so a bad precision fails at once
+    distributed.start(ranks, device)
+    try:
+        return train_process(cfg, run_dir, device, dtype, log if ranks.main else lambda line: None, on_epoch, ranks,
+                             started)  # fmt: skip
+    finally:
+        distributed.stop()
+
+
+def train_process(
+    cfg: RunConfig,
+    run_dir: Path | None,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    log: Callable[[str], None],
+    on_epoch: Callable[[dict], None] | None,
+    ranks: Ranks,
+    started: float,
+) -> dict:
+    """train_run's work in one process, in its process group if it has one."""
     with cuda_math_flags(benchmark=device.type == "cuda", tf32=cfg.tf32):
         if cfg.compile:
             persistent_compile_caches()
@@ -325,24 +404,27 @@ def train_run(
         graphs_before = compiled_graphs() if cfg.compile else 0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        data = build_data(cfg, device)
+        data = for_rank(build_data(cfg, device), cfg, ranks.rank, ranks.world_size)
         model_config = cfg.model_config(data.num_classes, data.in_chans)
         counts = closed_form(model_config, data.image_size).to_dict()  # exact for every model of RunConfig
-        work = Workload(device, dtype, cfg.dim, cfg.kernel_size, data.image_size // cfg.patch_size, cfg.batch_size)
+        work = Workload(device, dtype, cfg.dim, cfg.kernel_size, data.image_size // cfg.patch_size,
+                        distributed.local_batch(cfg.batch_size, ranks))  # fmt: skip
         setup = fastest_setup(cfg.channels_last, cfg.depthwise_impl, work)  # times "auto" on CUDA, once per shape
         torch.manual_seed(cfg.seed)
-        trainer = Trainer(cfg, model_config.build(), device, dtype, setup)
+        trainer = Trainer(cfg, model_config.build(), device, dtype, setup, ranks)
+        processes = f" x {ranks.world_size} processes" if ranks.world_size > 1 else ""
         log(
             f"{cfg.run_id()}: {model_config.name} k{cfg.kernel_size} p{cfg.patch_size}, "
             f"{counts['params'] / 1e6:.3f} M params, {counts['macs'] / 1e6:.1f} M MACs/image, "
-            f"{data.train.num_samples} train images, {device_name(device)}"
+            f"{data.train.num_samples} train images, {device_name(device)}{processes}"
         )
         if data.image_size % cfg.patch_size:  # said in the run's log too: the patch drops pixels of every image
             log(f"patch_size={cfg.patch_size}: {patch_grid(data.image_size, cfg.patch_size, data.in_chans)}")
         warm_up_s = trainer.warm_up(data.train, data.test) if device.type in WARM_UP_DEVICES else 0.0
         if warm_up_s:
             log(f"warm-up (each batch shape once: cuDNN autotuning, lazy initialisation) {warm_up_s:.1f} s")
-        history, reason, wall_before = train_epochs(trainer, data, run_dir, started, log, on_epoch)
+        history, reason, wall_before = train_epochs(trainer, data, run_dir, started, log,
+                                                    on_epoch if ranks.main else None)  # fmt: skip
     engine = {
         "precision_used": PRECISION_NAMES[dtype],
         "tf32_used": device.type == "cuda" and dtype is None and cfg.tf32,  # fp32 convolutions on TF32 tensor cores
@@ -350,9 +432,10 @@ def train_run(
         "warm_up_s": warm_up_s,  # before epoch 1, in this process (a resumed run warms up again)
         "channels_last_used": trainer.setup.channels_last,
         "depthwise_impl_used": trainer.setup.impl,
+        **({"processes": ranks.world_size} if ranks.world_size > 1 else {}),
     }
     metrics = final_metrics(history, reason, device, counts, wall_before + time.perf_counter() - started, engine)
-    if run_dir is not None:
+    if run_dir is not None and ranks.main:
         write_metrics(Path(run_dir), metrics)
     return metrics
 
@@ -370,9 +453,7 @@ def train_epochs(
     cfg = trainer.cfg
     history, wall_before = [], 0.0
     checkpoint_path = Path(run_dir) / CHECKPOINT if run_dir is not None else None
-    checkpoint = None
-    if checkpoint_path is not None and checkpoint_path.exists():
-        checkpoint = read_checkpoint(checkpoint_path, cfg, trainer.device, log)
+    checkpoint = read_checkpoint_on_every_rank(checkpoint_path, trainer, log)
     if checkpoint is not None:
         trainer.load(checkpoint)
         history, wall_before = checkpoint["history"], checkpoint["wall_time_s"]
@@ -390,7 +471,7 @@ def train_epochs(
             log(f"diverged: {reason}")
             break
         history.append(record)
-        if run_dir is not None:
+        if run_dir is not None and trainer.ranks.main:
             wall = wall_before + time.perf_counter() - started
             # history.json first: if the run is killed in between, the checkpoint is the older of the two and the
             # resumed run replays that epoch and rewrites both, so history.json never stays short.

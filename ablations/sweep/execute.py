@@ -59,8 +59,12 @@ def execute_run(
     *,
     keep_checkpoints: bool = False,
     on_epoch: Callable[[dict], None] | None = None,
+    distributed: bool = False,
 ) -> dict:
-    """Train (or resume) `cfg` in its run folder on `device` and return its metrics; never raises on a bad run."""
+    """Train (or resume) `cfg` in its run folder on `device` and return its metrics; never raises on a bad run.
+    `distributed`: this process is rank 0 of a run on several processes, its place in torchrun's environment
+    variables (the caller starts the other ranks, which run `follow_run`); it alone writes the run's files."""
+    from ablations.engine.distributed import SINGLE, Ranks
     from ablations.engine.train import train_run  # torch: see limit_cpu_threads
 
     run_dir = store.run_dir(cfg)
@@ -76,7 +80,8 @@ def execute_run(
         log(f"start on {device} (host {socket.gethostname()}, pid {os.getpid()})")
         log(f"data_root {os.path.abspath(cfg.data_root)}")  # results record it portably (RunConfig.recorded)
         try:
-            metrics = train_run(cfg, run_dir, device=device, log=log, on_epoch=on_epoch)
+            ranks = Ranks.from_env() if distributed else SINGLE
+            metrics = train_run(cfg, run_dir, device=device, log=log, on_epoch=on_epoch, ranks=ranks)
         except (KeyboardInterrupt, SystemExit):
             log("interrupted: the run resumes from its last checkpoint next time")
             raise
@@ -87,6 +92,16 @@ def execute_run(
     if not keep_checkpoints:
         store.drop_checkpoint(run_dir)
     return metrics
+
+
+def follow_run(cfg: RunConfig, run_dir: Path, device: str) -> None:
+    """A rank other than 0 of a run on several processes (its place in torchrun's environment variables): train
+    beside rank 0, which logs and writes the run's files; raises what stopped it."""
+    from ablations.engine.distributed import Ranks
+    from ablations.engine.train import train_run
+
+    limit_cpu_threads(device)
+    train_run(cfg, run_dir, device=device, log=lambda line: None, ranks=Ranks.from_env())
 
 
 def end_run(store: Store, run_id: str, progress: SweepProgress, why_it_died: Callable[[], str], device: str) -> dict:

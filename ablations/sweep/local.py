@@ -5,6 +5,12 @@ its epochs back over a pipe. The sweep process hands out runs, drives the progre
 summary.csv after each run. A worker that dies (OOM killer, segfault) has its run recorded as failed and is
 replaced; a worker whose sweep process dies (SIGKILL) exits at once instead of training on unsupervised.
 
+With --procs-per-run N a run trains on N processes (DDP): a slot is N GPUs (or, on the CPU, N processes on gloo)
+and its worker is the run's rank 0, which starts the other ranks for each run with multiprocessing (spawned, like
+the workers) and sets torchrun's environment variables in each, so the engine joins them exactly as under
+torchrun. torchrun itself is not used here: the worker keeps its pipe to the sweep process (progress, metrics), and
+it sees each rank's exit code and error, so that a run whose rank died fails in one line naming the rank.
+
 With a time limit (a GPU lent for minutes), a run is started only while the longest run of this sweep so far
 would still finish in time, and runs still training at the limit are stopped: they stay unfinished and resume
 from their last checkpoint on the next start.
@@ -15,17 +21,19 @@ import math
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 from ablations.config import ConfigError, RunConfig
-from ablations.store import Store
-from ablations.sweep.execute import end_run, execute_run, limit_cpu_threads
+from ablations.store import FAILED, Store
+from ablations.sweep.execute import end_run, execute_run, follow_run, limit_cpu_threads, one_line
 from ablations.sweep.progress import SweepProgress
 
 
@@ -35,6 +43,11 @@ def add_local_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs-per-device", type=int, metavar="N",
         help="concurrent runs per device (default: 1 per GPU; on the CPU one per core, each run single-threaded)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--procs-per-run", type=int, default=1, metavar="N",
+        help="train each run on N processes (DDP): N GPUs per run, or N CPU processes (gloo); under --launcher slurm "
+        "a job of N tasks (default 1)",
     )  # fmt: skip
     parser.add_argument(
         "--time-limit", type=float, metavar="MIN",
@@ -52,8 +65,15 @@ def local_devices(args: argparse.Namespace) -> list[str]:
         devices = parse_devices(args.devices)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    if args.procs_per_run < 1:
+        raise ConfigError(f"--procs-per-run {args.procs_per_run} is not accepted: expected an integer >= 1")
+    if devices != ["cpu"] and len(devices) < args.procs_per_run:
+        raise ConfigError(
+            f"--procs-per-run {args.procs_per_run} is not accepted on {len(devices)} GPU(s) ({', '.join(devices)}): "
+            "a run takes that many GPUs"
+        )
     if args.jobs_per_device is None:
-        args.jobs_per_device = usable_cores() if devices == ["cpu"] else 1
+        args.jobs_per_device = max(1, usable_cores() // args.procs_per_run) if devices == ["cpu"] else 1
     if args.jobs_per_device < 1:
         raise ConfigError(f"--jobs-per-device {args.jobs_per_device} is not accepted: expected an integer >= 1")
     if args.time_limit is not None and not 0 < args.time_limit < math.inf:
@@ -61,9 +81,14 @@ def local_devices(args: argparse.Namespace) -> list[str]:
     return devices
 
 
-def device_slots(devices: list[str], jobs_per_device: int) -> list[str]:
+def device_slots(devices: list[str], jobs_per_device: int, procs_per_run: int = 1) -> list[str]:
     """One worker slot per (device, job), interleaved: cuda:0, cuda:1, cuda:0, cuda:1. A sweep with fewer runs
-    than slots takes the first ones, so N runs on N GPUs get one GPU each before any GPU gets a second run."""
+    than slots takes the first ones, so N runs on N GPUs get one GPU each before any GPU gets a second run.
+    With procs_per_run > 1 a GPU slot is that many GPUs, comma-separated (cuda:0,cuda:1; GPUs left over stay
+    idle), and a CPU slot is "cpu" (its processes share the cores)."""
+    if procs_per_run > 1 and devices != ["cpu"]:
+        groups = len(devices) // procs_per_run
+        devices = [",".join(devices[i * procs_per_run : (i + 1) * procs_per_run]) for i in range(groups)]
     return [device for _ in range(jobs_per_device) for device in devices]
 
 
@@ -73,15 +98,16 @@ def _exit_with_sweep() -> None:
     os._exit(1)
 
 
-def _worker_main(conn: Connection, device: str, store_root: Path, keep_checkpoints: bool) -> None:
+def _worker_main(conn: Connection, device: str, store_root: Path, keep_checkpoints: bool, procs: int = 1) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep process's to handle; it stops us:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # unwind, so temps are cleaned up
     threading.Thread(target=_exit_with_sweep, daemon=True).start()
-    limit_cpu_threads(device)
+    devices = device.split(",") if "," in device else [device] * procs  # each rank's, rank 0's first
+    limit_cpu_threads(devices[0])
     if device.startswith("cuda"):
         import torch  # in the worker: the sweep process imports this module to parse its options
 
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(devices[0])
     store = Store(store_root)
     while True:
         conn.send(("ready",))
@@ -90,11 +116,99 @@ def _worker_main(conn: Connection, device: str, store_root: Path, keep_checkpoin
             return
         cfg = RunConfig.from_dict(task)
         run_id = cfg.run_id()
-        metrics = execute_run(
-            cfg, store, device, keep_checkpoints=keep_checkpoints,
-            on_epoch=lambda record, run_id=run_id: conn.send(("epoch", run_id, record)),
-        )  # fmt: skip
+        on_epoch = lambda record, run_id=run_id: conn.send(("epoch", run_id, record))  # noqa: E731
+        if procs == 1:
+            metrics = execute_run(cfg, store, device, keep_checkpoints=keep_checkpoints, on_epoch=on_epoch)
+        else:
+            metrics = RankGroup(cfg, store, devices).run(keep_checkpoints, on_epoch)
         conn.send(("end", run_id, metrics))
+
+
+def _rank_main(conn: Connection, values: dict, run_dir: Path, device: str, env: dict[str, str]) -> None:
+    """A rank other than 0 of a run: train beside its worker (rank 0), and tell it in one line what stopped it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_sweep, daemon=True).start()  # its worker gone, a rank has no one to follow
+    os.environ.update(env)
+    try:
+        follow_run(RunConfig.from_dict(values), run_dir, device)
+    except Exception as error:
+        conn.send(one_line(error))
+        sys.exit(1)
+
+
+# How long the other ranks may take to exit once rank 0 has ended its run: after a run, or an error that closed the
+# group's connections, they end within seconds.
+RANK_EXIT_S = 20
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a run's rendezvous (MASTER_PORT)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class RankGroup:
+    """The processes of one run on several (--procs-per-run): this worker as rank 0, the others spawned for the run,
+    each given torchrun's environment variables (rendezvous on this machine, a fresh port per run)."""
+
+    def __init__(self, cfg: RunConfig, store: Store, devices: list[str]) -> None:
+        self.cfg, self.store, self.devices = cfg, store, devices
+        port = free_port()
+        self.env = [
+            {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(len(devices)), "RANK": str(rank),
+             "LOCAL_RANK": str(rank)}
+            for rank in range(len(devices))
+        ]  # fmt: skip
+
+    def run(self, keep_checkpoints: bool, on_epoch: Callable[[dict], None]) -> dict:
+        """Train the run on every rank; its metrics, with a failure naming the rank that died first and why."""
+        context = multiprocessing.get_context("spawn")
+        run_dir = self.store.run_dir(self.cfg)
+        ranks = []
+        for rank in range(1, len(self.devices)):
+            ours, theirs = context.Pipe(duplex=False)
+            args = (theirs, self.cfg.to_dict(), run_dir, self.devices[rank], self.env[rank])
+            process = context.Process(target=_rank_main, args=args)
+            process.start()
+            theirs.close()
+            ranks.append((rank, process, ours))
+        os.environ.update(self.env[0])
+        try:
+            metrics = execute_run(
+                self.cfg, self.store, self.devices[0], keep_checkpoints=keep_checkpoints, on_epoch=on_epoch,
+                distributed=True,
+            )  # fmt: skip
+        finally:
+            hung = set()
+            for rank, process, _ in ranks:
+                process.join(timeout=RANK_EXIT_S)
+                if process.is_alive():  # stuck (a collective waits out its timeout, a stopped process never ends)
+                    process.kill()
+                    process.join()
+                    hung.add(rank)
+        faults = [why for rank, process, conn in ranks if (why := rank_fault(rank, process, conn, rank in hung))]
+        if metrics["status"] != FAILED or not faults:
+            return metrics
+        killed = any(process.exitcode < 0 for _, process, _ in ranks)  # a signal may not come again: rerun resumes
+        reason = "; ".join([*faults, f"rank 0: {metrics['reason']}"])
+        return self.store.record_failure(run_dir, reason, ",".join(self.devices), transient=killed)
+
+
+def rank_fault(rank: int, process: multiprocessing.process.BaseProcess, conn: Connection, hung: bool) -> str:
+    """What stopped a rank, in a few words ("" if it ended well): its error, else its signal or exit code, or that
+    it was still running RANK_EXIT_S after rank 0 had ended (`hung`: then this launcher killed it)."""
+    if hung:
+        return f"rank {rank} still running {RANK_EXIT_S} s after rank 0 ended: killed"
+    if process.exitcode == 0:
+        return ""
+    try:
+        return f"rank {rank}: {conn.recv()}"  # its error, sent before it exited
+    except EOFError:  # none: killed, or it died in native code
+        pass
+    if process.exitcode < 0:
+        return f"rank {rank} killed by {signal.Signals(-process.exitcode).name}"
+    return f"rank {rank} exited with code {process.exitcode}"
 
 
 @dataclass
@@ -110,10 +224,10 @@ class Worker:
 class LocalLauncher:
     def __init__(
         self, store: Store, devices: list[str], jobs_per_device: int, keep_checkpoints: bool,
-        time_limit_s: float | None = None,
+        time_limit_s: float | None = None, procs_per_run: int = 1,
     ) -> None:  # fmt: skip
-        self.store, self.keep_checkpoints = store, keep_checkpoints
-        self.slots = device_slots(devices, jobs_per_device)
+        self.store, self.keep_checkpoints, self.procs_per_run = store, keep_checkpoints, procs_per_run
+        self.slots = device_slots(devices, jobs_per_device, procs_per_run)
         self.context = multiprocessing.get_context("spawn")
         self.time_limit_s = time_limit_s
         self.longest_run_s = 0.0  # the estimate of the next run's time: the longest this sweep has seen
@@ -123,7 +237,7 @@ class LocalLauncher:
 
     def start_worker(self, device: str) -> Worker:
         ours, theirs = self.context.Pipe()
-        args = (theirs, device, self.store.root, self.keep_checkpoints)
+        args = (theirs, device, self.store.root, self.keep_checkpoints, self.procs_per_run)
         process = self.context.Process(target=_worker_main, args=args)
         process.start()
         theirs.close()

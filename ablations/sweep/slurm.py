@@ -16,6 +16,11 @@ locally. The sweep process submits, then follows the jobs with squeue (no accoun
 - each job checks the data its node sees against the run's data.json before training: a node that mounts another
   copy of data_root trains nothing, and its run fails naming both datasets;
 - Ctrl-C cancels the jobs (the runs stay resumable).
+With --procs-per-run N a run is one job of N tasks (srun starts them; on GPUs one GPU each, --slurm-gpus per node,
+over as many nodes as that takes). Each task takes its rank and the rendezvous (the first node's name, a port
+drawn from the job id) from SLURM's environment through submitit's TorchDistributedEnvironment, which sets
+torchrun's variables: the job needs no torchrun inside srun, and the function submitit runs in each task is the
+same train_in_job. Rank 0 holds the run's lock, checks the data and writes the run's files; the others only train.
 submitit is imported only here, and only when the launcher is used.
 """
 
@@ -31,7 +36,7 @@ from pathlib import Path
 from ablations import atomic
 from ablations.config import ConfigError, RunConfig
 from ablations.store import HISTORY, REDO, AccessError, Locks, Store, StoreError, read_json
-from ablations.sweep.execute import end_run, execute_run, limit_cpu_threads, record_exception
+from ablations.sweep.execute import end_run, execute_run, follow_run, limit_cpu_threads, record_exception
 from ablations.sweep.plan import data_record
 from ablations.sweep.progress import SweepProgress
 
@@ -45,7 +50,8 @@ OWN_OPTIONS = {
     "partition": "--slurm-partition", "time": "--slurm-time", "cpus-per-task": "--slurm-cpus", "mem": "--slurm-mem",
     "gpus-per-node": "--slurm-gpus", "gres": "--slurm-gpus", "gpus": "--slurm-gpus", "account": "--slurm-account",
     "qos": "--slurm-qos", "array": "--slurm-parallel", "job-name": "--name", "output": None, "error": None,
-    "signal": None, "open-mode": None,
+    "signal": None, "open-mode": None, "ntasks": "--procs-per-run", "ntasks-per-node": "--procs-per-run",
+    "nodes": "--procs-per-run",
 }  # fmt: skip
 NO_WARNING = {"signal": "CONT@1"}  # replaces submitit's --signal=USR2@90: see the module docstring
 
@@ -62,19 +68,26 @@ class SlurmOptions:
     extra: dict[str, str | bool] = field(default_factory=dict)  # more sbatch options: {"constraint": "a100"}
     parallel: int | None = None  # at most this many array tasks run at once (None: all)
     poll_s: float = 15.0  # how often the sweep process asks squeue (it looks at the store every second)
+    procs: int = 1  # processes (tasks) per run: DDP; with GPUs, `gpus` is then per node
 
     def __post_init__(self) -> None:
         """ConfigError, naming the command's option, for a value SLURM would refuse or misread (the cluster itself
         is asked in check_cluster)."""
-        for option, value in (("time", self.time_min), ("cpus", self.cpus_per_task), ("parallel", self.parallel)):
+        for option, value in (("slurm-time", self.time_min), ("slurm-cpus", self.cpus_per_task),
+                              ("slurm-parallel", self.parallel), ("procs-per-run", self.procs)):  # fmt: skip
             if value is not None and value < 1:
-                raise ConfigError(f"--slurm-{option} {value} is not accepted: expected an integer >= 1")
+                raise ConfigError(f"--{option} {value} is not accepted: expected an integer >= 1")
         if not self.poll_s > 0:
             raise ConfigError(f"--slurm-poll {self.poll_s} is not accepted: expected a number of seconds > 0")
         if self.gpus < 0:
             raise ConfigError(f"--slurm-gpus {self.gpus} is not accepted: expected an integer >= 0")
         if self.mem is not None and not re.fullmatch(r"[1-9][0-9]*[KMGT]?", self.mem):
             raise ConfigError(f"--slurm-mem {self.mem!r} is not accepted: expected a size like 16G or 500M")
+        if self.gpus and self.procs > self.gpus and self.procs % self.gpus:
+            raise ConfigError(
+                f"--procs-per-run {self.procs} is not accepted with --slurm-gpus {self.gpus}: a run on several "
+                "nodes takes every GPU of each, so the processes must be a multiple of the GPUs per node"
+            )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "SlurmOptions":
@@ -83,6 +96,7 @@ class SlurmOptions:
             partition=args.slurm_partition, time_min=args.slurm_time, cpus_per_task=args.slurm_cpus,
             mem=args.slurm_mem, gpus=args.slurm_gpus, account=args.slurm_account, qos=args.slurm_qos,
             extra=parse_extra(args.slurm_option), parallel=args.slurm_parallel, poll_s=args.slurm_poll,
+            procs=args.procs_per_run,
         )  # fmt: skip
 
     @property
@@ -90,10 +104,15 @@ class SlurmOptions:
         return "cuda" if self.gpus else "cpu"
 
     def sbatch(self) -> dict[str, str | int | bool]:
-        """The sbatch options of every job, in submitit's spelling (underscores); None-valued ones are left out."""
-        cpus = self.cpus_per_task or (8 * self.gpus or 1)
+        """The sbatch options of every job, in submitit's spelling (underscores); None-valued ones are left out.
+        Several processes per run: that many tasks, on GPUs one GPU each, as few nodes as the GPUs per node allow."""
+        per_node = min(self.procs, self.gpus) if self.gpus else self.procs
+        gpus = per_node if self.procs > 1 and self.gpus else self.gpus
+        cpus = self.cpus_per_task or (8 * (1 if self.procs > 1 else self.gpus) if self.gpus else 1)
         own = {"partition": self.partition, "time": self.time_min, "cpus_per_task": cpus, "mem": self.mem}
-        own |= {"gpus_per_node": self.gpus or None, "account": self.account, "qos": self.qos}
+        own |= {"gpus_per_node": gpus or None, "account": self.account, "qos": self.qos}
+        if self.procs > 1:
+            own |= {"nodes": self.procs // per_node, "ntasks_per_node": per_node}
         return {key: value for key, value in {**own, **self.extra}.items() if value is not None}
 
 
@@ -167,11 +186,24 @@ def check_cluster(options: SlurmOptions) -> None:
         raise ConfigError(f"SLURM refuses these jobs ({' '.join(command[2:-2])}): {reason}")
 
 
-def train_in_job(store_root: str, values: dict, keep_checkpoints: bool, device: str, locks: Locks) -> dict:
+def train_in_job(
+    store_root: str, values: dict, keep_checkpoints: bool, device: str, locks: Locks, procs: int = 1
+) -> dict | None:
     """One array task: train one run (unless a duplicate job trained it already; see the module docstring) on the
-    data its data.json records. A lock it cannot hold or other data on this node fail the run in one line."""
+    data its data.json records. A lock it cannot hold or other data on this node fail the run in one line. With
+    `procs` > 1 every task of the job runs this, as the rank SLURM's environment gives it (rank 0 returns the
+    metrics, the others None)."""
     store, cfg = Store(Path(store_root), locks), RunConfig.from_dict(values)
     run_dir = store.run_dir(cfg)
+    if procs > 1:
+        job = import_submitit().helpers.TorchDistributedEnvironment()
+        if job.world_size == job.local_world_size:  # one node: loopback, not a node name that may not resolve
+            job.master_addr = "127.0.0.1"
+        job.export(set_cuda_visible_devices=False, overwrite=True)
+        if os.environ["RANK"] != "0":
+            if store.metrics(run_dir) is None:  # rank 0 trains it too: a duplicate job's ranks all stop here
+                follow_run(cfg, run_dir, device)
+            return None
     try:
         lock = store.lock_run(cfg.run_id())
     except (StoreError, OSError) as error:  # another user's lock file, a filesystem without locks
@@ -184,7 +216,7 @@ def train_in_job(store_root: str, values: dict, keep_checkpoints: bool, device: 
                 store.check_run(cfg, data_record(cfg), seen=f"node {socket.gethostname()} sees")
             except Exception as error:  # other data here, or none: nothing trains, the run says why
                 return record_exception(store, run_dir, error, device)
-            metrics = execute_run(cfg, store, device, keep_checkpoints=keep_checkpoints)
+            metrics = execute_run(cfg, store, device, keep_checkpoints=keep_checkpoints, distributed=procs > 1)
     store.write_summary()
     return metrics
 
@@ -252,7 +284,7 @@ class SlurmLauncher:
         try:
             jobs = executor.map_array(
                 train_in_job, [root] * n, values, [self.keep_checkpoints] * n, [self.options.device] * n,
-                [self.store.locks] * n,
+                [self.store.locks] * n, [self.options.procs] * n,
             )  # fmt: skip
         except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError) as error:
             lines = str(error).strip().splitlines() or ["(no message)"]

@@ -1,0 +1,108 @@
+"""`python -m ablations.train`: one run, on one process or on several under torchrun, into a result folder as a
+sweep of that one run would write it (same run id, files, lock and summary.csv).
+
+    python -m ablations.train --preset smoke --set kernel_size=9                 # one process
+    torchrun --nproc-per-node 2 -m ablations.train --preset smoke --set kernel_size=9,hflip=false
+    torchrun --nproc-per-node 8 -m ablations.train --preset imagenet --data-root /data/imagenet
+
+Under torchrun every process parses the same command line and takes its place from torchrun's environment
+(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT; docs/engine.md). Rank 0 does what `python -m
+ablations.run` does (checks, the folder's lock, the design and data records, summary.csv) and trains with the
+others, which only train. batch_size is the global batch. A rerun resumes from the last epoch's checkpoint.
+"""
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ablations.atomic import WriteError
+from ablations.config import ConfigError, RunConfig
+from ablations.data import DataError
+from ablations.store import Store, StoreError
+from ablations.sweep.execute import end_run, execute_run, follow_run, one_line
+from ablations.sweep.grid import build_sweep
+from ablations.sweep.plan import plan, run_plan, runs_to_train
+from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, check_data_read, sweep_data_root
+from ablations.sweep.progress import SweepProgress
+from convmixer.arguments import OneLineParser, folder_path, run_cli
+
+PROG = "python -m ablations.train"
+DEFAULT_ROOT = Path("sweeps")  # as python -m ablations.run: sweeps/<preset> unless --out says otherwise
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=PRESETS, help=f"the recipe the keys override (default {DEFAULT_PRESET})")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE,...", help="the run's keys")
+    parser.add_argument("--data-root", metavar="PATH", help="where the run's data is (a folder or archive)")
+    parser.add_argument("--out", type=folder_path, metavar="DIR", help="result folder (default: sweeps/<preset>)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (under torchrun: cuda:LOCAL_RANK)")
+    parser.add_argument("--retry-failed", action="store_true", help="rerun the run if it failed")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoint.pt once the run is done")
+    return parser
+
+
+@dataclass
+class ThisProcess:
+    """run_plan's launcher for the one run: trained in this process, rank 0 of those torchrun started."""
+
+    store: Store
+    device: str
+    keep_checkpoints: bool
+
+    def run(self, configs: list[RunConfig], progress: SweepProgress) -> dict[str, dict]:
+        results = {}
+        for cfg in configs:
+            run_id = cfg.run_id()
+            progress.started(run_id, self.device)
+            execute_run(
+                cfg, self.store, self.device, keep_checkpoints=self.keep_checkpoints,
+                on_epoch=lambda record, run_id=run_id: progress.epoch(run_id, record), distributed=True,
+            )  # fmt: skip
+            results[run_id] = end_run(self.store, run_id, progress, lambda: "the run ended unrecorded", self.device)
+        return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    preset = args.preset or DEFAULT_PRESET
+    sweep = build_sweep(PRESETS[preset].values, args.set, [], 1)
+    data_root = sweep_data_root(preset, sweep.fixed, args.data_root)
+    (cfg,) = [config.with_absolute_data_root(data_root) for config in sweep.configs()]
+    check_data_read([cfg.dataset], f"--data-root {args.data_root!r}" if args.data_root else sweep.named_data_root())
+    from ablations.engine.distributed import Ranks, local_batch  # torch: once the command line is parsed
+
+    ranks = Ranks.from_env()
+    local_batch(cfg.batch_size, ranks)
+    store = Store(args.out if args.out is not None else DEFAULT_ROOT / preset)
+    if not ranks.main:
+        if not runs_to_train([cfg], store, args.retry_failed):  # rank 0 decides the same from the same files
+            return 0
+        try:
+            follow_run(cfg, store.run_dir(cfg), args.device)
+        except Exception as error:  # rank 0 records the run's failure; torchrun's summary names this rank
+            print(f"{PROG}: rank {ranks.rank}: {one_line(error)}", file=sys.stderr)
+            return 1
+        return 0
+    store.check_folder()
+    todo = plan([cfg], store, args.retry_failed)
+    store.root.mkdir(parents=True, exist_ok=True)
+    launcher = ThisProcess(store, args.device, args.keep_checkpoints)
+    processes = f" on {ranks.world_size} processes" if ranks.world_size > 1 else ""
+    announce = f"run {cfg.run_id()} of preset {preset}{processes}: {len(todo.todo)} to train; results in {store.root}"
+    ended = run_plan(todo, launcher, sweep.design(store.root.resolve().name, preset), None, lambda: print(announce))
+    print(f"{cfg.run_id()}: {ended.states[cfg.run_id()].describe(cfg.epochs)}; summary: {store.summary}")
+    return ended.exit_code
+
+
+def cli(argv: list[str] | None = None) -> int:
+    try:
+        return run_cli(main, argv, PROG, (ConfigError, DataError, StoreError, WriteError))
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last epoch")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
