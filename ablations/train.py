@@ -72,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     (cfg,) = [config.with_absolute_data_root(data_root) for config in sweep.configs()]
     check_data_read([cfg.dataset], f"--data-root {args.data_root!r}" if args.data_root else sweep.named_data_root())
     from ablations.engine.distributed import Ranks, local_batch  # torch: once the command line is parsed
+    from convmixer.runtime import parse_device
 
+    try:  # named, not "auto", in the run's log and progress; a bad name is refused before anything is written
+        device = str(parse_device(args.device))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     ranks = Ranks.from_env()
     local_batch(cfg.batch_size, ranks)
     store = Store(args.out if args.out is not None else DEFAULT_ROOT / preset)
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if not runs_to_train([cfg], store, args.retry_failed):  # rank 0 decides the same from the same files
             return 0
         try:
-            follow_run(cfg, store.run_dir(cfg), args.device)
+            follow_run(cfg, store.run_dir(cfg), device)
         except Exception as error:  # rank 0 records the run's failure; torchrun's summary names this rank
             print(f"{PROG}: rank {ranks.rank}: {one_line(error)}", file=sys.stderr)
             return 1
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     store.check_folder()
     todo = plan([cfg], store, args.retry_failed)
     store.root.mkdir(parents=True, exist_ok=True)
-    launcher = ThisProcess(store, args.device, args.keep_checkpoints)
+    launcher = ThisProcess(store, device, args.keep_checkpoints)
     processes = f" on {ranks.world_size} processes" if ranks.world_size > 1 else ""
     announce = f"run {cfg.run_id()} of preset {preset}{processes}: {len(todo.todo)} to train; results in {store.root}"
     ended = run_plan(todo, launcher, sweep.design(store.root.resolve().name, preset), None, lambda: print(announce))

@@ -244,6 +244,7 @@ def test_a_collective_whose_peer_hangs_ends_at_the_timeout():
         (["--set", "kernel_size=x"], {}, "--set: kernel_size='x' is not accepted: expected an integer"),
         (["--set", tiny_set()], {"RANK": "0", "WORLD_SIZE": "3"}, "batch_size=50 is not accepted on 3 processes"),
         (["--set", tiny_set()], {"RANK": "3", "WORLD_SIZE": "2"}, "RANK=3 is not accepted: expected 0 <= RANK"),
+        (["--set", tiny_set(), "--device", "bogus"], {}, "device='bogus' is not accepted; choose auto, cpu, cuda"),
     ],
 )
 def test_the_single_run_entry_refuses_bad_input_in_one_line_before_writing(tmp_path, capsys, monkeypatch, args,
