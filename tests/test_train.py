@@ -484,3 +484,33 @@ def test_compiled_runs_keep_inductors_cache_with_the_toolkits_unless_told_otherw
     assert train.persistent_compile_caches() == tmp_path / "cache" / train.COMPILE_CACHE
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert train.persistent_compile_caches() == tmp_path / "mine"
+
+
+def one_step(cfg: RunConfig) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A fresh model of `cfg` after one training step on one fixed batch, and the step's summed loss."""
+    torch.manual_seed(0)
+    model = cfg.model_config(10).build()
+    trainer = train.Trainer(cfg, model, torch.device("cpu"), None)
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(16, 3, 32, 32, generator=generator)
+    targets = torch.randint(0, 10, (16,), generator=generator)
+    model.train()
+    loss_sum, _ = trainer.train_step(images, targets, lr=0.01)
+    return model, loss_sum
+
+
+def test_checkpointed_activations_train_the_same_step_and_update_batchnorm_once():
+    plain, plain_loss = one_step(tiny(dim=16, depth=2))
+    checkpointed, loss = one_step(tiny(dim=16, depth=2, checkpoint_activations=True))
+    assert torch.allclose(loss, plain_loss, rtol=1e-6)
+    for (name, expected), (_, got) in zip(plain.state_dict().items(), checkpointed.state_dict().items(), strict=True):
+        assert torch.allclose(got.float(), expected.float(), rtol=1e-5, atol=1e-7), name  # running stats included
+
+
+def test_accumulated_steps_equal_one_step_without_batchnorm_and_differ_with_it():
+    for norm, same in (("layer", True), ("batch", False)):
+        whole, whole_loss = one_step(tiny(dim=16, depth=2, norm=norm))
+        parts, parts_loss = one_step(tiny(dim=16, depth=2, norm=norm, accum_steps=2))
+        weights = [(a, b) for a, b in zip(whole.parameters(), parts.parameters(), strict=True)]
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in weights) is same, norm
+        assert torch.allclose(whole_loss, parts_loss, rtol=1e-5) is same, norm

@@ -13,8 +13,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -93,11 +93,31 @@ def epoch_totals(*sums: torch.Tensor) -> list[float]:
     return distributed.all_sum(torch.stack([total.float() for total in sums])).tolist()
 
 
+@contextmanager
+def buffers_kept(module: nn.Module) -> Iterator[None]:
+    """Leave `module`'s buffers as they were on entry: a recomputed forward pass in training mode would update
+    BatchNorm's running statistics (and its batch count) a second time. Restored in `finally`: the checkpoint
+    ends a recomputation early by raising once it has the tensors the backward pass needs."""
+    kept = [(buffer, buffer.clone()) for buffer in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in kept:
+                buffer.copy_(value)
+
+
 def checkpoint_blocks(model: nn.Module) -> None:
     """Recompute each mixer block's activations in the backward pass instead of keeping them (checkpoint_activations):
-    the forward's memory becomes one block's. The modules stay where they are, so the state dict is unchanged."""
+    the forward's memory becomes one block's. The modules stay where they are, so the state dict is unchanged, and
+    the recomputation leaves the buffers alone, so the run trains the same function as without."""
     for block in model.blocks:
-        block.forward = lambda x, forward=block.forward: checkpoint(forward, x, use_reentrant=False)
+
+        def forward(x: torch.Tensor, block_forward: Callable = block.forward, block: nn.Module = block) -> torch.Tensor:
+            contexts = lambda: (nullcontext(), buffers_kept(block))  # noqa: E731 (forward pass, recomputation)
+            return checkpoint(block_forward, x, use_reentrant=False, context_fn=contexts)
+
+        block.forward = forward
 
 
 # Where a run warms up before epoch 1 (Trainer.warm_up): CUDA autotunes per shape; a CPU has nothing to tune.
