@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ablations import atomic
-from ablations.config import RunConfig
+from ablations.config import RunConfig, repository
 from ablations.sweep.grid import parse_sets
 from ablations.sweep.presets import PRESETS, check_data_read, sweep_data_root
 
@@ -59,10 +59,25 @@ def check_out(out: Path | None) -> None:
         raise ValueError(f"--out {str(out)!r} is not accepted: its folder is not writable")
 
 
+def recorded_command(argv: list[str] | None) -> str:
+    """The command that made a result as a reader of the repository types it: `python -m benchmarks.<name>` (not
+    the module's file), with paths inside the repository relative to it (a machine's own paths mean nothing to a
+    reader of results/)."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    program = ["-m", spec.name] if spec is not None else [sys.argv[0]]
+    repo = repository(Path.cwd())
+
+    def portable(arg: str) -> str:
+        inside = repo is not None and os.path.isabs(arg) and Path(arg).is_relative_to(repo)
+        return str(Path(arg).relative_to(repo)) if inside else arg
+
+    return "python " + shlex.join([*program, *map(portable, sys.argv[1:] if argv is None else argv)])
+
+
 def write_result(out: Path, argv: list[str] | None, result: dict, report: str, quiet: bool = False) -> None:
     """`result` as JSON at `out` and `report` as Markdown beside it, each headed by the command that made them
     (`quiet`: without saying so, for the partial results a benchmark writes as it goes)."""
-    command = "python " + shlex.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+    command = recorded_command(argv)
     atomic.write_json(out, {"command": command, **result})
     atomic.write_text(out.with_suffix(".md"), f"`{command}`\n{report}")
     if not quiet:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from ablations.store import METRIC_FIELDS, METRICS, write_metrics
 from ablations.sweep.grid import parse_sets
 from ablations.sweep.presets import PRESETS
 from benchmarks import measure, train_speed
-from benchmarks.common import speed_words
+from benchmarks.common import recorded_command, speed_words
 
 TIMING_KEYS = {
     "epoch_time_s", "train_time_s", "train_images_per_s", "peak_memory_mb", "wall_time_s", "finished_at", "warm_up_s",
@@ -514,3 +515,13 @@ def test_accumulated_steps_equal_one_step_without_batchnorm_and_differ_with_it()
         weights = [(a, b) for a, b in zip(whole.parameters(), parts.parameters(), strict=True)]
         assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in weights) is same, norm
         assert torch.allclose(whole_loss, parts_loss, rtol=1e-5) is same, norm
+
+
+def test_a_benchmark_records_the_command_a_reader_types(monkeypatch):
+    main = type("Main", (), {"__spec__": type("Spec", (), {"name": "benchmarks.scaling"})()})()
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    argv = ["--procs", "1,2", "--out", str(repo / "results" / "benchmarks" / "x.json"), "--data-root", "/data/x y"]
+    command = recorded_command(argv)
+    assert command == "python -m benchmarks.scaling --procs 1,2 --out results/benchmarks/x.json --data-root '/data/x y'"
