@@ -18,6 +18,7 @@ augmentation never changes the kept images.
 import dataclasses
 import hashlib
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import Iterator
@@ -101,6 +102,13 @@ class LoaderTimes:
     wall_s: float = 0.0
 
 
+def worker_context(workers: int) -> str | None:
+    """How the loader starts its workers: forked where the platform can (in milliseconds; they only read files and
+    never touch the device), not by the start method the process inherited: a sweep's spawned worker would spawn
+    them too, each importing torch first (5 s for a run's first batch on the 2-core VM)."""
+    return "fork" if workers and "fork" in multiprocessing.get_all_start_methods() else None
+
+
 class StreamedImages:
     """A split read from disk batch by batch by `workers` persistent DataLoader processes, `PREFETCH` batches ahead
     each, into pinned memory; batches land on the device. A bad image is a one-line DataError, or with
@@ -112,7 +120,7 @@ class StreamedImages:
         self.loader = DataLoader(
             files, batch_sampler=self.order, num_workers=workers, collate_fn=collate,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-            prefetch_factor=PREFETCH if workers else None,
+            prefetch_factor=PREFETCH if workers else None, multiprocessing_context=worker_context(workers),
         )  # fmt: skip
         self.epoch_seed = 0  # the crops' seed: StreamedTrainLoader sets it for each epoch
         self.times = LoaderTimes()
