@@ -3,6 +3,7 @@ full-size file and replayed from (seed, epoch, index), the eval transform, decod
 empty classes (error or skip), the data record, the loader's log line; and, slow, runs trained through it."""
 
 import io
+import math
 import os
 import shutil
 import tarfile
@@ -323,3 +324,32 @@ def test_the_loader_benchmark_measures_each_layout_and_decoder(tmp_path):
     assert set(rows) == {(layout, decoder) for layout in ("folder", "shards") for decoder in decoders}
     assert all(speed > 0 for speed in rows.values()) and result["size"] == 32
     assert "| shards | Pillow, in the worker |" in (tmp_path / "loader.md").read_text()
+
+
+def streamed_history(sweep) -> list[dict]:
+    [run_dir] = (sweep / "runs").iterdir()
+    untimed = ("train_time_s", "train_images_per_s", "epoch_time_s")
+    return [{k: v for k, v in r.items() if k not in untimed} for r in read_json(run_dir / "history.json")]
+
+
+@pytest.mark.slow
+def test_two_synced_processes_train_the_stream_as_one_process_does(shard_folder, tmp_path, monkeypatch):
+    """Crops and flips are drawn per image from (seed, epoch, index) and the device draws nothing here (smoke: no
+    RandAugment, jitter, erasing, mixup or cutmix), so with sync_bn 2 processes compute what 1 does, as on
+    resident data (tests/test_distributed.py): 18 images in batches of 6, 3 per rank."""
+    monkeypatch.setenv("CONVMIXER_RESIDENT_BYTES", "0")
+    keys = "dataset=imagefolder,image_size=16,patch_size=4,batch_size=6,train_subset=18,dim=16,depth=1,epochs=2"
+    sweeps = {procs: tmp_path / f"procs{procs}" for procs in (1, 2)}
+    for procs, out in sweeps.items():
+        assert run.main(["--preset", "smoke", "--set", f"{keys},scale=0.08", "--data-root", str(shard_folder),
+                         "--out", str(out), "--devices", "cpu", "--jobs-per-device", "1",
+                         "--procs-per-run", str(procs)]) == 0  # fmt: skip
+    one, two = streamed_history(sweeps[1]), streamed_history(sweeps[2])
+    assert len(one) == len(two) == 2
+    for a, b in zip(two, one, strict=True):
+        assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-5)
+        assert math.isclose(a["test_loss"], b["test_loss"], rel_tol=1e-5)
+        assert a["test_acc"] == b["test_acc"] and a["train_acc"] == b["train_acc"]
+    [run_dir] = (sweeps[2] / "runs").iterdir()
+    assert read_json(run_dir / "metrics.json")["processes"] == 2
+    assert "x 2 processes" in (run_dir / "log.txt").read_text()
