@@ -81,6 +81,10 @@ def _seconds(value: Any) -> bool:
     return _number(value) and value >= 0
 
 
+def _texts(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
 def _one_of(words: Iterable[str]) -> str:
     *others, last = map(repr, words)
     return f"{', '.join(others)} or {last}"
@@ -91,7 +95,7 @@ class Field:
     """One field of metrics.json: who writes it, what a value may be, and whether a done run needs it."""
 
     writer: str  # "both": the engine and record_failure; "engine" (on a GPU only: "gpu"; on several processes:
-    # "ddp"); "failure": record_failure
+    # "ddp"; streaming with bad_images=skip: "skip"); "failure": record_failure
     check: Callable[[Any], bool]  # a done run's value, when there and not null, passes it (others are not checked)
     accepted: str  # the check in words, for the one-line error
     done_needs: bool = False  # a done run must have it (the report computes with it)
@@ -130,6 +134,10 @@ METRIC_FIELDS = {
     "channels_last_used": _flag("engine"),
     "depthwise_impl_used": _text("engine"),
     "processes": Field("ddp", _positive_int, "a positive integer"),  # of a run on several (DDP); 1 if absent
+    # Streamed images bad_images=skip left out (train and test, every rank, every epoch; each counted once), and the
+    # first few, each its one-line problem naming the file: absent where nothing could be skipped.
+    "skipped_images": Field("skip", _count, "an integer >= 0"),
+    "skipped_examples": Field("skip", _texts, "a list of strings"),
     "device": _text("both"),
     "hardware": _text("engine"),
     "driver": _text("gpu"),

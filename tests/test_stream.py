@@ -3,6 +3,7 @@ full-size file and replayed from (seed, epoch, index), the eval transform, decod
 empty classes (error or skip), the data record, the loader's log line; and, slow, runs trained through it."""
 
 import io
+import math
 import os
 import shutil
 import tarfile
@@ -16,7 +17,7 @@ from PIL import Image
 from ablations import run
 from ablations.config import RunConfig
 from ablations.data import DataError, shards
-from ablations.data.loaders import build_data
+from ablations.data.loaders import build_data, skipped_note
 from ablations.data.sources import load_splits
 from ablations.data.stream import crop_seed, draw_crop, resolve_decode
 from convmixer.evaluate import EvalTransform
@@ -173,8 +174,12 @@ def test_a_bad_image_is_one_line_naming_it_or_skipped_and_counted(tree, tmp_path
     skipping = build_data(streamed(root, bad_images="skip"), CPU, resident_bytes=0, workers=0)
     images, labels = pixels(skipping.train.epoch(0))
     assert len(images) == len(labels) == 20  # 21 images, one left out
-    report = skipping.train.images.report()
-    assert "1 images skipped so far" in report and bad.name in report
+    note = skipped_note(skipping.skipped())
+    assert note.startswith("bad_images=skip: 1 images skipped so far (") and bad.name in note
+
+
+def test_the_log_names_the_first_three_skipped_images():
+    assert skipped_note(["a", "b", "c", "d"]) == "bad_images=skip: 4 images skipped so far (a; b; c; ...)"
 
 
 def test_a_huge_image_is_refused_before_its_pixels_are_decoded_and_named_with_its_shard(shard_folder, monkeypatch):
@@ -323,3 +328,72 @@ def test_the_loader_benchmark_measures_each_layout_and_decoder(tmp_path):
     assert set(rows) == {(layout, decoder) for layout in ("folder", "shards") for decoder in decoders}
     assert all(speed > 0 for speed in rows.values()) and result["size"] == 32
     assert "| shards | Pillow, in the worker |" in (tmp_path / "loader.md").read_text()
+
+
+def streamed_history(sweep) -> list[dict]:
+    [run_dir] = (sweep / "runs").iterdir()
+    untimed = ("train_time_s", "train_images_per_s", "epoch_time_s")
+    return [{k: v for k, v in r.items() if k not in untimed} for r in read_json(run_dir / "history.json")]
+
+
+@pytest.mark.slow
+def test_two_synced_processes_train_the_stream_as_one_process_does(tree, tmp_path, monkeypatch):
+    """Crops and flips are drawn per image from (seed, epoch, index) and the device draws nothing here (smoke: no
+    RandAugment, jitter, erasing, mixup or cutmix), so with sync_bn 2 processes compute what 1 does, as on
+    resident data (tests/test_distributed.py): 18 images in batches of 6, 3 per rank. A truncated test image, in
+    rank 1's share of the test set, is skipped, and counted in rank 0's metrics.json."""
+    monkeypatch.setenv("CONVMIXER_RESIDENT_BYTES", "0")
+    root = copy_tree(tree, tmp_path)
+    bad = root / "val" / IMAGENET_CLASSES[2] / f"{IMAGENET_CLASSES[2]}_1.JPEG"  # the last of 6: rank 1's 3
+    bad.write_bytes(bad.read_bytes()[:300])
+    shards.write_shards(root, tmp_path / "shards", per_shard=8)
+    keys = "dataset=imagefolder,image_size=16,patch_size=4,batch_size=6,train_subset=18,dim=16,depth=1,epochs=2"
+    sweeps = {procs: tmp_path / f"procs{procs}" for procs in (1, 2)}
+    for procs, out in sweeps.items():
+        assert run.main(["--preset", "smoke", "--set", f"{keys},scale=0.08,bad_images=skip", "--data-root",
+                         str(tmp_path / "shards"), "--out", str(out), "--devices", "cpu", "--jobs-per-device", "1",
+                         "--procs-per-run", str(procs)]) == 0  # fmt: skip
+    one, two = streamed_history(sweeps[1]), streamed_history(sweeps[2])
+    assert len(one) == len(two) == 2
+    for a, b in zip(two, one, strict=True):
+        assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-5)
+        assert math.isclose(a["test_loss"], b["test_loss"], rel_tol=1e-5)
+        assert a["test_acc"] == b["test_acc"] and a["train_acc"] == b["train_acc"]
+    for procs, out in sweeps.items():
+        [run_dir] = (out / "runs").iterdir()
+        metrics = read_json(run_dir / "metrics.json")
+        assert metrics["skipped_images"] == 1 and bad.name in metrics["skipped_examples"][0]
+        assert metrics.get("processes", 1) == procs
+    assert "x 2 processes" in (run_dir / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_images_skipped_in_both_splits_are_counted_in_metrics_json_also_across_a_resume(tree, tmp_path, monkeypatch):
+    from ablations.engine.train import train_run
+    from analysis.load import check_done_metrics
+
+    monkeypatch.setenv("CONVMIXER_RESIDENT_BYTES", "0")
+    root = copy_tree(tree, tmp_path)
+    bad = [root / split / IMAGENET_CLASSES[1] / f"{IMAGENET_CLASSES[1]}_1.JPEG" for split in ("train", "val")]
+    for path in bad:
+        path.write_bytes(path.read_bytes()[:300])  # truncated
+    cfg = tiny_run(root, bad_images="skip")
+    lines = []
+
+    def stop(record: dict) -> None:  # killed after the last checkpoint, before metrics.json: the rerun trains none
+        if record["epoch"] == cfg.epochs:
+            raise KeyboardInterrupt
+
+    for name in ("straight", "resumed"):
+        (tmp_path / name).mkdir()
+    straight = train_run(cfg, tmp_path / "straight", device="cpu", log=lines.append)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path / "resumed", device="cpu", log=lambda line: None, on_epoch=stop)
+    resumed = train_run(cfg, tmp_path / "resumed", device="cpu", log=lambda line: None)
+    assert straight["skipped_images"] == resumed["skipped_images"] == 2
+    assert resumed["skipped_examples"] == straight["skipped_examples"]
+    assert [path.name in " ".join(straight["skipped_examples"]) for path in bad] == [True, True]
+    metrics = read_json(tmp_path / "resumed" / "metrics.json")
+    assert metrics["skipped_images"] == 2
+    check_done_metrics(metrics, tmp_path / "resumed" / "metrics.json")  # the report's reader accepts it
+    assert sum("bad_images=skip: 2 images skipped so far" in line for line in lines) == 2

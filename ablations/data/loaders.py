@@ -18,6 +18,7 @@ augmentation never changes the kept images.
 import dataclasses
 import hashlib
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ from ablations.data.augment import Augment, normalise
 from ablations.data.sources import Split, Splits, load_splits, resident_limit
 from ablations.data.stream import Batch, ImageFiles, collate, finish_on_device, resolve_decode
 
-__all__ = ["Data", "TestLoader", "TrainLoader", "build_data", "for_rank"]
+__all__ = ["NAMED_SKIPS", "Data", "TestLoader", "TrainLoader", "build_data", "for_rank", "skipped_note"]
 
 # Per-channel mean/std for a streamed dataset, whose train split is too big to scan: ImageNet's.
 STREAMED_MEAN, STREAMED_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -41,7 +42,7 @@ PREFETCH = 4  # batches each streaming worker reads ahead (DataLoader's prefetch
 # A pass whose steps waited for batches longer than this share of its time, and this long at least (the first
 # batch's wait, the workers starting, left out), says in the run's log that the loader is the bottleneck.
 BOTTLENECK_WAIT, BOTTLENECK_MIN_S = 0.1, 0.5
-NAMED_SKIPS = 3  # the log names this many of the images bad_images=skip left out
+NAMED_SKIPS = 3  # the log and metrics.json name this many of the images bad_images=skip left out
 
 
 def derived_seed(seed: int, epoch: int, stream: str) -> int:
@@ -101,6 +102,13 @@ class LoaderTimes:
     wall_s: float = 0.0
 
 
+def worker_context(workers: int) -> str | None:
+    """How the loader starts its workers: forked where the platform can (in milliseconds; they only read files and
+    never touch the device), not by the start method the process inherited: a sweep's spawned worker would spawn
+    them too, each importing torch first (5 s for a run's first batch on the 2-core VM)."""
+    return "fork" if workers and "fork" in multiprocessing.get_all_start_methods() else None
+
+
 class StreamedImages:
     """A split read from disk batch by batch by `workers` persistent DataLoader processes, `PREFETCH` batches ahead
     each, into pinned memory; batches land on the device. A bad image is a one-line DataError, or with
@@ -112,7 +120,7 @@ class StreamedImages:
         self.loader = DataLoader(
             files, batch_sampler=self.order, num_workers=workers, collate_fn=collate,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-            prefetch_factor=PREFETCH if workers else None,
+            prefetch_factor=PREFETCH if workers else None, multiprocessing_context=worker_context(workers),
         )  # fmt: skip
         self.epoch_seed = 0  # the crops' seed: StreamedTrainLoader sets it for each epoch
         self.times = LoaderTimes()
@@ -167,10 +175,13 @@ class StreamedImages:
         )
         if t.wait_s > max(BOTTLENECK_WAIT * t.wall_s, BOTTLENECK_MIN_S):
             line += ": the loader is the bottleneck"
-        if self.skipped:
-            shown = "; ".join(list(self.skipped)[:NAMED_SKIPS]) + ("; ..." if len(self.skipped) > NAMED_SKIPS else "")
-            line += f"; bad_images=skip: {len(self.skipped)} images skipped so far ({shown})"
         return line
+
+
+def skipped_note(skipped: list[str]) -> str:
+    """What the run's log says of the images bad_images=skip left out so far (each one's problem), naming a few."""
+    shown = "; ".join(skipped[:NAMED_SKIPS]) + ("; ..." if len(skipped) > NAMED_SKIPS else "")
+    return f"bad_images=skip: {len(skipped)} images skipped so far ({shown})"
 
 
 class TrainLoader:
@@ -303,6 +314,11 @@ class Data:
     mean: tuple[float, ...]  # the per-channel normalisation, in [0, 1] pixel units
     std: tuple[float, ...]
     resident: bool  # True: the images live on the device; False: streamed from disk by DataLoader workers
+
+    def skipped(self) -> list[str]:
+        """The images of both splits bad_images=skip has left out in this process so far, each its one-line problem,
+        in the order met (held data is checked whole at load: never any)."""
+        return [] if self.resident else list({**self.train.images.skipped, **self.test.images.skipped})
 
 
 def for_rank(data: Data, cfg: RunConfig, rank: int, world_size: int) -> Data:

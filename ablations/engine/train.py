@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ablations import atomic
 from ablations.config import ConfigError, RunConfig
-from ablations.data.loaders import Data, TestLoader, TrainLoader, build_data, for_rank
+from ablations.data.loaders import NAMED_SKIPS, Data, TestLoader, TrainLoader, build_data, for_rank, skipped_note
 from ablations.data.sources import cache_dir
 from ablations.engine import distributed
 from ablations.engine.distributed import SINGLE, Ranks
@@ -271,7 +271,7 @@ class Trainer:
         synchronize(self.device)
         return time.perf_counter() - start
 
-    def state(self, epochs_done: int, history: list[dict], wall_time_s: float) -> dict:
+    def state(self, epochs_done: int, history: list[dict], wall_time_s: float, skipped: list[str]) -> dict:
         return {
             "run_id": self.cfg.run_id(),
             "epoch": epochs_done,
@@ -280,6 +280,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "history": history,
             "wall_time_s": wall_time_s,
+            **({"skipped_images": skipped} if skipped else {}),  # a checkpoint of a run that skipped none is as before
         }
 
     def load(self, checkpoint: dict) -> None:
@@ -292,7 +293,15 @@ class Trainer:
         self.scaler.load_state_dict(checkpoint["scaler"])
 
 
-CHECKPOINT_KEYS = ("run_id", "epoch", "model", "optimizer", "scaler", "history", "wall_time_s")
+CHECKPOINT_KEYS = ("run_id", "epoch", "model", "optimizer", "scaler", "history", "wall_time_s")  # and skipped_images
+
+
+def skipped_so_far(data: Data, before: list[str]) -> list[str]:
+    """The streamed images bad_images=skip has left out of the run so far: those of the epochs before a resume
+    (`before`, from the checkpoint) and those every rank met since (one gather), each counted once. A bad file is
+    met again in every epoch, by whichever rank reads it then."""
+    met = distributed.gathered([*before, *data.skipped()])
+    return list(dict.fromkeys(problem for rank in met for problem in rank))
 
 
 def read_checkpoint(path: Path, cfg: RunConfig, device: torch.device, log: Callable[[str], None]) -> dict | None:
@@ -443,8 +452,8 @@ def train_process(
         warm_up_s = trainer.warm_up(data.train, data.test) if device.type in WARM_UP_DEVICES else 0.0
         if warm_up_s:
             log(f"warm-up (each batch shape once: cuDNN autotuning, lazy initialisation) {warm_up_s:.1f} s")
-        history, reason, wall_before = train_epochs(trainer, data, run_dir, started, log,
-                                                    on_epoch if ranks.main else None)  # fmt: skip
+        history, reason, wall_before, skipped = train_epochs(trainer, data, run_dir, started, log,
+                                                             on_epoch if ranks.main else None)  # fmt: skip
     engine = {
         "precision_used": PRECISION_NAMES[dtype],
         "tf32_used": device.type == "cuda" and dtype is None and cfg.tf32,  # fp32 convolutions on TF32 tensor cores
@@ -455,6 +464,8 @@ def train_process(
         **({"processes": ranks.world_size} if ranks.world_size > 1 else {}),
     }
     metrics = final_metrics(history, reason, device, counts, wall_before + time.perf_counter() - started, engine)
+    if cfg.bad_images == "skip" and not data.resident:
+        metrics.update(skipped_images=len(skipped), skipped_examples=skipped[:NAMED_SKIPS])
     if run_dir is not None and ranks.main:
         write_metrics(Path(run_dir), metrics)
     return metrics
@@ -467,16 +478,18 @@ def train_epochs(
     started: float,
     log: Callable[[str], None],
     on_epoch: Callable[[dict], None] | None,
-) -> tuple[list[dict], str, float]:
+) -> tuple[list[dict], str, float, list[str]]:
     """Resume from run_dir's checkpoint if there is one, then train the remaining epochs, checkpointing each.
-    Returns (history, why the run diverged or "", wall time of the runs before this resume)."""
+    Returns (history, why the run diverged or "", wall time of the runs before this resume, the images
+    bad_images=skip left out)."""
     cfg = trainer.cfg
-    history, wall_before = [], 0.0
+    history, wall_before, skipped = [], 0.0, []
     checkpoint_path = Path(run_dir) / CHECKPOINT if run_dir is not None else None
     checkpoint = read_checkpoint_on_every_rank(checkpoint_path, trainer, log)
     if checkpoint is not None:
         trainer.load(checkpoint)
         history, wall_before = checkpoint["history"], checkpoint["wall_time_s"]
+        skipped = checkpoint.get("skipped_images", [])
         log(f"resumed from {checkpoint_path} after epoch {checkpoint['epoch']}")
 
     progress = log is print and sys.stderr.isatty()
@@ -486,6 +499,8 @@ def train_epochs(
         epoch_start = time.perf_counter()
         record = {"epoch": epoch + 1, **trainer.train_epoch(data.train, epoch, progress), **trainer.evaluate(data.test)}
         record["epoch_time_s"] = time.perf_counter() - epoch_start
+        if cfg.bad_images == "skip" and not data.resident:  # every rank: the gather is a collective
+            skipped = skipped_so_far(data, skipped)
         reason = divergence(record, data.num_classes)
         if reason:
             log(f"diverged: {reason}")
@@ -496,14 +511,15 @@ def train_epochs(
             # history.json first: if the run is killed in between, the checkpoint is the older of the two and the
             # resumed run replays that epoch and rewrites both, so history.json never stays short.
             atomic.write_json(Path(run_dir) / HISTORY, history)
-            atomic.torch_save(trainer.state(len(history), history, wall), checkpoint_path)
+            atomic.torch_save(trainer.state(len(history), history, wall, skipped), checkpoint_path)
         log(
             f"epoch {epoch + 1}/{cfg.epochs} train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} | "
             f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f} | lr {record['lr']:.5f} | "
             f"{record['epoch_time_s']:.1f} s, {record['train_images_per_s']:.0f} img/s"
         )
         if not data.resident:  # streamed: could the loader keep up with the model?
-            log(f"epoch {epoch + 1} data: {data.train.images.report()}")
+            note = f"; {skipped_note(skipped)}" if skipped else ""
+            log(f"epoch {epoch + 1} data: {data.train.images.report()}{note}")
         if on_epoch is not None:
             on_epoch(record)
-    return history, reason, wall_before
+    return history, reason, wall_before, skipped
