@@ -18,6 +18,8 @@ from ablations.config import ConfigError, RunConfig
 from ablations.data.loaders import build_data, for_rank
 from ablations.engine.distributed import Ranks, local_batch
 from ablations.run import cli
+from ablations.store import Store, write_rank_fault
+from ablations.sweep import execute
 from ablations.sweep.local import device_slots, free_port
 from ablations.train import cli as train_cli
 
@@ -78,6 +80,27 @@ def test_a_gpu_slot_is_procs_per_run_gpus_and_a_cpu_slot_shares_the_cores():
     assert device_slots(gpus, 1, 2) == ["cuda:0,cuda:1", "cuda:2,cuda:3"]
     assert device_slots(["cpu"], 2, 2) == ["cpu", "cpu"]
     assert device_slots(gpus[:2], 1) == ["cuda:0", "cuda:1"]
+
+
+def test_rank_0_names_each_rank_that_stopped_and_its_cause_then_its_own_error(tmp_path, monkeypatch):
+    """The line every launcher records (execute.record_exception): a rank that left no cause was killed, so the
+    failure may pass (transient); the causes are forgotten when the run starts again."""
+    monkeypatch.setattr(execute, "RANK_REPORT_S", 0.0)
+    store = Store(tmp_path)
+    run_dir = store.run_dir("r")
+    store.start_run(run_dir)
+    write_rank_fault(run_dir, 2, "DataError: imagefolder: cannot decode x.JPEG")
+    lost = RuntimeError("Connection closed by peer")
+    metrics = execute.record_exception(store, run_dir, lost, "cpu", world_size=3)
+    assert metrics["reason"] == (
+        "rank 2: DataError: imagefolder: cannot decode x.JPEG; rank 0: RuntimeError: Connection closed by peer"
+    )
+    assert metrics["transient"] is True  # rank 1 left nothing
+    write_rank_fault(run_dir, 1, "RuntimeError: Connection closed by peer")
+    assert execute.record_exception(store, run_dir, lost, "cpu", world_size=3)["transient"] is False
+    assert execute.record_exception(store, run_dir, lost, "cpu")["reason"] == "RuntimeError: Connection closed by peer"
+    store.start_run(run_dir)
+    assert store.rank_faults(run_dir, 3) == {}
 
 
 @pytest.mark.parametrize(
