@@ -3,6 +3,7 @@
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import imagefolder, write_tree
-from helpers import read_json, read_summary, tiny_configs, tiny_set
+from helpers import RANK_FAULT_KEYS, damage_an_image_only_rank_1_reads, read_json, read_summary, tiny_configs, tiny_set
 
 from ablations.config import ConfigError, RunConfig
 from ablations.data.loaders import build_data, for_rank
@@ -203,6 +204,22 @@ def test_a_rank_killed_mid_epoch_fails_the_run_in_one_line_and_a_rerun_resumes_i
     assert rerun.returncode == 0, rerun.stderr
     assert history(out, configs(False)) == history(sweeps[2], configs(False))
     assert "resumed from" in (out / "runs" / configs(False).run_id() / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_a_rank_that_fails_is_named_with_its_cause_and_once_repaired_a_retry_trains_the_run(tmp_path, monkeypatch):
+    """The local launcher's side of the SLURM test (test_slurm_cluster.py): a damaged image only rank 1 reads."""
+    monkeypatch.setenv("CONVMIXER_RESIDENT_BYTES", "0")  # streamed: each rank reads its own share of the files
+    bad, good = damage_an_image_only_rank_1_reads(tmp_path / "imagenet")
+    out = tmp_path / "out"
+    args = ["--preset", "smoke", "--set", RANK_FAULT_KEYS, "--data-root", str(tmp_path / "imagenet"), "--out",
+            str(out), "--devices", "cpu", "--jobs-per-device", "1", "--procs-per-run", "2"]  # fmt: skip
+    assert cli(args) == 1
+    (row,) = read_summary(out)
+    assert re.fullmatch(rf"rank 1: DataError: .*{bad.name}.*; rank 0: .+", row["reason"]), row["reason"]
+    bad.write_bytes(good)
+    assert cli([*args, "--retry-failed"]) == 0
+    assert read_summary(out)[0]["status"] == "done"
 
 
 @pytest.mark.slow

@@ -21,15 +21,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import torch
-from helpers import read_json, read_summary, snapshot, tiny_configs, tiny_set, write_imagenet_tree
+from helpers import (
+    RANK_FAULT_KEYS,
+    damage_an_image_only_rank_1_reads,
+    read_json,
+    read_summary,
+    snapshot,
+    tiny_configs,
+    tiny_set,
+)
 
-from ablations.config import ConfigError, RunConfig
-from ablations.data.sources import load_splits, split_sha256
+from ablations.config import ConfigError
 from ablations.run import cli
 from ablations.store import LOCK, Locks, Store, hold_lock
-from ablations.sweep.grid import build_sweep
-from ablations.sweep.presets import PRESETS
 from ablations.sweep.slurm import SlurmOptions, train_in_job
 
 CLUSTER_SCRIPT = Path(__file__).parent / "slurm" / "cluster.sh"
@@ -201,36 +205,16 @@ def test_a_run_on_two_processes_is_one_job_of_two_tasks(cluster, tmp_path):
     no_jobs_left()
 
 
-def unsampled_test_image_of_rank_1(root: Path, cfg: RunConfig) -> Path:
-    """An image in rank 1's half of the test set (of 2 ranks) whose bytes the data record does not hash: damaged
-    and then restored, it leaves data.json the same, so the run may train again on the repaired folder."""
-    test = load_splits(cfg).test
-    before = split_sha256(test)
-    for i in torch.arange(len(test.paths)).tensor_split(2)[1].tolist():
-        path = root / test.paths[i]
-        data = path.read_bytes()
-        path.write_bytes(bytes(len(data)))
-        unsampled = split_sha256(test) == before
-        path.write_bytes(data)
-        if unsampled:
-            return path
-    raise AssertionError("every test image of rank 1 is hashed: make the test set larger")
-
-
 def test_a_rank_that_fails_fails_its_run_naming_that_rank_and_its_cause(cluster, tmp_path, monkeypatch):
     """A real fault only rank 1 meets: a damaged image in its share of a streamed test set. Rank 0 sees only
     that its peer left; its record names rank 1's own error. Repaired, --retry-failed trains the run to done (a
     data error is no passing fault, so a plain rerun leaves it failed)."""
     monkeypatch.setenv("CONVMIXER_RESIDENT_BYTES", "0")  # streamed: each rank reads its own share of the files
     root = tmp_path / "imagenet"
-    write_imagenet_tree(root, {"train": 4, "val": 12})
-    keys = "dataset=imagefolder,image_size=16,patch_size=4,batch_size=6,train_subset=12,dim=16,depth=1,epochs=1"
-    (cfg,) = build_sweep(PRESETS["smoke"].values, [f"{keys},data_root={root}"], [], seeds=1).configs()
-    bad = unsampled_test_image_of_rank_1(root, cfg)
-    good = bad.read_bytes()
-    bad.write_bytes(bytes(len(good)))  # the same size: the data record cannot tell
+    bad, good = damage_an_image_only_rank_1_reads(root)
     out = tmp_path / "ddp-fault"
-    command = sweep_command(out, "--preset", "smoke", "--set", keys, "--data-root", str(root), "--procs-per-run", "2")
+    args = ["--preset", "smoke", "--set", RANK_FAULT_KEYS, "--data-root", str(root), "--procs-per-run", "2"]
+    command = sweep_command(out, *args)
     sweep = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert sweep.returncode == 1, sweep.stdout + sweep.stderr
     (row,) = read_summary(out)
