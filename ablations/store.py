@@ -506,7 +506,7 @@ class Store:
         return metrics
 
     def rank_faults(self, run_dir: Path, world_size: int, wait_s: float = 0.0) -> dict[int, str]:
-        """What stopped each rank 1..world_size-1 that recorded it (`record_rank_fault`), waiting up to `wait_s` for
+        """What stopped each rank 1..world_size-1 that recorded it (`write_rank_fault`), waiting up to `wait_s` for
         them all: a rank writes its cause after its peers may have seen it leave."""
         deadline = time.monotonic() + wait_s
         while True:

@@ -10,9 +10,10 @@ end_run is the sweep process's side: once a run's worker or job is gone, the run
 execute_run) or gets one recording why it ended, and the progress display and summary.csv learn of it.
 
 A run on several processes fails in one line naming each rank that stopped and why, rank 0's error last:
-`rank 1: DataError: ...; rank 0: DistBackendError: ...`. Every launcher (local ranks, SLURM tasks, torchrun) gets
-it the same way: a rank other than 0 records its cause in the run folder as it stops (follow_run), and rank 0
-reads those when it records the failure (record_exception), so this module owns the line's format.
+`rank 1: DataError: ...; rank 0: RuntimeError: ... Connection closed by peer ...`. Every launcher (local ranks,
+SLURM tasks, torchrun) gets it the same way: a rank other than 0 records its cause in the run folder as it stops
+(follow_run), and rank 0 reads those when it records the failure (record_exception), so this module owns the
+line's format.
 """
 
 import contextlib
