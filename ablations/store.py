@@ -51,6 +51,9 @@ RUNS, SUMMARY = "runs", "summary.csv"  # in the sweep folder: one folder per run
 DESIGN, STUDY_COPY = "sweep.json", "study.toml"  # the sweep's designs (ablations.design), the study file it came from
 DATA = "data.json"  # in a run folder: the data it trained on (`check_run` compares a rerun's with it)
 LOCK = ".lock"  # in the sweep folder (one sweep at a time) and, under SLURM, in each run folder (one job per run)
+# In a run folder on several processes: what stopped rank k (k > 0), one line, for rank 0's failure record; rank 0
+# cannot learn it otherwise where the ranks share no pipe (SLURM tasks, torchrun). Removed when the run starts again.
+RANK_FAULT = "rank{}.fault"
 # Every status a run can have, in one vocabulary for the store, the sweep's console and the report.
 DONE, DIVERGED, FAILED, UNFINISHED = "done", "diverged", "failed", "unfinished"
 FINISHED = (DONE, DIVERGED, FAILED)  # the statuses a metrics.json may hold
@@ -231,6 +234,11 @@ def write_metrics(run_dir: Path, metrics: dict) -> None:
     if undeclared:
         raise ValueError(f"metrics.json field {undeclared[0]!r} is not declared in ablations.store.METRIC_FIELDS")
     atomic.write_json(run_dir / METRICS, metrics)
+
+
+def write_rank_fault(run_dir: Path, rank: int, cause: str) -> None:
+    """Record, for rank 0, the one line that stopped `rank` (> 0) of a run on several processes (Store.rank_faults)."""
+    atomic.write_text(run_dir / RANK_FAULT.format(rank), cause + "\n")
 
 
 # A history.json record is a dozen numbers (about 300 bytes): a file of more bytes than this per epoch of its run was
@@ -474,9 +482,12 @@ class Store:
         atomic.drop_stale_temps(self.root)
 
     def start_run(self, run_dir: Path) -> None:
-        """Called by the one process about to train this run: temps left by a killed writer are garbage now."""
+        """Called by the one process about to train this run: temps left by a killed writer are garbage now, and so
+        are the causes its ranks left when it last failed."""
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic.drop_stale_temps(run_dir, min_age_s=0)
+        for path in run_dir.glob(RANK_FAULT.format("*")):
+            path.unlink(missing_ok=True)
 
     def forget_failure(self, run_dir: Path) -> None:
         """Make a failed run unfinished again, so that it resumes from its last checkpoint (--retry-failed)."""
@@ -493,6 +504,18 @@ class Store:
         }
         write_metrics(run_dir, metrics)
         return metrics
+
+    def rank_faults(self, run_dir: Path, world_size: int, wait_s: float = 0.0) -> dict[int, str]:
+        """What stopped each rank 1..world_size-1 that recorded it (`write_rank_fault`), waiting up to `wait_s` for
+        them all: a rank writes its cause after its peers may have seen it leave."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            os.listdir(run_dir)  # on NFS a directory read refreshes the cache: see a file written on another node
+            paths = {rank: run_dir / RANK_FAULT.format(rank) for rank in range(1, world_size)}
+            faults = {rank: path.read_text().strip() for rank, path in paths.items() if path.exists()}
+            if len(faults) == world_size - 1 or time.monotonic() >= deadline:
+                return faults
+            time.sleep(0.1)
 
     def drop_checkpoint(self, run_dir: Path) -> None:
         """A done or diverged run will not train again (a failed one may resume), so its checkpoint is dead weight."""

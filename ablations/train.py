@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         try:
             follow_run(cfg, store.run_dir(cfg), device)
-        except Exception as error:  # rank 0 records the run's failure; torchrun's summary names this rank
+        except Exception as error:  # follow_run left it for rank 0's failure record; this line is for the console
             print(f"{PROG}: rank {ranks.rank}: {one_line(error)}", file=sys.stderr)
             return 1
         return 0

@@ -74,3 +74,30 @@ def write_imagenet_tree(root: Path, per_class: dict[str, int], classes: tuple[st
                 image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
                 mode = "L" if i % 5 == 4 else "CMYK" if i % 7 == 6 else "RGB"
                 image.convert(mode).save(root / split / wnid / f"{wnid}_{i}.JPEG", quality=90)
+
+
+# A run on 2 streamed processes (CONVMIXER_RESIDENT_BYTES=0) of the tree damage_an_image_only_rank_1_reads writes.
+RANK_FAULT_KEYS = "dataset=imagefolder,image_size=16,patch_size=4,batch_size=6,train_subset=12,dim=16,depth=1,epochs=1"
+
+
+def damage_an_image_only_rank_1_reads(root: Path) -> tuple[Path, bytes]:
+    """An ImageFolder tree at `root` in which one image of rank 1's half (of 2) of the test set is zeroed: a real
+    fault that only rank 1 meets. Of the same size and not among the files the data record hashes, so that once
+    repaired (with the returned bytes) the run may train again under the same data.json. Returns that image and
+    its bytes."""
+    import torch
+
+    from ablations.data.sources import load_splits, split_sha256
+
+    write_imagenet_tree(root, {"train": 4, "val": 12})
+    (cfg,) = build_sweep(PRESETS["smoke"].values, [f"{RANK_FAULT_KEYS},data_root={root}"], [], seeds=1).configs()
+    test = load_splits(cfg).test
+    hashed = split_sha256(test)
+    for i in torch.arange(len(test.paths)).tensor_split(2)[1].tolist():
+        path = root / test.paths[i]
+        good = path.read_bytes()
+        path.write_bytes(bytes(len(good)))
+        if split_sha256(test) == hashed:
+            return path, good
+        path.write_bytes(good)
+    raise AssertionError("every test image of rank 1 is hashed: make the test set larger")

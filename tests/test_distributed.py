@@ -3,6 +3,7 @@
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,12 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import imagefolder, write_tree
-from helpers import read_json, read_summary, tiny_configs, tiny_set
+from helpers import RANK_FAULT_KEYS, damage_an_image_only_rank_1_reads, read_json, read_summary, tiny_configs, tiny_set
 
 from ablations.config import ConfigError, RunConfig
 from ablations.data.loaders import build_data, for_rank
 from ablations.engine.distributed import Ranks, local_batch
 from ablations.run import cli
+from ablations.store import Store, write_rank_fault
+from ablations.sweep import execute
 from ablations.sweep.local import device_slots, free_port
 from ablations.train import cli as train_cli
 
@@ -78,6 +81,27 @@ def test_a_gpu_slot_is_procs_per_run_gpus_and_a_cpu_slot_shares_the_cores():
     assert device_slots(gpus, 1, 2) == ["cuda:0,cuda:1", "cuda:2,cuda:3"]
     assert device_slots(["cpu"], 2, 2) == ["cpu", "cpu"]
     assert device_slots(gpus[:2], 1) == ["cuda:0", "cuda:1"]
+
+
+def test_rank_0_names_each_rank_that_stopped_and_its_cause_then_its_own_error(tmp_path, monkeypatch):
+    """The line every launcher records (execute.record_exception): a rank that left no cause was killed, so the
+    failure may pass (transient); the causes are forgotten when the run starts again."""
+    monkeypatch.setattr(execute, "RANK_REPORT_S", 0.0)
+    store = Store(tmp_path)
+    run_dir = store.run_dir("r")
+    store.start_run(run_dir)
+    write_rank_fault(run_dir, 2, "DataError: imagefolder: cannot decode x.JPEG")
+    lost = RuntimeError("Connection closed by peer")
+    metrics = execute.record_exception(store, run_dir, lost, "cpu", world_size=3)
+    assert metrics["reason"] == (
+        "rank 2: DataError: imagefolder: cannot decode x.JPEG; rank 0: RuntimeError: Connection closed by peer"
+    )
+    assert metrics["transient"] is True  # rank 1 left nothing
+    write_rank_fault(run_dir, 1, "RuntimeError: Connection closed by peer")
+    assert execute.record_exception(store, run_dir, lost, "cpu", world_size=3)["transient"] is False
+    assert execute.record_exception(store, run_dir, lost, "cpu")["reason"] == "RuntimeError: Connection closed by peer"
+    store.start_run(run_dir)
+    assert store.rank_faults(run_dir, 3) == {}
 
 
 @pytest.mark.parametrize(
@@ -180,6 +204,22 @@ def test_a_rank_killed_mid_epoch_fails_the_run_in_one_line_and_a_rerun_resumes_i
     assert rerun.returncode == 0, rerun.stderr
     assert history(out, configs(False)) == history(sweeps[2], configs(False))
     assert "resumed from" in (out / "runs" / configs(False).run_id() / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_a_rank_that_fails_is_named_with_its_cause_and_once_repaired_a_retry_trains_the_run(tmp_path, monkeypatch):
+    """The local launcher's side of the SLURM test (test_slurm_cluster.py): a damaged image only rank 1 reads."""
+    monkeypatch.setenv("CONVMIXER_RESIDENT_BYTES", "0")  # streamed: each rank reads its own share of the files
+    bad, good = damage_an_image_only_rank_1_reads(tmp_path / "imagenet")
+    out = tmp_path / "out"
+    args = ["--preset", "smoke", "--set", RANK_FAULT_KEYS, "--data-root", str(tmp_path / "imagenet"), "--out",
+            str(out), "--devices", "cpu", "--jobs-per-device", "1", "--procs-per-run", "2"]  # fmt: skip
+    assert cli(args) == 1
+    (row,) = read_summary(out)
+    assert re.fullmatch(rf"rank 1: DataError: .*{bad.name}.*; rank 0: .+", row["reason"]), row["reason"]
+    bad.write_bytes(good)
+    assert cli([*args, "--retry-failed"]) == 0
+    assert read_summary(out)[0]["status"] == "done"
 
 
 @pytest.mark.slow

@@ -21,7 +21,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import read_json, read_summary, snapshot, tiny_configs, tiny_set
+from helpers import (
+    RANK_FAULT_KEYS,
+    damage_an_image_only_rank_1_reads,
+    read_json,
+    read_summary,
+    snapshot,
+    tiny_configs,
+    tiny_set,
+)
 
 from ablations.config import ConfigError
 from ablations.run import cli
@@ -194,6 +202,32 @@ def test_a_run_on_two_processes_is_one_job_of_two_tasks(cluster, tmp_path):
     assert "--ntasks-per-node=2" in script and "--nodes=1" in script
     assert read_json(out / "runs" / row["run_id"] / "metrics.json")["processes"] == 2
     assert "cpu x 2 processes" in (out / "runs" / row["run_id"] / "log.txt").read_text()
+    no_jobs_left()
+
+
+def test_a_rank_that_fails_fails_its_run_naming_that_rank_and_its_cause(cluster, tmp_path, monkeypatch):
+    """A real fault only rank 1 meets: a damaged image in its share of a streamed test set. Rank 0 sees only
+    that its peer left; its record names rank 1's own error. Repaired, --retry-failed trains the run to done (a
+    data error is no passing fault, so a plain rerun leaves it failed)."""
+    monkeypatch.setenv("CONVMIXER_RESIDENT_BYTES", "0")  # streamed: each rank reads its own share of the files
+    root = tmp_path / "imagenet"
+    bad, good = damage_an_image_only_rank_1_reads(root)
+    out = tmp_path / "ddp-fault"
+    args = ["--preset", "smoke", "--set", RANK_FAULT_KEYS, "--data-root", str(root), "--procs-per-run", "2"]
+    command = sweep_command(out, *args)
+    sweep = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert sweep.returncode == 1, sweep.stdout + sweep.stderr
+    (row,) = read_summary(out)
+    reason = read_json(out / "runs" / row["run_id"] / "metrics.json")["reason"]
+    assert re.fullmatch(rf"rank 1: DataError: .*{bad.name}.*; rank 0: .+", reason), reason
+    assert row["status"] == "failed" and row["reason"] == reason
+    no_jobs_left()
+
+    bad.write_bytes(good)
+    again = subprocess.run([*command, "--retry-failed"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    (row,) = read_summary(out)
+    assert row["status"] == "done" and not list((out / "runs" / row["run_id"]).glob("rank*.fault"))
     no_jobs_left()
 
 

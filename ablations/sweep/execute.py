@@ -8,8 +8,15 @@ time.
 
 end_run is the sweep process's side: once a run's worker or job is gone, the run has metrics.json (written by
 execute_run) or gets one recording why it ended, and the progress display and summary.csv learn of it.
+
+A run on several processes fails in one line naming each rank that stopped and why, rank 0's error last:
+`rank 1: DataError: ...; rank 0: RuntimeError: ... Connection closed by peer ...`. Every launcher (local ranks,
+SLURM tasks, torchrun) gets it the same way: a rank other than 0 records its cause in the run folder as it stops
+(follow_run), and rank 0 reads those when it records the failure (record_exception), so this module owns the
+line's format.
 """
 
+import contextlib
 import os
 import socket
 import time
@@ -18,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ablations.config import RunConfig
-from ablations.store import FAILED, LOG, Store
+from ablations.store import FAILED, LOG, Store, write_rank_fault
 from ablations.sweep.progress import SweepProgress
 
 
@@ -41,11 +48,31 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:300]}"
 
 
-def record_exception(store: Store, run_dir: Path, error: Exception, device: str) -> dict:
+# How long rank 0, failed, waits for the others' causes: a rank writes its own after closing its connections, which
+# may be what ended rank 0's collective. Only a rank that left none (killed) makes it wait this long.
+RANK_REPORT_S = 5.0
+
+
+def rank_error(rank: int, cause: str) -> str:
+    return f"rank {rank}: {cause}"
+
+
+def name_ranks(faults: list[str], reason: str) -> str:
+    """The failure line of a run on several processes: what stopped each other rank, then rank 0's `reason`."""
+    return "; ".join([*faults, reason])
+
+
+def record_exception(store: Store, run_dir: Path, error: Exception, device: str, world_size: int = 1) -> dict:
     """Record the exception that failed the run, in one line, through the store's record_failure; atomic.WriteError
-    says whether the fault may pass (disk full), and then a plain rerun retries the run. If even that record cannot
-    be written, the run stays unfinished (a rerun resumes it)."""
+    says whether the fault may pass (disk full), and then a plain rerun retries the run. As rank 0 of `world_size`
+    processes, the line names what stopped the others too; one that left no cause was killed (or died in native
+    code), which may not happen again: the failure is then transient too. If even that record cannot be written,
+    the run stays unfinished (a rerun resumes it)."""
     reason, transient = one_line(error), getattr(error, "transient", False)
+    if world_size > 1:
+        faults = store.rank_faults(run_dir, world_size, wait_s=RANK_REPORT_S)
+        reason = name_ranks([rank_error(r, cause) for r, cause in sorted(faults.items())], rank_error(0, reason))
+        transient = transient or len(faults) < world_size - 1
     try:
         return store.record_failure(run_dir, reason, device, transient)
     except OSError as unwritten:
@@ -79,6 +106,7 @@ def execute_run(
 
         log(f"start on {device} (host {socket.gethostname()}, pid {os.getpid()})")
         log(f"data_root {os.path.abspath(cfg.data_root)}")  # results record it portably (RunConfig.recorded)
+        ranks = SINGLE
         try:
             ranks = Ranks.from_env() if distributed else SINGLE
             metrics = train_run(cfg, run_dir, device=device, log=log, on_epoch=on_epoch, ranks=ranks)
@@ -87,7 +115,7 @@ def execute_run(
             raise
         except Exception as error:  # a failed run is data for the sweep, not a crash
             log("".join(traceback.format_exception(error)).rstrip())
-            metrics = record_exception(store, run_dir, error, device)
+            metrics = record_exception(store, run_dir, error, device, ranks.world_size)
         log(f"finished: {metrics['status']}" + (f" ({metrics['reason']})" if metrics["reason"] else ""))
     if not keep_checkpoints:
         store.drop_checkpoint(run_dir)
@@ -96,12 +124,19 @@ def execute_run(
 
 def follow_run(cfg: RunConfig, run_dir: Path, device: str) -> None:
     """A rank other than 0 of a run on several processes (its place in torchrun's environment variables): train
-    beside rank 0, which logs and writes the run's files; raises what stopped it."""
+    beside rank 0, which logs and writes the run's files; raises what stopped it, once it is recorded in one line
+    for rank 0's failure record."""
     from ablations.engine.distributed import Ranks
     from ablations.engine.train import train_run
 
     limit_cpu_threads(device)
-    train_run(cfg, run_dir, device=device, log=lambda line: None, ranks=Ranks.from_env())
+    ranks = Ranks.from_env()
+    try:
+        train_run(cfg, run_dir, device=device, log=lambda line: None, ranks=ranks)
+    except Exception as error:
+        with contextlib.suppress(OSError):  # a full disk: rank 0 still records its own error
+            write_rank_fault(run_dir, ranks.rank, one_line(error))
+        raise
 
 
 def end_run(store: Store, run_id: str, progress: SweepProgress, why_it_died: Callable[[], str], device: str) -> dict:

@@ -9,7 +9,8 @@ With --procs-per-run N a run trains on N processes (DDP): a slot is N GPUs (or, 
 and its worker is the run's rank 0, which starts the other ranks for each run with multiprocessing (spawned, like
 the workers) and sets torchrun's environment variables in each, so the engine joins them exactly as under
 torchrun. torchrun itself is not used here: the worker keeps its pipe to the sweep process (progress, metrics), and
-it sees each rank's exit code and error, so that a run whose rank died fails in one line naming the rank.
+it sees each rank's exit code, so that a run whose rank died fails in one line naming the rank: with its error,
+which the rank records as every launcher's ranks do (execute.py), or else its signal or exit code.
 
 With a time limit (a GPU lent for minutes), a run is started only while the longest run of this sweep so far
 would still finish in time, and runs still training at the limit are stopped: they stay unfinished and resume
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from ablations.config import ConfigError, RunConfig
 from ablations.store import FAILED, Store
-from ablations.sweep.execute import end_run, execute_run, follow_run, limit_cpu_threads, one_line
+from ablations.sweep.execute import end_run, execute_run, follow_run, limit_cpu_threads, name_ranks
 from ablations.sweep.progress import SweepProgress
 
 
@@ -124,15 +125,14 @@ def _worker_main(conn: Connection, device: str, store_root: Path, keep_checkpoin
         conn.send(("end", run_id, metrics))
 
 
-def _rank_main(conn: Connection, values: dict, run_dir: Path, device: str, env: dict[str, str]) -> None:
-    """A rank other than 0 of a run: train beside its worker (rank 0), and tell it in one line what stopped it."""
+def _rank_main(values: dict, run_dir: Path, device: str, env: dict[str, str]) -> None:
+    """A rank other than 0 of a run: train beside its worker (rank 0); follow_run records what stopped it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_sweep, daemon=True).start()  # its worker gone, a rank has no one to follow
     os.environ.update(env)
     try:
         follow_run(RunConfig.from_dict(values), run_dir, device)
-    except Exception as error:
-        conn.send(one_line(error))
+    except Exception:  # recorded in the run folder for rank 0: no traceback on the sweep's console
         sys.exit(1)
 
 
@@ -167,12 +167,10 @@ class RankGroup:
         run_dir = self.store.run_dir(self.cfg)
         ranks = []
         for rank in range(1, len(self.devices)):
-            ours, theirs = context.Pipe(duplex=False)
-            args = (theirs, self.cfg.to_dict(), run_dir, self.devices[rank], self.env[rank])
+            args = (self.cfg.to_dict(), run_dir, self.devices[rank], self.env[rank])
             process = context.Process(target=_rank_main, args=args)
             process.start()
-            theirs.close()
-            ranks.append((rank, process, ours))
+            ranks.append((rank, process))
         os.environ.update(self.env[0])
         try:
             metrics = execute_run(
@@ -181,31 +179,30 @@ class RankGroup:
             )  # fmt: skip
         finally:
             hung = set()
-            for rank, process, _ in ranks:
+            for rank, process in ranks:
                 process.join(timeout=RANK_EXIT_S)
                 if process.is_alive():  # stuck (a collective waits out its timeout, a stopped process never ends)
                     process.kill()
                     process.join()
                     hung.add(rank)
-        faults = [why for rank, process, conn in ranks if (why := rank_fault(rank, process, conn, rank in hung))]
+        # Rank 0's failure names the ranks that recorded their error (execute_run); the others are named here.
+        reported = self.store.rank_faults(run_dir, len(self.devices))
+        unreported = [(rank, process) for rank, process in ranks if rank not in reported]
+        faults = [why for rank, process in unreported if (why := rank_fault(rank, process, rank in hung))]
         if metrics["status"] != FAILED or not faults:
             return metrics
-        killed = any(process.exitcode < 0 for _, process, _ in ranks)  # a signal may not come again: rerun resumes
-        reason = "; ".join([*faults, f"rank 0: {metrics['reason']}"])
+        killed = any(process.exitcode < 0 for _, process in ranks)  # a signal may not come again: rerun resumes
+        reason = name_ranks(faults, metrics["reason"])
         return self.store.record_failure(run_dir, reason, ",".join(self.devices), transient=killed)
 
 
-def rank_fault(rank: int, process: multiprocessing.process.BaseProcess, conn: Connection, hung: bool) -> str:
-    """What stopped a rank, in a few words ("" if it ended well): its error, else its signal or exit code, or that
-    it was still running RANK_EXIT_S after rank 0 had ended (`hung`: then this launcher killed it)."""
+def rank_fault(rank: int, process: multiprocessing.process.BaseProcess, hung: bool) -> str:
+    """What stopped a rank that recorded no error, in a few words ("" if it ended well): its signal or exit code,
+    or that it was still running RANK_EXIT_S after rank 0 had ended (`hung`: then this launcher killed it)."""
     if hung:
         return f"rank {rank} still running {RANK_EXIT_S} s after rank 0 ended: killed"
     if process.exitcode == 0:
         return ""
-    try:
-        return f"rank {rank}: {conn.recv()}"  # its error, sent before it exited
-    except EOFError:  # none: killed, or it died in native code
-        pass
     if process.exitcode < 0:
         return f"rank {rank} killed by {signal.Signals(-process.exitcode).name}"
     return f"rank {rank} exited with code {process.exitcode}"

@@ -20,7 +20,8 @@ With --procs-per-run N a run is one job of N tasks (srun starts them; on GPUs on
 over as many nodes as that takes). Each task takes its rank and the rendezvous (the first node's name, a port
 drawn from the job id) from SLURM's environment through submitit's TorchDistributedEnvironment, which sets
 torchrun's variables: the job needs no torchrun inside srun, and the function submitit runs in each task is the
-same train_in_job. Rank 0 holds the run's lock, checks the data and writes the run's files; the others only train.
+same train_in_job. Rank 0 holds the run's lock, checks the data and writes the run's files; the others only train,
+and one that fails leaves its error in the run folder for rank 0's failure record (execute.py), as a local rank does.
 submitit is imported only here, and only when the launcher is used.
 """
 
