@@ -16,9 +16,10 @@ Module map, in three parts (a part imports only itself and the parts below it; n
         count.py          `python -m convmixer.count`: parameters, MACs and FLOPs, two ways that must agree
         throughput.py     inference images/s and peak memory on a device
     plumbing            shared by every part of the toolkit
-        runtime.py        devices, precision, CUDA flags, the one timing helper, memory, optional packages
-        arguments.py      argument checks, the precisions' names and the one-line error every CLI reports; free of
-                          torch, the one module of the repository that the runtime imports
+        runtime.py        devices, precision, CUDA flags, the one timing helper, memory
+        arguments.py      argument checks, the precisions' names, optional packages (`require`) and the one-line
+                          error every CLI reports; free of torch, the one module of the repository that the
+                          runtime imports
 """
 
 import importlib

@@ -4,12 +4,15 @@ A bad argument raises a one-line ValueError that names the argument, its value a
 the same everywhere, so a CLI can print it as it is. Every entry point (ablations.run, analysis.report,
 convmixer.check, convmixer.count, the benchmarks) parses with `OneLineParser` and runs its main through
 `run_cli`, so bad input of any kind ends the same way: one line `<program>: error: <message>` on stderr, exit 2.
+A missing optional package is bad input too (`require`: one line naming the extra that installs it).
 """
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import NoReturn
 
 # The autocast precisions by name, free of torch so that a run config and --help can list them;
@@ -47,7 +50,20 @@ def patch_grid(image_size: int, patch_size: int, in_chans: int = 3) -> str:
 
 class MissingPackage(ImportError):
     """An optional package is not installed; the message is one line naming it and how to install it
-    (convmixer.runtime.require raises it; defined here, free of torch, for the CLIs' lists of bad-input errors)."""
+    (`require` raises it; free of torch, for the CLIs' lists of bad-input errors)."""
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import `module`, an optional dependency of the `extra` feature, or raise MissingPackage saying how to get it."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name != module.split(".")[0]:
+            raise  # the package is there but broken: show the real error
+        raise MissingPackage(
+            f"{module.split('.')[0]} is not installed; it is needed for {extra}: "
+            f"pip install 'convmixer-toolkit[{extra}]' (or pip install {module.split('.')[0]})"
+        ) from None
 
 
 class UsageError(ValueError):

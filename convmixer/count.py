@@ -116,7 +116,7 @@ def fvcore_handles() -> ModuleType:
     """fvcore's op handles, imported on first use (fvcore is the optional `count` extra)."""
     with warnings.catch_warnings():  # fvcore.nn scripts its losses at import; torch now warns about that
         warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
-        from convmixer.runtime import require
+        from convmixer.arguments import require
 
         return require("fvcore.nn.jit_handles", "count")
 
@@ -159,8 +159,8 @@ def trace_counts(model: "nn.Module", image_size: int, in_chans: int = 3) -> Coun
     """Count any ConvMixer-like module by tracing one image through it in eval mode with fvcore."""
     import torch
 
+    from convmixer.arguments import require
     from convmixer.model import count_parameters
-    from convmixer.runtime import require
 
     handles = op_handles()  # first: a missing fvcore fails before any work
     parameter = next(model.parameters())

@@ -18,8 +18,8 @@ import os
 import torch
 from torch import nn
 
+from convmixer.arguments import require
 from convmixer.config import IMPLS
-from convmixer.runtime import require
 
 # Tile sizes of the Triton kernels: output pixels x channels per program, images per weight-gradient program.
 # Untuned: a first guess that keeps a program's fp32 accumulator at 2,048 values (16 per thread with 4 warps).

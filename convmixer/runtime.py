@@ -1,12 +1,11 @@
 """What code needs to know about the machine it runs on, in one place: device names, autocast dtypes, CUDA math
-flags, synchronisation, timing a step, peak memory, optional packages, and the facts every stored number names
+flags, synchronisation, timing a step, peak memory, and the facts every stored number names
 (hardware, commit).
 
 Everything here is plain torch and the standard library, so the engine, the counter, the sweep CLI and the
 benchmarks share one device vocabulary without importing each other (or fvcore).
 """
 
-import importlib
 import itertools
 import os
 import platform
@@ -17,12 +16,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 
 import torch
 from torch.backends import cudnn
 
-from convmixer.arguments import PRECISIONS, MissingPackage
+from convmixer.arguments import PRECISIONS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -208,19 +206,3 @@ def check_memory(sizes: str, floats: int) -> None:
             f"{sizes} are not accepted: they need at least {needed / 2**30:.3g} GiB of memory, more than the "
             f"{available / 2**30:.3g} GiB of this machine"
         )
-
-
-# --- optional packages ---
-
-
-def require(module: str, extra: str) -> ModuleType:
-    """Import `module`, an optional dependency of the `extra` feature, or raise MissingPackage saying how to get it."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as error:
-        if error.name != module.split(".")[0]:
-            raise  # the package is there but broken: show the real error
-        raise MissingPackage(
-            f"{module.split('.')[0]} is not installed; it is needed for {extra}: "
-            f"pip install 'convmixer-toolkit[{extra}]' (or pip install {module.split('.')[0]})"
-        ) from None

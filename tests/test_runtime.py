@@ -13,8 +13,9 @@ from torch.backends import cudnn
 
 from ablations.config import RunConfig
 from convmixer import runtime
+from convmixer.arguments import MissingPackage, require
 from convmixer.count import closed_form
-from convmixer.runtime import MissingPackage, autocast_dtype, cuda_math_flags, parse_device, require, step_seconds
+from convmixer.runtime import autocast_dtype, cuda_math_flags, parse_device, step_seconds
 
 OPTIONAL = ("fvcore", "submitit")
 REPO = Path(__file__).resolve().parents[1]

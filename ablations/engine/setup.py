@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from convmixer.arguments import require
 from convmixer.depthwise import IMPLS, DepthwiseConv2d, use_impl
-from convmixer.runtime import require, step_seconds
+from convmixer.runtime import step_seconds
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from ablations.config import ConfigError
 from analysis.export import FORMATS
 from analysis.options import AnalysisError
-from convmixer.arguments import MissingPackage, OneLineParser, folder_path, run_cli
+from convmixer.arguments import MissingPackage, OneLineParser, folder_path, require, run_cli
 
 PROG = "python -m analysis.export"
 
@@ -18,7 +18,6 @@ PROG = "python -m analysis.export"
 def export(sweep: Path, to: str, out: Path) -> tuple[Path, int]:
     """Write the runs of `sweep` as format `to` into `out`; the path written and the number of runs."""
     from analysis.export.runs import read_runs
-    from convmixer.runtime import require
 
     chosen = FORMATS[to]
     require(chosen.package, chosen.extra)
