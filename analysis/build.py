@@ -72,8 +72,8 @@ def figure_set(
         )
     measured = variants[variants["n"] > 0]
     hardware = provenance.throughput_label(scope.runs)
+    labels = point_labels(measured, scope)
     for cost in plots.COSTS:
-        labels = point_labels(measured, scope)
         made[f"accuracy_vs_{cost}"] = plots.accuracy_vs_cost(
             measured, done, cost, scope.keys, labels, hardware, source, width
         )
@@ -265,9 +265,9 @@ def check_out(out: Path, target: Path, sweeps: list[Path]) -> None:
 
 def contents(
     sweeps: list[Path], chosen: Scope, columns: Sequence[str], bootstrap: bool, figure_width: str = "one"
-) -> tuple[dict[str, str], dict[str, plots.Plot], dict[str, str]]:
-    """Every report file's text by name, the figures (`figure_width` one or two columns of a paper) with their
-    captions by stem, and the done runs the curves leave out (with why).
+) -> tuple[dict[str, str], dict[str, plots.Plot]]:
+    """Every report file's text by name, and the figures (`figure_width` one or two columns of a paper) with their
+    captions by stem.
 
     table.tex holds the core columns (it must fit one column of a page), table-wide.tex adds the bootstrap CI (when
     computed) and those of `columns` (tables.OPTIONAL); table.md and report.md hold them all."""
@@ -295,7 +295,7 @@ def contents(
     plan = seeds.plan_lines(*seeds.spread(chosen.done, chosen.keys), seeds.DELTAS)
     captions = {stem: plot.caption for stem, plot in figures.items()}
     texts["report.md"] = index(sweeps, chosen, table_md, f"{caption}\n\n{notes}", files, gaps, plan, captions)
-    return texts, figures, gaps
+    return texts, figures
 
 
 def build_report(
@@ -324,7 +324,7 @@ def build_report(
     except OSError as error:
         raise AnalysisError(f"--out {str(out)!r} is not accepted: cannot create it ({error.strerror})") from None
     try:
-        texts, figures, gaps = contents(sweeps, chosen, columns, bootstrap, figure_width)
+        texts, figures = contents(sweeps, chosen, columns, bootstrap, figure_width)
         staging = staged(target, out, texts, figures)
     except Exception:
         if not existed:

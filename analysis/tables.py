@@ -140,7 +140,7 @@ def latex_header_cell(text: str) -> str:
 
 
 def key_symbol(key: str) -> str:
-    return latex_header_cell(style.KEY_SHORT.get(key, key))
+    return latex_header_cell(style.short_key(key))
 
 
 def _table(header: list[str], latex_header: list[str], keys: list[str], measured: list[Column], blocks) -> Table:

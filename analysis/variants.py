@@ -76,19 +76,16 @@ def compare(
         variant = dict(zip(keys, values, strict=True))
         reference = variant | baseline
         is_baseline = reference == variant
-        at_reference = (finished[list(reference)] == pd.Series(reference)).all(axis=1) if reference else True
+        at_reference = (finished[list(reference)] == pd.Series(reference)).all(axis=1)
         selected = finished.loc[at_reference] if reference else finished
+        own = done(group)[metric]
         if is_baseline:
             d = Difference(math.nan, math.nan, math.nan, math.nan, math.nan)
         else:
-            d = welch(done(group)[metric], selected[metric], level)
+            d = welch(own, selected[metric], level)
         extra = {}
         if bootstrap:
-            low, high = (
-                (math.nan, math.nan)
-                if is_baseline
-                else bootstrap_difference(done(group)[metric], selected[metric], level)
-            )
+            low, high = (math.nan, math.nan) if is_baseline else bootstrap_difference(own, selected[metric], level)
             extra = {"diff_boot_low": low, "diff_boot_high": high}
         rows.append(
             variant

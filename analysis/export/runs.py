@@ -55,9 +55,10 @@ def read_runs(sweep: Path) -> list[Run]:
     runs = load_runs([sweep]).merge(load_data([sweep]).drop(columns="sweep"), on="run_id", how="left")
     history = load_history([sweep])
     name = sweep_name(sweep)
+    by_run = dict(tuple(history.groupby("run_id", sort=False)))  # one pass, not a filter of every row per run
     made = []
     for row in runs.to_dict("records"):
-        own = history[history["run_id"] == row["run_id"]][["epoch", "metric", "value"]].reset_index(drop=True)
+        own = by_run.get(row["run_id"], history.iloc[:0])[["epoch", "metric", "value"]].reset_index(drop=True)
         made.append(
             Run(
                 sweep=name,
