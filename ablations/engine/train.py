@@ -178,7 +178,7 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         parts = self.micro_batches(images, targets)
-        loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device, dtype=torch.long)
+        sums = []  # each part's (summed loss, number correct), on the device
         for i, (x, y) in enumerate(parts):
             last = i == len(parts) - 1
             with self.wrapped.no_sync() if self.wrapped is not self.model and not last else nullcontext():
@@ -187,13 +187,15 @@ class Trainer:
                 loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
                 self.scaler.scale(loss * (len(y) / len(targets))).backward()
             labels = y if y.ndim == 1 else y.argmax(1)
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == labels).sum()
+            sums.append((loss.detach() * len(y), (logits.detach().argmax(1) == labels).sum()))
         if self.cfg.clip_norm > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        loss_sum, correct = sums[0]  # one part (accum_steps=1) adds nothing to the step's kernels
+        for part_loss, part_correct in sums[1:]:
+            loss_sum, correct = loss_sum + part_loss, correct + part_correct
         return loss_sum, correct
 
     def train_epoch(self, loader: TrainLoader, epoch: int, progress: bool) -> dict:
