@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = sweep_plan.todo
     for note in sweep_plan.patch_notes():
         print(note)
-    also = f", {sweep_plan.resumed()} of them from a checkpoint" if sweep_plan.resumed() else ""
+    resumed = sweep_plan.resumed()  # reads the state of every run to train: once
+    also = f", {resumed} of them from a checkpoint" if resumed else ""
     earlier = len(configs) - len(todo)
     line = f"{len(todo)} to train{also} ({earlier} finished earlier) with {workers}; results in {store.root}"
     if args.dry_run:
