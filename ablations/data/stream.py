@@ -85,9 +85,12 @@ class Sample(NamedTuple):
 
 
 class Batch(NamedTuple):
-    """Samples collated: lists where images differ in length, so that DataLoader pins them as they are."""
+    """Samples collated: the images the workers finished stacked in one tensor (one pin, one copy to the device),
+    the encoded files for the device's decoder as a list (they differ in length); `encoded` says, in batch order,
+    which of the two each image is in."""
 
-    images: list[torch.Tensor]
+    finished: torch.Tensor  # uint8, the finished images in batch order: N_finished x 3 x size x size
+    files: list[torch.Tensor]  # the encoded images' bytes, in batch order
     labels: torch.Tensor
     encoded: list[bool]
     crops: list[Crop]
@@ -97,7 +100,10 @@ class Batch(NamedTuple):
 
 def collate(samples: list[Sample]) -> Batch:
     images, labels, encoded, crops, problems, seconds = zip(*samples, strict=True)
-    return Batch(list(images), torch.tensor(labels), list(encoded), list(crops), list(problems), sum(seconds))
+    finished = [image for image, is_file in zip(images, encoded, strict=True) if not is_file]
+    files = [image for image, is_file in zip(images, encoded, strict=True) if is_file]
+    stacked = torch.stack(finished) if finished else torch.empty(0, dtype=torch.uint8)
+    return Batch(stacked, files, torch.tensor(labels), list(encoded), list(crops), list(problems), sum(seconds))
 
 
 NO_CROP = Crop(0, 0, 0, 0, False)
@@ -179,14 +185,15 @@ def finish_on_device(batch: Batch, size: int, device: torch.device, train: bool)
     """The batch's images as one N x 3 x size x size uint8 tensor on `device`: the ones the workers finished as
     they are, the encoded ones decoded there by torchvision.io.decode_jpeg (nvJPEG on CUDA) and cut like the
     workers' (train: the crop, resized, then the flip; test: the eval transform)."""
-    out = torch.empty(len(batch.images), 3, size, size, dtype=torch.uint8, device=device)
+    finished = batch.finished.to(device, non_blocking=True)
+    if not batch.files:  # every image finished in the workers (decode=cpu): the batch as it came
+        return finished
+    out = torch.empty(len(batch.encoded), 3, size, size, dtype=torch.uint8, device=device)
     todo = [i for i, encoded in enumerate(batch.encoded) if encoded]
-    decoded = decode_jpeg_rgb([batch.images[i] for i in todo], device) if todo else []
-    for i, image in zip(todo, decoded, strict=True):
+    for i, image in zip(todo, decode_jpeg_rgb(batch.files, device), strict=True):
         out[i] = train_cut(image, batch.crops[i], size) if train else eval_cut(image, size)
-    for i, encoded in enumerate(batch.encoded):
-        if not encoded:
-            out[i] = batch.images[i].to(device, non_blocking=True)
+    for image, i in zip(finished, (i for i, encoded in enumerate(batch.encoded) if not encoded), strict=True):
+        out[i] = image  # a file nvJPEG does not take (not a JPEG, CMYK), among the encoded
     return out
 
 
