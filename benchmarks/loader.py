@@ -75,7 +75,7 @@ def streamed_files(root: Path, decode: str, decoder: str, size: int) -> "ImageFi
 
     cfg = RunConfig(dataset="imagefolder", data_root=str(root), image_size=size, scale=0.08, decode=decode)
     files = load_splits(cfg, resident_bytes=0).train
-    files.cpu_decoder = decoder
+    files.decode, files.cpu_decoder = decode, decoder
     return files
 
 

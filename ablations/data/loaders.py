@@ -370,8 +370,7 @@ def build_data(
 
 def streamed_data(cfg: RunConfig, splits: Splits, device: torch.device, workers: int | None) -> Data:
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    for files in (splits.train, splits.test):
-        files.decode = resolve_decode(cfg.decode, device)
+    splits.train.decode = splits.test.decode = resolve_decode(cfg.decode, device)  # auto: one probe decode
     train = StreamedImages(splits.train, device, workers, cfg.bad_images)
     test = StreamedImages(splits.test, device, workers, cfg.bad_images)
     mean, std = torch.tensor(STREAMED_MEAN, device=device), torch.tensor(STREAMED_STD, device=device)

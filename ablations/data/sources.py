@@ -502,7 +502,7 @@ def streamed_files(tree: ImageTree, cfg: RunConfig, resident_bytes: int) -> Spli
 
     def files(split: TreeSplit, keep: torch.Tensor, **crop) -> ImageFiles:
         paths = [split.paths[i] for i in keep.tolist()]
-        return ImageFiles(tree, paths, split.labels[keep], size, decode=cfg.decode, **crop)
+        return ImageFiles(tree, paths, split.labels[keep], size, **crop)  # decode: build_data resolves it
 
     train_files = files(train, train_keep, scale=cfg.scale, flip=cfg.hflip)
     return Splits(train_files, files(test, test_keep), tree.classes, size)

@@ -231,14 +231,10 @@ def gpu_decode_available() -> bool:
     """Whether decode=auto decodes on the GPU: CUDA is there and torchvision's decode_jpeg runs on it."""
     if not torch.cuda.is_available():
         return False
+    probe = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(probe, "JPEG")
     try:
-        from torchvision.io import decode_jpeg
-
-        probe = io.BytesIO()
-        Image.new("RGB", (8, 8)).save(probe, "JPEG")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            decode_jpeg(torch.frombuffer(bytearray(probe.getvalue()), dtype=torch.uint8), device="cuda")
+        decode_jpeg_rgb([torch.frombuffer(bytearray(probe.getvalue()), dtype=torch.uint8)], torch.device("cuda"))
     except (RuntimeError, NotImplementedError):  # a torchvision built without nvJPEG
         return False
     return True
