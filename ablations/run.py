@@ -22,10 +22,10 @@ from ablations.atomic import WriteError
 from ablations.config import ConfigError, RunConfig
 from ablations.data import DataError, dataset_label
 from ablations.store import DONE, FAILED, Locks, Store, StoreError
-from ablations.sweep.grid import Sweep, build_sweep
+from ablations.sweep.grid import Sweep, build_sweep, sweep_configs
 from ablations.sweep.local import LocalLauncher, add_local_options, device_slots, local_devices
 from ablations.sweep.plan import check_ids, outcome, plan, run_plan
-from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, check_data_read, keys_help, sweep_data_root
+from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, keys_help
 from ablations.sweep.progress import run_label
 from ablations.sweep.slurm import SlurmLauncher, SlurmOptions, add_slurm_options, check_cluster
 from ablations.sweep.study import Study, read_study
@@ -213,12 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     study, preset, sweep = load_design(args)
     sweep.check_size(args.max_runs)
     keys = sweep.varying_keys()
-    data_root = sweep_data_root(preset, {*sweep.fixed, *keys}, args.data_root)
-    check_data_read(
-        [cfg.dataset for cfg in sweep.configs()],
-        f"--data-root {args.data_root!r}" if args.data_root else sweep.named_data_root(),
-    )
-    configs = [cfg.with_absolute_data_root(data_root) for cfg in sweep.configs()]
+    configs = sweep_configs(preset, sweep, args.data_root)
     devices = local_devices(args) if args.launcher == "local" else []  # torch, once the design is known to be valid
     check_options(args, configs, devices)
     name, root = result_dir(args, default_name(study, preset, sweep))

@@ -21,9 +21,9 @@ from ablations.config import ConfigError, RunConfig
 from ablations.data import DataError
 from ablations.store import Store, StoreError
 from ablations.sweep.execute import end_run, execute_run, follow_run, one_line
-from ablations.sweep.grid import build_sweep
+from ablations.sweep.grid import build_sweep, sweep_configs
 from ablations.sweep.plan import plan, run_plan, runs_to_train
-from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, check_data_read, sweep_data_root
+from ablations.sweep.presets import DEFAULT_PRESET, PRESETS
 from ablations.sweep.progress import SweepProgress
 from convmixer.arguments import OneLineParser, folder_path, run_cli
 
@@ -68,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     preset = args.preset or DEFAULT_PRESET
     sweep = build_sweep(PRESETS[preset].values, args.set, [], 1)
-    data_root = sweep_data_root(preset, sweep.fixed, args.data_root)
-    (cfg,) = [config.with_absolute_data_root(data_root) for config in sweep.configs()]
-    check_data_read([cfg.dataset], f"--data-root {args.data_root!r}" if args.data_root else sweep.named_data_root())
+    (cfg,) = sweep_configs(preset, sweep, args.data_root)
     from ablations.engine.distributed import Ranks, local_batch  # torch: once the command line is parsed
     from convmixer.runtime import parse_device
 

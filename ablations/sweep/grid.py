@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ablations.config import ConfigError, RunConfig, field_types, parse_value, portable_path
 from ablations.design import Design
+from ablations.sweep.presets import check_data_read, sweep_data_root
 
 # The order runs are trained in. "seeds": every variant for seed 0 first, so a half-finished sweep already spans
 # the design. "axes": the baseline's seeds, then each vary axis in the order written with all its seeds (grid axes
@@ -164,3 +165,13 @@ def build_sweep(preset: dict, sets: list[str], grids: list[str], seeds: int, var
     # A --set key that --vary changes is allowed: --set gives the baseline's value.
     check_sweep(Sweep({k: v for k, v in fixed.items() if k not in vary}, grid, seeds, vary), sources)
     return Sweep({**preset, **fixed}, grid, seeds, vary)
+
+
+def sweep_configs(preset: str, sweep: Sweep, given: str | None) -> list[RunConfig]:
+    """The sweep's runs, validated, with the data_root each trains with made absolute: `given` (--data-root) or the
+    preset's own (`sweep_data_root`) in place of theirs. ConfigError in one line for data that is missing, or a
+    path given to runs that read no files (`check_data_read`)."""
+    data_root = sweep_data_root(preset, {*sweep.fixed, *sweep.varying_keys()}, given)
+    configs = sweep.configs()
+    check_data_read([cfg.dataset for cfg in configs], f"--data-root {given!r}" if given else sweep.named_data_root())
+    return [cfg.with_absolute_data_root(data_root) for cfg in configs]
