@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ablations import atomic
 from ablations.config import RunConfig, repository
-from ablations.sweep.grid import parse_sets
-from ablations.sweep.presets import PRESETS, check_data_read, sweep_data_root
+from ablations.sweep.grid import build_sweep, sweep_configs
+from ablations.sweep.presets import PRESETS
 
 
 def add_recipe_options(parser: argparse.ArgumentParser, preset: str) -> None:
@@ -26,13 +26,8 @@ def add_recipe_options(parser: argparse.ArgumentParser, preset: str) -> None:
 
 def recipe_config(args: argparse.Namespace) -> RunConfig:
     """The run of --preset, --set and --data-root, validated, its data_root absolute; ConfigError naming a bad value."""
-    values = {**PRESETS[args.preset].values, **parse_sets(args.set)}
-    data_root = sweep_data_root(args.preset, values, args.data_root)
-    cfg = RunConfig(**values)
-    given = f"--data-root {args.data_root!r}" if args.data_root is not None else None
-    check_data_read([cfg.dataset], given or (f"data_root={cfg.data_root!r}" if "data_root" in values else None))
-    cfg.validate()
-    return cfg.with_absolute_data_root(data_root)
+    (cfg,) = sweep_configs(args.preset, build_sweep(PRESETS[args.preset].values, args.set, [], 1), args.data_root)
+    return cfg
 
 
 def speed_words(ratio: float) -> str:

@@ -173,5 +173,6 @@ def sweep_configs(preset: str, sweep: Sweep, given: str | None) -> list[RunConfi
     path given to runs that read no files (`check_data_read`)."""
     data_root = sweep_data_root(preset, {*sweep.fixed, *sweep.varying_keys()}, given)
     configs = sweep.configs()
-    check_data_read([cfg.dataset for cfg in configs], f"--data-root {given!r}" if given else sweep.named_data_root())
+    named = f"--data-root {given!r}" if given is not None else sweep.named_data_root()
+    check_data_read([cfg.dataset for cfg in configs], named)
     return [cfg.with_absolute_data_root(data_root) for cfg in configs]
