@@ -12,7 +12,7 @@ import pytest
 
 from analysis.export import FORMATS
 from analysis.export.__main__ import cli
-from analysis.load import CONFIG_KEYS
+from ablations.store import CONFIG_KEYS
 
 PROVENANCE = {"toolkit_commit", "hardware", "torch_version", "train_sha256", "test_sha256"}  # all the tiny runs hold
 

@@ -15,7 +15,7 @@ import pytest
 from helpers import TINY_SWEEP
 
 from ablations import atomic
-from ablations import store as store_module
+from ablations.store import files as files_module
 from ablations.config import RunConfig
 from ablations.design import Design
 from ablations.store import (
@@ -154,7 +154,7 @@ def test_an_unreadable_file_is_named(tmp_path):
     cfg = configs()[0]
     store.prepare([cfg])
     (store.run_dir(cfg) / "metrics.json").write_text('{"status": "do')
-    with pytest.raises(StoreError, match=r"metrics.json is not valid JSON .*delete it to redo that run"):
+    with pytest.raises(StoreError, match=r"metrics.json is not valid JSON .*; delete its run folder .* to redo that run"):
         store.write_summary()
 
 
@@ -166,9 +166,9 @@ def test_a_history_far_longer_than_its_run_is_damaged_and_never_parsed(tmp_path,
     # over 100 kB, where 3 epochs write under 1 kB
     atomic.write_json(store.run_dir(cfg) / "history.json", history(3000))
     atomic.write_json(store.run_dir(other) / "history.json", history(3))
-    read_json = store_module.read_json
+    read_json = files_module.read_json
     parsed = []
-    monkeypatch.setattr(store_module, "read_json", lambda path: parsed.append(path.name) or read_json(path))
+    monkeypatch.setattr(files_module, "read_json", lambda path: parsed.append(path.name) or read_json(path))
     damaged = store.find_damaged()
     assert list(damaged) == [store.run_dir(cfg) / "history.json"]
     assert damaged[store.run_dir(cfg) / "history.json"].endswith("bytes, more than a run of 3 epochs writes")
@@ -306,8 +306,9 @@ def test_locks_under_a_lock_dir_guard_the_same_store_from_anywhere(tmp_path):
         with pytest.raises(StoreError, match="is in use by another sweep"):
             Store(tmp_path / "a" / ".." / "a" / "sweep", locks).lock_sweep()
         other.lock_sweep().close()  # another folder of the same name: another lock
-    assert store.lock_path().parent == store.lock_path("abc").parent != other.lock_path().parent
-    assert store.lock_path("abc").name == "abc.lock" and store.lock_path().is_relative_to(tmp_path / "locks")
+    sweep_lock, run_lock = locks.path(store.root), locks.path(store.root, "abc")
+    assert sweep_lock.parent == run_lock.parent != locks.path(other.root).parent
+    assert run_lock.name == "abc.lock" and sweep_lock.is_relative_to(tmp_path / "locks")
     assert not (tmp_path / "a" / "sweep" / ".lock").exists()
 
 
@@ -327,14 +328,15 @@ def status_literals(tree: ast.Module) -> list[ast.Constant]:
 
 
 def test_no_status_word_is_spelled_outside_the_store():
-    """The statuses have one owner (ablations.store): a "done" written elsewhere would miss a rename or a new one."""
+    """The statuses have one owner (ablations.store.schema): a "done" written elsewhere would miss a rename or a new
+    one."""
     repo = Path(__file__).resolve().parents[1]
     packages = ("ablations", "analysis", "benchmarks", "convmixer")
     paths = sorted(path for package in packages for path in (repo / package).rglob("*.py"))
     spelled = [
         f"{path.relative_to(repo)}:{node.lineno} {node.value!r}"
         for path in paths
-        if path != repo / "ablations" / "store.py"
+        if path != repo / "ablations" / "store" / "schema.py"
         for node in status_literals(ast.parse(path.read_text()))
     ]
     assert spelled == []
