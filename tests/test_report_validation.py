@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ablations.store import HISTORY_FIELDS
 from analysis import build, plots, provenance, report, style, tables
 from analysis.design import scope
 from analysis.errors import AnalysisError
@@ -110,6 +111,18 @@ def test_optional_metrics_may_be_absent_or_null_and_unfinished_runs_are_not_chec
     assert runs["test_acc"].dtype == float and runs["test_acc"].isna().sum() == 1
 
 
+def test_a_history_value_of_the_wrong_type_is_one_line_naming_the_file(sweep, tmp_path, capsys):
+    """A string in history.json crashed the report in pandas, after the tables were made."""
+    damaged = copy_sweep(sweep, tmp_path / "damaged")
+    path = first_run(damaged) / "history.json"
+    path.write_text(json.dumps([{**record, "test_acc": "0.9"} for record in json.loads(path.read_text())]))
+    assert report.cli([str(damaged), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'{report.PROG}: error: {path} is not accepted: in its record 1, test_acc="0.9"')
+    assert err.endswith(f"; delete its run folder {path.parent} to redo that run\n") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 # --- a missing history ------------------------------------------------------------------------------------------------
 
 
@@ -197,6 +210,10 @@ def test_the_latex_caption_keeps_its_braces_and_spells_every_symbol_in_latex(swe
 
 
 # --- figures ----------------------------------------------------------------------------------------------------------
+
+
+def test_the_training_curves_draw_only_declared_history_fields():
+    assert {metric for metric, *_ in plots.CURVE_PANELS} <= set(HISTORY_FIELDS)
 
 
 def test_every_figure_names_the_model_and_the_data(sweep):
