@@ -14,6 +14,7 @@ from pathlib import Path
 from ablations import atomic
 from ablations.config import RunConfig
 from ablations.store.schema import (
+    CONFIG,
     DATA,
     DATA_FIELDS,
     DONE,
@@ -50,7 +51,7 @@ class Damaged(StoreError):
 
 
 def is_run_file(path: Path) -> bool:
-    return Path(path).parent.parent.name == RUNS
+    return Path(path).name in (CONFIG, METRICS, HISTORY, DATA) and Path(path).parent.parent.name == RUNS
 
 
 def redo_advice(path: Path) -> str:
