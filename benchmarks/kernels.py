@@ -35,7 +35,7 @@ from ablations.sweep.presets import CIFAR10_RECIPE
 from benchmarks.common import check_out, write_result
 from convmixer.arguments import OneLineParser, UsageError, run_cli
 from convmixer.config import ConvMixerConfig
-from convmixer.count import closed_form
+from convmixer.counting import closed_form
 
 if TYPE_CHECKING:
     import torch

@@ -46,7 +46,7 @@ from ablations.data import DataError, dataset_label
 from ablations.sweep.presets import PRESETS
 from benchmarks.common import add_recipe_options, check_out, recipe_config, speed_words, write_result
 from convmixer.arguments import OneLineParser, UsageError, run_cli
-from convmixer.count import closed_form
+from convmixer.counting import closed_form
 
 if TYPE_CHECKING:
     import torch
