@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING
 
 from ablations.config import ConfigError, RunConfig
 from ablations.data import DataError, dataset_label
-from ablations.sweep.presets import PRESETS
 from benchmarks.common import add_recipe_options, check_out, recipe_config, speed_words, write_result
+from benchmarks.engine_targets import BASELINE, TARGETS_PRESET, full_recipe, targets, targets_table
 from convmixer.arguments import OneLineParser, UsageError, run_cli
 from convmixer.counting import closed_form
 
@@ -59,9 +59,6 @@ VARIANTS = ("engine", "engine-compiled", "engine-fp16", "engine-2-per-device", "
             "reference-tuned")  # fmt: skip
 OPT_IN = ("engine-fp16", "reference-tuned")  # run only when named in --variants
 PROG = "python -m benchmarks.train_speed"
-BASELINE = "reference"  # speed ratios are to the reference as published
-WORKERS_BASELINE = "reference-workers"  # and to it with --workers workers; accuracy is compared with it
-TARGETS_PRESET = "cifar10-jpeg"  # the recipe the targets are set for, and the default
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -258,77 +255,6 @@ def bare_and_bandwidth(cfg: RunConfig, splits: tuple[Split, Split], device: torc
     copy = measure.copy_rate(device, args.copy_mb)
     achieved = step_bytes * bare["eager"]["images_per_s"] / cfg.batch_size
     return {"bare": bare, "step_bytes": step_bytes, "copy_bytes_per_s": copy, "achieved_bytes_per_s": achieved}
-
-
-def full_recipe(cfg: RunConfig, train_images: int) -> bool:
-    """Whether cfg is the run the issue's targets are set for: the preset's recipe (25 epochs of ConvMixer-256/8
-    k5 p2, batch 512, ...) on all 50,000 training images."""
-    recipe = PRESETS[TARGETS_PRESET].values
-    return all(getattr(cfg, key) == value for key, value in recipe.items()) and train_images == 50_000
-
-
-def target(label: str, value: float | None, fmt: str, goal: Callable[[float], bool] | None) -> dict:
-    measured = "n/a (not measured in this run)" if value is None else fmt.format(value)
-    return {"target": label, "measured": measured, "value": value,
-            "met": None if value is None or goal is None else bool(goal(value))}  # fmt: skip
-
-
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    return None if numerator is None or not denominator else numerator / denominator
-
-
-def targets(summaries: dict[str, dict], extra: dict) -> list[dict]:
-    """The engine's targets (docs/benchmarks.md), from numbers measured in this run (n/a: its variant did not run)."""
-    get = lambda name, key: summaries[name][key] if name in summaries else None  # noqa: E731
-    engine_total, bare = get("engine", "total_epoch_time_s"), extra.get("bare", {})
-    accuracies = [get(name, "final_test_acc") for name in ("engine", WORKERS_BASELINE)]
-    gap = None
-    if all(accuracies) and min(len(values) for values in accuracies) >= 2:
-        gap = abs(statistics.mean(accuracies[0]) - statistics.mean(accuracies[1]))
-    # Compilation happens in the warm-up before epoch 1: the overhead of a warm cache is both, less a steady epoch.
-    firsts, warm_ups = (
-        get("engine-compiled", "first_epoch_time_per_seed_s"),
-        get("engine-compiled", "warm_up_time_per_seed_s"),
-    )
-    compiled_steady = get("engine-compiled", "steady_epoch_time_s")
-    warm_overhead = None
-    if firsts and len(firsts) >= 2:
-        warm_overhead = statistics.mean(f + w for f, w in zip(firsts[1:], warm_ups[1:], strict=True)) - compiled_steady
-    side_by_side = None
-    if "engine-2-per-device" in summaries and get("engine", "process_time_per_seed_s"):
-        side_by_side = sum(get("engine", "process_time_per_seed_s")) / get("engine-2-per-device", "process_time_s")
-    return [
-        target("engine: process start to exit <= 30 s", get("engine", "process_time_s"), "{:.1f} s", lambda v: v <= 30),
-        target(f"speed-up over {BASELINE} (all epochs' time) >= 8x", ratio(get(BASELINE, "total_epoch_time_s"),
-               engine_total), "{:.2f}x", lambda v: v >= 8),
-        target(f"speed-up over {WORKERS_BASELINE} >= 2.5x", ratio(get(WORKERS_BASELINE, "total_epoch_time_s"),
-               engine_total), "{:.2f}x", lambda v: v >= 2.5),
-        target(f"test acc within 0.5 points of {WORKERS_BASELINE} over >= 2 seeds", gap, "{:.4f}",
-               lambda v: v <= 0.005),
-        target("steady epoch >= 95 % of the bare step, eager", ratio(bare.get("eager", {}).get("epoch_time_s"),
-               get("engine", "steady_epoch_time_s")), "{:.1%}", lambda v: v >= 0.95),
-        target("steady epoch >= 95 % of the bare step, compiled", ratio(bare.get("compiled", {}).get("epoch_time_s"),
-               compiled_steady), "{:.1%}", lambda v: v >= 0.95),
-        target("epoch 1 <= 1.5x a steady epoch, eager (warm-up before it is set-up)", ratio(
-               get("engine", "first_epoch_time_s"), get("engine", "steady_epoch_time_s")), "{:.2f}x",
-               lambda v: v <= 1.5),
-        target("compile with a warm cache: warm-up + epoch 1 - steady epoch <= 5 s", warm_overhead, "{:.1f} s",
-               lambda v: v <= 5),
-        target("compiled run / eager run, process time (< 1: compile wins)", ratio(
-               get("engine-compiled", "process_time_s"), get("engine", "process_time_s")), "{:.2f}", lambda v: v < 1),
-        target("2 runs per device: throughput / 1 per device (> 1: 2 win)", side_by_side, "{:.2f}", lambda v: v > 1),
-        target("achieved memory bandwidth / copy rate (eager bare step)", ratio(extra.get("achieved_bytes_per_s"),
-               extra.get("copy_bytes_per_s")), "{:.1%}", None),
-    ]  # fmt: skip
-
-
-def targets_table(rows: list[dict], recipe: bool) -> str:
-    note = "" if recipe else " (this run is not the targets' recipe: 25 epochs of ConvMixer-256/8 k5 p2 on 50,000)"
-    lines = [f"Targets of the engine{note}", "", "| target | measured | met |", "|---|---|---|"]
-    for row in rows:
-        met = {True: "yes", False: "NO", None: "-"}[row["met"]]
-        lines.append(f"| {row['target']} | {row['measured']} | {met} |")
-    return "\n".join(lines)
 
 
 def extra_lines(extra: dict) -> list[str]:
