@@ -37,6 +37,7 @@ from ablations.config import RunConfig
 from ablations.data import CIFAR10_JPEG_ENV, dataset_label, default_cifar10_jpeg
 from ablations.store import DONE
 from ablations.sweep.presets import CIFAR10_RECIPE
+from benchmarks.common import TIMED_PRECISIONS
 from convmixer.arguments import OneLineParser, run_cli
 from convmixer.config import ConvMixerConfig
 
@@ -236,7 +237,7 @@ def layernorm_cost(check: Check, timeout: float) -> str:
     dim, depth, patch, batch = (16, 1, 4, 8) if check.args.tiny else (256, 8, 2, 512)
     rates = {}
     for norm in ("batch", "layer"):
-        for dtype in ("bf16", "fp32"):
+        for dtype in TIMED_PRECISIONS:
             model = ConvMixerConfig(dim, depth, 5, patch, norm=norm).build()
             rates[norm, dtype] = measure_throughput(
                 model, 32, batch, check.device, dtype=dtype, channels_last=True, repeats=3 if check.args.tiny else 20
@@ -244,7 +245,7 @@ def layernorm_cost(check: Check, timeout: float) -> str:
     return "; ".join(
         f"{dtype}: batch {rates['batch', dtype]:.0f}, layer {rates['layer', dtype]:.0f} img/s "
         f"(layer/batch {rates['layer', dtype] / rates['batch', dtype]:.2f})"
-        for dtype in ("bf16", "fp32")
+        for dtype in TIMED_PRECISIONS
     )
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from convmixer.arguments import PRECISIONS, MissingPackage, OneLineParser, patch_grid, run_cli
+from convmixer.arguments import AUTOCAST_PRECISIONS, MissingPackage, OneLineParser, patch_grid, run_cli
 from convmixer.config import KNOB_NAMES, ConvMixerConfig
 from convmixer.counting import CATEGORIES, CONVENTION, Counts, closed_form
 from convmixer.registry import default_image_size, get_config, list_models
@@ -182,7 +182,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--dtype", choices=PRECISIONS, default="fp32", help="autocast dtype")
+    parser.add_argument("--dtype", choices=AUTOCAST_PRECISIONS, default="fp32", help="autocast dtype")
     parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args(argv)
     if args.image_size is None:
