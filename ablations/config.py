@@ -39,9 +39,15 @@ MAX_LR, MAX_WEIGHT_DECAY = 1e6, 1e6
 # Keys added after results were first committed, with the value every earlier run had: a run holding that value
 # leaves the key out of its id, so adding a key never renames the runs already in a store.
 LATER_KEYS: dict[str, object] = {
-    "tf32": True, "depthwise_impl": "torch", "adam_eps": 1e-8, "decode": "cpu", "bad_images": "error",
-    "sync_bn": True, "accum_steps": 1, "checkpoint_activations": False,
-}  # fmt: skip
+    "tf32": True,
+    "depthwise_impl": "torch",
+    "adam_eps": 1e-8,
+    "decode": "cpu",
+    "bad_images": "error",
+    "sync_bn": True,
+    "accum_steps": 1,
+    "checkpoint_activations": False,
+}
 # Hex digits of a run id (64 bits); results written before ids had 16 were named by LEGACY_RUN_ID_LENGTH.
 RUN_ID_LENGTH, LEGACY_RUN_ID_LENGTH = 16, 10
 # Keys that say where a run's inputs live, not what the run is: left out of its id (the data itself is checked).

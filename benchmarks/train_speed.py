@@ -55,8 +55,8 @@ if TYPE_CHECKING:
 
 # Dense bf16/fp16 tensor-core peak from the datasheets (SXM parts), matched against the CUDA device name.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
-VARIANTS = ("engine", "engine-compiled", "engine-fp16", "engine-2-per-device", "reference", "reference-workers",
-            "reference-tuned")  # fmt: skip
+ENGINE_VARIANTS = ("engine", "engine-compiled", "engine-fp16", "engine-2-per-device")
+VARIANTS = (*ENGINE_VARIANTS, "reference", "reference-workers", "reference-tuned")
 OPT_IN = ("engine-fp16", "reference-tuned")  # run only when named in --variants
 PROG = "python -m benchmarks.train_speed"
 
@@ -68,12 +68,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add("--workers", type=int, default=16, help="DataLoader workers of reference-workers and reference-tuned")
     add("--seeds", type=int, default=1, help="run every variant with this many seeds (seed, seed + 1, ...)")
-    add("--compiled-seeds", type=int, default=2, help="seeds of engine-compiled (the first compiles cold, the "
-        "later ones show the warm cache)")  # fmt: skip
-    add("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default: all but {', '.join(OPT_IN)}, "
-        "that run on the device and with the seeds given)")  # fmt: skip
-    add("--reference-epochs", type=int, default=0, help="time the references over this many epochs and "
-        "extrapolate their total (0: train them for all epochs, which also gives their accuracy)")  # fmt: skip
+    add(
+        "--compiled-seeds",
+        type=int,
+        default=2,
+        help="seeds of engine-compiled (the first compiles cold, the later ones show the warm cache)",
+    )
+    add(
+        "--variants",
+        help=f"comma-separated, of {', '.join(VARIANTS)} (default: all but {', '.join(OPT_IN)}, "
+        "that run on the device and with the seeds given)",
+    )
+    add(
+        "--reference-epochs",
+        type=int,
+        default=0,
+        help="time the references over this many epochs and "
+        "extrapolate their total (0: train them for all epochs, which also gives their accuracy)",
+    )
     add("--bare-steps", type=int, default=50, help="timed steps of the bare training step")
     add("--copy-mb", type=int, default=1024, help="size of the copy that measures the device's copy rate")
     add("--peak-tflops", type=float, default=None, help="device peak for MFU (default: datasheet table)")
@@ -127,13 +139,17 @@ def run_engine(name: str, cfg: RunConfig, seeds: list[int], device: torch.device
     return results
 
 
-def run_reference(name: str, cfg: RunConfig, splits: tuple[Split, Split], device: torch.device,
-                  args: argparse.Namespace) -> dict:  # fmt: skip
+def run_reference(
+    name: str, cfg: RunConfig, splits: tuple[Split, Split], device: torch.device, args: argparse.Namespace
+) -> dict:
     from benchmarks.reference_recipe import PUBLISHED, TUNED, train_reference
     from convmixer.runtime import cuda_math_flags
 
-    variant = {"reference": PUBLISHED, "reference-workers": dataclasses.replace(PUBLISHED, workers=args.workers),
-               "reference-tuned": dataclasses.replace(TUNED, workers=args.workers)}[name]  # fmt: skip
+    variant = {
+        "reference": PUBLISHED,
+        "reference-workers": dataclasses.replace(PUBLISHED, workers=args.workers),
+        "reference-tuned": dataclasses.replace(TUNED, workers=args.workers),
+    }[name]
     with cuda_math_flags(benchmark=False, tf32=True):  # the original leaves cuDNN's autotuner off (torch's default)
         history = train_reference(cfg, *splits, device, variant, stop_after=args.reference_epochs or None)
     return {"history": history, "metrics": None, "process_s": None}
@@ -237,8 +253,14 @@ def epoch_table(histories: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def bare_and_bandwidth(cfg: RunConfig, splits: tuple[Split, Split], device: torch.device, variants: list[str],
-                       args: argparse.Namespace, work: Path) -> dict:  # fmt: skip
+def bare_and_bandwidth(
+    cfg: RunConfig,
+    splits: tuple[Split, Split],
+    device: torch.device,
+    variants: list[str],
+    args: argparse.Namespace,
+    work: Path,
+) -> dict:
     """The bare step in each mode the engine variants call for, and the achieved memory bandwidth of the eager
     step against the device's copy rate."""
     from benchmarks import measure
@@ -258,8 +280,10 @@ def bare_and_bandwidth(cfg: RunConfig, splits: tuple[Split, Split], device: torc
 
 
 def extra_lines(extra: dict) -> list[str]:
-    bare = "; ".join(f"{mode} {step['images_per_s']:.0f} img/s ({step['epoch_time_s']:.2f} s per epoch's images)"
-                     for mode, step in extra["bare"].items())  # fmt: skip
+    bare = "; ".join(
+        f"{mode} {step['images_per_s']:.0f} img/s ({step['epoch_time_s']:.2f} s per epoch's images)"
+        for mode, step in extra["bare"].items()
+    )
     return [
         f"bare training step ({next(iter(extra['bare'].values()))['steps']} steps, random images on the device): "
         f"{bare}",
@@ -306,10 +330,13 @@ def check_args(args: argparse.Namespace) -> tuple[RunConfig, torch.device, list[
     device = parse_device(args.device)
     autocast_dtype(cfg.precision, device)
     checks = (
-        ("--workers", args.workers, 0), ("--seeds", args.seeds, 1), ("--compiled-seeds", args.compiled_seeds, 1),
-        ("--reference-epochs", args.reference_epochs, 0), ("--bare-steps", args.bare_steps, 1),
+        ("--workers", args.workers, 0),
+        ("--seeds", args.seeds, 1),
+        ("--compiled-seeds", args.compiled_seeds, 1),
+        ("--reference-epochs", args.reference_epochs, 0),
+        ("--bare-steps", args.bare_steps, 1),
         ("--copy-mb", args.copy_mb, 1),
-    )  # fmt: skip
+    )
     for flag, value, least in checks:
         if value < least:
             raise ValueError(f"{flag} {value} is not accepted: expected an integer >= {least}")
@@ -320,13 +347,14 @@ def check_args(args: argparse.Namespace) -> tuple[RunConfig, torch.device, list[
     return cfg, device, variants
 
 
-def run_variant(name: str, cfg: RunConfig, splits: tuple[Split, Split], device: torch.device,
-                args: argparse.Namespace, work: Path) -> list[dict]:  # fmt: skip
+def run_variant(
+    name: str, cfg: RunConfig, splits: tuple[Split, Split], device: torch.device, args: argparse.Namespace, work: Path
+) -> list[dict]:
     """One variant's runs, one per seed (engine-compiled: --compiled-seeds of them)."""
     if name == "engine-compiled":
         return run_engine(name, cfg, list(range(cfg.seed, cfg.seed + args.compiled_seeds)), device, work)
     seeds = list(range(cfg.seed, cfg.seed + args.seeds))
-    if name.startswith("engine"):
+    if name in ENGINE_VARIANTS:
         return run_engine(name, cfg, seeds, device, work)
     return [run_reference(name, dataclasses.replace(cfg, seed=s), splits, device, args) for s in seeds]
 
@@ -343,11 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     peak = peak_tflops(device, args.peak_tflops)
     loaded = load_splits(cfg, resident_bytes=sys.maxsize)  # every variant trains from the same images
     cfg.check_image_size(loaded.image_size, f" in data_root={cfg.data_root!r}")
-    splits = loaded.train, loaded.test
+    splits, train_images = (loaded.train, loaded.test), len(loaded.train.labels)
     counts = closed_form(cfg.model_config(len(splits[0].classes), 3), splits[0].images.shape[-1])
     header = describe(cfg, device, args, peak)
-    header.insert(1, f"{len(splits[0].labels)} train / {len(splits[1].labels)} test images, {cfg.epochs} epochs, "
-                  f"{counts.params / 1e6:.3f} M params, {counts.flops / 1e9:.3f} GFLOPs forward per image")  # fmt: skip
+    sizes = f"{train_images} train / {len(splits[1].labels)} test images, {cfg.epochs} epochs, "
+    header.insert(1, sizes + f"{counts.params / 1e6:.3f} M params, {counts.flops / 1e9:.3f} GFLOPs forward per image")
     print("\n".join(header), flush=True)
 
     def summaries_of(runs: dict[str, list[dict]]) -> dict[str, dict]:
@@ -366,15 +394,13 @@ def main(argv: list[str] | None = None) -> int:
     summaries = summaries_of(runs)
     goals = targets(summaries, extra)
     first_seed = {name: seeds[0]["history"] for name, seeds in runs.items()}
-    report = "\n".join(["", "\n".join(header + extra_lines(extra)), "", epoch_table(first_seed), "",
-                        markdown_table(summaries), "", targets_table(goals, full_recipe(cfg, len(splits[0].labels))),
-                        ""])  # fmt: skip
+    tables = [epoch_table(first_seed), markdown_table(summaries), targets_table(goals, full_recipe(cfg, train_images))]
+    report = "\n" + "\n\n".join(["\n".join(header + extra_lines(extra)), *tables]) + "\n"
     print(report)
     if args.out is not None:
-        write_result(args.out, argv, {
-            "header": header, "config": cfg.to_dict(), "seeds": args.seeds, "counts": counts.to_dict(),
-            "peak_tflops": peak, "runs": runs, "summaries": summaries, **extra, "targets": goals, "complete": True,
-        }, report)  # fmt: skip
+        result = {"header": header, "config": cfg.to_dict(), "seeds": args.seeds, "counts": counts.to_dict()}
+        result |= {"peak_tflops": peak, "runs": runs, "summaries": summaries, **extra, "targets": goals}
+        write_result(args.out, argv, {**result, "complete": True}, report)
     return 0
 
 

@@ -172,9 +172,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             names = ("--" + flag.replace("_", "-"), *OLD_FLAGS.get(flag, ()))
             parser.add_argument(*names, type=int, help=f"model {flag}")
     parser.add_argument(
-        "--image-size", type=int, metavar="PX",
+        "--image-size",
+        type=int,
+        metavar="PX",
         help=f"input side in pixels (default: the --model's size from the registry, else {DEFAULT_IMAGE_SIZE})",
-    )  # fmt: skip
+    )
     parser.add_argument("--tweet", action="store_true", help="count the 280-character tweet model itself")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--throughput", action="store_true", help="also time inference")
@@ -233,9 +235,16 @@ def main(argv: list[str] | None = None) -> int:
 
         model = build_model(config, tweet=args.tweet)
         speed = measure_throughput(
-            model, args.image_size, args.batch_size, args.device, in_chans=config.in_chans,
-            warmup=args.warmup, repeats=args.repeats, dtype=args.dtype, channels_last=args.channels_last,
-        )  # fmt: skip
+            model,
+            args.image_size,
+            args.batch_size,
+            args.device,
+            in_chans=config.in_chans,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            dtype=args.dtype,
+            channels_last=args.channels_last,
+        )
     if args.json:
         model_fields = {**dataclasses.asdict(config), "tweet": args.tweet, "image_size": args.image_size}
         report = {"model": model_fields, **counts.to_dict(), "convention": list(CONVENTION)}

@@ -70,8 +70,10 @@ def toolkit_commit() -> str:
     try:
         done = subprocess.run(
             ["git", "-C", str(REPO), "describe", "--always", "--dirty", "--abbrev=10"],
-            capture_output=True, text=True, timeout=10,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return done.stdout.strip() if done.returncode == 0 else "unknown"
