@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ablations.config import RunConfig
-from convmixer.arguments import PRECISIONS
+from convmixer.arguments import AUTOCAST_PRECISIONS
 
 # A run folder: its config, the engine's per-epoch history, resumable state and final metrics, and its log.
 CONFIG, HISTORY, CHECKPOINT, METRICS, LOG = "config.json", "history.json", "checkpoint.pt", "metrics.json", "log.txt"
@@ -102,7 +102,7 @@ METRIC_FIELDS = {
     "train_acc": Field("engine", _fraction, "a number in [0, 1]"),
     "train_loss": Field("engine", _number, "a finite number"),
     "wall_time_s": Field("engine", _seconds, "a number >= 0"),
-    "precision_used": Field("engine", lambda value: value in PRECISIONS, _one_of(PRECISIONS)),
+    "precision_used": Field("engine", lambda value: value in AUTOCAST_PRECISIONS, _one_of(AUTOCAST_PRECISIONS)),
     "tf32_used": _flag("engine"),
     "compiled_graphs": Field("engine", _count, "an integer >= 0"),
     "warm_up_s": Field("engine", _seconds, "a number >= 0"),
