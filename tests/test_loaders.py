@@ -7,7 +7,7 @@ from conftest import imagefolder, write_tree
 
 from ablations.config import ConfigError, RunConfig
 from ablations.data import loaders, synthetic
-from ablations.data.augment import normalise
+from ablations.data.augment import WORKER_STEPS, normalise
 from ablations.data.loaders import build_data, derived_seed
 
 
@@ -54,8 +54,8 @@ def test_a_streamed_folder_has_the_resident_paths_labels_and_device_augmentation
     assert torch.equal(collect(resident.test)[1], collect(streamed.test)[1])
     assert torch.equal(collect(resident.train.epoch(2))[1], collect(streamed.train.epoch(2))[1])
     # The workers crop and flip; the device does the rest of the recipe (here RandAugment), not a second crop.
-    device_cfg = streamed.train.augment.cfg
-    assert (device_cfg.scale, device_cfg.hflip, device_cfg.randaug_n) == (1.0, False, 1)
+    assert streamed.worker_steps == streamed.train.augment.done == WORKER_STEPS == {"crop", "flip"}
+    assert resident.worker_steps == resident.train.augment.done == frozenset()
 
 
 def test_batches_equal_the_per_batch_index_copies_they_replace():
