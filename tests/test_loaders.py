@@ -1,14 +1,16 @@
-"""Loaders: the device-resident and the DataLoader paths, normalisation, (seed, epoch) replay, and the patch check
-on the loaded images."""
+"""Loaders: the device-resident and the DataLoader paths, normalisation, (seed, epoch) replay, the patch check on
+the loaded images, and one load of a run's data per process."""
 
 import pytest
 import torch
 from conftest import imagefolder, write_tree
 
 from ablations.config import ConfigError, RunConfig
-from ablations.data import loaders, synthetic
+from ablations.data import loaders, sources, synthetic
+from ablations.data import tree as tree_module
 from ablations.data.augment import WORKER_STEPS, normalise
 from ablations.data.loaders import build_data, derived_seed
+from ablations.sweep.plan import data_record
 
 
 def collect(batches) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,3 +105,21 @@ def test_augmentation_never_changes_the_kept_images():
         collect(data.train.epoch(epoch))
     collect(iter(data.test))
     assert torch.equal(data.train.images.images, before[0]) and torch.equal(data.test.images.images, before[1])
+
+
+@pytest.mark.parametrize("resident_bytes", ["0", ""], ids=["streamed", "held"])
+def test_a_runs_check_and_its_training_share_one_load_of_its_data(tmp_path, monkeypatch, resident_bytes):
+    write_tree(tmp_path / "tree", {"train": 4, "val": 2})
+    monkeypatch.setenv(sources.RESIDENT_ENV, resident_bytes)
+    walks = []
+    walk = tree_module.image_names
+    monkeypatch.setattr(tree_module, "image_names", lambda root: walks.append(root) or walk(root))
+    sources.forget_splits()  # a new process
+    cfg = imagefolder(tmp_path / "tree", image_size=8)
+    record = data_record(cfg.with_absolute_data_root())  # the check before the run (the sweep's plan, SLURM's job)
+    data = build_data(cfg, "cpu", workers=0)
+    assert len(walks) == 1 and data.resident == (resident_bytes == "") and data.image_size == record["image_size"]
+    sources.load_splits(cfg)  # streamed: still the loaders' files; held: on the device now, the host copy let go
+    assert len(walks) == (2 if data.resident else 1)
+    other = sources.load_splits(imagefolder(tmp_path / "tree", image_size=8, train_subset=6))
+    assert len(walks) == (3 if data.resident else 2) and len(other.train.labels) == 6
