@@ -86,10 +86,10 @@ def test_a_worker_keeps_the_resident_data_between_runs_on_the_same_data(monkeypa
     cfg = RunConfig(train_subset=64, test_subset=32, batch_size=16)
     first = build_data(cfg, "cpu")
 
-    def load_splits(*args):
+    def loaded_splits(*args):
         raise AssertionError("the kept data must be used")
 
-    monkeypatch.setattr(loaders, "load_splits", load_splits)
+    monkeypatch.setattr(loaders, "loaded_splits", loaded_splits)
     again = build_data(RunConfig(**{**cfg.to_dict(), "lr": 0.1, "seed": 3}), "cpu")  # another run, same data
     assert again.train.images is first.train.images and again.mean == first.mean
     with pytest.raises(AssertionError, match="the kept data must be used"):
@@ -114,12 +114,18 @@ def test_a_runs_check_and_its_training_share_one_load_of_its_data(tmp_path, monk
     walks = []
     walk = tree_module.image_names
     monkeypatch.setattr(tree_module, "image_names", lambda root: walks.append(root) or walk(root))
-    sources.forget_splits()  # a new process
     cfg = imagefolder(tmp_path / "tree", image_size=8)
     record = data_record(cfg.with_absolute_data_root())  # the check before the run (the sweep's plan, SLURM's job)
     data = build_data(cfg, "cpu", workers=0)
     assert len(walks) == 1 and data.resident == (resident_bytes == "") and data.image_size == record["image_size"]
-    sources.load_splits(cfg)  # streamed: still the loaders' files; held: on the device now, the host copy let go
+    # Streamed: the next run of a sweep's worker on the same data reads the same files; held: on the device now
+    # (loaders._kept), the process let go of its host copy.
+    sources.loaded_splits(cfg, sources.resident_limit())
     assert len(walks) == (2 if data.resident else 1)
-    other = sources.load_splits(imagefolder(tmp_path / "tree", image_size=8, train_subset=6))
-    assert len(walks) == (3 if data.resident else 2) and len(other.train.labels) == 6
+    assert (
+        len(build_data(imagefolder(tmp_path / "tree", image_size=8, train_subset=6), "cpu", workers=0).train.images)
+        == 6
+    )
+    assert len(walks) == (3 if data.resident else 2)  # other data: read
+    data_record(cfg)
+    assert len(walks) == (4 if data.resident else 3)  # a check reads the data as it is now

@@ -28,13 +28,6 @@ from ablations.data.stream import ImageFiles
 from analysis import provenance
 from benchmarks import gpu_check, startup, train_speed
 
-
-@pytest.fixture(autouse=True)
-def a_new_process():
-    """Each test reads its data as a new process would: load_splits keeps the last splits it loaded."""
-    sources.forget_splits()
-
-
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -130,14 +123,12 @@ def test_decoded_archive_is_cached_by_content(tmp_path, monkeypatch):
 
     monkeypatch.setattr(decode, "decode_image", fail)
     monkeypatch.setattr(tree_module.ImageTree, "_files", property(fail))
-    sources.forget_splits()  # the next run's process
     again = load_splits(imagefolder(archive, train_subset=9))
     assert torch.equal(first.test.images, again.test.images) and torch.equal(first.train.images, again.train.images)
     monkeypatch.undo()
     monkeypatch.setenv("CONVMIXER_CACHE", str(tmp_path / "cache"))
     changed = write_archive(tmp_path / "other", {"train": 10, "test": 5}, name=archive.name)
     changed.replace(archive)  # same path, new content: a new cache entry
-    sources.forget_splits()
     assert len(load_splits(imagefolder(archive, train_subset=9)).test.labels) == 15
 
 
@@ -294,12 +285,10 @@ def test_a_damaged_cache_file_is_rebuilt_with_a_note(tmp_path, monkeypatch, caps
     first = load_splits(imagefolder(archive))
     [cached] = (tmp_path / "cache").glob("*train*")
     cached.write_bytes(cached.read_bytes()[:1000])
-    sources.forget_splits()  # each load below is the next run's process
     again = load_splits(imagefolder(archive))
     assert torch.equal(first.train.images, again.train.images)
     note = capsys.readouterr().err.strip()
     assert note.startswith("note: the cached split") and str(cached) in note and "\n" not in note
-    sources.forget_splits()
     load_splits(imagefolder(archive))
     assert capsys.readouterr().err == ""  # rebuilt: whole again
 

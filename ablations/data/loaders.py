@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from ablations.config import RunConfig
 from ablations.data import DataError
 from ablations.data.augment import WORKER_STEPS, Augment, normalise
-from ablations.data.sources import FileSplit, Split, Splits, forget_splits, load_splits, resident_limit
+from ablations.data.sources import FileSplit, Split, Splits, forget_splits, loaded_splits, resident_limit
 from ablations.data.stream import Batch, ImageFiles, collate, finish_on_device, resolve_decode
 from convmixer.registry import CONVMIXER_EVAL
 
@@ -358,7 +358,7 @@ def build_data(
     resident_bytes = resident_limit() if resident_bytes is None else resident_bytes
     key = (cfg.dataset, cfg.data_root, cfg.image_size, cfg.train_subset, cfg.test_subset, str(device), resident_bytes)
     if key not in _kept:
-        splits = load_splits(cfg, resident_bytes)
+        splits = loaded_splits(cfg, resident_bytes)
         if not splits.resident:
             train, test = streamed_images(cfg, splits, device, workers)
             mean, std = (

@@ -9,8 +9,8 @@ so the loaders (ablations.data.loaders) only batch and augment.
 Decoding JPEGs is the slow part, so it runs on every core (ablations.data.decode), and a decoded split is saved
 once under the cache folder ($CONVMIXER_CACHE, default ~/.cache/convmixer), keyed by a hash of the source's
 content, so every later run of a sweep loads the tensors instead of decoding again.
-A process loads a dataset once: the check before a run (its data record) and the run itself share the splits
-`load_splits` keeps (one entry), so a streamed ImageNet's 1.28 M files are listed and stat'ed once, not twice.
+A run's data is loaded once per process: the run (`loaded_splits`) takes the splits its check before training (its
+data record) loaded, so a streamed ImageNet's 1.28 M files are listed and stat'ed once, not twice.
 """
 
 import hashlib
@@ -291,35 +291,46 @@ def resident_limit() -> int:
     return int(text)
 
 
-# The splits this process loaded last, with what they were loaded from: one entry, as loaders._kept, so a run's
-# check (its data record) and its training share one load. build_data takes held splits out once they are on the
-# device (loaders._kept keeps them there), so a process does not hold a second copy in host memory.
+# The splits this process loaded last, with what they were loaded from: one entry, as loaders._kept. The check
+# before a run (its data record) loads them, and the run's build_data takes them from here (`loaded_splits`).
 _loaded: dict[tuple, Splits] = {}
 
 
-def load_splits(cfg: RunConfig, resident_bytes: int | None = None) -> Splits:
-    """The finished train and test data of cfg's dataset, loaded once per process (`read_splits`); the data must
-    not change under a running process, as for loaders._kept. Raises DataError (one line) when it cannot be found
-    or read."""
-    resident_bytes = resident_limit() if resident_bytes is None else resident_bytes
-    # data_root as the sweep makes it (RunConfig.with_absolute_data_root): a run and its check name it both ways.
+def splits_key(cfg: RunConfig, resident_bytes: int) -> tuple:
+    """What a run's splits depend on; data_root as the sweep makes it (RunConfig.with_absolute_data_root), since a
+    run and its check may spell it two ways."""
     root = os.path.abspath(os.path.expanduser(cfg.data_root))
-    key = (cfg.dataset, root, cfg.image_size, cfg.train_subset, cfg.test_subset, cfg.bad_images, resident_bytes)
-    if key not in _loaded:
-        _loaded.clear()
-        _loaded[key] = read_splits(cfg, resident_bytes)
-    return _loaded[key]
+    return (cfg.dataset, root, cfg.image_size, cfg.train_subset, cfg.test_subset, cfg.bad_images, resident_bytes)
+
+
+def loaded_splits(cfg: RunConfig, resident_bytes: int) -> Splits:
+    """The splits `load_splits` last loaded in this process when they are cfg's data (a run's check loaded them, or
+    the process's previous run), else loaded now: a run lists and reads its data once. The data must not change
+    under a running sweep, as for loaders._kept."""
+    key = splits_key(cfg, resident_bytes)
+    return _loaded[key] if key in _loaded else load_splits(cfg, resident_bytes)
 
 
 def forget_splits() -> None:
-    """Let the next `load_splits` read its data afresh, as a new process would."""
+    """Let go of the splits this process loaded last (build_data, once held splits are on the device)."""
     _loaded.clear()
 
 
+def load_splits(cfg: RunConfig, resident_bytes: int | None = None) -> Splits:
+    """The finished train and test data of cfg's dataset, read now (a check sees the data as it is), and kept for
+    the run that follows (`loaded_splits`). Raises DataError (one line) when it cannot be found or read.
+
+    An ImageFolder tree decodes only the images it keeps, straight to the run's size (PIL, bilinear, after a centre
+    crop to a square), or streams them when they do not fit; the other sources hold whole splits, cut and resized
+    as tensors by `finished`."""
+    resident_bytes = resident_limit() if resident_bytes is None else resident_bytes
+    _loaded.clear()  # one dataset at a time
+    splits = _loaded[splits_key(cfg, resident_bytes)] = read_splits(cfg, resident_bytes)
+    return splits
+
+
 def read_splits(cfg: RunConfig, resident_bytes: int) -> Splits:
-    """cfg's data read from its source. An ImageFolder tree decodes only the images it keeps, straight to the run's
-    size (PIL, bilinear, after a centre crop to a square), or streams them when they do not fit; the other sources
-    hold whole splits, cut and resized as tensors by `finished`."""
+    """cfg's data read from its source (`load_splits`)."""
     skipped: list[str] = []
     if cfg.dataset in ("imagefolder", "imagenette"):
         tree = ImageTree(Path(cfg.data_root)) if cfg.dataset == "imagefolder" else imagenette_tree(cfg.data_root)
