@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from ablations.config import RunConfig
 from ablations.data import DataError
 from ablations.data.augment import WORKER_STEPS, Augment, normalise
-from ablations.data.sources import FileSplit, Split, Splits, forget_splits, loaded_splits, resident_limit
+from ablations.data.sources import Split, Splits, forget_splits, loaded_splits, resident_limit
 from ablations.data.stream import Batch, ImageFiles, collate, finish_on_device, resolve_decode
 from convmixer.registry import CONVMIXER_EVAL
 
@@ -361,10 +361,7 @@ def build_data(
         splits = loaded_splits(cfg, resident_bytes)
         if not splits.resident:
             train, test = streamed_images(cfg, splits, device, workers)
-            mean, std = (
-                torch.tensor(CONVMIXER_EVAL.mean, device=device),
-                torch.tensor(CONVMIXER_EVAL.std, device=device),
-            )
+            mean, std = (torch.tensor(stat, device=device) for stat in (CONVMIXER_EVAL.mean, CONVMIXER_EVAL.std))
             return loaders(cfg, train, test, mean, std, splits, rank, world_size)
         _kept.clear()  # free the device memory of the previous dataset before this one is placed
         train, test = ResidentImages(splits.train, device), ResidentImages(splits.test, device)
@@ -382,12 +379,9 @@ def streamed_images(
     flipped there (WORKER_STEPS), test images cut by the eval transform; decoded where cfg.decode says."""
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     decode = resolve_decode(cfg.decode, device)  # auto: one probe decode
-
-    def files(split: FileSplit, **crop) -> ImageFiles:
-        return ImageFiles(split, decode=decode, **crop)
-
-    train = StreamedImages(files(splits.train, scale=cfg.scale, flip=cfg.hflip), device, workers, cfg.bad_images)
-    return train, StreamedImages(files(splits.test), device, workers, cfg.bad_images)
+    train = ImageFiles(splits.train, scale=cfg.scale, flip=cfg.hflip, decode=decode)
+    test = ImageFiles(splits.test, decode=decode)
+    return StreamedImages(train, device, workers, cfg.bad_images), StreamedImages(test, device, workers, cfg.bad_images)
 
 
 def loaders(
