@@ -18,7 +18,7 @@ PACKAGES = ("convmixer", "ablations", "analysis", "benchmarks")
 PLUMBING = ("convmixer.runtime", "convmixer.arguments")
 MODEL = tuple(
     f"convmixer.{name}"
-    for name in ("tweet", "config", "model", "depthwise", "depthwise_kernels", "registry", "transforms")
+    for name in ("tweet", "config", "model", "depthwise", "depthwise_kernels", "registry", "transforms", "counting")
 )
 # The one import circle allowed: naming a model needs no torch, so ConvMixerConfig.build() imports the model it
 # builds inside the function, and the model imports its config.
