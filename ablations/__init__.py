@@ -22,15 +22,20 @@ Module map, top to bottom (each layer imports only the layers below it):
         schedule.py       learning-rate schedules
         setup.py          the memory layout and depthwise conv a run uses ("auto": the fastest, timed)
     data/               the images a run trains on
-        sources.py        CIFAR, Imagenette, ImageFolder trees, archives and shards, the synthetic set -> finished
-                          splits (held, or streamed); the data record; empty classes
-        shards.py         WebDataset tar shards read by index (pread, never whole); `python -m ablations.data.shards`
-        decode.py         image files -> one uint8 array (or their sizes), on every core (forked workers); size limits
+        loaders.py        splits placed on the device, batched; or streamed by persistent prefetching workers, timed;
+                          each loader built once for its rank, with what its workers did (`Data.worker_steps`)
+        augment.py        batched augmentation on the device
+        make_shards.py    `python -m ablations.data.make_shards`: an ImageFolder tree written as WebDataset shards
         stream.py         a streamed image in a loader worker: training crop from the full-size file, eval transform,
                           decode on the CPU or on the device (nvJPEG)
+        sources.py        CIFAR, Imagenette, ImageFolder trees, the synthetic set -> finished splits (held, or
+                          streamed as their files), loaded once per run; the data record; empty classes
+        tree.py           an ImageFolder tree in a folder, tar archive or shard folder: classes, splits, checks,
+                          fingerprint, decoding its files
+        shards.py         WebDataset tar shards read by index (pread, never whole)
+        files.py          which files are images: the one rule of the folder walk, the archive and shard indexes
+        decode.py         image files -> one uint8 array (or their sizes), on every core (forked workers); size limits
         synthetic.py      the synthetic task
-        loaders.py        splits placed on the device, batched; or streamed by persistent prefetching workers, timed
-        augment.py        batched augmentation on the device
     store/              the result folder
         store.py          Store: the sweep folder of run folders, run states, summary.csv, damaged files' fates
         locks.py          one sweep per folder, one job per run: the locks, beside the files or under --lock-dir

@@ -16,7 +16,7 @@ from conftest import imagefolder, write_tree
 from helpers import RANK_FAULT_KEYS, damage_an_image_only_rank_1_reads, read_json, read_summary, tiny_configs, tiny_set
 
 from ablations.config import ConfigError, RunConfig
-from ablations.data.loaders import build_data, for_rank
+from ablations.data.loaders import build_data
 from ablations.engine.distributed import Ranks, local_batch
 from ablations.run import cli
 from ablations.store import Store, write_rank_fault
@@ -50,7 +50,7 @@ def test_the_ranks_slices_of_each_batch_make_the_one_process_batch():
                        "test_subset": 100, "batch_size": 64, "scale": 1.0, "hflip": False, "randaug_n": 0,
                        "jitter": 0.0, "reprob": 0.0})  # fmt: skip
     data = build_data(cfg, torch.device("cpu"))
-    ranks = [for_rank(data, cfg, rank, 2) for rank in range(2)]
+    ranks = [build_data(cfg, torch.device("cpu"), rank=rank, world_size=2) for rank in range(2)]
     one = list(data.train.epoch(1))
     two = list(zip(*(rank.train.epoch(1) for rank in ranks), strict=True))
     assert [len(images) for images, _ in one] == [64, 64, 64, 8]
@@ -58,7 +58,7 @@ def test_the_ranks_slices_of_each_batch_make_the_one_process_batch():
     for (images, labels), halves in zip(one, two, strict=True):
         assert torch.equal(images, torch.cat([half[0] for half in halves]))
         assert torch.equal(labels, torch.cat([half[1] for half in halves]))
-    shares = [rank.test.num_samples for rank in (for_rank(data, cfg, r, 3) for r in range(3))]
+    shares = [build_data(cfg, torch.device("cpu"), rank=r, world_size=3).test.num_samples for r in range(3)]
     assert shares == [34, 33, 33]
     assert torch.equal(torch.cat([labels for rank in ranks for _, labels in rank.test]), data.test.images.labels)
 
@@ -68,7 +68,7 @@ def test_a_streamed_folders_ranks_read_their_slices_of_the_one_process_batches(t
     write_tree(tmp_path / "tree", {"train": 6, "val": 3})  # 18 images in batches of 4: 4 x 4 and 2
     cfg = imagefolder(tmp_path / "tree")
     data = build_data(cfg, torch.device("cpu"), resident_bytes=0, workers=0)
-    ranks = [for_rank(data, cfg, rank, 2) for rank in range(2)]
+    ranks = [build_data(cfg, torch.device("cpu"), rank=r, world_size=2, resident_bytes=0, workers=0) for r in range(2)]
     assert type(ranks[1].train) is type(data.train) and not data.resident
     two = zip(*(rank.train.epoch(3) for rank in ranks), strict=True)
     for (images, labels), halves in zip(data.train.epoch(3), two, strict=True):

@@ -261,8 +261,8 @@ def test_no_committed_run_would_have_diverged_under_the_rule():
 def test_nan_in_the_second_epoch_stops_the_run_there(tmp_path, monkeypatch):
     build_data = train.build_data
 
-    def data_with_nan_in_epoch_1(cfg, device):
-        data = build_data(cfg, device)
+    def data_with_nan_in_epoch_1(cfg, device, **ranks):
+        data = build_data(cfg, device, **ranks)
         clean_epoch = data.train.epoch
 
         def epoch(index):

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ablations import atomic
 from ablations.config import ConfigError, RunConfig
-from ablations.data.loaders import NAMED_SKIPS, Data, TestLoader, TrainLoader, build_data, for_rank, skipped_note
+from ablations.data.loaders import NAMED_SKIPS, Data, TestLoader, TrainLoader, build_data, skipped_note
 from ablations.data.sources import cache_dir
 from ablations.engine import distributed
 from ablations.engine.distributed import SINGLE, Ranks
@@ -431,7 +431,7 @@ def train_process(
         graphs_before = compiled_graphs() if cfg.compile else 0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        data = for_rank(build_data(cfg, device), cfg, ranks.rank, ranks.world_size)
+        data = build_data(cfg, device, rank=ranks.rank, world_size=ranks.world_size)
         model_config = cfg.model_config(data.num_classes, data.in_chans)
         counts = closed_form(model_config, data.image_size).to_dict()  # exact for every model of RunConfig
         work = Workload(device, dtype, cfg.dim, cfg.kernel_size, data.image_size // cfg.patch_size,
