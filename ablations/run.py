@@ -161,8 +161,8 @@ def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: l
             run_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
     if args.time_limit is not None and args.launcher == "slurm":
         raise ConfigError("--time-limit is not accepted with --launcher slurm: use --slurm-time for each job")
+    options = SlurmOptions.from_args(args, args.procs_per_run)  # a bad --slurm-* value is refused on any sweep
     if args.launcher == "slurm":
-        options = SlurmOptions.from_args(args, args.procs_per_run)
         for precision in {cfg.precision for cfg in configs}:
             run_dtype(precision, torch.device(options.device))
         check_cluster(options)
