@@ -146,7 +146,7 @@ RANK_EXIT_S = 20
 
 
 def free_port() -> int:
-    """A TCP port free on this machine now, for a run's rendezvous (MASTER_PORT)."""
+    """A TCP port free on this machine now, for a run's rendezvous (Ranks.master_port)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -167,17 +167,17 @@ class RankGroup:
         """Train the run on every rank; its metrics, with a failure naming the rank that died first and why."""
         context = multiprocessing.get_context("spawn")
         run_dir = self.store.run_dir(self.cfg)
-        ranks = []
+        others = []
         for rank in range(1, len(self.devices)):
             args = (self.cfg.to_dict(), run_dir, self.devices[rank], self.ranks[rank])
             process = context.Process(target=_rank_main, args=args)
             process.start()
-            ranks.append((rank, process))
+            others.append((rank, process))
         try:
             metrics = execute_run(self.cfg, self.store, self.devices[0], on_epoch=on_epoch, ranks=self.ranks[0])
         finally:
             hung = set()
-            for rank, process in ranks:
+            for rank, process in others:
                 process.join(timeout=RANK_EXIT_S)
                 if process.is_alive():  # stuck (a collective waits out its timeout, a stopped process never ends)
                     process.kill()
@@ -185,11 +185,11 @@ class RankGroup:
                     hung.add(rank)
         # Rank 0's failure names the ranks that recorded their error (execute_run); the others are named here.
         reported = self.store.rank_faults(run_dir, len(self.devices))
-        unreported = [(rank, process) for rank, process in ranks if rank not in reported]
+        unreported = [(rank, process) for rank, process in others if rank not in reported]
         faults = [rank_error(rank, why) for rank, process in unreported if (why := exit_cause(process, rank in hung))]
         if metrics["status"] != FAILED or not faults:
             return metrics
-        killed = any(process.exitcode < 0 for _, process in ranks)  # a signal may not come again: rerun resumes
+        killed = any(process.exitcode < 0 for _, process in others)  # a signal may not come again: rerun resumes
         reason = name_ranks(faults, metrics["reason"])
         return self.store.record_failure(run_dir, reason, ",".join(self.devices), transient=killed)
 
