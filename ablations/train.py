@@ -21,7 +21,7 @@ from ablations.config import ConfigError
 from ablations.data import DataError
 from ablations.store import Store, StoreError
 from ablations.sweep import plan as planning
-from ablations.sweep.execute import check_processes, follow_run, one_line
+from ablations.sweep.execute import check_processes, follow_run, one_line, rank_error
 from ablations.sweep.grid import build_sweep, sweep_configs
 from ablations.sweep.inprocess import InProcessLauncher
 from ablations.sweep.plan import run_plan, runs_to_train
@@ -65,13 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             follow_run(cfg, store.run_dir(cfg), device, ranks)
         except Exception as error:  # follow_run left it for rank 0's failure record; this line is for the console
-            print(f"{PROG}: rank {ranks.rank}: {one_line(error)}", file=sys.stderr)
+            print(f"{PROG}: {rank_error(ranks.rank, one_line(error))}", file=sys.stderr)
             return 1
         return 0
     store.check_folder()
     plan = planning.plan([cfg], store, args.retry_failed, keep_checkpoints=args.keep_checkpoints)
     store.root.mkdir(parents=True, exist_ok=True)
-    launcher = InProcessLauncher(store, device, ranks if ranks.world_size > 1 else None)
+    launcher = InProcessLauncher(store, device, ranks)
     processes = f" on {ranks.world_size} processes" if ranks.world_size > 1 else ""
     announce = f"run {cfg.run_id()} of preset {preset}{processes}: {len(plan.todo)} to train; results in {store.root}"
     ended = run_plan(plan, launcher, sweep.design(store.root.resolve().name, preset), None, lambda: print(announce))

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class InProcessLauncher:
-    """run_plan's launcher that trains in this process, on `device`; `ranks`: this process is rank 0 of a run on
-    several processes (torchrun's, which started the others), None for the run's one process."""
+    """run_plan's launcher that trains in this process, on `device`; `ranks`: this process's place, rank 0 of a run
+    on several processes (torchrun started the others); None: the run's one process."""
 
     store: Store
     device: str = "cpu"
