@@ -51,10 +51,8 @@ class Ranks:
         if "WORLD_SIZE" not in environ:
             return cls()
         try:
-            ranks = cls(
-                int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", 0)),
-                environ["MASTER_ADDR"], int(environ["MASTER_PORT"]),
-            )  # fmt: skip
+            place = int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", 0))
+            ranks = cls(*place, environ["MASTER_ADDR"], int(environ["MASTER_PORT"]))
         except (KeyError, ValueError):
             given = {key: environ.get(key) for key in ENV_KEYS}
             message = (
