@@ -14,11 +14,16 @@ Module map, top to bottom (each layer imports only the layers below it):
         plan.py           which runs train (again), their data checked and recorded, running them, how it ended
         local.py          the local launcher: worker processes per device slot, and its options
         slurm.py          the SLURM launcher: one job array, followed to its end; its options, checked
+        inprocess.py      the in-process launcher: python -m ablations.train's, a notebook's, the tests'
         progress.py       the tqdm bars and plain lines a researcher watches
-        execute.py        the steps both launchers share: run one config in its folder, end a run in the sweep
+        execute.py        the steps every launcher shares: run one config in its folder (as one of its processes),
+                          end a run in the sweep (the checkpoint policy), the failure line, the process count's check
     engine/             one training run, on one device or on several processes (DDP)
-        train.py          model, optimiser, resumable epochs, metrics
-        distributed.py    a run on several processes: the process group (torchrun's env://), synced BatchNorm, DDP
+        train.py          model, optimiser, resumable epochs
+        checkpoint.py     a run's checkpoint read back: unusable ones set aside, every rank resuming one epoch
+        metrics.py        the divergence rule, and the run's summary metrics.json holds
+        distributed.py    a run on several processes: its Ranks (rank, size, rendezvous), the process group, synced
+                          BatchNorm, DDP
         schedule.py       learning-rate schedules
         setup.py          the memory layout and depthwise conv a run uses ("auto": the fastest, timed)
     data/               the images a run trains on
@@ -51,7 +56,8 @@ Import rules (tests/test_layers.py checks them on every module):
 - design.py imports only config.py; store/ only itself, design.py, config.py, atomic.py and convmixer/; data/ only
   config.py, atomic.py and convmixer/.
 - engine/ imports data/, store/, config.py, atomic.py and convmixer/; never sweep/ or run.py.
-- sweep/ reaches engine/ only through execute.py, and data/ only through plan.py (which loads each dataset once
+- sweep/ reaches engine/ through execute.py, and the launchers (local, slurm, inprocess) take engine/distributed.py's
+  Ranks to hand each process its place; sweep/ reaches data/ only through plan.py (which loads each dataset once
   before the sweep, to check it and record it) and presets.py (the torch-free front of data/, for the default
   location of the data a preset needs); presets, grid and study import only config.py, each other and (grid)
   design.py (and presets the model registry, whose ConvMixer-256/8 the CIFAR-10 recipe trains).

@@ -29,18 +29,21 @@ SAME_FUNCTION = tiny_set(epochs=3, train_subset=1600, batch_size=64, hflip=False
 
 
 def test_a_process_learns_its_place_from_torchruns_environment():
+    meet = {"MASTER_ADDR": "node7", "MASTER_PORT": "29500"}
     assert Ranks.from_env({}) == Ranks(0, 1, 0)
-    assert Ranks.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == Ranks(3, 4, 1)
+    assert Ranks.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", **meet}) == Ranks(3, 4, 1, "node7", 29500)
     with pytest.raises(ConfigError, match="RANK=2 is not accepted: expected 0 <= RANK < WORLD_SIZE=2"):
-        Ranks.from_env({"RANK": "2", "WORLD_SIZE": "2"})
+        Ranks.from_env({"RANK": "2", "WORLD_SIZE": "2", **meet})
+    with pytest.raises(ConfigError, match="torchrun's environment is incomplete"):
+        Ranks.from_env({"RANK": "0", "WORLD_SIZE": "2"})
     with pytest.raises(ConfigError, match="torchrun's environment is incomplete"):
         Ranks.from_env({"WORLD_SIZE": "2"})
 
 
 def test_the_global_batch_must_split_evenly_over_the_processes():
-    assert local_batch(512, Ranks(0, 4)) == 128
+    assert local_batch(512, 4) == 128
     with pytest.raises(ConfigError, match="batch_size=50 is not accepted on 3 processes"):
-        local_batch(50, Ranks(0, 3))
+        local_batch(50, 3)
 
 
 def test_the_ranks_slices_of_each_batch_make_the_one_process_batch():
@@ -78,9 +81,9 @@ def test_a_streamed_folders_ranks_read_their_slices_of_the_one_process_batches(t
 
 def test_a_gpu_slot_is_procs_per_run_gpus_and_a_cpu_slot_shares_the_cores():
     gpus = ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:4"]
-    assert device_slots(gpus, 1, 2) == ["cuda:0,cuda:1", "cuda:2,cuda:3"]
-    assert device_slots(["cpu"], 2, 2) == ["cpu", "cpu"]
-    assert device_slots(gpus[:2], 1) == ["cuda:0", "cuda:1"]
+    assert device_slots(gpus, 1, 2) == [("cuda:0", "cuda:1"), ("cuda:2", "cuda:3")]
+    assert device_slots(["cpu"], 2, 2) == [("cpu", "cpu"), ("cpu", "cpu")]
+    assert device_slots(gpus[:2], 1) == [("cuda:0",), ("cuda:1",)]
 
 
 def test_rank_0_names_each_rank_that_stopped_and_its_cause_then_its_own_error(tmp_path, monkeypatch):
@@ -198,7 +201,7 @@ def test_a_rank_killed_mid_epoch_fails_the_run_in_one_line_and_a_rerun_resumes_i
     assert sweep.wait(timeout=120) == 1
     (row,) = read_summary(out)
     assert row["status"] == "failed" and row["epochs_completed"] in ("1", "2")  # killed in epoch 2 or 3
-    assert row["reason"].startswith("rank 1 killed by SIGKILL; rank 0: ")
+    assert row["reason"].startswith("rank 1: killed by SIGKILL; rank 0: ")
 
     rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
     assert rerun.returncode == 0, rerun.stderr
@@ -247,11 +250,10 @@ def test_torchrun_trains_one_run_as_the_sweep_trains_it(sweeps, tmp_path):
 
 def wait_in_a_collective(rank: int, port: int, arrived) -> None:
     """Rank 0 all-reduces; rank 1 joins the group and never does (a hung peer)."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from ablations.engine import distributed
 
     distributed.COLLECTIVE_TIMEOUT_S = 2.0  # what CONVMIXER_COLLECTIVE_TIMEOUT_S=2 sets when the module loads
-    distributed.start(Ranks(rank, 2), torch.device("cpu"))
+    distributed.start(Ranks(rank, 2, rank, "127.0.0.1", port), torch.device("cpu"))
     if rank == 1:
         time.sleep(30)
         return
@@ -278,12 +280,20 @@ def test_a_collective_whose_peer_hangs_ends_at_the_timeout():
     assert error in ("RuntimeError", "DistBackendError") and 1.5 < waited < 15
 
 
+MEET = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}  # torchrun's rendezvous
+
+
 @pytest.mark.parametrize(
     "args, env, message",
     [
         (["--set", "kernel_size=x"], {}, "--set: kernel_size='x' is not accepted: expected an integer"),
-        (["--set", tiny_set()], {"RANK": "0", "WORLD_SIZE": "3"}, "batch_size=50 is not accepted on 3 processes"),
-        (["--set", tiny_set()], {"RANK": "3", "WORLD_SIZE": "2"}, "RANK=3 is not accepted: expected 0 <= RANK"),
+        (
+            ["--set", tiny_set()],
+            {"RANK": "0", "WORLD_SIZE": "3", **MEET},
+            "batch_size=50 is not accepted on 3 processes",
+        ),
+        (["--set", tiny_set()], {"RANK": "3", "WORLD_SIZE": "2", **MEET}, "RANK=3 is not accepted: expected 0 <= RANK"),
+        (["--set", tiny_set()], {"RANK": "1", "WORLD_SIZE": "2"}, "torchrun's environment is incomplete"),
         (["--set", tiny_set(), "--device", "bogus"], {}, "device='bogus' is not accepted; choose auto, cpu, cuda"),
     ],
 )

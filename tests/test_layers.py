@@ -44,9 +44,18 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     # The plan loads each dataset once, as a run would, to check it and record it: sweep/'s one arrow into data/.
     (
         "ablations.sweep.plan",
-        ("ablations.sweep.progress", "ablations.data", "ablations.design", "ablations.store", "ablations.config")
-        + ("convmixer.arguments",),  # the counter's words for the pixels a patch drops
+        ("ablations.sweep.progress", "ablations.sweep.execute", "ablations.data", "ablations.design")
+        + ("ablations.store", "ablations.config", "convmixer.arguments"),  # the counter's words for a patch's pixels
     ),
+    # The launchers that start a run's processes hand each its place, engine/distributed.py's Ranks.
+    *(
+        (
+            f"ablations.sweep.{launcher}",
+            ("ablations.sweep", "ablations.store", "ablations.config", "ablations.atomic")
+            + ("ablations.engine.distributed", "convmixer"),
+        )
+        for launcher in ("local", "slurm", "inprocess")
+    ),  # fmt: skip
     ("ablations.sweep.presets", ("ablations.config", "ablations.data", "convmixer.registry")),
     ("ablations.sweep.grid", ("ablations.design", "ablations.config", "ablations.sweep.presets")),
     ("ablations.sweep.study", ("ablations.config", "ablations.sweep.grid", "ablations.sweep.presets")),
