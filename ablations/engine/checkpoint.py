@@ -20,8 +20,8 @@ from ablations.store import CHECKPOINT_KEYS, set_aside
 
 def read_checkpoint(path: Path, cfg: RunConfig, device: torch.device, log: Callable[[str], None]) -> dict | None:
     """This run's checkpoint at `path`, or None when it is unusable (truncated, damaged, another run's): then it
-    is set aside (ablations.store.set_aside: checkpoint.pt.damaged-<time>), named in the log and on the console, and the run starts over,
-    since retrying with the same file would fail the same way every time."""
+    is set aside (ablations.store.set_aside: checkpoint.pt.damaged-<time>), named in the log and on the console,
+    and the run starts over, since retrying with the same file would fail the same way every time."""
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
         missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
