@@ -20,7 +20,8 @@ Module map, top to bottom (each layer imports only the layers below it):
         train.py          model, optimiser, resumable epochs, metrics
         distributed.py    a run on several processes: the process group (torchrun's env://), synced BatchNorm, DDP
         schedule.py       learning-rate schedules
-        setup.py          the memory layout and depthwise conv a run uses ("auto": the fastest, timed)
+        setup.py          the memory layout and depthwise conv a run uses ("auto": the fastest, timed once per
+                          device and shape into a table on disk)
     data/               the images a run trains on
         sources.py        CIFAR, Imagenette, ImageFolder trees, archives and shards, the synthetic set -> finished
                           splits (held, or streamed); the data record; empty classes
