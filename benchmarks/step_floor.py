@@ -43,8 +43,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--copy-mb", type=int, default=256, help="size of the copy that measures the copy rate (default 256)")
     add("--matmul-size", type=int, default=None, help="side of the matrix products that measure the FLOP rates "
         "(default 8192 on CUDA, 512 on a CPU)")  # fmt: skip
+    add("--predict", metavar="COPY,VECTOR,MATRIX", default=None, help="measure nothing: the floors with these rates "
+        "(copy in GB/s, read + write; vector and matrix in TFLOP/s), e.g. 4186,67,788")  # fmt: skip
     add("--out", type=Path, default=None, help="write the rows to this .json and the tables to a .md beside it")
     return parser.parse_args(argv)
+
+
+def given_rates(text: str) -> Rates:
+    """--predict's 'COPY,VECTOR,MATRIX' (GB/s, TFLOP/s, TFLOP/s) as Rates in bytes and FLOPs per second."""
+    try:
+        copy, vector, matrix = (float(item) for item in text.split(","))
+    except ValueError:
+        copy = vector = matrix = 0.0
+    if min(copy, vector, matrix) <= 0:
+        raise ValueError(f"--predict {text!r} is not accepted: expected three positive numbers COPY,VECTOR,MATRIX "
+                         "(GB/s, TFLOP/s, TFLOP/s), like 4186,67,788")  # fmt: skip
+    return Rates(copy=copy * 1e9, vector=vector * 1e12, matrix=matrix * 1e12)
 
 
 def matmul_rate(device, dtype, size: int, repeats: int = 5) -> float:
@@ -111,20 +125,22 @@ def profile_step(cfg, image_size: int, classes: int, device, steps: int) -> dict
             "impl": trainer.setup.impl}  # fmt: skip
 
 
-def floor_rows(shape: StepShape, rates: Rates, measured: dict[tuple[str, str], float], step_s: float) -> list[dict]:
-    """Per op and direction: its bytes, FLOPs, floor, measured seconds and their ratio; then what matched no op,
-    every op together, and the whole step (its floor: every op's, one after another)."""
-    rows = []
-    for cost in step_costs(shape):
-        floor, seconds = floor_seconds(cost, rates), measured.get((cost.op, cost.direction), 0.0)
-        rows.append({**dataclasses.asdict(cost), "bound": bound(cost, rates), "floor_s": floor, "measured_s": seconds,
-                     "ratio": seconds / floor})  # fmt: skip
+def floor_rows(shape: StepShape, rates: Rates, measured: dict | None = None, step_s: float = 0.0) -> list[dict]:
+    """Per op and direction: its bytes, FLOPs and floor, then the whole step's floor (every op's, one after another);
+    with `measured` (seconds per op and direction), each op's measured seconds and measured / floor, what matched
+    no op, the profiled total and the step timed without the profiler (`step_s`)."""
+    rows = [{**dataclasses.asdict(cost), "bound": bound(cost, rates), "floor_s": floor_seconds(cost, rates)}
+            for cost in step_costs(shape)]  # fmt: skip
+    floor = sum(row["floor_s"] for row in rows)
+    if measured is None:
+        return [*rows, {"op": "step", "direction": "", "floor_s": floor}]
+    for row in rows:
+        row["measured_s"] = measured.get((row["op"], row["direction"]), 0.0)
+        row["ratio"] = row["measured_s"] / row["floor_s"]
     modelled = {(row["op"], row["direction"]) for row in rows}
     unmatched = sum(seconds for key, seconds in measured.items() if key not in modelled)
-    floor = sum(row["floor_s"] for row in rows)
-    ops = sum(measured.values())
     rows.append({"op": OTHER, "direction": "", "measured_s": unmatched})
-    for name, seconds in (("profiled total", ops), ("step (timed)", step_s)):
+    for name, seconds in (("profiled total", sum(measured.values())), ("step (timed)", step_s)):
         rows.append({"op": name, "direction": "", "floor_s": floor, "measured_s": seconds, "ratio": seconds / floor})
     return rows
 
@@ -136,8 +152,9 @@ def rows_table(rows: list[dict]) -> str:
         size = f"{row['bytes'] / 1e6:.2f} | {row['flops'] / 1e9:.3f}" if "bytes" in row else " | "
         floor = f"{row['floor_s'] * 1e3:.3f}" if "floor_s" in row else ""
         ratio = f"{row['ratio']:.1f}x" if "ratio" in row else ""
-        lines.append(f"| {row['op']} | {row['direction']} | {size} | {row.get('bound', '')} | {floor} | "
-                     f"{row['measured_s'] * 1e3:.3f} | {ratio} |")  # fmt: skip
+        measured = f"{row['measured_s'] * 1e3:.3f}" if "measured_s" in row else ""
+        lines.append(f"| {row['op']} | {row['direction']} | {size} | {row.get('bound', '')} | {floor} | {measured} | "
+                     f"{ratio} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -172,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg, device, kernels = check_args(args)
+        predicted = given_rates(args.predict) if args.predict is not None else None
     except ValueError as error:  # ConfigError is a ValueError
         raise UsageError(str(error)) from None
     import torch
@@ -180,17 +198,19 @@ def main(argv: list[str] | None = None) -> int:
     from convmixer.runtime import cuda_math_flags, hardware_name, toolkit_commit
 
     dtype = run_dtype(cfg.precision, device)
-    header = [f"{hardware_name(device)}; torch {torch.__version__}; toolkit {toolkit_commit()}"]
-    results = []
+    header = [] if predicted else [f"{hardware_name(device)}; torch {torch.__version__}; toolkit {toolkit_commit()}"]
     with cuda_math_flags(benchmark=device.type == "cuda", tf32=cfg.tf32):  # as a run trains
         size = args.matmul_size or (8192 if device.type == "cuda" else 512)
-        rates = measure_rates(device, dtype, cfg.tf32, args.copy_mb, size)
+        rates = predicted or measure_rates(device, dtype, cfg.tf32, args.copy_mb, size)
+        where = "given (--predict): nothing measured" if predicted else "measured in this run"
         header.append(f"copy {rates.copy / 1e9:.1f} GB/s (read + write), vector {flop_rate(rates.vector)} (float32 "
                       f"product, TF32 off), matrix {flop_rate(rates.matrix)} ({PRECISION_NAMES[dtype]} product), "
-                      "measured in this run")  # fmt: skip
+                      f"{where}")  # fmt: skip
         print("\n".join(header), flush=True)
+        results = []
         for k in kernels:
-            results.append(one_kernel(dataclasses.replace(cfg, kernel_size=k), args, device, rates, dtype))
+            run = dataclasses.replace(cfg, kernel_size=k)
+            results.append(one_kernel(run, args, device, rates, PRECISION_NAMES[dtype], measure=not predicted))
             report = "\n".join(["", *header, *(part for result in results for part in result["report"]), ""])
             if args.out is not None:  # after every kernel size: a run cut off at its time limit keeps these
                 result = {"header": header, "rates": dataclasses.asdict(rates), "config": cfg.to_dict(),
@@ -200,17 +220,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def one_kernel(cfg, args: argparse.Namespace, device, rates: Rates, dtype) -> dict:
-    """One kernel size: the floor predicted, the step measured and profiled, the table printed."""
-    from ablations.engine.train import PRECISION_NAMES
-
-    predicted = step_shape(cfg, args.image_size, args.classes, PRECISION_NAMES[dtype], True)
+def one_kernel(cfg, args: argparse.Namespace, device, rates: Rates, dtype_name: str, measure: bool) -> dict:
+    """One kernel size: the floor predicted, then (`measure`) the step measured and profiled; the table printed."""
+    shape = step_shape(cfg, args.image_size, args.classes, dtype_name, True)
     title = (f"ConvMixer-{cfg.dim}/{cfg.depth} k{cfg.kernel_size} p{cfg.patch_size}, {args.image_size} px, batch "
-             f"{cfg.batch_size}, {predicted.dtype}, norm={cfg.norm}")  # fmt: skip
-    floor = sum(floor_seconds(cost, rates) for cost in step_costs(predicted))
-    print(f"\n{title}: predicted floor {floor * 1e3:.3f} ms per step; measuring", flush=True)
+             f"{cfg.batch_size}, {dtype_name}, norm={cfg.norm}")  # fmt: skip
+    floor = sum(floor_seconds(cost, rates) for cost in step_costs(shape))
+    print(f"\n{title}: predicted floor {floor * 1e3:.3f} ms per step{'; measuring' if measure else ''}", flush=True)
+    if not measure:
+        rows = floor_rows(shape, rates)
+        report = [f"### {title}: predicted", "", rows_table(rows)]
+        print("\n".join(report[2:]), flush=True)
+        return {"kernel_size": cfg.kernel_size, "shape": dataclasses.asdict(shape), "rows": rows,
+                "report": ["", *report]}  # fmt: skip
     measured = profile_step(cfg, args.image_size, args.classes, device, args.steps)
-    shape = dataclasses.replace(predicted, channels_last=measured["channels_last"])
+    shape = dataclasses.replace(shape, channels_last=measured["channels_last"])
     rows = floor_rows(shape, rates, measured["measured"], measured["step_s"])
     layout = "channels_last" if shape.channels_last else "NCHW"
     title += f", {layout}, depthwise {measured['impl']}; {args.steps} steps timed, {args.steps} profiled"
