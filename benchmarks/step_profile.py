@@ -9,8 +9,9 @@ How an event finds its op:
 - backward: autograd runs each node under "autograd::engine::evaluate_function: <node>", with the sequence number
   of the forward op that made the node, so the node takes that op's label; an add directly under it, outside the
   node itself, sums two gradients of one tensor (the residual's branch point) and is the residual's;
-- the optimizer: torch's "Optimizer.step"/"zero_grad" ranges, and whatever runs after the backward (gradient
-  clipping, the GradScaler);
+- the optimizer: torch's "Optimizer.step"/"zero_grad" ranges, and what runs after the backward under no_grad
+  (gradient clipping, the GradScaler); what runs there with grad mode on (the step's loss and accuracy sums, which
+  autograd numbers) is the loss's;
 - what matches none of these (parameter-gradient bookkeeping) is "other".
 Each event counts its own time (on CUDA its kernels' device time, on a CPU its own CPU time), never its
 children's, so nothing is counted twice. Eager steps only: a compiled model runs no module hooks.
@@ -139,8 +140,10 @@ class StepMap:
     @staticmethod
     def phase(top, model_end: float, backward_start: float, models: list) -> tuple[str, str]:
         """The op and direction of a step's top-level event outside the model's labelled ranges."""
-        if top.name.startswith(OPTIMIZER_RANGE) or top.time_range.start >= backward_start:
+        if top.name.startswith(OPTIMIZER_RANGE):
             return "optimizer", "update"
+        if top.time_range.start >= backward_start:  # clipping runs under no_grad (no sequence number), the
+            return ("optimizer", "update") if top.sequence_nr < 0 else ("loss", "forward")  # loss's sums do not
         if models and top is not models[0] and top.time_range.start < models[0].time_range.start:
             return "patch_embed", "forward"  # the images' layout copy, which feeds the patch embedding
         if top.time_range.start >= model_end:

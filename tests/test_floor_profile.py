@@ -49,6 +49,7 @@ def test_each_aten_op_of_a_cpu_step_lands_on_the_op_of_the_module_that_ran_it():
     assert labels_of(mapped, "aten::_log_softmax") == {("loss", "forward"): 1}
     assert labels_of(mapped, "aten::_log_softmax_backward_data") == {("loss", "backward"): 1}
     assert labels_of(mapped, "aten::mean") == {("pool", "forward"): 1}
+    assert labels_of(mapped, "aten::argmax") == {("loss", "forward"): 1}  # the accuracy, after the backward
     # the residual: its add forward, and backward the sum of the two gradients that meet at the layer's input
     assert labels_of(mapped, "aten::add")[("residual", "forward")] == 2
     assert labels_of(mapped, "aten::add_")[("residual", "backward")] == 2
