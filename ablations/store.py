@@ -43,7 +43,7 @@ from typing import IO, Any
 from ablations import atomic
 from ablations.config import LEGACY_RUN_ID_LENGTH, NOT_IDENTITY, RunConfig
 from ablations.design import Design, file_content, read_file
-from convmixer.arguments import PRECISIONS
+from convmixer.arguments import AUTOCAST_PRECISIONS as PRECISIONS
 
 # A run folder: its config, the engine's per-epoch history, resumable state and final metrics, and its log.
 CONFIG, HISTORY, CHECKPOINT, METRICS, LOG = "config.json", "history.json", "checkpoint.pt", "metrics.json", "log.txt"

@@ -23,8 +23,8 @@
 # CONVMIXER_CACHE (default .device-data/cache: decoded splits and Inductor's cache), KERNELS_ARGS (for
 # python -m benchmarks.kernels), STUDY (default studies/cifar10-gpu.toml), STORE (default results/<its stem>),
 # STUDY_MINUTES (default 7; the sweep then exits 1, its runs not all done, which session.txt shows).
-# Files in $OUT: session.txt, step_floor.json and .md, train_speed[_accuracy|_jobs].json and .md, kernels.json and .md, loader.json and .md,
-# <study>.tar.gz, logs.tar.gz.
+# Files in $OUT: session.txt, step_floor.json and .md, train_speed[_accuracy|_jobs].json and .md, kernels.json and
+# .md, loader.json and .md, <study>.tar.gz, logs.tar.gz.
 # Each step has its own time limit and the script goes on after a failure; session.txt lists every step's exit
 # code and seconds. Exit code: 0 when every step passed.
 set -u

@@ -7,7 +7,7 @@ tensor it needs read once, each tensor it makes written once) and its FLOPs, and
 matrix unit for the convs that are matrix products and the head, the vector unit for the rest). `floor_seconds`
 turns them into time with a device's rates: max(bytes / copy rate, FLOPs / that unit's rate).
 
-Conventions (the forward FLOPs are 2x convmixer.count's closed-form MACs, op for op, so the two agree):
+Conventions (the forward FLOPs are 2x convmixer.counting's closed-form MACs, op for op, so the two agree):
 - activations are in the step's dtype (2 bytes in bf16/fp16, 4 in fp32): the ideal, not what autocast does (it
   runs LayerNorm in fp32, for one); parameters, their gradients and AdamW's state are fp32 (4 bytes); the images
   are read as the engine hands them to the model (fp32) and the logits are fp32 (the engine casts them for the
@@ -27,13 +27,12 @@ from dataclasses import dataclass
 
 from convmixer.arguments import check_choice, check_integer, check_patch_fits
 from convmixer.config import ACTIVATION_NAMES, ConvMixerConfig
-from convmixer.count import RESIDUAL_ADDS_PER_LAYER, closed_form
+from convmixer.counting import NORM_MACS_PER_ELEMENT, RESIDUAL_ADDS_PER_LAYER, closed_form
 
 OPS = ("patch_embed", "depthwise", "activation", "norm", "residual", "pointwise", "pool", "head", "loss", "optimizer")
 DIRECTIONS = ("forward", "backward", "update")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 FP32 = 4  # parameters, gradients, optimizer state, the images and the logits
-NORM_FLOPS_PER_ELEMENT = {"batch": 4, "layer": 10}  # 2x count.py's MACs (BatchNorm 2, LayerNorm 5)
 LOSS_FLOPS_PER_LOGIT = {"forward": 5, "backward": 4}
 ADAMW_BYTES_PER_PARAM, ADAMW_FLOPS_PER_PARAM = 7 * FP32, 15
 CLIP_BYTES_PER_PARAM, CLIP_FLOPS_PER_PARAM = 3 * FP32, 3  # the norm reads each gradient, the scaling reads + writes
@@ -67,7 +66,7 @@ class StepShape:
         for name in ("dim", "depth", "kernel_size", "patch_size", "image_size", "batch", "num_classes", "in_chans"):
             check_integer(name, getattr(self, name), 0 if name == "depth" else 1)
         check_choice("dtype", self.dtype, tuple(DTYPE_BYTES))
-        check_choice("norm", self.norm, tuple(NORM_FLOPS_PER_ELEMENT))
+        check_choice("norm", self.norm, tuple(NORM_MACS_PER_ELEMENT))
         check_choice("residual", self.residual, tuple(RESIDUAL_ADDS_PER_LAYER))
         check_choice("activation", self.activation, ACTIVATION_NAMES)
         check_patch_fits(self.patch_size, self.image_size)
@@ -95,7 +94,7 @@ def step_costs(shape: StepShape) -> list[Cost]:
     patch_w, depthwise_w, pointwise_w, head_w = c * shape.in_chans * p * p, c * k * k, c * c, c * shape.num_classes
     logits = n * shape.num_classes
     params = closed_form(shape.model(), shape.image_size).params
-    norm_flops = NORM_FLOPS_PER_ELEMENT[shape.norm] * maps
+    norm_flops = 2 * NORM_MACS_PER_ELEMENT[shape.norm] * maps
     optimizer_bytes = ADAMW_BYTES_PER_PARAM + (CLIP_BYTES_PER_PARAM if shape.clip_norm else 0)
     optimizer_flops = ADAMW_FLOPS_PER_PARAM + (CLIP_FLOPS_PER_PARAM if shape.clip_norm else 0)
     rows = [  # op, instances, forward bytes, FLOPs, backward bytes, FLOPs, unit

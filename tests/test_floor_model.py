@@ -1,5 +1,5 @@
 """The byte and FLOP model of a training step (benchmarks/step_model.py) against hand counts, against
-convmixer.count's closed form where they overlap (the forward FLOPs), and the floor it gives with a device's rates;
+convmixer.counting's closed form where they overlap (the forward FLOPs), and the floor it gives with a device's rates;
 torch-free."""
 
 import subprocess
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.step_model import OPS, Cost, Rates, StepShape, bound, floor_seconds, step_costs
-from convmixer.count import closed_form
+from convmixer.counting import closed_form
 
 # ConvMixer-4/1 k3 p2 on 4x4 images, batch 2, 3 classes, bf16 (2-byte activations, 4-byte parameters):
 # a feature map of the batch is 2 x 4 x 2 x 2 = 32 elements; the images 2 x 3 x 4 x 4 = 96 fp32 pixels;

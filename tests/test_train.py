@@ -524,4 +524,5 @@ def test_a_benchmark_records_the_command_a_reader_types(monkeypatch):
     monkeypatch.chdir(repo)
     argv = ["--procs", "1,2", "--out", str(repo / "results" / "benchmarks" / "x.json"), "--data-root", "/data/x y"]
     command = recorded_command(argv)
-    assert command == "python -m benchmarks.scaling --procs 1,2 --out results/benchmarks/x.json --data-root '/data/x y'"
+    # inside the repository: relative to it; elsewhere: the name only, never a machine's own path
+    assert command == "python -m benchmarks.scaling --procs 1,2 --out results/benchmarks/x.json --data-root 'x y'"

@@ -34,7 +34,7 @@ from ablations.engine.schedule import learning_rate
 from ablations.engine.setup import Setup, Workload, candidates, fastest_setup
 from ablations.store import CHECKPOINT, DIVERGED, DONE, HISTORY, write_metrics
 from convmixer.arguments import patch_grid
-from convmixer.count import closed_form
+from convmixer.counting import closed_form
 from convmixer.depthwise import use_impl
 from convmixer.runtime import (
     AUTOCAST_DTYPES,
