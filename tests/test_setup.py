@@ -163,6 +163,19 @@ def test_a_row_names_the_machine_and_the_versions_it_was_timed_with():
     facts = REAL_DEVICE_FACTS(torch.device("cpu"))
     assert facts == {"device": cpu_name(), "torch": torch.__version__}
     row = setup.table_row(Setup(False, "torch"), workload(9), facts)
-    assert row == {"device": cpu_name(), "torch": torch.__version__, "dtype": "bfloat16", "dim": 256,
+    assert row == {"device": cpu_name(), "torch": torch.__version__, "dtype": "bfloat16", "tf32": None, "dim": 256,
                    "kernel_size": 9, "size": 16, "batch": 512, "channels_last": False, "impl": "torch",
                    "impl_version": "torch"}  # fmt: skip
+
+
+def test_a_float32_timing_is_keyed_by_whether_its_convs_may_use_tf32(table):
+    timer, timed = fake_timer(SECONDS)
+    work = Workload(CUDA, None, dim=256, kernel_size=5, size=16, batch=512)
+    saved = torch.backends.cudnn.allow_tf32
+    try:
+        for tf32 in (True, False, True):
+            torch.backends.cudnn.allow_tf32 = tf32
+            fastest_setup("auto", "torch", work, timer, table)
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+    assert len(timed) == 4 and {row["tf32"] for row in json.loads(table.read_text())["rows"]} == {True, False}
