@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(one_kernel(run, args, device, rates, PRECISION_NAMES[dtype], measure=not predicted))
             report = "\n".join(["", *header, *(part for result in results for part in result["report"]), ""])
             if args.out is not None:  # after every kernel size: a run cut off at its time limit keeps these
-                result = {"header": header, "rates": dataclasses.asdict(rates), "config": cfg.to_dict(),
+                result = {"header": header, "rates": dataclasses.asdict(rates), "config": cfg.recorded().to_dict(),
                           "kernels": [{key: r[key] for key in r if key != "report"} for r in results],
                           "complete": k == kernels[-1]}  # fmt: skip
                 write_result(args.out, argv, result, report, quiet=k != kernels[-1])

@@ -97,6 +97,7 @@ def test_the_command_measures_profiles_and_writes_a_row_per_op_for_each_kernel_s
     assert step_floor.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["complete"] and result["command"].startswith("python -m ")
+    assert result["config"]["data_root"] == "data"  # as results record it, never this machine's path
     assert [k["kernel_size"] for k in result["kernels"]] == [3, 5]
     assert set(result["rates"]) == {"copy", "vector", "matrix"} and all(v > 0 for v in result["rates"].values())
     for kernel in result["kernels"]:
