@@ -117,7 +117,7 @@ class StepMap:
     def __init__(self, events) -> None:
         self.events = [event for event in events if event.device_type == DeviceType.CPU]
         self.labels: dict[int, tuple[str, str]] = {}
-        self.by_sequence: dict[tuple[int, int], str] = {}
+        self.by_sequence: dict[int, str] = {}  # the forward runs on one thread, whose sequence numbers are unique
         steps = sorted((e for e in self.events if e.name == LABEL + STEP), key=lambda e: e.time_range.start)
         for step in steps:
             self.label_step(step)
@@ -154,10 +154,10 @@ class StepMap:
         op, direction = op_of(event) or phase[0], phase[1]
         self.labels[id(event)] = (op, direction)
         if event.sequence_nr >= 0:
-            self.by_sequence[(event.thread, event.sequence_nr)] = op
+            self.by_sequence[event.sequence_nr] = op
 
     def label_backward(self, node) -> None:
-        op = self.by_sequence.get((node.fwd_thread, node.sequence_nr), OTHER) if node.sequence_nr >= 0 else OTHER
+        op = self.by_sequence.get(node.sequence_nr, OTHER)
         self.labels[id(node)] = (op, "backward")
         for child in node.cpu_children:
             # the node itself runs as a child named after it; an add beside it sums two gradients of one tensor
