@@ -41,10 +41,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add("--steps", type=int, default=5, help="timed steps, and as many profiled steps (default 5)")
     add("--copy-mb", type=int, default=256, help="size of the copy that measures the copy rate (default 256)")
-    add("--matmul-size", type=int, default=None, help="side of the matrix products that measure the FLOP rates "
-        "(default 8192 on CUDA, 512 on a CPU)")  # fmt: skip
-    add("--predict", metavar="COPY,VECTOR,MATRIX", default=None, help="measure nothing: the floors with these rates "
-        "(copy in GB/s, read + write; vector and matrix in TFLOP/s), e.g. 4186,67,788")  # fmt: skip
+    add(
+        "--matmul-size",
+        type=int,
+        default=None,
+        help="side of the matrix products that measure the FLOP rates (default 8192 on CUDA, 512 on a CPU)",
+    )
+    add(
+        "--predict",
+        metavar="COPY,VECTOR,MATRIX",
+        default=None,
+        help="measure nothing: the floors with these rates "
+        "(copy in GB/s, read + write; vector and matrix in TFLOP/s), e.g. 4186,67,788",
+    )
     add("--out", type=Path, default=None, help="write the rows to this .json and the tables to a .md beside it")
     return parser.parse_args(argv)
 
@@ -56,8 +65,10 @@ def given_rates(text: str) -> Rates:
     except ValueError:
         copy = vector = matrix = 0.0
     if min(copy, vector, matrix) <= 0:
-        raise ValueError(f"--predict {text!r} is not accepted: expected three positive numbers COPY,VECTOR,MATRIX "
-                         "(GB/s, TFLOP/s, TFLOP/s), like 4186,67,788")  # fmt: skip
+        raise ValueError(
+            f"--predict {text!r} is not accepted: expected three positive numbers COPY,VECTOR,MATRIX "
+            "(GB/s, TFLOP/s, TFLOP/s), like 4186,67,788"
+        )
     return Rates(copy=copy * 1e9, vector=vector * 1e12, matrix=matrix * 1e12)
 
 
@@ -94,10 +105,21 @@ def flop_rate(per_second: float) -> str:
     return f"{per_second / 1e12:.1f} TFLOP/s" if per_second >= 1e12 else f"{per_second / 1e9:.1f} GFLOP/s"
 
 
+MODEL_KEYS = ("dim", "depth", "kernel_size", "patch_size", "norm", "residual", "activation")
+
+
 def step_shape(cfg, image_size: int, classes: int, dtype_name: str, channels_last: bool) -> StepShape:
-    return StepShape(cfg.dim, cfg.depth, cfg.kernel_size, cfg.patch_size, image_size, cfg.batch_size, classes,
-                     dtype=dtype_name, channels_last=channels_last, norm=cfg.norm, residual=cfg.residual,
-                     activation=cfg.activation, clip_norm=cfg.clip_norm > 0)  # fmt: skip
+    """The step model's view of a run of cfg on image_size px images of `classes` classes."""
+    model = {key: getattr(cfg, key) for key in MODEL_KEYS}
+    return StepShape(
+        **model,
+        image_size=image_size,
+        batch=cfg.batch_size,
+        num_classes=classes,
+        dtype=dtype_name,
+        channels_last=channels_last,
+        clip_norm=cfg.clip_norm > 0,
+    )
 
 
 def profile_step(cfg, image_size: int, classes: int, device, steps: int) -> dict:
@@ -121,16 +143,23 @@ def profile_step(cfg, image_size: int, classes: int, device, steps: int) -> dict
     mapped = StepMap(profile_steps(step, trainer.model, device, steps))
     per_step = {key: seconds / steps for key, seconds in mapped.seconds(device).items()}
     kernels = {key: {name: s / steps for name, s in found.items()} for key, found in mapped.kernels().items()}
-    return {"step_s": timed, "measured": per_step, "kernels": kernels, "channels_last": trainer.setup.channels_last,
-            "impl": trainer.setup.impl}  # fmt: skip
+    return {
+        "step_s": timed,
+        "measured": per_step,
+        "kernels": kernels,
+        "channels_last": trainer.setup.channels_last,
+        "impl": trainer.setup.impl,
+    }
 
 
 def floor_rows(shape: StepShape, rates: Rates, measured: dict | None = None, step_s: float = 0.0) -> list[dict]:
     """Per op and direction: its bytes, FLOPs and floor, then the whole step's floor (every op's, one after another);
     with `measured` (seconds per op and direction), each op's measured seconds and measured / floor, what matched
     no op, the profiled total and the step timed without the profiler (`step_s`)."""
-    rows = [{**dataclasses.asdict(cost), "bound": bound(cost, rates), "floor_s": floor_seconds(cost, rates)}
-            for cost in step_costs(shape)]  # fmt: skip
+    rows = [
+        {**dataclasses.asdict(cost), "bound": bound(cost, rates), "floor_s": floor_seconds(cost, rates)}
+        for cost in step_costs(shape)
+    ]
     floor = sum(row["floor_s"] for row in rows)
     if measured is None:
         return [*rows, {"op": "step", "direction": "", "floor_s": floor}]
@@ -146,15 +175,18 @@ def floor_rows(shape: StepShape, rates: Rates, measured: dict | None = None, ste
 
 
 def rows_table(rows: list[dict]) -> str:
-    lines = ["| op | direction | MB | GFLOP | bound | floor ms | measured ms | measured / floor |",
-             "|---|---|---:|---:|---|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| op | direction | MB | GFLOP | bound | floor ms | measured ms | measured / floor |",
+        "|---|---|---:|---:|---|---:|---:|---:|",
+    ]
     for row in rows:
         size = f"{row['bytes'] / 1e6:.2f} | {row['flops'] / 1e9:.3f}" if "bytes" in row else " | "
         floor = f"{row['floor_s'] * 1e3:.3f}" if "floor_s" in row else ""
         ratio = f"{row['ratio']:.1f}x" if "ratio" in row else ""
         measured = f"{row['measured_s'] * 1e3:.3f}" if "measured_s" in row else ""
-        lines.append(f"| {row['op']} | {row['direction']} | {size} | {row.get('bound', '')} | {floor} | {measured} | "
-                     f"{ratio} |")  # fmt: skip
+        lines.append(
+            f"| {row['op']} | {row['direction']} | {size} | {row.get('bound', '')} | {floor} | {measured} | {ratio} |"
+        )
     return "\n".join(lines)
 
 
@@ -175,8 +207,13 @@ def check_args(args: argparse.Namespace):
     cfg = recipe_config(args)
     device = parse_device(args.device)
     kernels = parse_kernels(args.kernels) if args.kernels is not None else (cfg.kernel_size,)
-    for flag, value in (("--image-size", args.image_size), ("--classes", args.classes), ("--steps", args.steps),
-                        ("--copy-mb", args.copy_mb), ("--matmul-size", args.matmul_size or 1)):  # fmt: skip
+    for flag, value in (
+        ("--image-size", args.image_size),
+        ("--classes", args.classes),
+        ("--steps", args.steps),
+        ("--copy-mb", args.copy_mb),
+        ("--matmul-size", args.matmul_size or 1),
+    ):
         if value < 1:
             raise ValueError(f"{flag} {value} is not accepted: expected an integer >= 1")
     for k in kernels:
@@ -203,9 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         size = args.matmul_size or (8192 if device.type == "cuda" else 512)
         rates = predicted or measure_rates(device, dtype, cfg.tf32, args.copy_mb, size)
         where = "given (--predict): nothing measured" if predicted else "measured in this run"
-        header.append(f"copy {rates.copy / 1e9:.1f} GB/s (read + write), vector {flop_rate(rates.vector)} (float32 "
-                      f"product, TF32 off), matrix {flop_rate(rates.matrix)} ({PRECISION_NAMES[dtype]} product), "
-                      f"{where}")  # fmt: skip
+        header.append(
+            f"copy {rates.copy / 1e9:.1f} GB/s (read + write), vector {flop_rate(rates.vector)} (float32 "
+            f"product, TF32 off), matrix {flop_rate(rates.matrix)} ({PRECISION_NAMES[dtype]} product), "
+            f"{where}"
+        )
         print("\n".join(header), flush=True)
         results = []
         for k in kernels:
@@ -213,9 +252,13 @@ def main(argv: list[str] | None = None) -> int:
             results.append(one_kernel(run, args, device, rates, PRECISION_NAMES[dtype], measure=not predicted))
             report = "\n".join(["", *header, *(part for result in results for part in result["report"]), ""])
             if args.out is not None:  # after every kernel size: a run cut off at its time limit keeps these
-                result = {"header": header, "rates": dataclasses.asdict(rates), "config": cfg.recorded().to_dict(),
-                          "kernels": [{key: r[key] for key in r if key != "report"} for r in results],
-                          "complete": k == kernels[-1]}  # fmt: skip
+                result = {
+                    "header": header,
+                    "rates": dataclasses.asdict(rates),
+                    "config": cfg.recorded().to_dict(),
+                    "kernels": [{key: r[key] for key in r if key != "report"} for r in results],
+                    "complete": k == kernels[-1],
+                }
                 write_result(args.out, argv, result, report, quiet=k != kernels[-1])
     return 0
 
@@ -223,16 +266,22 @@ def main(argv: list[str] | None = None) -> int:
 def one_kernel(cfg, args: argparse.Namespace, device, rates: Rates, dtype_name: str, measure: bool) -> dict:
     """One kernel size: the floor predicted, then (`measure`) the step measured and profiled; the table printed."""
     shape = step_shape(cfg, args.image_size, args.classes, dtype_name, True)
-    title = (f"ConvMixer-{cfg.dim}/{cfg.depth} k{cfg.kernel_size} p{cfg.patch_size}, {args.image_size} px, batch "
-             f"{cfg.batch_size}, {dtype_name}, norm={cfg.norm}")  # fmt: skip
+    title = (
+        f"ConvMixer-{cfg.dim}/{cfg.depth} k{cfg.kernel_size} p{cfg.patch_size}, {args.image_size} px, batch "
+        f"{cfg.batch_size}, {dtype_name}, norm={cfg.norm}"
+    )
     floor = sum(floor_seconds(cost, rates) for cost in step_costs(shape))
     print(f"\n{title}: predicted floor {floor * 1e3:.3f} ms per step{'; measuring' if measure else ''}", flush=True)
     if not measure:
         rows = floor_rows(shape, rates)
         report = [f"### {title}: predicted", "", rows_table(rows)]
         print("\n".join(report[2:]), flush=True)
-        return {"kernel_size": cfg.kernel_size, "shape": dataclasses.asdict(shape), "rows": rows,
-                "report": ["", *report]}  # fmt: skip
+        return {
+            "kernel_size": cfg.kernel_size,
+            "shape": dataclasses.asdict(shape),
+            "rows": rows,
+            "report": ["", *report],
+        }
     measured = profile_step(cfg, args.image_size, args.classes, device, args.steps)
     shape = dataclasses.replace(shape, channels_last=measured["channels_last"])
     rows = floor_rows(shape, rates, measured["measured"], measured["step_s"])
@@ -243,8 +292,14 @@ def one_kernel(cfg, args: argparse.Namespace, device, rates: Rates, dtype_name: 
         report += ["", kernels_table(measured["kernels"])]
     print("\n".join(report[2:]), flush=True)
     kernels = [{"op": op, "direction": d, "kernels": found} for (op, d), found in measured["kernels"].items()]
-    return {"kernel_size": cfg.kernel_size, "shape": dataclasses.asdict(shape), "rows": rows, "top_kernels": kernels,
-            "depthwise_impl": measured["impl"], "report": ["", *report]}  # fmt: skip
+    return {
+        "kernel_size": cfg.kernel_size,
+        "shape": dataclasses.asdict(shape),
+        "rows": rows,
+        "top_kernels": kernels,
+        "depthwise_impl": measured["impl"],
+        "report": ["", *report],
+    }
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -33,7 +33,6 @@ OPS = ("patch_embed", "depthwise", "activation", "norm", "residual", "pointwise"
 DIRECTIONS = ("forward", "backward", "update")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 FP32 = 4  # parameters, gradients, optimizer state, the images and the logits
-LOSS_FLOPS_PER_LOGIT = {"forward": 5, "backward": 4}
 ADAMW_BYTES_PER_PARAM, ADAMW_FLOPS_PER_PARAM = 7 * FP32, 15
 CLIP_BYTES_PER_PARAM, CLIP_FLOPS_PER_PARAM = 3 * FP32, 3  # the norm reads each gradient, the scaling reads + writes
 
@@ -58,8 +57,17 @@ class StepShape:
     clip_norm: bool = False  # gradient clipping by the global norm before the optimizer step
 
     def model(self) -> ConvMixerConfig:
-        return ConvMixerConfig(self.dim, self.depth, self.kernel_size, self.patch_size, self.num_classes,
-                               self.in_chans, self.residual, self.norm, self.activation)  # fmt: skip
+        return ConvMixerConfig(
+            self.dim,
+            self.depth,
+            self.kernel_size,
+            self.patch_size,
+            self.num_classes,
+            self.in_chans,
+            self.residual,
+            self.norm,
+            self.activation,
+        )
 
     def check(self) -> None:
         """ValueError naming a value the model cannot price."""
@@ -87,39 +95,36 @@ class Cost:
 def step_costs(shape: StepShape) -> list[Cost]:
     """Every op of one training step of `shape` in each direction it runs, in the order of OPS."""
     shape.check()
-    e, n, c, k, p = DTYPE_BYTES[shape.dtype], shape.batch, shape.dim, shape.kernel_size, shape.patch_size
+    n, c, k, p, classes = shape.batch, shape.dim, shape.kernel_size, shape.patch_size, shape.num_classes
     maps = n * c * (shape.image_size // p) ** 2  # elements of one feature map of the batch
-    images = n * shape.in_chans * (shape.image_size // p * p) ** 2  # the pixels the patches cover
-    norms, adds = 1 + 2 * shape.depth, shape.depth * RESIDUAL_ADDS_PER_LAYER[shape.residual]
-    patch_w, depthwise_w, pointwise_w, head_w = c * shape.in_chans * p * p, c * k * k, c * c, c * shape.num_classes
-    logits = n * shape.num_classes
-    params = closed_form(shape.model(), shape.image_size).params
+    m = maps * DTYPE_BYTES[shape.dtype]  # its bytes
+    x = n * shape.in_chans * (shape.image_size // p * p) ** 2 * FP32  # the image pixels the patches cover
+    pooled, logits = n * c * DTYPE_BYTES[shape.dtype], n * classes * FP32
+    wp, wd, wq, wh = (FP32 * size for size in (c * shape.in_chans * p * p, c * k * k, c * c, c * classes))
+    patch_flops, head_flops = 2 * maps * shape.in_chans * p * p, 2 * n * c * classes
     norm_flops = 2 * NORM_MACS_PER_ELEMENT[shape.norm] * maps
-    optimizer_bytes = ADAMW_BYTES_PER_PARAM + (CLIP_BYTES_PER_PARAM if shape.clip_norm else 0)
-    optimizer_flops = ADAMW_FLOPS_PER_PARAM + (CLIP_FLOPS_PER_PARAM if shape.clip_norm else 0)
-    rows = [  # op, instances, forward bytes, FLOPs, backward bytes, FLOPs, unit
-        ("patch_embed", 1, images * FP32 + patch_w * FP32 + maps * e, 2 * maps * shape.in_chans * p * p,
-         maps * e + images * FP32 + patch_w * FP32, 2 * maps * shape.in_chans * p * p, "matrix"),
-        ("depthwise", shape.depth, 2 * maps * e + depthwise_w * FP32, 2 * maps * k * k,
-         3 * maps * e + 2 * depthwise_w * FP32, 4 * maps * k * k, "vector"),
-        ("activation", norms, 2 * maps * e, 2 * maps, 3 * maps * e, 4 * maps, "vector"),
-        ("norm", norms, 2 * maps * e + 2 * c * FP32, norm_flops, 3 * maps * e + 4 * c * FP32, 2 * norm_flops,
-         "vector"),
-        ("residual", adds, 3 * maps * e, 2 * maps, 3 * maps * e, 2 * maps, "vector"),
-        ("pointwise", shape.depth, 2 * maps * e + pointwise_w * FP32, 2 * maps * c,
-         3 * maps * e + 2 * pointwise_w * FP32, 4 * maps * c, "matrix"),
-        ("pool", 1, maps * e + n * c * e, 2 * maps, n * c * e + maps * e, maps, "vector"),
-        ("head", 1, n * c * e + head_w * FP32 + logits * FP32, 2 * n * c * shape.num_classes,
-         logits * FP32 + 2 * n * c * e + 2 * head_w * FP32, 4 * n * c * shape.num_classes, "matrix"),
-        ("loss", 1, logits * FP32 + n * 8, LOSS_FLOPS_PER_LOGIT["forward"] * logits,
-         2 * logits * FP32 + n * 8, LOSS_FLOPS_PER_LOGIT["backward"] * logits, "vector"),
-    ]  # fmt: skip
+    layers, norms, adds = shape.depth, 1 + 2 * shape.depth, shape.depth * RESIDUAL_ADDS_PER_LAYER[shape.residual]
+    rows = [  # op, instances, (forward bytes, FLOPs), (backward bytes, FLOPs), unit
+        ("patch_embed", 1, (x + wp + m, patch_flops), (m + x + wp, patch_flops), "matrix"),
+        ("depthwise", layers, (2 * m + wd, 2 * maps * k * k), (3 * m + 2 * wd, 4 * maps * k * k), "vector"),
+        ("activation", norms, (2 * m, 2 * maps), (3 * m, 4 * maps), "vector"),
+        ("norm", norms, (2 * m + 2 * c * FP32, norm_flops), (3 * m + 4 * c * FP32, 2 * norm_flops), "vector"),
+        ("residual", adds, (3 * m, 2 * maps), (3 * m, 2 * maps), "vector"),
+        ("pointwise", layers, (2 * m + wq, 2 * maps * c), (3 * m + 2 * wq, 4 * maps * c), "matrix"),
+        ("pool", 1, (m + pooled, 2 * maps), (pooled + m, maps), "vector"),
+        ("head", 1, (pooled + wh + logits, head_flops), (logits + 2 * pooled + 2 * wh, 2 * head_flops), "matrix"),
+        ("loss", 1, (logits + n * 8, 5 * n * classes), (2 * logits + n * 8, 4 * n * classes), "vector"),
+    ]
     costs = []
-    for op, instances, fwd_bytes, fwd_flops, bwd_bytes, bwd_flops, unit in rows:
+    for op, instances, (fwd_bytes, fwd_flops), (bwd_bytes, bwd_flops), unit in rows:
         if instances:
             costs.append(Cost(op, "forward", instances, instances * fwd_bytes, instances * fwd_flops, unit))
             costs.append(Cost(op, "backward", instances, instances * bwd_bytes, instances * bwd_flops, unit))
-    costs.append(Cost("optimizer", "update", 1, params * optimizer_bytes, params * optimizer_flops, "vector"))
+    params = closed_form(shape.model(), shape.image_size).params
+    per_param = (ADAMW_BYTES_PER_PARAM, ADAMW_FLOPS_PER_PARAM)
+    if shape.clip_norm:
+        per_param = (per_param[0] + CLIP_BYTES_PER_PARAM, per_param[1] + CLIP_FLOPS_PER_PARAM)
+    costs.append(Cost("optimizer", "update", 1, params * per_param[0], params * per_param[1], "vector"))
     return costs
 
 

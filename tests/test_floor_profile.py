@@ -92,8 +92,24 @@ def test_the_rows_give_each_op_its_floor_the_measured_time_and_their_ratio():
 
 def test_the_command_measures_profiles_and_writes_a_row_per_op_for_each_kernel_size(tmp_path, capsys):
     out = tmp_path / "floor.json"
-    argv = ["--device", "cpu", "--set", "dim=8,depth=1,batch_size=4", "--image-size", "8", "--kernels", "3,5",
-            "--steps", "1", "--copy-mb", "1", "--matmul-size", "64", "--out", str(out)]  # fmt: skip
+    argv = [
+        "--device",
+        "cpu",
+        "--set",
+        "dim=8,depth=1,batch_size=4",
+        "--image-size",
+        "8",
+        "--kernels",
+        "3,5",
+        "--steps",
+        "1",
+        "--copy-mb",
+        "1",
+        "--matmul-size",
+        "64",
+        "--out",
+        str(out),
+    ]
     assert step_floor.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["complete"] and result["command"].startswith("python -m ")

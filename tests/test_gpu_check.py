@@ -62,8 +62,14 @@ def test_the_gpu_session_script_runs_its_cpu_path_and_leaves_at_most_8_files(cif
     assert done.returncode == 0, summary
     for name in ("cuda-tests", "step-floor", "train-speed"):
         assert re.search(rf"^{name} +exit 0 ", summary, re.M), summary
-    assert {path.name for path in out.iterdir()} == {"session.txt", "step_floor.json", "step_floor.md",
-                                                     "train_speed.json", "train_speed.md", "logs.tar.gz"}  # fmt: skip
+    assert {path.name for path in out.iterdir()} == {
+        "session.txt",
+        "step_floor.json",
+        "step_floor.md",
+        "train_speed.json",
+        "train_speed.md",
+        "logs.tar.gz",
+    }
     assert "Targets of the engine" in (out / "train_speed.md").read_text()
 
 

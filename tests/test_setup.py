@@ -107,9 +107,16 @@ def test_a_row_the_table_lacks_is_timed_alone_and_added(table):
 
 @pytest.mark.parametrize(
     "damage",
-    ["", "{not json", "[1, 2]", '{"format": 1}', '{"format": 1, "rows": 7}', '{"format": 99, "rows": []}',
-     '{"format": 1, "rows": [{"seconds": "fast"}, {"seconds": -1}, 3]}'],
-)  # fmt: skip
+    [
+        "",
+        "{not json",
+        "[1, 2]",
+        '{"format": 1}',
+        '{"format": 1, "rows": 7}',
+        '{"format": 99, "rows": []}',
+        '{"format": 1, "rows": [{"seconds": "fast"}, {"seconds": -1}, 3]}',
+    ],
+)
 def test_a_damaged_table_is_measured_again_and_rewritten_without_a_crash(table, damage):
     table.write_text(damage)
     timer, timed = fake_timer(SECONDS)
@@ -163,9 +170,19 @@ def test_a_row_names_the_machine_and_the_versions_it_was_timed_with():
     facts = REAL_DEVICE_FACTS(torch.device("cpu"))
     assert facts == {"device": cpu_name(), "torch": torch.__version__}
     row = setup.table_row(Setup(False, "torch"), workload(9), facts)
-    assert row == {"device": cpu_name(), "torch": torch.__version__, "dtype": "bfloat16", "tf32": None, "dim": 256,
-                   "kernel_size": 9, "size": 16, "batch": 512, "channels_last": False, "impl": "torch",
-                   "impl_version": "torch"}  # fmt: skip
+    assert row == {
+        "device": cpu_name(),
+        "torch": torch.__version__,
+        "dtype": "bfloat16",
+        "tf32": None,
+        "dim": 256,
+        "kernel_size": 9,
+        "size": 16,
+        "batch": 512,
+        "channels_last": False,
+        "impl": "torch",
+        "impl_version": "torch",
+    }
 
 
 def test_a_float32_timing_is_keyed_by_whether_its_convs_may_use_tf32(table):

@@ -117,8 +117,15 @@ def table_row(setup: Setup, work: Workload, facts: dict[str, str]) -> dict:
     # a float32 run's convs run on TF32 or not as the run asked (cuda_math_flags, set around the timing)
     tf32 = torch.backends.cudnn.allow_tf32 if work.dtype is None else None
     shape = {key: value for key, value in asdict(work).items() if key not in ("device", "dtype")}
-    return {**facts, "dtype": dtype, "tf32": tf32, **shape, "channels_last": setup.channels_last, "impl": setup.impl,
-            "impl_version": impl_version(setup.impl)}  # fmt: skip
+    return {
+        **facts,
+        "dtype": dtype,
+        "tf32": tf32,
+        **shape,
+        "channels_last": setup.channels_last,
+        "impl": setup.impl,
+        "impl_version": impl_version(setup.impl),
+    }
 
 
 def row_key(row: dict) -> str:
