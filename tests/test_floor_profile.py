@@ -155,3 +155,15 @@ def test_bad_options_are_one_line_errors(argv, message, capsys):
     assert step_floor.cli(["--device", "cpu", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{step_floor.PROG}: error: ") and message in err and err.count("\n") == 1
+
+
+def test_the_kernel_table_lists_each_ops_longest_kernels_in_the_models_order():
+    kernels = {
+        ("pointwise", "forward"): {"gemm": 0.002, "cast": 0.001},
+        ("depthwise", "backward"): {f"dgrad{i}": 0.001 * i for i in range(1, 6)},
+        (OTHER, "backward"): {"memset": 0.0001},
+    }
+    lines = step_floor.kernels_table(kernels).splitlines()[2:]
+    names = [line.split(" | ")[2].strip("`") for line in lines]
+    assert names == ["dgrad5", "dgrad4", "dgrad3", "gemm", "cast", "memset"]
+    assert lines[0] == "| depthwise | backward | `dgrad5` | 5.000 |"
