@@ -27,7 +27,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("ablations.atomic", ()),
     ("ablations.design", ("ablations.config",)),
     ("ablations.config", ("convmixer",)),
-    ("ablations.store", ("ablations.design", "ablations.config", "ablations.atomic", "convmixer")),
+    ("ablations.store", ("ablations.store", "ablations.design", "ablations.config", "ablations.atomic", "convmixer")),
     ("ablations.data", ("ablations.data", "ablations.config", "ablations.atomic", "convmixer")),
     (
         "ablations.engine",
