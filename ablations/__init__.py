@@ -25,7 +25,8 @@ Module map, top to bottom (each layer imports only the layers below it):
         distributed.py    a run on several processes: its Ranks (rank, size, rendezvous), the process group, synced
                           BatchNorm, DDP
         schedule.py       learning-rate schedules
-        setup.py          the memory layout and depthwise conv a run uses ("auto": the fastest, timed)
+        setup.py          the memory layout and depthwise conv a run uses ("auto": the fastest, timed once per
+                          device and shape into a table on disk)
     data/               the images a run trains on
         loaders.py        splits placed on the device, batched; or streamed by persistent prefetching workers, timed;
                           each loader built once for its rank, with what its workers did (`Data.worker_steps`)

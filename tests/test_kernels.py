@@ -1,6 +1,6 @@
 """The depthwise conv on Triton equals nn.Conv2d (on CPU through Triton's interpreter, on a GPU compiled), the
-engine's choice of layout and implementation picks the fastest timing once per shape and never changes the CPU
-path, the new config values leave every existing run id alone, and the per-kernel-size benchmark runs on a CPU."""
+engine's choice of layout and implementation times every candidate on a GPU (tests/test_setup.py holds the rest of
+it), the new config values leave every existing run id alone, and the per-kernel-size benchmark runs on a CPU."""
 
 import json
 import os
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ablations.config import ConfigError, RunConfig, parse_value
-from ablations.engine.setup import Setup, Workload, candidates, fastest_setup, time_setup
+from ablations.engine.setup import Workload, candidates, fastest_setup, time_setup
 from ablations.engine.train import train_run
 from benchmarks import kernels
 from convmixer.depthwise import DepthwiseConv2d, use_impl
@@ -121,66 +121,6 @@ def test_the_depthwise_conv_keeps_nn_conv2d_state_dict_keys_so_checkpoints_load_
 def test_an_unknown_depthwise_impl_is_refused():
     with pytest.raises(ValueError, match="cudnn.*choose one of torch, triton"):
         use_impl(ConvMixer(8, 1, 3, 2, 10), "cudnn")
-
-
-@pytest.mark.parametrize("channels_last", [True, False, "auto"])
-@pytest.mark.parametrize("impl", ["torch", "triton", "auto"])
-def test_on_a_cpu_every_setting_runs_as_before_torch_and_channels_last_unless_told_false(channels_last, impl):
-    options = candidates(channels_last, impl, torch.device("cpu"))
-    assert options == (Setup(channels_last is not False, "torch"),)
-
-
-def fake_timer(seconds: dict[Setup, float]):
-    """A timer that returns the given seconds per setup and records what it was asked to time."""
-    timed = []
-
-    def timer(setup: Setup, work: Workload) -> float:
-        timed.append((setup, work.kernel_size))
-        return seconds[setup]
-
-    return timer, timed
-
-
-def workload(kernel_size: int) -> Workload:
-    return Workload(CUDA, torch.bfloat16, dim=256, kernel_size=kernel_size, size=16, batch=512)
-
-
-def test_auto_on_cuda_keeps_the_fastest_layout_and_impl_and_times_each_shape_once():
-    seconds = {
-        Setup(True, "torch"): 3.0,
-        Setup(True, "triton"): 2.0,
-        Setup(False, "torch"): 1.0,
-        Setup(False, "triton"): 4.0,
-    }
-    timer, timed = fake_timer(seconds)
-    assert fastest_setup("auto", "auto", workload(15), timer) == Setup(False, "torch")
-    assert fastest_setup("auto", "auto", workload(15), timer) == Setup(False, "torch")
-    assert len(timed) == 4  # the second run of the same shape uses the cached choice
-    fastest_setup("auto", "auto", workload(9), timer)
-    assert len(timed) == 8 and {k for _, k in timed[4:]} == {9}
-
-
-def test_auto_times_only_what_is_left_open_and_a_fixed_setting_times_nothing():
-    seconds = {Setup(True, "torch"): 2.0, Setup(True, "triton"): 1.0, Setup(False, "torch"): 0.5}
-    timer, timed = fake_timer(seconds)
-    assert fastest_setup(True, "auto", workload(7), timer) == Setup(True, "triton")
-    assert {setup for setup, _ in timed} == {Setup(True, "torch"), Setup(True, "triton")}
-    assert fastest_setup(False, "torch", workload(7), timer) == Setup(False, "torch")
-    assert len(timed) == 2
-
-
-def test_timing_a_setup_never_shifts_the_random_numbers_of_the_run_that_asked():
-    work = Workload(torch.device("cpu"), None, dim=4, kernel_size=3, size=4, batch=2)
-    torch.manual_seed(0)
-    expected = torch.rand(3)
-    torch.manual_seed(0)
-    assert time_setup(Setup(True, "torch"), work) > 0
-    assert torch.equal(torch.rand(3), expected)
-
-
-def test_a_tie_keeps_the_setup_runs_had_before_auto():
-    timer, _ = fake_timer(dict.fromkeys([Setup(True, "torch"), Setup(False, "torch")], 1.0))
-    assert fastest_setup("auto", "torch", workload(3), timer) == Setup(True, "torch")
 
 
 def test_the_new_values_change_no_existing_run_id():
