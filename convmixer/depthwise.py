@@ -1,18 +1,27 @@
-"""The depthwise conv of a mixer layer, on cuDNN or on the toolkit's Triton kernel.
+"""The depthwise conv of a mixer layer, on cuDNN or on the toolkit's Triton kernels.
 
 `DepthwiseConv2d` is `nn.Conv2d(dim, dim, k, groups=dim, padding="same")` (the same parameters, so the same
-state_dict keys) that can run on a Triton kernel instead of cuDNN: its `impl` is "torch" (nn.Conv2d's forward)
-or "triton". The Triton route covers the three directions with two kernels: the forward, which also gives the
-input gradient (the forward of the gradient with the kernel flipped and the "same" padding mirrored), and the
-weight gradient, a per-tap reduction over the batch and the pixels. Each reads and writes through strides, so
-NCHW and channels_last both run without a copy, and each accumulates in fp32 whatever the tensors' dtype. On CPU
-it runs only under Triton's interpreter (TRITON_INTERPRET=1), which is how the tests check it without a GPU.
+state_dict keys) that can run on Triton kernels instead of cuDNN: its `impl` is "torch" (nn.Conv2d's forward)
+or "triton". The Triton route (convmixer/depthwise_kernels.py, whose docstring gives the design and the bytes each
+direction moves) covers the three directions with two kernels, each loading an input tile with its halo once and
+computing every tap from it: the conv, which also gives the input gradient (the conv of the gradient with the
+kernel flipped and the "same" padding mirrored), and the weight gradient, a reduction over images x pixels with all
+taps per program (and the bias gradient with it). Both read and write through strides, so NCHW and channels_last
+run without a copy, and both accumulate in fp32 whatever the tensors' dtype (fp32, bf16, fp16). Any kernel size
+(odd or even, with PyTorch's "same" placement), channel count and image size.
+
+Tile shapes are autotuned on the GPU per shape (channels, height, width, kernel size, layout, dtype) at the first
+call, and the choice is cached on disk by Triton beside its compiled kernels: in $TRITON_CACHE_DIR, default
+~/.triton/cache, so a later process on the same GPU, Triton and kernel source loads it instead of timing again.
+On a CPU the kernels run only under Triton's interpreter (TRITON_INTERPRET=1), with the one tile shape of
+`INTERPRETED_TILES`, which is how the tests check them without a GPU.
 
 The model only offers the implementations (`IMPLS`, `use_impl`); which one a run uses, and its memory layout, is
 the engine's choice (ablations/engine/setup.py).
 """
 
 import functools
+import importlib.util
 import os
 
 import torch
@@ -21,9 +30,14 @@ from torch import nn
 from convmixer.arguments import require
 from convmixer.config import IMPLS
 
-# Tile sizes of the Triton kernels: output pixels x channels per program, images per weight-gradient program.
-# Untuned: a first guess that keeps a program's fp32 accumulator at 2,048 values (16 per thread with 4 warps).
-BLOCK_HW, BLOCK_C, IMAGES_PER_PROGRAM = 64, 32, 16
+# The tile shapes the GPU autotuner tries for both kernels, (TILE_H, TILE_W, BLOCK_C, num_warps): few, since each
+# is compiled and timed once per shape; `fitting` drops those a shape cannot use.
+TILES = ((8, 8, 32, 4), (4, 8, 64, 4), (8, 16, 16, 4), (16, 16, 8, 4), (16, 16, 32, 8))
+REGION_VALUES_PER_THREAD = 64  # at most this many region values per thread (registers; shared memory for gather)
+# The weight gradient's partial buffer, (slots, K*K + 1, C) fp32, holds at most max(1 MiB, a quarter of x's bytes).
+PARTIAL_SHARE, PARTIAL_FLOOR = 4, 2**20
+# Under the interpreter: small tiles, so that the tests' small images span several tiles and channel blocks.
+INTERPRETED_TILES = {"TILE_H": 4, "TILE_W": 4, "BLOCK_C": 4}
 
 
 def same_padding(kernel_size: int) -> int:
@@ -31,40 +45,108 @@ def same_padding(kernel_size: int) -> int:
     return (kernel_size - 1) // 2
 
 
-# --- the Triton route (convmixer/depthwise_kernels.py, imported on first use: triton is optional) ---
+# --- the Triton route (triton is optional: imported on first use) ---
+
+
+def interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def halo(args: dict) -> dict:
+    """The region a tile reads, clipped to the image, and its size rounded up to a power of two (a block shape)."""
+    # int(): under the interpreter the kernel's integer arguments arrive as numpy arrays
+    rows = min(args["TILE_H"] + args["K"] - 1, int(args["H"]))
+    cols = min(args["TILE_W"] + args["K"] - 1, int(args["W"]))
+    return {"HALO_H": rows, "HALO_W": cols, "HALO": 1 << (rows * cols - 1).bit_length()}
+
+
+def tiles(args: dict) -> int:
+    """How many TILE_H x TILE_W tiles cover an image."""
+    return -(-args["H"] // args["TILE_H"]) * -(-args["W"] // args["TILE_W"])
+
+
+def fitting(configs: list, args: dict, **meta) -> list:
+    """The configs worth timing for this shape: tiles no larger than the image needs and a region that fits the
+    registers; the one with the smallest region if none does (correct, only slower)."""
+
+    def region_values(config) -> int:
+        return halo({**args, **meta, **config.kwargs})["HALO"] * config.kwargs["BLOCK_C"]
+
+    def fits(config) -> bool:
+        tile_h, tile_w = config.kwargs["TILE_H"], config.kwargs["TILE_W"]
+        return (
+            tile_h <= 1 << (args["H"] - 1).bit_length()
+            and tile_w <= 1 << (args["W"] - 1).bit_length()
+            and region_values(config) <= REGION_VALUES_PER_THREAD * 32 * config.num_warps
+        )
+
+    return [config for config in configs if fits(config)] or [min(configs, key=region_values)]
+
+
+def tuned(kernel, interpret: bool):
+    """`kernel` with its HALO sizes derived from the tile and the shape, and its tiles autotuned per shape on the
+    GPU (the choice cached on disk by Triton) or fixed to INTERPRETED_TILES under the interpreter."""
+    import triton
+
+    if interpret:
+        configs = [triton.Config(INTERPRETED_TILES)]
+    else:
+        configs = [triton.Config({"TILE_H": h, "TILE_W": w, "BLOCK_C": c}, num_warps=warps) for h, w, c, warps in TILES]
+    key = ["C", "H", "W", "K", "HAS_BIAS", "sxc", "sxh", "sxw"]
+    reset = ["partial"] if "partial" in kernel.arg_names else None
+    autotune = triton.autotune(configs, key, prune_configs_by={"early_config_prune": fitting},
+                               reset_to_zero=reset, cache_results=True)  # fmt: skip
+    sizes = {
+        name: functools.partial(lambda name, args: halo(args)[name], name) for name in ("HALO_H", "HALO_W", "HALO")
+    }
+    return autotune(triton.heuristics(sizes)(kernel))
 
 
 @functools.cache
 def triton_kernels(interpret: bool) -> tuple:
-    """The two kernels, jitted (compiled for the GPU, or run by Triton's interpreter when `interpret`)."""
+    """The conv and weight-gradient kernels, compiled for the GPU or run by Triton's interpreter: the module is
+    loaded afresh per mode, since `triton.jit` chooses the mode when it decorates (TRITON_INTERPRET)."""
     triton = require("triton", "triton")
-    from convmixer import depthwise_kernels
-
-    del interpret  # part of the cache key only: triton.jit reads TRITON_INTERPRET itself
-    return triton.jit(depthwise_kernels.forward), triton.jit(depthwise_kernels.weight_grad)
+    spec = importlib.util.find_spec("convmixer.depthwise_kernels")
+    module = importlib.util.module_from_spec(spec)
+    with triton.knobs.runtime.scope():
+        triton.knobs.runtime.interpret = interpret
+        spec.loader.exec_module(module)
+        return tuned(module.conv, interpret), tuned(module.weight_grad, interpret)
 
 
 def kernels() -> tuple:
-    return triton_kernels(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
+    return triton_kernels(interpreted())
 
 
 def strides(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.stride())
 
 
+def tap_major(weight: torch.Tensor) -> torch.Tensor:
+    """(C, 1, K, K) weights as the kernels read them: (K*K, C) in fp32, each tap's channels contiguous."""
+    return weight.detach().float().reshape(weight.shape[0], -1).t().contiguous()
+
+
+def run_conv(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, k: int, pad: int) -> torch.Tensor:
+    """The conv kernel on x (N, C, H, W, any strides) with tap-major weights; y has x's dtype and layout."""
+    conv, _ = kernels()
+    n, c, h, w = x.shape
+    y = torch.empty_like(x)
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return tiles({**meta, "H": h, "W": w}), n, -(-c // meta["BLOCK_C"])
+
+    bias_arg = bias if bias is not None else taps  # never read when HAS_BIAS is False
+    conv[grid](x, taps, bias_arg, y, c, h, w, *strides(x), *strides(y), pad, K=k, HAS_BIAS=bias is not None)
+    return y
+
+
 @torch.library.custom_op("convmixer::depthwise_conv", mutates_args=())
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad: int) -> torch.Tensor:
     """The depthwise conv of x (N, C, H, W, any strides) with weight (C, 1, K, K), zero padding `pad` on the
     top/left and K - 1 - pad on the bottom/right; the output has x's dtype and memory layout."""
-    forward, _ = kernels()
-    n, c, h, w = x.shape
-    k = weight.shape[-1]
-    y = torch.empty_like(x)
-    grid = (n, -(-h * w // BLOCK_HW), -(-c // BLOCK_C))
-    bias_arg = bias if bias is not None else weight  # never read when HAS_BIAS is False
-    forward[grid](x, weight.contiguous(), bias_arg, y, c, h, w, *strides(x), *strides(y), pad,
-                  K=k, HAS_BIAS=bias is not None, BLOCK_HW=BLOCK_HW, BLOCK_C=BLOCK_C)  # fmt: skip
-    return y
+    return run_conv(x, tap_major(weight), bias, weight.shape[-1], pad)
 
 
 @depthwise_conv.register_fake
@@ -72,22 +154,44 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad: int
     return torch.empty_like(x)
 
 
+@torch.library.custom_op("convmixer::depthwise_input_grad", mutates_args=())
+def depthwise_input_grad(grad: torch.Tensor, weight: torch.Tensor, pad: int) -> torch.Tensor:
+    """d(loss)/d(x) of depthwise_conv: the conv of `grad` with the kernel flipped and the padding mirrored."""
+    k = weight.shape[-1]
+    return run_conv(grad, tap_major(weight.flip(2, 3)), None, k, k - 1 - pad)
+
+
+@depthwise_input_grad.register_fake
+def _(grad: torch.Tensor, weight: torch.Tensor, pad: int) -> torch.Tensor:
+    return torch.empty_like(grad)
+
+
+def partial_slots(x: torch.Tensor, rows: int) -> int:
+    """How many slots the weight gradient reduces into: one per image, at most what PARTIAL_SHARE allows."""
+    budget = max(PARTIAL_FLOOR, x.numel() * x.element_size() // PARTIAL_SHARE)
+    return max(1, min(x.shape[0], budget // (rows * x.shape[1] * 4)))
+
+
 @torch.library.custom_op("convmixer::depthwise_weight_grad", mutates_args=())
-def depthwise_weight_grad(x: torch.Tensor, grad: torch.Tensor, kernel_size: int, pad: int) -> torch.Tensor:
-    """d(loss)/d(weight) of depthwise_conv, in fp32, shaped (C, 1, K, K)."""
+def depthwise_weight_grad(x: torch.Tensor, grad: torch.Tensor, kernel_size: int, pad: int,
+                          with_bias: bool) -> torch.Tensor:  # fmt: skip
+    """d(loss)/d(weight) of depthwise_conv in fp32, (K*K + with_bias, C): a row per tap, then the bias's."""
     _, weight_grad = kernels()
     n, c, h, w = x.shape
-    chunks = -(-n // IMAGES_PER_PROGRAM)
-    partial = torch.empty(chunks, c, kernel_size * kernel_size, device=x.device, dtype=torch.float32)
-    grid = (kernel_size * kernel_size, -(-c // BLOCK_C), chunks)
+    rows = kernel_size * kernel_size + with_bias
+    partial = torch.zeros(partial_slots(x, rows), rows, c, device=x.device, dtype=torch.float32)
+
+    def grid(meta: dict) -> tuple[int, int]:
+        return partial.shape[0], -(-c // meta["BLOCK_C"])
+
     weight_grad[grid](x, grad, partial, n, c, h, w, *strides(x), *strides(grad), pad,
-                      K=kernel_size, IMAGES=IMAGES_PER_PROGRAM, BLOCK_HW=BLOCK_HW, BLOCK_C=BLOCK_C)  # fmt: skip
-    return partial.sum(0).view(c, 1, kernel_size, kernel_size)
+                      K=kernel_size, HAS_BIAS=with_bias)  # fmt: skip
+    return partial.sum(0)
 
 
 @depthwise_weight_grad.register_fake
-def _(x: torch.Tensor, grad: torch.Tensor, kernel_size: int, pad: int) -> torch.Tensor:
-    return x.new_empty(x.shape[1], 1, kernel_size, kernel_size, dtype=torch.float32)
+def _(x: torch.Tensor, grad: torch.Tensor, kernel_size: int, pad: int, with_bias: bool) -> torch.Tensor:
+    return x.new_empty(kernel_size * kernel_size + with_bias, x.shape[1], dtype=torch.float32)
 
 
 def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
@@ -98,12 +202,11 @@ def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
 
 def backward(ctx, grad: torch.Tensor) -> tuple:
     x, weight = ctx.saved_tensors
-    k = weight.shape[-1]
-    # The input gradient is a correlation of grad with the flipped kernel, padded on the opposite sides.
-    grad_x = depthwise_conv(grad, weight.flip(2, 3), None, k - 1 - ctx.pad)
-    grad_w = depthwise_weight_grad(x, grad, k, ctx.pad).to(weight.dtype)
-    grad_b = grad.sum((0, 2, 3), dtype=torch.float32).to(weight.dtype) if ctx.has_bias else None
-    return grad_x, grad_w, grad_b, None
+    c, _, k, _ = weight.shape
+    grads = depthwise_weight_grad(x, grad, k, ctx.pad, ctx.has_bias)
+    grad_w = grads[: k * k].t().reshape(c, 1, k, k).to(weight.dtype)
+    grad_b = grads[k * k].to(weight.dtype) if ctx.has_bias else None
+    return depthwise_input_grad(grad, weight, ctx.pad), grad_w, grad_b, None
 
 
 depthwise_conv.register_autograd(backward, setup_context=setup_context)
