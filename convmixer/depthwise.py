@@ -31,9 +31,11 @@ from convmixer.arguments import require
 from convmixer.config import IMPLS
 
 # The tile shapes the GPU autotuner tries for both kernels, (TILE_H, TILE_W, BLOCK_C, num_warps): few, since each
-# is compiled and timed once per shape; `fitting` drops those a shape cannot use.
-TILES = ((8, 8, 32, 4), (4, 8, 64, 4), (8, 16, 16, 4), (16, 16, 8, 4), (16, 16, 32, 8))
-REGION_VALUES_PER_THREAD = 64  # at most this many region values per thread (registers; shared memory for gather)
+# is compiled and timed once per shape; `fitting` drops those a shape cannot use. Wide channel blocks suit
+# channels_last (a pixel's channels are contiguous), wide tiles NCHW (a row's pixels are).
+TILES = ((4, 8, 32, 4), (8, 8, 16, 4), (8, 16, 8, 4), (16, 16, 8, 8))
+REGION_VALUES_PER_THREAD = 64  # at most this many region or gathered values per thread (registers)
+MAX_TAPS = 4  # taps of a kernel row gathered at once: each gather stores the region in shared memory first
 # The weight gradient's partial buffer, (slots, K*K + 1, C) fp32, holds at most max(1 MiB, a quarter of x's bytes).
 PARTIAL_SHARE, PARTIAL_FLOOR = 4, 2**20
 # Under the interpreter: small tiles, so that the tests' small images span several tiles and channel blocks.
@@ -53,11 +55,13 @@ def interpreted() -> bool:
 
 
 def halo(args: dict) -> dict:
-    """The region a tile reads, clipped to the image, and its size rounded up to a power of two (a block shape)."""
+    """The region a tile reads, clipped to the image, its size rounded up to a power of two (a block shape), and
+    the taps of a kernel row gathered at once (up to MAX_TAPS: registers)."""
     # int(): under the interpreter the kernel's integer arguments arrive as numpy arrays
     rows = min(args["TILE_H"] + args["K"] - 1, int(args["H"]))
     cols = min(args["TILE_W"] + args["K"] - 1, int(args["W"]))
-    return {"HALO_H": rows, "HALO_W": cols, "HALO": 1 << (rows * cols - 1).bit_length()}
+    taps = min(1 << (args["K"] - 1).bit_length(), MAX_TAPS)
+    return {"HALO_H": rows, "HALO_W": cols, "HALO": 1 << (rows * cols - 1).bit_length(), "TAPS": taps}
 
 
 def tiles(args: dict) -> int:
@@ -70,7 +74,9 @@ def fitting(configs: list, args: dict, **meta) -> list:
     registers; the one with the smallest region if none does (correct, only slower)."""
 
     def region_values(config) -> int:
-        return halo({**args, **meta, **config.kwargs})["HALO"] * config.kwargs["BLOCK_C"]
+        sizes = halo({**args, **meta, **config.kwargs})
+        gathered = config.kwargs["TILE_H"] * config.kwargs["TILE_W"] * sizes["TAPS"]
+        return max(sizes["HALO"], gathered) * config.kwargs["BLOCK_C"]
 
     def fits(config) -> bool:
         tile_h, tile_w = config.kwargs["TILE_H"], config.kwargs["TILE_W"]
@@ -92,12 +98,12 @@ def tuned(kernel, interpret: bool):
         configs = [triton.Config(INTERPRETED_TILES)]
     else:
         configs = [triton.Config({"TILE_H": h, "TILE_W": w, "BLOCK_C": c}, num_warps=warps) for h, w, c, warps in TILES]
-    key = ["C", "H", "W", "K", "HAS_BIAS", "sxc", "sxh", "sxw"]
+    key = ["C", "H", "W", "K", "sxc", "sxh", "sxw"]  # and the tensors' dtypes; the input gradient reuses the forward's
     reset = ["partial"] if "partial" in kernel.arg_names else None
     autotune = triton.autotune(configs, key, prune_configs_by={"early_config_prune": fitting},
                                reset_to_zero=reset, cache_results=True)  # fmt: skip
     sizes = {
-        name: functools.partial(lambda name, args: halo(args)[name], name) for name in ("HALO_H", "HALO_W", "HALO")
+        name: functools.partial(lambda name, args: halo(args)[name], name) for name in ("HALO_H", "HALO_W", "HALO", "TAPS")
     }
     return autotune(triton.heuristics(sizes)(kernel))
 

@@ -3,26 +3,29 @@ with its halo once and computing every tap from it (its input gradient is the co
 
 Design. A program owns a tile of TILE_H x TILE_W output pixels and BLOCK_C channels of one image. It loads the
 input region those pixels read (the tile grown by K - 1 pixels, clipped to the image, so at most
-min(TILE_H + K - 1, H) x min(TILE_W + K - 1, W) pixels) once from global memory into registers, then computes all
-K*K taps from it: tap (i, j) is a `tl.gather` of the region at each pixel's shifted index (on the GPU through
-shared memory), masked where the tap falls outside the image, times that tap's weights (K*K vectors of BLOCK_C,
-read from a (K*K, C) fp32 copy of the weights that stays in cache). The weight gradient loads the same region and
-the gradient's tile once per (image, tile) pair, and for every tap adds the sum over the tile's pixels of
-gradient x shifted input to its slot's row of a fp32 buffer, partial[slot, tap, c]: the reduction runs over
+min(TILE_H + K - 1, H) x min(TILE_W + K - 1, W) pixels) once from global memory, then computes all K*K taps from
+it: for each kernel row i, TAPS taps (j, j + 1, ...; up to 4) at a time are one `tl.gather` of the region at every
+pixel's shifted indices (on the GPU through shared memory, where each gather first stores the region: K *
+ceil(K / TAPS) stores of it per tile, not K*K), masked where a tap falls outside the image, times those taps'
+weights (read from a (K*K, C) fp32 copy of the weights, which stays in cache). The weight gradient loads the same
+region and the gradient's tile once per (image, tile) pair, and for every tap adds the sum over the tile's pixels
+of gradient x shifted input to its slot's row of a fp32 buffer, partial[slot, tap, c]: the reduction runs over
 images x pixels with all taps per program, each slot taking every slots-th (image, tile) pair, and the slots
-(about min(N, what fits in a quarter of x's bytes)) are summed on the host, the second stage. Deterministic: each
-slot has one writer, which adds in a fixed order. With a bias it also sums the gradient
+(min(N, what fits in max(1 MiB, a quarter of x's bytes))) are summed on the host, the second stage.
+Deterministic: each slot has one writer, which adds in a fixed order. With a bias it also sums the gradient
 itself, the bias gradient, from the tile it already holds. Every kernel reads and writes through strides (NCHW
 and channels_last without a copy) and accumulates in fp32 whatever the tensors' dtype.
 
 Bytes moved (the prediction the GPU sitting compares with; A = N*C*H*W*itemsize, one activation):
-- forward: read x, write y: 2A (+ the halo re-read by neighbouring tiles, from L2: (halo area / tile area) - 1
-  of A, e.g. 0.56 for 16x16 tiles at k=5);
+- forward: read x, write y: 2A, plus the halo neighbouring tiles read again (from L2 mostly): (region area /
+  tile area) - 1 of A, e.g. 0.56 for 16x16 tiles at k=5 on a large image, 0 where one tile covers the image;
 - input gradient: read the output gradient, write the input gradient: 2A (the same kernel);
 - weight gradient (+ bias gradient): read x and the output gradient: 2A (+ x's halo), plus the partial buffer,
   slots * (K*K + 1) * C * 4 bytes, zeroed, added to in L2 and summed once: at most A/4 + 1 MiB by construction.
 So 6A for forward + backward, against the 5A of the byte floor (a fused backward would read the gradient once).
-FLOPs: 2 * K*K * N*C*H*W per direction, none wasted (each tap is computed for the tile's pixels only).
+FLOPs: 2 * K*K * N*C*H*W per direction; the gathers pad a row's K taps to a multiple of TAPS with masked zeros,
+so the FMAs issued are ceil(K / TAPS) * TAPS / K of those: 1.33x at k=3, 1.6x at k=5, 1.14x at k=7, 1.33x at k=9,
+1.07x at k=15, 1.03x at k=31.
 
 Only triton.language builtins are used (`tl.reduce` with the standard sum combine, not `tl.sum`, which is itself
 jitted when triton is first imported): depthwise.py loads this module once per mode, compiled or under Triton's
@@ -49,17 +52,26 @@ def load_region(x, c, c_ok, h0, w0, pad, H, W, sxc, sxh, sxw,
 
 
 @triton.jit
-def tap_pixels(region, index, ok, TILE: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The region's pixels at `index` (one per tile pixel, every channel), in fp32; zero where not `ok` (the tap
-    falls outside the image, where the region holds nothing)."""
-    pixels = tl.gather(region, tl.broadcast_to(tl.where(ok, index, 0)[:, None], (TILE, BLOCK_C)), 0)
-    return tl.where(ok[:, None], pixels.to(tl.float32), 0.0)
+def tap_pixels(region, h, col, top, left, i, j0, pad, H, W, K: tl.constexpr, HALO_W: tl.constexpr,
+               TILE: tl.constexpr, TAPS: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    """x[h + i - pad, col + j - pad] for every tile pixel (h, col) and the TAPS taps j = j0, j0 + 1, ... of row i:
+    (TILE, TAPS, BLOCK_C) in fp32, gathered from the region in one go; zero where the tap falls outside the image
+    (where the region holds nothing) or j >= K."""
+    row = h + (i - pad)
+    j = j0 + tl.arange(0, TAPS)
+    cols = col[:, None] + (j - pad)[None, :]
+    ok = ((row >= 0) & (row < H))[:, None] & (j < K)[None, :] & (cols >= 0) & (cols < W)
+    index = tl.where(ok, ((row - top) * HALO_W - left)[:, None] + cols, 0)  # inside the region wherever ok
+    index = tl.broadcast_to(tl.reshape(index, (TILE * TAPS, 1)), (TILE * TAPS, BLOCK_C))
+    pixels = tl.reshape(tl.gather(region, index, 0), (TILE, TAPS, BLOCK_C)).to(tl.float32)
+    return tl.where(ok[:, :, None], pixels, 0.0)
 
 
 @triton.jit
 def conv(x, w, b, y, C, H, W, sxn, sxc, sxh, sxw, syn, syc, syh, syw, pad,
          K: tl.constexpr, HAS_BIAS: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-         BLOCK_C: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr):  # fmt: skip
+         BLOCK_C: tl.constexpr, TAPS: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
+         HALO: tl.constexpr):  # fmt: skip
     """y[n, c, h, w] = b[c] + sum over taps (i, j) of w[i*K + j, c] * x[n, c, h + i - pad, w + j - pad] (zero
     outside). Grid: (tiles of the image, images, channel blocks)."""
     tiles_w = (W + TILE_W - 1) // TILE_W
@@ -74,13 +86,12 @@ def conv(x, w, b, y, C, H, W, sxn, sxc, sxh, sxw, syn, syc, syh, syw, pad,
     col = w0 + p % TILE_W
     acc = tl.full((TILE_H * TILE_W, BLOCK_C), 0.0, tl.float32)
     for i in range(K):
-        row = h + (i - pad)
-        row_ok = (row >= 0) & (row < H)
-        row_at = (row - top) * HALO_W - left  # the region's index of (row, 0)
-        for j in range(K):
-            cols = col + (j - pad)
-            pixels = tap_pixels(region, row_at + cols, row_ok & (cols >= 0) & (cols < W), TILE_H * TILE_W, BLOCK_C)
-            acc += pixels * tl.load(w + (i * K + j) * C + c, mask=c_ok, other=0.0)[None, :]
+        for j0 in range(0, K, TAPS):
+            pixels = tap_pixels(region, h, col, top, left, i, j0, pad, H, W, K, HALO_W, TILE_H * TILE_W, TAPS,
+                                BLOCK_C)  # fmt: skip
+            j = j0 + tl.arange(0, TAPS)
+            taps = tl.load(w + (i * K + j)[:, None] * C + c[None, :], mask=(j < K)[:, None] & c_ok[None, :], other=0.0)
+            acc += tl.reduce(pixels * taps[None, :, :], 1, tl.standard._sum_combine)
     if HAS_BIAS:
         acc += tl.load(b + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
     offsets = n * syn + c[None, :] * syc + h[:, None] * syh + col[:, None] * syw
@@ -90,7 +101,8 @@ def conv(x, w, b, y, C, H, W, sxn, sxc, sxh, sxw, syn, syc, syh, syw, pad,
 @triton.jit
 def weight_grad(x, g, partial, N, C, H, W, sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, pad,
                 K: tl.constexpr, HAS_BIAS: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-                BLOCK_C: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr):  # fmt: skip
+                BLOCK_C: tl.constexpr, TAPS: tl.constexpr, HALO_H: tl.constexpr, HALO_W: tl.constexpr,
+                HALO: tl.constexpr):  # fmt: skip
     """partial[slot, i*K + j, c] += sum over the slot's (image, tile) pairs and their pixels of g[n, c, h, w] *
     x[n, c, h + i - pad, w + j - pad]; row K*K gets the sum of g (the bias gradient) when HAS_BIAS. Grid: (slots,
     channel blocks); slot s takes the pairs s, s + slots, s + 2 slots, ... of the N x tiles. `partial` starts at 0."""
@@ -99,7 +111,7 @@ def weight_grad(x, g, partial, N, C, H, W, sxn, sxc, sxh, sxw, sgn, sgc, sgh, sg
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
     p = tl.arange(0, TILE_H * TILE_W)
-    out = partial + tl.program_id(0).to(tl.int64) * ((K * K + HAS_BIAS) * C) + c
+    out = partial + tl.program_id(0).to(tl.int64) * ((K * K + HAS_BIAS) * C) + c[None, :]
     for pair in range(tl.program_id(0), N * tiles, tl.num_programs(0)):
         n = (pair // tiles).to(tl.int64)
         h0 = pair % tiles // tiles_w * TILE_H
@@ -110,14 +122,14 @@ def weight_grad(x, g, partial, N, C, H, W, sxn, sxc, sxh, sxw, sgn, sgc, sgh, sg
         at = n * sgn + c[None, :] * sgc + h[:, None] * sgh + col[:, None] * sgw
         grads = tl.load(g + at, mask=((h < H) & (col < W))[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
         for i in range(K):
-            row = h + (i - pad)
-            row_ok = (row >= 0) & (row < H)
-            row_at = (row - top) * HALO_W - left
-            for j in range(K):
-                cols = col + (j - pad)
-                ok = row_ok & (cols >= 0) & (cols < W)
-                pixels = tap_pixels(region, row_at + cols, ok, TILE_H * TILE_W, BLOCK_C)
-                total = tl.reduce(pixels * grads, 0, tl.standard._sum_combine)
-                tl.atomic_add(out + (i * K + j) * C, total, mask=c_ok, sem="relaxed")
+            for j0 in range(0, K, TAPS):
+                pixels = tap_pixels(region, h, col, top, left, i, j0, pad, H, W, K, HALO_W, TILE_H * TILE_W, TAPS,
+                                    BLOCK_C)  # fmt: skip
+                j = j0 + tl.arange(0, TAPS)
+                sums = tl.reduce(pixels * grads[:, None, :], 0, tl.standard._sum_combine)
+                tl.atomic_add(
+                    out + (i * K + j)[:, None] * C, sums, mask=(j < K)[:, None] & c_ok[None, :], sem="relaxed"
+                )
         if HAS_BIAS:
-            tl.atomic_add(out + K * K * C, tl.reduce(grads, 0, tl.standard._sum_combine), mask=c_ok, sem="relaxed")
+            sums = tl.reduce(grads, 0, tl.standard._sum_combine)[None, :]
+            tl.atomic_add(out + K * K * C, sums, mask=c_ok[None, :], sem="relaxed")

@@ -156,8 +156,9 @@ def test_the_autotuner_times_only_tiles_the_shape_can_use():
     assert small and all(c.kwargs["TILE_H"] <= 8 and c.kwargs["TILE_W"] <= 8 for c in small)
     huge = [tile_config(16, 16, 64)]  # a 46x46 region of 64 channels at k=31 on a large image
     assert depthwise.fitting(huge, {"H": 512, "W": 512, "K": 31}) == huge
+    # k=31 on the model's 16x16 maps: the region is the image, not 46x46; a row's 31 taps are gathered 4 at a time
     assert depthwise.halo({"TILE_H": 16, "TILE_W": 16, "H": 16, "W": 16, "K": 31}) == {
-        "HALO_H": 16, "HALO_W": 16, "HALO": 256}  # fmt: skip
+        "HALO_H": 16, "HALO_W": 16, "HALO": 256, "TAPS": 4}  # fmt: skip
 
 
 def test_the_depthwise_conv_keeps_nn_conv2d_state_dict_keys_so_checkpoints_load_both_ways():
@@ -273,11 +274,15 @@ def test_the_kernel_benchmark_writes_a_row_per_setting_with_k5_as_the_baseline(t
     assert kernels.cli(["--device", "cpu", "--tiny", "--kernels", "3,5", "--repeats", "1", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     rows = report["rows"]
-    assert len(rows) == 2 * 2 * 2 * 2  # kernel sizes x precisions x layouts x (model, depthwise); torch only on CPU
+    assert len(rows) == 2 * 2 * 2 * 3  # kernel sizes x precisions x layouts x (model, depthwise, forward); CPU: torch
     assert all(row["seconds"] > 0 and not row["error"] for row in rows)
     assert all(row["per_flop_vs_k5"] == 1.0 for row in rows if row["kernel"] == 5)
     conv3 = next(row for row in rows if row["what"] == "depthwise" and row["kernel"] == 3)
     assert conv3["flops"] == 3 * 2 * 3 * 3 * 16 * 8 * 8 * 4  # three directions of 2*k*k*C*H*W*N
+    forward3 = next(
+        row for row in rows if row["what"] == "forward" and row["kernel"] == 3 and row["precision"] == "bf16"
+    )
+    assert (forward3["flops"], forward3["bytes_floor"]) == (2 * 3 * 3 * 16 * 8 * 8 * 4, 2 * 16 * 8 * 8 * 4 * 2)
     assert "| precision | k | fastest layout |" in (tmp_path / "kernels.md").read_text()
     assert report["complete"]
 
@@ -306,6 +311,8 @@ def test_a_kernel_benchmark_cut_off_keeps_the_kernel_sizes_it_finished(tmp_path,
         (["--kernels", "3,x"], "--kernels '3,x' is not accepted"),
         (["--kernels", "5,5"], "--kernels '5,5' is not accepted"),
         (["--repeats", "0"], "--repeats 0 is not accepted"),
+        (["--what", "model,backward"], "--what 'model,backward' is not accepted"),
+        (["--impls", "cudnn,cudnn"], "--impls 'cudnn,cudnn' is not accepted"),
         (["--device", "tpu"], "device='tpu' is not accepted"),
     ],
 )
