@@ -3,12 +3,12 @@
 `DepthwiseConv2d` is `nn.Conv2d(dim, dim, k, groups=dim, padding="same")` (the same parameters, so the same
 state_dict keys) that can run on Triton kernels instead of cuDNN: its `impl` is "torch" (nn.Conv2d's forward)
 or "triton". The Triton route (convmixer/depthwise_kernels.py, whose docstring gives the design and the bytes each
-direction moves) covers the three directions with two kernels, each loading an input tile with its halo once and
-computing every tap from it: the conv, which also gives the input gradient (the conv of the gradient with the
-kernel flipped and the "same" padding mirrored), and the weight gradient, a reduction over images x pixels with all
-taps per program (and the bias gradient with it). Both read and write through strides, so NCHW and channels_last
-run without a copy, and both accumulate in fp32 whatever the tensors' dtype (fp32, bf16, fp16). Any kernel size
-(odd or even, with PyTorch's "same" placement), channel count and image size.
+direction moves) covers the three directions with two kernels, each reading an input tile and its halo from global
+memory once and computing every tap from it: the conv, which also gives the input gradient (the conv of the
+gradient with the kernel flipped and the "same" padding mirrored), and the weight gradient, a reduction over
+images x pixels with all taps per program (and the bias gradient with it). Both read and write through strides, so
+NCHW and channels_last run without a copy, and both accumulate in fp32 whatever the tensors' dtype (fp32, bf16,
+fp16). Any kernel size (odd or even, with PyTorch's "same" placement), channel count and image size.
 
 Tile shapes are autotuned on the GPU per shape (channels, height, width, kernel size, layout, dtype) at the first
 call, and the choice is cached on disk by Triton beside its compiled kernels: in $TRITON_CACHE_DIR, default
@@ -30,12 +30,12 @@ from torch import nn
 from convmixer.arguments import require
 from convmixer.config import IMPLS
 
-# The tile shapes the GPU autotuner tries for both kernels, (TILE_H, TILE_W, BLOCK_C, num_warps): few, since each
-# is compiled and timed once per shape; `fitting` drops those a shape cannot use. Wide channel blocks suit
-# channels_last (a pixel's channels are contiguous), wide tiles NCHW (a row's pixels are).
-TILES = ((4, 8, 32, 4), (8, 8, 16, 4), (8, 16, 8, 4), (16, 16, 8, 8))
-REGION_VALUES_PER_THREAD = 64  # at most this many region or gathered values per thread (registers)
-MAX_TAPS = 4  # taps of a kernel row gathered at once: each gather stores the region in shared memory first
+# The tile shapes the GPU autotuner tries, (TILE_H, TILE_W, BLOCK_C, num_warps): few, since each is compiled and
+# timed once per shape; `fitting` drops those a shape cannot use. Wide channel blocks suit channels_last (a pixel's
+# channels are contiguous), wide tiles NCHW (a row's pixels are). The weight gradient reduces every tap over the
+# tile's pixels across threads, so it takes larger tiles, to spread that fixed cost over more pixels per thread.
+CONV_TILES = ((4, 8, 32, 4), (8, 8, 16, 4), (8, 16, 8, 4), (16, 16, 8, 8))
+GRAD_TILES = ((8, 8, 32, 4), (8, 16, 16, 4), (16, 16, 16, 4), (16, 16, 32, 8))
 # The weight gradient's partial buffer, (slots, K*K + 1, C) fp32, holds at most max(1 MiB, a quarter of x's bytes).
 PARTIAL_SHARE, PARTIAL_FLOOR = 4, 2**20
 # Under the interpreter: small tiles, so that the tests' small images span several tiles and channel blocks.
@@ -54,58 +54,33 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def halo(args: dict) -> dict:
-    """The region a tile reads, clipped to the image, its size rounded up to a power of two (a block shape), and
-    the taps of a kernel row gathered at once (up to MAX_TAPS: registers)."""
-    # int(): under the interpreter the kernel's integer arguments arrive as numpy arrays
-    rows = min(args["TILE_H"] + args["K"] - 1, int(args["H"]))
-    cols = min(args["TILE_W"] + args["K"] - 1, int(args["W"]))
-    taps = min(1 << (args["K"] - 1).bit_length(), MAX_TAPS)
-    return {"HALO_H": rows, "HALO_W": cols, "HALO": 1 << (rows * cols - 1).bit_length(), "TAPS": taps}
-
-
 def tiles(args: dict) -> int:
     """How many TILE_H x TILE_W tiles cover an image."""
     return -(-args["H"] // args["TILE_H"]) * -(-args["W"] // args["TILE_W"])
 
 
 def fitting(configs: list, args: dict, **meta) -> list:
-    """The configs worth timing for this shape: tiles no larger than the image needs and a region that fits the
-    registers; the one with the smallest region if none does (correct, only slower)."""
-
-    def region_values(config) -> int:
-        sizes = halo({**args, **meta, **config.kwargs})
-        gathered = config.kwargs["TILE_H"] * config.kwargs["TILE_W"] * sizes["TAPS"]
-        return max(sizes["HALO"], gathered) * config.kwargs["BLOCK_C"]
-
-    def fits(config) -> bool:
-        tile_h, tile_w = config.kwargs["TILE_H"], config.kwargs["TILE_W"]
-        return (
-            tile_h <= 1 << (args["H"] - 1).bit_length()
-            and tile_w <= 1 << (args["W"] - 1).bit_length()
-            and region_values(config) <= REGION_VALUES_PER_THREAD * 32 * config.num_warps
-        )
-
-    return [config for config in configs if fits(config)] or [min(configs, key=region_values)]
+    """The configs worth timing for this shape: tiles no larger than the image needs (the smallest tile if none
+    is)."""
+    rows, cols = 1 << (int(args["H"]) - 1).bit_length(), 1 << (int(args["W"]) - 1).bit_length()
+    kept = [config for config in configs if config.kwargs["TILE_H"] <= rows and config.kwargs["TILE_W"] <= cols]
+    return kept or [min(configs, key=lambda config: config.kwargs["TILE_H"] * config.kwargs["TILE_W"])]
 
 
-def tuned(kernel, interpret: bool):
-    """`kernel` with its HALO sizes derived from the tile and the shape, and its tiles autotuned per shape on the
-    GPU (the choice cached on disk by Triton) or fixed to INTERPRETED_TILES under the interpreter."""
+def tuned(kernel, tiles: tuple, interpret: bool):
+    """`kernel` with its tiles autotuned per shape on the GPU (the choice cached on disk by Triton), or fixed to
+    INTERPRETED_TILES under the interpreter."""
     import triton
 
     if interpret:
         configs = [triton.Config(INTERPRETED_TILES)]
     else:
-        configs = [triton.Config({"TILE_H": h, "TILE_W": w, "BLOCK_C": c}, num_warps=warps) for h, w, c, warps in TILES]
+        configs = [triton.Config({"TILE_H": h, "TILE_W": w, "BLOCK_C": c}, num_warps=warps) for h, w, c, warps in tiles]
     key = ["C", "H", "W", "K", "sxc", "sxh", "sxw"]  # and the tensors' dtypes; the input gradient reuses the forward's
     reset = ["partial"] if "partial" in kernel.arg_names else None
     autotune = triton.autotune(configs, key, prune_configs_by={"early_config_prune": fitting},
                                reset_to_zero=reset, cache_results=True)  # fmt: skip
-    sizes = {
-        name: functools.partial(lambda name, args: halo(args)[name], name) for name in ("HALO_H", "HALO_W", "HALO", "TAPS")
-    }
-    return autotune(triton.heuristics(sizes)(kernel))
+    return autotune(kernel)
 
 
 @functools.cache
@@ -118,7 +93,7 @@ def triton_kernels(interpret: bool) -> tuple:
     with triton.knobs.runtime.scope():
         triton.knobs.runtime.interpret = interpret
         spec.loader.exec_module(module)
-        return tuned(module.conv, interpret), tuned(module.weight_grad, interpret)
+        return tuned(module.conv, CONV_TILES, interpret), tuned(module.weight_grad, GRAD_TILES, interpret)
 
 
 def kernels() -> tuple:

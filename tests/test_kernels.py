@@ -147,18 +147,13 @@ def tile_config(tile_h: int, tile_w: int, block_c: int, warps: int = 4):
 
 
 def test_the_autotuner_times_only_tiles_the_shape_can_use():
-    """Tiles wider than the image needs are not timed; a region over the register budget is not either, unless
-    no tile fits, when the smallest region runs (slower, still exact)."""
-    configs = [tile_config(*tile) for tile in depthwise.TILES]
-    model_shape = {"H": 16, "W": 16, "K": 5}
-    assert depthwise.fitting(configs, model_shape) == configs  # the model's 16x16 maps: every tile is worth timing
+    """Tiles taller or wider than the image needs are not timed; the smallest runs where none fits."""
+    configs = [tile_config(*tile) for tile in depthwise.CONV_TILES + depthwise.GRAD_TILES]
+    assert depthwise.fitting(configs, {"H": 16, "W": 16, "K": 5}) == configs  # the model's maps: every tile
     small = depthwise.fitting(configs, {"H": 5, "W": 6, "K": 3})
     assert small and all(c.kwargs["TILE_H"] <= 8 and c.kwargs["TILE_W"] <= 8 for c in small)
-    huge = [tile_config(16, 16, 64)]  # a 46x46 region of 64 channels at k=31 on a large image
-    assert depthwise.fitting(huge, {"H": 512, "W": 512, "K": 31}) == huge
-    # k=31 on the model's 16x16 maps: the region is the image, not 46x46; a row's 31 taps are gathered 4 at a time
-    assert depthwise.halo({"TILE_H": 16, "TILE_W": 16, "H": 16, "W": 16, "K": 31}) == {
-        "HALO_H": 16, "HALO_W": 16, "HALO": 256, "TAPS": 4}  # fmt: skip
+    tall = [tile_config(16, 16, 8), tile_config(8, 16, 16)]
+    assert depthwise.fitting(tall, {"H": 3, "W": 2, "K": 31}) == tall[1:]
 
 
 def test_the_depthwise_conv_keeps_nn_conv2d_state_dict_keys_so_checkpoints_load_both_ways():
