@@ -3,8 +3,8 @@
 `DepthwiseConv2d` is `nn.Conv2d(dim, dim, k, groups=dim, padding="same")` (the same parameters, so the same
 state_dict keys) that can run on Triton kernels instead of cuDNN: its `impl` is "torch" (nn.Conv2d's forward)
 or "triton". The Triton route (convmixer/depthwise_kernels.py, whose docstring gives the design and the bytes each
-direction moves) covers the three directions with two kernels, each reading an input tile and its halo from global
-memory once and computing every tap from it: the conv, which also gives the input gradient (the conv of the
+direction moves) covers the three directions with two kernels, each bringing an input tile and its halo from DRAM
+once, into L1, and computing every tap from there: the conv, which also gives the input gradient (the conv of the
 gradient with the kernel flipped and the "same" padding mirrored), and the weight gradient, a reduction over
 images x pixels with all taps per program (and the bias gradient with it). Both read and write through strides, so
 NCHW and channels_last run without a copy, and both accumulate in fp32 whatever the tensors' dtype (fp32, bf16,

@@ -4,13 +4,13 @@ conv kernel run on the gradient, with the kernel flipped).
 Design. A program owns a tile of TILE_H x TILE_W output pixels and BLOCK_C channels of one image, held as a 3-D
 block (rows, columns, channels) whose row, column and channel coordinates stay separate and broadcast, so a tap
 costs each pixel one address add, one mask and one FMA. It reads the input region the tile needs (the tile and its
-halo of K - 1 pixels) from global memory once, into the SM's L1 cache, and computes all K*K taps from it: each tap
-is a load of the region shifted by the tap, served by L1, vectorised along the contiguous axis (channels in
+halo of K - 1 pixels) from DRAM once, into the SM's L1 cache, and computes all K*K taps from there: each tap is a
+load of the region shifted by the tap, served by L1, vectorised along the contiguous axis (channels in
 channels_last, pixels in NCHW), masked outside the image, times that tap's weights (a (K*K, C) fp32 copy that stays
 in cache). Triton gives no explicit shared memory; `tl.gather` from a region held in registers, the other way to
 reuse it, compiles to warp shuffles: its sm_90 code (ptxas, this Triton) spent 14-32 instructions per tap and
-pixel-channel (2.5-8 shuffles) against 5.7 here and 14.6 for the kernel this replaced, whose flattened pixel index
-cost every tap a division, a remainder and four compares per pixel, and whose weight gradient ran a program per tap.
+pixel-channel (2.5-8 shuffles) against 5.7 here and 14.6 for the kernel this replaced, whose flattened pixels cost
+every tap four compares and a full address per pixel, unvectorised, and whose weight gradient ran a program per tap.
 
 The weight gradient loads the gradient's tile once per (image, tile) pair and, for every tap, adds the sum over the
 tile's pixels of gradient x shifted input to its slot's row of a fp32 buffer, partial[slot, tap, c]: the reduction
