@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import itertools
 import statistics
 import sys
 from collections.abc import Callable
@@ -112,6 +113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--batch-size", type=int, default=None, help=f"images per step (default {FULL.batch}; --tiny {TINY.batch})")
     add("--repeats", type=int, default=None, help="timed steps per row, after 3 untimed (default 10; --tiny 2)")
     add("--out", type=Path, default=None, help="write the rows to this .json and the tables to a .md beside it")
+    add("--sass", action="store_true", help="no timing: the Triton kernels' sm_90 code per tile (ptxas; no GPU needed)")
     return parser.parse_args(argv)
 
 
@@ -182,8 +184,9 @@ def depthwise_step(shape: Shape, k: int, impl: str, layout: torch.memory_format,
     return step
 
 
-def forward_step(shape: Shape, k: int, impl: str, layout: torch.memory_format, dtype: torch.dtype | None,
-                 device: torch.device) -> Callable[[], None]:  # fmt: skip
+def forward_step(
+    shape: Shape, k: int, impl: str, layout: torch.memory_format, dtype: torch.dtype | None, device: torch.device
+) -> Callable[[], None]:
     """The depthwise conv's forward alone, without autograd."""
     import torch
 
@@ -316,8 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     from convmixer.runtime import parse_device
 
     try:
-        device = parse_device(args.device)
         kernels = parse_kernels(args.kernels)
+        if args.sass:
+            print(sass_table(kernels))
+            return 0
+        device = parse_device(args.device)
         whats = parse_list("--what", args.what, tuple(STEPS))
         impls = impls_on(device, args.impls)
         shape = TINY if args.tiny else FULL
@@ -332,10 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     rate = copy_rate(device, max(4 * shape.batch * shape.dim * shape.size**2, COPY_BYTES))
     header = describe(shape, device, repeats, rate)
     print("\n".join(header), flush=True)
-    keys = [
-        {"what": what, "kernel": k, "precision": precision, "layout": layout, "impl": impl}
-        for k in kernels for precision in PRECISIONS for layout in LAYOUTS for impl in impls for what in whats
-    ]  # fmt: skip
+    grid = itertools.product(kernels, PRECISIONS, LAYOUTS, impls, whats)
+    keys = [dict(zip(("kernel", "precision", "layout", "impl", "what"), values, strict=True)) for values in grid]
     rows = []
     for key in keys:
         rows.append(measure(shape, key, device, repeats, rate))
@@ -355,6 +359,80 @@ def tables(header: list[str], rows: list[dict]) -> str:
     add_ratios(rows)
     rows.sort(key=lambda r: (r["what"], r["precision"], r["kernel"], r["layout"], r["impl"]))
     return "\n".join(["", *header, "", rows_table(rows), "", fastest_table(rows), ""])
+
+
+# --- the kernels' machine code, a static proxy for their speed where no GPU is lent ---
+SASS_DTYPES = {"bf16": "*bf16", "fp32": "*fp32"}
+
+
+def compiled_sass(kernel, tile: tuple, k: int, dtype: str, layout: str) -> str:
+    """`kernel` compiled for sm_90 at the model's shape (C=256, 16x16: sizes and strides divisible by 16, the
+    contiguous stride 1, as Triton specialises them at launch), disassembled."""
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = kernel.arg_names
+    meta = {"K": k, "HAS_BIAS": True, "TILE_H": tile[0], "TILE_W": tile[1], "BLOCK_C": tile[2]}
+    unit = ("sxc", "syc", "sgc") if layout == "channels_last" else ("sxw", "syw", "sgw")
+    meta.update({name: 1 for name in unit if name in names})
+    element = SASS_DTYPES[dtype]
+    pointers = {"x": element, "y": element, "g": element, "w": "*fp32", "b": "*fp32", "partial": "*fp32"}
+    signature = {name: "constexpr" if name in meta else pointers.get(name, "i32") for name in names}
+    aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names) if name not in meta | {"pad": 0}}
+    source = ASTSource(kernel, signature, {(names.index(name),): v for name, v in meta.items()}, aligned)
+    binary = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": tile[3]}).asm["cubin"]
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(binary)
+        file.flush()
+        dump = [str(tools / "cuobjdump"), "--dump-resource-usage", "-sass", file.name]
+        return subprocess.run(dump, capture_output=True, text=True, check=True).stdout
+
+
+def sass_row(sass: str) -> dict:
+    """Registers and spills, and the innermost loop holding the taps' FMAs: its instructions per FMA (per tap and
+    pixel-channel) and shuffles per FMA."""
+    import re
+
+    lines = re.findall(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", sass)
+    branches = re.findall(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?BRA[^;]*?(0x[0-9a-f]+)", sass)
+    loops = []
+    for at, target in branches:
+        body = [op for address, op in lines if int(target, 16) <= int(address, 16) <= int(at, 16)]
+        fmas = sum(op in ("FFMA", "FMUL") for op in body)
+        if int(target, 16) < int(at, 16) and fmas:
+            loops.append((len(body), fmas, body.count("SHFL")))
+    usage = re.search(r"REG:(\d+) STACK:\d+ SHARED:(\d+) LOCAL:(\d+)", sass)
+    size, fmas, shuffles = min(loops) if loops else (0, 0, 0)
+    per_fma = {"per_fma": size / fmas, "shuffles_per_fma": shuffles / fmas} if fmas else {}
+    return {"registers": int(usage[1]), "spill_bytes": int(usage[3]), "loop_instructions": size, **per_fma}
+
+
+def sass_table(kernels: tuple[int, ...]) -> str:
+    """Per kernel, tile, kernel size, dtype and layout: the compiled code's registers, spills and loop cost."""
+    from convmixer import depthwise
+
+    conv, weight_grad = depthwise.triton_kernels(False)
+    lines = [
+        "| kernel | tile (h, w, channels, warps) | k | dtype | layout | registers | spill bytes | "
+        "loop instructions per tap and pixel-channel | shuffles per tap and pixel-channel |",
+        "|---" * 9 + "|",
+    ]
+    for kernel, tiles in ((conv, depthwise.CONV_TILES), (weight_grad, depthwise.GRAD_TILES)):
+        jitted = kernel.fn  # under the autotuner
+        for tile, k, dtype, layout in itertools.product(tiles, kernels, SASS_DTYPES, LAYOUTS):
+            row = sass_row(compiled_sass(jitted, tile, k, dtype, layout))
+            costs = f"{cell(row.get('per_fma'), '.1f')} | {cell(row.get('shuffles_per_fma'), '.2f')}"
+            lines.append(
+                f"| {jitted.__name__} | {tile} | {k} | {dtype} | {layout} | {row['registers']} | "
+                f"{row['spill_bytes']} | {costs} |"
+            )
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
 
 
 def cli(argv: list[str] | None = None) -> int:

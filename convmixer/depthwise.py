@@ -78,8 +78,8 @@ def tuned(kernel, tiles: tuple, interpret: bool):
         configs = [triton.Config({"TILE_H": h, "TILE_W": w, "BLOCK_C": c}, num_warps=warps) for h, w, c, warps in tiles]
     key = ["C", "H", "W", "K", "sxc", "sxh", "sxw"]  # and the tensors' dtypes; the input gradient reuses the forward's
     reset = ["partial"] if "partial" in kernel.arg_names else None
-    autotune = triton.autotune(configs, key, prune_configs_by={"early_config_prune": fitting},
-                               reset_to_zero=reset, cache_results=True)  # fmt: skip
+    prune = {"early_config_prune": fitting}
+    autotune = triton.autotune(configs, key, prune_configs_by=prune, reset_to_zero=reset, cache_results=True)
     return autotune(kernel)
 
 

@@ -8,9 +8,11 @@ halo of K - 1 pixels) from DRAM once, into the SM's L1 cache, and computes all K
 load of the region shifted by the tap, served by L1, vectorised along the contiguous axis (channels in
 channels_last, pixels in NCHW), masked outside the image, times that tap's weights (a (K*K, C) fp32 copy that stays
 in cache). Triton gives no explicit shared memory; `tl.gather` from a region held in registers, the other way to
-reuse it, compiles to warp shuffles: its sm_90 code (ptxas, this Triton) spent 14-32 instructions per tap and
-pixel-channel (2.5-8 shuffles) against 5.7 here and 14.6 for the kernel this replaced, whose flattened pixels cost
-every tap four compares and a full address per pixel, unvectorised, and whose weight gradient ran a program per tap.
+reuse it, compiles to warp shuffles. Counted in the innermost loop of the sm_90 code (`python -m benchmarks.kernels
+--sass`; bf16, channels_last, k=5), a tap costs a pixel-channel 5.7 instructions here, 14-32 (2.5-8 of them
+shuffles) in the gather design (commit 750210e) and 14.6 in the kernel this replaced (commit 3189146), whose
+flattened pixels cost every tap four compares and a full address per pixel, unvectorised, and whose weight
+gradient ran a program per tap.
 
 The weight gradient loads the gradient's tile once per (image, tile) pair and, for every tap, adds the sum over the
 tile's pixels of gradient x shifted input to its slot's row of a fp32 buffer, partial[slot, tap, c]: the reduction
@@ -18,7 +20,7 @@ runs over images x pixels with all taps per program, each slot taking every slot
 slots (min(N, what fits in max(1 MiB, a quarter of x's bytes))) are summed on the host, the second stage.
 Deterministic: each slot has one writer, which adds in a fixed order. With a bias it also sums the gradient itself,
 the bias gradient, from the tile it already holds. The per-tap sum crosses threads, a fixed cost per tap that
-larger tiles spread over more pixels (7.6 instructions per tap and pixel-channel at 16x16x16, 22 at 8x16x8).
+larger tiles spread over more pixels (7.6 instructions per tap and pixel-channel at 16x16x16, 11.6 at 8x16x16).
 Every kernel reads and writes through strides (NCHW and channels_last without a copy) and accumulates in fp32
 whatever the tensors' dtype.
 

@@ -300,6 +300,19 @@ def test_a_kernel_benchmark_cut_off_keeps_the_kernel_sizes_it_finished(tmp_path,
     assert {row["kernel"] for row in report["rows"]} == {3} and not report["complete"]
 
 
+@pytest.mark.slow
+def test_the_kernels_machine_code_is_counted_without_a_gpu(capsys):
+    """--sass compiles every tile for sm_90 and reads its innermost loop: no spills, a cost per tap and pixel."""
+    if triton is None:
+        pytest.skip("needs triton")
+    assert kernels.cli(["--sass", "--kernels", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split(" | ") for line in lines if line.startswith(("| conv |", "| weight_grad |"))]
+    tiles = len(depthwise.CONV_TILES) + len(depthwise.GRAD_TILES)
+    assert len(rows) == 2 * tiles * 2 * 2  # tiles x dtypes x layouts, printed as they go and in the table
+    assert all(row[6] == "0" and 1 < float(row[7]) < 40 for row in rows)  # no spill bytes; instructions per FMA
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -318,46 +331,57 @@ def test_bad_benchmark_options_are_one_line_errors(argv, message, capsys):
 
 
 # --- on a GPU ---
+# Each tile shape the autotuner may pick must be exact, so the tests pin one pair of tiles at a time (autotuning every
+# shape would compile every candidate: minutes of a GPU sitting); one test autotunes, to see the choice land on disk.
 
 
-@pytest.mark.cuda
-@needs_cuda
-@pytest.mark.parametrize("k", [3, 4, 9, 15, 31])
-@pytest.mark.parametrize("layout", [CL, NCHW])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_the_compiled_triton_depthwise_conv_equals_cudnn_at_the_cifar_shape(k, layout, dtype):
+@pytest.fixture
+def pinned_tiles(monkeypatch):
+    """Run the compiled kernels on one conv tile and one weight-gradient tile: `pin(conv_tile, grad_tile)`."""
+
+    def pin(conv_tile: tuple, grad_tile: tuple) -> None:
+        monkeypatch.setattr(depthwise, "CONV_TILES", (conv_tile,))
+        monkeypatch.setattr(depthwise, "GRAD_TILES", (grad_tile,))
+        depthwise.triton_kernels.cache_clear()
+
+    yield pin
+    depthwise.triton_kernels.cache_clear()
+
+
+@pytest.fixture
+def ieee_fp32():
     torch.backends.cudnn.allow_tf32 = False  # compare against IEEE fp32, not TF32
-    try:
-        assert_same_conv(k, (64, 256, 16, 16), layout, dtype, CUDA)
-    finally:
-        torch.backends.cudnn.allow_tf32 = True
+    yield
+    torch.backends.cudnn.allow_tf32 = True
 
 
 @pytest.mark.cuda
 @needs_cuda
-@pytest.mark.parametrize(
-    "k, shape, layout, bias",
-    [(2, (3, 37, 13, 11), CL, True), (8, (5, 20, 33, 7), NCHW, False), (5, (2, 130, 70, 45), CL, True)],
-)
-def test_the_compiled_triton_depthwise_conv_equals_cudnn_at_odd_shapes(k, shape, layout, bias):
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        assert_same_conv(k, shape, layout, torch.float32, CUDA, bias)
-    finally:
-        torch.backends.cudnn.allow_tf32 = True
+@pytest.mark.parametrize("k", [3, 4, 15, 31])
+@pytest.mark.parametrize("layout", [CL, NCHW])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_compiled_triton_depthwise_conv_equals_cudnn_at_the_cifar_shape(k, layout, dtype, pinned_tiles, ieee_fp32):
+    pinned_tiles(depthwise.CONV_TILES[-1], depthwise.GRAD_TILES[-1])  # the 16x16 tiles: the model's whole map
+    assert_same_conv(k, (64, 256, 16, 16), layout, dtype, CUDA)
 
 
 @pytest.mark.cuda
 @needs_cuda
-def test_the_tile_choice_is_cached_on_disk_by_triton(tmp_path, monkeypatch):
+@pytest.mark.parametrize("tiles", list(zip(depthwise.CONV_TILES, depthwise.GRAD_TILES, strict=True)))
+def test_every_tile_shape_is_exact_on_the_gpu(tiles, pinned_tiles, ieee_fp32):
+    """Odd shapes, so that every tile has a border inside the image and channels past C."""
+    pinned_tiles(*tiles)
+    assert_same_conv(5, (3, 37, 21, 19), CL, torch.float16, CUDA)
+    assert_same_conv(4, (2, 20, 13, 35), NCHW, torch.float32, CUDA, bias=False)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_the_autotuned_tile_choice_is_exact_and_cached_on_disk_by_triton(tmp_path, monkeypatch, ieee_fp32):
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
-    conv = DepthwiseConv2d(24, 5).to(CUDA)
-    use_impl(conv, "triton")
-    conv(torch.randn(2, 24, 9, 9, device=CUDA, requires_grad=True)).sum().backward()  # a shape no test tuned
-    assert {path.name for path in tmp_path.rglob("*.autotune.json")} == {
-        "conv.autotune.json",
-        "weight_grad.autotune.json",
-    }
+    assert_same_conv(7, (4, 24, 9, 11), CL, torch.bfloat16, CUDA)  # a shape no other test tunes
+    names = {path.name for path in tmp_path.rglob("*.autotune.json")}
+    assert names == {"conv.autotune.json", "weight_grad.autotune.json"}
 
 
 @pytest.mark.cuda
