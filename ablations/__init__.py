@@ -31,21 +31,25 @@ Module map, top to bottom (each layer imports only the layers below it):
         synthetic.py      the synthetic task
         loaders.py        splits placed on the device, batched; or streamed by persistent prefetching workers, timed
         augment.py        batched augmentation on the device
-    store.py            the result folder's contract, and every on-disk format: file names, run statuses,
-                        metrics.json's fields, readers and writers; its locks, and what a damaged file becomes
+    store/              the result folder
+        store.py          Store: the sweep folder of run folders, run states, summary.csv, damaged files' fates
+        locks.py          one sweep per folder, one job per run: the locks, beside the files or under --lock-dir
+        files.py          reading (validated by type) and writing each run file; a damaged file's error and advice
+        schema.py         what each run file holds: names, statuses, the fields of config/metrics/history/data.json,
+                          checkpoint keys, rank faults
     design.py           sweep.json's format: Design, one sweep's design (the store reads and writes it)
     config.py           RunConfig: every key, what it accepts, the run id, parsing a key's value; data_root as recorded
-    atomic.py           whole-file writes, and removing the temporary files killed writers left
+    atomic.py           whole-file and whole-folder writes, and clearing what killed writers left
 
 Import rules (tests/test_layers.py checks them on every module):
 - convmixer/ imports nothing of ablations/ or analysis/; ablations/config.py imports only convmixer/.
-- design.py imports only config.py; store.py only design.py, config.py, atomic.py and convmixer/; data/ only
+- design.py imports only config.py; store/ only itself, design.py, config.py, atomic.py and convmixer/; data/ only
   config.py, atomic.py and convmixer/.
-- engine/ imports data/, store.py, config.py, atomic.py and convmixer/; never sweep/ or run.py.
+- engine/ imports data/, store/, config.py, atomic.py and convmixer/; never sweep/ or run.py.
 - sweep/ reaches engine/ only through execute.py, and data/ only through plan.py (which loads each dataset once
   before the sweep, to check it and record it) and presets.py (the torch-free front of data/, for the default
   location of the data a preset needs); presets, grid and study import only config.py, each other and (grid)
   design.py (and presets the model registry, whose ConvMixer-256/8 the CIFAR-10 recipe trains).
-- nothing imports run.py or train.py; analysis/ imports only design.py, config.py, store.py, atomic.py and data/ of
+- nothing imports run.py or train.py; analysis/ imports only design.py, config.py, store/, atomic.py and data/ of
   ablations/.
 """

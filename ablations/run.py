@@ -220,11 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     # Absolute: a SLURM job may start in another folder.
     store = Store(root, Locks(args.lock_dir.absolute() if args.lock_dir else None, args.no_lock))
     store.check_folder()
-    for path, why in store.find_damaged().items():
-        print(f"damaged: {why}: it {'will be' if args.dry_run else 'is'} {store.damage_fate(path)}", flush=True)
     origin = f"study {args.study} (preset {preset})" if study is not None else f"preset {preset}"
     print(first_line(name, configs, origin, keys), flush=True)
     sweep_plan = plan(configs, store, args.retry_failed, keys)  # a dry run checks the data too: a run would fail on it
+    for path, why in sweep_plan.damaged.items():
+        print(f"damaged: {why}: it {'will be' if args.dry_run else 'is'} {store.damage_fate(path)}", flush=True)
     slots = len(device_slots(devices, args.jobs_per_device or 0, args.procs_per_run))  # SLURM: no devices here
     workers = f"{plural(slots, 'worker')} on {', '.join(devices)}" if devices else "SLURM jobs"
     if args.procs_per_run > 1:

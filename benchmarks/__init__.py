@@ -1,9 +1,10 @@
 """Benchmarks of the toolkit, run from the repository root as modules, so the toolkit need not be installed:
 `python -m benchmarks.train_speed` (the training engine against reference_recipe.py, the locuslab recipe, with the
-bare step, bandwidth and the engine's targets from measure.py), `python -m benchmarks.kernels` (the depthwise conv
-per kernel size, layout and implementation), `python -m benchmarks.gpu_check` (one command that checks the toolkit
-on a GPU machine), `python -m benchmarks.startup` (how long a run's data takes to be ready: cold, warm, kept) and
-`python -m benchmarks.loader` (the streaming loader's img/s per core, folder vs shards, Pillow vs torchvision);
-`bash benchmarks/gpu_session.sh` runs the CUDA tests and the benchmarks in one call on a GPU machine. common.py holds
-what they share: a run named as the runner names it (--preset, --set, --data-root) and the one result writer.
+bare step and bandwidth from measure.py and the engine's targets from engine_targets.py), `python -m
+benchmarks.kernels` (the depthwise conv per kernel size, layout and implementation), `python -m
+benchmarks.gpu_check` (one command that checks the toolkit on a GPU machine), `python -m benchmarks.startup` (how
+long a run's data takes to be ready: cold, warm, kept) and `python -m benchmarks.loader` (the streaming loader's
+img/s per core, folder vs shards, Pillow vs torchvision); `bash benchmarks/gpu_session.sh` runs the CUDA tests and
+the benchmarks in one call on a GPU machine. common.py holds what they share: a run named as the runner names it
+(--preset, --set, --data-root) and the one result writer.
 """

@@ -41,17 +41,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ablations.sweep.presets import CIFAR10_RECIPE
-from benchmarks.common import check_out, write_result
+from benchmarks.common import TIMED_PRECISIONS, check_out, write_result
 from convmixer.arguments import OneLineParser, UsageError, run_cli
 from convmixer.config import ConvMixerConfig
-from convmixer.count import closed_form
+from convmixer.counting import closed_form
 
 if TYPE_CHECKING:
     import torch
 
 PROG = "python -m benchmarks.kernels"
 BASELINE = 5  # the kernel size each row's time per FLOP is compared with
-PRECISIONS = ("bf16", "fp32")
 COPY_BYTES = 256 * 2**20  # at least this much per copy when measuring the copy rate: more than any cache holds
 LAYOUTS = {"channels_last": "channels_last", "NCHW": "contiguous_format"}  # -> torch's memory format
 # the implementations a row names -> (DepthwiseConv2d.impl, cuDNN's autotuner on)
@@ -338,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     rate = copy_rate(device, max(4 * shape.batch * shape.dim * shape.size**2, COPY_BYTES))
     header = describe(shape, device, repeats, rate)
     print("\n".join(header), flush=True)
-    grid = itertools.product(kernels, PRECISIONS, LAYOUTS, impls, whats)
+    grid = itertools.product(kernels, TIMED_PRECISIONS, LAYOUTS, impls, whats)
     keys = [dict(zip(("kernel", "precision", "layout", "impl", "what"), values, strict=True)) for values in grid]
     rows = []
     for key in keys:

@@ -16,7 +16,8 @@ PACKAGES = ("convmixer", "ablations", "analysis", "benchmarks")
 # and plumbing, the tools anything of convmixer/.
 PLUMBING = ("convmixer.runtime", "convmixer.arguments")
 MODEL = tuple(
-    f"convmixer.{name}" for name in ("tweet", "config", "model", "depthwise", "depthwise_kernels", "registry")
+    f"convmixer.{name}"
+    for name in ("tweet", "config", "model", "depthwise", "depthwise_kernels", "registry", "counting")
 )
 RULES: list[tuple[str, tuple[str, ...]]] = [
     ("convmixer.runtime", ("convmixer.arguments",)),
@@ -26,7 +27,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("ablations.atomic", ()),
     ("ablations.design", ("ablations.config",)),
     ("ablations.config", ("convmixer",)),
-    ("ablations.store", ("ablations.design", "ablations.config", "ablations.atomic", "convmixer")),
+    ("ablations.store", ("ablations.store", "ablations.design", "ablations.config", "ablations.atomic", "convmixer")),
     ("ablations.data", ("ablations.data", "ablations.config", "ablations.atomic", "convmixer")),
     (
         "ablations.engine",

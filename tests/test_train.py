@@ -191,7 +191,7 @@ def test_a_checkpoint_of_another_run_is_set_aside_not_resumed(straight_run, tmp_
     (tmp_path / "checkpoint.pt").write_bytes((run_dir / "checkpoint.pt").read_bytes())
     lines = []
     assert train.read_checkpoint(tmp_path / "checkpoint.pt", tiny(lr=0.03), torch.device("cpu"), lines.append) is None
-    [aside] = tmp_path.glob("checkpoint.pt.corrupt-*")
+    [aside] = tmp_path.glob("checkpoint.pt.damaged-*")
     assert not (tmp_path / "checkpoint.pt").exists() and aside.name in lines[0] and "belongs to run" in lines[0]
 
 
@@ -203,7 +203,7 @@ def test_a_corrupt_checkpoint_is_set_aside_named_and_the_run_starts_over(straigh
     (tmp_path / "checkpoint.pt").write_bytes(data[:500] if damage == "truncated" else b"not a checkpoint")
     lines = []
     again = train_run(tiny(), tmp_path, device="cpu", log=lines.append)
-    [aside] = tmp_path.glob("checkpoint.pt.corrupt-*")
+    [aside] = tmp_path.glob("checkpoint.pt.damaged-*")
     said = [line for line in lines if "set aside" in line]
     assert said and aside.name in said[0] and "training from scratch" in said[0]
     assert aside.name in capsys.readouterr().err  # on the console too, not only in the run's log
@@ -524,4 +524,5 @@ def test_a_benchmark_records_the_command_a_reader_types(monkeypatch):
     monkeypatch.chdir(repo)
     argv = ["--procs", "1,2", "--out", str(repo / "results" / "benchmarks" / "x.json"), "--data-root", "/data/x y"]
     command = recorded_command(argv)
-    assert command == "python -m benchmarks.scaling --procs 1,2 --out results/benchmarks/x.json --data-root '/data/x y'"
+    # inside the repository: relative to it; elsewhere: the name only, never a machine's own path
+    assert command == "python -m benchmarks.scaling --procs 1,2 --out results/benchmarks/x.json --data-root 'x y'"

@@ -32,9 +32,9 @@ from ablations.engine import distributed
 from ablations.engine.distributed import SINGLE, Ranks
 from ablations.engine.schedule import learning_rate
 from ablations.engine.setup import Setup, Workload, candidates, fastest_setup
-from ablations.store import CHECKPOINT, DIVERGED, DONE, HISTORY, write_metrics
+from ablations.store import CHECKPOINT, CHECKPOINT_KEYS, DIVERGED, DONE, set_aside, write_history, write_metrics
 from convmixer.arguments import patch_grid
-from convmixer.count import closed_form
+from convmixer.counting import closed_form
 from convmixer.depthwise import use_impl
 from convmixer.runtime import (
     AUTOCAST_DTYPES,
@@ -295,9 +295,6 @@ class Trainer:
         self.scaler.load_state_dict(checkpoint["scaler"])
 
 
-CHECKPOINT_KEYS = ("run_id", "epoch", "model", "optimizer", "scaler", "history", "wall_time_s")  # and skipped_images
-
-
 def skipped_so_far(data: Data, before: list[str]) -> list[str]:
     """The streamed images bad_images=skip has left out of the run so far: those of the epochs before a resume
     (`before`, from the checkpoint) and those every rank met since (one gather), each counted once. A bad file is
@@ -308,8 +305,8 @@ def skipped_so_far(data: Data, before: list[str]) -> list[str]:
 
 def read_checkpoint(path: Path, cfg: RunConfig, device: torch.device, log: Callable[[str], None]) -> dict | None:
     """This run's checkpoint at `path`, or None when it is unusable (truncated, damaged, another run's): then it
-    is set aside as checkpoint.pt.corrupt-<time>, named in the log and on the console, and the run starts over,
-    since retrying with the same file would fail the same way every time."""
+    is set aside (ablations.store.set_aside: checkpoint.pt.damaged-<time>), named in the log and on the console,
+    and the run starts over, since retrying with the same file would fail the same way every time."""
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
         missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
@@ -320,8 +317,7 @@ def read_checkpoint(path: Path, cfg: RunConfig, device: torch.device, log: Calla
         problem = f"it cannot be loaded ({type(error).__name__})"  # torch's text would suggest weights_only=False
     if not problem:
         return checkpoint
-    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-    path.replace(aside)
+    aside = set_aside(path)
     message = f"checkpoint {path} is unusable ({problem}): set aside as {aside.name}; training from scratch"
     log(message)
     if log is not print:  # a sweep's run logs to its log.txt: say it on the console too
@@ -512,7 +508,7 @@ def train_epochs(
             wall = wall_before + time.perf_counter() - started
             # history.json first: if the run is killed in between, the checkpoint is the older of the two and the
             # resumed run replays that epoch and rewrites both, so history.json never stays short.
-            atomic.write_json(Path(run_dir) / HISTORY, history)
+            write_history(Path(run_dir), history)
             atomic.torch_save(trainer.state(len(history), history, wall, skipped), checkpoint_path)
         log(
             f"epoch {epoch + 1}/{cfg.epochs} train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} | "

@@ -17,6 +17,7 @@ portably (RunConfig.recorded): the absolute path goes only to the run's log.
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from ablations.config import ConfigError, RunConfig
@@ -43,6 +44,7 @@ class Plan:
     data: dict[str, dict]  # the data.json record of each run to train, or that recorded one, by run id
     retry_failed: bool = False
     keys: list[str] = field(default_factory=list)  # the keys that name a run in the progress lines
+    damaged: dict[Path, str] = field(default_factory=dict)  # the run files found damaged, and why (Store.find_damaged)
 
     def resumed(self) -> int:
         """How many of the runs to train go on from a checkpoint (an epoch or more done)."""
@@ -114,9 +116,9 @@ def plan(configs: list[RunConfig], store: Store, retry_failed: bool = False, key
     Damaged run files are read as absent (run_plan sets them aside); `keys` name the runs in progress lines."""
     configs = [cfg.with_absolute_data_root() for cfg in configs]
     check_ids(configs)
-    store.find_damaged()
+    damaged = store.find_damaged()
     todo = runs_to_train(configs, store, retry_failed)
-    return Plan(store, configs, todo, check_data(configs, todo, store), retry_failed, list(keys))
+    return Plan(store, configs, todo, check_data(configs, todo, store), retry_failed, list(keys), damaged)
 
 
 def train(sweep: Plan, launcher: Launcher) -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from ablations import atomic
 from ablations.config import ConfigError, RunConfig
-from ablations.store import HISTORY, REDO, AccessError, Locks, Store, StoreError, read_json
+from ablations.store import HISTORY, AccessError, Locks, Store, StoreError, read_json
 from ablations.sweep.execute import end_run, execute_run, follow_run, limit_cpu_threads, record_exception
 from ablations.sweep.plan import data_record
 from ablations.sweep.progress import SweepProgress
@@ -305,7 +305,7 @@ class SlurmLauncher:
         except AccessError:
             raise
         except StoreError as error:
-            jobs, why = None, str(error).removesuffix(REDO)
+            jobs, why = None, str(error)  # not a run file: no advice to redo a run
         else:
             why = f"{path} is not accepted: expected a JSON object of run ids and SLURM job ids"
         if not isinstance(jobs, dict) or not all(isinstance(v, str) for v in jobs.values()):
