@@ -31,11 +31,13 @@ from convmixer.arguments import require
 from convmixer.config import IMPLS
 
 # The tile shapes the GPU autotuner tries, (TILE_H, TILE_W, BLOCK_C, num_warps): few, since each is compiled and
-# timed once per shape; `fitting` drops those a shape cannot use. Wide channel blocks suit channels_last (a pixel's
-# channels are contiguous), wide tiles NCHW (a row's pixels are). The weight gradient reduces every tap over the
-# tile's pixels across threads, so it takes larger tiles, to spread that fixed cost over more pixels per thread.
-CONV_TILES = ((4, 8, 32, 4), (8, 8, 16, 4), (8, 16, 8, 4), (16, 16, 8, 8))
-GRAD_TILES = ((8, 8, 32, 4), (8, 16, 16, 4), (16, 16, 16, 4), (16, 16, 32, 8))
+# timed once per shape; `fitting` drops those a shape cannot use. Each gives a thread 16-32 pixel-channels, so that
+# a tap's weights, loaded once per thread, serve several pixels (`python -m benchmarks.kernels --sass`: 4.4
+# instructions per tap and pixel-channel at 16, 3.8 at 32, bf16 channels_last k=5, against 5.8 at 8); wide channel
+# blocks suit channels_last (a pixel's channels are contiguous), wide tiles NCHW (a row's pixels are).
+CONV_TILES = ((8, 8, 32, 4), (8, 16, 32, 4), (16, 16, 16, 4), (16, 16, 32, 8))
+GRAD_TILES = ((8, 8, 32, 4), (8, 16, 32, 4), (16, 16, 16, 4), (16, 16, 32, 8))
+MAX_BLOCK_C = 64  # no tile's BLOCK_C exceeds it: the conv's weights are padded to a multiple of it
 # The weight gradient's partial buffer, (slots, K*K + 1, C) fp32, holds at most max(1 MiB, a quarter of x's bytes).
 PARTIAL_SHARE, PARTIAL_FLOOR = 4, 2**20
 # Under the interpreter: small tiles, so that the tests' small images span several tiles and channel blocks.
@@ -105,8 +107,11 @@ def strides(t: torch.Tensor) -> tuple[int, ...]:
 
 
 def tap_major(weight: torch.Tensor) -> torch.Tensor:
-    """(C, 1, K, K) weights as the kernels read them: (K*K, C) in fp32, each tap's channels contiguous."""
-    return weight.detach().float().reshape(weight.shape[0], -1).t().contiguous()
+    """(C, 1, K, K) weights as the conv kernel reads them: (K*K, C) in fp32, each tap's channels contiguous and
+    zero-padded to a multiple of every BLOCK_C, so that the kernel reads them without a mask."""
+    c = weight.shape[0]
+    taps = weight.detach().float().reshape(c, -1).t()
+    return torch.nn.functional.pad(taps, (0, -c % MAX_BLOCK_C)).contiguous()
 
 
 def run_conv(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, k: int, pad: int) -> torch.Tensor:
@@ -119,7 +124,9 @@ def run_conv(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, k: 
         return tiles({**meta, "H": h, "W": w}), n, -(-c // meta["BLOCK_C"])
 
     bias_arg = bias if bias is not None else taps  # never read when HAS_BIAS is False
-    conv[grid](x, taps, bias_arg, y, c, h, w, *strides(x), *strides(y), pad, K=k, HAS_BIAS=bias is not None)
+    conv[grid](
+        x, taps, bias_arg, y, c, h, w, *strides(x), *strides(y), pad, taps.stride(0), K=k, HAS_BIAS=bias is not None
+    )
     return y
 
 

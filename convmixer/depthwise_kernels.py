@@ -9,8 +9,9 @@ load of the region shifted by the tap, served by L1, vectorised along the contig
 channels_last, pixels in NCHW), masked outside the image, times that tap's weights (a (K*K, C) fp32 copy that stays
 in cache). Triton gives no explicit shared memory; `tl.gather` from a region held in registers, the other way to
 reuse it, compiles to warp shuffles. Counted in the innermost loop of the sm_90 code (`python -m benchmarks.kernels
---sass`; bf16, channels_last, k=5), a tap costs a pixel-channel 5.7 instructions here, 14-32 (2.5-8 of them
-shuffles) in the gather design (commit 750210e) and 14.6 in the kernel this replaced (commit 3189146), whose
+--sass`; bf16, channels_last, k=5), a tap costs a pixel-channel 3.8 instructions here (one of them the bf16
+unpack), 14-32 (2.5-8 of them shuffles) in the gather design (commit 750210e) and 14.6 in the kernel this replaced
+(commit 3189146), whose
 flattened pixels cost every tap four compares and a full address per pixel, unvectorised, and whose weight
 gradient ran a program per tap.
 
@@ -20,7 +21,7 @@ runs over images x pixels with all taps per program, each slot taking every slot
 slots (min(N, what fits in max(1 MiB, a quarter of x's bytes))) are summed on the host, the second stage.
 Deterministic: each slot has one writer, which adds in a fixed order. With a bias it also sums the gradient itself,
 the bias gradient, from the tile it already holds. The per-tap sum crosses threads, a fixed cost per tap that
-larger tiles spread over more pixels (7.6 instructions per tap and pixel-channel at 16x16x16, 11.6 at 8x16x16).
+larger tiles spread over more pixels (7.4-7.9 instructions per tap and pixel-channel at 32 per thread, 10.8 at 16).
 Every kernel reads and writes through strides (NCHW and channels_last without a copy) and accumulates in fp32
 whatever the tensors' dtype.
 
@@ -55,19 +56,21 @@ def tile_coordinates(h0, w0, C, c0, TILE_H: tl.constexpr, TILE_W: tl.constexpr, 
 
 
 @triton.jit
-def shifted(x_at, row, row_ok, col, j, pad, W, sxw):
+def shifted(x_at, row_ok, col, j, pad, W, sxw):
     """x at (row, col + j - pad) for the tile's pixels, in fp32; zero outside the image. x_at points at each
-    (row, column 0, channel) and row_ok masks the rows outside the image and the channels past C."""
-    cols = col + (j - pad)
-    return tl.load(x_at + cols * sxw, mask=row_ok & (cols >= 0) & (cols < W), other=0.0).to(tl.float32)
+    (row, col, channel) and row_ok masks the rows outside the image and the channels past C: a tap adds one scalar
+    to the pointers and compares the columns with two scalars."""
+    ok = row_ok & (col >= pad - j) & (col < W + pad - j)
+    return tl.load(x_at + (j - pad) * sxw, mask=ok, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def conv(x, w, b, y, C, H, W, sxn, sxc, sxh, sxw, syn, syc, syh, syw, pad,
+def conv(x, w, b, y, C, H, W, sxn, sxc, sxh, sxw, syn, syc, syh, syw, pad, swt,
          K: tl.constexpr, HAS_BIAS: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
          BLOCK_C: tl.constexpr):  # fmt: skip
     """y[n, c, h, w] = b[c] + sum over taps (i, j) of w[i*K + j, c] * x[n, c, h + i - pad, w + j - pad] (zero
-    outside). Grid: (tiles of the image, images, channel blocks)."""
+    outside); w's rows, swt apart, are zero-padded past C to whole channel blocks (read unmasked). Grid: (tiles of
+    the image, images, channel blocks)."""
     tiles_w = (W + TILE_W - 1) // TILE_W
     h0 = tl.program_id(0) // tiles_w * TILE_H
     w0 = tl.program_id(0) % tiles_w * TILE_W
@@ -77,10 +80,10 @@ def conv(x, w, b, y, C, H, W, sxn, sxc, sxh, sxw, syn, syc, syh, syw, pad,
     for i in range(K):
         row = h + (i - pad)
         row_ok = (row >= 0) & (row < H) & c_ok
-        x_at = x + n * sxn + c * sxc + row * sxh
+        x_at = x + n * sxn + c * sxc + row * sxh + col * sxw
         for j in range(K):
-            taps = tl.load(w + (i * K + j) * C + c, mask=c_ok, other=0.0)
-            acc += shifted(x_at, row, row_ok, col, j, pad, W, sxw) * taps
+            taps = tl.load(w + (i * K + j) * swt + c)
+            acc += shifted(x_at, row_ok, col, j, pad, W, sxw) * taps
     if HAS_BIAS:
         acc += tl.load(b + c, mask=c_ok, other=0.0).to(tl.float32)
     offsets = n * syn + c * syc + h * syh + col * syw
@@ -108,9 +111,9 @@ def weight_grad(x, g, partial, N, C, H, W, sxn, sxc, sxh, sxw, sgn, sgc, sgh, sg
         for i in range(K):
             row = h + (i - pad)
             row_ok = (row >= 0) & (row < H) & c_ok
-            x_at = x + n * sxn + c * sxc + row * sxh
+            x_at = x + n * sxn + c * sxc + row * sxh + col * sxw
             for j in range(K):
-                products = shifted(x_at, row, row_ok, col, j, pad, W, sxw) * grads
+                products = shifted(x_at, row_ok, col, j, pad, W, sxw) * grads
                 total = tl.reduce(tl.reduce(products, 0, tl.standard._sum_combine), 0, tl.standard._sum_combine)
                 tl.atomic_add(out + (i * K + j) * C, total, mask=c1 < C, sem="relaxed")
         if HAS_BIAS:

@@ -154,6 +154,9 @@ def test_the_autotuner_times_only_tiles_the_shape_can_use():
     assert small and all(c.kwargs["TILE_H"] <= 8 and c.kwargs["TILE_W"] <= 8 for c in small)
     tall = [tile_config(16, 16, 8), tile_config(8, 16, 16)]
     assert depthwise.fitting(tall, {"H": 3, "W": 2, "K": 31}) == tall[1:]
+    # the conv reads its weights unmasked, padded to whole channel blocks of every tile
+    assert all(depthwise.MAX_BLOCK_C % tile[2] == 0 for tile in depthwise.CONV_TILES)
+    assert depthwise.tap_major(torch.ones(5, 1, 3, 3)).shape == (9, depthwise.MAX_BLOCK_C)
 
 
 def test_the_depthwise_conv_keeps_nn_conv2d_state_dict_keys_so_checkpoints_load_both_ways():
