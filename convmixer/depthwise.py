@@ -155,9 +155,14 @@ def _(grad: torch.Tensor, weight: torch.Tensor, pad: int) -> torch.Tensor:
 
 
 def partial_slots(x: torch.Tensor, rows: int) -> int:
-    """How many slots the weight gradient reduces into: one per image, at most what PARTIAL_SHARE allows."""
+    """How many slots the weight gradient reduces into: one per (image, tile) pair at the largest tile, so that
+    every slot has work and a few large images still spread over the GPU, at most what PARTIAL_SHARE allows."""
+    n, c, h, w = x.shape
+    pairs = n * tiles(
+        {"H": h, "W": w, "TILE_H": max(t[0] for t in GRAD_TILES), "TILE_W": max(t[1] for t in GRAD_TILES)}
+    )
     budget = max(PARTIAL_FLOOR, x.numel() * x.element_size() // PARTIAL_SHARE)
-    return max(1, min(x.shape[0], budget // (rows * x.shape[1] * 4)))
+    return max(1, min(pairs, budget // (rows * c * 4)))
 
 
 @torch.library.custom_op("convmixer::depthwise_weight_grad", mutates_args=())

@@ -18,7 +18,8 @@ gradient ran a program per tap.
 The weight gradient loads the gradient's tile once per (image, tile) pair and, for every tap, adds the sum over the
 tile's pixels of gradient x shifted input to its slot's row of a fp32 buffer, partial[slot, tap, c]: the reduction
 runs over images x pixels with all taps per program, each slot taking every slots-th (image, tile) pair, and the
-slots (min(N, what fits in max(1 MiB, a quarter of x's bytes))) are summed on the host, the second stage.
+slots (one per image and 16x16 tile, at most what fits in max(1 MiB, a quarter of x's bytes)) are summed on the
+host, the second stage.
 Deterministic: each slot has one writer, which adds in a fixed order. With a bias it also sums the gradient itself,
 the bias gradient, from the tile it already holds. The per-tap sum crosses threads, a fixed cost per tap that
 larger tiles spread over more pixels (7.4-7.9 instructions per tap and pixel-channel at 32 per thread, 10.8 at 16).
