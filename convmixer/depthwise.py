@@ -62,14 +62,14 @@ def tiles(args: dict) -> int:
 
 
 def fitting(configs: list, args: dict, **meta) -> list:
-    """The configs worth timing for this shape: tiles no larger than the image needs (the smallest tile if none
-    is)."""
+    """The configs worth timing for this shape: tiles no taller or wider than the image needs, or the smallest tile
+    where none is."""
     rows, cols = 1 << (int(args["H"]) - 1).bit_length(), 1 << (int(args["W"]) - 1).bit_length()
     kept = [config for config in configs if config.kwargs["TILE_H"] <= rows and config.kwargs["TILE_W"] <= cols]
     return kept or [min(configs, key=lambda config: config.kwargs["TILE_H"] * config.kwargs["TILE_W"])]
 
 
-def tuned(kernel, tiles: tuple, interpret: bool):
+def tuned(kernel, candidates: tuple, interpret: bool):
     """`kernel` with its tiles autotuned per shape on the GPU (the choice cached on disk by Triton), or fixed to
     INTERPRETED_TILES under the interpreter."""
     import triton
@@ -77,7 +77,9 @@ def tuned(kernel, tiles: tuple, interpret: bool):
     if interpret:
         configs = [triton.Config(INTERPRETED_TILES)]
     else:
-        configs = [triton.Config({"TILE_H": h, "TILE_W": w, "BLOCK_C": c}, num_warps=warps) for h, w, c, warps in tiles]
+        configs = [
+            triton.Config({"TILE_H": h, "TILE_W": w, "BLOCK_C": c}, num_warps=warps) for h, w, c, warps in candidates
+        ]
     key = ["C", "H", "W", "K", "sxc", "sxh", "sxw"]  # and the tensors' dtypes; the input gradient reuses the forward's
     reset = ["partial"] if "partial" in kernel.arg_names else None
     prune = {"early_config_prune": fitting}
