@@ -2,14 +2,18 @@
 settle, with a family-wise error rate that holds whatever the stage a comparison stopped at.
 
 Stages: the seeds per variant double from 3 (`FIRST_SEEDS`) up to `max_seeds` (3, 6, 10 for 10; 3, 6 for 6): K
-planned looks. At the look of stage k, each open comparison (its variant and its baseline both at n_k seeds) gets
-Welch's two-sided p from its first n_k seeds of each side. Its sequential p-value is min(1, K * min over the looks
-it was tested at): Bonferroni over the K planned looks, a valid p-value whatever the looks it skipped (a minimum over
-fewer looks is larger). Holm's step-down over the report's comparisons then adjusts these p-values; Holm is valid
-under any dependence, so the family-wise error rate is at most alpha. A comparison is
+planned looks. Look k spends the share w_k = n_k / (n_1 + ... + n_K) of alpha (a weighted Bonferroni split, the
+shares sum to 1; the last look, where small differences are found, keeps the most). At look k, each open
+comparison (its variant and its baseline both at n_k seeds) gets Welch's two-sided p_k from the first n_k seeds of
+each side; its sequential p-value is min(1, min over the looks it was tested at of p_k / w_k). That is a valid
+p-value whatever the looks it skipped: under no difference, P(min_k p_k / w_k <= u) <= sum_k w_k u = u over all K
+planned looks, and a minimum over fewer looks is larger. Holm's step-down over the report's comparisons then
+adjusts these p-values; Holm is valid under any dependence between them (the shared baseline, the stopping), so the
+family-wise error rate is at most alpha. A comparison is
 
 - decided: its Holm-adjusted sequential p is below alpha (it only falls stage by stage, so it stays decided);
-- bounded: its Welch interval at level 1 - alpha/K (valid over the K looks) lies inside (-resolve, +resolve);
+- bounded: its Welch interval at look k's level 1 - w_k alpha (together over the K looks: 1 - alpha) lies
+  inside (-resolve, +resolve);
 - open otherwise: its variant and baseline get the next stage's seeds, until the last stage.
 
 Stopping a comparison early (bounded) only takes away chances to reject, so it costs no error rate. Torch-free:
@@ -37,6 +41,12 @@ def looks(max_seeds: int = MAX_SEEDS, first: int = FIRST_SEEDS) -> list[int]:
     while counts[-1] < max_seeds:
         counts.append(min(2 * counts[-1], max_seeds))
     return counts
+
+
+def spending(counts: list[int]) -> list[float]:
+    """The share of alpha each look spends: in proportion to its seeds, so that the last look, where the small
+    differences are found, keeps the most (a weighted Bonferroni split: the shares sum to 1)."""
+    return [n / sum(counts) for n in counts]
 
 
 def welch_arrays(a: np.ndarray, b: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -94,6 +104,7 @@ def walk(
     """Run the design over seeds in hand: arrays (studies, comparisons, seeds) in seed order, NaN where a seed has
     not run. It stops at the first stage whose seeds an open comparison lacks: the stage the sweep is in."""
     counts = looks(max_seeds)
+    shares = spending(counts)
     shape = variant.shape[:-1]
     best = np.ones(shape)
     decided_at, bounded_at, tested = (np.zeros(shape, int) for _ in range(3))
@@ -104,10 +115,10 @@ def walk(
         have = (a.shape[-1] == n) & ~np.isnan(a).any(-1) & ~np.isnan(b).any(-1)
         if not open_.any() or (open_ & ~have).any():
             return Walk(counts, decided_at, bounded_at, tested, p_holm, stage if open_.any() else len(counts) + 1)
-        p, low, high = welch_arrays(np.nan_to_num(a), np.nan_to_num(b), 1 - alpha / len(counts))
-        best = np.where(open_, np.minimum(best, p), best)
+        p, low, high = welch_arrays(np.nan_to_num(a), np.nan_to_num(b), 1 - alpha * shares[stage - 1])
+        best = np.where(open_, np.minimum(best, p / shares[stage - 1]), best)
         tested = np.where(open_, stage, tested)
-        p_holm = holm_rows(np.minimum(1.0, len(counts) * best))
+        p_holm = holm_rows(np.minimum(1.0, best))
         decided = open_ & (p_holm < alpha)
         decided_at = np.where(decided, stage, decided_at)
         bounded_at = np.where(open_ & ~decided & (low > -resolve) & (high < resolve), stage, bounded_at)
@@ -225,11 +236,12 @@ def next_runs(found: Comparisons, state: Walk) -> list[tuple[dict, int]]:
 
 def design_line(max_seeds: int, resolve: float, alpha: float = ALPHA) -> str:
     counts = looks(max_seeds)
+    shares = " + ".join(f"{alpha * share:.3g}" for share in spending(counts))
     return (
-        f"Sequential seeds: stages of {', '.join(map(str, counts))} seeds per variant; each look tests at "
-        f"α/{len(counts)} (Bonferroni over the {len(counts)} looks), Holm over the comparisons, family-wise error "
-        f"≤ {alpha:g}; a comparison stops when decided or when its {1 - alpha / len(counts):.1%} interval lies "
-        f"inside ±{resolve:g} points."
+        f"Sequential seeds: stages of {', '.join(map(str, counts))} seeds per variant; α = {alpha:g} split over the "
+        f"looks in proportion to their seeds ({shares}), Holm over the comparisons: family-wise error ≤ {alpha:g}. "
+        f"A comparison stops when decided, or bounded: its interval at its look's level lies inside ±{resolve:g} "
+        "points. Only the variants of open comparisons (and their baseline) get the next stage's seeds."
     )
 
 
