@@ -25,7 +25,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 FIRST_SEEDS = 3
 MAX_SEEDS = 10
@@ -52,6 +51,8 @@ def spending(counts: list[int]) -> list[float]:
 def welch_arrays(a: np.ndarray, b: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Welch's two-sided p and the interval [low, high] of mean(a) - mean(b) along the last axis, vectorised over
     the others (analysis.stats.welch's numbers); an exact difference where both sides have no spread."""
+    from scipy import stats  # here: the runner imports this module, and --help answers without scipy
+
     n_a, n_b = a.shape[-1], b.shape[-1]
     diff = a.mean(-1) - b.mean(-1)
     va, vb = a.var(-1, ddof=1) / n_a, b.var(-1, ddof=1) / n_b
@@ -309,3 +310,19 @@ if __name__ == "__main__":
     import sys
 
     sys.exit(cli())
+
+
+def next_stage(sweep, max_seeds: int, resolve: float) -> tuple[list[str], list[tuple[dict, int]]]:
+    """For the runner: where a sweep folder stands (lines) and the runs its stage needs beyond the first stage's
+    seeds of every variant, which it always needs; nothing read yet (no finished run): the first stage."""
+    from analysis.design import scope
+    from analysis.errors import AnalysisError
+
+    try:
+        found = comparisons(scope([sweep], []), max_seeds)
+    except AnalysisError:
+        return [design_line(max_seeds, resolve), f"stage 1: {FIRST_SEEDS} seeds of every variant"], []
+    state = walk(found.variant, found.baseline, max_seeds, resolve)
+    runs = next_runs(found, state)
+    where = f"stage {state.stage}: {len(runs)} runs for the open comparisons" if runs else "no comparison is open"
+    return [design_line(max_seeds, resolve), *state_lines(found, state, resolve), where], runs
