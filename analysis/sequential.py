@@ -326,3 +326,23 @@ def next_stage(sweep, max_seeds: int, resolve: float) -> tuple[list[str], list[t
     runs = next_runs(found, state)
     where = f"stage {state.stage}: {len(runs)} runs for the open comparisons" if runs else "no comparison is open"
     return [design_line(max_seeds, resolve), *state_lines(found, state, resolve), where], runs
+
+
+def report_lines(scope) -> list[str]:
+    """report.md's account of a seeds-auto design: the design, each comparison's stage and why the undecided ones
+    stopped, and the runs it took against the fixed design at its maximum; [] for a design of fixed seeds."""
+    from ablations.design import AUTO
+
+    auto = [design for design in scope.designs.values() if design is not None and design.seeds == AUTO]
+    if not auto:
+        return []
+    max_seeds, resolve = auto[-1].max_seeds, auto[-1].resolve
+    found = comparisons(scope, max_seeds)
+    state = walk(found.variant, found.baseline, max_seeds, resolve)
+    fixed = (len(found.labels) + 1) * max_seeds
+    return [
+        "",
+        design_line(max_seeds, resolve) + " The decisions below are this design's (its sequential p-values).",
+        *state_lines(found, state, resolve),
+        f"Runs: {len(scope.done)} done, where a fixed design of {max_seeds} seeds per variant trains {fixed}.",
+    ]
