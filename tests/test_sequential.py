@@ -104,3 +104,9 @@ def test_the_command_plans_the_committed_study_s_second_stage(capsys):
 def test_the_command_refuses_a_maximum_below_the_first_stage(capsys):
     assert sequential.cli(["results/cifar10-cpu", "--max-seeds", "2"]) == 2
     assert "--max-seeds 2 is not accepted: expected at least 3" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # eight simulations of 4,000 studies: about 2 s
+def test_docs_hold_the_simulation_table_the_command_prints(repo_root):
+    docs = (repo_root / "docs" / "analysis.md").read_text()
+    assert "\n".join(sequential.simulation_table()) in docs
