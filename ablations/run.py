@@ -14,7 +14,6 @@ this sweep's is refused; one sweep at a time works in a folder (a second is refu
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -34,7 +33,7 @@ from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, keys_help
 from ablations.sweep.progress import run_label
 from ablations.sweep.slurm import SlurmLauncher, SlurmOptions, add_slurm_options, check_cluster
 from ablations.sweep.study import Study, read_study
-from analysis.sequential import FIRST_SEEDS, MAX_SEEDS, RESOLVE, next_stage
+from analysis.sequential import FIRST_SEEDS, MAX_SEEDS, RESOLVE, check_stages, next_stage
 from convmixer.arguments import OneLineParser, folder_path, run_cli
 
 PROG = "python -m ablations.run"
@@ -161,10 +160,10 @@ def staged_sweep(args: argparse.Namespace, sweep: Sweep) -> Sweep:
         return sweep
     max_seeds = MAX_SEEDS if args.max_seeds is None else args.max_seeds
     resolve = RESOLVE if args.resolve is None else args.resolve
-    if max_seeds < FIRST_SEEDS:
-        raise ConfigError(f"--max-seeds {max_seeds} is not accepted: expected an integer >= {FIRST_SEEDS}")
-    if not 0 < resolve < math.inf:
-        raise ConfigError(f"--resolve {resolve:g} is not accepted: expected a number of points > 0")
+    try:
+        check_stages(max_seeds, resolve)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     return dataclasses.replace(sweep, seeds=max_seeds, resolve=resolve)
 
 

@@ -32,10 +32,17 @@ RESOLVE = 1.0  # points: the smallest difference worth resolving
 ALPHA = 0.05  # the report's rule: Holm-adjusted Welch p below 0.05 (analysis.variants.compare)
 
 
+def check_stages(max_seeds: int, resolve: float = RESOLVE) -> None:
+    """ValueError, in words, for a --max-seeds below the first stage or a --resolve that is no positive number."""
+    if max_seeds < FIRST_SEEDS:
+        raise ValueError(f"--max-seeds {max_seeds} is not accepted: expected an integer >= {FIRST_SEEDS}")
+    if not 0 < resolve < math.inf:
+        raise ValueError(f"--resolve {resolve:g} is not accepted: expected a number of points > 0")
+
+
 def looks(max_seeds: int = MAX_SEEDS, first: int = FIRST_SEEDS) -> list[int]:
     """The seeds per variant at each stage: doubling from `first`, the last one `max_seeds`."""
-    if max_seeds < first:
-        raise ValueError(f"--max-seeds {max_seeds} is not accepted: expected at least {first} (the first stage)")
+    check_stages(max_seeds)
     counts = [first]
     while counts[-1] < max_seeds:
         counts.append(min(2 * counts[-1], max_seeds))
@@ -267,13 +274,12 @@ PROG = "python -m analysis.sequential"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from analysis.seeds import positive
     from convmixer.arguments import OneLineParser, folder_path
 
     parser = OneLineParser(prog=PROG, description="Where a sweep stands in the sequential seed design.")
     parser.add_argument("sweeps", nargs="*", type=folder_path, help="sweep folders, e.g. results/cifar10-cpu")
     parser.add_argument("--max-seeds", type=int, default=MAX_SEEDS, help=f"the last stage (default {MAX_SEEDS})")
-    parser.add_argument("--resolve", type=positive, default=RESOLVE, help="points worth resolving (default 1)")
+    parser.add_argument("--resolve", type=float, default=RESOLVE, help="points worth resolving (default 1)")
     parser.add_argument("--simulate", action="store_true", help="print the simulation table of docs/analysis.md")
     args = parser.parse_args(argv)
     if args.simulate:
@@ -281,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.sweeps:
         parser.error("give a sweep folder, or --simulate")
-    if args.max_seeds < FIRST_SEEDS:
-        parser.error(f"--max-seeds {args.max_seeds} is not accepted: expected at least {FIRST_SEEDS}")
+    try:
+        check_stages(args.max_seeds, args.resolve)
+    except ValueError as error:
+        parser.error(str(error))
     from pathlib import Path
 
     from analysis.design import scope

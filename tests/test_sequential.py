@@ -103,7 +103,7 @@ def test_the_command_plans_the_committed_study_s_second_stage(capsys):
 
 def test_the_command_refuses_a_maximum_below_the_first_stage(capsys):
     assert sequential.cli(["results/cifar10-cpu", "--max-seeds", "2"]) == 2
-    assert "--max-seeds 2 is not accepted: expected at least 3" in capsys.readouterr().err
+    assert "--max-seeds 2 is not accepted: expected an integer >= 3" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # eight simulations of 4,000 studies: about 2 s
