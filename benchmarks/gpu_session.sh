@@ -9,8 +9,10 @@
 #   bash benchmarks/gpu_session.sh loader      # the streaming loader's CUDA test and img/s per core with nvJPEG
 #                                              # beside Pillow and torchvision (python -m benchmarks.loader)
 #   bash benchmarks/gpu_session.sh accuracy    # 25 epochs x 2 seeds of the engine and the 16-worker reference
-#   bash benchmarks/gpu_session.sh jobs        # 25 epochs x 2 seeds of the engine, one after another and side by
-#                                              # side on one GPU (--jobs-per-device 1 vs 2)
+#   bash benchmarks/gpu_session.sh jobs        # N seeds as one grouped model vs one after another, N = 1, 2, 4, 8
+#                                              # (python -m benchmarks.grouped_speed, 60 s); then 25 epochs x 2
+#                                              # seeds of the engine, one after another and side by side on one GPU
+#                                              # (--jobs-per-device 1 vs 2)
 #   bash benchmarks/gpu_session.sh study       # the next runs of studies/cifar10-gpu.toml into results/cifar10-gpu
 #                                              # (those that fit in STUDY_MINUTES, default 7), brought back as
 #                                              # $OUT/cifar10-gpu.tar.gz without checkpoints
@@ -23,7 +25,7 @@
 # python -m benchmarks.kernels), STUDY (default studies/cifar10-gpu.toml), STORE (default results/<its stem>),
 # STUDY_MINUTES (default 7; the sweep then exits 1, its runs not all done, which session.txt shows).
 # Files in $OUT: session.txt, train_speed[_accuracy|_jobs].json and .md, kernels.json and .md, loader.json and .md,
-# <study>.tar.gz, logs.tar.gz.
+# grouped.json and .md, <study>.tar.gz, logs.tar.gz.
 # Each step has its own time limit and the script goes on after a failure; session.txt lists every step's exit
 # code and seconds. Exit code: 0 when every step passed.
 set -u
@@ -77,8 +79,9 @@ if [ "$TINY" = 1 ]; then
     SHAPE=(--device cpu --set epochs=2,train_subset=100,test_subset=50,dim=8,depth=1,batch_size=50
            --workers 0 --bare-steps 2 --copy-mb 8)
     COMPILED=engine  # a cold Inductor compile takes a minute on a small CPU; the tests cover that path
+    GROUPED=(--device cpu --set dim=8,depth=1,batch_size=8 --groups 1,2 --time-budget 5)
 else
-    SHAPE=() COMPILED=engine,engine-compiled
+    SHAPE=() COMPILED=engine,engine-compiled GROUPED=(--device cuda --time-budget 60)
 fi
 case "$PART" in
     speed)
@@ -104,6 +107,7 @@ case "$PART" in
         tar -czf "$OUT/$(basename "$STORE").tar.gz" --exclude 'checkpoint.pt*' --exclude .lock \
             -C "$(dirname "$STORE")" "$(basename "$STORE")" ;;
     jobs)
+        step grouped 120 python -m benchmarks.grouped_speed "${GROUPED[@]}" --out "$OUT/grouped.json"
         step train-speed 420 python -m benchmarks.train_speed --data-root "$DATA" "${SHAPE[@]}" --seeds 2 \
             --variants engine,engine-2-per-device --out "$OUT/train_speed_jobs.json" ;;
 esac

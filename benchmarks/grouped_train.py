@@ -173,7 +173,6 @@ def grouped_trainer(
 ) -> GroupedTrainer:
     """The GroupedTrainer of `cfgs` for images of this shape, each model initialised as train_run initialises its
     run, and the layout and depthwise conv chosen as train_run chooses them (for N * dim channels)."""
-    check_groupable(cfgs)
     cfg, dtype = cfgs[0], run_dtype(cfgs[0].precision, device)
     model_config = cfg.model_config(num_classes, in_chans)
     models = []
