@@ -1,19 +1,30 @@
-"""Crash-safe file writes: write to a temporary file in the same folder, fsync, then rename over the target.
+"""Crash-safe writes of a whole file or a whole folder: the new one is written beside the old one under a temporary
+name, then renamed over it, so that a reader (or a sweep restarted after SIGKILL) sees the old or the new, never
+half of one.
 
-A reader (or a sweep restarted after SIGKILL) sees either the old file or the new one, never half of one.
+A file (`write_json`, `write_text`, ...) is written to a temporary file in the same folder, fsynced and renamed.
 A write that fails raises WriteError, one line naming the file ("disk full writing <path>"), whatever the writer.
 A writer holds a lock on its temporary file until the rename, so that the temporaries a killed writer left behind
 (`.<name>.*.tmp`) can be told from live ones and removed (`drop_stale_temps`).
+
+A folder (a report, a run's export: `write_folder`) is written whole into a staging folder beside it, then swapped
+in with two renames (`publish_folder`); what a kill between them leaves is put right by the next write
+(`recover_folder`).
 """
 
+import contextlib
 import errno
 import fcntl
+import glob
 import io
 import json
 import os
+import secrets
+import shutil
+import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -114,3 +125,89 @@ def torch_save(obj: Any, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     _atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+
+
+def link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)  # no bytes to write: the staging folder lies on the same file system
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def keep_files(target: Path, staging: Path, left_behind: Sequence[str] = ()) -> None:
+    """Put into `staging` every file of the folder `target` that the new folder does not hold (the user's notes),
+    so that the swap keeps them, except those matching a pattern of `left_behind` (old outputs the new folder no
+    longer writes), which stay with the old folder."""
+    for path in target.iterdir():
+        kept = staging / path.name
+        if kept.exists() or any(path.match(pattern) for pattern in left_behind):
+            continue
+        if path.is_symlink():
+            os.symlink(os.readlink(path), kept)
+        elif path.is_dir():
+            shutil.copytree(path, kept, symlinks=True, copy_function=link_or_copy)
+        else:
+            link_or_copy(str(path), str(kept))
+
+
+def failure(error: BaseException) -> str:
+    """Why a write failed, in a few words: the OSError behind it (on a full disk matplotlib's PDF writer raises an
+    AttributeError of its own while it cleans up after the ENOSPC), else the error itself."""
+    cause = error
+    while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
+        cause = cause.__cause__ or cause.__context__
+    return cause.strerror if cause is not None else f"{type(error).__name__}: {error}"
+
+
+@contextlib.contextmanager
+def staging_folder(target: Path) -> Iterator[Path]:
+    """A new empty folder beside `target` (on its file system, so that the swap renames without copying), with
+    the permissions of `target` where it exists; removed, with whatever it still holds, when the block ends."""
+    staging = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    staging.mkdir()
+    try:
+        if target.exists():
+            os.chmod(staging, stat.S_IMODE(target.stat().st_mode))  # the swap keeps the folder's permissions
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish_folder(staging: Path, target: Path) -> None:
+    """Swap the finished `staging` folder in for the folder `target` with two renames (on one file system: no data
+    to write), so that a reader sees the old folder or the new one, never a mix of both. A kill between the renames
+    leaves the old one set aside as .<name>.old-*, which the next write puts back (`recover_folder`). A `target`
+    not there yet is simply renamed into place."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+    os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_folder(target: Path) -> None:
+    """Clear what a killed folder write left beside `target`: a folder set aside by a publish killed between its
+    two renames is put back (when no folder took its place), and the staging folders and set-aside folders of
+    earlier kills are removed."""
+    name = glob.escape(target.name)
+    olds = sorted(target.parent.glob(f".{name}.old-*"))
+    if olds and not target.exists():
+        os.replace(olds.pop(), target)
+    for leftover in [*olds, *target.parent.glob(f".{name}.*.tmp")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def write_folder(target: Path, fill: Callable[[Path], None]) -> None:
+    """Write the folder `target` whole: `fill` writes every file into a staging folder, which then replaces
+    `target` (publish_folder). If anything fails, `target` is as it was and no staging folder is left behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover_folder(target)
+    with staging_folder(target) as staging:
+        fill(staging)
+        publish_folder(staging, target)

@@ -14,8 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from convmixer.arguments import PRECISIONS as AUTOCAST_PRECISIONS
-from convmixer.arguments import check_patch_fits
+from convmixer.arguments import AUTOCAST_PRECISIONS, check_patch_fits
 from convmixer.config import ACTIVATION_NAMES, IMPLS, NORM_NAMES, RESIDUAL_NAMES, ConvMixerConfig
 from convmixer.registry import MODEL_CONFIGS
 
@@ -23,7 +22,7 @@ DATASETS = ("synthetic", "cifar10", "cifar100", "imagefolder", "imagenette")
 DECODES = ("cpu", "gpu", "auto")
 BAD_IMAGES = ("error", "skip")
 SCHEDULES = ("onecycle", "cosine")
-PRECISIONS = ("auto", *sorted(AUTOCAST_PRECISIONS))  # convmixer.runtime's names; auto: the device decides
+RUN_PRECISIONS = ("auto", *sorted(AUTOCAST_PRECISIONS))  # a run's precision: auto (the device decides) or one
 DEPTHWISE_IMPLS = ("auto", *IMPLS)
 # Switches that also accept "auto": the engine settles them by timing on the device.
 AUTO_SWITCHES = ("channels_last",)
@@ -40,9 +39,15 @@ MAX_LR, MAX_WEIGHT_DECAY = 1e6, 1e6
 # Keys added after results were first committed, with the value every earlier run had: a run holding that value
 # leaves the key out of its id, so adding a key never renames the runs already in a store.
 LATER_KEYS: dict[str, object] = {
-    "tf32": True, "depthwise_impl": "torch", "adam_eps": 1e-8, "decode": "cpu", "bad_images": "error",
-    "sync_bn": True, "accum_steps": 1, "checkpoint_activations": False,
-}  # fmt: skip
+    "tf32": True,
+    "depthwise_impl": "torch",
+    "adam_eps": 1e-8,
+    "decode": "cpu",
+    "bad_images": "error",
+    "sync_bn": True,
+    "accum_steps": 1,
+    "checkpoint_activations": False,
+}
 # Hex digits of a run id (64 bits); results written before ids had 16 were named by LEGACY_RUN_ID_LENGTH.
 RUN_ID_LENGTH, LEGACY_RUN_ID_LENGTH = 16, 10
 # Keys that say where a run's inputs live, not what the run is: left out of its id (the data itself is checked).
@@ -271,7 +276,7 @@ ACCEPTED: dict[str, Range | Choice | AutoSwitch] = {
     "warmup_epochs": Range(int, 0),
     "label_smoothing": Range(float, 0.0, 1.0),
     "clip_norm": Range(float, 0.0, note="0: no clipping"),
-    "precision": Choice(PRECISIONS),
+    "precision": Choice(RUN_PRECISIONS),
     "channels_last": AutoSwitch(),
     "depthwise_impl": Choice(DEPTHWISE_IMPLS),
     "accum_steps": Range(int, 1),

@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from ablations.config import NOT_IDENTITY
+from ablations.config import NOT_IDENTITY, RunConfig
 
 # Design keys added after designs were first recorded, with the value every earlier sweep had: read as that value,
 # so an old sweep.json is the same design as the command that wrote it.
@@ -65,7 +65,11 @@ class Design:
         return dataclasses.replace(self, runs=runs).what_ran() == other.what_ran()
 
     def what_ran(self) -> "Design":
-        fixed = {key: value for key, value in self.fixed.items() if key not in NOT_IDENTITY}
+        # A fixed key at RunConfig's default fixes what every run had anyway: keys a preset came to pin later
+        # (activation, residual, norm) leave the design what it was.
+        defaults = RunConfig().to_dict()
+        at_default = {key for key, value in self.fixed.items() if key in defaults and defaults[key] == value}
+        fixed = {key: value for key, value in self.fixed.items() if key not in (*NOT_IDENTITY, *at_default)}
         return dataclasses.replace(self, name="", fixed=fixed)
 
 

@@ -22,9 +22,11 @@ from ablations.atomic import WriteError
 from ablations.config import ConfigError, RunConfig
 from ablations.data import DataError, dataset_label
 from ablations.store import DONE, FAILED, Locks, Store, StoreError
+from ablations.sweep import plan as planning
+from ablations.sweep.execute import check_processes
 from ablations.sweep.grid import Sweep, build_sweep, sweep_configs
 from ablations.sweep.local import LocalLauncher, add_local_options, device_slots, local_devices
-from ablations.sweep.plan import check_ids, outcome, plan, run_plan
+from ablations.sweep.plan import check_ids, outcome, run_plan
 from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, keys_help
 from ablations.sweep.progress import run_label
 from ablations.sweep.slurm import SlurmLauncher, SlurmOptions, add_slurm_options, check_cluster
@@ -94,6 +96,11 @@ def build_parser(preset: str = DEFAULT_PRESET) -> OneLineParser:
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoint.pt of finished runs")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
     parser.add_argument(
+        "--procs-per-run", type=int, default=1, metavar="N",
+        help="train each run on N processes (DDP): N GPUs per run, or N CPU processes (gloo); under --launcher slurm "
+        "a job of N tasks (default 1)",
+    )  # fmt: skip
+    parser.add_argument(
         "--lock-dir", type=folder_path, metavar="DIR",
         help="keep the sweep's locks in DIR, on a filesystem where file locks work (Lustre needs -o flock)",
     )  # fmt: skip
@@ -147,7 +154,6 @@ def create_result_dir(root: Path) -> None:
 def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: list[str]) -> None:
     import torch  # here, once the command line is parsed: --help and usage errors answer without it
 
-    from ablations.engine.distributed import Ranks, local_batch
     from ablations.engine.train import run_dtype
 
     for precision in {cfg.precision for cfg in configs}:
@@ -155,9 +161,7 @@ def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: l
             run_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
     if args.time_limit is not None and args.launcher == "slurm":
         raise ConfigError("--time-limit is not accepted with --launcher slurm: use --slurm-time for each job")
-    options = SlurmOptions.from_args(args)  # --procs-per-run >= 1 is checked here or by local_devices
-    for cfg in configs:
-        local_batch(cfg.batch_size, Ranks(world_size=args.procs_per_run))  # each process's share of every batch
+    options = SlurmOptions.from_args(args, args.procs_per_run)  # a bad --slurm-* value is refused on any sweep
     if args.launcher == "slurm":
         for precision in {cfg.precision for cfg in configs}:
             run_dtype(precision, torch.device(options.device))
@@ -178,9 +182,9 @@ def print_table(configs: list[RunConfig], keys: list[str], store: Store) -> None
 
 def make_launcher(args: argparse.Namespace, store: Store, devices: list[str]) -> LocalLauncher | SlurmLauncher:
     if args.launcher == "slurm":
-        return SlurmLauncher(store, SlurmOptions.from_args(args), args.keep_checkpoints)
+        return SlurmLauncher(store, SlurmOptions.from_args(args, args.procs_per_run))
     limit_s = None if args.time_limit is None else 60 * args.time_limit
-    return LocalLauncher(store, devices, args.jobs_per_device, args.keep_checkpoints, limit_s, args.procs_per_run)
+    return LocalLauncher(store, devices, args.jobs_per_device, limit_s, args.procs_per_run)
 
 
 def report(configs: list[RunConfig], keys: list[str], store: Store) -> int:
@@ -214,25 +218,27 @@ def main(argv: list[str] | None = None) -> int:
     sweep.check_size(args.max_runs)
     keys = sweep.varying_keys()
     configs = sweep_configs(preset, sweep, args.data_root)
-    devices = local_devices(args) if args.launcher == "local" else []  # torch, once the design is known to be valid
+    check_processes(args.procs_per_run, configs)  # torch, once the design is known to be valid
+    devices = local_devices(args) if args.launcher == "local" else []
     check_options(args, configs, devices)
     name, root = result_dir(args, default_name(study, preset, sweep))
     # Absolute: a SLURM job may start in another folder.
     store = Store(root, Locks(args.lock_dir.absolute() if args.lock_dir else None, args.no_lock))
     store.check_folder()
-    for path, why in store.find_damaged().items():
-        print(f"damaged: {why}: it {'will be' if args.dry_run else 'is'} {store.damage_fate(path)}", flush=True)
     origin = f"study {args.study} (preset {preset})" if study is not None else f"preset {preset}"
     print(first_line(name, configs, origin, keys), flush=True)
-    sweep_plan = plan(configs, store, args.retry_failed, keys)  # a dry run checks the data too: a run would fail on it
+    # A dry run checks the data too: a run would fail on it.
+    plan = planning.plan(configs, store, args.retry_failed, keys, args.keep_checkpoints)
+    for path, why in plan.damaged.items():
+        print(f"damaged: {why}: it {'will be' if args.dry_run else 'is'} {store.damage_fate(path)}", flush=True)
     slots = len(device_slots(devices, args.jobs_per_device or 0, args.procs_per_run))  # SLURM: no devices here
     workers = f"{plural(slots, 'worker')} on {', '.join(devices)}" if devices else "SLURM jobs"
     if args.procs_per_run > 1:
         workers += f", {args.procs_per_run} processes per run"
-    todo = sweep_plan.todo
-    for note in sweep_plan.patch_notes():
+    todo = plan.todo
+    for note in plan.patch_notes():
         print(note)
-    resumed = sweep_plan.resumed()  # reads the state of every run to train: once
+    resumed = plan.resumed()  # reads the state of every run to train: once
     also = f", {resumed} of them from a checkpoint" if resumed else ""
     earlier = len(configs) - len(todo)
     line = f"{len(todo)} to train{also} ({earlier} finished earlier) with {workers}; results in {store.root}"
@@ -246,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     design = sweep.design(name, preset, str(args.study) if study else None, study.description if study else "")
     launcher = make_launcher(args, store, devices)
     # Announced once the folder is locked and the design recorded: a refusal never follows "N to train".
-    run_plan(sweep_plan, launcher, design, study.text if study else None, lambda: print(line, flush=True))
+    run_plan(plan, launcher, design, study.text if study else None, lambda: print(line, flush=True))
     return report(configs, keys, store)
 
 

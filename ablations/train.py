@@ -6,25 +6,26 @@ sweep of that one run would write it (same run id, files, lock and summary.csv).
     torchrun --nproc-per-node 8 -m ablations.train --preset imagenet --data-root /data/imagenet
 
 Under torchrun every process parses the same command line and takes its place from torchrun's environment
-(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT; docs/engine.md). Rank 0 does what `python -m
+(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT; docs/engine.md): this entry point alone reads them, and
+hands the engine its `Ranks`. Rank 0 does what `python -m
 ablations.run` does (checks, the folder's lock, the design and data records, summary.csv) and trains with the
 others, which only train. batch_size is the global batch. A rerun resumes from the last epoch's checkpoint.
 """
 
 import argparse
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from ablations.atomic import WriteError
-from ablations.config import ConfigError, RunConfig
+from ablations.config import ConfigError
 from ablations.data import DataError
 from ablations.store import Store, StoreError
-from ablations.sweep.execute import end_run, execute_run, follow_run, one_line
+from ablations.sweep import plan as planning
+from ablations.sweep.execute import check_processes, follow_run, one_line, rank_error
 from ablations.sweep.grid import build_sweep, sweep_configs
-from ablations.sweep.plan import plan, run_plan, runs_to_train
+from ablations.sweep.inprocess import InProcessLauncher
+from ablations.sweep.plan import run_plan, runs_to_train
 from ablations.sweep.presets import DEFAULT_PRESET, PRESETS
-from ablations.sweep.progress import SweepProgress
 from convmixer.arguments import OneLineParser, folder_path, run_cli
 
 PROG = "python -m ablations.train"
@@ -43,58 +44,37 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-@dataclass
-class ThisProcess:
-    """run_plan's launcher for the one run: trained in this process, rank 0 of those torchrun started."""
-
-    store: Store
-    device: str
-    keep_checkpoints: bool
-
-    def run(self, configs: list[RunConfig], progress: SweepProgress) -> dict[str, dict]:
-        results = {}
-        for cfg in configs:
-            run_id = cfg.run_id()
-            progress.started(run_id, self.device)
-            execute_run(
-                cfg, self.store, self.device, keep_checkpoints=self.keep_checkpoints,
-                on_epoch=lambda record, run_id=run_id: progress.epoch(run_id, record), distributed=True,
-            )  # fmt: skip
-            results[run_id] = end_run(self.store, run_id, progress, lambda: "the run ended unrecorded", self.device)
-        return results
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     preset = args.preset or DEFAULT_PRESET
     sweep = build_sweep(PRESETS[preset].values, args.set, [], 1)
     (cfg,) = sweep_configs(preset, sweep, args.data_root)
-    from ablations.engine.distributed import Ranks, local_batch  # torch: once the command line is parsed
+    from ablations.engine.distributed import Ranks  # torch: once the command line is parsed
     from convmixer.runtime import parse_device
 
     try:  # named, not "auto", in the run's log and progress; a bad name is refused before anything is written
         device = str(parse_device(args.device))
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    ranks = Ranks.from_env()
-    local_batch(cfg.batch_size, ranks)
+    ranks = Ranks.from_env()  # torchrun's variables, read here only
+    check_processes(ranks.world_size, [cfg])
     store = Store(args.out if args.out is not None else DEFAULT_ROOT / preset)
     if not ranks.main:
         if not runs_to_train([cfg], store, args.retry_failed):  # rank 0 decides the same from the same files
             return 0
         try:
-            follow_run(cfg, store.run_dir(cfg), device)
+            follow_run(cfg, store.run_dir(cfg), device, ranks)
         except Exception as error:  # follow_run left it for rank 0's failure record; this line is for the console
-            print(f"{PROG}: rank {ranks.rank}: {one_line(error)}", file=sys.stderr)
+            print(f"{PROG}: {rank_error(ranks.rank, one_line(error))}", file=sys.stderr)
             return 1
         return 0
     store.check_folder()
-    todo = plan([cfg], store, args.retry_failed)
+    plan = planning.plan([cfg], store, args.retry_failed, keep_checkpoints=args.keep_checkpoints)
     store.root.mkdir(parents=True, exist_ok=True)
-    launcher = ThisProcess(store, device, args.keep_checkpoints)
+    launcher = InProcessLauncher(store, device, ranks)
     processes = f" on {ranks.world_size} processes" if ranks.world_size > 1 else ""
-    announce = f"run {cfg.run_id()} of preset {preset}{processes}: {len(todo.todo)} to train; results in {store.root}"
-    ended = run_plan(todo, launcher, sweep.design(store.root.resolve().name, preset), None, lambda: print(announce))
+    announce = f"run {cfg.run_id()} of preset {preset}{processes}: {len(plan.todo)} to train; results in {store.root}"
+    ended = run_plan(plan, launcher, sweep.design(store.root.resolve().name, preset), None, lambda: print(announce))
     print(f"{cfg.run_id()}: {ended.states[cfg.run_id()].describe(cfg.epochs)}; summary: {store.summary}")
     return ended.exit_code
 

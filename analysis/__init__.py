@@ -9,8 +9,8 @@ The notebook's API, importable from here (notebooks/explore_sweep.ipynb shows ea
     markdown_table(table(variants, chosen.keys))                  # study_table(variants, chosen) for a study
     figure_set(variants, history, chosen)                         # the report's figures and captions by file stem
 
-Modules, each importing only those above it: options (what the commands need before pandas: AnalysisError and
-the values their options accept), load (the store into pandas), design (what is compared), stats (seed statistics,
+Modules, each importing only those above it: errors (AnalysisError) and options (the values the commands' options
+accept), both needed before pandas, load (the store into pandas), design (what is compared), stats (seed statistics,
 with scipy and statsmodels), variants (runs to variants), provenance (what ran, in words), style and plots (the
 figures), tables (Markdown and LaTeX tables, the effects in words), seeds (the seed planner, `python -m
 analysis.seeds`), build (what a report holds, the figure set, writing it whole), report (the `python -m
@@ -27,7 +27,7 @@ _FROM = {
     "ablations.design": ("Design",),
     "analysis.build": ("figure_set", "build_report"),
     "analysis.design": ("Scope", "axis_rows", "read_design", "scope", "variant_keys", "variant_label"),
-    "analysis.options": ("AnalysisError",),
+    "analysis.errors": ("AnalysisError",),
     "analysis.provenance": ("data_text",),
     "analysis.stats": ("holm", "mean_ci", "pareto_front", "seeds_needed", "welch"),
     "analysis.tables": ("latex_table", "markdown_table", "study_table", "table"),

@@ -3,20 +3,17 @@ command line is analysis/report.py), report.md, and `build_report`, which writes
 beside the report folder, then swaps it in, so that a reader sees the old report or the new one.
 """
 
-import glob
-import os
-import secrets
-import shutil
-import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from ablations import atomic
 from ablations.store import DONE
 from analysis import plots, provenance, seeds, style, tables
 from analysis.design import Scope, axis_rows, scope, variant_label
-from analysis.load import AnalysisError, history_gaps, load_history
+from analysis.errors import AnalysisError
+from analysis.load import history_gaps, load_history
 from analysis.variants import NOT_DONE, summarise
 
 CI_NOTE = "Accuracy: mean ± half-width of the 95% Student-t confidence interval over n seeds; n/a: one seed, no CI."
@@ -166,94 +163,19 @@ def left_out_lines(scope: Scope) -> list[str]:
     ]
 
 
-def write_files(folder: Path, texts: dict[str, str], figures: dict[str, plots.Plot]) -> None:
-    """Every report file into `folder`, the staging folder: a failed write leaves nothing half-done in `out`."""
+def write_files(staging: Path, target: Path, texts: dict[str, str], figures: dict[str, plots.Plot]) -> None:
+    """Every report file into `staging`, and the files of the report folder `target` that a report does not write
+    (the user's notes): the figures an earlier report wrote and this one does not (a key no longer swept) are left
+    behind with the old folder."""
     for name, text in texts.items():
-        (folder / name).write_text(text)
+        (staging / name).write_text(text)
     for stem, plot in figures.items():
-        style.save(plot.figure, folder / stem)
-
-
-def link_or_copy(source: str, target: str) -> None:
-    try:
-        os.link(source, target)  # no bytes to write: the staging folder lies on the same file system
-    except OSError:
-        shutil.copy2(source, target)
-
-
-def keep_users_files(target: Path, staging: Path) -> None:
-    """Put into `staging` every file of the report folder `target` that a report does not write (the user's notes),
-    so that the swap keeps them; the figures an earlier report wrote and this one does not (a key no longer swept)
-    are left behind with the old folder."""
-    for path in target.iterdir():
-        kept = staging / path.name
-        if kept.exists() or any(path.match(pattern) for pattern in FIGURE_PATTERNS):
-            continue
-        if path.is_symlink():
-            os.symlink(os.readlink(path), kept)
-        elif path.is_dir():
-            shutil.copytree(path, kept, symlinks=True, copy_function=link_or_copy)
-        else:
-            link_or_copy(str(path), str(kept))
-
-
-def failure(error: BaseException) -> str:
-    """Why a write failed, in a few words: the OSError behind it (on a full disk matplotlib's PDF writer raises an
-    AttributeError of its own while it cleans up after the ENOSPC), else the error itself."""
-    cause = error
-    while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
-        cause = cause.__cause__ or cause.__context__
-    return cause.strerror if cause is not None else f"{type(error).__name__}: {error}"
-
-
-def staged(target: Path, out: Path, texts: dict[str, str], figures: dict[str, plots.Plot]) -> Path:
-    """A new folder beside the report folder `target` (`out` resolved) holding the whole new report and the user's
-    files of the old one. If anything fails while it is written (a full disk), AnalysisError names `out`, and
-    nothing is left behind."""
-    staging = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        staging.mkdir()
-        os.chmod(staging, stat.S_IMODE(target.stat().st_mode))  # the swap keeps the report folder's permissions
-        write_files(staging, texts, figures)
-        keep_users_files(target, staging)
-        return staging
-    except Exception as error:  # any failure to write, not only OSError: see failure()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise AnalysisError(f"cannot write the report into {out} ({failure(error)}); nothing there changed") from None
-
-
-def publish(staging: Path, target: Path) -> None:
-    """Swap the finished `staging` folder in for the report folder `target` with two renames (on one file system:
-    no data to write), so that a reader sees the old report or the new one, never a mix of both. A kill between
-    the renames leaves the old report set aside as .<name>.old-*, which the next report puts back (`recover`). A
-    `target` not there yet is simply renamed into place."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
-    os.replace(target, old)
-    try:
-        os.replace(staging, target)
-    except OSError:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover(target: Path) -> None:
-    """Clear what a killed report left beside the report folder `target`: a report set aside by a publish killed
-    between its two renames is put back (when no report took its place), and the staging folders and set-aside
-    reports of earlier kills are removed."""
-    name = glob.escape(target.name)
-    olds = sorted(target.parent.glob(f".{name}.old-*"))
-    if olds and not target.exists():
-        os.replace(olds.pop(), target)
-    for leftover in [*olds, *target.parent.glob(f".{name}.*.tmp")]:
-        shutil.rmtree(leftover, ignore_errors=True)
+        style.save(plot.figure, staging / stem)
+    atomic.keep_files(target, staging, FIGURE_PATTERNS)
 
 
 def check_out(out: Path, target: Path, sweeps: list[Path]) -> None:
-    """AnalysisError unless `out` can be the report's own folder: a report replaces the whole folder (`publish`),
+    """AnalysisError unless `out` can be the report's own folder: a report replaces the whole folder,
     so it must not hold a sweep it reads, or the current folder."""
     for inside in [*(Path(sweep).resolve() for sweep in sweeps), Path.cwd().resolve()]:
         if inside.is_relative_to(target):
@@ -317,7 +239,7 @@ def build_report(
     target = out.resolve()  # a link to the report folder stays a link: the folder it points to is swapped
     check_out(out, target, sweeps)
     chosen = scope(sweeps, baseline_items, allow_mixed, design)
-    recover(target)
+    atomic.recover_folder(target)  # a report a killed swap set aside is back before `existed` is decided
     existed = target.is_dir()
     try:  # before the tables and figures, so that an `out` that cannot be a folder is refused at once
         target.mkdir(parents=True, exist_ok=True)
@@ -325,14 +247,13 @@ def build_report(
         raise AnalysisError(f"--out {str(out)!r} is not accepted: cannot create it ({error.strerror})") from None
     try:
         texts, figures = contents(sweeps, chosen, columns, bootstrap, figure_width)
-        staging = staged(target, out, texts, figures)
+        try:
+            atomic.write_folder(target, lambda staging: write_files(staging, target, texts, figures))
+        except Exception as error:  # any failure to write, not only OSError: see atomic.failure
+            failed = f"cannot write the report into {out} ({atomic.failure(error)}); nothing there changed"
+            raise AnalysisError(failed) from None
     except Exception:
         if not existed:
             target.rmdir()  # created above, still empty: a failed report leaves no folder behind
         raise
-    try:
-        publish(staging, target)
-    except OSError as error:  # a folder that cannot be renamed (a mount point, say)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise AnalysisError(f"cannot write the report into {out} ({error.strerror}); nothing there changed") from None
     return out / "report.md"

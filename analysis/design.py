@@ -21,7 +21,8 @@ import pandas as pd
 from ablations.config import NOT_IDENTITY, RunConfig, parse_value
 from ablations.design import Design
 from ablations.store import DONE, Store, StoreError
-from analysis.load import CONFIG_KEYS, AnalysisError, done, load_runs, sweep_name
+from analysis.errors import AnalysisError
+from analysis.load import CONFIG_KEYS, done, load_runs, sweep_name
 
 # Keys that never make two runs different variants: the seed is what we average over, and NOT_IDENTITY's
 # (data_root) say only where the same data lives.

@@ -4,8 +4,6 @@ It reads the run files themselves (config.json, metrics.json, history.json), not
 and metric is there with its JSON type. Several sweeps load into one table with a `sweep` column.
 """
 
-import dataclasses
-import json
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
@@ -16,47 +14,31 @@ import pandas as pd
 from ablations.config import ConfigError, RunConfig
 from ablations.store import (
     CONFIG,
+    CONFIG_KEYS,
     DATA,
     DONE,
+    EXPORTED_DATA,
     HISTORY,
-    METRIC_FIELDS,
     METRICS,
     RUNS,
     UNFINISHED,
     StoreError,
+    check_done_metrics,
+    read_config_values,
+    read_data,
     read_history,
     read_metrics,
-    read_object,
 )
-from analysis.options import AnalysisError
-
-CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
-# A config.json written before a key existed ran with that key's default (new keys default to the old behaviour).
-CONFIG_DEFAULTS = RunConfig().to_dict()
-DATA_FIELDS = ("data", "train_sha256", "test_sha256")  # of data.json: what an export says of the data
+from analysis.errors import AnalysisError
 
 
-def _read(reader: Callable[[Path], Any], path: Path) -> Any:
-    """A run file read by the store's own reader, its StoreError turned into an AnalysisError (same message)."""
+def _read(reader: Callable[..., Any], *args: Any) -> Any:
+    """A run file read (or checked) by the store's own reader, its StoreError turned into an AnalysisError (same
+    message)."""
     try:
-        return reader(path)
+        return reader(*args)
     except StoreError as error:
         raise AnalysisError(str(error)) from None
-
-
-def check_done_metrics(metrics: dict, path: Path) -> None:
-    """AnalysisError (one line naming `path` and the key) unless a done run's metrics have the types and ranges
-    the report computes with (ablations.store.METRIC_FIELDS): a hand edit or a damaged file must not become a
-    number in a table."""
-    for key, spec in METRIC_FIELDS.items():
-        if key not in metrics and spec.done_needs:
-            raise AnalysisError(f"{path} is not accepted: a {DONE} run needs {key!r}; delete it to redo that run")
-        value = metrics.get(key)
-        if (value is not None or spec.done_needs) and not spec.check(value):
-            raise AnalysisError(
-                f"{path}: {key}={json.dumps(value)} is not accepted for a {DONE} run: expected {spec.accepted}; "
-                "delete it to redo that run"
-            )
 
 
 def done(runs: pd.DataFrame) -> pd.DataFrame:
@@ -68,7 +50,7 @@ def check_config(config: dict, path: Path) -> None:
     """AnalysisError naming `path` unless its values are ones a run accepts (RunConfig.validate): a hand edit such
     as "kernel_size": "3" would otherwise make a variant of its own."""
     try:
-        RunConfig(**{key: config[key] for key in CONFIG_KEYS}).validate()
+        RunConfig(**config).validate()
     except ConfigError as error:
         raise AnalysisError(f"{path}: {error}") from None
 
@@ -105,8 +87,8 @@ def load_runs(sweeps: Iterable[Path | str]) -> pd.DataFrame:
         metrics_path = run_dir / METRICS
         metrics = _read(read_metrics, metrics_path) if metrics_path.exists() else {"status": UNFINISHED, "reason": ""}
         if metrics["status"] == DONE:
-            check_done_metrics(metrics, metrics_path)
-        config = {**CONFIG_DEFAULTS, **_read(read_object, run_dir / CONFIG)}
+            _read(check_done_metrics, metrics, metrics_path)
+        config = _read(read_config_values, run_dir / CONFIG)
         check_config(config, run_dir / CONFIG)
         rows.append({"sweep": sweep, "run_id": run_dir.name, **config, **metrics})
     if not rows:
@@ -141,10 +123,10 @@ def load_data(sweeps: Iterable[Path | str]) -> pd.DataFrame:
     rows = []
     for sweep, run_dir in _sweep_runs(sweeps):
         path = run_dir / DATA
-        record = _read(read_object, path) if path.exists() else {}
-        fields = {key: record.get(key) for key in DATA_FIELDS}
+        record = _read(read_data, path) if path.exists() else {}
+        fields = {key: record.get(key) for key in EXPORTED_DATA}
         rows.append({"sweep": sweep, "run_id": run_dir.name, **fields})
-    return pd.DataFrame(rows, columns=["sweep", "run_id", *DATA_FIELDS]).drop_duplicates("run_id")
+    return pd.DataFrame(rows, columns=["sweep", "run_id", *EXPORTED_DATA]).drop_duplicates("run_id")
 
 
 def history_gaps(runs: pd.DataFrame, history: pd.DataFrame) -> dict[str, str]:

@@ -18,7 +18,8 @@ import argparse
 import sys
 
 from ablations.config import ConfigError
-from analysis.options import OPTIONAL, WIDTHS, AnalysisError
+from analysis.errors import AnalysisError
+from analysis.options import OPTIONAL, WIDTHS
 from convmixer.arguments import OneLineParser, folder_path, run_cli
 
 # pandas, scipy and matplotlib (over a second on a small CPU) are imported once the command line is parsed (main),

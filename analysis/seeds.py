@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ablations.config import ConfigError
-from analysis.options import AnalysisError
+from analysis.errors import AnalysisError
 from convmixer.arguments import OneLineParser, folder_path, run_cli
 
 if TYPE_CHECKING:

@@ -12,9 +12,12 @@ import sys
 from pathlib import Path
 
 from ablations import atomic
-from ablations.config import RunConfig, repository
+from ablations.config import RunConfig, portable_path
 from ablations.sweep.grid import build_sweep, sweep_configs
 from ablations.sweep.presets import PRESETS
+
+# The precisions a benchmark times a model in: a GPU's training precision (what precision=auto picks there) and fp32.
+TIMED_PRECISIONS = ("bf16", "fp32")
 
 
 def add_recipe_options(parser: argparse.ArgumentParser, preset: str) -> None:
@@ -56,17 +59,12 @@ def check_out(out: Path | None) -> None:
 
 def recorded_command(argv: list[str] | None) -> str:
     """The command that made a result as a reader of the repository types it: `python -m benchmarks.<name>` (not
-    the module's file), with paths inside the repository relative to it (a machine's own paths mean nothing to a
-    reader of results/)."""
+    the module's file), with every absolute path recorded as results record a path (`portable_path`: relative to
+    the repository inside it, else its name only), so a result never carries a machine's own path."""
     spec = getattr(sys.modules["__main__"], "__spec__", None)
     program = ["-m", spec.name] if spec is not None else [sys.argv[0]]
-    repo = repository(Path.cwd())
-
-    def portable(arg: str) -> str:
-        inside = repo is not None and os.path.isabs(arg) and Path(arg).is_relative_to(repo)
-        return str(Path(arg).relative_to(repo)) if inside else arg
-
-    return "python " + shlex.join([*program, *map(portable, sys.argv[1:] if argv is None else argv)])
+    args = sys.argv[1:] if argv is None else argv
+    return "python " + shlex.join([*program, *(portable_path(arg) if os.path.isabs(arg) else arg for arg in args)])
 
 
 def write_result(out: Path, argv: list[str] | None, result: dict, report: str, quiet: bool = False) -> None:

@@ -37,6 +37,7 @@ from ablations.config import RunConfig
 from ablations.data import CIFAR10_JPEG_ENV, dataset_label, default_cifar10_jpeg
 from ablations.store import DONE
 from ablations.sweep.presets import CIFAR10_RECIPE
+from benchmarks.common import TIMED_PRECISIONS
 from convmixer.arguments import OneLineParser, run_cli
 from convmixer.config import ConvMixerConfig
 
@@ -83,8 +84,11 @@ class Check:
 
     def recipe(self) -> RunConfig:
         """The CIFAR-10 recipe on --data for 2 epochs (the tiny model, data and epochs with --tiny)."""
-        data = {"dataset": "synthetic"} if self.args.data == "synthetic" else {
-            "dataset": "imagefolder", "data_root": self.args.data}  # fmt: skip
+        data = (
+            {"dataset": "synthetic"}
+            if self.args.data == "synthetic"
+            else {"dataset": "imagefolder", "data_root": self.args.data}
+        )
         return RunConfig(**{**CIFAR10_RECIPE, **data, "epochs": 2, **(TINY if self.args.tiny else {})})
 
     def stage(self, name: str, limit: float, work: Callable[["Check", float], str]) -> None:
@@ -118,11 +122,9 @@ class Check:
 def install_wheels(check: Check, folder: Path) -> None:
     """pip install the carried wheels into a private folder (no network, no dependencies resolved)."""
     site = check.work / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(site),
-         *map(str, sorted(folder.glob("*.whl")))],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+    wheels = [str(path) for path in sorted(folder.glob("*.whl"))]
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(site), *wheels]
+    subprocess.run(pip, check=True, capture_output=True, text=True)
     sys.path.insert(0, str(site))
     check.env["PYTHONPATH"] = os.pathsep.join([str(site), check.env["PYTHONPATH"]])
 
@@ -130,12 +132,18 @@ def install_wheels(check: Check, folder: Path) -> None:
 def cuda_tests(check: Check, timeout: float) -> str:
     # Only the files that hold CUDA-marked tests: collecting the rest would need packages a GPU image may lack
     # (nbclient for the notebook tests) and time, for tests that -m cuda deselects anyway.
-    files = [str(path.relative_to(REPO)) for path in sorted((REPO / "tests").glob("test_*.py"))
-             if "pytest.mark.cuda" in path.read_text()]  # fmt: skip
-    done = check.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "-rfEs",
-                      *files], timeout)  # fmt: skip
-    summary = (re.findall(r"^=*\s*(\d+ (?:passed|failed|skipped|error|deselected).*?)\s*=*$", done.stdout, re.M)
-               or ["no summary"])[-1]  # fmt: skip
+    files = [
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "tests").glob("test_*.py"))
+        if "pytest.mark.cuda" in path.read_text()
+    ]
+    done = check.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "-rfEs", *files], timeout
+    )
+    summary = (
+        re.findall(r"^=*\s*(\d+ (?:passed|failed|skipped|error|deselected).*?)\s*=*$", done.stdout, re.M)
+        or ["no summary"]
+    )[-1]
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, re.M)
     if done.returncode != 0:
         raise RuntimeError(f"{summary}; {', '.join(failed) or done.stderr[-300:]}")
@@ -202,10 +210,12 @@ def train_recipe(check: Check, timeout: float) -> str:
     if metrics["status"] != DONE:
         raise RuntimeError(f"run {metrics['status']}: {metrics['reason']}")
     last = history[-1]
-    return (f"{cfg.model_name}, {cfg.epochs} epochs on {data_label(check)}: test acc "
-            f"{metrics['test_acc']:.4f} (one seed), last epoch {last['epoch_time_s']:.2f} s, "
-            f"{last['train_images_per_s']:.0f} train img/s, {metrics['precision_used']}, "
-            f"peak {metrics['peak_memory_mb']:.0f} MB")  # fmt: skip
+    return (
+        f"{cfg.model_name}, {cfg.epochs} epochs on {data_label(check)}: test acc "
+        f"{metrics['test_acc']:.4f} (one seed), last epoch {last['epoch_time_s']:.2f} s, "
+        f"{last['train_images_per_s']:.0f} train img/s, {metrics['precision_used']}, "
+        f"peak {metrics['peak_memory_mb']:.0f} MB"
+    )
 
 
 def data_label(check: Check) -> str:
@@ -214,19 +224,21 @@ def data_label(check: Check) -> str:
 
 
 def count_throughput(check: Check, timeout: float) -> str:
-    model = ["--dim", "16", "--depth", "1", "--patch-size", "4"] if check.args.tiny else [
-        "--model", "convmixer_256_8_cifar10"]  # fmt: skip
+    tiny_model = ["--dim", "16", "--depth", "1", "--patch-size", "4"]
+    model = tiny_model if check.args.tiny else ["--model", "convmixer_256_8_cifar10"]
     batch, dtype = ("8", "fp32") if check.args.tiny else ("512", "bf16" if check.device.type == "cuda" else "fp32")
-    command = [sys.executable, "-m", "convmixer.count", *model, "--image-size", "32", "--throughput", "--json",
-               "--device", str(check.device), "--batch-size", batch, "--dtype", dtype, "--channels-last",
-               "--repeats", "3" if check.args.tiny else "20"]  # fmt: skip
+    command = [sys.executable, "-m", "convmixer.count", *model, "--image-size", "32", "--throughput", "--json"]
+    command += ["--device", str(check.device), "--batch-size", batch, "--dtype", dtype, "--channels-last"]
+    command += ["--repeats", "3" if check.args.tiny else "20"]
     done = check.run(command, timeout)
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
     report = json.loads(done.stdout)
     speed = report["throughput"]
-    return (f"{report['macs'] / 1e6:.1f} M MACs/img, inference {speed['images_per_s']:.0f} img/s at batch {batch} "
-            f"{dtype} channels_last, peak {speed['peak_memory_mb']:.0f} MB")  # fmt: skip
+    return (
+        f"{report['macs'] / 1e6:.1f} M MACs/img, inference {speed['images_per_s']:.0f} img/s at batch {batch} "
+        f"{dtype} channels_last, peak {speed['peak_memory_mb']:.0f} MB"
+    )
 
 
 def layernorm_cost(check: Check, timeout: float) -> str:
@@ -236,7 +248,7 @@ def layernorm_cost(check: Check, timeout: float) -> str:
     dim, depth, patch, batch = (16, 1, 4, 8) if check.args.tiny else (256, 8, 2, 512)
     rates = {}
     for norm in ("batch", "layer"):
-        for dtype in ("bf16", "fp32"):
+        for dtype in TIMED_PRECISIONS:
             model = ConvMixerConfig(dim, depth, 5, patch, norm=norm).build()
             rates[norm, dtype] = measure_throughput(
                 model, 32, batch, check.device, dtype=dtype, channels_last=True, repeats=3 if check.args.tiny else 20
@@ -244,7 +256,7 @@ def layernorm_cost(check: Check, timeout: float) -> str:
     return "; ".join(
         f"{dtype}: batch {rates['batch', dtype]:.0f}, layer {rates['layer', dtype]:.0f} img/s "
         f"(layer/batch {rates['layer', dtype] / rates['batch', dtype]:.2f})"
-        for dtype in ("bf16", "fp32")
+        for dtype in TIMED_PRECISIONS
     )
 
 
@@ -256,9 +268,9 @@ def sweep(check: Check, timeout: float) -> str:
     devices, jobs = ("0,1", "1") if gpus >= 2 else (check.device.type, "2")
     keys = TINY if check.args.tiny else {"train_subset": 2000, "test_subset": 500, "epochs": 2}
     out = check.work / "sweep"
-    command = [sys.executable, "-m", "ablations.run", "--preset", "smoke", "--grid", "kernel_size=3,5,7,9",
-               "--set", ",".join(f"{k}={v}" for k, v in keys.items()), "--devices", devices,
-               "--jobs-per-device", jobs, "--out", str(out)]  # fmt: skip
+    sets = ",".join(f"{k}={v}" for k, v in keys.items())
+    command = [sys.executable, "-m", "ablations.run", "--preset", "smoke", "--grid", "kernel_size=3,5,7,9"]
+    command += ["--set", sets, "--devices", devices, "--jobs-per-device", jobs, "--out", str(out)]
     done = check.run(command, timeout)
     statuses = [json.loads(p.read_text())["status"] for p in sorted(out.glob("runs/*/metrics.json"))]
     starts = [
@@ -284,8 +296,11 @@ def environment(check: Check) -> str:
     device = check.device
     facts = [f"torch {torch.__version__}", device_name(device)]
     if device.type == "cuda":
-        facts += [f"CUDA {torch.version.cuda}", f"cuDNN {torch.backends.cudnn.version()}",
-                  f"{torch.cuda.device_count()} GPU(s)"]  # fmt: skip
+        facts += [
+            f"CUDA {torch.version.cuda}",
+            f"cuDNN {torch.backends.cudnn.version()}",
+            f"{torch.cuda.device_count()} GPU(s)",
+        ]
     for package in ("fvcore", "submitit"):
         facts.append(f"{package} {'present' if importlib.util.find_spec(package) else 'MISSING'}")
     return ", ".join(facts) + f"; data: {data_label(check)}"

@@ -2,9 +2,10 @@
 # One call on a GPU machine, from the repository root, in under 10 minutes: the CUDA tests and the training benchmark
 # with its baselines measured in the same run, or the kernel table, or ...; at most 8 files under $OUT.
 #
-#   bash benchmarks/gpu_session.sh             # part "speed" (default): pytest -m cuda; the engine (1 seed) and the
-#                                              # engine compiled (2 seeds: cold, then warm cache), the bare step and
-#                                              # bandwidth, the references timed over 2 epochs
+#   bash benchmarks/gpu_session.sh             # part "speed" (default): pytest -m cuda; each op of one training
+#                                              # step against its floor at k = 5 and 9 (python -m benchmarks.step_floor);
+#                                              # the engine (1 seed) and the engine compiled (2 seeds: cold, then warm
+#                                              # cache), the bare step and bandwidth, the references timed over 2 epochs
 #   bash benchmarks/gpu_session.sh kernels     # the per-kernel-size table (python -m benchmarks.kernels)
 #   bash benchmarks/gpu_session.sh loader      # the streaming loader's CUDA test and img/s per core with nvJPEG
 #                                              # beside Pillow and torchvision (python -m benchmarks.loader)
@@ -24,8 +25,8 @@
 # CONVMIXER_CACHE (default .device-data/cache: decoded splits and Inductor's cache), KERNELS_ARGS (for
 # python -m benchmarks.kernels), STUDY (default studies/cifar10-gpu.toml), STORE (default results/<its stem>),
 # STUDY_MINUTES (default 7; the sweep then exits 1, its runs not all done, which session.txt shows).
-# Files in $OUT: session.txt, train_speed[_accuracy|_jobs].json and .md, kernels.json and .md, loader.json and .md,
-# grouped.json and .md, <study>.tar.gz, logs.tar.gz.
+# Files in $OUT: session.txt, step_floor.json and .md, train_speed[_accuracy|_jobs].json and .md, kernels.json and
+# .md, loader.json and .md, grouped.json and .md, <study>.tar.gz, logs.tar.gz.
 # Each step has its own time limit and the script goes on after a failure; session.txt lists every step's exit
 # code and seconds. Exit code: 0 when every step passed.
 set -u
@@ -78,15 +79,19 @@ fi
 if [ "$TINY" = 1 ]; then
     SHAPE=(--device cpu --set epochs=2,train_subset=100,test_subset=50,dim=8,depth=1,batch_size=50
            --workers 0 --bare-steps 2 --copy-mb 8)
+    FLOOR=(--device cpu --set dim=8,depth=1,batch_size=8 --image-size 16 --kernels 3 --steps 1 --copy-mb 8
+           --matmul-size 128)
     COMPILED=engine  # a cold Inductor compile takes a minute on a small CPU; the tests cover that path
     GROUPED=(--device cpu --set dim=8,depth=1,batch_size=8 --groups 1,2 --time-budget 5)
 else
-    SHAPE=() COMPILED=engine,engine-compiled GROUPED=(--device cuda --time-budget 60)
+    SHAPE=() COMPILED=engine,engine-compiled FLOOR=(--kernels 5,9) GROUPED=(--device cuda --time-budget 60)
 fi
 case "$PART" in
     speed)
         step cuda-tests 150 python -m pytest -q -m cuda -p no:cacheprovider -rfEs tests/test_cuda.py tests/test_kernels.py
-        step train-speed 400 python -m benchmarks.train_speed --data-root "$DATA" "${SHAPE[@]}" --seeds 1 \
+        # the profile of one training step against the floor model (issue 34): about 10 s of steps, the rest start-up
+        step step-floor 75 python -m benchmarks.step_floor "${FLOOR[@]}" --out "$OUT/step_floor.json"
+        step train-speed 360 python -m benchmarks.train_speed --data-root "$DATA" "${SHAPE[@]}" --seeds 1 \
             --compiled-seeds 2 --variants "$COMPILED,reference,reference-workers" --reference-epochs 2 \
             --out "$OUT/train_speed.json" ;;
     kernels)  # its CPU path is its own tests'

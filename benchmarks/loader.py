@@ -4,7 +4,7 @@ decoded by Pillow or by torchvision.io.decode_jpeg.
 It generates ImageNet-like JPEGs (--images of them, in 10 classes, quality 90, sizes and aspect ratios as
 ImageNet's common ones: 500x375, 375x500, 500x333, 333x500, 640x480, 500x500; a smooth colour field under
 per-pixel noise, about as costly to decode as a photograph of that size), writes them as an ImageFolder tree and
-as WebDataset shards (ablations.data.shards), and reads every training image through the toolkit's own streamed
+as WebDataset shards (ablations.data.make_shards), and reads every training image through the toolkit's own streamed
 split (ablations.data.stream.ImageFiles: read, random-resized crop from the full-size file, flip, resize to
 --size), in this process, one thread: img/s per core, what one loader worker delivers. Two decoders of a JPEG
 in the worker: Pillow, and torchvision.io.decode_jpeg (decode=cpu's; the crop then cut on tensors); with --device
@@ -72,10 +72,11 @@ def one_pass(files: "ImageFiles", epoch: int, device: str) -> float:
 def streamed_files(root: Path, decode: str, decoder: str, size: int) -> "ImageFiles":
     from ablations.config import RunConfig
     from ablations.data.sources import load_splits
+    from ablations.data.stream import ImageFiles
 
     cfg = RunConfig(dataset="imagefolder", data_root=str(root), image_size=size, scale=0.08, decode=decode)
-    files = load_splits(cfg, resident_bytes=0).train
-    files.decode, files.cpu_decoder = decode, decoder
+    files = ImageFiles(load_splits(cfg, resident_bytes=0).train, scale=cfg.scale, flip=cfg.hflip, decode=decode)
+    files.cpu_decoder = decoder
     return files
 
 
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     check_out(args.out)
     import torch
 
-    from ablations.data.shards import write_shards
+    from ablations.data.make_shards import write_shards
 
     torch.set_num_threads(1)  # one core: what one loader worker has
     rows = []

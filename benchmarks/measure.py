@@ -37,11 +37,10 @@ def set_text(cfg: RunConfig) -> str:
 
 
 def product_command(cfg: RunConfig, seeds: list[int], device: torch.device, jobs: int, out: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "ablations.run", "--preset", "cifar10", "--set", set_text(cfg),
-        "--grid", "seed=" + ",".join(map(str, seeds)), "--devices", str(device), "--jobs-per-device", str(jobs),
-        "--out", str(out), "--name", out.name,
-    ]  # fmt: skip
+    grid = "seed=" + ",".join(map(str, seeds))
+    options = ["--preset", "cifar10", "--set", set_text(cfg), "--grid", grid, "--devices", str(device)]
+    options += ["--jobs-per-device", str(jobs), "--out", str(out), "--name", out.name]
+    return [sys.executable, "-m", "ablations.run", *options]
 
 
 def product_runs(

@@ -57,15 +57,17 @@ class ArrayDataset(Dataset):
 
 def reference_transforms(cfg: RunConfig, image_size: int) -> tuple[Callable, Callable]:
     normalise = transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)
-    train = transforms.Compose([
-        transforms.RandomResizedCrop(image_size, scale=(cfg.scale, 1.0), ratio=(1.0, 1.0)),
-        transforms.RandomHorizontalFlip(p=0.5 if cfg.hflip else 0.0),
-        transforms.RandAugment(num_ops=cfg.randaug_n, magnitude=cfg.randaug_m),
-        transforms.ColorJitter(cfg.jitter, cfg.jitter, cfg.jitter),
-        transforms.ToTensor(),
-        normalise,
-        transforms.RandomErasing(p=cfg.reprob),
-    ])  # fmt: skip
+    train = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(image_size, scale=(cfg.scale, 1.0), ratio=(1.0, 1.0)),
+            transforms.RandomHorizontalFlip(p=0.5 if cfg.hflip else 0.0),
+            transforms.RandAugment(num_ops=cfg.randaug_n, magnitude=cfg.randaug_m),
+            transforms.ColorJitter(cfg.jitter, cfg.jitter, cfg.jitter),
+            transforms.ToTensor(),
+            normalise,
+            transforms.RandomErasing(p=cfg.reprob),
+        ]
+    )
     return train, transforms.Compose([transforms.ToTensor(), normalise])
 
 
@@ -103,9 +105,10 @@ def train_reference(
         train_time = time.perf_counter() - start
         record |= {
             **evaluate_reference(model, test_loader, device, fp16, memory_format),
-            "train_time_s": train_time, "train_images_per_s": seen / train_time,
+            "train_time_s": train_time,
+            "train_images_per_s": seen / train_time,
             "epoch_time_s": time.perf_counter() - start,
-        }  # fmt: skip
+        }
         history.append(record)
         log(
             f"reference epoch {epoch + 1}/{cfg.epochs} train acc {record['train_acc']:.4f} test acc "

@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"processes": n, "images_per_s": rate, "efficiency": rate / (n * rates[1])} for n, rate in rates.items()]
     load = [load_before, os.getloadavg()[0]]
     table = ["| processes | train images/s | speed-up | efficiency |", "|---|---|---|---|"]
-    table += [f"| {r['processes']} | {r['images_per_s']:.0f} | {r['images_per_s'] / rates[1]:.2f}x | "
-              f"{r['efficiency']:.0%} |" for r in rows]  # fmt: skip
+    table += [
+        f"| {r['processes']} | {r['images_per_s']:.0f} | {r['images_per_s'] / rates[1]:.2f}x | {r['efficiency']:.0%} |"
+        for r in rows
+    ]
     report = (
         f"\n{cfg.model_name} k{cfg.kernel_size} p{cfg.patch_size}, {cfg.dataset}, global batch {cfg.batch_size}, "
         f"{cfg.epochs} epochs, on {hardware} (load average {load[0]:.1f} before, {load[1]:.1f} after)\n\n"
@@ -77,8 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(report)
     if args.out is not None:
-        result = {"hardware": hardware, "device": args.device, "config": cfg.recorded().to_dict(), "rows": rows,
-                  "load_average": load}  # fmt: skip
+        result = {
+            "hardware": hardware,
+            "device": args.device,
+            "config": cfg.recorded().to_dict(),
+            "rows": rows,
+            "load_average": load,
+        }
         write_result(args.out, argv, result, report)
     return 0
 

@@ -42,14 +42,14 @@ PROG = "python -m benchmarks.startup"
 @contextlib.contextmanager
 def serial_decoding() -> Iterator[None]:
     """Decode in this process only, as the toolkit did before it forked workers."""
-    from ablations.data import sources
+    from ablations.data import tree
 
-    forked = sources.fork_workers
-    sources.fork_workers = lambda count, cores: 0
+    forked = tree.fork_workers
+    tree.fork_workers = lambda count, cores: 0
     try:
         yield
     finally:
-        sources.fork_workers = forked
+        tree.fork_workers = forked
 
 
 @contextlib.contextmanager
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto (default cpu)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
-    from ablations.data import decode, loaders
+    from ablations.data import decode, loaders, sources
     from convmixer.runtime import cpu_name, device_name, resolve_device, usable_cores
 
     device = resolve_device(args.device)
@@ -102,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, decoding in (("serial", serial_decoding), ("cold", contextlib.nullcontext)):
             with use_cache(Path(scratch) / name), decoding():
                 loaders._kept.clear()  # a new process holds no data
+                sources.forget_splits()
                 times[name], cpu[name], data = timed(start, device)
         with use_cache(Path(scratch) / "cold"):
             loaders._kept.clear()
+            sources.forget_splits()
             times["warm"], cpu["warm"], data = timed(start, device)
             times["kept"], cpu["kept"], data = timed(start, device)
     images = data.train.num_samples + data.test.num_samples

@@ -43,10 +43,10 @@ from typing import TYPE_CHECKING
 
 from ablations.config import ConfigError, RunConfig
 from ablations.data import DataError, dataset_label
-from ablations.sweep.presets import PRESETS
 from benchmarks.common import add_recipe_options, check_out, recipe_config, speed_words, write_result
+from benchmarks.engine_targets import BASELINE, TARGETS_PRESET, full_recipe, targets, targets_table
 from convmixer.arguments import OneLineParser, UsageError, run_cli
-from convmixer.count import closed_form
+from convmixer.counting import closed_form
 
 if TYPE_CHECKING:
     import torch
@@ -55,13 +55,10 @@ if TYPE_CHECKING:
 
 # Dense bf16/fp16 tensor-core peak from the datasheets (SXM parts), matched against the CUDA device name.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
-VARIANTS = ("engine", "engine-compiled", "engine-fp16", "engine-2-per-device", "reference", "reference-workers",
-            "reference-tuned")  # fmt: skip
+ENGINE_VARIANTS = ("engine", "engine-compiled", "engine-fp16", "engine-2-per-device")
+VARIANTS = (*ENGINE_VARIANTS, "reference", "reference-workers", "reference-tuned")
 OPT_IN = ("engine-fp16", "reference-tuned")  # run only when named in --variants
 PROG = "python -m benchmarks.train_speed"
-BASELINE = "reference"  # speed ratios are to the reference as published
-WORKERS_BASELINE = "reference-workers"  # and to it with --workers workers; accuracy is compared with it
-TARGETS_PRESET = "cifar10-jpeg"  # the recipe the targets are set for, and the default
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -71,12 +68,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add("--workers", type=int, default=16, help="DataLoader workers of reference-workers and reference-tuned")
     add("--seeds", type=int, default=1, help="run every variant with this many seeds (seed, seed + 1, ...)")
-    add("--compiled-seeds", type=int, default=2, help="seeds of engine-compiled (the first compiles cold, the "
-        "later ones show the warm cache)")  # fmt: skip
-    add("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default: all but {', '.join(OPT_IN)}, "
-        "that run on the device and with the seeds given)")  # fmt: skip
-    add("--reference-epochs", type=int, default=0, help="time the references over this many epochs and "
-        "extrapolate their total (0: train them for all epochs, which also gives their accuracy)")  # fmt: skip
+    add(
+        "--compiled-seeds",
+        type=int,
+        default=2,
+        help="seeds of engine-compiled (the first compiles cold, the later ones show the warm cache)",
+    )
+    add(
+        "--variants",
+        help=f"comma-separated, of {', '.join(VARIANTS)} (default: all but {', '.join(OPT_IN)}, "
+        "that run on the device and with the seeds given)",
+    )
+    add(
+        "--reference-epochs",
+        type=int,
+        default=0,
+        help="time the references over this many epochs and "
+        "extrapolate their total (0: train them for all epochs, which also gives their accuracy)",
+    )
     add("--bare-steps", type=int, default=50, help="timed steps of the bare training step")
     add("--copy-mb", type=int, default=1024, help="size of the copy that measures the device's copy rate")
     add("--peak-tflops", type=float, default=None, help="device peak for MFU (default: datasheet table)")
@@ -130,13 +139,17 @@ def run_engine(name: str, cfg: RunConfig, seeds: list[int], device: torch.device
     return results
 
 
-def run_reference(name: str, cfg: RunConfig, splits: tuple[Split, Split], device: torch.device,
-                  args: argparse.Namespace) -> dict:  # fmt: skip
+def run_reference(
+    name: str, cfg: RunConfig, splits: tuple[Split, Split], device: torch.device, args: argparse.Namespace
+) -> dict:
     from benchmarks.reference_recipe import PUBLISHED, TUNED, train_reference
     from convmixer.runtime import cuda_math_flags
 
-    variant = {"reference": PUBLISHED, "reference-workers": dataclasses.replace(PUBLISHED, workers=args.workers),
-               "reference-tuned": dataclasses.replace(TUNED, workers=args.workers)}[name]  # fmt: skip
+    variant = {
+        "reference": PUBLISHED,
+        "reference-workers": dataclasses.replace(PUBLISHED, workers=args.workers),
+        "reference-tuned": dataclasses.replace(TUNED, workers=args.workers),
+    }[name]
     with cuda_math_flags(benchmark=False, tf32=True):  # the original leaves cuDNN's autotuner off (torch's default)
         history = train_reference(cfg, *splits, device, variant, stop_after=args.reference_epochs or None)
     return {"history": history, "metrics": None, "process_s": None}
@@ -240,8 +253,14 @@ def epoch_table(histories: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def bare_and_bandwidth(cfg: RunConfig, splits: tuple[Split, Split], device: torch.device, variants: list[str],
-                       args: argparse.Namespace, work: Path) -> dict:  # fmt: skip
+def bare_and_bandwidth(
+    cfg: RunConfig,
+    splits: tuple[Split, Split],
+    device: torch.device,
+    variants: list[str],
+    args: argparse.Namespace,
+    work: Path,
+) -> dict:
     """The bare step in each mode the engine variants call for, and the achieved memory bandwidth of the eager
     step against the device's copy rate."""
     from benchmarks import measure
@@ -260,80 +279,11 @@ def bare_and_bandwidth(cfg: RunConfig, splits: tuple[Split, Split], device: torc
     return {"bare": bare, "step_bytes": step_bytes, "copy_bytes_per_s": copy, "achieved_bytes_per_s": achieved}
 
 
-def full_recipe(cfg: RunConfig, train_images: int) -> bool:
-    """Whether cfg is the run the issue's targets are set for: the preset's recipe (25 epochs of ConvMixer-256/8
-    k5 p2, batch 512, ...) on all 50,000 training images."""
-    recipe = PRESETS[TARGETS_PRESET].values
-    return all(getattr(cfg, key) == value for key, value in recipe.items()) and train_images == 50_000
-
-
-def target(label: str, value: float | None, fmt: str, goal: Callable[[float], bool] | None) -> dict:
-    measured = "n/a (not measured in this run)" if value is None else fmt.format(value)
-    return {"target": label, "measured": measured, "value": value,
-            "met": None if value is None or goal is None else bool(goal(value))}  # fmt: skip
-
-
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    return None if numerator is None or not denominator else numerator / denominator
-
-
-def targets(summaries: dict[str, dict], extra: dict) -> list[dict]:
-    """The engine's targets (docs/benchmarks.md), from numbers measured in this run (n/a: its variant did not run)."""
-    get = lambda name, key: summaries[name][key] if name in summaries else None  # noqa: E731
-    engine_total, bare = get("engine", "total_epoch_time_s"), extra.get("bare", {})
-    accuracies = [get(name, "final_test_acc") for name in ("engine", WORKERS_BASELINE)]
-    gap = None
-    if all(accuracies) and min(len(values) for values in accuracies) >= 2:
-        gap = abs(statistics.mean(accuracies[0]) - statistics.mean(accuracies[1]))
-    # Compilation happens in the warm-up before epoch 1: the overhead of a warm cache is both, less a steady epoch.
-    firsts, warm_ups = (
-        get("engine-compiled", "first_epoch_time_per_seed_s"),
-        get("engine-compiled", "warm_up_time_per_seed_s"),
-    )
-    compiled_steady = get("engine-compiled", "steady_epoch_time_s")
-    warm_overhead = None
-    if firsts and len(firsts) >= 2:
-        warm_overhead = statistics.mean(f + w for f, w in zip(firsts[1:], warm_ups[1:], strict=True)) - compiled_steady
-    side_by_side = None
-    if "engine-2-per-device" in summaries and get("engine", "process_time_per_seed_s"):
-        side_by_side = sum(get("engine", "process_time_per_seed_s")) / get("engine-2-per-device", "process_time_s")
-    return [
-        target("engine: process start to exit <= 30 s", get("engine", "process_time_s"), "{:.1f} s", lambda v: v <= 30),
-        target(f"speed-up over {BASELINE} (all epochs' time) >= 8x", ratio(get(BASELINE, "total_epoch_time_s"),
-               engine_total), "{:.2f}x", lambda v: v >= 8),
-        target(f"speed-up over {WORKERS_BASELINE} >= 2.5x", ratio(get(WORKERS_BASELINE, "total_epoch_time_s"),
-               engine_total), "{:.2f}x", lambda v: v >= 2.5),
-        target(f"test acc within 0.5 points of {WORKERS_BASELINE} over >= 2 seeds", gap, "{:.4f}",
-               lambda v: v <= 0.005),
-        target("steady epoch >= 95 % of the bare step, eager", ratio(bare.get("eager", {}).get("epoch_time_s"),
-               get("engine", "steady_epoch_time_s")), "{:.1%}", lambda v: v >= 0.95),
-        target("steady epoch >= 95 % of the bare step, compiled", ratio(bare.get("compiled", {}).get("epoch_time_s"),
-               compiled_steady), "{:.1%}", lambda v: v >= 0.95),
-        target("epoch 1 <= 1.5x a steady epoch, eager (warm-up before it is set-up)", ratio(
-               get("engine", "first_epoch_time_s"), get("engine", "steady_epoch_time_s")), "{:.2f}x",
-               lambda v: v <= 1.5),
-        target("compile with a warm cache: warm-up + epoch 1 - steady epoch <= 5 s", warm_overhead, "{:.1f} s",
-               lambda v: v <= 5),
-        target("compiled run / eager run, process time (< 1: compile wins)", ratio(
-               get("engine-compiled", "process_time_s"), get("engine", "process_time_s")), "{:.2f}", lambda v: v < 1),
-        target("2 runs per device: throughput / 1 per device (> 1: 2 win)", side_by_side, "{:.2f}", lambda v: v > 1),
-        target("achieved memory bandwidth / copy rate (eager bare step)", ratio(extra.get("achieved_bytes_per_s"),
-               extra.get("copy_bytes_per_s")), "{:.1%}", None),
-    ]  # fmt: skip
-
-
-def targets_table(rows: list[dict], recipe: bool) -> str:
-    note = "" if recipe else " (this run is not the targets' recipe: 25 epochs of ConvMixer-256/8 k5 p2 on 50,000)"
-    lines = [f"Targets of the engine{note}", "", "| target | measured | met |", "|---|---|---|"]
-    for row in rows:
-        met = {True: "yes", False: "NO", None: "-"}[row["met"]]
-        lines.append(f"| {row['target']} | {row['measured']} | {met} |")
-    return "\n".join(lines)
-
-
 def extra_lines(extra: dict) -> list[str]:
-    bare = "; ".join(f"{mode} {step['images_per_s']:.0f} img/s ({step['epoch_time_s']:.2f} s per epoch's images)"
-                     for mode, step in extra["bare"].items())  # fmt: skip
+    bare = "; ".join(
+        f"{mode} {step['images_per_s']:.0f} img/s ({step['epoch_time_s']:.2f} s per epoch's images)"
+        for mode, step in extra["bare"].items()
+    )
     return [
         f"bare training step ({next(iter(extra['bare'].values()))['steps']} steps, random images on the device): "
         f"{bare}",
@@ -380,10 +330,13 @@ def check_args(args: argparse.Namespace) -> tuple[RunConfig, torch.device, list[
     device = parse_device(args.device)
     autocast_dtype(cfg.precision, device)
     checks = (
-        ("--workers", args.workers, 0), ("--seeds", args.seeds, 1), ("--compiled-seeds", args.compiled_seeds, 1),
-        ("--reference-epochs", args.reference_epochs, 0), ("--bare-steps", args.bare_steps, 1),
+        ("--workers", args.workers, 0),
+        ("--seeds", args.seeds, 1),
+        ("--compiled-seeds", args.compiled_seeds, 1),
+        ("--reference-epochs", args.reference_epochs, 0),
+        ("--bare-steps", args.bare_steps, 1),
         ("--copy-mb", args.copy_mb, 1),
-    )  # fmt: skip
+    )
     for flag, value, least in checks:
         if value < least:
             raise ValueError(f"{flag} {value} is not accepted: expected an integer >= {least}")
@@ -394,13 +347,14 @@ def check_args(args: argparse.Namespace) -> tuple[RunConfig, torch.device, list[
     return cfg, device, variants
 
 
-def run_variant(name: str, cfg: RunConfig, splits: tuple[Split, Split], device: torch.device,
-                args: argparse.Namespace, work: Path) -> list[dict]:  # fmt: skip
+def run_variant(
+    name: str, cfg: RunConfig, splits: tuple[Split, Split], device: torch.device, args: argparse.Namespace, work: Path
+) -> list[dict]:
     """One variant's runs, one per seed (engine-compiled: --compiled-seeds of them)."""
     if name == "engine-compiled":
         return run_engine(name, cfg, list(range(cfg.seed, cfg.seed + args.compiled_seeds)), device, work)
     seeds = list(range(cfg.seed, cfg.seed + args.seeds))
-    if name.startswith("engine"):
+    if name in ENGINE_VARIANTS:
         return run_engine(name, cfg, seeds, device, work)
     return [run_reference(name, dataclasses.replace(cfg, seed=s), splits, device, args) for s in seeds]
 
@@ -417,11 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     peak = peak_tflops(device, args.peak_tflops)
     loaded = load_splits(cfg, resident_bytes=sys.maxsize)  # every variant trains from the same images
     cfg.check_image_size(loaded.image_size, f" in data_root={cfg.data_root!r}")
-    splits = loaded.train, loaded.test
+    splits, train_images = (loaded.train, loaded.test), len(loaded.train.labels)
     counts = closed_form(cfg.model_config(len(splits[0].classes), 3), splits[0].images.shape[-1])
     header = describe(cfg, device, args, peak)
-    header.insert(1, f"{len(splits[0].labels)} train / {len(splits[1].labels)} test images, {cfg.epochs} epochs, "
-                  f"{counts.params / 1e6:.3f} M params, {counts.flops / 1e9:.3f} GFLOPs forward per image")  # fmt: skip
+    sizes = f"{train_images} train / {len(splits[1].labels)} test images, {cfg.epochs} epochs, "
+    header.insert(1, sizes + f"{counts.params / 1e6:.3f} M params, {counts.flops / 1e9:.3f} GFLOPs forward per image")
     print("\n".join(header), flush=True)
 
     def summaries_of(runs: dict[str, list[dict]]) -> dict[str, dict]:
@@ -440,15 +394,13 @@ def main(argv: list[str] | None = None) -> int:
     summaries = summaries_of(runs)
     goals = targets(summaries, extra)
     first_seed = {name: seeds[0]["history"] for name, seeds in runs.items()}
-    report = "\n".join(["", "\n".join(header + extra_lines(extra)), "", epoch_table(first_seed), "",
-                        markdown_table(summaries), "", targets_table(goals, full_recipe(cfg, len(splits[0].labels))),
-                        ""])  # fmt: skip
+    tables = [epoch_table(first_seed), markdown_table(summaries), targets_table(goals, full_recipe(cfg, train_images))]
+    report = "\n" + "\n\n".join(["\n".join(header + extra_lines(extra)), *tables]) + "\n"
     print(report)
     if args.out is not None:
-        write_result(args.out, argv, {
-            "header": header, "config": cfg.to_dict(), "seeds": args.seeds, "counts": counts.to_dict(),
-            "peak_tflops": peak, "runs": runs, "summaries": summaries, **extra, "targets": goals, "complete": True,
-        }, report)  # fmt: skip
+        result = {"header": header, "config": cfg.to_dict(), "seeds": args.seeds, "counts": counts.to_dict()}
+        result |= {"peak_tflops": peak, "runs": runs, "summaries": summaries, **extra, "targets": goals}
+        write_result(args.out, argv, {**result, "complete": True}, report)
     return 0
 
 

@@ -8,12 +8,14 @@ Module map, in three parts (a part imports only itself and the parts below it; n
         model.py          the readable modular ConvMixer, every ablation knob
         depthwise.py      its depthwise conv, offered on cuDNN or on a Triton kernel (the engine chooses)
         depthwise_kernels.py  the Triton kernels themselves
-        registry.py       named configs of the paper's models, timm's names
+        registry.py       named configs of the paper's models, timm's names, each with its evaluation settings
+        transforms.py     timm's evaluation transform (resize, centre crop, normalise), from a model's settings
+        counting.py       parameters, MACs and FLOPs of any config in closed form, free of torch (what training records)
     tools               what one does with a model, each with its command
         interop.py        exact state-dict converters: modular <-> tweet <-> timm <-> locuslab; released checkpoints
         evaluate.py       `python -m convmixer.evaluate`: top-1/top-5 of a released checkpoint, timm's eval transform
         check.py          `python -m convmixer.check`: the modular model computes the tweet's function
-        count.py          `python -m convmixer.count`: parameters, MACs and FLOPs, two ways that must agree
+        count.py          `python -m convmixer.count`: the closed form checked against an fvcore trace of the module
         throughput.py     inference images/s and peak memory on a device
     plumbing            shared by every part of the toolkit
         runtime.py        devices, precision, CUDA flags, the one timing helper, memory

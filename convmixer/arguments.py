@@ -17,7 +17,7 @@ from typing import NoReturn
 
 # The autocast precisions by name, free of torch so that a run config and --help can list them;
 # convmixer.runtime.AUTOCAST_DTYPES maps each to its dtype.
-PRECISIONS = ("fp32", "bf16", "fp16")
+AUTOCAST_PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def check_choice(name: str, value: object, accepted: Collection) -> None:

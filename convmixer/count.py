@@ -1,11 +1,11 @@
 """Parameters, MACs and FLOPs of a ConvMixer, traced with fvcore and checked against a closed form.
 
-Two independent counts must agree to the integer: an fvcore trace of the real module (the modular
-model or the tweet), with a handle for every op it runs, and a formula written from the architecture.
-A disagreement, or an op without a handle, raises `CountError` instead of silently undercounting.
-fvcore is optional (`pip install 'convmixer-toolkit[count]'`) and imported only when a trace runs: training
-takes its counts from `closed_form`, which the trace cross-checks here and in the tests. The CLI can also time
-inference (convmixer.throughput). Run `python -m convmixer.count --help`.
+Two independent counts must agree to the integer: an fvcore trace of the real module (the modular model or the
+tweet), with a handle for every op it runs, and the formula written from the architecture (convmixer/counting.py,
+free of torch, where training takes its counts from). A disagreement, or an op without a handle, raises
+`CountError` instead of silently undercounting. fvcore is optional (`pip install 'convmixer-toolkit[count]'`) and
+imported only when a trace runs. The CLI can also time inference (convmixer.throughput). Run
+`python -m convmixer.count --help`.
 """
 
 import argparse
@@ -15,21 +15,12 @@ import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from convmixer.arguments import (
-    PRECISIONS,
-    MissingPackage,
-    OneLineParser,
-    check_choice,
-    check_integer,
-    check_patch_fits,
-    patch_grid,
-    run_cli,
-)
+from convmixer.arguments import AUTOCAST_PRECISIONS, MissingPackage, OneLineParser, patch_grid, run_cli
 from convmixer.config import KNOB_NAMES, ConvMixerConfig
+from convmixer.counting import CATEGORIES, CONVENTION, Counts, closed_form
 from convmixer.registry import default_image_size, get_config, list_models
 
 if TYPE_CHECKING:
@@ -40,76 +31,9 @@ if TYPE_CHECKING:
 
 Handle = Callable[[list, list], int | Counter]  # fvcore's op handle: (inputs, outputs) -> count
 
-CATEGORIES = ("conv", "linear", "norm", "activation", "residual", "pool")
-NORM_MACS_PER_ELEMENT = {"batch": 2, "layer": 5}  # fvcore's: eval BatchNorm scale+shift; LayerNorm "rough estimate"
-RESIDUAL_ADDS_PER_LAYER = {"depthwise": 1, "pointwise": 1, "block": 1, "both": 2, "none": 0}
-CONVENTION = (
-    "per image (traced at batch 1, eval mode); 1 MAC = 2 FLOPs",
-    "conv: Cout*Hout*Wout*(Cin/groups)*kh*kw; linear: in*out; biases are not counted",
-    "norm (fvcore's rule): BatchNorm 2 per element (eval: scale + shift), LayerNorm 5 per element",
-    "activation (GELU, ReLU) and residual add: 1 per output element; global avg pool: 1 per input element",
-    "flatten and permute are free; conv+linear MACs (matmul work alone) is the figure papers usually quote",
-)
-
 
 class CountError(RuntimeError):
     """The trace ran an op nobody priced, or disagrees with the closed form: a bug, not bad input."""
-
-
-@dataclass(frozen=True)
-class Counts:
-    """Per-image counts: trainable parameters and MACs by category (see CONVENTION)."""
-
-    params: int
-    by_category: dict[str, int]
-
-    @property
-    def macs(self) -> int:
-        return sum(self.by_category.values())
-
-    @property
-    def flops(self) -> int:
-        return 2 * self.macs
-
-    @property
-    def conv_linear_macs(self) -> int:
-        return self.by_category["conv"] + self.by_category["linear"]
-
-    def to_dict(self) -> dict:
-        return {
-            "params": self.params,
-            "macs": self.macs,
-            "flops": self.flops,
-            "conv_linear_macs": self.conv_linear_macs,
-            "by_category": dict(self.by_category),
-        }
-
-
-def closed_form(config: ConvMixerConfig, image_size: int) -> Counts:
-    """The counts of `config` on image_size x image_size inputs, from the architecture alone."""
-    check_choice("residual", config.residual, RESIDUAL_ADDS_PER_LAYER)
-    check_choice("norm", config.norm, NORM_MACS_PER_ELEMENT)
-    check_integer("patch_size", config.patch_size, 1)  # it divides the image size below
-    check_patch_fits(config.patch_size, image_size)
-    dim, depth, k, p, c = config.dim, config.depth, config.kernel_size, config.patch_size, config.in_chans
-    positions = (image_size // p) ** 2  # a stride-p conv without padding drops the remainder pixels
-    maps = dim * positions  # elements of one feature map; "same" padding keeps it for every kernel
-    convs_with_act_norm = 1 + 2 * depth
-    by_category = {
-        "conv": maps * c * p * p + depth * (maps * k * k + maps * dim),
-        "linear": dim * config.num_classes,
-        "norm": convs_with_act_norm * NORM_MACS_PER_ELEMENT[config.norm] * maps,
-        "activation": convs_with_act_norm * maps,
-        "residual": depth * RESIDUAL_ADDS_PER_LAYER[config.residual] * maps,
-        "pool": maps,
-    }
-    norm_params = 2 * dim  # weight and bias, for BatchNorm and LayerNorm alike
-    params = (
-        dim * c * p * p + dim + norm_params
-        + depth * (dim * k * k + dim + norm_params + dim * dim + dim + norm_params)
-        + dim * config.num_classes + config.num_classes
-    )  # fmt: skip
-    return Counts(params, by_category)
 
 
 def fvcore_handles() -> ModuleType:
@@ -248,9 +172,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             names = ("--" + flag.replace("_", "-"), *OLD_FLAGS.get(flag, ()))
             parser.add_argument(*names, type=int, help=f"model {flag}")
     parser.add_argument(
-        "--image-size", type=int, metavar="PX",
+        "--image-size",
+        type=int,
+        metavar="PX",
         help=f"input side in pixels (default: the --model's size from the registry, else {DEFAULT_IMAGE_SIZE})",
-    )  # fmt: skip
+    )
     parser.add_argument("--tweet", action="store_true", help="count the 280-character tweet model itself")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--throughput", action="store_true", help="also time inference")
@@ -258,7 +184,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--dtype", choices=PRECISIONS, default="fp32", help="autocast dtype")
+    parser.add_argument("--dtype", choices=AUTOCAST_PRECISIONS, default="fp32", help="autocast dtype")
     parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args(argv)
     if args.image_size is None:
@@ -309,9 +235,16 @@ def main(argv: list[str] | None = None) -> int:
 
         model = build_model(config, tweet=args.tweet)
         speed = measure_throughput(
-            model, args.image_size, args.batch_size, args.device, in_chans=config.in_chans,
-            warmup=args.warmup, repeats=args.repeats, dtype=args.dtype, channels_last=args.channels_last,
-        )  # fmt: skip
+            model,
+            args.image_size,
+            args.batch_size,
+            args.device,
+            in_chans=config.in_chans,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            dtype=args.dtype,
+            channels_last=args.channels_last,
+        )
     if args.json:
         model_fields = {**dataclasses.asdict(config), "tweet": args.tweet, "image_size": args.image_size}
         report = {"model": model_fields, **counts.to_dict(), "convention": list(CONVENTION)}

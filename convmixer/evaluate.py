@@ -6,15 +6,13 @@ transform for these models, so that the numbers compare with the published ones 
 """
 
 import argparse
-import math
 import pickle
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from convmixer.arguments import OneLineParser, check_integer, run_cli
-from convmixer.registry import default_image_size, get_config, list_models
+from convmixer.registry import get_config, list_models, registered
 
 if TYPE_CHECKING:  # torch and torchvision are imported where they run: --help and a bad flag answer without them
     import torch
@@ -24,42 +22,6 @@ if TYPE_CHECKING:  # torch and torchvision are imported where they run: --help a
     from convmixer.model import ConvMixer
 
 PROG = "python -m convmixer.evaluate"
-
-
-@dataclass(frozen=True)
-class EvalTransform:
-    """timm's evaluation transform (timm.data.transforms_imagenet_eval): resize the shorter side to
-    floor(image_size / crop_pct), centre-crop image_size, then normalise."""
-
-    image_size: int
-    # The default_cfg of every ConvMixer in timm (timm/models/convmixer.py, and the authors' fork's _cfg):
-    # crop_pct .96, bicubic, IMAGENET_DEFAULT_MEAN/STD.
-    crop_pct: float = 0.96
-    interpolation: str = "bicubic"  # torchvision's InterpolationMode by value
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-    @property
-    def resize_size(self) -> int:
-        return math.floor(self.image_size / self.crop_pct)
-
-    def geometry(self) -> "transforms.Compose":
-        """The resize and the crop alone (a PIL image in, a PIL image out): what a streamed test split applies
-        (ablations.data.stream), normalising later on the device."""
-        from torchvision import transforms
-
-        # On PIL images, as timm does: Pillow's bicubic resize (always antialiased), then the crop.
-        return transforms.Compose(
-            [
-                transforms.Resize(self.resize_size, interpolation=transforms.InterpolationMode(self.interpolation)),
-                transforms.CenterCrop(self.image_size),
-            ]
-        )
-
-    def build(self) -> "transforms.Compose":
-        from torchvision import transforms
-
-        return transforms.Compose([self.geometry(), transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
 
 
 def validation_images(folder: Path, transform: "transforms.Compose") -> "datasets.ImageFolder":
@@ -140,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     check_integer("--workers", workers, minimum=0)
     model = load_model(args.model, args.checkpoint)  # first: it names a bad --model before any data is read
     device = parse_device(args.device)
-    transform = EvalTransform(default_image_size(args.model))
+    transform = registered(args.model).eval_transform()
     images = validation_images(args.data, transform.build())
     if len(images.classes) != model.config.num_classes:
         raise ValueError(
@@ -150,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     top1, top5 = accuracy(model, loader, device, progress=not args.no_progress)
     print(
         f"{args.model}: top-1 {100 * top1:.2f}%, top-5 {100 * top5:.2f}% on {len(images)} images of {args.data} "
-        f"(resize {transform.resize_size} bicubic, centre crop {transform.image_size}, crop_pct {transform.crop_pct})"
+        f"(resize {transform.resize_size} {transform.settings.interpolation}, centre crop {transform.image_size}, "
+        f"crop_pct {transform.settings.crop_pct})"
     )
     return 0
 

@@ -3,7 +3,8 @@
 The ImageNet names match timm's (`convmixer_1536_20`, ...), whose checkpoints `convmixer.interop`
 converts. The CIFAR-10 entries are the reference recipe's ConvMixer-256/8 and the paper's k9 p1 variant.
 Each entry also records the image side it is meant for, like the input_size of timm's default_cfg: 224 for
-the ImageNet models, 32 for the CIFAR-10 ones (the counter uses it unless told another size).
+the ImageNet models, 32 for the CIFAR-10 ones (the counter uses it unless told another size), and how its images
+are prepared for evaluation (crop_pct, interpolation, mean, std: the rest of timm's pretrained cfg).
 """
 
 import dataclasses
@@ -11,15 +12,28 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from convmixer.config import ConvMixerConfig
+from convmixer.transforms import EvalSettings, EvalTransform
 
 if TYPE_CHECKING:
     from convmixer.model import ConvMixer
+
+
+# timm's IMAGENET_DEFAULT_MEAN and IMAGENET_DEFAULT_STD: the toolkit's one copy of ImageNet's channel statistics.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# The pretrained cfg of every ConvMixer in timm (timm/models/convmixer.py _cfg, as the authors' fork's): also what
+# a ConvMixer trained here on streamed ImageNet-style data is tested with (ablations.data.stream).
+CONVMIXER_EVAL = EvalSettings(crop_pct=0.96, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 @dataclass(frozen=True)
 class RegisteredModel:
     config: ConvMixerConfig
     image_size: int  # input side in pixels the model was trained at
+    eval_settings: EvalSettings = CONVMIXER_EVAL
+
+    def eval_transform(self) -> EvalTransform:
+        """timm's evaluation transform of this model at its own image size."""
+        return EvalTransform(self.image_size, self.eval_settings)
 
 
 MODELS: dict[str, RegisteredModel] = {

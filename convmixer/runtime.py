@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.backends import cudnn
 
-from convmixer.arguments import PRECISIONS
+from convmixer.arguments import AUTOCAST_PRECISIONS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,8 +70,10 @@ def toolkit_commit() -> str:
     try:
         done = subprocess.run(
             ["git", "-C", str(REPO), "describe", "--always", "--dirty", "--abbrev=10"],
-            capture_output=True, text=True, timeout=10,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return done.stdout.strip() if done.returncode == 0 else "unknown"
@@ -129,7 +131,7 @@ def device_name(device: torch.device) -> str:
 
 # --- precision ---
 
-AUTOCAST_DTYPES = dict(zip(PRECISIONS, (None, torch.bfloat16, torch.float16), strict=True))
+AUTOCAST_DTYPES = dict(zip(AUTOCAST_PRECISIONS, (None, torch.bfloat16, torch.float16), strict=True))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -10,14 +10,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from convmixer import count
-from convmixer.count import (
-    CountError,
-    build_model,
-    closed_form,
-    count_model,
-    trace_counts,
-)
+from convmixer import count, counting
+from convmixer.count import CountError, build_model, count_model, trace_counts
+from convmixer.counting import closed_form
 from convmixer.model import ACTIVATIONS, NORMS, RESIDUALS, ConvMixerConfig, count_parameters
 from convmixer.registry import get_config
 from convmixer.throughput import measure_throughput
@@ -47,6 +42,14 @@ def test_closed_form_by_hand():
     }
     assert counts.params == (2 * 3 * 4 + 2 + 4) + (2 * 9 + 2 + 4 + 2 * 2 + 2 + 4) + (2 * 3 + 3)
     assert counts.flops == 2 * counts.macs == 2 * sum(counts.by_category.values())
+
+
+def test_the_closed_form_imports_no_torch(repo_root):
+    """The engine and the benchmarks take their counts from convmixer.counting: arithmetic, loaded without torch."""
+    code = "import sys, convmixer.counting; print(*{name.split('.')[0] for name in sys.modules})"
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, check=True)
+    loaded = set(done.stdout.split())
+    assert "convmixer" in loaded and not loaded & {"torch", "numpy", "fvcore"}
 
 
 def test_bad_arguments_name_what_is_accepted():
@@ -112,7 +115,7 @@ def test_an_op_without_a_handle_is_an_error(op, name):
 
 
 def test_disagreeing_with_the_closed_form_is_an_error(monkeypatch):
-    monkeypatch.setitem(count.NORM_MACS_PER_ELEMENT, "batch", 3)
+    monkeypatch.setitem(counting.NORM_MACS_PER_ELEMENT, "batch", 3)
     with pytest.raises(CountError, match="closed form"):
         count_model(ConvMixerConfig(4, 1, 3, 2), 8)
 

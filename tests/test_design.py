@@ -1,5 +1,6 @@
 """sweep.json's one type: the runner builds a Design, the store writes and reads it, analysis gets it back whole."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -61,3 +62,11 @@ def test_a_design_differing_only_in_name_or_in_the_first_formats_missing_runs_is
     assert Design("a", "smoke", grid={"kernel_size": [3, 5]}, seeds=2).same_as(design)  # first format: runs None
     assert not design.same_as(Design("a", "smoke", grid={"kernel_size": [3, 5]}, seeds=2, runs=["r2"]))
     assert not design.same_as(Design("a", "smoke", grid={"kernel_size": [3, 5]}, seeds=2, order="axes", runs=["r1"]))
+
+
+def test_a_fixed_key_at_its_default_is_the_design_without_it():
+    """Presets came to pin activation, residual and norm: a committed design recorded before they did is the same."""
+    old = Design("a", "cifar10-jpeg", fixed={"dim": 48}, vary={"kernel_size": [3, 5]}, seeds=3, runs=["r1"])
+    pinned = {"dim": 48, "activation": "gelu", "residual": "depthwise", "norm": "batch"}
+    assert dataclasses.replace(old, fixed=pinned).same_as(old)
+    assert not dataclasses.replace(old, fixed={**pinned, "norm": "layer"}).same_as(old)

@@ -16,7 +16,7 @@ from conftest import imagefolder, write_tree
 from helpers import RANK_FAULT_KEYS, damage_an_image_only_rank_1_reads, read_json, read_summary, tiny_configs, tiny_set
 
 from ablations.config import ConfigError, RunConfig
-from ablations.data.loaders import build_data, for_rank
+from ablations.data.loaders import build_data
 from ablations.engine.distributed import Ranks, local_batch
 from ablations.run import cli
 from ablations.store import Store, write_rank_fault
@@ -29,18 +29,21 @@ SAME_FUNCTION = tiny_set(epochs=3, train_subset=1600, batch_size=64, hflip=False
 
 
 def test_a_process_learns_its_place_from_torchruns_environment():
+    meet = {"MASTER_ADDR": "node7", "MASTER_PORT": "29500"}
     assert Ranks.from_env({}) == Ranks(0, 1, 0)
-    assert Ranks.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == Ranks(3, 4, 1)
+    assert Ranks.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", **meet}) == Ranks(3, 4, 1, "node7", 29500)
     with pytest.raises(ConfigError, match="RANK=2 is not accepted: expected 0 <= RANK < WORLD_SIZE=2"):
-        Ranks.from_env({"RANK": "2", "WORLD_SIZE": "2"})
+        Ranks.from_env({"RANK": "2", "WORLD_SIZE": "2", **meet})
+    with pytest.raises(ConfigError, match="torchrun's environment is incomplete"):
+        Ranks.from_env({"RANK": "0", "WORLD_SIZE": "2"})
     with pytest.raises(ConfigError, match="torchrun's environment is incomplete"):
         Ranks.from_env({"WORLD_SIZE": "2"})
 
 
 def test_the_global_batch_must_split_evenly_over_the_processes():
-    assert local_batch(512, Ranks(0, 4)) == 128
+    assert local_batch(512, 4) == 128
     with pytest.raises(ConfigError, match="batch_size=50 is not accepted on 3 processes"):
-        local_batch(50, Ranks(0, 3))
+        local_batch(50, 3)
 
 
 def test_the_ranks_slices_of_each_batch_make_the_one_process_batch():
@@ -50,7 +53,7 @@ def test_the_ranks_slices_of_each_batch_make_the_one_process_batch():
                        "test_subset": 100, "batch_size": 64, "scale": 1.0, "hflip": False, "randaug_n": 0,
                        "jitter": 0.0, "reprob": 0.0})  # fmt: skip
     data = build_data(cfg, torch.device("cpu"))
-    ranks = [for_rank(data, cfg, rank, 2) for rank in range(2)]
+    ranks = [build_data(cfg, torch.device("cpu"), rank=rank, world_size=2) for rank in range(2)]
     one = list(data.train.epoch(1))
     two = list(zip(*(rank.train.epoch(1) for rank in ranks), strict=True))
     assert [len(images) for images, _ in one] == [64, 64, 64, 8]
@@ -58,7 +61,7 @@ def test_the_ranks_slices_of_each_batch_make_the_one_process_batch():
     for (images, labels), halves in zip(one, two, strict=True):
         assert torch.equal(images, torch.cat([half[0] for half in halves]))
         assert torch.equal(labels, torch.cat([half[1] for half in halves]))
-    shares = [rank.test.num_samples for rank in (for_rank(data, cfg, r, 3) for r in range(3))]
+    shares = [build_data(cfg, torch.device("cpu"), rank=r, world_size=3).test.num_samples for r in range(3)]
     assert shares == [34, 33, 33]
     assert torch.equal(torch.cat([labels for rank in ranks for _, labels in rank.test]), data.test.images.labels)
 
@@ -68,7 +71,7 @@ def test_a_streamed_folders_ranks_read_their_slices_of_the_one_process_batches(t
     write_tree(tmp_path / "tree", {"train": 6, "val": 3})  # 18 images in batches of 4: 4 x 4 and 2
     cfg = imagefolder(tmp_path / "tree")
     data = build_data(cfg, torch.device("cpu"), resident_bytes=0, workers=0)
-    ranks = [for_rank(data, cfg, rank, 2) for rank in range(2)]
+    ranks = [build_data(cfg, torch.device("cpu"), rank=r, world_size=2, resident_bytes=0, workers=0) for r in range(2)]
     assert type(ranks[1].train) is type(data.train) and not data.resident
     two = zip(*(rank.train.epoch(3) for rank in ranks), strict=True)
     for (images, labels), halves in zip(data.train.epoch(3), two, strict=True):
@@ -78,9 +81,9 @@ def test_a_streamed_folders_ranks_read_their_slices_of_the_one_process_batches(t
 
 def test_a_gpu_slot_is_procs_per_run_gpus_and_a_cpu_slot_shares_the_cores():
     gpus = ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:4"]
-    assert device_slots(gpus, 1, 2) == ["cuda:0,cuda:1", "cuda:2,cuda:3"]
-    assert device_slots(["cpu"], 2, 2) == ["cpu", "cpu"]
-    assert device_slots(gpus[:2], 1) == ["cuda:0", "cuda:1"]
+    assert device_slots(gpus, 1, 2) == [("cuda:0", "cuda:1"), ("cuda:2", "cuda:3")]
+    assert device_slots(["cpu"], 2, 2) == [("cpu", "cpu"), ("cpu", "cpu")]
+    assert device_slots(gpus[:2], 1) == [("cuda:0",), ("cuda:1",)]
 
 
 def test_rank_0_names_each_rank_that_stopped_and_its_cause_then_its_own_error(tmp_path, monkeypatch):
@@ -198,7 +201,7 @@ def test_a_rank_killed_mid_epoch_fails_the_run_in_one_line_and_a_rerun_resumes_i
     assert sweep.wait(timeout=120) == 1
     (row,) = read_summary(out)
     assert row["status"] == "failed" and row["epochs_completed"] in ("1", "2")  # killed in epoch 2 or 3
-    assert row["reason"].startswith("rank 1 killed by SIGKILL; rank 0: ")
+    assert row["reason"].startswith("rank 1: killed by SIGKILL; rank 0: ")
 
     rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
     assert rerun.returncode == 0, rerun.stderr
@@ -247,11 +250,10 @@ def test_torchrun_trains_one_run_as_the_sweep_trains_it(sweeps, tmp_path):
 
 def wait_in_a_collective(rank: int, port: int, arrived) -> None:
     """Rank 0 all-reduces; rank 1 joins the group and never does (a hung peer)."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from ablations.engine import distributed
 
     distributed.COLLECTIVE_TIMEOUT_S = 2.0  # what CONVMIXER_COLLECTIVE_TIMEOUT_S=2 sets when the module loads
-    distributed.start(Ranks(rank, 2), torch.device("cpu"))
+    distributed.start(Ranks(rank, 2, rank, "127.0.0.1", port), torch.device("cpu"))
     if rank == 1:
         time.sleep(30)
         return
@@ -278,12 +280,20 @@ def test_a_collective_whose_peer_hangs_ends_at_the_timeout():
     assert error in ("RuntimeError", "DistBackendError") and 1.5 < waited < 15
 
 
+MEET = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}  # torchrun's rendezvous
+
+
 @pytest.mark.parametrize(
     "args, env, message",
     [
         (["--set", "kernel_size=x"], {}, "--set: kernel_size='x' is not accepted: expected an integer"),
-        (["--set", tiny_set()], {"RANK": "0", "WORLD_SIZE": "3"}, "batch_size=50 is not accepted on 3 processes"),
-        (["--set", tiny_set()], {"RANK": "3", "WORLD_SIZE": "2"}, "RANK=3 is not accepted: expected 0 <= RANK"),
+        (
+            ["--set", tiny_set()],
+            {"RANK": "0", "WORLD_SIZE": "3", **MEET},
+            "batch_size=50 is not accepted on 3 processes",
+        ),
+        (["--set", tiny_set()], {"RANK": "3", "WORLD_SIZE": "2", **MEET}, "RANK=3 is not accepted: expected 0 <= RANK"),
+        (["--set", tiny_set()], {"RANK": "1", "WORLD_SIZE": "2"}, "torchrun's environment is incomplete"),
         (["--set", tiny_set(), "--device", "bogus"], {}, "device='bogus' is not accepted; choose auto, cpu, cuda"),
     ],
 )

@@ -24,7 +24,7 @@ def run_with_import_times(module: str, args: list[str], cwd) -> tuple[subprocess
 @pytest.mark.parametrize(
     "module",
     [
-        *("ablations.run", "ablations.train", "ablations.data.shards", "convmixer.count", "convmixer.check"),
+        *("ablations.run", "ablations.train", "ablations.data.make_shards", "convmixer.count", "convmixer.check"),
         *("convmixer.evaluate", "benchmarks.startup", "benchmarks.kernels", "benchmarks.gpu_check"),
         *("benchmarks.train_speed", "benchmarks.loader", "benchmarks.scaling"),
         *("analysis.report", "analysis.seeds", "analysis.export"),

@@ -1,5 +1,5 @@
-"""convmixer.evaluate: timm's evaluation transform for the ConvMixers (numbers read from timm's source), the scores
-of a checkpoint on a tiny ImageFolder tree made here, and the one-line errors."""
+"""convmixer.evaluate: timm's evaluation transform for the ConvMixers (numbers read from timm's source, kept in the
+registry), the scores of a checkpoint on a tiny ImageFolder tree made here, and the one-line errors."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from convmixer import registry
-from convmixer.evaluate import PROG, EvalTransform, cli
+from convmixer.evaluate import PROG, cli
 from convmixer.interop import convert
 from convmixer.model import ConvMixerConfig
 
@@ -18,19 +18,23 @@ CLASSES = [f"n0{i}" for i in range(TINY.num_classes)]  # WordNet-id-like folder 
 def test_the_transform_is_timms_for_the_convmixers() -> None:
     # timm/models/convmixer.py _cfg: input_size (3, 224, 224), crop_pct .96, interpolation 'bicubic',
     # IMAGENET_DEFAULT_MEAN/STD; timm's transforms_imagenet_eval resizes to floor(224 / .96) = 233, then crops 224.
-    transform = EvalTransform(224)
-    assert (transform.crop_pct, transform.resize_size, transform.interpolation) == (0.96, 233, "bicubic")
-    assert transform.mean == (0.485, 0.456, 0.406) and transform.std == (0.229, 0.224, 0.225)
+    for name in [name for name in registry.list_models() if registry.get_config(name).num_classes == 1000]:
+        transform = registry.registered(name).eval_transform()
+        settings = transform.settings
+        assert (settings.crop_pct, settings.interpolation) == (0.96, "bicubic")
+        assert settings.mean == (0.485, 0.456, 0.406) and settings.std == (0.229, 0.224, 0.225)
+    assert registry.registered("convmixer_1536_20").eval_transform().resize_size == 233
 
 
 def test_the_transform_resizes_the_shorter_side_with_pillows_bicubic_then_crops_the_centre() -> None:
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
-    transform = EvalTransform(224)
+    transform = registry.registered("convmixer_768_32").eval_transform()
     # By hand: the shorter side 300 -> 233, the longer 400 -> int(233 * 400 / 300) = 310; the centre crop starts
     # at round((233 - 224) / 2) = 4 rows and round((310 - 224) / 2) = 43 columns.
     resized = np.asarray(image.resize((310, 233), Image.Resampling.BICUBIC), dtype=np.float32) / 255
     crop = torch.from_numpy(resized[4 : 4 + 224, 43 : 43 + 224]).permute(2, 0, 1)
-    expected = (crop - torch.tensor(transform.mean).view(3, 1, 1)) / torch.tensor(transform.std).view(3, 1, 1)
+    mean, std = (torch.tensor(stat).view(3, 1, 1) for stat in (transform.settings.mean, transform.settings.std))
+    expected = (crop - mean) / std
     assert torch.allclose(transform.build()(image), expected, atol=1e-6)
 
 
@@ -53,7 +57,7 @@ def tiny(tmp_path, monkeypatch):
 
 def test_the_scores_are_the_models_own_on_the_transformed_images(tiny, capsys) -> None:
     model, checkpoint, val = tiny
-    transform = EvalTransform(32).build()
+    transform = registry.registered("tiny").eval_transform().build()
     images, labels = [], []
     for label, name in enumerate(CLASSES):
         for path in sorted((val / name).iterdir()):

@@ -5,15 +5,17 @@ twice into one folder replaces the first export instead of adding a second."""
 import json
 import shutil
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from ablations.store import CONFIG_KEYS
 from analysis.export import FORMATS
 from analysis.export.__main__ import cli
-from analysis.load import CONFIG_KEYS
 
+REPO = Path(__file__).resolve().parents[1]
 PROVENANCE = {"toolkit_commit", "hardware", "torch_version", "train_sha256", "test_sha256"}  # all the tiny runs hold
 
 
@@ -194,3 +196,13 @@ def test_an_unfinished_run_is_exported_with_its_status_and_the_epochs_it_has(swe
     found = client.search_runs([client.get_experiment_by_name(copy.name).experiment_id])
     statuses = {made.data.tags["convmixer.run_id"]: made.info.status for made in found}
     assert statuses.pop(killed.name) == "RUNNING" and set(statuses.values()) == {"FINISHED"}
+
+
+@pytest.mark.parametrize("module", ["__main__", "runs", *(spec.module for spec in FORMATS.values())])
+def test_an_export_module_loads_no_plotting_or_statistics_stack(module):
+    """An export read the report's folder swap out of analysis.build, and with it matplotlib, scipy and statsmodels
+    (seconds, and packages an export does not need); a fresh interpreter shows what the module alone loads."""
+    heavy = ("matplotlib", "scipy", "statsmodels")
+    code = f"import sys, analysis.export.{module}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert loaded.stdout.strip() == "[]"

@@ -60,8 +60,16 @@ def test_the_gpu_session_script_runs_its_cpu_path_and_leaves_at_most_8_files(cif
                           capture_output=True, text=True)  # fmt: skip
     summary = (out / "session.txt").read_text()
     assert done.returncode == 0, summary
-    assert re.search(r"^cuda-tests +exit 0 ", summary, re.M) and re.search(r"^train-speed +exit 0 ", summary, re.M)
-    assert {path.name for path in out.iterdir()} == {"session.txt", "train_speed.json", "train_speed.md", "logs.tar.gz"}
+    for name in ("cuda-tests", "step-floor", "train-speed"):
+        assert re.search(rf"^{name} +exit 0 ", summary, re.M), summary
+    assert {path.name for path in out.iterdir()} == {
+        "session.txt",
+        "step_floor.json",
+        "step_floor.md",
+        "train_speed.json",
+        "train_speed.md",
+        "logs.tar.gz",
+    }
     assert "Targets of the engine" in (out / "train_speed.md").read_text()
 
 

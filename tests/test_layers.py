@@ -1,6 +1,7 @@
 """The layering the architecture relies on (ablations/__init__.py and convmixer/__init__.py state it): every import
-of every module, at the top or inside a function, goes to a layer below its own, and each package docstring's
-module map lists exactly the modules on disk."""
+of every module, at the top or inside a function, goes to a layer below its own, no modules import each other in a
+circle (a layer's rule lets its modules import one another), and each package docstring's module map lists exactly
+the modules on disk."""
 
 import ast
 import re
@@ -16,8 +17,12 @@ PACKAGES = ("convmixer", "ablations", "analysis", "benchmarks")
 # and plumbing, the tools anything of convmixer/.
 PLUMBING = ("convmixer.runtime", "convmixer.arguments")
 MODEL = tuple(
-    f"convmixer.{name}" for name in ("tweet", "config", "model", "depthwise", "depthwise_kernels", "registry")
+    f"convmixer.{name}"
+    for name in ("tweet", "config", "model", "depthwise", "depthwise_kernels", "registry", "transforms", "counting")
 )
+# The one import circle allowed: naming a model needs no torch, so ConvMixerConfig.build() imports the model it
+# builds inside the function, and the model imports its config.
+CIRCLE_EXCEPTIONS = {("convmixer.config", "convmixer.model")}
 RULES: list[tuple[str, tuple[str, ...]]] = [
     ("convmixer.runtime", ("convmixer.arguments",)),
     ("convmixer.arguments", ()),
@@ -26,7 +31,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("ablations.atomic", ()),
     ("ablations.design", ("ablations.config",)),
     ("ablations.config", ("convmixer",)),
-    ("ablations.store", ("ablations.design", "ablations.config", "ablations.atomic", "convmixer")),
+    ("ablations.store", ("ablations.store", "ablations.design", "ablations.config", "ablations.atomic", "convmixer")),
     ("ablations.data", ("ablations.data", "ablations.config", "ablations.atomic", "convmixer")),
     (
         "ablations.engine",
@@ -39,9 +44,18 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     # The plan loads each dataset once, as a run would, to check it and record it: sweep/'s one arrow into data/.
     (
         "ablations.sweep.plan",
-        ("ablations.sweep.progress", "ablations.data", "ablations.design", "ablations.store", "ablations.config")
-        + ("convmixer.arguments",),  # the counter's words for the pixels a patch drops
+        ("ablations.sweep.progress", "ablations.sweep.execute", "ablations.data", "ablations.design")
+        + ("ablations.store", "ablations.config", "convmixer.arguments"),  # the counter's words for a patch's pixels
     ),
+    # The launchers that start a run's processes hand each its place, engine/distributed.py's Ranks.
+    *(
+        (
+            f"ablations.sweep.{launcher}",
+            ("ablations.sweep", "ablations.store", "ablations.config", "ablations.atomic")
+            + ("ablations.engine.distributed", "convmixer"),
+        )
+        for launcher in ("local", "slurm", "inprocess")
+    ),  # fmt: skip
     ("ablations.sweep.presets", ("ablations.config", "ablations.data", "convmixer.registry")),
     ("ablations.sweep.grid", ("ablations.design", "ablations.config", "ablations.sweep.presets")),
     ("ablations.sweep.study", ("ablations.config", "ablations.sweep.grid", "ablations.sweep.presets")),
@@ -113,6 +127,61 @@ def test_a_module_imports_only_the_layers_below_it(name):
     targets = imported(modules()[name], name) - set(PACKAGES)
     wrong = sorted(t for t in targets if not any(within(t, ok) for ok in allowed))
     assert wrong == [], f"{name} imports {wrong}, above its layer (rules: ablations/__init__.py)"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each module -> the repository modules it imports anywhere, CIRCLE_EXCEPTIONS left out."""
+    found = modules()
+    graph = {name: {t for t in imported(path, name) if t in found and t != name} for name, path in found.items()}
+    for importer, target in CIRCLE_EXCEPTIONS:
+        graph[importer].discard(target)
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        while work:
+            node, targets = work[-1]
+            target = next(targets, None)
+            if target is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = stack[stack.index(node) :]
+                    del stack[stack.index(node) :]
+                    if len(component) > 1:
+                        found.append(sorted(component))
+            elif target not in index:
+                index[target] = low[target] = len(index)
+                stack.append(target)
+                work.append((target, iter(sorted(graph[target]))))
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+    return found
+
+
+def test_no_modules_import_each_other_in_a_circle():
+    assert circles(import_graph()) == []
+
+
+def test_the_circle_test_finds_a_circle_and_sees_an_import_inside_a_function():
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}) == [["a", "b", "c"]]
+    assert "convmixer.model" in imported(modules()["convmixer.config"], "convmixer.config")  # in build() too
+    graph = import_graph()
+    graph["convmixer.config"].add("convmixer.model")  # the listed exception, put back: a circle
+    [circle] = circles(graph)  # config -> model -> config, and -> depthwise -> config (its IMPLS)
+    assert {"convmixer.config", "convmixer.model"} <= set(circle)
 
 
 @pytest.mark.parametrize("command", ["ablations.run", "ablations.train"])

@@ -1,14 +1,16 @@
-"""Loaders: the device-resident and the DataLoader paths, normalisation, (seed, epoch) replay, and the patch check
-on the loaded images."""
+"""Loaders: the device-resident and the DataLoader paths, normalisation, (seed, epoch) replay, the patch check on
+the loaded images, and one load of a run's data per process."""
 
 import pytest
 import torch
 from conftest import imagefolder, write_tree
 
 from ablations.config import ConfigError, RunConfig
-from ablations.data import loaders, synthetic
-from ablations.data.augment import normalise
+from ablations.data import loaders, sources, synthetic
+from ablations.data import tree as tree_module
+from ablations.data.augment import WORKER_STEPS, normalise
 from ablations.data.loaders import build_data, derived_seed
+from ablations.sweep.plan import data_record
 
 
 def collect(batches) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,8 +56,8 @@ def test_a_streamed_folder_has_the_resident_paths_labels_and_device_augmentation
     assert torch.equal(collect(resident.test)[1], collect(streamed.test)[1])
     assert torch.equal(collect(resident.train.epoch(2))[1], collect(streamed.train.epoch(2))[1])
     # The workers crop and flip; the device does the rest of the recipe (here RandAugment), not a second crop.
-    device_cfg = streamed.train.augment.cfg
-    assert (device_cfg.scale, device_cfg.hflip, device_cfg.randaug_n) == (1.0, False, 1)
+    assert streamed.worker_steps == streamed.train.augment.done == WORKER_STEPS == {"crop", "flip"}
+    assert resident.worker_steps == resident.train.augment.done == frozenset()
 
 
 def test_batches_equal_the_per_batch_index_copies_they_replace():
@@ -84,10 +86,10 @@ def test_a_worker_keeps_the_resident_data_between_runs_on_the_same_data(monkeypa
     cfg = RunConfig(train_subset=64, test_subset=32, batch_size=16)
     first = build_data(cfg, "cpu")
 
-    def load_splits(*args):
+    def loaded_splits(*args):
         raise AssertionError("the kept data must be used")
 
-    monkeypatch.setattr(loaders, "load_splits", load_splits)
+    monkeypatch.setattr(loaders, "loaded_splits", loaded_splits)
     again = build_data(RunConfig(**{**cfg.to_dict(), "lr": 0.1, "seed": 3}), "cpu")  # another run, same data
     assert again.train.images is first.train.images and again.mean == first.mean
     with pytest.raises(AssertionError, match="the kept data must be used"):
@@ -103,3 +105,27 @@ def test_augmentation_never_changes_the_kept_images():
         collect(data.train.epoch(epoch))
     collect(iter(data.test))
     assert torch.equal(data.train.images.images, before[0]) and torch.equal(data.test.images.images, before[1])
+
+
+@pytest.mark.parametrize("resident_bytes", ["0", ""], ids=["streamed", "held"])
+def test_a_runs_check_and_its_training_share_one_load_of_its_data(tmp_path, monkeypatch, resident_bytes):
+    write_tree(tmp_path / "tree", {"train": 4, "val": 2})
+    monkeypatch.setenv(sources.RESIDENT_ENV, resident_bytes)
+    walks = []
+    walk = tree_module.image_names
+    monkeypatch.setattr(tree_module, "image_names", lambda root: walks.append(root) or walk(root))
+    cfg = imagefolder(tmp_path / "tree", image_size=8)
+    record = data_record(cfg.with_absolute_data_root())  # the check before the run (the sweep's plan, SLURM's job)
+    data = build_data(cfg, "cpu", workers=0)
+    assert len(walks) == 1 and data.resident == (resident_bytes == "") and data.image_size == record["image_size"]
+    # Streamed: the next run of a sweep's worker on the same data reads the same files; held: on the device now
+    # (loaders._kept), the process let go of its host copy.
+    sources.loaded_splits(cfg, sources.resident_limit())
+    assert len(walks) == (2 if data.resident else 1)
+    assert (
+        len(build_data(imagefolder(tmp_path / "tree", image_size=8, train_subset=6), "cpu", workers=0).train.images)
+        == 6
+    )
+    assert len(walks) == (3 if data.resident else 2)  # other data: read
+    data_record(cfg)
+    assert len(walks) == (4 if data.resident else 3)  # a check reads the data as it is now

@@ -17,7 +17,7 @@ from ablations.sweep.local import LocalLauncher, device_slots
     ],
 )
 def test_slots_interleave_devices(devices, jobs, slots):
-    assert device_slots(devices, jobs) == slots
+    assert device_slots(devices, jobs) == [(device,) for device in slots]
 
 
 def test_n_runs_on_n_gpus_start_one_per_gpu(tmp_path, monkeypatch):
@@ -33,7 +33,7 @@ def test_n_runs_on_n_gpus_start_one_per_gpu(tmp_path, monkeypatch):
 
     monkeypatch.setattr(LocalLauncher, "start_worker", fake_start)
     configs = [RunConfig(kernel_size=3), RunConfig(kernel_size=5)]
-    launcher = LocalLauncher(Store(tmp_path), ["cuda:0", "cuda:1"], jobs_per_device=2, keep_checkpoints=False)
+    launcher = LocalLauncher(Store(tmp_path), ["cuda:0", "cuda:1"], jobs_per_device=2)
     with pytest.raises(Started):
-        launcher.run(configs, progress=None)
-    assert started == ["cuda:0", "cuda:1"]
+        launcher.run(configs, progress=None, end_run=None)
+    assert started == [("cuda:0",), ("cuda:1",)]

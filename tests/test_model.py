@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from convmixer import tweet
-from convmixer.count import closed_form
+from convmixer.counting import closed_form
 from convmixer.model import (
     ACTIVATIONS,
     NORMS,

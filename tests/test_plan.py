@@ -3,7 +3,6 @@
 import csv
 import errno
 import fcntl
-import functools
 import json
 import shutil
 from pathlib import Path
@@ -14,9 +13,8 @@ from conftest import imagefolder, write_tree
 from ablations.config import ConfigError, RunConfig, portable_path
 from ablations.design import Design
 from ablations.store import Locks, Store, StoreError, read_metrics
-from ablations.sweep.execute import end_run, execute_run
+from ablations.sweep.inprocess import InProcessLauncher
 from ablations.sweep.plan import Outcome, plan, run_plan
-from ablations.sweep.progress import SweepProgress
 from ablations.sweep.slurm import SlurmLauncher, SlurmOptions, train_in_job
 
 TINY = dict(dim=8, depth=1, patch_size=4, kernel_size=3, epochs=1)
@@ -27,27 +25,9 @@ def tiny(data: Path, **changes) -> RunConfig:
     return imagefolder(data, **{**TINY, **changes})
 
 
-class InProcess:
-    """The Launcher protocol at its smallest: each run trained in this process, one after the other."""
-
-    keep_checkpoints = False
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def run(self, configs: list[RunConfig], progress: SweepProgress) -> dict[str, dict]:
-        ended = {}
-        for cfg in configs:
-            run_id = cfg.run_id()
-            progress.started(run_id, "cpu")
-            execute_run(cfg, self.store, "cpu", on_epoch=functools.partial(progress.epoch, run_id))
-            ended[run_id] = end_run(self.store, run_id, progress, lambda: "no metrics.json", "cpu")
-        return ended
-
-
 def sweep(configs: list[RunConfig], out: Path) -> Outcome:
     store = Store(out)
-    return run_plan(plan(configs, store, keys=["kernel_size"]), InProcess(store), Design(out.name))
+    return run_plan(plan(configs, store, keys=["kernel_size"]), InProcessLauncher(store), Design(out.name))
 
 
 def summary_rows(out: Path) -> list[dict]:
@@ -72,11 +52,23 @@ def test_a_notebook_plans_and_runs_a_sweep_without_an_argv(tmp_path, monkeypatch
     planned = plan(configs, store)
     assert [cfg.run_id() for cfg in planned.todo] == [cfg.run_id() for cfg in configs]
     assert not (tmp_path / "out").exists()  # planning writes nothing
-    ended = run_plan(planned, InProcess(store), Design("out"))
+    ended = run_plan(planned, InProcessLauncher(store), Design("out"))
     assert ended.exit_code == 0 and ended.counts() == {"done": 2}
     assert [row["status"] for row in summary_rows(tmp_path / "out")] == ["done", "done"]
     assert store.read_designs()[0].runs == [cfg.run_id() for cfg in configs]
     assert plan(configs, store).todo == []  # planned again: nothing left to train
+    assert not list((tmp_path / "out").glob("runs/*/checkpoint.pt"))  # the plan's policy, applied as each run ended
+
+
+def test_the_plan_keeps_checkpoints_only_when_told_whichever_launcher_trains(tmp_path, monkeypatch):
+    """Dropping a finished run's checkpoint is the sweep's policy (Plan.keep_checkpoints), applied by end_run."""
+    monkeypatch.chdir(tmp_path)
+    (cfg,) = [tiny(pictures(tmp_path / "pictures"))]
+    store = Store(tmp_path / "kept")
+    assert run_plan(plan([cfg], store, keep_checkpoints=True), InProcessLauncher(store), Design("kept")).exit_code == 0
+    assert (store.run_dir(cfg) / "checkpoint.pt").exists()
+    run_plan(plan([cfg], store), InProcessLauncher(store), Design("kept"))  # nothing to train: a leftover is dropped
+    assert not (store.run_dir(cfg) / "checkpoint.pt").exists()
 
 
 def test_two_runs_in_one_folder_are_refused_when_planned(tmp_path):
@@ -165,7 +157,7 @@ def test_a_slurm_task_on_a_node_that_sees_other_data_trains_nothing(tmp_path):
     data = pictures(tmp_path / "pictures")
     cfg, store = planned_not_trained(data, tmp_path / "out")
     (data / "train" / "cat" / "000.png").unlink()  # this node's copy: one image fewer
-    metrics = train_in_job(str(store.root), cfg.to_dict(), False, "cpu", Locks())
+    metrics = train_in_job(str(store.root), cfg.to_dict(), "cpu", Locks())
     assert metrics["status"] == "failed" and "\n" not in metrics["reason"]
     assert "was trained on ImageFolder pictures (3 classes, 12 train" in metrics["reason"]
     assert "but node " in metrics["reason"] and " sees ImageFolder pictures (3 classes, 11 train" in metrics["reason"]
@@ -173,7 +165,7 @@ def test_a_slurm_task_on_a_node_that_sees_other_data_trains_nothing(tmp_path):
     write_tree(tmp_path / "again", {"train": 4, "test": 2})
     shutil.copy(tmp_path / "again" / "train" / "cat" / "000.png", data / "train" / "cat" / "000.png")
     store.forget_failure(store.run_dir(cfg))
-    assert train_in_job(str(store.root), cfg.to_dict(), False, "cpu", Locks())["status"] == "done"
+    assert train_in_job(str(store.root), cfg.to_dict(), "cpu", Locks())["status"] == "done"
 
 
 @pytest.mark.parametrize(
@@ -194,7 +186,7 @@ def test_a_slurm_task_that_cannot_hold_its_runs_lock_fails_it_in_one_line(tmp_pa
 
     monkeypatch.setattr(fcntl, "flock", refuse) if error.errno == errno.ENOLCK else None
     monkeypatch.setattr("builtins.open", refuse) if error.errno == errno.EACCES else None
-    metrics = train_in_job(str(store.root), cfg.to_dict(), False, "cpu", Locks())
+    metrics = train_in_job(str(store.root), cfg.to_dict(), "cpu", Locks())
     monkeypatch.undo()
     assert metrics["status"] == "failed" and message in metrics["reason"] and "\n" not in metrics["reason"]
     assert read_metrics(store.run_dir(cfg) / "metrics.json")["reason"] == metrics["reason"]
@@ -207,7 +199,7 @@ def test_a_damaged_jobs_file_says_what_it_is_and_what_to_do(tmp_path, content):
     (tmp_path / "slurm").mkdir()
     (tmp_path / "slurm" / "jobs.json").write_text(content)
     with pytest.raises(StoreError) as raised:
-        SlurmLauncher(Store(tmp_path), SlurmOptions(), False).recorded_jobs()
+        SlurmLauncher(Store(tmp_path), SlurmOptions()).recorded_jobs()
     message = str(raised.value)
     assert message.startswith(str(tmp_path / "slurm" / "jobs.json")) and "redo that run" not in message
     assert message.endswith("it lists the jobs of earlier sweeps of this folder; cancel those still queued or running "

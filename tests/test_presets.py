@@ -8,14 +8,29 @@ import torch
 from PIL import Image
 
 import ablations.data.sources as sources
-from ablations.config import RunConfig
+from ablations.config import MODEL_KEYS, RunConfig
 from ablations.data import CIFAR10_JPEG_ENV, IMAGENET_ENV, IMAGENETTE_FOLDER
 from ablations.engine.train import Trainer
 from ablations.run import cli
 from ablations.sweep.presets import PRESETS
+from convmixer.registry import get_config
 
 # Run ids of the presets results were committed with: a new preset or key must leave them as they are.
 EARLIER_IDS = {"smoke": "a1a384a07c58b16c", "cifar10": "de7c4fab6c4c80f9", "cifar10-jpeg": "f3f7d6c18a5904dd"}
+
+
+@pytest.mark.parametrize(
+    "preset, model",
+    [
+        ("cifar10-jpeg", "convmixer_256_8_cifar10"),
+        ("paper-cifar10", "convmixer_256_8_ks9_p1_cifar10"),
+        ("imagenet", "convmixer_1536_20"),
+        ("imagenet-budget", "convmixer_1024_20_ks9_p14"),
+    ],
+)
+def test_a_recipe_that_names_a_registered_model_takes_every_model_key_from_it(preset, model):
+    values, config = PRESETS[preset].values, get_config(model)
+    assert {key: values.get(key) for key in MODEL_KEYS} == {key: getattr(config, key) for key in MODEL_KEYS}
 
 
 def image_tree(root, splits=("train", "val"), classes=("n01440764", "n02102040"), size=(40, 52)) -> None:

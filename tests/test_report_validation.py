@@ -14,9 +14,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ablations.store import HISTORY_FIELDS
 from analysis import build, plots, provenance, report, style, tables
 from analysis.design import scope
-from analysis.load import AnalysisError, history_gaps, load_history, load_runs
+from analysis.errors import AnalysisError
+from analysis.load import history_gaps, load_history, load_runs
 from analysis.variants import summarise
 
 
@@ -109,6 +111,18 @@ def test_optional_metrics_may_be_absent_or_null_and_unfinished_runs_are_not_chec
     assert runs["test_acc"].dtype == float and runs["test_acc"].isna().sum() == 1
 
 
+def test_a_history_value_of_the_wrong_type_is_one_line_naming_the_file(sweep, tmp_path, capsys):
+    """A string in history.json crashed the report in pandas, after the tables were made."""
+    damaged = copy_sweep(sweep, tmp_path / "damaged")
+    path = first_run(damaged) / "history.json"
+    path.write_text(json.dumps([{**record, "test_acc": "0.9"} for record in json.loads(path.read_text())]))
+    assert report.cli([str(damaged), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'{report.PROG}: error: {path} is not accepted: in its record 1, test_acc="0.9"')
+    assert err.endswith(f"; delete its run folder {path.parent} to redo that run\n") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 # --- a missing history ------------------------------------------------------------------------------------------------
 
 
@@ -196,6 +210,10 @@ def test_the_latex_caption_keeps_its_braces_and_spells_every_symbol_in_latex(swe
 
 
 # --- figures ----------------------------------------------------------------------------------------------------------
+
+
+def test_the_training_curves_draw_only_declared_history_fields():
+    assert {metric for metric, *_ in plots.CURVE_PANELS} <= set(HISTORY_FIELDS)
 
 
 def test_every_figure_names_the_model_and_the_data(sweep):
@@ -335,90 +353,6 @@ def test_matplotlibs_own_error_after_a_full_disk_is_one_line_and_leaves_nothing(
     assert list((tmp_path / "disk").iterdir()) == []
 
 
-def test_a_write_failure_without_an_os_error_behind_it_is_named():
-    try:
-        raise TypeError("bad figure")
-    except TypeError as error:
-        assert build.failure(error) == "TypeError: bad figure"
-
-
-# --- publishing: old or new, never a mix; nothing left of a killed report -------------------------------------------
-
-
-def folder(path: Path, files: dict[str, str]) -> Path:
-    path.mkdir(parents=True)
-    for name, text in files.items():
-        (path / name).write_text(text)
-    return path
-
-
-def contents(path: Path) -> dict[str, str]:
-    return {file.name: file.read_text() for file in path.iterdir()}
-
-
-OLD = {"report.md": "old", "accuracy_vs_dim.png": "old figure", "my-notes.txt": "mine"}
-NEW = {"report.md": "new", "accuracy_vs_kernel_size.png": "new figure"}
-
-
-def test_publish_swaps_the_whole_folder_keeping_the_users_files_and_no_stale_figure(tmp_path):
-    target = folder(tmp_path / "report", OLD)
-    staging = folder(tmp_path / ".report.abcd.tmp", NEW)
-    build.keep_users_files(target, staging)
-    build.publish(staging, target)
-    assert contents(target) == NEW | {"my-notes.txt": "mine"}
-    assert [path.name for path in tmp_path.iterdir()] == ["report"]
-
-
-def test_a_report_killed_between_the_two_renames_is_put_back_by_the_next_one(tmp_path, monkeypatch):
-    """publish renamed file by file: a kill after the first rename left new figures beside the old report.md."""
-    target = folder(tmp_path / "report", OLD)
-    staging = folder(tmp_path / ".report.abcd.tmp", NEW)
-    replace = build.os.replace
-
-    def killed(*args):
-        raise SystemExit(137)  # as a SIGKILL: nothing after it runs
-
-    def killed_after_the_first(source, destination):
-        replace(source, destination)
-        monkeypatch.setattr(build.os, "replace", killed)
-
-    monkeypatch.setattr(build.os, "replace", killed_after_the_first)
-    with pytest.raises(SystemExit):
-        build.publish(staging, target)
-    monkeypatch.setattr(build.os, "replace", replace)
-    (aside,) = tmp_path.glob(".report.old-*")
-    assert not target.exists() and contents(aside) == OLD and contents(staging) == NEW  # no folder holds a mix
-    build.recover(target)
-    assert contents(target) == OLD and [path.name for path in tmp_path.iterdir()] == ["report"]
-
-
-def test_a_swap_that_fails_halfway_puts_the_old_report_back(tmp_path, monkeypatch):
-    target = folder(tmp_path / "report", OLD)
-    staging = folder(tmp_path / ".report.abcd.tmp", NEW)
-    replace, calls = build.os.replace, []
-
-    def second_fails(source, destination):
-        calls.append(source)
-        if len(calls) == 2:
-            raise OSError(errno.EBUSY, "Device or resource busy")
-        replace(source, destination)
-
-    monkeypatch.setattr(build.os, "replace", second_fails)
-    with pytest.raises(OSError):
-        build.publish(staging, target)
-    assert contents(target) == OLD and contents(staging) == NEW  # the caller removes the staging folder
-    assert sorted(path.name for path in tmp_path.iterdir()) == [".report.abcd.tmp", "report"]
-
-
-def test_the_next_report_removes_staging_folders_and_set_aside_reports_of_earlier_kills(tmp_path):
-    target = folder(tmp_path / "report", OLD)
-    folder(tmp_path / ".report.k1.tmp", {"table.md": "half"})
-    folder(tmp_path / ".report.old-k2", OLD)  # killed after the swap, before the old one was removed
-    folder(tmp_path / ".other.k3.tmp", {})  # another report folder's: not this one's to clear
-    build.recover(target)
-    assert contents(target) == OLD and sorted(path.name for path in tmp_path.iterdir()) == [".other.k3.tmp", "report"]
-
-
 @pytest.mark.parametrize("out", [".", "sweep-copy", "sweep-copy/.."])
 def test_an_out_holding_a_sweep_or_the_current_folder_is_refused(sweep, tmp_path, capsys, monkeypatch, out):
     """A report replaces its whole folder: a sweep inside it would be moved away."""
@@ -436,7 +370,8 @@ def test_a_rerun_after_a_killed_report_is_whole_and_clears_its_leftovers(sweep, 
     assert report.main([str(sweep), "--out", str(out)]) == 0
     clean = {path.name: path.read_bytes() for path in out.iterdir()}
     out.chmod(0o750)
-    folder(tmp_path / ".report.k1.tmp", {"table.md": "half"})
+    (tmp_path / ".report.k1.tmp").mkdir()
+    (tmp_path / ".report.k1.tmp" / "table.md").write_text("half")
     out.rename(tmp_path / ".report.old-k2")  # killed between the two renames of publish
     assert report.main([str(sweep), "--out", str(out)]) == 0
     assert {path.name: path.read_bytes() for path in out.iterdir()} == clean

@@ -4,6 +4,7 @@ The SLURM launcher is tested against a real cluster in test_slurm_cluster.py."""
 
 import contextlib
 import errno
+import functools
 import io
 import json
 import multiprocessing
@@ -390,8 +391,10 @@ def test_a_dead_worker_fails_its_run_the_sweep_goes_on_and_a_plain_rerun_resumes
     configs = tiny_configs(["kernel_size=3,5"], epochs=3)
     store = Store(tmp_path)
     store.prepare(configs)
-    launcher = LocalLauncher(store, ["cpu"], 1, keep_checkpoints=False)
-    results = launcher.run(configs, progress_for(configs, KillWorkerAtFirstEpoch))
+    progress = progress_for(configs, KillWorkerAtFirstEpoch)
+    results = LocalLauncher(store, ["cpu"], 1).run(
+        configs, progress, functools.partial(worker.end_run, store, progress, False)
+    )
     first, second = (results[cfg.run_id()] for cfg in configs)
     assert first["status"] == "failed" and first["reason"].startswith("worker process on cpu died (exit code -9)")
     assert second["status"] == "done"  # a replacement worker took the rest of the sweep

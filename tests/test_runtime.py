@@ -14,7 +14,7 @@ from torch.backends import cudnn
 from ablations.config import RunConfig
 from convmixer import runtime
 from convmixer.arguments import MissingPackage, require
-from convmixer.count import closed_form
+from convmixer.counting import closed_form
 from convmixer.runtime import autocast_dtype, cuda_math_flags, parse_device, step_seconds
 
 OPTIONAL = ("fvcore", "submitit")

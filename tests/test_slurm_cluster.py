@@ -391,7 +391,7 @@ def test_an_array_task_trains_its_run_once_even_when_submitted_twice(tmp_path):
     store.prepare([cfg])
     run_dir = store.run_dir(cfg)
     task = multiprocessing.get_context("spawn").Process(
-        target=train_in_job, args=(str(tmp_path), cfg.to_dict(), False, "cpu", Locks())
+        target=train_in_job, args=(str(tmp_path), cfg.to_dict(), "cpu", Locks())
     )
     with hold_lock(run_dir / LOCK):  # another job training the run
         task.start()
@@ -401,5 +401,5 @@ def test_an_array_task_trains_its_run_once_even_when_submitted_twice(tmp_path):
     metrics = read_json(run_dir / "metrics.json")
     assert task.exitcode == 0 and metrics["status"] == "done" and read_summary(tmp_path)[0]["status"] == "done"
     before = snapshot(run_dir)
-    assert train_in_job(str(tmp_path), cfg.to_dict(), False, "cpu", Locks()) == metrics  # a duplicate: nothing to do
+    assert train_in_job(str(tmp_path), cfg.to_dict(), "cpu", Locks()) == metrics  # a duplicate: nothing to do
     assert snapshot(run_dir) == before

@@ -22,7 +22,9 @@ import ablations.data
 from ablations import atomic, run
 from ablations.config import RunConfig
 from ablations.data import DataError, dataset_label, decode, sources, synthetic
-from ablations.data.sources import load_splits, resize, stratified_subset
+from ablations.data import tree as tree_module
+from ablations.data.sources import load_splits, resize_split, stratified_subset
+from ablations.data.stream import ImageFiles
 from analysis import provenance
 from benchmarks import gpu_check, startup, train_speed
 
@@ -91,7 +93,7 @@ def test_every_source_hands_over_a_subset_at_the_run_size(tmp_path):
             keep = stratified_subset(whole.labels, n)  # the same images, whichever source they came from
             assert torch.equal(part.labels, whole.labels[keep])
     synthetic_whole = sources.load_synthetic(False)
-    expected = resize(synthetic_whole.subset(stratified_subset(synthetic_whole.labels, 6)), 8)
+    expected = resize_split(synthetic_whole.subset(stratified_subset(synthetic_whole.labels, 6)), 8)
     assert torch.equal(load_splits(RunConfig(test_subset=6, image_size=8)).test.images, expected.images)
 
 
@@ -120,7 +122,7 @@ def test_decoded_archive_is_cached_by_content(tmp_path, monkeypatch):
         raise AssertionError("a cache hit must neither decode nor list the archive")
 
     monkeypatch.setattr(decode, "decode_image", fail)
-    monkeypatch.setattr(sources.ImageTree, "_files", property(fail))
+    monkeypatch.setattr(tree_module.ImageTree, "_files", property(fail))
     again = load_splits(imagefolder(archive, train_subset=9))
     assert torch.equal(first.test.images, again.test.images) and torch.equal(first.train.images, again.train.images)
     monkeypatch.undo()
@@ -137,7 +139,8 @@ def test_a_folder_too_big_to_hold_is_handed_over_as_files_at_the_run_size(tmp_pa
     assert not streamed.resident and (streamed.image_size, streamed.classes) == (8, list(TREE_CLASSES))
     assert (len(streamed.train), len(streamed.test)) == (6, 9)
     # The same files and labels; the pixels are cut per image as they stream (tests/test_stream.py).
-    images = torch.stack([streamed.train[(0, i)].image for i in range(6)])
+    files = ImageFiles(streamed.train, scale=1.0)
+    images = torch.stack([files[(0, i)].image for i in range(6)])
     assert images.shape == held.train.images.shape and images.dtype == torch.uint8
     assert torch.equal(streamed.train.labels, held.train.labels)
 
@@ -260,7 +263,7 @@ def test_unreadable_images_and_archives_are_one_line_errors_naming_them(tmp_path
 
 def test_parallel_decoding_equals_decoding_here_and_names_the_first_bad_file(tmp_path, monkeypatch):
     write_tree(tmp_path / "tree", {"train": 5, "test": 1})
-    tree = sources.ImageTree(tmp_path / "tree")
+    tree = tree_module.ImageTree(tmp_path / "tree")
     names = tree.splits["train"].paths
     here = decode.decode_all(lambda i: tree.read(names[i]), len(names), 8, workers=0)
     forked = decode.decode_all(lambda i: tree.read(names[i]), len(names), 8, workers=2)
@@ -269,11 +272,11 @@ def test_parallel_decoding_equals_decoding_here_and_names_the_first_bad_file(tmp
     assert sizes.tolist() == [[16, 12]] * 15  # width, height, read from the headers by forked workers too
     (tmp_path / "tree" / "train" / "dog" / "003.png").write_bytes(b"not an image")
     (tmp_path / "tree" / "train" / "emu" / "001.png").write_bytes(b"not an image")
-    monkeypatch.setattr(sources, "fork_workers", lambda count, cores: 2)
+    monkeypatch.setattr(tree_module, "fork_workers", lambda count, cores: 2)
     with pytest.raises(
         DataError, match=r"cannot decode train/dog/003.png in .*: not an image file Pillow can identify"
     ):
-        tree.decode("train", 8, 0)
+        sources.decode_tree_split(tree, "train", 8, 0)
 
 
 def test_a_damaged_cache_file_is_rebuilt_with_a_note(tmp_path, monkeypatch, capsys):
@@ -328,11 +331,11 @@ def test_the_startup_benchmark_times_each_start_and_leaves_the_cache_alone(tmp_p
 
 def test_a_decoding_worker_that_dies_is_a_one_line_error(tmp_path, monkeypatch):
     write_tree(tmp_path / "tree", {"train": 2, "test": 1})
-    tree = sources.ImageTree(tmp_path / "tree")
-    monkeypatch.setattr(sources, "fork_workers", lambda count, cores: 2)
+    tree = tree_module.ImageTree(tmp_path / "tree")
+    monkeypatch.setattr(tree_module, "fork_workers", lambda count, cores: 2)
     monkeypatch.setattr(decode, "decode_image", lambda data, size: os._exit(9))  # as if SIGKILLed mid-decode
     with pytest.raises(DataError, match=r"a process decoding .*tree died \(out of memory\?\)"):
-        tree.decode("train", 8, 0)
+        sources.decode_tree_split(tree, "train", 8, 0)
 
 
 def replace_image(path: Path, width: int, height: int) -> None:
@@ -350,7 +353,7 @@ def test_the_native_size_is_the_most_common_one_and_an_image_of_another_size_is_
     write_tree(tmp_path / "even", {"train": 1, "test": 1})
     for name in ("cat", "dog", "emu"):  # 3 images of 12 px against 3 of 9: a tie goes to the larger
         replace_image(tmp_path / "even" / "train" / name / "000.png", 9, 20)
-    assert sources.ImageTree(tmp_path / "even").native_size == 12
+    assert tree_module.ImageTree(tmp_path / "even").native_size == 12
 
 
 @pytest.mark.parametrize("image_size", [0, 8])  # the header scan of the native size, and the decode
@@ -434,6 +437,6 @@ def test_a_tar_member_whose_path_goes_through_dotdot_is_not_data(tmp_path):
         member = tarfile.TarInfo("tiny-jpeg/train/cat/../../x.png")
         member.size = len(image)
         tar.addfile(member, io.BytesIO(image))
-    tree = sources.ImageTree(with_dotdot)
+    tree = tree_module.ImageTree(with_dotdot)
     assert "tiny-jpeg/train/cat/../../x.png" in tarfile.open(with_dotdot).getnames()
     assert (len(tree.splits["train"].paths), len(tree.splits["test"].paths)) == (6, 3)

@@ -7,6 +7,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -15,7 +16,6 @@ import pytest
 from helpers import TINY_SWEEP
 
 from ablations import atomic
-from ablations import store as store_module
 from ablations.config import RunConfig
 from ablations.design import Design
 from ablations.store import (
@@ -28,7 +28,13 @@ from ablations.store import (
     StoreError,
     hold_lock,
     read_config,
+    read_history,
+    set_aside,
+    write_history,
 )
+from ablations.store import files as files_module
+from ablations.store.files import SET_ASIDE
+from ablations.store.schema import config_values
 
 
 def configs() -> list[RunConfig]:
@@ -154,7 +160,8 @@ def test_an_unreadable_file_is_named(tmp_path):
     cfg = configs()[0]
     store.prepare([cfg])
     (store.run_dir(cfg) / "metrics.json").write_text('{"status": "do')
-    with pytest.raises(StoreError, match=r"metrics.json is not valid JSON .*delete it to redo that run"):
+    advice = f"; delete its run folder {store.run_dir(cfg)} to redo that run"
+    with pytest.raises(StoreError, match=r"metrics.json is not valid JSON .*" + re.escape(advice)):
         store.write_summary()
 
 
@@ -166,9 +173,9 @@ def test_a_history_far_longer_than_its_run_is_damaged_and_never_parsed(tmp_path,
     # over 100 kB, where 3 epochs write under 1 kB
     atomic.write_json(store.run_dir(cfg) / "history.json", history(3000))
     atomic.write_json(store.run_dir(other) / "history.json", history(3))
-    read_json = store_module.read_json
+    read_json = files_module.read_json
     parsed = []
-    monkeypatch.setattr(store_module, "read_json", lambda path: parsed.append(path.name) or read_json(path))
+    monkeypatch.setattr(files_module, "read_json", lambda path: parsed.append(path.name) or read_json(path))
     damaged = store.find_damaged()
     assert list(damaged) == [store.run_dir(cfg) / "history.json"]
     assert damaged[store.run_dir(cfg) / "history.json"].endswith("bytes, more than a run of 3 epochs writes")
@@ -209,7 +216,15 @@ def test_a_config_written_before_a_key_existed_reads_with_its_default_and_keeps_
     assert store.summary.stat().st_mtime_ns == before  # the same table is not written again
     store.prepare([configs()[1]])  # a run of this toolkit: its config has the key, so the table shows it
     store.write_summary()
-    assert "tf32" in read_summary(store)[0]
+    rows = read_summary(store)
+    # ... and the older run's cell holds the default it ran with, as the report reads it (one rule, not three)
+    assert {row["tf32"] for row in rows} == {str(RunConfig().tf32)}
+    older = next(row for row in store.summary_rows()[0] if row["run_id"] == cfg.run_id())
+    assert (
+        {key: older[key] for key in config_values(old)}
+        == config_values(old)
+        == read_config(store.run_dir(cfg) / "config.json").to_dict()
+    )
 
 
 def test_sweep_json_of_the_first_format_reads_as_one_design_and_gains_its_runs_beside_a_new_one(tmp_path):
@@ -306,8 +321,9 @@ def test_locks_under_a_lock_dir_guard_the_same_store_from_anywhere(tmp_path):
         with pytest.raises(StoreError, match="is in use by another sweep"):
             Store(tmp_path / "a" / ".." / "a" / "sweep", locks).lock_sweep()
         other.lock_sweep().close()  # another folder of the same name: another lock
-    assert store.lock_path().parent == store.lock_path("abc").parent != other.lock_path().parent
-    assert store.lock_path("abc").name == "abc.lock" and store.lock_path().is_relative_to(tmp_path / "locks")
+    sweep_lock, run_lock = locks.path(store.root), locks.path(store.root, "abc")
+    assert sweep_lock.parent == run_lock.parent != locks.path(other.root).parent
+    assert run_lock.name == "abc.lock" and sweep_lock.is_relative_to(tmp_path / "locks")
     assert not (tmp_path / "a" / "sweep" / ".lock").exists()
 
 
@@ -327,14 +343,15 @@ def status_literals(tree: ast.Module) -> list[ast.Constant]:
 
 
 def test_no_status_word_is_spelled_outside_the_store():
-    """The statuses have one owner (ablations.store): a "done" written elsewhere would miss a rename or a new one."""
+    """The statuses have one owner (ablations.store.schema): a "done" written elsewhere would miss a rename or a new
+    one."""
     repo = Path(__file__).resolve().parents[1]
     packages = ("ablations", "analysis", "benchmarks", "convmixer")
     paths = sorted(path for package in packages for path in (repo / package).rglob("*.py"))
     spelled = [
         f"{path.relative_to(repo)}:{node.lineno} {node.value!r}"
         for path in paths
-        if path != repo / "ablations" / "store.py"
+        if path != repo / "ablations" / "store" / "schema.py"
         for node in status_literals(ast.parse(path.read_text()))
     ]
     assert spelled == []
@@ -403,3 +420,56 @@ def test_each_damaged_run_file_says_what_will_happen_to_it(tmp_path):
     assert store.damage_fate(run_dir / "config.json").endswith("and written again from this sweep's config")
     assert store.damage_fate(other / "metrics.json").endswith("and its run redone")
     assert store.state(run_dir).status == "done" and store.state(other).status == "unfinished"
+
+
+@pytest.mark.parametrize(
+    "record, why",
+    [
+        (
+            {"epoch": 1, "test_acc": "0.9"},
+            'in its record 1, test_acc="0.9" is not accepted: expected a number in [0, 1]',
+        ),
+        ({"epoch": 1.5}, "in its record 1, epoch=1.5 is not accepted: expected a positive integer"),
+        ({"epoch": 1, "lr": [0.1]}, "in its record 1, lr=[0.1] is not accepted: expected a finite number"),
+        ({"epoch": 1, "top5": 0.5}, "in its record 1, 'top5' is not a field of it (epoch, train_loss"),
+    ],
+)
+def test_a_history_value_of_the_wrong_type_is_one_line_of_damage_with_true_advice(tmp_path, record, why):
+    """A string accuracy in history.json crashed the report and the exports later, in pandas."""
+    store = Store(tmp_path)
+    cfg = configs()[0]
+    store.prepare([cfg])
+    path = store.run_dir(cfg) / "history.json"
+    atomic.write_json(path, [record])
+    ((found, said),) = store.find_damaged().items()
+    assert found == path and said.startswith(f"{path} is not accepted: {why}")
+    with pytest.raises(StoreError) as raised:
+        read_history(path)
+    message = str(raised.value)
+    # Deleting history.json would not redo a done run (it stays done without its curves): its folder does.
+    assert message.startswith(f"{path} is not accepted: {why}") and "\n" not in message
+    assert message.endswith(f"; delete its run folder {store.run_dir(cfg)} to redo that run")
+
+
+def test_a_data_record_of_the_wrong_type_is_damage_and_an_undeclared_field_is_never_written(tmp_path):
+    store = Store(tmp_path)
+    cfg = configs()[0]
+    with pytest.raises(ValueError, match="data.json field 'colour' is not declared in ablations.store.DATA_FIELDS"):
+        store.prepare([cfg], {cfg.run_id(): {"data": "synthetic", "colour": "red"}})
+    assert not (store.run_dir(cfg) / "data.json").exists()
+    atomic.write_json(store.run_dir(cfg) / "data.json", {"data": "synthetic", "train_images": "50000"})
+    (why,) = store.find_damaged().values()
+    assert why.endswith('data.json is not accepted: train_images="50000" is not accepted: expected a positive integer')
+
+
+def test_an_undeclared_history_field_is_never_written(tmp_path):
+    with pytest.raises(ValueError, match="history.json field 'top5' is not declared in ablations.store.HISTORY_FIELDS"):
+        write_history(tmp_path, [{"epoch": 1, "top5": 0.5}])
+    assert not (tmp_path / "history.json").exists()
+
+
+def test_a_damaged_checkpoint_and_a_damaged_run_file_are_set_aside_under_one_word(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a zip")
+    aside = set_aside(tmp_path / "checkpoint.pt")
+    assert aside.name.startswith("checkpoint.pt.damaged-") and aside.read_bytes() == b"not a zip"
+    assert SET_ASIDE.format(name="checkpoint.pt", time="<time>") == "checkpoint.pt.damaged-<time>"

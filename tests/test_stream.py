@@ -16,11 +16,12 @@ from PIL import Image
 
 from ablations import run
 from ablations.config import RunConfig
-from ablations.data import DataError, shards
+from ablations.data import DataError, make_shards, shards
 from ablations.data.loaders import build_data, skipped_note
 from ablations.data.sources import load_splits
 from ablations.data.stream import crop_seed, draw_crop, resolve_decode
-from convmixer.evaluate import EvalTransform
+from convmixer.registry import CONVMIXER_EVAL
+from convmixer.transforms import EvalTransform
 
 CPU = torch.device("cpu")
 
@@ -46,7 +47,7 @@ def tree(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shard_folder(tree, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards") / "imagenet-shards"
-    shards.write_shards(tree, out, per_shard=8)
+    make_shards.write_shards(tree, out, per_shard=8)
     return out
 
 
@@ -86,7 +87,9 @@ def test_test_images_get_timms_eval_transform(tree):
     """Exactly EvalTransform's resize and crop with Pillow; within a few grey levels with torchvision's decoder."""
     files = build_data(streamed(tree), CPU, resident_bytes=0, workers=0).test.images.files
     with Image.open(tree / files.paths[0]) as image:
-        expected = torch.from_numpy(np.array(EvalTransform(16).geometry()(image.convert("RGB")))).permute(2, 0, 1)
+        expected = torch.from_numpy(
+            np.array(EvalTransform(16, CONVMIXER_EVAL).geometry()(image.convert("RGB")))
+        ).permute(2, 0, 1)
     assert torch.equal(files[(0, 0)].image, expected)
     files.cpu_decoder = "torchvision"
     assert (files[(0, 0)].image.float() - expected.float()).abs().mean() < 3
@@ -259,10 +262,10 @@ def test_the_loader_says_in_one_line_how_fast_it_was_and_when_it_held_the_model_
 
 
 def test_the_shards_command_writes_shards_and_refuses_bad_input_in_one_line(tree, tmp_path, capsys):
-    assert shards.cli([str(tree), str(tmp_path / "out"), "--per-shard", "100"]) == 0
+    assert make_shards.cli([str(tree), str(tmp_path / "out"), "--per-shard", "100"]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["classes.txt", "train-000000.tar", "val-000000.tar"]
-    assert shards.cli([str(tree), str(tmp_path / "out")]) == 2
-    assert shards.cli([str(tree), str(tmp_path / "other"), "--per-shard", "0"]) == 2
+    assert make_shards.cli([str(tree), str(tmp_path / "out")]) == 2
+    assert make_shards.cli([str(tree), str(tmp_path / "other"), "--per-shard", "0"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "holds shards already" in err[0] and "--per-shard=0 is not accepted" in err[1]
 
@@ -346,7 +349,7 @@ def test_two_synced_processes_train_the_stream_as_one_process_does(tree, tmp_pat
     root = copy_tree(tree, tmp_path)
     bad = root / "val" / IMAGENET_CLASSES[2] / f"{IMAGENET_CLASSES[2]}_1.JPEG"  # the last of 6: rank 1's 3
     bad.write_bytes(bad.read_bytes()[:300])
-    shards.write_shards(root, tmp_path / "shards", per_shard=8)
+    make_shards.write_shards(root, tmp_path / "shards", per_shard=8)
     keys = "dataset=imagefolder,image_size=16,patch_size=4,batch_size=6,train_subset=18,dim=16,depth=1,epochs=2"
     sweeps = {procs: tmp_path / f"procs{procs}" for procs in (1, 2)}
     for procs, out in sweeps.items():

@@ -11,6 +11,8 @@ import torch
 import ablations.engine.train as train
 from ablations.config import ConfigError, RunConfig
 from ablations.data import CIFAR10_JPEG_ENV
+from ablations.engine.checkpoint import read_checkpoint
+from ablations.engine.metrics import divergence
 from ablations.engine.schedule import learning_rate
 from ablations.engine.train import train_run
 from ablations.store import METRIC_FIELDS, METRICS, write_metrics
@@ -190,8 +192,8 @@ def test_a_checkpoint_of_another_run_is_set_aside_not_resumed(straight_run, tmp_
     run_dir, _ = straight_run
     (tmp_path / "checkpoint.pt").write_bytes((run_dir / "checkpoint.pt").read_bytes())
     lines = []
-    assert train.read_checkpoint(tmp_path / "checkpoint.pt", tiny(lr=0.03), torch.device("cpu"), lines.append) is None
-    [aside] = tmp_path.glob("checkpoint.pt.corrupt-*")
+    assert read_checkpoint(tmp_path / "checkpoint.pt", tiny(lr=0.03), torch.device("cpu"), lines.append) is None
+    [aside] = tmp_path.glob("checkpoint.pt.damaged-*")
     assert not (tmp_path / "checkpoint.pt").exists() and aside.name in lines[0] and "belongs to run" in lines[0]
 
 
@@ -203,7 +205,7 @@ def test_a_corrupt_checkpoint_is_set_aside_named_and_the_run_starts_over(straigh
     (tmp_path / "checkpoint.pt").write_bytes(data[:500] if damage == "truncated" else b"not a checkpoint")
     lines = []
     again = train_run(tiny(), tmp_path, device="cpu", log=lines.append)
-    [aside] = tmp_path.glob("checkpoint.pt.corrupt-*")
+    [aside] = tmp_path.glob("checkpoint.pt.damaged-*")
     said = [line for line in lines if "set aside" in line]
     assert said and aside.name in said[0] and "training from scratch" in said[0]
     assert aside.name in capsys.readouterr().err  # on the console too, not only in the run's log
@@ -233,11 +235,11 @@ def epoch(number: int, train_loss: float, test_loss: float = 2.0) -> dict:
 
 
 def test_the_divergence_rule_spares_epoch_1_and_a_loss_up_to_three_times_chance():
-    assert train.divergence(epoch(1, 135.6), 10) == ""  # the probe's lr=10 run, epoch 1
-    assert train.divergence(epoch(2, 284.4), 10) == "train loss is 284.4 in epoch 2, above 3 x ln(10 classes) = 6.91"
-    assert train.divergence(epoch(3, 6.9), 10) == ""  # 3 x ln 10 = 6.908
-    assert train.divergence(epoch(2, 2.1), 2) == "train loss is 2.1 in epoch 2, above 3 x ln(2 classes) = 2.08"
-    assert train.divergence(epoch(1, 2.0, float("inf")), 10) == "test loss is inf in epoch 1"
+    assert divergence(epoch(1, 135.6), 10) == ""  # the probe's lr=10 run, epoch 1
+    assert divergence(epoch(2, 284.4), 10) == "train loss is 284.4 in epoch 2, above 3 x ln(10 classes) = 6.91"
+    assert divergence(epoch(3, 6.9), 10) == ""  # 3 x ln 10 = 6.908
+    assert divergence(epoch(2, 2.1), 2) == "train loss is 2.1 in epoch 2, above 3 x ln(2 classes) = 2.08"
+    assert divergence(epoch(1, 2.0, float("inf")), 10) == "test loss is inf in epoch 1"
 
 
 def committed_histories() -> list[tuple[Path, int]]:
@@ -255,14 +257,14 @@ def test_no_committed_run_would_have_diverged_under_the_rule():
     assert histories, "no committed history.json found"
     for path, classes in histories:
         for record in read_json(path):
-            assert train.divergence(record, classes) == "", path
+            assert divergence(record, classes) == "", path
 
 
 def test_nan_in_the_second_epoch_stops_the_run_there(tmp_path, monkeypatch):
     build_data = train.build_data
 
-    def data_with_nan_in_epoch_1(cfg, device):
-        data = build_data(cfg, device)
+    def data_with_nan_in_epoch_1(cfg, device, **ranks):
+        data = build_data(cfg, device, **ranks)
         clean_epoch = data.train.epoch
 
         def epoch(index):
@@ -314,7 +316,7 @@ def test_padding_the_eval_batch_for_compile_changes_no_logit(straight_run):
     trainer.forward = trainer.model  # only the padding is under test here
     trainer.model.eval()
     images = torch.randn(7, 3, 32, 32)
-    padded = trainer.full_batch(images)
+    padded = trainer.full_batch(images, 50)
     assert padded.shape == (50, 3, 32, 32) and torch.equal(padded[:7], images)
     with torch.no_grad():
         assert torch.allclose(trainer.logits(padded)[:7], trainer.logits(images), atol=1e-5)
@@ -524,4 +526,5 @@ def test_a_benchmark_records_the_command_a_reader_types(monkeypatch):
     monkeypatch.chdir(repo)
     argv = ["--procs", "1,2", "--out", str(repo / "results" / "benchmarks" / "x.json"), "--data-root", "/data/x y"]
     command = recorded_command(argv)
-    assert command == "python -m benchmarks.scaling --procs 1,2 --out results/benchmarks/x.json --data-root '/data/x y'"
+    # inside the repository: relative to it; elsewhere: the name only, never a machine's own path
+    assert command == "python -m benchmarks.scaling --procs 1,2 --out results/benchmarks/x.json --data-root 'x y'"

@@ -26,6 +26,9 @@ MAX_ENHANCE = 0.9  # brightness/color/contrast/sharpness factor 1 +- this
 MAX_POSTERIZE_BITS_REMOVED = 4
 ERASE_AREA = (0.02, 0.33)  # torchvision RandomErasing defaults
 ERASE_LOG_ASPECT = (math.log(0.3), math.log(3.3))
+# The steps of the recipe a streamed split's loader workers do on each full-size image before the batch reaches
+# the device (ablations.data.stream): the random-resized crop and the flip. The device does the rest.
+WORKER_STEPS = frozenset({"crop", "flip"})
 
 
 def per_sample(values: torch.Tensor) -> torch.Tensor:
@@ -272,10 +275,19 @@ def mix(
 
 
 class Augment:
-    """The training-time pipeline of one RunConfig: uint8 batch in, normalised images and targets out."""
+    """The training-time pipeline of one RunConfig: uint8 batch in, normalised images and targets out. `done`: the
+    steps done before the batch arrives (WORKER_STEPS for streamed data), which this pipeline leaves out."""
 
-    def __init__(self, cfg: RunConfig, num_classes: int, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.cfg, self.num_classes = cfg, num_classes
+    def __init__(
+        self,
+        cfg: RunConfig,
+        num_classes: int,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        *,
+        done: frozenset[str] = frozenset(),
+    ) -> None:
+        self.cfg, self.num_classes, self.done = cfg, num_classes, done
         self.mean, self.std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
 
     def __call__(
@@ -283,9 +295,9 @@ class Augment:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         x = images.float() / 255
-        if cfg.scale < 1:
+        if cfg.scale < 1 and "crop" not in self.done:
             x = random_resized_crop(x, cfg.scale, gen)
-        if cfg.hflip:
+        if cfg.hflip and "flip" not in self.done:
             x = random_hflip(x, gen)
         for _ in range(cfg.randaug_n):
             x = rand_augment(x, cfg.randaug_m, gen)

@@ -1,4 +1,5 @@
-"""`build_data(cfg, device)`: the train and test loaders of a run, with the dataset on the device when it fits.
+"""`build_data(cfg, device, rank=, world_size=)`: a process's train and test loaders of a run, each built once, with
+the dataset on the device when it fits.
 
 The data arrive finished from ablations.data.sources (subset, sized); this module only places, batches and augments.
 A dataset whose decoded uint8 images fit in `resident_bytes` (every CIFAR-sized one) is moved to the device
@@ -15,7 +16,6 @@ run on the same data starts without loading or copying it again; a batch is alwa
 augmentation never changes the kept images.
 """
 
-import dataclasses
 import hashlib
 import math
 import multiprocessing
@@ -30,14 +30,12 @@ from torch.utils.data import DataLoader
 
 from ablations.config import RunConfig
 from ablations.data import DataError
-from ablations.data.augment import Augment, normalise
-from ablations.data.sources import Split, Splits, load_splits, resident_limit
+from ablations.data.augment import WORKER_STEPS, Augment, normalise
+from ablations.data.sources import Split, Splits, forget_splits, loaded_splits, resident_limit
 from ablations.data.stream import Batch, ImageFiles, collate, finish_on_device, resolve_decode
+from convmixer.registry import CONVMIXER_EVAL
 
-__all__ = ["NAMED_SKIPS", "Data", "TestLoader", "TrainLoader", "build_data", "for_rank", "skipped_note"]
-
-# Per-channel mean/std for a streamed dataset, whose train split is too big to scan: ImageNet's.
-STREAMED_MEAN, STREAMED_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+__all__ = ["NAMED_SKIPS", "Data", "TestLoader", "TrainLoader", "build_data", "skipped_note"]
 PREFETCH = 4  # batches each streaming worker reads ahead (DataLoader's prefetch_factor; its default is 2)
 # A pass whose steps waited for batches longer than this share of its time, and this long at least (the first
 # batch's wait, the workers starting, left out), says in the run's log that the loader is the bottleneck.
@@ -305,6 +303,10 @@ _kept: dict[tuple, Resident] = {}
 
 @dataclass
 class Data:
+    """A process's loaders of one run, and what is done where: the loader workers of streamed data did
+    `worker_steps` of the augmentation on each image (augment.WORKER_STEPS); `train.augment` does the rest, batched
+    on the device, leaving those out. Held data has no worker steps: the device does all of it."""
+
     train: TrainLoader
     test: TestLoader
     num_classes: int
@@ -313,24 +315,17 @@ class Data:
     classes: list[str]
     mean: tuple[float, ...]  # the per-channel normalisation, in [0, 1] pixel units
     std: tuple[float, ...]
-    resident: bool  # True: the images live on the device; False: streamed from disk by DataLoader workers
+    worker_steps: frozenset[str]
+
+    @property
+    def resident(self) -> bool:
+        """True: the images live on the device; False: streamed from disk by DataLoader workers."""
+        return not self.worker_steps
 
     def skipped(self) -> list[str]:
         """The images of both splits bad_images=skip has left out in this process so far, each its one-line problem,
         in the order met (held data is checked whole at load: never any)."""
         return [] if self.resident else list({**self.train.images.skipped, **self.test.images.skipped})
-
-
-def for_rank(data: Data, cfg: RunConfig, rank: int, world_size: int) -> Data:
-    """`data` as rank `rank` of `world_size` processes sees it: its slices of each train batch and of the test set."""
-    if world_size == 1:
-        return data
-    train, test = data.train, data.test
-    return dataclasses.replace(
-        data,
-        train=type(train)(train.images, train.augment, cfg, rank=rank, world_size=world_size),  # streamed: its own
-        test=TestLoader(test.images, test.mean, test.std, cfg, rank=rank, world_size=world_size),
-    )
 
 
 def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -344,9 +339,16 @@ def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_data(
-    cfg: RunConfig, device: torch.device, *, resident_bytes: int | None = None, workers: int | None = None
+    cfg: RunConfig,
+    device: torch.device,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    resident_bytes: int | None = None,
+    workers: int | None = None,
 ) -> Data:
-    """The loaders of one run. Raises DataError (a ValueError, one line) when the data cannot be found or read.
+    """The loaders of one run as rank `rank` of `world_size` processes sees them (its slices of each train batch
+    and of the test set). Raises DataError (a ValueError, one line) when the data cannot be found or read.
 
     `resident_bytes`: the most decoded uint8 bytes (train + test) held on the device (default:
     sources.RESIDENT_BYTES, or $CONVMIXER_RESIDENT_BYTES); larger ImageFolder folders and shard folders stream
@@ -355,30 +357,31 @@ def build_data(
     device = torch.device(device)
     resident_bytes = resident_limit() if resident_bytes is None else resident_bytes
     key = (cfg.dataset, cfg.data_root, cfg.image_size, cfg.train_subset, cfg.test_subset, str(device), resident_bytes)
-    if key in _kept:
-        data = _kept[key]
-    else:
-        splits = load_splits(cfg, resident_bytes)
+    if key not in _kept:
+        splits = loaded_splits(cfg, resident_bytes)
         if not splits.resident:
-            return streamed_data(cfg, splits, device, workers)
+            train, test = streamed_images(cfg, splits, device, workers)
+            mean, std = (torch.tensor(stat, device=device) for stat in (CONVMIXER_EVAL.mean, CONVMIXER_EVAL.std))
+            return loaders(cfg, train, test, mean, std, splits, rank, world_size)
         _kept.clear()  # free the device memory of the previous dataset before this one is placed
         train, test = ResidentImages(splits.train, device), ResidentImages(splits.test, device)
         mean, std = (stat.to(device) for stat in channel_stats(splits.train.images))
-        data = _kept[key] = Resident(train, test, mean, std, splits.classes, splits.image_size)
-    return loaders(cfg, *data, resident=True)
+        _kept[key] = Resident(train, test, mean, std, splits.classes, splits.image_size)
+        forget_splits()  # the kept data on the device stands in for them: no second copy in host memory
+    kept = _kept[key]
+    return loaders(cfg, kept.train, kept.test, kept.mean, kept.std, kept, rank, world_size)
 
 
-def streamed_data(cfg: RunConfig, splits: Splits, device: torch.device, workers: int | None) -> Data:
+def streamed_images(
+    cfg: RunConfig, splits: Splits, device: torch.device, workers: int | None
+) -> tuple[StreamedImages, StreamedImages]:
+    """The train and test files of `splits`, each read by its own persistent workers: training images cropped and
+    flipped there (WORKER_STEPS), test images cut by the eval transform; decoded where cfg.decode says."""
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    splits.train.decode = splits.test.decode = resolve_decode(cfg.decode, device)  # auto: one probe decode
-    train = StreamedImages(splits.train, device, workers, cfg.bad_images)
-    test = StreamedImages(splits.test, device, workers, cfg.bad_images)
-    mean, std = torch.tensor(STREAMED_MEAN, device=device), torch.tensor(STREAMED_STD, device=device)
-    # The workers cropped and flipped each training image already: the device does the rest of the recipe.
-    device_cfg = dataclasses.replace(cfg, scale=1.0, hflip=False)
-    data = loaders(device_cfg, train, test, mean, std, splits.classes, splits.image_size, resident=False)
-    data.train = StreamedTrainLoader(train, data.train.augment, cfg)
-    return data
+    decode = resolve_decode(cfg.decode, device)  # auto: one probe decode
+    train = ImageFiles(splits.train, scale=cfg.scale, flip=cfg.hflip, decode=decode)
+    test = ImageFiles(splits.test, decode=decode)
+    return StreamedImages(train, device, workers, cfg.bad_images), StreamedImages(test, device, workers, cfg.bad_images)
 
 
 def loaders(
@@ -387,20 +390,23 @@ def loaders(
     test: ResidentImages | StreamedImages,
     mean: torch.Tensor,
     std: torch.Tensor,
-    classes: list[str],
-    image_size: int,
-    *,
-    resident: bool,
+    data: Splits | Resident,
+    rank: int,
+    world_size: int,
 ) -> Data:
-    cfg.check_image_size(image_size, f" in data_root={cfg.data_root!r}")
+    """Rank `rank`'s loaders over `train` and `test`, normalised by (mean, std); `data` gives the classes and size."""
+    cfg.check_image_size(data.image_size, f" in data_root={cfg.data_root!r}")
+    streamed = isinstance(train, StreamedImages)
+    worker_steps = WORKER_STEPS if streamed else frozenset()
+    augment = Augment(cfg, len(data.classes), mean, std, done=worker_steps)
     return Data(
-        train=TrainLoader(train, Augment(cfg, len(classes), mean, std), cfg),
-        test=TestLoader(test, mean, std, cfg),
-        num_classes=len(classes),
-        image_size=image_size,
+        train=(StreamedTrainLoader if streamed else TrainLoader)(train, augment, cfg, rank=rank, world_size=world_size),
+        test=TestLoader(test, mean, std, cfg, rank=rank, world_size=world_size),
+        num_classes=len(data.classes),
+        image_size=data.image_size,
         in_chans=3,
-        classes=classes,
+        classes=data.classes,
         mean=tuple(mean.tolist()),
         std=tuple(std.tolist()),
-        resident=resident,
+        worker_steps=worker_steps,
     )

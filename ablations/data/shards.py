@@ -7,27 +7,21 @@ is an uncompressed tar, so an image is read with one pread at its offset: every 
 into an index (key -> shard, offset, size; cached under the toolkit's cache folder until the shard changes),
 never its images, and no archive is read whole into memory. The images
 are then named as in an ImageFolder tree, `<split>/<class>/<key>.<ext>`, with the class as its zero-padded index
-(sorted, the folders keep the .cls order), so that every rule of ablations.data.sources applies to them unchanged.
-
-`python -m ablations.data.shards FOLDER OUT` writes the shards of an ImageFolder tree (train/ and val/ or test/).
-This module stays free of torch, so that the command's --help answers at once.
+(sorted, the folders keep the .cls order), so that every rule of ablations.data.tree applies to them unchanged.
+This module reads shards; `python -m ablations.data.make_shards` (ablations/data/make_shards.py) writes them.
 """
 
 import hashlib
-import io
 import json
 import os
 import re
-import sys
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ablations import atomic
 from ablations.data import DataError, cache_dir
-from convmixer.arguments import OneLineParser, check_integer, run_cli
-
-PROG = "python -m ablations.data.shards"
+from ablations.data.files import is_data_member
 
 SHARD = re.compile(r"^(train|val|test)-(\d{6})\.tar$")
 CLASSES_FILE = "classes.txt"
@@ -36,7 +30,6 @@ CLASS_DIGITS = 6  # the zero-padded class index that names a class folder: sorte
 # A shard's index (its samples' keys, offsets, sizes and classes) is cached here, under the toolkit's cache folder,
 # keyed by the shard's path, size and modification time: scanning ImageNet's 2.6 million tar headers takes minutes.
 INDEX_FOLDER, INDEX_FORMAT = "shard-index", "v1"
-IMAGES_PER_SHARD = 1000  # the default of the writer: about 110 MB of ImageNet JPEGs, WebDataset's usual size
 
 
 @dataclass(frozen=True)
@@ -136,8 +129,6 @@ def read_index(path: Path) -> list[list] | None:
 def scan(path: Path) -> list[list]:
     """One shard's samples, [key, image extension, offset, size, class index] each, from its tar headers (the
     images are never read; a .cls member is one pread)."""
-    from ablations.data.sources import is_data_member  # the rule for what is an image member, kept in one place
-
     images, labels = {}, {}
     try:
         with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
@@ -159,55 +150,3 @@ def scan(path: Path) -> list[list]:
             raise DataError(f"imagefolder: the sample {key!r} of {path} has {problem}")
         rows.append([key, ext, offset, size, int(text)])
     return rows
-
-
-def write_shards(tree: Path, out: Path, per_shard: int = IMAGES_PER_SHARD) -> list[Path]:
-    """The shards of the ImageFolder tree `tree` (tree/{train,val|test}/<class>/<image>) in `out`, with
-    classes.txt; keys are `<class>/<file stem>`, in sorted order. Returns the shards written."""
-    from ablations.data.sources import ImageTree  # the tree's rules: its classes, splits and checks
-
-    source = ImageTree(tree)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CLASSES_FILE).write_text("".join(f"{name}\n" for name in source.classes))
-    written = []
-    for split, prefix in (("train", "train"), ("test", "val")):
-        files = source.splits[split]
-        for start in range(0, len(files.paths), per_shard):
-            path = out / f"{prefix}-{start // per_shard:06d}.tar"
-            with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-                chunk = slice(start, start + per_shard)
-                for name, label in zip(files.paths[chunk], files.labels[chunk].tolist(), strict=True):
-                    pure = PurePosixPath(name)
-                    key = f"{source.classes[label]}/{pure.name.partition('.')[0]}"
-                    add_member(tar, f"{key}.{pure.name.partition('.')[2]}", bytes(source.read(name)))
-                    add_member(tar, f"{key}.{LABEL_EXT}", str(label).encode())
-            written.append(path)
-    return written
-
-
-def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode = len(data), 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("tree", type=Path, help="an ImageFolder tree: train/ and val/ (or test/), one folder per class")
-    parser.add_argument("out", type=Path, help="the folder to write train-NNNNNN.tar, val-NNNNNN.tar, classes.txt to")
-    parser.add_argument("--per-shard", type=int, default=IMAGES_PER_SHARD, help="images per shard (default 1000)")
-    args = parser.parse_args(argv)
-    check_integer("--per-shard", args.per_shard, minimum=1)
-    if args.out.is_dir() and any(SHARD.match(entry.name) for entry in args.out.iterdir()):
-        raise ValueError(f"{args.out} holds shards already; write into an empty folder")
-    written = write_shards(args.tree, args.out, args.per_shard)
-    print(f"wrote {len(written)} shards and {CLASSES_FILE} to {args.out}")
-    return 0
-
-
-def cli(argv: list[str] | None = None) -> int:
-    return run_cli(main, argv, PROG, (ValueError,))  # DataError is a ValueError
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

@@ -2,7 +2,8 @@
 
 A training image gets timm's random-resized crop (area fraction uniform in [scale, 1], aspect ratio log-uniform
 in [3/4, 4/3], torchvision's draw) cut from the full-resolution image, then a flip; a test image timm's evaluation
-transform (convmixer.evaluate.EvalTransform: the shorter side resized to size / crop_pct, a centre crop). The
+transform with the ConvMixers' settings (convmixer.transforms.EvalTransform, convmixer.registry.CONVMIXER_EVAL:
+the shorter side resized to size / crop_pct, a centre crop). The
 draws of image i in epoch e come from (seed, e, i) alone, so an epoch replays exactly whichever worker, process or
 order reads it, and a resumed run sees the crops an uninterrupted one would have. What stays batched on the device
 (RandAugment, mixup, cutmix, erasing, normalisation) is ablations.data.augment's.
@@ -23,7 +24,7 @@ import io
 import time
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,20 +34,12 @@ from torch.utils.data import Dataset
 from torchvision.transforms import RandomResizedCrop
 
 from ablations.data.decode import DRAFT_PIXELS, IMAGE_ERRORS, image_problem, open_image
-from convmixer.evaluate import EvalTransform
+from ablations.data.sources import FileSplit
+from convmixer.registry import CONVMIXER_EVAL
+from convmixer.transforms import EvalTransform
 
 TRAIN_RATIO = (3 / 4, 4 / 3)  # timm's and torchvision's default aspect ratios of the random-resized crop
 JPEG_MODES = ("L", "RGB")  # JPEG colour modes torchvision (and nvJPEG) decode to RGB; CMYK and others go to Pillow
-
-
-class Reader(Protocol):
-    """Where a split's files are: a folder, or shards (ablations.data.sources.ImageTree)."""
-
-    def read(self, name: str) -> bytes: ...
-
-    def size(self, name: str) -> int: ...
-
-    def where(self, name: str) -> str: ...
 
 
 class Crop(NamedTuple):
@@ -110,17 +103,19 @@ NO_CROP = Crop(0, 0, 0, 0, False)
 
 
 class ImageFiles(Dataset):
-    """The image files of one split, streamed: item (epoch_seed, i) is image i as a `Sample`. `scale` and `flip`
-    are the training crop's (None: a test split, timm's eval transform). `decode` "cpu" decodes a JPEG with
-    `cpu_decoder` in the worker, "gpu" leaves it to `finish_on_device`; other files are Pillow's either way."""
+    """The image files of one split (ablations.data.sources.FileSplit), streamed: item (epoch_seed, i) is image i
+    as a `Sample`. `scale` and `flip` are the training crop's (None: a test split, timm's eval transform). `decode`
+    "cpu" decodes a JPEG with `cpu_decoder` in the worker, "gpu" leaves it to `finish_on_device`; other files are
+    Pillow's either way."""
 
     cpu_decoder = "pillow"  # "torchvision": decode_jpeg in the worker, measured slower (benchmarks/loader.py)
 
-    def __init__(self, reader: Reader, paths: list[str], labels: torch.Tensor, size: int, *,
-                 scale: float | None = None, flip: bool = False, decode: str = "cpu") -> None:  # fmt: skip
-        self.reader, self.paths, self.labels, self.size = reader, paths, labels, size
+    def __init__(
+        self, files: FileSplit, *, scale: float | None = None, flip: bool = False, decode: str = "cpu"
+    ) -> None:
+        self.reader, self.paths, self.labels, self.size = files.reader, files.paths, files.labels, files.size
         self.scale, self.flip, self.decode = scale, flip, decode
-        self.eval_geometry = EvalTransform(size).geometry()
+        self.eval_geometry = EvalTransform(self.size, CONVMIXER_EVAL).geometry()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -208,20 +203,20 @@ def decode_jpeg_rgb(files: list[torch.Tensor], device: torch.device) -> list[tor
 
 def train_cut(image: torch.Tensor, crop: Crop, size: int) -> torch.Tensor:
     region = image[:, crop.top : crop.top + crop.height, crop.left : crop.left + crop.width]
-    resized = resize(region, (size, size), "bilinear")
+    resized = resize_image(region, (size, size), "bilinear")
     return resized.flip(-1) if crop.flip else resized
 
 
 def eval_cut(image: torch.Tensor, size: int) -> torch.Tensor:
     """EvalTransform on a tensor: the shorter side resized to size / crop_pct (bicubic, antialiased), centre crop."""
     height, width = image.shape[-2:]
-    factor = EvalTransform(size).resize_size / min(height, width)
-    scaled = resize(image, (round(height * factor), round(width * factor)), "bicubic")
+    factor = EvalTransform(size, CONVMIXER_EVAL).resize_size / min(height, width)
+    scaled = resize_image(image, (round(height * factor), round(width * factor)), CONVMIXER_EVAL.interpolation)
     top, left = (scaled.shape[-2] - size) // 2, (scaled.shape[-1] - size) // 2
     return scaled[:, top : top + size, left : left + size]
 
 
-def resize(image: torch.Tensor, shape: tuple[int, int], mode: str) -> torch.Tensor:
+def resize_image(image: torch.Tensor, shape: tuple[int, int], mode: str) -> torch.Tensor:
     """A uint8 C x H x W image resized (`mode`, antialiased, as Pillow) to `shape`, uint8."""
     resized = F.interpolate(image[None].float(), size=shape, mode=mode, antialias=True, align_corners=False)
     return resized[0].round().clamp(0, 255).to(torch.uint8)

@@ -1,9 +1,10 @@
 """One run on several processes (DistributedDataParallel): who this process is, its process group, and the few
 collectives the engine makes.
 
-A process learns its place from torchrun's env:// contract (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
-MASTER_PORT), which the toolkit's own launchers (the sweep's local workers, SLURM tasks) set as torchrun would, so
-there is one way in. The group is gloo on the CPU and NCCL on CUDA, with a timeout, so that a collective whose
+A process is handed its place as an argument, `Ranks`: rank, world size, local rank and the rendezvous (address and
+port). The launcher that starts the processes builds it: the sweep's local workers for each rank they spawn, a SLURM
+task from submitit's view of SLURM's environment, and only `python -m ablations.train` from torchrun's variables
+(`Ranks.from_env`). The group is gloo on the CPU and NCCL on CUDA, with a timeout, so that a collective whose
 peer has died ends in an error instead of hanging. BatchNorm over all ranks is torch's SyncBatchNorm on GPUs, and
 on the CPU (where torch's refuses to run) `AllReduceBatchNorm`: one all-reduce of each rank's sums per layer (and
 one in the backward pass), which gives the statistics one process would compute over the whole global batch.
@@ -30,11 +31,14 @@ ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 @dataclass(frozen=True)
 class Ranks:
-    """This process's place in its run: rank `rank` of `world_size`, `local_rank` on its node (its GPU)."""
+    """This process's place in its run: rank `rank` of `world_size`, `local_rank` on its node (its GPU), and where
+    the run's processes meet (rank 0's address and a port free there)."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0
 
     @property
     def main(self) -> bool:
@@ -47,10 +51,14 @@ class Ranks:
         if "WORLD_SIZE" not in environ:
             return cls()
         try:
-            ranks = cls(int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", 0)))
+            place = int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", 0))
+            ranks = cls(*place, environ["MASTER_ADDR"], int(environ["MASTER_PORT"]))
         except (KeyError, ValueError):
             given = {key: environ.get(key) for key in ENV_KEYS}
-            message = f"torchrun's environment is incomplete: {given}; expected integers RANK and WORLD_SIZE"
+            message = (
+                f"torchrun's environment is incomplete: {given}; expected integers RANK, WORLD_SIZE and MASTER_PORT, "
+                "and MASTER_ADDR"
+            )
             raise ConfigError(message) from None
         if not 0 <= ranks.rank < ranks.world_size:
             raise ConfigError(f"RANK={ranks.rank} is not accepted: expected 0 <= RANK < WORLD_SIZE={ranks.world_size}")
@@ -68,24 +76,26 @@ def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
     return device
 
 
-def local_batch(batch_size: int, ranks: Ranks) -> int:
-    """Each rank's share of the global batch_size; ConfigError when it does not split evenly."""
-    if batch_size % ranks.world_size:
+def local_batch(batch_size: int, world_size: int) -> int:
+    """Each of `world_size` processes' share of the global batch_size; ConfigError when it does not split evenly."""
+    if batch_size % world_size:
         raise ConfigError(
-            f"batch_size={batch_size} is not accepted on {ranks.world_size} processes: the global batch must be a "
+            f"batch_size={batch_size} is not accepted on {world_size} processes: the global batch must be a "
             f"multiple of the number of processes"
         )
-    return batch_size // ranks.world_size
+    return batch_size // world_size
 
 
 def start(ranks: Ranks, device: torch.device) -> None:
-    """Join the run's process group (env://: MASTER_ADDR and MASTER_PORT); nothing to do for one process."""
+    """Join the run's process group at its rendezvous (tcp://master_addr:master_port); nothing to do for one
+    process."""
     if ranks.world_size == 1:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(
-        "nccl" if device.type == "cuda" else "gloo", init_method="env://", rank=ranks.rank,
+        "nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://{ranks.master_addr}:{ranks.master_port}",
+        rank=ranks.rank,
         world_size=ranks.world_size, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
     )  # fmt: skip
 

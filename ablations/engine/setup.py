@@ -1,23 +1,33 @@
 """How a run lays out its tensors and runs its depthwise convs: the engine's choice among what the model offers.
 
 `fastest_setup` decides, per run, the memory layout (channels_last or NCHW) and the depthwise implementation
-(convmixer.depthwise.IMPLS) when a run leaves them at "auto": on CUDA it times one mixer layer's forward and backward
-at the run's shape under each candidate, once per process and shape (cached), and keeps the fastest; on CPU "auto"
-is what it always was (channels_last, torch). Run ids do not depend on the choice.
+(convmixer.depthwise.IMPLS) when a run leaves them at "auto": on CUDA it keeps the candidate with the fewest seconds
+for one mixer layer's forward and backward at the run's shape. Those seconds come from a table on disk
+(`depthwise-auto.json` in the toolkit's cache folder), keyed by the device, the library versions and the shape:
+a candidate is timed only where the table has no row for it, once per machine and shape, and every later run (any
+process) reads it. On CPU "auto" is what it always was (channels_last, torch). Run ids do not depend on the choice.
 """
 
-import functools
+import hashlib
 import itertools
+import json
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from ablations import atomic
+from ablations.data import cache_dir
 from convmixer.arguments import require
 from convmixer.depthwise import IMPLS, DepthwiseConv2d, use_impl
-from convmixer.runtime import step_seconds
+from convmixer.runtime import hardware_name, step_seconds
+
+TABLE = "depthwise-auto.json"  # the measured seconds, in the cache folder ($CONVMIXER_CACHE)
+TABLE_FORMAT = 1
+DEPTHWISE_SOURCES = Path(__file__).resolve().parents[2] / "convmixer"  # depthwise*.py: the Triton route's code
 
 
 @dataclass(frozen=True)
@@ -30,7 +40,7 @@ class Setup:
 
 @dataclass(frozen=True)
 class Workload:
-    """The shape one mixer layer of a run sees: what a measurement times, and the key of its cached choice."""
+    """The shape one mixer layer of a run sees: what a measurement times, and part of its row's key."""
 
     device: torch.device
     dtype: torch.dtype | None  # the autocast dtype, None for fp32
@@ -79,14 +89,100 @@ def candidates(channels_last: bool | str, impl: str, device: torch.device) -> tu
     return tuple(Setup(layout, name) for layout, name in itertools.product(layouts, impls))
 
 
-@functools.cache
-def fastest(options: tuple[Setup, ...], work: Workload, seconds: Callable[[Setup, Workload], float]) -> Setup:
-    """The option with the fewest `seconds` on `work`; cached, so a worker measures each shape once."""
-    return min(options, key=lambda setup: seconds(setup, work))
+# --- the table of measured seconds ---
 
 
-def fastest_setup(channels_last: bool | str, impl: str, work: Workload,
-                  seconds: Callable[[Setup, Workload], float] = time_setup) -> Setup:  # fmt: skip
-    """The setup a run uses: what it asked for, with each "auto" settled by timing `work` on its device."""
+def device_facts(device: torch.device) -> dict[str, str]:
+    """What a timing depends on besides the shape: the device and the library versions."""
+    facts = {"device": hardware_name(device), "torch": torch.__version__}
+    if device.type == "cuda":
+        facts["cudnn"] = str(torch.backends.cudnn.version())
+    return facts
+
+
+def impl_version(impl: str) -> str:
+    """The version of the code an implementation runs: the Triton route's sources and triton's, else torch's own."""
+    if impl != "triton":
+        return "torch"
+    triton = require("triton", "triton")
+    sources = hashlib.sha256()
+    for path in sorted(DEPTHWISE_SOURCES.glob("depthwise*.py")):
+        sources.update(path.read_bytes())
+    return f"triton {triton.__version__}, kernels {sources.hexdigest()[:12]}"
+
+
+def table_row(setup: Setup, work: Workload, facts: dict[str, str]) -> dict:
+    """The key of one timing, as the table's row holds it (without its seconds)."""
+    dtype = str(work.dtype).removeprefix("torch.") if work.dtype is not None else "float32"
+    # a float32 run's convs run on TF32 or not as the run asked (cuda_math_flags, set around the timing)
+    tf32 = torch.backends.cudnn.allow_tf32 if work.dtype is None else None
+    shape = {key: value for key, value in asdict(work).items() if key not in ("device", "dtype")}
+    return {
+        **facts,
+        "dtype": dtype,
+        "tf32": tf32,
+        **shape,
+        "channels_last": setup.channels_last,
+        "impl": setup.impl,
+        "impl_version": impl_version(setup.impl),
+    }
+
+
+def row_key(row: dict) -> str:
+    return json.dumps({key: value for key, value in row.items() if key != "seconds"}, sort_keys=True)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The table's rows; a missing, unreadable or damaged file, or a damaged row, reads as no rows (measured again
+    and the file rewritten), never an error: the table holds timings, which can always be made again."""
+    try:
+        table = json.loads(path.read_text())
+        rows = table["rows"] if table["format"] == TABLE_FORMAT else []
+        return [row for row in rows if isinstance(row, dict) and positive_number(row.get("seconds"))]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+
+
+def positive_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Add `rows` to the table, atomically (a reader sees the old table or the new one), merged with what another
+    process may have written since this one read it. A table that cannot be written costs a timing in a later run."""
+    merged = {row_key(row): row for row in [*read_rows(path), *rows]}
+    try:
+        atomic.write_json(path, {"format": TABLE_FORMAT, "rows": list(merged.values())})
+    except OSError:
+        pass
+
+
+def measured_seconds(
+    options: tuple[Setup, ...], work: Workload, seconds: Callable[[Setup, Workload], float], table: Path
+) -> dict[Setup, float]:
+    """Each option's seconds on `work`: from the table where it has the row, else timed now and added to it."""
+    facts = device_facts(work.device)
+    rows = {setup: table_row(setup, work, facts) for setup in options}
+    known = {row_key(row): row["seconds"] for row in read_rows(table)}
+    missing = [setup for setup in options if row_key(rows[setup]) not in known]
+    new_rows = [{**rows[setup], "seconds": seconds(setup, work)} for setup in missing]
+    if new_rows:
+        write_rows(table, new_rows)
+    known |= {row_key(row): row["seconds"] for row in new_rows}
+    return {setup: known[row_key(rows[setup])] for setup in options}
+
+
+def fastest_setup(
+    channels_last: bool | str,
+    impl: str,
+    work: Workload,
+    seconds: Callable[[Setup, Workload], float] = time_setup,
+    table: Path | None = None,
+) -> Setup:
+    """The setup a run uses: what it asked for, with each "auto" settled by the fewest seconds on `work` (from
+    `table`, default the cache folder's, timing only what it lacks). A tie keeps the earlier candidate."""
     options = candidates(channels_last, impl, work.device)
-    return options[0] if len(options) == 1 else fastest(options, work, seconds)
+    if len(options) == 1:
+        return options[0]
+    times = measured_seconds(options, work, seconds, table or cache_dir() / TABLE)
+    return min(options, key=times.__getitem__)

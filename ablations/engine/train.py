@@ -2,14 +2,12 @@
 
 Data and augmentation already live on the device (ablations.data.loaders), so the hot loop is forward, loss, backward,
 clip, AdamW step, with losses and accuracies summed on the device and read back once per epoch. That single read is
-also where the run is stopped as "diverged", by one rule: a loss that is not finite, or from epoch 2 on a train loss
-above 3 x ln(number of classes), three times the loss of a uniform guess. Each epoch ends with an atomic checkpoint
-holding only tensors and plain Python values (it loads with `weights_only=True`). Every random draw comes from
-(seed, epoch), so a resumed run replays exactly what an uninterrupted one would have done.
+also where the run is stopped as "diverged", by one rule (ablations.engine.metrics): a loss that is not finite, or
+from epoch 2 on a train loss above 3 x ln(number of classes), three times the loss of a uniform guess. Each epoch
+ends with an atomic checkpoint holding only tensors and plain Python values (read back by ablations.engine.checkpoint).
+Every random draw comes from (seed, epoch), so a resumed run replays exactly what an uninterrupted one would have done.
 """
 
-import datetime
-import math
 import os
 import sys
 import time
@@ -26,27 +24,25 @@ from tqdm import tqdm
 
 from ablations import atomic
 from ablations.config import ConfigError, RunConfig
-from ablations.data.loaders import NAMED_SKIPS, Data, TestLoader, TrainLoader, build_data, for_rank, skipped_note
+from ablations.data.loaders import NAMED_SKIPS, Data, TestLoader, TrainLoader, build_data, skipped_note
 from ablations.data.sources import cache_dir
 from ablations.engine import distributed
+from ablations.engine.checkpoint import read_checkpoint_on_every_rank
 from ablations.engine.distributed import SINGLE, Ranks
+from ablations.engine.metrics import divergence, final_metrics
 from ablations.engine.schedule import learning_rate
 from ablations.engine.setup import Setup, Workload, candidates, fastest_setup
-from ablations.store import CHECKPOINT, DIVERGED, DONE, HISTORY, write_metrics
+from ablations.store import CHECKPOINT, write_history, write_metrics
 from convmixer.arguments import patch_grid
-from convmixer.count import closed_form
+from convmixer.counting import closed_form
 from convmixer.depthwise import use_impl
 from convmixer.runtime import (
     AUTOCAST_DTYPES,
     autocast_dtype,
     cuda_math_flags,
     device_name,
-    gpu_driver,
-    hardware_name,
-    peak_memory_mb,
     resolve_device,
     synchronize,
-    toolkit_commit,
 )
 
 COMPILE_BACKEND = "inductor"  # torch.compile's; the tests use "eager" to check graph capture without a C++ build
@@ -136,7 +132,6 @@ class Trainer:
     def __init__(self, cfg: RunConfig, model: nn.Module, device: torch.device, dtype: torch.dtype | None,
                  setup: Setup | None = None, ranks: Ranks = SINGLE) -> None:  # fmt: skip
         self.cfg, self.model, self.device, self.dtype, self.ranks = cfg, model, device, dtype, ranks
-        self.batch_size = distributed.local_batch(cfg.batch_size, ranks)
         # The layout and depthwise conv train_run timed, else the first candidate (what "auto" was before timing).
         self.setup = setup or candidates(cfg.channels_last, cfg.depthwise_impl, device)[0]
         use_impl(model, self.setup.impl)
@@ -226,10 +221,11 @@ class Trainer:
             "train_images_per_s": seen / train_time,
         }
 
-    def full_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """Compiled: a short eval batch padded with zero images to batch_size, so evaluation has one static shape
-        (eval-mode outputs are per image, so the padding changes no real image's logits). Eager: as it is."""
-        missing = self.batch_size - len(images)
+    def full_batch(self, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Compiled: a short eval batch padded with zero images to its loader's `batch_size`, so evaluation has one
+        static shape (eval-mode outputs are per image, so the padding changes no real image's logits). Eager: as it
+        is."""
+        missing = batch_size - len(images)
         if not self.cfg.compile or missing <= 0:
             return images
         return torch.cat([images, images.new_zeros(missing, *images.shape[1:])])
@@ -241,7 +237,7 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = torch.zeros((), device=self.device, dtype=torch.long)
         for images, labels in loader:
-            logits = self.logits(self.full_batch(images), train=False)[: len(labels)]
+            logits = self.logits(self.full_batch(images, loader.batch_size), train=False)[: len(labels)]
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
@@ -264,7 +260,7 @@ class Trainer:
             self.model.zero_grad(set_to_none=True)
             self.model.eval()
             # Compiled, a short test batch is padded to a full one: the same shape, run once.
-            batches = (self.full_batch(images) for images, _ in test.one_batch_per_shape())
+            batches = (self.full_batch(images, test.batch_size) for images, _ in test.one_batch_per_shape())
             shapes = {len(batch): batch for batch in batches}
             with torch.inference_mode():
                 for batch in shapes.values():
@@ -295,101 +291,12 @@ class Trainer:
         self.scaler.load_state_dict(checkpoint["scaler"])
 
 
-CHECKPOINT_KEYS = ("run_id", "epoch", "model", "optimizer", "scaler", "history", "wall_time_s")  # and skipped_images
-
-
 def skipped_so_far(data: Data, before: list[str]) -> list[str]:
     """The streamed images bad_images=skip has left out of the run so far: those of the epochs before a resume
     (`before`, from the checkpoint) and those every rank met since (one gather), each counted once. A bad file is
     met again in every epoch, by whichever rank reads it then."""
     met = distributed.gathered([*before, *data.skipped()])
     return list(dict.fromkeys(problem for rank in met for problem in rank))
-
-
-def read_checkpoint(path: Path, cfg: RunConfig, device: torch.device, log: Callable[[str], None]) -> dict | None:
-    """This run's checkpoint at `path`, or None when it is unusable (truncated, damaged, another run's): then it
-    is set aside as checkpoint.pt.corrupt-<time>, named in the log and on the console, and the run starts over,
-    since retrying with the same file would fail the same way every time."""
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-        missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
-        problem = f"it has no {missing[0]!r}" if missing else ""
-        if not problem and checkpoint["run_id"] != cfg.run_id():
-            problem = f"it belongs to run {checkpoint['run_id']}"
-    except Exception as error:  # truncated, not a zip, a pickle weights_only refuses: all mean "unusable"
-        problem = f"it cannot be loaded ({type(error).__name__})"  # torch's text would suggest weights_only=False
-    if not problem:
-        return checkpoint
-    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-    path.replace(aside)
-    message = f"checkpoint {path} is unusable ({problem}): set aside as {aside.name}; training from scratch"
-    log(message)
-    if log is not print:  # a sweep's run logs to its log.txt: say it on the console too
-        print(f"{cfg.run_id()}: {message}", file=sys.stderr)
-    return None
-
-
-def read_checkpoint_on_every_rank(path: Path | None, trainer: Trainer, log: Callable[[str], None]) -> dict | None:
-    """The checkpoint every rank resumes from: rank 0 reads it first (and alone sets an unusable one aside), then
-    the others read what it kept; a rank that finds another epoch there than rank 0 (a checkpoint changed in
-    between) fails the run instead of training out of step."""
-    checkpoint = None
-    if trainer.ranks.main and path is not None and path.exists():
-        checkpoint = read_checkpoint(path, trainer.cfg, trainer.device, log)
-    distributed.barrier()
-    if not trainer.ranks.main and path is not None and path.exists():
-        checkpoint = torch.load(path, map_location=trainer.device, weights_only=True)
-    epochs = distributed.gathered(checkpoint["epoch"] if checkpoint else 0)
-    if len(set(epochs)) > 1:
-        raise RuntimeError(f"the ranks found checkpoints of different epochs in {path}: {epochs}")
-    return checkpoint
-
-
-# Divergence of a finite loss: from this epoch on, a train loss above CHANCE_FACTOR x ln(classes) (the loss of a
-# uniform guess) stops the run. Epoch 1 is spared (a warm-up can start high); no committed run's train loss ever
-# went above 1.03 x chance (tests/test_train.py checks them), and an exploding lr=10 run stood at 120 x.
-DIVERGENCE_FROM_EPOCH, CHANCE_FACTOR = 2, 3.0
-
-
-def divergence(record: dict, num_classes: int) -> str:
-    """Why an epoch's numbers mean the run diverged, or "" when they do not (the rule: the module's docstring)."""
-    for key in ("train_loss", "test_loss"):
-        if not math.isfinite(record[key]):
-            return f"{key.replace('_', ' ')} is {record[key]} in epoch {record['epoch']}"
-    limit = CHANCE_FACTOR * math.log(num_classes)
-    if record["epoch"] >= DIVERGENCE_FROM_EPOCH and record["train_loss"] > limit:
-        return (
-            f"train loss is {record['train_loss']:.4g} in epoch {record['epoch']}, above {CHANCE_FACTOR:g} x "
-            f"ln({num_classes} classes) = {limit:.3g}"
-        )
-    return ""
-
-
-def final_metrics(history: list[dict], reason: str, device: torch.device, counts: dict, wall_time_s: float,
-                  engine: dict) -> dict:  # fmt: skip
-    """The run's summary: the last completed epoch's numbers (None if none completed), totals over epochs, and
-    `engine`'s facts of how it ran (precision, TF32, compiled graphs)."""
-    last = history[-1] if history else {}
-    train_time = sum(record["train_time_s"] for record in history)
-    images = sum(record["train_time_s"] * record["train_images_per_s"] for record in history)
-    return {
-        "status": DIVERGED if reason else DONE,
-        "reason": reason,
-        **{key: last.get(key) for key in ("test_acc", "test_loss", "train_acc", "train_loss")},
-        "train_images_per_s": images / train_time if train_time else None,
-        "peak_memory_mb": peak_memory_mb(device),
-        "train_time_s": train_time,
-        "wall_time_s": wall_time_s,
-        **{key: counts[key] for key in ("params", "macs", "flops")},
-        "epochs_completed": len(history),
-        **engine,
-        "device": device_name(device),
-        "hardware": hardware_name(device),
-        **({"driver": driver} if (driver := gpu_driver(device)) else {}),  # GPU runs only: the report checks types
-        "torch_version": torch.__version__,
-        "toolkit_commit": toolkit_commit(),
-        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
 
 
 def train_run(
@@ -406,13 +313,13 @@ def train_run(
     writes the run's files, every rank resumes from them."""
     started = time.perf_counter()
     cfg.validate()
-    distributed.local_batch(cfg.batch_size, ranks)  # an indivisible batch fails before any process waits for another
+    batch = distributed.local_batch(cfg.batch_size, ranks.world_size)  # fails before any process waits for another
     device = distributed.rank_device(resolve_device(device), ranks)
     dtype = run_dtype(cfg.precision, device)  # before loading data, so a bad precision fails at once
     distributed.start(ranks, device)
     try:
         return train_process(cfg, run_dir, device, dtype, log if ranks.main else lambda line: None, on_epoch, ranks,
-                             started)  # fmt: skip
+                             batch, started)  # fmt: skip
     finally:
         distributed.stop()
 
@@ -425,9 +332,11 @@ def train_process(
     log: Callable[[str], None],
     on_epoch: Callable[[dict], None] | None,
     ranks: Ranks,
+    batch: int,
     started: float,
 ) -> dict:
-    """train_run's work in one process, in its process group if it has one."""
+    """train_run's work in one process, in its process group if it has one; `batch` is this process's share of
+    cfg.batch_size."""
     with cuda_math_flags(benchmark=device.type == "cuda", tf32=cfg.tf32):
         if cfg.compile:
             persistent_compile_caches()
@@ -435,11 +344,10 @@ def train_process(
         graphs_before = compiled_graphs() if cfg.compile else 0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        data = for_rank(build_data(cfg, device), cfg, ranks.rank, ranks.world_size)
+        data = build_data(cfg, device, rank=ranks.rank, world_size=ranks.world_size)
         model_config = cfg.model_config(data.num_classes, data.in_chans)
         counts = closed_form(model_config, data.image_size).to_dict()  # exact for every model of RunConfig
-        work = Workload(device, dtype, cfg.dim, cfg.kernel_size, data.image_size // cfg.patch_size,
-                        distributed.local_batch(cfg.batch_size, ranks))  # fmt: skip
+        work = Workload(device, dtype, cfg.dim, cfg.kernel_size, data.image_size // cfg.patch_size, batch)
         setup = fastest_setup(cfg.channels_last, cfg.depthwise_impl, work)  # times "auto" on CUDA, once per shape
         torch.manual_seed(cfg.seed)
         trainer = Trainer(cfg, model_config.build(), device, dtype, setup, ranks)
@@ -487,7 +395,7 @@ def train_epochs(
     cfg = trainer.cfg
     history, wall_before, skipped = [], 0.0, []
     checkpoint_path = Path(run_dir) / CHECKPOINT if run_dir is not None else None
-    checkpoint = read_checkpoint_on_every_rank(checkpoint_path, trainer, log)
+    checkpoint = read_checkpoint_on_every_rank(checkpoint_path, cfg, trainer.device, trainer.ranks, log)
     if checkpoint is not None:
         trainer.load(checkpoint)
         history, wall_before = checkpoint["history"], checkpoint["wall_time_s"]
@@ -512,7 +420,7 @@ def train_epochs(
             wall = wall_before + time.perf_counter() - started
             # history.json first: if the run is killed in between, the checkpoint is the older of the two and the
             # resumed run replays that epoch and rewrites both, so history.json never stays short.
-            atomic.write_json(Path(run_dir) / HISTORY, history)
+            write_history(Path(run_dir), history)
             atomic.torch_save(trainer.state(len(history), history, wall, skipped), checkpoint_path)
         log(
             f"epoch {epoch + 1}/{cfg.epochs} train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} | "

@@ -1,4 +1,5 @@
-"""Runs one config inside its run folder, and ends it in the sweep: the steps both launchers share.
+"""Runs one config inside its run folder, and ends it in the sweep: the steps every launcher shares (local, SLURM,
+in-process).
 
 train_run does the training, checkpointing and metrics; this wraps it with the run's log.txt (the one file of a
 run that holds the machine's absolute data_root) and turns any exception (CUDA out of memory included) into a
@@ -7,13 +8,16 @@ interrupt (Ctrl-C, SIGTERM) is not a failure: the run stays unfinished and resum
 time.
 
 end_run is the sweep process's side: once a run's worker or job is gone, the run has metrics.json (written by
-execute_run) or gets one recording why it ended, and the progress display and summary.csv learn of it.
+execute_run) or gets one recording why it ended, the sweep's checkpoint policy is applied (a done or diverged run's
+checkpoint is dropped unless the plan keeps checkpoints), and the progress display and summary.csv learn of it.
+The plan hands each launcher its `EndRun` (end_run with the sweep's store, progress and policy bound).
 
 A run on several processes fails in one line naming each rank that stopped and why, rank 0's error last:
 `rank 1: DataError: ...; rank 0: RuntimeError: ... Connection closed by peer ...`. Every launcher (local ranks,
 SLURM tasks, torchrun) gets it the same way: a rank other than 0 records its cause in the run folder as it stops
-(follow_run), and rank 0 reads those when it records the failure (record_exception), so this module owns the
-line's format.
+(follow_run), and rank 0 reads those when it records the failure (record_exception); the local launcher adds the
+causes it alone sees (a rank's signal or exit code) through `rank_error` too, so this module owns the line's format.
+A run's processes are an argument: the launcher that starts them hands each its `Ranks` (engine/distributed.py).
 """
 
 import contextlib
@@ -23,10 +27,14 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ablations.config import RunConfig
+from ablations.config import ConfigError, RunConfig
 from ablations.store import FAILED, LOG, Store, write_rank_fault
 from ablations.sweep.progress import SweepProgress
+
+if TYPE_CHECKING:
+    from ablations.engine.distributed import Ranks
 
 
 def limit_cpu_threads(device: str) -> None:
@@ -41,6 +49,17 @@ def limit_cpu_threads(device: str) -> None:
 
     if resolve_device(device).type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
+
+
+def check_processes(procs_per_run: int, configs: list[RunConfig]) -> None:
+    """ConfigError unless every run can train on `procs_per_run` processes: at least one, and a batch_size that
+    splits evenly over them (the engine computes each process's share once, in train_run)."""
+    from ablations.engine.distributed import local_batch
+
+    if procs_per_run < 1:
+        raise ConfigError(f"--procs-per-run {procs_per_run} is not accepted: expected an integer >= 1")
+    for batch_size in dict.fromkeys(cfg.batch_size for cfg in configs):
+        local_batch(batch_size, procs_per_run)
 
 
 def one_line(error: BaseException) -> str:
@@ -84,14 +103,13 @@ def execute_run(
     store: Store,
     device: str,
     *,
-    keep_checkpoints: bool = False,
     on_epoch: Callable[[dict], None] | None = None,
-    distributed: bool = False,
+    ranks: "Ranks | None" = None,
 ) -> dict:
     """Train (or resume) `cfg` in its run folder on `device` and return its metrics; never raises on a bad run.
-    `distributed`: this process is rank 0 of a run on several processes, its place in torchrun's environment
-    variables (the caller starts the other ranks, which run `follow_run`); it alone writes the run's files."""
-    from ablations.engine.distributed import SINGLE, Ranks
+    `ranks`: this process is rank 0 of a run on several processes (its launcher starts the other ranks, which run
+    `follow_run`, and gives each its place); it alone writes the run's files. None: the run's one process."""
+    from ablations.engine.distributed import SINGLE
     from ablations.engine.train import train_run  # torch: see limit_cpu_threads
 
     run_dir = store.run_dir(cfg)
@@ -106,9 +124,8 @@ def execute_run(
 
         log(f"start on {device} (host {socket.gethostname()}, pid {os.getpid()})")
         log(f"data_root {os.path.abspath(cfg.data_root)}")  # results record it portably (RunConfig.recorded)
-        ranks = SINGLE
+        ranks = ranks or SINGLE
         try:
-            ranks = Ranks.from_env() if distributed else SINGLE
             metrics = train_run(cfg, run_dir, device=device, log=log, on_epoch=on_epoch, ranks=ranks)
         except (KeyboardInterrupt, SystemExit):
             log("interrupted: the run resumes from its last checkpoint next time")
@@ -117,20 +134,15 @@ def execute_run(
             log("".join(traceback.format_exception(error)).rstrip())
             metrics = record_exception(store, run_dir, error, device, ranks.world_size)
         log(f"finished: {metrics['status']}" + (f" ({metrics['reason']})" if metrics["reason"] else ""))
-    if not keep_checkpoints:
-        store.drop_checkpoint(run_dir)
     return metrics
 
 
-def follow_run(cfg: RunConfig, run_dir: Path, device: str) -> None:
-    """A rank other than 0 of a run on several processes (its place in torchrun's environment variables): train
-    beside rank 0, which logs and writes the run's files; raises what stopped it, once it is recorded in one line
-    for rank 0's failure record."""
-    from ablations.engine.distributed import Ranks
+def follow_run(cfg: RunConfig, run_dir: Path, device: str, ranks: "Ranks") -> None:
+    """Rank `ranks.rank` (not 0) of a run on several processes: train beside rank 0, which logs and writes the
+    run's files; raises what stopped it, once it is recorded in one line for rank 0's failure record."""
     from ablations.engine.train import train_run
 
     limit_cpu_threads(device)
-    ranks = Ranks.from_env()
     try:
         train_run(cfg, run_dir, device=device, log=lambda line: None, ranks=ranks)
     except Exception as error:
@@ -139,15 +151,29 @@ def follow_run(cfg: RunConfig, run_dir: Path, device: str) -> None:
         raise
 
 
-def end_run(store: Store, run_id: str, progress: SweepProgress, why_it_died: Callable[[], str], device: str) -> dict:
+# A launcher's call when one of its runs has ended: end_run(run_id, why_it_died, device) with the sweep's part bound.
+EndRun = Callable[[str, Callable[[], str], str], dict]
+
+
+def end_run(
+    store: Store,
+    progress: SweepProgress,
+    keep_checkpoints: bool,
+    run_id: str,
+    why_it_died: Callable[[], str],
+    device: str,
+) -> dict:
     """Record that a run's worker or job has ended and return its metrics. A run that ended without writing
     metrics.json (its process was killed: OOM killer, scancel, time limit) is recorded as failed, with the reason
-    `why_it_died()` gives, as transient: the next plain rerun resumes it."""
+    `why_it_died()` gives, as transient: the next plain rerun resumes it. A done or diverged run's checkpoint is
+    dropped unless `keep_checkpoints` (a failed run may resume from it)."""
     run_dir = store.run_dir(run_id)
     os.listdir(run_dir)  # on NFS a directory read refreshes the cache: see a metrics.json written on another node
     metrics = store.metrics(run_dir)
     if metrics is None:
         metrics = store.record_failure(run_dir, why_it_died(), device, transient=True)
+    if not keep_checkpoints:
+        store.drop_checkpoint(run_dir)
     progress.finished(run_id, metrics)
     store.write_summary()
     return metrics

@@ -7,10 +7,10 @@ replaced; a worker whose sweep process dies (SIGKILL) exits at once instead of t
 
 With --procs-per-run N a run trains on N processes (DDP): a slot is N GPUs (or, on the CPU, N processes on gloo)
 and its worker is the run's rank 0, which starts the other ranks for each run with multiprocessing (spawned, like
-the workers) and sets torchrun's environment variables in each, so the engine joins them exactly as under
-torchrun. torchrun itself is not used here: the worker keeps its pipe to the sweep process (progress, metrics), and
-it sees each rank's exit code, so that a run whose rank died fails in one line naming the rank: with its error,
-which the rank records as every launcher's ranks do (execute.py), or else its signal or exit code.
+the workers) and hands each its place, `Ranks` (rendezvous on this machine, a fresh port per run). torchrun itself
+is not used here: the worker keeps its pipe to the sweep process (progress, metrics), and it sees each rank's exit
+code, so that a run whose rank died fails in one line naming the rank: with its error, which the rank records as
+every launcher's ranks do, or else its signal or exit code, each through execute.py's `rank_error`.
 
 With a time limit (a GPU lent for minutes), a run is started only while the longest run of this sweep so far
 would still finish in time, and runs still training at the limit are stopped: they stay unfinished and resume
@@ -31,11 +31,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ablations.config import ConfigError, RunConfig
 from ablations.store import FAILED, Store
-from ablations.sweep.execute import end_run, execute_run, follow_run, limit_cpu_threads, name_ranks
+from ablations.sweep.execute import EndRun, execute_run, follow_run, limit_cpu_threads, name_ranks, rank_error
 from ablations.sweep.progress import SweepProgress
+
+if TYPE_CHECKING:
+    from ablations.engine.distributed import Ranks
 
 
 def add_local_options(parser: argparse.ArgumentParser) -> None:
@@ -46,11 +50,6 @@ def add_local_options(parser: argparse.ArgumentParser) -> None:
         help="concurrent runs per device (default: 1 per GPU; on the CPU one per core, each run single-threaded)",
     )  # fmt: skip
     parser.add_argument(
-        "--procs-per-run", type=int, default=1, metavar="N",
-        help="train each run on N processes (DDP): N GPUs per run, or N CPU processes (gloo); under --launcher slurm "
-        "a job of N tasks (default 1)",
-    )  # fmt: skip
-    parser.add_argument(
         "--time-limit", type=float, metavar="MIN",
         help="local launcher: start no run that the longest run so far says would end after MIN minutes, and stop "
         "the runs in flight at MIN (they resume on the next start)",
@@ -58,16 +57,15 @@ def add_local_options(parser: argparse.ArgumentParser) -> None:
 
 
 def local_devices(args: argparse.Namespace) -> list[str]:
-    """The --devices and --jobs-per-device of the command line, checked (the latter filled in when not given);
-    ConfigError in one line for a bad one, and for a --time-limit that is not a number of minutes > 0."""
+    """The --devices and --jobs-per-device of the command line, checked (the latter filled in when not given) against
+    the sweep's --procs-per-run (checked before); ConfigError in one line for a bad one, and for a --time-limit that
+    is not a number of minutes > 0."""
     from convmixer.runtime import parse_devices, usable_cores  # torch: once the command line is parsed
 
     try:
         devices = parse_devices(args.devices)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if args.procs_per_run < 1:
-        raise ConfigError(f"--procs-per-run {args.procs_per_run} is not accepted: expected an integer >= 1")
     if devices != ["cpu"] and len(devices) < args.procs_per_run:
         raise ConfigError(
             f"--procs-per-run {args.procs_per_run} is not accepted on {len(devices)} GPU(s) ({', '.join(devices)}): "
@@ -82,15 +80,23 @@ def local_devices(args: argparse.Namespace) -> list[str]:
     return devices
 
 
-def device_slots(devices: list[str], jobs_per_device: int, procs_per_run: int = 1) -> list[str]:
+def device_slots(devices: list[str], jobs_per_device: int, procs_per_run: int = 1) -> list[tuple[str, ...]]:
     """One worker slot per (device, job), interleaved: cuda:0, cuda:1, cuda:0, cuda:1. A sweep with fewer runs
     than slots takes the first ones, so N runs on N GPUs get one GPU each before any GPU gets a second run.
-    With procs_per_run > 1 a GPU slot is that many GPUs, comma-separated (cuda:0,cuda:1; GPUs left over stay
-    idle), and a CPU slot is "cpu" (its processes share the cores)."""
-    if procs_per_run > 1 and devices != ["cpu"]:
-        groups = len(devices) // procs_per_run
-        devices = [",".join(devices[i * procs_per_run : (i + 1) * procs_per_run]) for i in range(groups)]
-    return [device for _ in range(jobs_per_device) for device in devices]
+    A slot is the device of each of a run's processes, rank 0's first: with procs_per_run > 1 a GPU slot is that
+    many GPUs ((cuda:0, cuda:1); GPUs left over stay idle), a CPU slot the CPU that many times (they share the
+    cores)."""
+    if devices == ["cpu"]:
+        groups = [("cpu",) * procs_per_run]
+    else:
+        count = len(devices) // procs_per_run
+        groups = [tuple(devices[i * procs_per_run : (i + 1) * procs_per_run]) for i in range(count)]
+    return [group for _ in range(jobs_per_device) for group in groups]
+
+
+def slot_name(devices: tuple[str, ...]) -> str:
+    """A slot as the progress lines and failure records name it: cuda:0,cuda:1, or cpu."""
+    return ",".join(dict.fromkeys(devices))
 
 
 def _exit_with_sweep() -> None:
@@ -99,13 +105,12 @@ def _exit_with_sweep() -> None:
     os._exit(1)
 
 
-def _worker_main(conn: Connection, device: str, store_root: Path, keep_checkpoints: bool, procs: int = 1) -> None:
+def _worker_main(conn: Connection, devices: tuple[str, ...], store_root: Path) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep process's to handle; it stops us:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # unwind, so temps are cleaned up
     threading.Thread(target=_exit_with_sweep, daemon=True).start()
-    devices = device.split(",") if "," in device else [device] * procs  # each rank's, rank 0's first
     limit_cpu_threads(devices[0])
-    if device.startswith("cuda"):
+    if devices[0].startswith("cuda"):
         import torch  # in the worker: the sweep process imports this module to parse its options
 
         torch.cuda.set_device(devices[0])
@@ -118,20 +123,19 @@ def _worker_main(conn: Connection, device: str, store_root: Path, keep_checkpoin
         cfg = RunConfig.from_dict(task)
         run_id = cfg.run_id()
         on_epoch = lambda record, run_id=run_id: conn.send(("epoch", run_id, record))  # noqa: E731
-        if procs == 1:
-            metrics = execute_run(cfg, store, device, keep_checkpoints=keep_checkpoints, on_epoch=on_epoch)
+        if len(devices) == 1:
+            metrics = execute_run(cfg, store, devices[0], on_epoch=on_epoch)
         else:
-            metrics = RankGroup(cfg, store, devices).run(keep_checkpoints, on_epoch)
+            metrics = RankGroup(cfg, store, devices).run(on_epoch)
         conn.send(("end", run_id, metrics))
 
 
-def _rank_main(values: dict, run_dir: Path, device: str, env: dict[str, str]) -> None:
+def _rank_main(values: dict, run_dir: Path, device: str, ranks: "Ranks") -> None:
     """A rank other than 0 of a run: train beside its worker (rank 0); follow_run records what stopped it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_sweep, daemon=True).start()  # its worker gone, a rank has no one to follow
-    os.environ.update(env)
     try:
-        follow_run(RunConfig.from_dict(values), run_dir, device)
+        follow_run(RunConfig.from_dict(values), run_dir, device, ranks)
     except Exception:  # recorded in the run folder for rank 0: no traceback on the sweep's console
         sys.exit(1)
 
@@ -142,7 +146,7 @@ RANK_EXIT_S = 20
 
 
 def free_port() -> int:
-    """A TCP port free on this machine now, for a run's rendezvous (MASTER_PORT)."""
+    """A TCP port free on this machine now, for a run's rendezvous (Ranks.master_port)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -150,36 +154,30 @@ def free_port() -> int:
 
 class RankGroup:
     """The processes of one run on several (--procs-per-run): this worker as rank 0, the others spawned for the run,
-    each given torchrun's environment variables (rendezvous on this machine, a fresh port per run)."""
+    each handed its `Ranks` (rendezvous on this machine, a fresh port per run)."""
 
-    def __init__(self, cfg: RunConfig, store: Store, devices: list[str]) -> None:
+    def __init__(self, cfg: RunConfig, store: Store, devices: tuple[str, ...]) -> None:
+        from ablations.engine.distributed import Ranks  # torch: in the worker, not in the sweep process
+
         self.cfg, self.store, self.devices = cfg, store, devices
         port = free_port()
-        self.env = [
-            {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(len(devices)), "RANK": str(rank),
-             "LOCAL_RANK": str(rank)}
-            for rank in range(len(devices))
-        ]  # fmt: skip
+        self.ranks = [Ranks(rank, len(devices), rank, "127.0.0.1", port) for rank in range(len(devices))]
 
-    def run(self, keep_checkpoints: bool, on_epoch: Callable[[dict], None]) -> dict:
+    def run(self, on_epoch: Callable[[dict], None]) -> dict:
         """Train the run on every rank; its metrics, with a failure naming the rank that died first and why."""
         context = multiprocessing.get_context("spawn")
         run_dir = self.store.run_dir(self.cfg)
-        ranks = []
+        others = []
         for rank in range(1, len(self.devices)):
-            args = (self.cfg.to_dict(), run_dir, self.devices[rank], self.env[rank])
+            args = (self.cfg.to_dict(), run_dir, self.devices[rank], self.ranks[rank])
             process = context.Process(target=_rank_main, args=args)
             process.start()
-            ranks.append((rank, process))
-        os.environ.update(self.env[0])
+            others.append((rank, process))
         try:
-            metrics = execute_run(
-                self.cfg, self.store, self.devices[0], keep_checkpoints=keep_checkpoints, on_epoch=on_epoch,
-                distributed=True,
-            )  # fmt: skip
+            metrics = execute_run(self.cfg, self.store, self.devices[0], on_epoch=on_epoch, ranks=self.ranks[0])
         finally:
             hung = set()
-            for rank, process in ranks:
+            for rank, process in others:
                 process.join(timeout=RANK_EXIT_S)
                 if process.is_alive():  # stuck (a collective waits out its timeout, a stopped process never ends)
                     process.kill()
@@ -187,30 +185,30 @@ class RankGroup:
                     hung.add(rank)
         # Rank 0's failure names the ranks that recorded their error (execute_run); the others are named here.
         reported = self.store.rank_faults(run_dir, len(self.devices))
-        unreported = [(rank, process) for rank, process in ranks if rank not in reported]
-        faults = [why for rank, process in unreported if (why := rank_fault(rank, process, rank in hung))]
+        unreported = [(rank, process) for rank, process in others if rank not in reported]
+        faults = [rank_error(rank, why) for rank, process in unreported if (why := exit_cause(process, rank in hung))]
         if metrics["status"] != FAILED or not faults:
             return metrics
-        killed = any(process.exitcode < 0 for _, process in ranks)  # a signal may not come again: rerun resumes
+        killed = any(process.exitcode < 0 for _, process in others)  # a signal may not come again: rerun resumes
         reason = name_ranks(faults, metrics["reason"])
         return self.store.record_failure(run_dir, reason, ",".join(self.devices), transient=killed)
 
 
-def rank_fault(rank: int, process: multiprocessing.process.BaseProcess, hung: bool) -> str:
-    """What stopped a rank that recorded no error, in a few words ("" if it ended well): its signal or exit code,
-    or that it was still running RANK_EXIT_S after rank 0 had ended (`hung`: then this launcher killed it)."""
+def exit_cause(process: multiprocessing.process.BaseProcess, hung: bool) -> str:
+    """How a rank's process that recorded no error ended, in a few words ("" if it ended well): its signal or exit
+    code, or that it was still running RANK_EXIT_S after rank 0 had ended (`hung`: then this launcher killed it)."""
     if hung:
-        return f"rank {rank} still running {RANK_EXIT_S} s after rank 0 ended: killed"
+        return f"still running {RANK_EXIT_S} s after rank 0 ended: killed"
     if process.exitcode == 0:
         return ""
     if process.exitcode < 0:
-        return f"rank {rank} killed by {signal.Signals(-process.exitcode).name}"
-    return f"rank {rank} exited with code {process.exitcode}"
+        return f"killed by {signal.Signals(-process.exitcode).name}"
+    return f"exited with code {process.exitcode}"
 
 
 @dataclass
 class Worker:
-    device: str
+    devices: tuple[str, ...]  # its slot
     process: multiprocessing.process.BaseProcess
     conn: Connection
     run_id: str | None = None  # the run it is training
@@ -220,10 +218,10 @@ class Worker:
 
 class LocalLauncher:
     def __init__(
-        self, store: Store, devices: list[str], jobs_per_device: int, keep_checkpoints: bool,
-        time_limit_s: float | None = None, procs_per_run: int = 1,
+        self, store: Store, devices: list[str], jobs_per_device: int, time_limit_s: float | None = None,
+        procs_per_run: int = 1,
     ) -> None:  # fmt: skip
-        self.store, self.keep_checkpoints, self.procs_per_run = store, keep_checkpoints, procs_per_run
+        self.store = store
         self.slots = device_slots(devices, jobs_per_device, procs_per_run)
         self.context = multiprocessing.get_context("spawn")
         self.time_limit_s = time_limit_s
@@ -232,21 +230,21 @@ class LocalLauncher:
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def start_worker(self, device: str) -> Worker:
+    def start_worker(self, devices: tuple[str, ...]) -> Worker:
         ours, theirs = self.context.Pipe()
-        args = (theirs, device, self.store.root, self.keep_checkpoints, self.procs_per_run)
-        process = self.context.Process(target=_worker_main, args=args)
+        process = self.context.Process(target=_worker_main, args=(theirs, devices, self.store.root))
         process.start()
         theirs.close()
-        return Worker(device, process, ours)
+        return Worker(devices, process, ours)
 
-    def run(self, configs: list[RunConfig], progress: SweepProgress) -> dict[str, dict]:
-        """Train every config; return {run_id: metrics} of those that ran (all of them unless workers kept dying)."""
+    def run(self, configs: list[RunConfig], progress: SweepProgress, end_run: EndRun) -> dict[str, dict]:
+        """Train every config, each ended by `end_run`; return {run_id: metrics} of those that ran (all of them
+        unless workers kept dying)."""
         self.pending = deque(configs)
-        self.progress, self.results = progress, {}
+        self.progress, self.end_run, self.results = progress, end_run, {}
         self.restarts_left = len(configs)
         self.deadline = time.monotonic() + (self.time_limit_s if self.time_limit_s is not None else float("inf"))
-        workers = [self.start_worker(device) for device in self.slots[: len(configs)]]
+        workers = [self.start_worker(devices) for devices in self.slots[: len(configs)]]
         try:
             while workers:
                 if self.time_left() <= 0:
@@ -285,7 +283,7 @@ class LocalLauncher:
                     return
                 worker.run_id, worker.started_at = (cfg.run_id() if cfg else None), time.monotonic()
                 if cfg:
-                    self.progress.started(worker.run_id, worker.device)
+                    self.progress.started(worker.run_id, slot_name(worker.devices))
             elif kind == "epoch":
                 self.progress.epoch(*payload)
             elif kind == "end":
@@ -296,9 +294,9 @@ class LocalLauncher:
 
         def why_it_died() -> str:
             killed = " (SIGKILL: the kernel's out-of-memory killer?)" if exit_code == -signal.SIGKILL else ""
-            return f"worker process on {worker.device} died (exit code {exit_code}){killed}"
+            return f"worker process on {slot_name(worker.devices)} died (exit code {exit_code}){killed}"
 
-        self.results[worker.run_id] = end_run(self.store, worker.run_id, self.progress, why_it_died, worker.device)
+        self.results[worker.run_id] = self.end_run(worker.run_id, why_it_died, slot_name(worker.devices))
         self.longest_run_s = max(self.longest_run_s, time.monotonic() - worker.started_at)
         worker.run_id = None
 
@@ -309,8 +307,10 @@ class LocalLauncher:
         if worker.run_id is not None:  # it may have died right after writing metrics.json: end_run looks first
             self.finish(worker, code)
         if not worker.healthy:
-            self.progress.write(f"worker on {worker.device} exited before taking a run (exit code {code}); see above")
+            self.progress.write(
+                f"worker on {slot_name(worker.devices)} exited before taking a run (exit code {code}); see above"
+            )
         elif self.pending and self.restarts_left > 0:
             self.restarts_left -= 1
-            return [self.start_worker(worker.device)]
+            return [self.start_worker(worker.devices)]
         return []

@@ -5,34 +5,39 @@ against it) and writes nothing; `run_plan` records the design, holds the folder'
 with a launcher; `outcome` reads every run's state back. `python -m ablations.run` is these three with parsing and
 printing around them, and a notebook calls them directly:
 
-    design = build_sweep(PRESETS["smoke"].values, [], ["kernel_size=3,7"], seeds=1)
+    sweep = build_sweep(PRESETS["smoke"].values, [], ["kernel_size=3,7"], seeds=1)
     store = Store(Path("sweeps/k"))
-    launcher = LocalLauncher(store, ["cpu"], jobs_per_device=2, keep_checkpoints=False)
-    ended = run_plan(plan(design.configs(), store), launcher, design.design("k", "smoke"))  # exit_code 0: all done
+    launcher = InProcessLauncher(store)  # or LocalLauncher(store, ["cpu"], jobs_per_device=2): workers
+    ended = run_plan(plan(sweep.configs(), store), launcher, sweep.design("k", "smoke"))  # exit_code 0: all done
+
+Whether a finished run keeps its checkpoint is the plan's policy (`keep_checkpoints`), applied by end_run as each
+run ends, whichever launcher trained it.
 
 Runs train with data_root made absolute (a worker or SLURM job may start in another folder) but record it
 portably (RunConfig.recorded): the absolute path goes only to the run's log.
 """
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from ablations.config import ConfigError, RunConfig
 from ablations.data import dataset_label
 from ablations.design import Design
 from ablations.store import DATA, DONE, FAILED, FINISHED, RunState, Store
+from ablations.sweep.execute import EndRun, end_run
 from ablations.sweep.progress import SweepProgress, run_label
 from convmixer.arguments import patch_grid
 
 
 class Launcher(Protocol):
-    """What run_plan needs of a launcher (LocalLauncher, SlurmLauncher)."""
+    """What run_plan needs of a launcher (LocalLauncher, SlurmLauncher, InProcessLauncher): train the configs,
+    calling `end_run` as each run ends, and return {run_id: metrics}."""
 
-    keep_checkpoints: bool
-
-    def run(self, configs: list[RunConfig], progress: SweepProgress) -> dict[str, dict]: ...
+    def run(self, configs: list[RunConfig], progress: SweepProgress, end_run: EndRun) -> dict[str, dict]: ...
 
 
 @dataclass
@@ -43,6 +48,8 @@ class Plan:
     data: dict[str, dict]  # the data.json record of each run to train, or that recorded one, by run id
     retry_failed: bool = False
     keys: list[str] = field(default_factory=list)  # the keys that name a run in the progress lines
+    keep_checkpoints: bool = False  # else a done or diverged run's checkpoint.pt is dropped as the run ends
+    damaged: dict[Path, str] = field(default_factory=dict)  # the run files found damaged, and why (Store.find_damaged)
 
     def resumed(self) -> int:
         """How many of the runs to train go on from a checkpoint (an epoch or more done)."""
@@ -109,27 +116,34 @@ def check_data(configs: list[RunConfig], todo: list[RunConfig], store: Store) ->
     return records
 
 
-def plan(configs: list[RunConfig], store: Store, retry_failed: bool = False, keys: Sequence[str] = ()) -> Plan:
+def plan(
+    configs: list[RunConfig],
+    store: Store,
+    retry_failed: bool = False,
+    keys: Sequence[str] = (),
+    keep_checkpoints: bool = False,
+) -> Plan:
     """What a sweep of `configs` into `store` would train, its data loaded and checked; nothing is written.
     Damaged run files are read as absent (run_plan sets them aside); `keys` name the runs in progress lines."""
     configs = [cfg.with_absolute_data_root() for cfg in configs]
     check_ids(configs)
-    store.find_damaged()
+    damaged = store.find_damaged()
     todo = runs_to_train(configs, store, retry_failed)
-    return Plan(store, configs, todo, check_data(configs, todo, store), retry_failed, list(keys))
+    data = check_data(configs, todo, store)
+    return Plan(store, configs, todo, data, retry_failed, list(keys), keep_checkpoints, damaged)
 
 
-def train(sweep: Plan, launcher: Launcher) -> None:
-    """Write the sweep's new run files, then train the runs left to train, rebuilding summary.csv as runs finish."""
-    store = sweep.store
-    store.prepare([cfg.recorded() for cfg in sweep.configs], sweep.data)
+def train_plan(plan: Plan, launcher: Launcher) -> None:
+    """Write the plan's new run files, then train the runs left to train, rebuilding summary.csv as runs finish."""
+    store = plan.store
+    store.prepare([cfg.recorded() for cfg in plan.configs], plan.data)
     # Again, under the lock: another sweep may have ended since the plan was made.
-    todo = runs_to_train(sweep.configs, store, sweep.retry_failed)
+    todo = runs_to_train(plan.configs, store, plan.retry_failed)
     todo_ids = {cfg.run_id() for cfg in todo}
-    for cfg in sweep.configs:
+    for cfg in plan.configs:
         if cfg.run_id() in todo_ids:
             store.forget_failure(store.run_dir(cfg))
-        elif not launcher.keep_checkpoints:
+        elif not plan.keep_checkpoints:
             store.drop_checkpoint(store.run_dir(cfg))  # one left by a sweep killed just after the run finished
     store.write_summary()
     if not todo:
@@ -137,10 +151,10 @@ def train(sweep: Plan, launcher: Launcher) -> None:
     progress = SweepProgress(
         {cfg.run_id(): cfg.epochs for cfg in todo},
         {cfg.run_id(): store.state(store.run_dir(cfg)).epochs for cfg in todo},
-        {cfg.run_id(): run_label(cfg.to_dict(), sweep.keys) for cfg in todo},
+        {cfg.run_id(): run_label(cfg.to_dict(), plan.keys) for cfg in todo},
     )
     try:
-        launcher.run(todo, progress)
+        launcher.run(todo, progress, functools.partial(end_run, store, progress, plan.keep_checkpoints))
     finally:
         progress.close()
         store.write_summary()
@@ -167,7 +181,7 @@ def outcome(configs: list[RunConfig], store: Store) -> Outcome:
 
 
 def run_plan(
-    sweep: Plan,
+    plan: Plan,
     launcher: Launcher,
     design: Design,
     study_text: str | None = None,
@@ -176,11 +190,11 @@ def run_plan(
     """Run a plan: hold the folder's lock (one sweep at a time), set damaged files aside, record the design (the
     sweep's `Design`, as sweep.json holds it: Store.add_design) with its runs, train, and say how it ended.
     `announce` is called once the sweep may start, so that what it prints never precedes a refusal."""
-    with sweep.store.lock_sweep():
-        sweep.store.drop_stale_temps()
-        sweep.store.set_aside_damaged()
-        sweep.store.add_design(design, [cfg.run_id() for cfg in sweep.configs], study_text)
+    with plan.store.lock_sweep():
+        plan.store.drop_stale_temps()
+        plan.store.set_aside_damaged()
+        plan.store.add_design(design, [cfg.run_id() for cfg in plan.configs], study_text)
         if announce is not None:
             announce()
-        train(sweep, launcher)
-    return outcome(sweep.configs, sweep.store)
+        train_plan(plan, launcher)
+    return outcome(plan.configs, plan.store)

@@ -16,7 +16,7 @@ data_root of a preset's runs.
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
-from ablations.config import ACCEPTED, NOT_IDENTITY, ConfigError, RunConfig
+from ablations.config import ACCEPTED, MODEL_KEYS, NOT_IDENTITY, ConfigError, RunConfig
 from ablations.data import CIFAR10_JPEG_ENV, IMAGENET_ENV, default_data
 from convmixer.registry import get_config
 
@@ -24,7 +24,7 @@ from convmixer.registry import get_config
 def model_values(name: str) -> dict:
     """The RunConfig keys of registered model `name`: a recipe names its model, and spells no knob again."""
     model = get_config(name)
-    return {key: getattr(model, key) for key in ("dim", "depth", "kernel_size", "patch_size", "activation")}
+    return {key: getattr(model, key) for key in MODEL_KEYS}
 
 
 CIFAR10_RECIPE = {

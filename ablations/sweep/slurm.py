@@ -18,10 +18,11 @@ locally. The sweep process submits, then follows the jobs with squeue (no accoun
 - Ctrl-C cancels the jobs (the runs stay resumable).
 With --procs-per-run N a run is one job of N tasks (srun starts them; on GPUs one GPU each, --slurm-gpus per node,
 over as many nodes as that takes). Each task takes its rank and the rendezvous (the first node's name, a port
-drawn from the job id) from SLURM's environment through submitit's TorchDistributedEnvironment, which sets
-torchrun's variables: the job needs no torchrun inside srun, and the function submitit runs in each task is the
-same train_in_job. Rank 0 holds the run's lock, checks the data and writes the run's files; the others only train,
-and one that fails leaves its error in the run folder for rank 0's failure record (execute.py), as a local rank does.
+drawn from the job id) from SLURM's environment through submitit's TorchDistributedEnvironment: the job needs no
+torchrun inside srun, and the function submitit runs in each task is the same train_in_job, which builds the
+task's `Ranks` from it (job_ranks). Rank 0 holds the run's lock, checks the data and writes the run's files; the
+others only train, and one that fails leaves its error in the run folder for rank 0's failure record (execute.py),
+as a local rank does. A run's checkpoint is dropped (or kept) by the sweep process as it ends the run (end_run).
 submitit is imported only here, and only when the launcher is used.
 """
 
@@ -33,13 +34,17 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ablations import atomic
 from ablations.config import ConfigError, RunConfig
-from ablations.store import HISTORY, REDO, AccessError, Locks, Store, StoreError, read_json
-from ablations.sweep.execute import end_run, execute_run, follow_run, limit_cpu_threads, record_exception
+from ablations.store import HISTORY, AccessError, Locks, Store, StoreError, read_json
+from ablations.sweep.execute import EndRun, execute_run, follow_run, limit_cpu_threads, record_exception
 from ablations.sweep.plan import data_record
 from ablations.sweep.progress import SweepProgress
+
+if TYPE_CHECKING:
+    from ablations.engine.distributed import Ranks
 
 JOBS = "jobs.json"  # {run_id: SLURM job id}, in the sweep's slurm/ folder
 LIVE_STATES = {
@@ -69,13 +74,13 @@ class SlurmOptions:
     extra: dict[str, str | bool] = field(default_factory=dict)  # more sbatch options: {"constraint": "a100"}
     parallel: int | None = None  # at most this many array tasks run at once (None: all)
     poll_s: float = 15.0  # how often the sweep process asks squeue (it looks at the store every second)
-    procs: int = 1  # processes (tasks) per run: DDP; with GPUs, `gpus` is then per node
+    procs: int = 1  # processes (tasks) per run: DDP (the sweep's --procs-per-run, checked); `gpus` is then per node
 
     def __post_init__(self) -> None:
         """ConfigError, naming the command's option, for a value SLURM would refuse or misread (the cluster itself
         is asked in check_cluster)."""
         for option, value in (("slurm-time", self.time_min), ("slurm-cpus", self.cpus_per_task),
-                              ("slurm-parallel", self.parallel), ("procs-per-run", self.procs)):  # fmt: skip
+                              ("slurm-parallel", self.parallel)):  # fmt: skip
             if value is not None and value < 1:
                 raise ConfigError(f"--{option} {value} is not accepted: expected an integer >= 1")
         if not self.poll_s > 0:
@@ -91,13 +96,13 @@ class SlurmOptions:
             )
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "SlurmOptions":
-        """The options add_slurm_options parsed."""
+    def from_args(cls, args: argparse.Namespace, procs: int) -> "SlurmOptions":
+        """The options add_slurm_options parsed, for runs on `procs` processes each."""
         return cls(
             partition=args.slurm_partition, time_min=args.slurm_time, cpus_per_task=args.slurm_cpus,
             mem=args.slurm_mem, gpus=args.slurm_gpus, account=args.slurm_account, qos=args.slurm_qos,
             extra=parse_extra(args.slurm_option), parallel=args.slurm_parallel, poll_s=args.slurm_poll,
-            procs=args.procs_per_run,
+            procs=procs,
         )  # fmt: skip
 
     @property
@@ -187,24 +192,29 @@ def check_cluster(options: SlurmOptions) -> None:
         raise ConfigError(f"SLURM refuses these jobs ({' '.join(command[2:-2])}): {reason}")
 
 
-def train_in_job(
-    store_root: str, values: dict, keep_checkpoints: bool, device: str, locks: Locks, procs: int = 1
-) -> dict | None:
+def job_ranks() -> "Ranks":
+    """This task's place in its job's run, from SLURM's environment as submitit reads it (rank, world size, local
+    rank, and the rendezvous: the first node, a port drawn from the job id; loopback when the job has one node)."""
+    from ablations.engine.distributed import Ranks  # torch: in the job, not in the sweep process
+
+    job = import_submitit().helpers.TorchDistributedEnvironment()
+    one_node = job.world_size == job.local_world_size  # loopback, not a node name that may not resolve
+    addr = "127.0.0.1" if one_node else job.master_addr
+    return Ranks(job.rank, job.world_size, job.local_rank, addr, job.master_port)
+
+
+def train_in_job(store_root: str, values: dict, device: str, locks: Locks, procs: int = 1) -> dict | None:
     """One array task: train one run (unless a duplicate job trained it already; see the module docstring) on the
     data its data.json records. A lock it cannot hold or other data on this node fail the run in one line. With
     `procs` > 1 every task of the job runs this, as the rank SLURM's environment gives it (rank 0 returns the
     metrics, the others None)."""
     store, cfg = Store(Path(store_root), locks), RunConfig.from_dict(values)
     run_dir = store.run_dir(cfg)
-    if procs > 1:
-        job = import_submitit().helpers.TorchDistributedEnvironment()
-        if job.world_size == job.local_world_size:  # one node: loopback, not a node name that may not resolve
-            job.master_addr = "127.0.0.1"
-        job.export(set_cuda_visible_devices=False, overwrite=True)
-        if os.environ["RANK"] != "0":
-            if store.metrics(run_dir) is None:  # rank 0 trains it too: a duplicate job's ranks all stop here
-                follow_run(cfg, run_dir, device)
-            return None
+    ranks = job_ranks() if procs > 1 else None
+    if ranks is not None and not ranks.main:
+        if store.metrics(run_dir) is None:  # rank 0 trains it too: a duplicate job's ranks all stop here
+            follow_run(cfg, run_dir, device, ranks)
+        return None
     try:
         lock = store.lock_run(cfg.run_id())
     except (StoreError, OSError) as error:  # another user's lock file, a filesystem without locks
@@ -217,7 +227,7 @@ def train_in_job(
                 store.check_run(cfg, data_record(cfg), seen=f"node {socket.gethostname()} sees")
             except Exception as error:  # other data here, or none: nothing trains, the run says why
                 return record_exception(store, run_dir, error, device)
-            metrics = execute_run(cfg, store, device, keep_checkpoints=keep_checkpoints, distributed=procs > 1)
+            metrics = execute_run(cfg, store, device, ranks=ranks)
     store.write_summary()
     return metrics
 
@@ -262,8 +272,8 @@ def sacct_state(job_id: str) -> str:
 
 
 class SlurmLauncher:
-    def __init__(self, store: Store, options: SlurmOptions, keep_checkpoints: bool) -> None:
-        self.store, self.options, self.keep_checkpoints = store, options, keep_checkpoints
+    def __init__(self, store: Store, options: SlurmOptions) -> None:
+        self.store, self.options = store, options
         self.folder = store.root / "slurm"
         self.queue: dict[str, JobState] = {}  # squeue's last answer
         self.answered = True  # whether squeue answered the last time we asked
@@ -284,8 +294,8 @@ class SlurmLauncher:
         values = [cfg.to_dict() for cfg in configs]
         try:
             jobs = executor.map_array(
-                train_in_job, [root] * n, values, [self.keep_checkpoints] * n, [self.options.device] * n,
-                [self.store.locks] * n, [self.options.procs] * n,
+                train_in_job, [root] * n, values, [self.options.device] * n, [self.store.locks] * n,
+                [self.options.procs] * n,
             )  # fmt: skip
         except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError) as error:
             lines = str(error).strip().splitlines() or ["(no message)"]
@@ -305,7 +315,7 @@ class SlurmLauncher:
         except AccessError:
             raise
         except StoreError as error:
-            jobs, why = None, str(error).removesuffix(REDO)
+            jobs, why = None, str(error)  # not a run file: no advice to redo a run
         else:
             why = f"{path} is not accepted: expected a JSON object of run ids and SLURM job ids"
         if not isinstance(jobs, dict) or not all(isinstance(v, str) for v in jobs.values()):
@@ -315,10 +325,10 @@ class SlurmLauncher:
             )
         return jobs
 
-    def run(self, configs: list[RunConfig], progress: SweepProgress) -> dict[str, dict]:
-        """Submit every config whose job is not still queued or running, follow all of them to their end, and
-        return {run_id: metrics}."""
-        self.progress = progress
+    def run(self, configs: list[RunConfig], progress: SweepProgress, end_run: EndRun) -> dict[str, dict]:
+        """Submit every config whose job is not still queued or running, follow all of them to their end (each
+        ended by `end_run`), and return {run_id: metrics}."""
+        self.progress, self.end_run = progress, end_run
         self.refresh_queue()
         if not self.answered:
             raise ConfigError("the SLURM controller does not answer squeue; try again when it is back")
@@ -410,4 +420,4 @@ class SlurmLauncher:
             self.progress.write(f"         log of SLURM job {job_id}: {self.log_path(job_id)}")
             return f"SLURM job {job_id} ended as {job.state}{detail}"
 
-        return end_run(self.store, run_id, self.progress, why_it_died, "slurm")
+        return self.end_run(run_id, why_it_died, "slurm")

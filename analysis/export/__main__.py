@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from ablations.config import ConfigError
+from analysis.errors import AnalysisError
 from analysis.export import FORMATS
-from analysis.options import AnalysisError
 from convmixer.arguments import MissingPackage, OneLineParser, folder_path, require, run_cli
 
 PROG = "python -m analysis.export"

@@ -8,13 +8,13 @@ from typing import Any
 
 import pandas as pd
 
-from ablations.store import METRIC_FIELDS
-from analysis.load import CONFIG_KEYS, DATA_FIELDS, load_data, load_history, load_runs, sweep_name
+from ablations.store import CONFIG_KEYS, EXPORTED_DATA, METRIC_FIELDS
+from analysis.load import load_data, load_history, load_runs, sweep_name
 from analysis.provenance import NOT_RECORDED
 
 # metrics.json's facts of the machine and software (hardware: the GPU's name on a GPU, else the CPU's), then
 # data.json's fingerprints of the two splits.
-PROVENANCE = ("toolkit_commit", "device", "hardware", "driver", "torch_version", *DATA_FIELDS[1:])
+PROVENANCE = ("toolkit_commit", "device", "hardware", "driver", "torch_version", *EXPORTED_DATA[1:])
 
 
 @dataclass(frozen=True)

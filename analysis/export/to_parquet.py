@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from ablations import atomic
+from ablations.store import CONFIG_KEYS
 from analysis.export.runs import PROVENANCE, Run
-from analysis.load import CONFIG_KEYS
 
 COLUMNS = ["sweep", "run_id", "status", "epoch", "metric", "value", *CONFIG_KEYS, *PROVENANCE]
 

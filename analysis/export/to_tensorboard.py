@@ -2,10 +2,9 @@
 the run's hparams (its config, status and provenance, with its metrics), so that TensorBoard's HPARAMS tab
 compares the runs. Written with torch's SummaryWriter, which stores scalars as 32-bit floats."""
 
-import secrets
 from pathlib import Path
 
-from analysis.build import publish, recover
+from ablations import atomic
 from analysis.export.runs import Run
 
 
@@ -26,13 +25,9 @@ def write_run(run: Run, folder: Path) -> None:
 
 
 def write(runs: list[Run], out: Path) -> Path:
-    """Each run is written into a folder of its own, then swapped in for its earlier export (build.publish): a
-    second export replaces the first, it never adds a second set of event files."""
+    """Each run's folder is written whole, then swapped in for its earlier export (atomic.write_folder): a second
+    export replaces the first, it never adds a second set of event files."""
     root = Path(out) / "tensorboard" / runs[0].sweep
     for run in runs:
-        target = root / run.run_id
-        recover(target)
-        staging = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        write_run(run, staging)
-        publish(staging, target)
+        atomic.write_folder(root / run.run_id, lambda staging, run=run: write_run(run, staging))
     return root

@@ -5,9 +5,9 @@ summary. W&B's own capture of this machine (git, system metrics, hardware) is of
 that exported, not the one that trained."""
 
 import shutil
-import tempfile
 from pathlib import Path
 
+from ablations import atomic
 from ablations.store import DONE
 from analysis.export.runs import Run
 
@@ -38,23 +38,19 @@ def write_run(run: Run, out: Path) -> None:
 
 
 def write(runs: list[Run], out: Path) -> Path:
-    """A run's earlier offline folders are set aside while its new one is written, then removed (or put back if
-    the write fails): a second export replaces the first, so `wandb sync` finds one folder per run."""
+    """A run's new offline folder is written whole in a staging folder (W&B names it by the time), swapped in
+    (atomic.publish_folder), and only then are its earlier ones removed: a second export replaces the first, so
+    `wandb sync` finds one folder per run, and a failed one leaves the earlier as it was."""
     root = Path(out) / "wandb"
     root.mkdir(parents=True, exist_ok=True)
     for run in runs:
+        atomic.recover_folder(root / run.run_id)  # the staging folders of a killed export
         earlier = sorted(root.glob(f"offline-run-*-{run.run_id}"))
-        aside = Path(tempfile.mkdtemp(prefix=f".{run.run_id}.", suffix=".old", dir=root))
+        with atomic.staging_folder(root / run.run_id) as staging:
+            write_run(run, staging)
+            (made,) = (staging / "wandb").glob(f"offline-run-*-{run.run_id}")
+            atomic.publish_folder(made, root / made.name)
         for path in earlier:
-            path.rename(aside / path.name)
-        try:
-            write_run(run, Path(out))
-        except BaseException:
-            for path in root.glob(f"offline-run-*-{run.run_id}"):
-                shutil.rmtree(path, ignore_errors=True)  # the half-written new folder
-            for path in earlier:
-                (aside / path.name).rename(path)
-            raise
-        finally:
-            shutil.rmtree(aside, ignore_errors=True)
+            if path.name != made.name:
+                shutil.rmtree(path, ignore_errors=True)
     return root
