@@ -151,7 +151,8 @@ def check_done_metrics(metrics: dict, path: Path) -> None:
 
 def read_history(path: Path, epochs: int | None = None) -> list[dict]:
     """A run's history.json: one record per completed epoch, each with its 'epoch' and HISTORY_FIELDS of their types
-    (and any undeclared key of a number: schema.UNDECLARED_HISTORY_FIELD). Given the run's `epochs`, a file far larger than such a run writes is refused before it is parsed."""
+    (and any undeclared key of a number: schema.UNDECLARED_HISTORY_FIELD). Given the run's `epochs`, a file far
+    larger than such a run writes is refused before it is parsed."""
     size = path.stat().st_size
     if epochs is not None and size > epochs * HISTORY_BYTES_PER_EPOCH:
         raise Damaged(path, f"{path} is not accepted: {size:,} bytes, more than a run of {epochs} epochs writes")
