@@ -9,19 +9,26 @@ values, so it loads with `weights_only=True`; a resumed run replays exactly what
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from ablations.config import RunConfig
 from ablations.engine import distributed
+from ablations.engine.distributed import Ranks
 from ablations.store import CHECKPOINT_KEYS, set_aside
 
-if TYPE_CHECKING:  # the Trainer loads the checkpoint; engine.train imports this module
-    from ablations.engine.train import Trainer
+
+class Loader(Protocol):
+    """What reads a checkpoint in: engine.train's Trainer (which imports this module)."""
+
+    device: torch.device
+    ranks: Ranks
+
+    def load(self, checkpoint: dict) -> None: ...
 
 
-def read_checkpoint(path: Path, cfg: RunConfig, trainer: "Trainer", log: Callable[[str], None]) -> dict | None:
+def read_checkpoint(path: Path, cfg: RunConfig, trainer: Loader, log: Callable[[str], None]) -> dict | None:
     """This run's checkpoint at `path`, loaded into `trainer` (Trainer.load: all or nothing), or None when it is
     unusable (truncated, damaged, another run's, a tensor of another shape: anything that does not load): then it
     is set aside (ablations.store.set_aside: checkpoint.pt.damaged-<time>), named in the log and on the console,
@@ -56,7 +63,7 @@ def first_line(error: Exception) -> str:
 
 
 def read_checkpoint_on_every_rank(
-    path: Path | None, cfg: RunConfig, trainer: "Trainer", log: Callable[[str], None]
+    path: Path | None, cfg: RunConfig, trainer: Loader, log: Callable[[str], None]
 ) -> dict | None:
     """The checkpoint every rank resumes from, loaded into each rank's `trainer`: rank 0 reads and loads it first
     (and alone sets an unusable one aside), then the others load what it kept (the same model takes it the same
