@@ -28,8 +28,9 @@ from convmixer.arguments import OneLineParser, UsageError, run_cli
 PROG = "python -m benchmarks.fused_step"
 MODES = ("eager", "compiled", "cudagraphs")
 WARMUP = 3  # untimed steps first: the compile, cuDNN's autotuner, the CUDA graphs' recording
-# In Inductor's output code: a kernel it generated (C++ on a CPU, Triton on a GPU), and a call it leaves to a library.
-FUSED_KERNEL = re.compile(r"^(cpp_fused\w*|triton_\w+) = async_compile\.", re.M)
+# In Inductor's output code: a launch of a kernel it generated (C++ on a CPU, Triton on a GPU; layers of one shape
+# share a kernel's definition, so launches, not definitions, are the step's kernels), and a call left to a library.
+FUSED_KERNEL = re.compile(r"^\s+(cpp_fused\w*|triton_\w+)(?:\.run)?\(", re.M)
 LIBRARY_CALL = re.compile(r"(extern_kernels\.\w+|torch\.ops\.aten\.\w+\.\w+)\(")
 
 
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def kernel_counts(codes: list[str]) -> dict[str, int]:
     """The kernels of Inductor's output code for one step (its forward and backward modules)."""
     return {
-        "fused_kernels": sum(len(FUSED_KERNEL.findall(code)) for code in codes),
+        "fused_launches": sum(len(FUSED_KERNEL.findall(code)) for code in codes),
         "library_calls": sum(len(LIBRARY_CALL.findall(code)) for code in codes),
     }
 
@@ -98,7 +99,7 @@ def rows_table(rows: list[dict]) -> str:
     lines = ["| k | mode | step ms | floor ms | step / floor | kernels (fused + library) or eager ops |"]
     lines.append("|---|---|---|---|---|---|")
     for row in rows:
-        kernels = row.get("eager_ops", f"{row.get('fused_kernels')} + {row.get('library_calls')}")
+        kernels = row.get("eager_ops", f"{row.get('fused_launches')} + {row.get('library_calls')}")
         lines.append(
             f"| {row['kernel_size']} | {row['mode']} | {row['step_ms']:.3f} | {row['floor_ms']:.3f} | "
             f"{row['step_ms'] / row['floor_ms']:.1f} | {kernels} |"
