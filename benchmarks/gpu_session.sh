@@ -99,7 +99,8 @@ case "$PART" in
             --compiled-seeds 2 --variants "$COMPILED,reference,reference-workers" --reference-epochs 2 \
             --out "$OUT/train_speed.json" ;;
     step)  # each of 2 k x 3 modes: a compile (cold: about a minute) and 20 timed steps; a row written after each
-        step fused-step 540 python -m benchmarks.fused_step "${FUSED[@]}" --out "$OUT/fused_step.json" ;;
+        step fused-tests 90 python -m pytest -q -m cuda -p no:cacheprovider -rfEs tests/test_fused_step.py
+        step fused-step 450 python -m benchmarks.fused_step "${FUSED[@]}" --out "$OUT/fused_step.json" ;;
     kernels)  # its CPU path is its own tests'
         step kernels 540 python -m benchmarks.kernels --out "$OUT/kernels.json" ${KERNELS_ARGS:-} ;;
     loader)

@@ -84,3 +84,18 @@ def test_the_eager_op_count_counts_the_forward_and_backward_kernels():
     ops = fused_step.eager_ops(trainer, images, targets)
     # each conv -> GELU -> norm unit: at least a conv, a GELU and a norm forward and their three backwards
     assert ops >= 6 * (1 + 2 * cfg.depth) and all(p.grad is None for p in trainer.model.parameters())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_run_with_cuda_graphs_trains_and_evaluates_as_the_compiled_run():
+    """Unproven until run on a GPU: training and evaluation (inference mode, the padded eval batch) replayed as
+    CUDA graphs, against the same run compiled without them."""
+    sizes = dict(train_subset=256, test_subset=100, batch_size=64, epochs=2, precision="fp32", tf32=False)
+    cfg = RunConfig(**{**TINY, **sizes, "compile": True})
+    runs = []
+    for graphs in (False, True):
+        runs.append(train.train_run(dataclasses.replace(cfg, cuda_graphs=graphs), None, device="cuda", log=print))
+    assert [run["epochs_completed"] for run in runs] == [2, 2] and runs[1]["compiled_graphs"] == 2
+    for key in ("train_loss", "test_loss", "test_acc"):
+        assert runs[1][key] == pytest.approx(runs[0][key], rel=1e-3, abs=1e-3), key
