@@ -10,6 +10,8 @@ from torch._inductor.utils import run_and_get_code
 from ablations import config
 from ablations.config import ConfigError, RunConfig
 from ablations.engine import train
+from ablations.run import cli as run_cli
+from ablations.train import cli as train_cli
 from benchmarks import fused_step
 from benchmarks.measure import random_batch
 
@@ -52,6 +54,16 @@ def test_cuda_graphs_are_refused_on_a_cpu_and_without_compile_in_one_line():
         train.train_run(RunConfig(**TINY, compile=True, cuda_graphs=True), None, device="cpu", log=print)
     with pytest.raises(ConfigError, match=r"^cuda_graphs=True is not accepted with compile=False: [^\n]*$"):
         RunConfig(**TINY, cuda_graphs=True).validate()
+
+
+@pytest.mark.parametrize("command", [run_cli, train_cli])
+def test_both_commands_refuse_cuda_graphs_on_a_cpu_in_one_line_before_writing(command, tmp_path, capsys):
+    keys = "dataset=synthetic,compile=true,cuda_graphs=true"
+    device = ["--devices" if command is run_cli else "--device", "cpu"]
+    assert command(["--preset", "smoke", "--set", keys, *device, "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "cuda_graphs=True is not accepted on cpu" in error and error.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_cuda_graphs_key_leaves_every_earlier_run_id_as_it_was(monkeypatch):
