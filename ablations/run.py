@@ -210,11 +210,14 @@ def create_result_dir(root: Path) -> None:
 def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: list[str]) -> None:
     import torch  # here, once the command line is parsed: --help and usage errors answer without it
 
-    from ablations.engine.train import run_dtype
+    from ablations.engine.train import check_cuda_graphs, run_dtype
 
     for precision in {cfg.precision for cfg in configs}:
         for device in devices:
             run_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
+    for cfg in configs:  # as fp16: cuda_graphs needs CUDA
+        for device in devices:
+            check_cuda_graphs(cfg, torch.device(device))
     if args.time_limit is not None and args.launcher == "slurm":
         raise ConfigError("--time-limit is not accepted with --launcher slurm: use --slurm-time for each job")
     options = SlurmOptions.from_args(args, args.procs_per_run)  # a bad --slurm-* value is refused on any sweep

@@ -77,6 +77,12 @@ def persistent_compile_caches() -> Path:
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
+def check_cuda_graphs(cfg: RunConfig, device: torch.device) -> None:
+    """ConfigError if the run asks for CUDA graphs on a device that has none."""
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"cuda_graphs=True is not accepted on {device.type}: CUDA graphs need a CUDA device")
+
+
 def fused_adamw(device: torch.device) -> bool:
     """Whether AdamW runs fused on `device`: on CUDA, one kernel for all parameters and no host sync (the
     for-each kernel reads its step counters back to the host). The CPU keeps the for-each kernel, whose
@@ -154,7 +160,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
 
     def compiled(self, module: nn.Module) -> nn.Module:
-        return torch.compile(module, dynamic=False, backend=COMPILE_BACKEND) if self.cfg.compile else module
+        """`module` under torch.compile if the run compiles; with cuda_graphs, in reduce-overhead mode: the compiled
+        forward and backward recorded once per batch shape as CUDA graphs and replayed, one launch each."""
+        if not self.cfg.compile:
+            return module
+        mode = "reduce-overhead" if self.cfg.cuda_graphs else None
+        return torch.compile(module, dynamic=False, backend=COMPILE_BACKEND, mode=mode)
 
     def logits(self, images: torch.Tensor, train: bool = True) -> torch.Tensor:
         forward = self.forward if train else self.eval_forward
@@ -330,6 +341,7 @@ def train_run(
     batch = distributed.local_batch(cfg.batch_size, ranks.world_size)  # fails before any process waits for another
     device = distributed.rank_device(resolve_device(device), ranks)
     dtype = run_dtype(cfg.precision, device)  # before loading data, so a bad precision fails at once
+    check_cuda_graphs(cfg, device)
     distributed.start(ranks, device)
     try:
         return train_process(cfg, run_dir, device, dtype, log if ranks.main else lambda line: None, on_epoch, ranks,
