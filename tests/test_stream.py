@@ -70,6 +70,20 @@ def test_the_same_images_in_a_folder_and_in_shards_give_the_same_pixels(tree, sh
         assert torch.equal(a, b) and torch.equal(a_labels, b_labels)
 
 
+def test_shards_named_with_a_prefix_are_read_and_a_folder_without_the_naming_rule_is_told_it(shard_folder, tmp_path):
+    prefixed, unsplit = tmp_path / "prefixed", tmp_path / "unsplit"
+    prefixed.mkdir(), unsplit.mkdir()
+    for path in shard_folder.iterdir():
+        shutil.copy(path, prefixed / (path.name if path.suffix == ".txt" else f"imagenet-{path.name}"))
+        shutil.copy(path, unsplit / path.name.replace("train-", "shard-").replace("val-", "shard-val"))
+    ours, theirs = (build_data(streamed(root), CPU, resident_bytes=0, workers=0) for root in (shard_folder, prefixed))
+    assert theirs.classes == ours.classes and len(theirs.train.images.files) == len(ours.train.images.files)
+    (a, a_labels), (b, b_labels) = pixels(ours.test), pixels(theirs.test)
+    assert torch.equal(a, b) and torch.equal(a_labels, b_labels)
+    with pytest.raises(DataError, match=r"nor shards named \[<prefix>-\]train-NNNNNN\.tar \(six digits"):
+        build_data(streamed(unsplit), CPU, resident_bytes=0, workers=0)
+
+
 def test_a_training_crop_depends_on_seed_epoch_and_index_only(tree):
     data = build_data(streamed(tree), CPU, resident_bytes=0, workers=0)
     files = data.train.images.files
