@@ -169,6 +169,9 @@ def eval_transform(args: argparse.Namespace, model: "ConvMixer") -> EvalTransfor
     if args.model is not None:
         return registered(args.model).eval_transform()
     size = run_config(args.checkpoint).get("image_size", 224) if args.image_size is None else args.image_size
+    if size == 0 and args.image_size is None:  # the run's data at its own size: a folder's images have none
+        recorded = args.checkpoint.parent / "config.json"
+        raise ValueError(f"{recorded} has image_size=0 (the data's own size): give --image-size")
     check_integer("--image-size", size, minimum=model.config.patch_size)
     return EvalTransform(size, CONVMIXER_EVAL)
 

@@ -98,6 +98,9 @@ def test_a_toolkit_runs_checkpoint_is_scored_with_the_shape_of_its_tensors_and_i
     scores = own_scores(model, EvalTransform(24, registry.CONVMIXER_EVAL).build(), val)
     assert cli(["--checkpoint", str(run / "checkpoint.pt"), "--data", str(val), "--workers", "0"]) == 0
     assert capsys.readouterr().out.startswith(f"ConvMixer-12/2: {scores} on 14 images of {val} (resize 25 bicubic")
+    (run / "config.json").write_text(json.dumps({**recorded, "image_size": 0}))  # the data's own size: unknown here
+    assert cli(["--checkpoint", str(run / "checkpoint.pt"), "--data", str(val), "--workers", "0"]) == 2
+    assert "has image_size=0 (the data's own size): give --image-size" in capsys.readouterr().err
 
 
 def test_bad_input_is_one_line_exit_2(tiny, tmp_path, capsys, monkeypatch) -> None:
