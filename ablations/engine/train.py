@@ -8,6 +8,7 @@ ends with an atomic checkpoint holding only tensors and plain Python values (rea
 Every random draw comes from (seed, epoch), so a resumed run replays exactly what an uninterrupted one would have done.
 """
 
+import copy
 import os
 import sys
 import time
@@ -282,12 +283,25 @@ class Trainer:
         }
 
     def load(self, checkpoint: dict) -> None:
+        """Load a checkpoint's model, optimizer and scaler, all or nothing: a checkpoint that does not fit (a tensor
+        of another shape) raises with this trainer as it was, so the run can start over from its own start."""
+        before = copy.deepcopy({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()})
+        try:
+            self._load(checkpoint)
+        except Exception:
+            self._load({**before, "scaler": self.scaler.state_dict()})
+            raise
+
+    def _load(self, checkpoint: dict) -> None:
         self.model.load_state_dict(checkpoint["model"])
         # The checkpoint may come from another device (CPU -> CUDA): keep this device's AdamW kernel, which also
         # decides where load_state_dict puts the step counters (on the GPU for fused, else wherever they were).
         for group in checkpoint["optimizer"]["param_groups"]:
             group["fused"] = self.fused
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        for param, state in self.optimizer.state.items():  # load_state_dict takes moments of any shape
+            if any(value.dim() and value.shape != param.shape for value in state.values()):
+                raise ValueError(f"an optimizer state of shape other than its parameter's {tuple(param.shape)}")
         self.scaler.load_state_dict(checkpoint["scaler"])
 
 
@@ -395,9 +409,8 @@ def train_epochs(
     cfg = trainer.cfg
     history, wall_before, skipped = [], 0.0, []
     checkpoint_path = Path(run_dir) / CHECKPOINT if run_dir is not None else None
-    checkpoint = read_checkpoint_on_every_rank(checkpoint_path, cfg, trainer.device, trainer.ranks, log)
+    checkpoint = read_checkpoint_on_every_rank(checkpoint_path, cfg, trainer, log)
     if checkpoint is not None:
-        trainer.load(checkpoint)
         history, wall_before = checkpoint["history"], checkpoint["wall_time_s"]
         skipped = checkpoint.get("skipped_images", [])
         log(f"resumed from {checkpoint_path} after epoch {checkpoint['epoch']}")
