@@ -345,10 +345,10 @@ def train(
 
 def cli(argv: list[str] | None = None) -> int:
     rank = torchrun_rank(os.environ)
-    if rank is not None:  # each rank would start its own sweep: one line (rank 0's), nothing written, exit 0 (train.py)
+    if rank is not None:  # each rank would start its own sweep: one line and exit 2 (rank 0's), nothing written
         if rank == 0:
             print(f"{PROG}: error: {UNDER_TORCHRUN}", file=sys.stderr)
-        return 0
+        return 2 if rank == 0 else 0
     try:
         return run_cli(main, argv, PROG, (ConfigError, DataError, StoreError, WriteError))
     except KeyboardInterrupt:

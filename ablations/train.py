@@ -111,11 +111,10 @@ def stop_for_torchrun(signum: int, frame: object) -> None:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """main's exit code, bad input in one line (exit 2). Under torchrun the line is rank 0's alone, and every rank
-    exits 0 once it is printed: torchrun answers any non-zero exit with its own multi-line ChildFailedError
-    traceback, so the failure is told by the line and the run's record (its metrics.json, summary.csv), not by
-    torchrun's exit status. Only rank 0 stopped alone, before its peers could join it (PEERS_WAITING), exits
-    non-zero: torchrun then stops the peers, which would otherwise wait for it until the collective timeout."""
+    """main's exit code, bad input in one line (exit 2). Under torchrun the line is rank 0's alone and the exit code
+    too: the other ranks print nothing and exit 0, so torchrun names rank 0 alone. torchrun then adds its own
+    ChildFailedError report for rank 0's non-zero exit; exiting 0 would hide it, and with it the failure from every
+    script that reads the exit status (SLURM, CI), so it stays."""
     rank = torchrun_rank(os.environ)
     try:
         with contextlib.redirect_stderr(io.StringIO()) if rank else contextlib.nullcontext():
@@ -123,7 +122,7 @@ def cli(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last epoch")
         return 130
-    return code if rank is None or code == PEERS_WAITING else 0
+    return code if not rank else 0  # rank None (no torchrun) or 0
 
 
 if __name__ == "__main__":

@@ -298,16 +298,17 @@ def test_under_torchrun_bad_input_is_one_line_and_ablations_run_points_to_ablati
     ):
         done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
         ours = [line for line in done.stderr.splitlines() if line.startswith("python -m ablations.")]
-        assert done.returncode == 0 and len(ours) == 1 and message in ours[0], done.stderr
-        assert "Traceback" not in done.stderr and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+        assert done.returncode != 0 and len(ours) == 1 and message in ours[0], done.stderr
+        assert "rank 1" not in done.stderr.split("Root Cause")[-1], done.stderr  # torchrun names rank 0 alone
+        assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_other_ranks_stay_silent_under_torchrun_and_too_many_processes_warn(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
-    for rank, printed in (("1", ""), ("0", "batch_size=63 is not accepted on 2 processes")):
+    for rank, printed, code in (("1", "", 0), ("0", "batch_size=63 is not accepted on 2 processes", 2)):
         monkeypatch.setenv("RANK", rank), monkeypatch.setenv("WORLD_SIZE", "2")
         monkeypatch.setenv("MASTER_ADDR", "127.0.0.1"), monkeypatch.setenv("MASTER_PORT", "29500")
-        assert train_cli(["--set", tiny_set(batch_size=63), "--out", str(tmp_path / "a")]) == 0
+        assert train_cli(["--set", tiny_set(batch_size=63), "--out", str(tmp_path / "a")]) == code
         err = capsys.readouterr().err
         assert (printed in err and err.count("\n") == 1) if printed else err == ""
     monkeypatch.setattr("convmixer.runtime.usable_cores", lambda: 2)
