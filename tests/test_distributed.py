@@ -21,11 +21,11 @@ from ablations.engine.distributed import Ranks, local_batch
 from ablations.run import cli
 from ablations.store import Store, write_rank_fault
 from ablations.sweep import execute
-from ablations.sweep.presets import PRESETS
 from ablations.sweep.local import device_slots, free_port
+from ablations.sweep.presets import PRESETS
 from ablations.train import cli as train_cli
 
-# 1,600 images in 25 batches of 64 (32 per rank), 3 epochs; no augmentation: each rank draws its own stream.
+# 1,600 images in 25 batches of 64 (32 per rank), 3 epochs, no augmentation.
 SAME_FUNCTION = tiny_set(epochs=3, train_subset=1600, batch_size=64, hflip=False)
 
 
