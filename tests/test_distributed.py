@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from conftest import imagefolder, write_tree
@@ -24,6 +25,7 @@ from ablations.sweep import execute
 from ablations.sweep.local import device_slots, free_port
 from ablations.sweep.presets import PRESETS
 from ablations.train import cli as train_cli
+from analysis import provenance
 
 # 1,600 images in 25 batches of 64 (32 per rank), 3 epochs, no augmentation.
 SAME_FUNCTION = tiny_set(epochs=3, train_subset=1600, batch_size=64, hflip=False)
@@ -332,3 +334,10 @@ def test_the_single_run_entry_refuses_bad_input_in_one_line_before_writing(tmp_p
     err = capsys.readouterr().err
     assert err.startswith("python -m ablations.train: error: ") and err.count("\n") == 1 and message in err
     assert not out.exists()
+
+
+def test_the_reports_hardware_line_names_a_runs_processes():
+    runs = pd.DataFrame(
+        {"status": ["done", "done"], "device": ["cpu", "cuda:0"], "hardware": ["Xeon", "H100"], "processes": [None, 2]}
+    )
+    assert provenance.hardware_text(runs) == "H100 (device cuda:0, 2 processes); Xeon (device cpu)"
