@@ -270,3 +270,20 @@ def test_a_process_augments_its_rows_of_the_global_batch_as_one_process_does(wor
         images, targets = augment(raw[rows], labels[rows], A.Draws(generator(7), n, rows))
         assert torch.allclose(images, whole_images[rows], atol=1e-6)
         assert torch.allclose(targets, whole_targets[rows], atol=1e-6)
+
+
+def test_timms_rand_augment_applies_each_op_with_probability_half_and_fills_with_the_mean_colour():
+    """The op drawn first, then the coin (as timm_rand_augment draws them): an image whose coin says no is returned
+    as it was; a geometric op on an image of the fill colour leaves it so (the zero padding became the fill)."""
+    n, fill = 64, torch.tensor([0.2, 0.5, 0.7]).view(3, 1, 1)
+    flat = fill.expand(n, 3, 32, 32).contiguous()
+    images = torch.rand(n, 3, 32, 32, generator=generator(6))
+    gen = generator(9)
+    chosen, applied = torch.randint(len(A.TIMM_RANDAUG_OPS), (n,), generator=gen), torch.rand(n, generator=gen) < 0.5
+    out = A.timm_rand_augment(images, 27, 1.5, fill, draws(9, n))
+    assert torch.equal(out[~applied], images[~applied]) and 0.3 < applied.float().mean() < 0.7
+    assert changed(out[applied], images[applied]).float().mean() > 0.8
+    geometric = applied & torch.isin(chosen, torch.tensor([A.TIMM_RANDAUG_OPS.index(name) for name in
+                                     ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")]))  # fmt: skip
+    assert geometric.any()
+    assert torch.allclose(A.timm_rand_augment(flat, 27, 1.5, fill, draws(9, n))[geometric], flat[geometric], atol=1e-5)

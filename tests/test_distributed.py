@@ -164,7 +164,8 @@ def test_two_synced_processes_train_what_one_process_trains_at_the_same_global_b
         sweeps[1] / "runs" / configs(True).run_id() / "metrics.json")  # fmt: skip
 
 
-AUGMENTATION_KEYS = ("scale", "hflip", "randaug_n", "randaug_m", "jitter", "reprob", "mixup", "cutmix")
+# The keys of a recipe's augmentation (RunConfig), which the test runs on the smoke's data.
+AUGMENTATION_KEYS = "scale hflip randaug_n randaug_m randaug_ops randaug_mstd jitter reprob mixup cutmix".split()
 
 
 @pytest.mark.slow

@@ -26,6 +26,12 @@ MAX_TRANSLATE = 150 / 331  # fraction of the image side
 MAX_ROTATE_DEGREES = 30.0
 MAX_ENHANCE = 0.9  # brightness/color/contrast/sharpness factor 1 +- this
 MAX_POSTERIZE_BITS_REMOVED = 4
+# timm's RandAugment ("rand-...-inc1", rand_augment_transform): its op set, translation and SolarizeAdd at level 10.
+TIMM_RANDAUG_OPS = (
+    "autocontrast", "equalize", "invert", "rotate", "posterize", "solarize", "solarize_add", "color", "contrast",
+    "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y",
+)  # fmt: skip
+TIMM_MAX_TRANSLATE, TIMM_SOLARIZE_ADD = 0.45, 110
 ERASE_AREA = (0.02, 0.33)  # torchvision RandomErasing defaults
 ERASE_LOG_ASPECT = (math.log(0.3), math.log(3.3))
 # The steps of the recipe a streamed split's loader workers do on each full-size image before the batch reaches
@@ -52,6 +58,9 @@ class Draws:
     def rand(self, *trailing: int) -> torch.Tensor:
         """Uniform [0, 1) draws shaped (images, *trailing)."""
         return self.keep(torch.rand(self.size, *trailing, generator=self.gen, device=self.gen.device))
+
+    def normal(self) -> torch.Tensor:
+        return self.keep(torch.randn(self.size, generator=self.gen, device=self.gen.device))
 
     def randint(self, high: int) -> torch.Tensor:
         return self.keep(torch.randint(high, (self.size,), generator=self.gen, device=self.gen.device))
@@ -227,6 +236,45 @@ def rand_augment(images: torch.Tensor, magnitude: int, draws: Draws) -> torch.Te
     return images
 
 
+def timm_rand_augment(
+    images: torch.Tensor, magnitude: int, magnitude_std: float, fill: torch.Tensor, draws: Draws
+) -> torch.Tensor:
+    """One round of timm's RandAugment with increasing ops: each image draws one of TIMM_RANDAUG_OPS, applied with
+    probability 0.5, at `magnitude` (0..30) plus Gaussian noise of std `magnitude_std` (clipped to 0..30), signed
+    ops with a random sign; geometric ops fill with `fill` (C, 1, 1, the mean colour in [0, 1]) as timm's img_mean.
+    The ops shared with torchvision's set reuse its arithmetic, at timm's ranges."""
+    chosen, applied = draws.randint(len(TIMM_RANDAUG_OPS)), coin(0.5, draws)
+    strength = torch.full(applied.shape, float(magnitude), device=applied.device)
+    if magnitude_std:
+        strength = (strength + magnitude_std * draws.normal()).clamp(0, 30)
+    level = strength / 30
+    signed = level * torch.where(coin(0.5, draws), -1.0, 1.0)
+    op = torch.where(applied, chosen, -1)
+    shared = torch.zeros_like(op)  # torchvision's index of an op both sets have; 0, the identity, for the others
+    for name in ("rotate", "shear_x", "shear_y", "translate_x", "translate_y", "color", "contrast", "brightness",
+                 "sharpness"):  # fmt: skip
+        shared = torch.where(op == TIMM_RANDAUG_OPS.index(name), RANDAUG_OPS.index(name), shared)
+    translated = (shared == RANDAUG_OPS.index("translate_x")) | (shared == RANDAUG_OPS.index("translate_y"))
+    affine_level = signed * torch.where(translated, TIMM_MAX_TRANSLATE / MAX_TRANSLATE, 1.0)
+    geometric = (shared >= RANDAUG_OPS.index("shear_x")) & (shared <= RANDAUG_OPS.index("rotate"))
+    warped = warp(images - fill, randaug_affine(shared, affine_level)) + fill  # the zero padding becomes `fill`
+    images = enhance(torch.where(per_sample(geometric), warped, images), shared, 1 + MAX_ENHANCE * signed)
+    # PIL's thresholds on 8-bit levels p: posterize keeps 4 - int(4 level) bits, solarize inverts p >= 256 -
+    # int(256 level), solarize_add adds int(110 level) to p < 128.
+    add = per_sample((TIMM_SOLARIZE_ADD * level).floor() / 255)
+    results = {
+        "autocontrast": autocontrast,
+        "equalize": equalize,
+        "invert": lambda x: 1 - x,
+        "posterize": lambda x: posterize(x, 4 + (4 * level).long()),
+        "solarize": lambda x: solarize(x, (255.5 - (256 * level).floor()) / 255),
+        "solarize_add": lambda x: torch.where(x < 127.5 / 255, (x + add).clamp(max=1), x),
+    }
+    for name, apply in results.items():
+        images = torch.where(per_sample(op == TIMM_RANDAUG_OPS.index(name)), apply(images), images)
+    return images
+
+
 def color_jitter(images: torch.Tensor, strength: float, draws: Draws) -> torch.Tensor:
     """torchvision ColorJitter(s, s, s): brightness, contrast and saturation factors uniform in 1 +- s."""
     for adjust in (brightness, contrast, saturation):
@@ -321,7 +369,10 @@ class Augment:
         if cfg.hflip and "flip" not in self.done:
             x = random_hflip(x, draws)
         for _ in range(cfg.randaug_n):
-            x = rand_augment(x, cfg.randaug_m, draws)
+            if cfg.randaug_ops == "timm":
+                x = timm_rand_augment(x, cfg.randaug_m, cfg.randaug_mstd, self.mean, draws)
+            else:
+                x = rand_augment(x, cfg.randaug_m, draws)
         if cfg.jitter:
             x = color_jitter(x, cfg.jitter, draws)
         x = normalise(x, self.mean, self.std)
