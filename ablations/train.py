@@ -50,12 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     sweep = build_sweep(PRESETS[preset].values, args.set, [], 1)
     (cfg,) = sweep_configs(preset, sweep, args.data_root)
     from ablations.engine.distributed import Ranks  # torch: once the command line is parsed
+    from ablations.engine.train import check_cuda_graphs
     from convmixer.runtime import parse_device
 
     try:  # named, not "auto", in the run's log and progress; a bad name is refused before anything is written
-        device = str(parse_device(args.device))
+        parsed = parse_device(args.device)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    check_cuda_graphs(cfg, parsed)
+    device = str(parsed)
     ranks = Ranks.from_env()  # torchrun's variables, read here only
     check_processes(ranks.world_size, [cfg])
     store = Store(args.out if args.out is not None else DEFAULT_ROOT / preset)
