@@ -21,6 +21,7 @@ from convmixer.registry import MODEL_CONFIGS
 DATASETS = ("synthetic", "cifar10", "cifar100", "imagefolder", "imagenette")
 DECODES = ("cpu", "gpu", "auto")
 BAD_IMAGES = ("error", "skip")
+RANDAUG_OP_SETS = ("torchvision", "timm")  # ablations.data.augment: rand_augment, timm_rand_augment
 SCHEDULES = ("onecycle", "cosine")
 RUN_PRECISIONS = ("auto", *sorted(AUTOCAST_PRECISIONS))  # a run's precision: auto (the device decides) or one
 DEPTHWISE_IMPLS = ("auto", *IMPLS)
@@ -47,6 +48,8 @@ LATER_KEYS: dict[str, object] = {
     "sync_bn": True,
     "accum_steps": 1,
     "checkpoint_activations": False,
+    "randaug_ops": "torchvision",
+    "randaug_mstd": 0.0,
     "cuda_graphs": False,
 }
 # Hex digits of a run id (64 bits); results written before ids had 16 were named by LEGACY_RUN_ID_LENGTH.
@@ -108,6 +111,10 @@ class RunConfig:
     hflip: bool = True
     randaug_n: int = 1  # RandAugment ops per image
     randaug_m: int = 8  # RandAugment magnitude, 0..30
+    # torchvision's RandAugment (14 ops, each image one) or timm's (its 15 "increasing" ops, each applied with
+    # probability 0.5, geometric ones filling with the mean colour), as the authors' `--aa rand-m9-mstd0.5-inc1`
+    randaug_ops: str = "torchvision"
+    randaug_mstd: float = 0.0  # timm's RandAugment only: per-image Gaussian noise on the magnitude (0..30 units)
     jitter: float = 0.1  # colour jitter strength
     reprob: float = 0.25  # random erasing probability
     mixup: float = 0.0  # mixup Beta(alpha, alpha); 0 = off
@@ -267,6 +274,8 @@ ACCEPTED: dict[str, Range | Choice | AutoSwitch] = {
     "scale": Range(float, 0.0, 1.0, open_low=True),
     "randaug_n": Range(int, 0),
     "randaug_m": Range(int, 0, 30),
+    "randaug_ops": Choice(RANDAUG_OP_SETS),
+    "randaug_mstd": Range(float, 0.0, 30.0),
     "jitter": Range(float, 0.0, 1.0),
     "reprob": Range(float, 0.0, 1.0),
     "mixup": Range(float, 0.0, note="0: off"),

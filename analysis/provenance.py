@@ -148,16 +148,19 @@ def dates_text(runs: pd.DataFrame) -> str:
 
 
 def hardware_text(runs: pd.DataFrame) -> str:
-    """The machines that measured the runs, e.g. "Intel(R) Xeon(R) Processor (2 cores) (device cpu)"."""
+    """The machines that measured the runs, e.g. "Intel(R) Xeon(R) Processor (2 cores) (device cpu)", with the
+    processes of a run that ran on several (rank 0's device named): "(device cuda:0, 2 processes)"."""
     finished = done(runs)
     pairs = finished[["device"]].assign(
         hardware=finished["hardware"] if "hardware" in finished else math.nan,
         driver=finished["driver"] if "driver" in finished else math.nan,  # GPU runs record their NVIDIA driver
+        processes=finished["processes"] if "processes" in finished else math.nan,  # recorded when more than 1
     )
     names = sorted(
         {
-            f"{NOT_RECORDED if pd.isna(hw) else hw} (device {device}{'' if pd.isna(drv) else f', driver {drv}'})"
-            for device, hw, drv in pairs.itertuples(index=False)
+            f"{NOT_RECORDED if pd.isna(hw) else hw} (device {device}{'' if pd.isna(drv) else f', driver {drv}'}"
+            f"{'' if pd.isna(procs) else f', {int(procs)} processes'})"
+            for device, hw, drv, procs in pairs.itertuples(index=False)
         }
     )
     return "; ".join(names) or NOT_RECORDED

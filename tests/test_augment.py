@@ -16,6 +16,11 @@ def generator(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def draws(seed: int = 0, n: int = N) -> A.Draws:
+    """A whole batch of n images' draws from generator(seed)."""
+    return A.Draws(generator(seed), n)
+
+
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
     """Smooth random images with some structure (so crops, flips and filters visibly change them), in [0, 1]."""
@@ -147,18 +152,18 @@ def test_rotate_turns_about_the_centre_by_the_magnitude():
 
 
 def test_crop_and_flip(images):
-    assert torch.allclose(A.random_resized_crop(images, 1.0, generator()), images, atol=1e-5)
-    cropped = A.random_resized_crop(images, 0.3, generator())
+    assert torch.allclose(A.random_resized_crop(images, 1.0, draws()), images, atol=1e-5)
+    cropped = A.random_resized_crop(images, 0.3, draws())
     assert cropped.shape == images.shape and changed(cropped, images).all()
-    flipped = A.random_hflip(images, generator())
+    flipped = A.random_hflip(images, draws())
     each = changed(flipped, images)
     assert 0 < each.sum() < N  # about half the images
     assert torch.equal(flipped[each], images[each].flip(-1))
 
 
 def test_random_erase_fills_one_rectangle_per_chosen_image(images):
-    assert torch.equal(A.random_erase(images, 0.0, generator()), images)
-    erased = A.random_erase(images, 1.0, generator())
+    assert torch.equal(A.random_erase(images, 0.0, draws()), images)
+    erased = A.random_erase(images, 1.0, draws())
     touched = (erased != images).any(1)  # N x H x W
     area = touched.float().mean((1, 2))
     assert ((area >= 0.015) & (area <= 0.34)).all() and (erased[erased != images] == 0).all()
@@ -175,15 +180,14 @@ def test_each_sample_gets_its_own_draw():
         "erase": lambda x, g: A.random_erase(x, 1.0, g),
     }
     for name, op in ops.items():
-        out = op(same, generator())
+        out = op(same, draws())
         distinct = {tuple(out[i].flatten()[::37].tolist()) for i in range(N)}
         assert len(distinct) >= N - 1, name  # two samples may draw the same randaug op
 
 
 def test_rand_augment_at_magnitude_zero_only_changes_autocontrast_and_equalize_samples(images):
     x = levels(images)
-    gen = generator(5)
-    out = A.rand_augment(x, 0, gen)
+    out = A.rand_augment(x, 0, draws(5))
     op = torch.randint(len(A.RANDAUG_OPS), (N,), generator=generator(5))  # the draw rand_augment made first
     parameterless = (op == A.RANDAUG_OPS.index("autocontrast")) | (op == A.RANDAUG_OPS.index("equalize"))
     assert torch.allclose(out[~parameterless], x[~parameterless], atol=1e-5)
@@ -195,7 +199,7 @@ def test_mixing_gives_soft_targets_that_weigh_each_image_by_its_share(mixup, cut
     values = torch.linspace(0, 1, n)  # image i is flat with value values[i]; its mirror partner is n-1-i
     images = values.view(n, 1, 1, 1).expand(n, 3, 32, 32).contiguous()
     labels = torch.arange(n) % classes
-    mixed, targets = A.mix(images, labels, classes, mixup, cutmix, generator())
+    mixed, targets = A.mix(images, labels, classes, mixup, cutmix, draws(0, n))
     assert mixed.shape == images.shape and targets.shape == (n, classes)
     assert torch.allclose(targets.sum(1), torch.ones(n))
     own = torch.zeros(n)
@@ -246,3 +250,40 @@ def test_sync_free_equalize_equals_the_bincount_one_bit_for_bit(images):
     flat_and_sparse = torch.cat([torch.full((1, 3, 32, 32), 0.5), (images[:1] > 0.5).float()])
     for batch in (images, levels(images), flat_and_sparse, torch.rand(5, 3, 7, 9, generator=generator(3))):
         assert torch.equal(A.equalize(batch), bincount_equalize(batch))
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_a_process_augments_its_rows_of_the_global_batch_as_one_process_does(world_size):
+    """Each rank's slice (paired: its share of the first half and their mirrors, data.loaders.TrainLoader.rows),
+    augmented with its rows of the global draws, is the one-process batch's augmentation at those rows, mixing
+    partners included."""
+    cfg = RunConfig(scale=0.35, hflip=True, randaug_n=2, randaug_m=9, jitter=0.2, reprob=0.5, mixup=0.8, cutmix=1.0)
+    augment = A.Augment(cfg, 10, torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25]))
+    n = 16
+    raw = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator(3))
+    labels = torch.arange(n) % 10
+    whole_images, whole_targets = augment(raw, labels, generator(7))
+    share = n // world_size
+    for rank in range(world_size):
+        first = torch.arange(rank * share // 2, (rank + 1) * share // 2)
+        rows = torch.cat([first, (n - 1 - first).flip(0)])
+        images, targets = augment(raw[rows], labels[rows], A.Draws(generator(7), n, rows))
+        assert torch.allclose(images, whole_images[rows], atol=1e-6)
+        assert torch.allclose(targets, whole_targets[rows], atol=1e-6)
+
+
+def test_timms_rand_augment_applies_each_op_with_probability_half_and_fills_with_the_mean_colour():
+    """The op drawn first, then the coin (as timm_rand_augment draws them): an image whose coin says no is returned
+    as it was; a geometric op on an image of the fill colour leaves it so (the zero padding became the fill)."""
+    n, fill = 64, torch.tensor([0.2, 0.5, 0.7]).view(3, 1, 1)
+    flat = fill.expand(n, 3, 32, 32).contiguous()
+    images = torch.rand(n, 3, 32, 32, generator=generator(6))
+    gen = generator(9)
+    chosen, applied = torch.randint(len(A.TIMM_RANDAUG_OPS), (n,), generator=gen), torch.rand(n, generator=gen) < 0.5
+    out = A.timm_rand_augment(images, 27, 1.5, fill, draws(9, n))
+    assert torch.equal(out[~applied], images[~applied]) and 0.3 < applied.float().mean() < 0.7
+    assert changed(out[applied], images[applied]).float().mean() > 0.8
+    geometric = applied & torch.isin(chosen, torch.tensor([A.TIMM_RANDAUG_OPS.index(name) for name in
+                                     ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")]))  # fmt: skip
+    assert geometric.any()
+    assert torch.allclose(A.timm_rand_augment(flat, 27, 1.5, fill, draws(9, n))[geometric], flat[geometric], atol=1e-5)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from conftest import imagefolder, write_tree
@@ -22,9 +23,11 @@ from ablations.run import cli
 from ablations.store import Store, write_rank_fault
 from ablations.sweep import execute
 from ablations.sweep.local import device_slots, free_port
+from ablations.sweep.presets import PRESETS
 from ablations.train import cli as train_cli
+from analysis import provenance
 
-# 1,600 images in 25 batches of 64 (32 per rank), 3 epochs; no augmentation: each rank draws its own stream.
+# 1,600 images in 25 batches of 64 (32 per rank), 3 epochs, no augmentation.
 SAME_FUNCTION = tiny_set(epochs=3, train_subset=1600, batch_size=64, hflip=False)
 
 
@@ -44,6 +47,9 @@ def test_the_global_batch_must_split_evenly_over_the_processes():
     assert local_batch(512, 4) == 128
     with pytest.raises(ConfigError, match="batch_size=50 is not accepted on 3 processes"):
         local_batch(50, 3)
+    assert local_batch(12, 3) == local_batch(12, 3, paired=True) == 4 and local_batch(6, 2) == 3
+    with pytest.raises(ConfigError, match="batch_size=6 is not accepted on 2 processes with mixup or cutmix"):
+        local_batch(6, 2, paired=True)  # a process mixes the pairs it holds: its share must be even
 
 
 def test_the_ranks_slices_of_each_batch_make_the_one_process_batch():
@@ -156,6 +162,29 @@ def test_two_synced_processes_train_what_one_process_trains_at_the_same_global_b
     metrics = read_json(sweeps[2] / "runs" / configs(True).run_id() / "metrics.json")
     assert metrics["processes"] == 2 and "processes" not in read_json(
         sweeps[1] / "runs" / configs(True).run_id() / "metrics.json")  # fmt: skip
+
+
+# The keys of a recipe's augmentation (RunConfig), which the test runs on the smoke's data.
+AUGMENTATION_KEYS = "scale hflip randaug_n randaug_m randaug_ops randaug_mstd jitter reprob mixup cutmix".split()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["smoke", "cifar10", "imagenet"])
+def test_two_processes_augment_and_train_what_one_process_does(tmp_path, recipe):
+    """The recipe's augmentation (flips, crops, RandAugment, erasing, mixup/cutmix pairs) on the smoke's synthetic
+    data: each rank takes its rows of the global batch's draws, so 2 processes train what 1 trains."""
+    values = {key: PRESETS[recipe].values[key] for key in AUGMENTATION_KEYS if key in PRESETS[recipe].values}
+    augmented = tiny_set(epochs=2, train_subset=640, batch_size=64, **({"randaug_n": 2, "reprob": 0.25} | values))
+    histories = []
+    for procs in (2, 1):
+        out = tmp_path / f"procs{procs}"
+        command = ["--preset", "smoke", "--set", augmented, "--devices", "cpu", "--jobs-per-device", "1"]
+        assert cli([*command, "--procs-per-run", str(procs), "--out", str(out)]) == 0
+        (row,) = read_summary(out)
+        histories.append(read_json(out / "runs" / row["run_id"] / "history.json"))
+    for a, b in zip(*histories, strict=True):
+        assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-5), (a["train_loss"], b["train_loss"])
+        assert a["test_acc"] == b["test_acc"] and a["train_acc"] == b["train_acc"]
 
 
 @pytest.mark.slow
@@ -376,3 +405,10 @@ def test_the_single_run_entry_refuses_bad_input_in_one_line_before_writing(tmp_p
     err = capsys.readouterr().err
     assert err.startswith("python -m ablations.train: error: ") and err.count("\n") == 1 and message in err
     assert not out.exists()
+
+
+def test_the_reports_hardware_line_names_a_runs_processes():
+    runs = pd.DataFrame(
+        {"status": ["done", "done"], "device": ["cpu", "cuda:0"], "hardware": ["Xeon", "H100"], "processes": [None, 2]}
+    )
+    assert provenance.hardware_text(runs) == "H100 (device cuda:0, 2 processes); Xeon (device cpu)"

@@ -12,7 +12,7 @@ from conftest import imagefolder, write_tree
 
 from ablations.config import ConfigError, RunConfig, portable_path
 from ablations.design import Design
-from ablations.store import Locks, Store, StoreError, read_metrics
+from ablations.store import Locks, Store, StoreError, read_metrics, same_data
 from ablations.sweep.inprocess import InProcessLauncher
 from ablations.sweep.plan import Outcome, plan, run_plan
 from ablations.sweep.slurm import SlurmLauncher, SlurmOptions, train_in_job
@@ -115,6 +115,19 @@ def test_a_rerun_from_another_folder_with_the_same_images_is_accepted_and_other_
     (second / "train" / "cat" / "000.png").unlink()  # other images: one fewer
     with pytest.raises(StoreError, match="a result on other data needs another --out"):
         plan([moved], Store(tmp_path / "out"))
+
+
+def test_the_same_images_streamed_after_held_are_refused_naming_the_pipeline(tmp_path, monkeypatch):
+    """Held and streamed data draw other crops (another result): data.json records the pipeline, a rerun names it."""
+    cfg = tiny(pictures(tmp_path / "pictures"))
+    store = Store(tmp_path / "out")
+    store.prepare([cfg.recorded()], plan([cfg], store).data)
+    assert [d["pipeline"] for d in run_files(tmp_path / "out", "data.json")] == ["held"]
+    monkeypatch.setenv("CONVMIXER_RESIDENT_BYTES", "0")
+    with pytest.raises(StoreError, match=r"the pipeline differs \(held on the device then, streamed from files"):
+        plan([cfg], store)
+    old = {k: v for k, v in run_files(tmp_path / "out", "data.json")[0].items() if k != "pipeline"}
+    assert same_data(old, {**old, "pipeline": "streamed"})  # a record older than the key: its pipeline unknown
 
 
 def test_a_portable_path_is_relative_to_the_git_work_tree_of_the_current_folder_else_a_name(tmp_path, monkeypatch):

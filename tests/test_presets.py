@@ -56,9 +56,10 @@ def test_the_imagenet_preset_is_the_authors_command_and_names_what_differs() -> 
     authors = {"dim": 1536, "depth": 20, "kernel_size": 9, "patch_size": 7, "epochs": 150, "image_size": 224,
                "lr": 0.01, "schedule": "onecycle", "warmup_epochs": 0, "mixup": 0.5, "cutmix": 0.5, "reprob": 0.25,
                "clip_norm": 1.0, "weight_decay": 2e-5, "adam_eps": 1e-3, "label_smoothing": 0.1, "scale": 0.08,
-               "jitter": 0.0, "randaug_n": 2, "randaug_m": 27, "batch_size": 640}  # fmt: skip
+               "jitter": 0.0, "randaug_n": 2, "randaug_m": 27, "batch_size": 640, "randaug_ops": "timm",
+               "randaug_mstd": 1.5}  # fmt: skip
     assert {key: getattr(cfg, key) for key in authors} == authors
-    for missing in ("mstd0.5/inc1", "erasing to zero", "per sample", "bf16 (theirs fp16)"):
+    for missing in ("bilinear or bicubic at random", "mean colour", "erasing to zero", "per sample", "bf16 (theirs"):
         assert missing in PRESETS["imagenet"].description
 
 
@@ -66,6 +67,11 @@ def test_the_paper_and_budget_presets() -> None:
     paper = RunConfig(**PRESETS["paper-cifar10"].values)
     assert (paper.dataset, paper.dim, paper.depth, paper.kernel_size, paper.patch_size) == ("cifar10", 256, 8, 9, 1)
     assert (paper.epochs, paper.mixup, paper.cutmix, paper.reprob, paper.scale) == (200, 0.5, 0.5, 0.25, 0.75)
+    assert (paper.randaug_ops, paper.randaug_mstd) == ("timm", 1.5) and "bilinear crops" in PRESETS[
+        "paper-cifar10"
+    ].description
+    others = [name for name in PRESETS if name not in ("imagenet", "paper-cifar10")]
+    assert {RunConfig(**PRESETS[name].values).randaug_ops for name in others} == {"torchvision"}  # ids kept
     budget = RunConfig(**PRESETS["imagenet-budget"].values)
     assert (budget.dim, budget.depth, budget.patch_size, budget.epochs) == (1024, 20, 14, 16)
     assert budget.image_size < 224 and budget.image_size % budget.patch_size == 0

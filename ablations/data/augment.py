@@ -5,6 +5,8 @@ timm's mixup/cutmix) is rebuilt from batched tensor ops: every sample gets its o
 Python loop over images, only over the list of operations. Every draw comes from the generator passed in, so a
 batch is a pure function of (images, labels, generator state): seed the generator from (seed, epoch) and an
 epoch replays exactly. Images enter as uint8, are worked on as floats in [0, 1], and leave normalised.
+On several processes each draw is made for the whole global batch, as one process makes it, and each process keeps
+its own images' rows (`Draws`): a run's augmentation does not depend on how many processes share its batches.
 """
 
 import math
@@ -24,6 +26,12 @@ MAX_TRANSLATE = 150 / 331  # fraction of the image side
 MAX_ROTATE_DEGREES = 30.0
 MAX_ENHANCE = 0.9  # brightness/color/contrast/sharpness factor 1 +- this
 MAX_POSTERIZE_BITS_REMOVED = 4
+# timm's RandAugment ("rand-...-inc1", rand_augment_transform): its op set, translation and SolarizeAdd at level 10.
+TIMM_RANDAUG_OPS = (
+    "autocontrast", "equalize", "invert", "rotate", "posterize", "solarize", "solarize_add", "color", "contrast",
+    "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y",
+)  # fmt: skip
+TIMM_MAX_TRANSLATE, TIMM_SOLARIZE_ADD = 0.45, 110
 ERASE_AREA = (0.02, 0.33)  # torchvision RandomErasing defaults
 ERASE_LOG_ASPECT = (math.log(0.3), math.log(3.3))
 # The steps of the recipe a streamed split's loader workers do on each full-size image before the batch reaches
@@ -36,12 +44,40 @@ def per_sample(values: torch.Tensor) -> torch.Tensor:
     return values.view(-1, 1, 1, 1)
 
 
-def uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
-    return low + (high - low) * torch.rand(n, generator=gen, device=gen.device)
+class Draws:
+    """The random draws of one batch: each is made for the global batch of `size` images from `gen`, as one process
+    makes it, and `rows` (this process's positions in the global batch, on gen's device; None: all of them) are
+    kept, so every process's images get the draws the one-process run gives them."""
+
+    def __init__(self, gen: torch.Generator, size: int, rows: torch.Tensor | None = None) -> None:
+        self.gen, self.size, self.rows = gen, size, rows
+
+    def keep(self, values: torch.Tensor) -> torch.Tensor:
+        return values if self.rows is None else values[self.rows]
+
+    def rand(self, *trailing: int) -> torch.Tensor:
+        """Uniform [0, 1) draws shaped (images, *trailing)."""
+        return self.keep(torch.rand(self.size, *trailing, generator=self.gen, device=self.gen.device))
+
+    def normal(self) -> torch.Tensor:
+        return self.keep(torch.randn(self.size, generator=self.gen, device=self.gen.device))
+
+    def randint(self, high: int) -> torch.Tensor:
+        return self.keep(torch.randint(high, (self.size,), generator=self.gen, device=self.gen.device))
+
+    def beta(self, alpha: float) -> torch.Tensor:
+        """Beta(alpha, alpha) per image (torch.distributions cannot take a generator): G1 / (G1 + G2)."""
+        shape = torch.full((2, self.size), alpha, dtype=torch.float64, device=self.gen.device)
+        gammas = torch._standard_gamma(shape, generator=self.gen)
+        return self.keep((gammas[0] / gammas.sum(0).clamp(min=torch.finfo(torch.float64).tiny)).float())
 
 
-def coin(n: int, p: float, gen: torch.Generator) -> torch.Tensor:
-    return torch.rand(n, generator=gen, device=gen.device) < p
+def uniform(low: float, high: float, draws: Draws) -> torch.Tensor:
+    return low + (high - low) * draws.rand()
+
+
+def coin(p: float, draws: Draws) -> torch.Tensor:
+    return draws.rand() < p
 
 
 def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -59,18 +95,17 @@ def warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def random_resized_crop(images: torch.Tensor, min_area: float, gen: torch.Generator) -> torch.Tensor:
+def random_resized_crop(images: torch.Tensor, min_area: float, draws: Draws) -> torch.Tensor:
     """A square crop of area fraction uniform in [min_area, 1] at a random place, resized back to full size."""
-    n = len(images)
-    side = uniform(n, min_area, 1.0, gen).sqrt()
-    centre = (torch.rand(n, 2, generator=gen, device=gen.device) * 2 - 1) * (1 - side[:, None])
+    side = uniform(min_area, 1.0, draws).sqrt()
+    centre = (draws.rand(2) * 2 - 1) * (1 - side[:, None])
     zero = torch.zeros_like(side)
     theta = torch.stack([torch.stack([side, zero, centre[:, 0]], 1), torch.stack([zero, side, centre[:, 1]], 1)], 1)
     return warp(images, theta)
 
 
-def random_hflip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    return torch.where(per_sample(coin(len(images), 0.5, gen)), images.flip(-1), images)
+def random_hflip(images: torch.Tensor, draws: Draws) -> torch.Tensor:
+    return torch.where(per_sample(coin(0.5, draws)), images.flip(-1), images)
 
 
 def randaug_affine(op: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
@@ -180,11 +215,11 @@ def equalize(images: torch.Tensor) -> torch.Tensor:
     return torch.where(step > 0, equalised, images.reshape(n * c, h * w)).view(n, c, h, w)
 
 
-def rand_augment(images: torch.Tensor, magnitude: int, gen: torch.Generator) -> torch.Tensor:
+def rand_augment(images: torch.Tensor, magnitude: int, draws: Draws) -> torch.Tensor:
     """One RandAugment round: each image gets one op, drawn uniformly, at `magnitude` (0..30) with a random sign."""
     n = len(images)
-    op = torch.randint(len(RANDAUG_OPS), (n,), generator=gen, device=gen.device)
-    level = magnitude / 30 * torch.where(coin(n, 0.5, gen), -1.0, 1.0)  # signed, in [-1, 1]
+    op = draws.randint(len(RANDAUG_OPS))
+    level = magnitude / 30 * torch.where(coin(0.5, draws), -1.0, 1.0)  # signed, in [-1, 1]
     strength = torch.full((n,), magnitude / 30, device=images.device)  # unsigned, for the unsigned ops
     factor = 1 + MAX_ENHANCE * level
     results = {
@@ -201,11 +236,49 @@ def rand_augment(images: torch.Tensor, magnitude: int, gen: torch.Generator) -> 
     return images
 
 
-def color_jitter(images: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
+def timm_rand_augment(
+    images: torch.Tensor, magnitude: int, magnitude_std: float, fill: torch.Tensor, draws: Draws
+) -> torch.Tensor:
+    """One round of timm's RandAugment with increasing ops: each image draws one of TIMM_RANDAUG_OPS, applied with
+    probability 0.5, at `magnitude` (0..30) plus Gaussian noise of std `magnitude_std` (clipped to 0..30), signed
+    ops with a random sign; geometric ops fill with `fill` (C, 1, 1, the mean colour in [0, 1]) as timm's img_mean.
+    The ops shared with torchvision's set reuse its arithmetic, at timm's ranges."""
+    chosen, applied = draws.randint(len(TIMM_RANDAUG_OPS)), coin(0.5, draws)
+    strength = torch.full(applied.shape, float(magnitude), device=applied.device)
+    if magnitude_std:
+        strength = (strength + magnitude_std * draws.normal()).clamp(0, 30)
+    level = strength / 30
+    signed = level * torch.where(coin(0.5, draws), -1.0, 1.0)
+    op = torch.where(applied, chosen, -1)
+    shared = torch.zeros_like(op)  # torchvision's index of an op both sets have; 0, the identity, for the others
+    for name in ("rotate", "shear_x", "shear_y", "translate_x", "translate_y", "color", "contrast", "brightness",
+                 "sharpness"):  # fmt: skip
+        shared = torch.where(op == TIMM_RANDAUG_OPS.index(name), RANDAUG_OPS.index(name), shared)
+    translated = (shared == RANDAUG_OPS.index("translate_x")) | (shared == RANDAUG_OPS.index("translate_y"))
+    affine_level = signed * torch.where(translated, TIMM_MAX_TRANSLATE / MAX_TRANSLATE, 1.0)
+    geometric = (shared >= RANDAUG_OPS.index("shear_x")) & (shared <= RANDAUG_OPS.index("rotate"))
+    warped = warp(images - fill, randaug_affine(shared, affine_level)) + fill  # the zero padding becomes `fill`
+    images = enhance(torch.where(per_sample(geometric), warped, images), shared, 1 + MAX_ENHANCE * signed)
+    # PIL's thresholds on 8-bit levels p: posterize keeps 4 - int(4 level) bits, solarize inverts p >= 256 -
+    # int(256 level), solarize_add adds int(110 level) to p < 128.
+    add = per_sample((TIMM_SOLARIZE_ADD * level).floor() / 255)
+    results = {
+        "autocontrast": autocontrast,
+        "equalize": equalize,
+        "invert": lambda x: 1 - x,
+        "posterize": lambda x: posterize(x, 4 + (4 * level).long()),
+        "solarize": lambda x: solarize(x, (255.5 - (256 * level).floor()) / 255),
+        "solarize_add": lambda x: torch.where(x < 127.5 / 255, (x + add).clamp(max=1), x),
+    }
+    for name, apply in results.items():
+        images = torch.where(per_sample(op == TIMM_RANDAUG_OPS.index(name)), apply(images), images)
+    return images
+
+
+def color_jitter(images: torch.Tensor, strength: float, draws: Draws) -> torch.Tensor:
     """torchvision ColorJitter(s, s, s): brightness, contrast and saturation factors uniform in 1 +- s."""
-    n = len(images)
     for adjust in (brightness, contrast, saturation):
-        images = adjust(images, uniform(n, 1 - strength, 1 + strength, gen))
+        images = adjust(images, uniform(1 - strength, 1 + strength, draws))
     return images
 
 
@@ -223,43 +296,38 @@ def box_masks(
     return (inside_rows & inside_cols).unsqueeze(1)
 
 
-def random_erase(images: torch.Tensor, probability: float, gen: torch.Generator) -> torch.Tensor:
+def random_erase(images: torch.Tensor, probability: float, draws: Draws) -> torch.Tensor:
     """torchvision RandomErasing(probability), as the reference: one rectangle per chosen image set to 0 (the mean
     colour, after normalisation). Where torchvision retries a draw that does not fit, the rectangle is clipped."""
-    n, _, h, w = images.shape
-    area = uniform(n, *ERASE_AREA, gen) * h * w
-    aspect = uniform(n, *ERASE_LOG_ASPECT, gen).exp()
+    _, _, h, w = images.shape
+    area = uniform(*ERASE_AREA, draws) * h * w
+    aspect = uniform(*ERASE_LOG_ASPECT, draws).exp()
     height = (area * aspect).sqrt().round().long().clamp(1, h)
     width = (area / aspect).sqrt().round().long().clamp(1, w)
-    top = (torch.rand(n, generator=gen, device=gen.device) * (h - height + 1)).long()
-    left = (torch.rand(n, generator=gen, device=gen.device) * (w - width + 1)).long()
-    erase = box_masks((h, w), top, left, top + height, left + width) & per_sample(coin(n, probability, gen))
+    top = (draws.rand() * (h - height + 1)).long()
+    left = (draws.rand() * (w - width + 1)).long()
+    erase = box_masks((h, w), top, left, top + height, left + width) & per_sample(coin(probability, draws))
     return images.masked_fill(erase, 0.0)
 
 
-def beta(alpha: float, n: int, gen: torch.Generator) -> torch.Tensor:
-    """n draws of Beta(alpha, alpha) from `gen` (torch.distributions cannot take a generator): G1 / (G1 + G2)."""
-    gammas = torch._standard_gamma(torch.full((2, n), alpha, dtype=torch.float64, device=gen.device), generator=gen)
-    return (gammas[0] / gammas.sum(0).clamp(min=torch.finfo(torch.float64).tiny)).float()
-
-
 def mix(
-    images: torch.Tensor, labels: torch.Tensor, num_classes: int, mixup: float, cutmix: float, gen: torch.Generator
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, mixup: float, cutmix: float, draws: Draws
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixup and/or cutmix with a per-sample lambda; each image mixes with its mirror in the batch (as timm).
+    """Mixup and/or cutmix with a per-sample lambda; each image mixes with its mirror in the batch (as timm). On
+    several processes a process's rows of the global batch hold each image's mirror, mirrored in turn (the loader's
+    paired slices), so the mirror in its own batch is the one-process partner.
 
     With both on, each sample picks one of the two with equal odds. Returns soft targets (B, num_classes) that
     weigh the two labels by the share of each image actually used, so each row sums to 1.
     """
     n, _, h, w = images.shape
     partner = images.flip(0)
-    use_cutmix = coin(n, 0.5, gen) if mixup and cutmix else torch.full((n,), bool(cutmix), device=images.device)
+    use_cutmix = coin(0.5, draws) if mixup and cutmix else torch.full((n,), bool(cutmix), device=images.device)
     # (An alpha of 0 is off: its draws are replaced by 1.0 and never used.)
-    lam = torch.where(use_cutmix, beta(cutmix or 1.0, n, gen), beta(mixup or 1.0, n, gen))
+    lam = torch.where(use_cutmix, draws.beta(cutmix or 1.0), draws.beta(mixup or 1.0))
     # cutmix: a box covering 1 - lam of the image, centred anywhere and clipped at the borders.
     cut_h, cut_w = ((1 - lam).sqrt() * h).round().long(), ((1 - lam).sqrt() * w).round().long()
-    centre_y = torch.randint(h, (n,), generator=gen, device=gen.device)
-    centre_x = torch.randint(w, (n,), generator=gen, device=gen.device)
+    centre_y, centre_x = draws.randint(h), draws.randint(w)
     top, left = (centre_y - cut_h // 2).clamp(0, h), (centre_x - cut_w // 2).clamp(0, w)
     bottom, right = (centre_y + cut_h - cut_h // 2).clamp(0, h), (centre_x + cut_w - cut_w // 2).clamp(0, w)
     box = box_masks((h, w), top, left, bottom, right)
@@ -291,21 +359,25 @@ class Augment:
         self.mean, self.std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
 
     def __call__(
-        self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator
+        self, images: torch.Tensor, labels: torch.Tensor, draws: Draws | torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.cfg
+        """The batch augmented with `draws`; a generator alone draws for these images as the whole batch."""
+        cfg, draws = self.cfg, draws if isinstance(draws, Draws) else Draws(draws, len(images))
         x = images.float() / 255
         if cfg.scale < 1 and "crop" not in self.done:
-            x = random_resized_crop(x, cfg.scale, gen)
+            x = random_resized_crop(x, cfg.scale, draws)
         if cfg.hflip and "flip" not in self.done:
-            x = random_hflip(x, gen)
+            x = random_hflip(x, draws)
         for _ in range(cfg.randaug_n):
-            x = rand_augment(x, cfg.randaug_m, gen)
+            if cfg.randaug_ops == "timm":
+                x = timm_rand_augment(x, cfg.randaug_m, cfg.randaug_mstd, self.mean, draws)
+            else:
+                x = rand_augment(x, cfg.randaug_m, draws)
         if cfg.jitter:
-            x = color_jitter(x, cfg.jitter, gen)
+            x = color_jitter(x, cfg.jitter, draws)
         x = normalise(x, self.mean, self.std)
         if cfg.reprob:
-            x = random_erase(x, cfg.reprob, gen)
+            x = random_erase(x, cfg.reprob, draws)
         if cfg.mixup or cfg.cutmix:
-            return mix(x, labels, self.num_classes, cfg.mixup, cfg.cutmix, gen)
+            return mix(x, labels, self.num_classes, cfg.mixup, cfg.cutmix, draws)
         return x, labels

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from ablations.config import RunConfig
 from ablations.data import DataError
-from ablations.data.augment import WORKER_STEPS, Augment, normalise
+from ablations.data.augment import WORKER_STEPS, Augment, Draws, normalise
 from ablations.data.sources import Split, Splits, forget_splits, loaded_splits, resident_limit
 from ablations.data.stream import Batch, ImageFiles, collate, finish_on_device, resolve_decode
 from convmixer.registry import CONVMIXER_EVAL
@@ -188,9 +188,11 @@ class TrainLoader:
     Like the reference's DataLoader, the last batch of an epoch may be smaller (len = ceil(N / batch_size)).
     With cfg.compile it is dropped instead (when there is a full batch), so the compiled model sees one shape.
     On `world_size` processes each global batch of the epoch's one permutation is cut into world_size equal
-    slices, rank `rank` taking its own; the epoch is cut to a multiple of world_size images (at most
-    world_size - 1 fewer, from the last batch), so that every rank's slice of every batch has the same size.
-    Augmentation draws from the rank's own stream (rank 0's is the one-process stream).
+    slices, rank `rank` taking its own, and its images get their rows of the augmentation drawn for the whole
+    global batch (augment.Draws), so the run trains on what one process trains on. With mixup or cutmix a slice
+    is paired (`rows`): it holds each of its images' mirrors in the global batch, the partners one process mixes.
+    The epoch is cut to a multiple of world_size images (2 x world_size when paired; at most that less one fewer,
+    from the last batch), so that every rank's slice of every batch has the same size.
     """
 
     def __init__(
@@ -199,6 +201,7 @@ class TrainLoader:
     ) -> None:  # fmt: skip
         self.images, self.augment, self.batch_size, self.seed = images, augment, cfg.batch_size, cfg.seed
         self.rank, self.world_size = rank, world_size
+        self.paired = world_size > 1 and bool(cfg.mixup or cfg.cutmix)
         self.drop_last = cfg.compile and self.num_samples > self.batch_size
 
     @property
@@ -209,24 +212,41 @@ class TrainLoader:
     def samples_per_epoch(self) -> int:
         """The images an epoch trains on, over all ranks."""
         kept = self.num_samples // self.batch_size * self.batch_size if self.drop_last else self.num_samples
-        return kept - kept % self.world_size
+        return kept - kept % (self.world_size * (2 if self.paired else 1))
 
     def __len__(self) -> int:
         return math.ceil(self.samples_per_epoch / self.batch_size)
 
+    def rows(self, size: int) -> torch.Tensor | None:
+        """This rank's positions in a global batch of `size` images (None: one process, all of them): its
+        contiguous slice, or when paired its share of the first half followed by their mirrors, in order, so that
+        the mirror of its i-th image is its own (n - 1 - i)-th, as in the global batch."""
+        if self.world_size == 1:
+            return None
+        share = size // self.world_size
+        if not self.paired:
+            return torch.arange(self.rank * share, (self.rank + 1) * share)
+        first = torch.arange(self.rank * share // 2, (self.rank + 1) * share // 2)
+        return torch.cat([first, (size - 1 - first).flip(0)])
+
     def rank_slice(self, order: torch.Tensor) -> torch.Tensor:
-        """This rank's slice of each global batch of `order`, concatenated."""
+        """This rank's rows of each global batch of `order`, concatenated."""
         if self.world_size == 1:
             return order
-        return torch.cat([batch.view(self.world_size, -1)[self.rank] for batch in order.split(self.batch_size)])
+        return torch.cat([batch[self.rows(len(batch))] for batch in order.split(self.batch_size)])
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order_gen = torch.Generator().manual_seed(derived_seed(self.seed, epoch, "order"))
         order = torch.randperm(self.num_samples, generator=order_gen)[: self.samples_per_epoch]
-        stream = "augment" if self.rank == 0 else f"augment/rank{self.rank}"
-        augment_gen = torch.Generator(self.images.device).manual_seed(derived_seed(self.seed, epoch, stream))
-        for images, labels in self.images.batches(self.rank_slice(order), self.batch_size // self.world_size):
-            yield self.augment(images, labels, augment_gen)
+        augment_gen = torch.Generator(self.images.device).manual_seed(derived_seed(self.seed, epoch, "augment"))
+        sizes = [len(batch) for batch in order.split(self.batch_size)]
+        batches = self.images.batches(self.rank_slice(order), self.batch_size // self.world_size)
+        for size, (images, labels) in zip(sizes, batches, strict=True):
+            rows = self.rows(size)
+            if rows is None or len(rows) != len(images):  # one process, or bad_images=skip left images out
+                yield self.augment(images, labels, augment_gen)
+            else:
+                yield self.augment(images, labels, Draws(augment_gen, size, to_device_async(rows, self.images.device)))
 
     def one_batch_per_shape(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One augmented batch of each size an epoch yields (the full batch, and a shorter last one), drawn with a

@@ -203,12 +203,13 @@ class Splits:
 
     def identity(self) -> dict:
         """What the store records as the data of a run (data.json) and compares on a rerun: the classes, the image
-        counts and size, and a sha256 of each split (`split_sha256`)."""
+        counts and size, a sha256 of each split (`split_sha256`), and the pipeline: held on the device or streamed."""
         return {
             "classes": list(self.classes), "image_size": self.image_size,
             "train_images": len(self.train.labels), "test_images": len(self.test.labels),
             "train_sha256": split_sha256(self.train), "test_sha256": split_sha256(self.test),
             **({"skipped_classes": self.skipped} if self.skipped else {}),
+            "pipeline": "held" if self.resident else "streamed",
         }  # fmt: skip
 
 

@@ -76,12 +76,18 @@ def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
     return device
 
 
-def local_batch(batch_size: int, world_size: int) -> int:
-    """Each of `world_size` processes' share of the global batch_size; ConfigError when it does not split evenly."""
+def local_batch(batch_size: int, world_size: int, paired: bool = False) -> int:
+    """Each of `world_size` processes' share of the global batch_size; ConfigError when it does not split evenly
+    (in pairs when `paired`: mixup or cutmix, whose partners a process holds together, data.loaders.TrainLoader)."""
     if batch_size % world_size:
         raise ConfigError(
             f"batch_size={batch_size} is not accepted on {world_size} processes: the global batch must be a "
             f"multiple of the number of processes"
+        )
+    if paired and world_size > 1 and batch_size // world_size % 2:
+        raise ConfigError(
+            f"batch_size={batch_size} is not accepted on {world_size} processes with mixup or cutmix: each process's "
+            f"share must be even, as it holds the pairs it mixes"
         )
     return batch_size // world_size
 

@@ -338,7 +338,9 @@ def train_run(
     writes the run's files, every rank resumes from them."""
     started = time.perf_counter()
     cfg.validate()
-    batch = distributed.local_batch(cfg.batch_size, ranks.world_size)  # fails before any process waits for another
+    batch = distributed.local_batch(
+        cfg.batch_size, ranks.world_size, bool(cfg.mixup or cfg.cutmix)
+    )  # fails before any process waits for another
     device = distributed.rank_device(resolve_device(device), ranks)
     dtype = run_dtype(cfg.precision, device)  # before loading data, so a bad precision fails at once
     check_cuda_graphs(cfg, device)

@@ -145,6 +145,7 @@ HISTORY_BYTES_PER_EPOCH = 16_384
 
 # data.json: where the data was (written by the sweep's plan) and what it is (the loaded splits' identity), so that
 # a rerun on other data is refused; an export carries the `exported` fields.
+PIPELINES = ("held", "streamed")
 DATA_FIELDS = {
     "data": _text("plan"),  # the dataset's label
     "data_root": _text("plan"),  # as RunConfig.recorded() holds it
@@ -155,6 +156,9 @@ DATA_FIELDS = {
     "train_sha256": _text("splits"),
     "test_sha256": _text("splits"),
     "skipped_classes": Field("splits", _texts, "a list of strings"),  # only where classes were skipped
+    # How the images reached the model (ablations.data.loaders): held on the device, or streamed from files (crops
+    # cut from the full-size images): other draws, so another result. Absent in records older than the key: unknown.
+    "pipeline": Field("splits", lambda value: value in PIPELINES, _one_of(PIPELINES)),
 }
 DATA_PLACE = ("data", "data_root")  # where the data was, not what it is: a moved archive is the same data
 EXPORTED_DATA = ("data", "train_sha256", "test_sha256")  # what an export says of the data

@@ -68,17 +68,51 @@ from ablations.store.schema import (
 
 
 def describe_data(record: dict) -> str:
-    """A data.json record in a few words: its label, classes, image counts and fingerprints."""
+    """A data.json record in a few words: its label, classes, image counts, pipeline and fingerprints."""
+    pipeline = f", {record['pipeline']}" if "pipeline" in record else ""
     return (
         f"{record.get('data', '?')} ({len(record.get('classes', []))} classes, {record.get('train_images')} train / "
-        f"{record.get('test_images')} test images, sha256 {str(record.get('train_sha256'))[:12]}/"
+        f"{record.get('test_images')} test images{pipeline}, sha256 {str(record.get('train_sha256'))[:12]}/"
         f"{str(record.get('test_sha256'))[:12]})"
     )
 
 
+# The fields of a data.json record in words, in the order a difference is named: the fingerprints last (they differ
+# whenever the pipeline does: a held split hashes its decoded pixels, a streamed one its files).
+DATA_WORDS = {
+    "pipeline": "the pipeline",
+    "classes": "the classes",
+    "image_size": "the image size",
+    "train_images": "the number of training images",
+    "test_images": "the number of test images",
+    "skipped_classes": "the classes left out",
+    "train_sha256": "the training images' fingerprint",
+    "test_sha256": "the test images' fingerprint",
+}
+PIPELINE_WORDS = {"held": "held on the device", "streamed": "streamed from files, each crop cut from the full image"}
+
+
+def data_difference(recorded: dict, seen: dict) -> str:
+    """The first way two data.json records differ, in words: "the pipeline differs (held on the device then,
+    streamed from files ... now)"."""
+    for key, words in DATA_WORDS.items():
+        if key == "pipeline" and not (key in recorded and key in seen):
+            continue  # a record older than the key: its pipeline is not known
+        if recorded.get(key) != seen.get(key):
+            if key.endswith("sha256"):
+                return f"{words} differs"
+            then, now = (
+                PIPELINE_WORDS.get(v, v) if key == "pipeline" else v for v in (recorded.get(key), seen.get(key))
+            )
+            return f"{words} differs ({then} then, {now} now)"
+    return "nothing but the place differs"
+
+
 def same_data(a: dict, b: dict) -> bool:
-    """Whether two data.json records describe the same images."""
-    return {k: v for k, v in a.items() if k not in DATA_PLACE} == {k: v for k, v in b.items() if k not in DATA_PLACE}
+    """Whether two data.json records describe the same images through the same pipeline (a record older than
+    `pipeline` matches either: its images' fingerprints still tell the pipelines apart)."""
+    ignored = {*DATA_PLACE, *(() if "pipeline" in a and "pipeline" in b else ("pipeline",))}
+    return {k: v for k, v in a.items() if k not in ignored} == {k: v for k, v in b.items() if k not in ignored}
 
 
 @dataclass(frozen=True)
@@ -201,8 +235,8 @@ class Store:
             recorded = read_data(run_dir / DATA)
             if not same_data(recorded, data):
                 raise StoreError(
-                    f"{run_dir} was trained on {describe_data(recorded)}, but {seen} {describe_data(data)}: a result "
-                    "on other data needs another --out"
+                    f"{run_dir} was trained on {describe_data(recorded)}, but {seen} {describe_data(data)}: "
+                    f"{data_difference(recorded, data)}; a result on other data needs another --out"
                 )
 
     def prepare(self, configs: list[RunConfig], data: dict[str, dict] | None = None) -> None:

@@ -59,8 +59,8 @@ def check_processes(procs_per_run: int, configs: list[RunConfig]) -> None:
 
     if procs_per_run < 1:
         raise ConfigError(f"--procs-per-run {procs_per_run} is not accepted: expected an integer >= 1")
-    for batch_size in dict.fromkeys(cfg.batch_size for cfg in configs):
-        local_batch(batch_size, procs_per_run)
+    for batch_size, paired in dict.fromkeys((cfg.batch_size, bool(cfg.mixup or cfg.cutmix)) for cfg in configs):
+        local_batch(batch_size, procs_per_run, paired)
 
 
 def warn_oversubscribed(processes: int, device: str) -> None:
