@@ -154,6 +154,14 @@ def blocks_digest(path: Path, blocks: list[list[int]]) -> str:
     return digest.hexdigest()
 
 
+def add_block(blocks: list[list[int]], start: int, end: int) -> None:
+    """Add the bytes [start, end) to `blocks`, joined to the last block where they follow it: one pread fewer."""
+    if blocks and blocks[-1][0] + blocks[-1][1] == start:
+        blocks[-1][1] += end - start
+    else:
+        blocks.append([start, end - start])
+
+
 def scan(path: Path) -> dict:
     """One shard's index: its samples ("rows", [key, image extension, offset, size, class index] each) from its tar
     headers (the images are never read; a .cls member is one pread), and the blocks they came from, hashed."""
@@ -162,13 +170,14 @@ def scan(path: Path) -> dict:
         with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
             for m in tar:
                 key, ext = split_key(m.name)
-                blocks.append([m.offset, m.offset_data - m.offset])
+                end = m.offset_data
                 if is_data_member(m):
                     images[key] = (ext, m.offset_data, m.size)
                 elif m.isfile() and ext.lower() == LABEL_EXT:
                     labels[key] = os.pread(f.fileno(), m.size, m.offset_data)
-                    blocks[-1][1] += m.size
-            blocks.append([tar.offset, tarfile.BLOCKSIZE])
+                    end += -(-m.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE  # to its padded end: joins the next
+                add_block(blocks, m.offset, end)
+            add_block(blocks, tar.offset, tar.offset + tarfile.BLOCKSIZE)
             if end_marker_missing(f.fileno(), tar.offset):
                 raise DataError(f"imagefolder: the shard {path} is cut short (no end-of-archive marker)")
     except (tarfile.TarError, OSError) as error:
