@@ -41,8 +41,9 @@ def members(path) -> dict[str, bytes]:
         return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
 
 
-def labels(index: dict) -> list[str]:
-    return sorted(name.split("/")[1] for name in index)
+def zeros(name: str, data: bytes) -> bytes:
+    """A .JPEG member's bytes as zeros (not an image), any other member's as they are."""
+    return bytes(3 * tarfile.BLOCKSIZE) if name.endswith(".JPEG") else data
 
 
 def test_a_shard_relabelled_in_place_with_its_size_and_mtime_is_read_again_not_through_the_cache(
@@ -103,3 +104,36 @@ def test_a_member_with_an_absolute_or_upward_name_is_not_indexed(shard_folder, t
     index = shards.ShardSet(folder).index
     assert len(index) == len(shards.ShardSet(shard_folder).index)
     assert not any("EVIL" in entry for entry in index)
+
+
+def test_the_native_size_scan_skips_bad_images_and_reads_headers_only(shard_folder, tmp_path, monkeypatch):
+    from ablations.data.tree import ImageTree
+
+    folder = shutil.copytree(shard_folder, tmp_path / "shards")
+    path = folder / "train-000000.tar"
+    content = members(path)
+    bad = next(name for name in content if name.endswith(".JPEG"))
+    rewrite(path, {**content, bad: zeros(bad, b"")})
+    with pytest.raises(DataError, match="not an image file Pillow can identify"):
+        ImageTree(folder).native_size()
+
+    def whole(self, name):
+        raise AssertionError(f"{name} read whole for its header")
+
+    monkeypatch.setattr(shards.ShardSet, "read", whole)
+    assert ImageTree(folder).native_size(skip_bad=True) == ImageTree(shard_folder).native_size()
+    for shard in folder.glob("*.tar"):  # every image zeros
+        rewrite(shard, {name: zeros(name, data) for name, data in members(shard).items()})
+    with pytest.raises(DataError, match="bad_images=skip would leave out every image of"):
+        ImageTree(folder).native_size(skip_bad=True)
+
+
+def test_a_member_file_reads_only_its_member_and_seeks_within_it(tmp_path):
+    path = tmp_path / "bytes"
+    path.write_bytes(bytes(range(256)) * 4)
+    fd = os.open(path, os.O_RDONLY)
+    member = shards.MemberFile(fd, 100, 50)
+    assert member.read(10) == bytes(range(100, 110)) and member.read() == bytes(range(110, 150))
+    member.seek(-5, io.SEEK_END)
+    assert member.tell() == 45 and member.read(99) == bytes(range(145, 150)) and member.read(1) == b""
+    os.close(fd)

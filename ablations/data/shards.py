@@ -13,6 +13,7 @@ This module reads shards; `python -m ablations.data.make_shards` (ablations/data
 """
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -119,10 +120,47 @@ class ShardSet:
         """The bytes of image `name`: one pread (which moves no shared file position, so forked workers may share
         the descriptors)."""
         member = self.index[name]
-        fd = self._fds.get(member.shard)
+        return os.pread(self._fd(member.shard), member.size, member.offset)
+
+    def open(self, name: str) -> io.BufferedReader:
+        """Image `name` as a file object reading only its member, as far as it is read (a header read of a 300 MB
+        member reads its first blocks, not the member)."""
+        member = self.index[name]
+        return io.BufferedReader(MemberFile(self._fd(member.shard), member.offset, member.size))
+
+    def _fd(self, shard: int) -> int:
+        fd = self._fds.get(shard)
         if fd is None:
-            fd = self._fds[member.shard] = os.open(self.paths[member.shard], os.O_RDONLY)
-        return os.pread(fd, member.size, member.offset)
+            fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
+        return fd
+
+
+class MemberFile(io.RawIOBase):
+    """The `size` bytes at `offset` of the file `fd`, as a seekable file, each read one pread (no shared position)."""
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        super().__init__()
+        self.fd, self.offset, self.size, self.position = fd, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = os.pread(self.fd, max(0, min(len(buffer), self.size - self.position)), self.offset + self.position)
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        start = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, start + position)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
 
 
 def read_index(path: Path) -> dict | None:
