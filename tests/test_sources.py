@@ -353,7 +353,7 @@ def test_the_native_size_is_the_most_common_one_and_an_image_of_another_size_is_
     write_tree(tmp_path / "even", {"train": 1, "test": 1})
     for name in ("cat", "dog", "emu"):  # 3 images of 12 px against 3 of 9: a tie goes to the larger
         replace_image(tmp_path / "even" / "train" / name / "000.png", 9, 20)
-    assert tree_module.ImageTree(tmp_path / "even").native_size == 12
+    assert tree_module.ImageTree(tmp_path / "even").native_size() == 12
 
 
 @pytest.mark.parametrize("image_size", [0, 8])  # the header scan of the native size, and the decode

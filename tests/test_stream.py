@@ -429,3 +429,40 @@ def test_images_skipped_in_both_splits_are_counted_in_metrics_json_also_across_a
     assert metrics["skipped_images"] == 2
     check_done_metrics(metrics, tmp_path / "resumed" / "metrics.json")  # the report's reader accepts it
     assert sum("bad_images=skip: 2 images skipped so far" in line for line in lines) == 2
+
+
+def test_a_batch_left_empty_by_skipped_images_is_skipped_and_counted_and_an_all_bad_split_is_one_line(tree, tmp_path):
+    from ablations.engine.train import Trainer
+
+    root = copy_tree(tree, tmp_path)
+    for split in ("train", "val"):
+        bad = root / split / IMAGENET_CLASSES[1] / f"{IMAGENET_CLASSES[1]}_1.JPEG"
+        bad.write_bytes(b"not a jpeg")
+    cfg = streamed(root, dim=16, depth=1, kernel_size=3, bad_images="skip", batch_size=1)
+    data = build_data(cfg, CPU, resident_bytes=0, workers=0)
+    trainer = Trainer(cfg, cfg.model_config(data.num_classes).build(), CPU, None)
+    trained = trainer.train_epoch(data.train, 0, progress=False)
+    tested = trainer.evaluate(data.test)
+    assert trainer.empty_batches == 2 and len(data.skipped()) == 2  # one per split, batches of one
+    assert math.isfinite(trained["train_loss"]) and math.isfinite(tested["test_loss"])
+    before = [p.clone() for p in trainer.model.parameters()]
+    trainer.train_step(torch.zeros(0, 3, 16, 16), torch.zeros(0, dtype=torch.long), lr=0.1)  # no step alone
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+    for path in (root / "val").rglob("*.JPEG"):
+        path.write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="left out every image of the test split") as error:
+        trainer.evaluate(build_data(cfg, CPU, resident_bytes=0, workers=0).test)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.slow
+def test_a_rank_whose_slice_is_all_skipped_joins_the_step_and_the_run_finishes(tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVMIXER_RESIDENT_BYTES", "0")
+    root = copy_tree(tree, tmp_path)
+    (root / "train" / IMAGENET_CLASSES[0] / f"{IMAGENET_CLASSES[0]}_1.JPEG").write_bytes(b"not a jpeg")
+    keys = "dataset=imagefolder,image_size=16,patch_size=4,batch_size=2,dim=8,depth=1,epochs=1,bad_images=skip"
+    assert run.main(["--preset", "smoke", "--set", keys, "--data-root", str(root), "--out", str(tmp_path / "out"),
+                     "--devices", "cpu", "--jobs-per-device", "1", "--procs-per-run", "2"]) == 0  # fmt: skip
+    [run_dir] = (tmp_path / "out" / "runs").iterdir()
+    assert read_json(run_dir / "metrics.json")["skipped_images"] == 1
+    assert "1 empty batches skipped so far" in (run_dir / "log.txt").read_text()

@@ -19,6 +19,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -55,12 +56,16 @@ def too_large() -> str:
     return f"the limit of {MAX_PIXELS:,} pixels ({side}x{side}) an image may have"
 
 
-def open_image(data: bytes) -> Image.Image:
-    """An image file opened from its header (pixels not decoded yet); ImageRefused when its size is out of limits."""
+BYTES = (bytes, bytearray, memoryview)  # an image file's bytes; anything else open_image is given is a file object
+
+
+def open_image(data: bytes | BinaryIO) -> Image.Image:
+    """An image file (its bytes, or a file object: Pillow then reads only as far as the header) opened from its
+    header, pixels not decoded yet; ImageRefused when its size is out of limits."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS, lower, refuses it below
         try:
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data) if isinstance(data, BYTES) else data)
         except Image.DecompressionBombError:  # twice Pillow's limit: it gives no size to name
             raise ImageRefused(f"it is over Pillow's decompression-bomb limit, so over {too_large()}") from None
     width, height = image.size
@@ -73,10 +78,23 @@ def open_image(data: bytes) -> Image.Image:
     return image
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """An image file's (width, height), read from its header; ImageRefused when out of limits."""
-    with open_image(data) as image:
-        return image.size
+def image_size(data: bytes | BinaryIO) -> tuple[int, int]:
+    """An image file's (width, height), read from its header; ImageRefused when out of limits. A file object is
+    closed after."""
+    try:
+        with open_image(data) as image:
+            return image.size
+    finally:
+        if not isinstance(data, BYTES):
+            data.close()
+
+
+def image_size_or_none(data: bytes | BinaryIO) -> tuple[int, int]:
+    """image_size, or (0, 0) for a file bad_images=skip will leave out when it is streamed."""
+    try:
+        return image_size(data)
+    except IMAGE_ERRORS:
+        return 0, 0
 
 
 def decode_image(data: bytes, size: int) -> np.ndarray:
@@ -173,7 +191,8 @@ def decode_all(read: Callable[[int], bytes], count: int, size: int, workers: int
     return convert_all(read, count, lambda data: decode_image(data, size), (3, size, size), np.uint8, workers)
 
 
-def image_sizes(read: Callable[[int], bytes], count: int, workers: int) -> np.ndarray:
-    """The (width, height) of images 0..count-1, from their headers, as a count x 2 array, each image checked
-    against the size limits; read by `workers` forked processes (0: here). Raises like decode_all."""
-    return convert_all(read, count, image_size, (2,), np.int64, workers)
+def image_sizes(read: Callable[[int], BinaryIO], count: int, workers: int, skip_bad: bool = False) -> np.ndarray:
+    """The (width, height) of images 0..count-1, from their headers (`read(i)` gives image i as a file object, read
+    only as far as its header), as a count x 2 array, each image checked against the size limits; read by `workers`
+    forked processes (0: here). Raises like decode_all; with `skip_bad`, a bad image is (0, 0) instead."""
+    return convert_all(read, count, image_size_or_none if skip_bad else image_size, (2,), np.int64, workers)

@@ -16,8 +16,10 @@ def is_image(name: str) -> bool:
 
 def is_data_member(member: tarfile.TarInfo) -> bool:
     """An archive member that is an image file. Links are not (they may point anywhere), nor a path through `..`
-    (`small/train/cat/../../x.jpg` is not in train/cat/, whatever its name says)."""
-    return member.isfile() and is_image(member.name) and ".." not in PurePosixPath(member.name).parts
+    (`small/train/cat/../../x.jpg` is not in train/cat/, whatever its name says), nor an absolute one (`/tmp/x.jpg`
+    is in no split's folder)."""
+    path = PurePosixPath(member.name)
+    return member.isfile() and is_image(member.name) and ".." not in path.parts and not path.is_absolute()
 
 
 def image_names(root: Path) -> list[str]:

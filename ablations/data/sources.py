@@ -153,7 +153,7 @@ def load_tree_split(tree: ImageTree, split: str, image_size: int, subset: int) -
     so a hit never lists the archive (listing a 60k-image tar.gz takes seconds)."""
     size_name = f"{image_size}px" if image_size else "native"
     name = f"imagefolder-{tree.fingerprint[:16]}-{split}-{size_name}-n{subset}"
-    return cached(name, lambda: decode_tree_split(tree, split, image_size or tree.native_size, subset))
+    return cached(name, lambda: decode_tree_split(tree, split, image_size or tree.native_size(), subset))
 
 
 def imagenette_tree(root: str) -> ImageTree:
@@ -256,7 +256,7 @@ def streamed_files(tree: ImageTree, cfg: RunConfig, resident_bytes: int) -> Spli
     train, test = tree.splits["train"], tree.splits["test"]
     train_keep = stratified_subset(train.labels, cfg.train_subset)
     test_keep = stratified_subset(test.labels, cfg.test_subset)
-    size = cfg.image_size or tree.native_size
+    size = cfg.image_size or tree.native_size(skip_bad=cfg.bad_images == "skip")
     if (len(train_keep) + len(test_keep)) * 3 * size * size <= resident_bytes:
         return None
 

@@ -19,6 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -72,6 +73,7 @@ class ImageTree:
             raise DataError(f"imagefolder: cannot read data_root={str(source)!r} ({error.strerror})") from None
         self.source, self.is_archive = source, source.is_file()
         self.is_sharded = not self.is_archive and is_shard_folder(source)
+        self._native_sizes: dict[bool, int] = {}  # native_size's, with and without skip_bad
 
     @cached_property
     def _shards(self) -> ShardSet:
@@ -202,6 +204,21 @@ class ImageTree:
         offset, size = index[name]
         return memoryview(raw)[offset : offset + size]
 
+    def open(self, name: str) -> BinaryIO:
+        """Image file `name` as a file object, read only as far as it is read (for header reads)."""
+        if self.is_sharded:
+            return self._shards.open(name)
+        if not self.is_archive:
+            return open(self.source / name, "rb")  # noqa: SIM115 (Pillow reads it; closed when dropped)
+        return io.BytesIO(self.read(name))
+
+    def open_or_empty(self, name: str) -> BinaryIO:
+        """open, or an empty file (no image: bad_images=skip leaves it out) where `name` cannot be read."""
+        try:
+            return self.open(name)
+        except OSError:
+            return io.BytesIO()
+
     def where(self, name: str) -> str:
         """Image file `name` as an error names it: with its shard, for shards (the name is the index's)."""
         return f"{name} (in {self._shards.paths[self._shards.index[name].shard].name})" if self.is_sharded else name
@@ -212,11 +229,18 @@ class ImageTree:
             return self._shards.size(name)
         return self._archive[1][name][1] if self.is_archive else (self.source / name).stat().st_size
 
-    def over_files(self, names: list[str], job: Callable[[Callable[[int], bytes], int, int], np.ndarray]) -> np.ndarray:
-        """`job(read, count, workers)` (decode.decode_all, decode.image_sizes) over the image files `names`, on
-        every core for many files; a file that fails is a one-line DataError naming it."""
+    def over_files(
+        self,
+        names: list[str],
+        job: Callable[[Callable[[int], bytes], int, int], np.ndarray],
+        read: Callable[[str], bytes | BinaryIO] | None = None,
+    ) -> np.ndarray:
+        """`job(read, count, workers)` (decode.decode_all, decode.image_sizes) over the image files `names` (each
+        read with `read`, else self.read), on every core for many files; a file that fails is a one-line DataError
+        naming it."""
+        read = read or self.read
         try:
-            return job(lambda i: self.read(names[i]), len(names), fork_workers(len(names), usable_cores()))
+            return job(lambda i: read(names[i]), len(names), fork_workers(len(names), usable_cores()))
         except DecodeFailure as failure:  # a read error is worded as the fingerprint's: "(Permission denied)"
             why = f" ({failure.detail})" if failure.verb == "read" else f": {failure.detail}"
             raise DataError(
@@ -229,13 +253,24 @@ class ImageTree:
         """The image files `names`, decoded to size x size, as one uint8 tensor; on every core for many files."""
         return torch.from_numpy(self.over_files(names, lambda read, n, workers: decode_all(read, n, size, workers)))
 
-    @cached_property
-    def native_size(self) -> int:
+    def native_size(self, skip_bad: bool = False) -> int:
         """The size used when image_size is 0: the most common shorter side of all the tree's images, train and
-        test (ties: the larger), read from their headers, so that one odd image cannot resize all the others.
-        The images of another size, which are resized to it, are counted and named in a note."""
+        test (ties: the larger), read from their headers (not the files whole), so that one odd image cannot resize
+        all the others. The images of another size, which are resized to it, are counted and named in a note.
+        With `skip_bad` (bad_images=skip), a bad image counts for nothing here; it is skipped when streamed."""
+        if skip_bad not in self._native_sizes:
+            self._native_sizes[skip_bad] = self._native_size(skip_bad)
+        return self._native_sizes[skip_bad]
+
+    def _native_size(self, skip_bad: bool) -> int:
         names = self.splits["train"].paths + self.splits["test"].paths
-        sizes = self.over_files(names, image_sizes)
+        job = lambda read, count, workers: image_sizes(read, count, workers, skip_bad)  # noqa: E731
+        sizes = self.over_files(names, job, self.open_or_empty if skip_bad else self.open)
+        good = sizes.min(1) > 0
+        if not good.any():
+            why = f"none of its {len(names):,} files is an image Pillow can read within the size limits"
+            raise DataError(f"imagefolder: bad_images=skip would leave out every image of {self.source}: {why}")
+        sizes, names = sizes[good], [name for name, ok in zip(names, good, strict=True) if ok]
         sides, counts = np.unique(sizes.min(1), return_counts=True)
         native = int(sides[counts == counts.max()].max())
         odd = np.flatnonzero(sizes.min(1) != native)

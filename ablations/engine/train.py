@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ablations import atomic
 from ablations.config import ConfigError, RunConfig
+from ablations.data import DataError
 from ablations.data.loaders import NAMED_SKIPS, Data, TestLoader, TrainLoader, build_data, skipped_note
 from ablations.data.sources import cache_dir
 from ablations.engine import distributed
@@ -96,6 +97,13 @@ def epoch_totals(*sums: torch.Tensor) -> list[float]:
     return distributed.all_sum(torch.stack([total.float() for total in sums])).tolist()
 
 
+def every_image_bad(seen: float, split: str) -> None:
+    """An epoch of a split with no image left (bad_images=skip skipped them all) is the data's error, in one line."""
+    if not seen:
+        why = "none could be read; set bad_images=error to stop at the first, named"
+        raise DataError(f"imagefolder: bad_images=skip left out every image of the {split} split ({why})")
+
+
 @contextmanager
 def buffers_kept(module: nn.Module) -> Iterator[None]:
     """Leave `module`'s buffers as they were on entry: a recomputed forward pass in training mode would update
@@ -158,6 +166,7 @@ class Trainer:
             model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps, fused=self.fused
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.empty_batches = 0  # the batches bad_images=skip emptied on this rank, over the process
 
     def compiled(self, module: nn.Module) -> nn.Module:
         """`module` under torch.compile if the run compiles; with cuda_graphs, in reduce-overhead mode: the compiled
@@ -185,6 +194,8 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         parts = self.micro_batches(images, targets)
+        if not parts:
+            return self.empty_step(images)
         sums = []  # each part's (summed loss, number correct), on the device
         for i, (x, y) in enumerate(parts):
             last = i == len(parts) - 1
@@ -205,6 +216,19 @@ class Trainer:
             loss_sum, correct = loss_sum + part_loss, correct + part_correct
         return loss_sum, correct
 
+    def empty_step(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch bad_images=skip emptied: skipped and counted. Alone, no step is taken. Under DDP the other ranks
+        wait in this step's gradient all-reduce, so this rank joins it with a zero gradient (an empty forward pass,
+        its BatchNorm statistics kept) and steps on the ranks' mean, as they do: the ranks stay in lockstep."""
+        self.empty_batches += 1
+        zero = torch.zeros((), device=self.device)
+        if self.wrapped is not self.model:
+            with buffers_kept(self.model):
+                (self.logits(images).sum() * 0).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return zero, zero.long()
+
     def train_epoch(self, loader: TrainLoader, epoch: int, progress: bool) -> dict:
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
@@ -224,6 +248,7 @@ class Trainer:
         if not self.cfg.sync_bn:  # each rank's BatchNorm statistics: one mean, before evaluating and checkpointing
             distributed.average_buffers(self.model)
         loss_total, correct_total, seen = epoch_totals(loss_sum, correct, seen)
+        every_image_bad(seen, "train")
         train_time = time.perf_counter() - start
         return {
             "train_loss": loss_total / seen,
@@ -249,11 +274,15 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = torch.zeros((), device=self.device, dtype=torch.long)
         for images, labels in loader:
+            if not len(labels):  # bad_images=skip emptied it: nothing to score (evaluation has no collective)
+                self.empty_batches += 1
+                continue
             logits = self.logits(self.full_batch(images, loader.batch_size), train=False)[: len(labels)]
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
         loss_total, correct_total, seen = epoch_totals(loss_sum, correct, seen)
+        every_image_bad(seen, "test")
         return {"test_loss": loss_total / seen, "test_acc": correct_total / seen}
 
     def warm_up(self, train: TrainLoader, test: TestLoader) -> float:
@@ -456,6 +485,7 @@ def train_epochs(
         )
         if not data.resident:  # streamed: could the loader keep up with the model?
             note = f"; {skipped_note(skipped)}" if skipped else ""
+            note += f"; {trainer.empty_batches} empty batches skipped so far" if trainer.empty_batches else ""
             log(f"epoch {epoch + 1} data: {data.train.images.report()}{note}")
         if on_epoch is not None:
             on_epoch(record)
