@@ -22,6 +22,8 @@ Module map, top to bottom (each layer imports only the layers below it):
         train.py          model, optimiser, resumable epochs
         checkpoint.py     a run's checkpoint read back: unusable ones set aside, every rank resuming one epoch
         metrics.py        the divergence rule, and the run's summary metrics.json holds
+        modes.py          how a run executes: autocast dtype, torch.compile and its caches, CUDA graphs, fused AdamW,
+                          activation checkpointing
         distributed.py    a run on several processes: its Ranks (rank, size, rendezvous), the process group, synced
                           BatchNorm, DDP
         schedule.py       learning-rate schedules

@@ -214,7 +214,7 @@ def create_result_dir(root: Path) -> None:
 def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: list[str]) -> None:
     import torch  # here, once the command line is parsed: --help and usage errors answer without it
 
-    from ablations.engine.train import check_cuda_graphs, run_dtype
+    from ablations.engine.modes import check_cuda_graphs, run_dtype
 
     for precision in {cfg.precision for cfg in configs}:
         for device in devices:

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep = build_sweep(PRESETS[preset].values, args.set, [], 1)
     (cfg,) = sweep_configs(preset, sweep, args.data_root)
     from ablations.engine.distributed import Ranks  # torch: once the command line is parsed
-    from ablations.engine.train import check_cuda_graphs
+    from ablations.engine.modes import check_cuda_graphs
     from convmixer.runtime import parse_device
 
     try:  # named, not "auto", in the run's log and progress; a bad name is refused before anything is written

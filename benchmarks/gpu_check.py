@@ -169,7 +169,8 @@ def sync_audit(check: Check, timeout: float) -> str:
     import torch
 
     from ablations.data.loaders import build_data
-    from ablations.engine.train import Trainer, run_dtype
+    from ablations.engine.modes import run_dtype
+    from ablations.engine.train import Trainer
     from convmixer.runtime import synchronize
 
     cfg = check.recipe()

@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 
 from ablations.config import ConfigError, RunConfig
+from ablations.engine.modes import run_dtype
 from ablations.engine.setup import Workload, fastest_setup
-from ablations.engine.train import Trainer, run_dtype
+from ablations.engine.train import Trainer
 from ablations.sweep.grid import build_sweep
 from ablations.sweep.presets import PRESETS
 from ablations.sweep.study import read_study

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from ablations.config import ConfigError, RunConfig
 from ablations.data.loaders import TestLoader, TrainLoader, build_data
+from ablations.engine.modes import fused_adamw, run_dtype
 from ablations.engine.schedule import learning_rate
 from ablations.engine.setup import Setup, Workload, fastest_setup
-from ablations.engine.train import fused_adamw, run_dtype
 from benchmarks.grouped import GroupedConvMixer
 from convmixer.depthwise import use_impl
 from convmixer.runtime import cuda_math_flags, synchronize

@@ -23,7 +23,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ablations.config import RunConfig
-from ablations.engine import train
+from ablations.engine import modes, train
 from ablations.store import HISTORY, METRICS, RUNS, read_history, read_metrics
 from convmixer.runtime import step_seconds
 
@@ -80,9 +80,9 @@ def bare_trainer(cfg: RunConfig, classes: int, device: torch.device, mode: str) 
     """The engine's Trainer for cfg; `mode` eager, compiled (as compile=true) or cudagraphs (torch.compile's
     reduce-overhead mode, as cuda_graphs=true: CUDA graphs of the compiled forward and backward; plain Inductor on a
     CPU)."""
-    dtype = train.run_dtype(cfg.precision, device)
+    dtype = modes.run_dtype(cfg.precision, device)
     if mode != "eager":
-        train.persistent_compile_caches()
+        modes.persistent_compile_caches()
         graphs = mode == "cudagraphs" and device.type == "cuda"
         cfg = dataclasses.replace(cfg, compile=True, cuda_graphs=graphs)
     return train.Trainer(cfg, cfg.model_config(classes).build(), device, dtype)

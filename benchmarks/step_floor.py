@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(str(error)) from None
     import torch
 
-    from ablations.engine.train import PRECISION_NAMES, run_dtype
+    from ablations.engine.modes import PRECISION_NAMES, run_dtype
     from convmixer.runtime import cuda_math_flags, hardware_name, toolkit_commit
 
     dtype = run_dtype(cfg.precision, device)

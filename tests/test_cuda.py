@@ -14,7 +14,7 @@ import torch
 
 from ablations.config import RunConfig
 from ablations.data.loaders import build_data
-from ablations.engine import train
+from ablations.engine import modes, train
 from ablations.engine.train import Trainer, train_run
 from ablations.run import cli
 from benchmarks import gpu_check, measure
@@ -38,7 +38,7 @@ def test_a_training_epoch_never_syncs_with_the_host(precision):
     cfg = RunConfig(**TINY, randaug_n=2, randaug_m=12, jitter=0.1, reprob=0.5, mixup=0.8, cutmix=1.0,
                     clip_norm=1.0, precision=precision)  # fmt: skip
     data = build_data(cfg, CUDA)
-    trainer = Trainer(cfg, cfg.model_config(data.num_classes).build(), CUDA, train.run_dtype(precision, CUDA))
+    trainer = Trainer(cfg, cfg.model_config(data.num_classes).build(), CUDA, modes.run_dtype(precision, CUDA))
     for images, targets in data.train.epoch(0):  # warm-up: lazy state, cuDNN plans, the scaler's first step
         trainer.train_step(images, targets, 1e-3)
     torch.cuda.synchronize()
@@ -149,7 +149,7 @@ def test_the_cuda_flags_are_restored_and_tf32_recorded():
 def test_the_sweep_process_leaves_cuda_to_its_workers(repo_root):
     """Spawned workers start CUDA cleanly only if the sweep process has not: listing the devices and checking
     the precision per device must not create a CUDA context."""
-    code = ("import torch; from convmixer.runtime import parse_devices; from ablations.engine.train import run_dtype; "
+    code = ("import torch; from convmixer.runtime import parse_devices; from ablations.engine.modes import run_dtype; "
             "devices = parse_devices('auto'); [run_dtype('auto', torch.device(d)) for d in devices]; "
             "print(devices[0], torch.cuda.is_initialized())")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True)

@@ -31,7 +31,7 @@ from ablations.config import RunConfig
 from ablations.data import loaders
 from ablations.data.augment import blend, sharpness
 from ablations.data.loaders import build_data
-from ablations.engine import train
+from ablations.engine import modes
 from ablations.engine.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,9 +140,9 @@ def guarded_epoch(cfg: RunConfig, monkeypatch: pytest.MonkeyPatch) -> HostSyncGu
     """One training epoch and one evaluation of cfg on the CPU (after a warm-up epoch, as on a GPU), guarded,
     with the engine's CUDA choices (fused AdamW)."""
     cpu = torch.device("cpu")
-    monkeypatch.setattr(train, "fused_adamw", lambda device: True)
+    monkeypatch.setattr(modes, "fused_adamw", lambda device: True)
     data = build_data(cfg, cpu)
-    trainer = Trainer(cfg, cfg.model_config(data.num_classes).build(), cpu, train.run_dtype(cfg.precision, cpu))
+    trainer = Trainer(cfg, cfg.model_config(data.num_classes).build(), cpu, modes.run_dtype(cfg.precision, cpu))
     trainer.train_epoch(data.train, 0, progress=False)
     with HostSyncGuard(allow=("epoch_totals",)) as guard:
         trainer.train_epoch(data.train, 1, progress=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import ablations.engine.modes as modes
 import ablations.engine.train as train
 from ablations.config import ConfigError, RunConfig
 from ablations.data import CIFAR10_JPEG_ENV
@@ -302,7 +303,7 @@ def test_configs_trained_one_after_another_in_one_process_are_each_compiled(monk
     batches) and the 4th config fell back to eager silently (dynamo's recompile limit, 8). Each run must compile
     exactly its train and eval graphs at static shapes, and five runs (10 graphs) must not reach the limit.
     The 'eager' backend skips Inductor's C++ build: capture and recompiles are dynamo's, whatever the backend."""
-    monkeypatch.setattr(train, "COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(modes, "COMPILE_BACKEND", "eager")
     for kernel_size in (3, 5, 7, 9, 11):  # 150 train and 70 test images in batches of 32: partial last batches
         cfg = tiny(kernel_size=kernel_size, dim=8, depth=1, train_subset=150, test_subset=70, batch_size=32, epochs=2)
         metrics = train_run(RunConfig(**{**cfg.to_dict(), "compile": True}), None, device="cpu", log=quiet)
@@ -488,7 +489,7 @@ def test_a_reference_timed_over_fewer_epochs_is_extrapolated_and_has_no_accuracy
 
 @pytest.mark.slow  # pays torch.compile's start-up
 def test_the_bare_step_runs_compiled_and_counts_the_bytes_of_a_step(monkeypatch):
-    monkeypatch.setattr(train, "COMPILE_BACKEND", "eager")  # graph capture without a C++ build
+    monkeypatch.setattr(modes, "COMPILE_BACKEND", "eager")  # graph capture without a C++ build
     cfg = tiny(batch_size=8)
     cpu = torch.device("cpu")
     for mode in ("eager", "compiled", "cudagraphs"):  # the eager backend ignores reduce-overhead: the code path runs
@@ -503,11 +504,11 @@ def test_the_bare_step_runs_compiled_and_counts_the_bytes_of_a_step(monkeypatch)
 def test_compiled_runs_keep_inductors_cache_with_the_toolkits_unless_told_otherwise(monkeypatch, tmp_path):
     monkeypatch.setenv("CONVMIXER_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    assert train.persistent_compile_caches() == tmp_path / "cache" / train.COMPILE_CACHE
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", train.default_cache_dir())  # what importing torch's compiler sets
-    assert train.persistent_compile_caches() == tmp_path / "cache" / train.COMPILE_CACHE
+    assert modes.persistent_compile_caches() == tmp_path / "cache" / modes.COMPILE_CACHE
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", modes.default_cache_dir())  # what importing torch's compiler sets
+    assert modes.persistent_compile_caches() == tmp_path / "cache" / modes.COMPILE_CACHE
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
-    assert train.persistent_compile_caches() == tmp_path / "mine"
+    assert modes.persistent_compile_caches() == tmp_path / "mine"
 
 
 def one_step(cfg: RunConfig) -> tuple[torch.nn.Module, torch.Tensor]:

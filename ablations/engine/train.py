@@ -9,26 +9,22 @@ Every random draw comes from (seed, epoch), so a resumed run replays exactly wha
 """
 
 import copy
-import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from ablations import atomic
-from ablations.config import ConfigError, RunConfig
+from ablations.config import RunConfig
 from ablations.data import DataError
 from ablations.data.loaders import NAMED_SKIPS, Data, TestLoader, TrainLoader, build_data, skipped_note
-from ablations.data.sources import cache_dir
-from ablations.engine import distributed
+from ablations.engine import distributed, modes
 from ablations.engine.checkpoint import read_checkpoint_on_every_rank
 from ablations.engine.distributed import SINGLE, Ranks
 from ablations.engine.metrics import divergence, final_metrics
@@ -39,56 +35,11 @@ from convmixer.arguments import patch_grid
 from convmixer.counting import closed_form
 from convmixer.depthwise import use_impl
 from convmixer.runtime import (
-    AUTOCAST_DTYPES,
-    autocast_dtype,
     cuda_math_flags,
     device_name,
     resolve_device,
     synchronize,
 )
-
-COMPILE_BACKEND = "inductor"  # torch.compile's; the tests use "eager" to check graph capture without a C++ build
-COMPILE_CACHE = "inductor"  # Inductor's cache folder, under the toolkit's cache folder ($CONVMIXER_CACHE)
-PRECISION_NAMES = {dtype: name for name, dtype in AUTOCAST_DTYPES.items()}  # metrics.json's precision_used
-
-
-def run_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype a run of `precision` uses on `device` (None: plain fp32); ConfigError if it cannot run."""
-    try:
-        return autocast_dtype(precision, device)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-
-
-def compiled_graphs() -> int:
-    """Graphs torch.compile has captured in this process so far (dynamo's counter survives dynamo.reset)."""
-    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
-
-
-def persistent_compile_caches() -> Path:
-    """Keep Inductor's on-disk caches (the FX graph and AOTAutograd caches, on by default, and the kernels) under
-    the toolkit's cache folder, so that every later run compiling the same shapes, in this process, in another
-    worker of the sweep or in a later sweep, loads compiled code instead of compiling it again. Set before the
-    first compile of each process (torch reads the folder when it compiles); an explicit TORCHINDUCTOR_CACHE_DIR
-    (a benchmark's fresh folder, say) is kept. Unlike torch's default (/tmp/torchinductor_<user>), the folder
-    lives with the decoded data, so it can be carried to a fresh GPU machine with them. Returns the folder."""
-    # Importing torch's compiler already writes its default folder into the environment: replace only that.
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, os.path.abspath(default_cache_dir())):
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / COMPILE_CACHE)
-    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
-
-
-def check_cuda_graphs(cfg: RunConfig, device: torch.device) -> None:
-    """ConfigError if the run asks for CUDA graphs on a device that has none."""
-    if cfg.cuda_graphs and device.type != "cuda":
-        raise ConfigError(f"cuda_graphs=True is not accepted on {device.type}: CUDA graphs need a CUDA device")
-
-
-def fused_adamw(device: torch.device) -> bool:
-    """Whether AdamW runs fused on `device`: on CUDA, one kernel for all parameters and no host sync (the
-    for-each kernel reads its step counters back to the host). The CPU keeps the for-each kernel, whose
-    numbers the committed CPU results were made with."""
-    return device.type == "cuda"
 
 
 def epoch_totals(*sums: torch.Tensor) -> list[float]:
@@ -102,33 +53,6 @@ def every_image_bad(seen: float, split: str) -> None:
     if not seen:
         why = "none could be read; set bad_images=error to stop at the first, named"
         raise DataError(f"imagefolder: bad_images=skip left out every image of the {split} split ({why})")
-
-
-@contextmanager
-def buffers_kept(module: nn.Module) -> Iterator[None]:
-    """Leave `module`'s buffers as they were on entry: a recomputed forward pass in training mode would update
-    BatchNorm's running statistics (and its batch count) a second time. Restored in `finally`: the checkpoint
-    ends a recomputation early by raising once it has the tensors the backward pass needs."""
-    kept = [(buffer, buffer.clone()) for buffer in module.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in kept:
-                buffer.copy_(value)
-
-
-def checkpoint_blocks(model: nn.Module) -> None:
-    """Recompute each mixer block's activations in the backward pass instead of keeping them (checkpoint_activations):
-    the forward's memory becomes one block's. The modules stay where they are, so the state dict is unchanged, and
-    the recomputation leaves the buffers alone, so the run trains the same function as without."""
-    for block in model.blocks:
-
-        def forward(x: torch.Tensor, block_forward: Callable = block.forward, block: nn.Module = block) -> torch.Tensor:
-            contexts = lambda: (nullcontext(), buffers_kept(block))  # noqa: E731 (forward pass, recomputation)
-            return checkpoint(block_forward, x, use_reentrant=False, context_fn=contexts)
-
-        block.forward = forward
 
 
 # Where a run warms up before epoch 1 (Trainer.warm_up): CUDA autotunes per shape; a CPU has nothing to tune.
@@ -155,13 +79,13 @@ class Trainer:
         if ranks.world_size > 1 and cfg.sync_bn:
             distributed.sync_batch_norm(model, device)
         if cfg.checkpoint_activations:
-            checkpoint_blocks(model)
+            modes.checkpoint_blocks(model)
         # Several processes: training goes through DDP, evaluation (sharded, no collective) through the model.
         self.wrapped = distributed.data_parallel(model, device) if ranks.world_size > 1 else model
         # Static shapes: a shape torch.compile has not seen is a visible recompile, never a silent dynamic graph.
         self.forward = self.compiled(self.wrapped)
         self.eval_forward = self.forward if self.wrapped is model else self.compiled(model)
-        self.fused = fused_adamw(device)
+        self.fused = modes.fused_adamw(device)
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps, fused=self.fused
         )
@@ -174,7 +98,7 @@ class Trainer:
         if not self.cfg.compile:
             return module
         mode = "reduce-overhead" if self.cfg.cuda_graphs else None
-        return torch.compile(module, dynamic=False, backend=COMPILE_BACKEND, mode=mode)
+        return torch.compile(module, dynamic=False, backend=modes.COMPILE_BACKEND, mode=mode)
 
     def logits(self, images: torch.Tensor, train: bool = True) -> torch.Tensor:
         forward = self.forward if train else self.eval_forward
@@ -223,7 +147,7 @@ class Trainer:
         self.empty_batches += 1
         zero = torch.zeros((), device=self.device)
         if self.wrapped is not self.model:
-            with buffers_kept(self.model):
+            with modes.buffers_kept(self.model):
                 (self.logits(images).sum() * 0).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -371,8 +295,8 @@ def train_run(
         cfg.batch_size, ranks.world_size, bool(cfg.mixup or cfg.cutmix)
     )  # fails before any process waits for another
     device = distributed.rank_device(resolve_device(device), ranks)
-    dtype = run_dtype(cfg.precision, device)  # before loading data, so a bad precision fails at once
-    check_cuda_graphs(cfg, device)
+    dtype = modes.run_dtype(cfg.precision, device)  # before loading data, so a bad precision fails at once
+    modes.check_cuda_graphs(cfg, device)
     distributed.start(ranks, device)
     try:
         return train_process(cfg, run_dir, device, dtype, log if ranks.main else lambda line: None, on_epoch, ranks,
@@ -396,9 +320,9 @@ def train_process(
     cfg.batch_size."""
     with cuda_math_flags(benchmark=device.type == "cuda", tf32=cfg.tf32):
         if cfg.compile:
-            persistent_compile_caches()
+            modes.persistent_compile_caches()
             torch._dynamo.reset()  # this run's graphs only: a sweep's worker never reaches dynamo's recompile limit
-        graphs_before = compiled_graphs() if cfg.compile else 0
+        graphs_before = modes.compiled_graphs() if cfg.compile else 0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         data = build_data(cfg, device, rank=ranks.rank, world_size=ranks.world_size)
@@ -422,9 +346,9 @@ def train_process(
         history, reason, wall_before, skipped = train_epochs(trainer, data, run_dir, started, log,
                                                              on_epoch if ranks.main else None)  # fmt: skip
     engine = {
-        "precision_used": PRECISION_NAMES[dtype],
+        "precision_used": modes.PRECISION_NAMES[dtype],
         "tf32_used": device.type == "cuda" and dtype is None and cfg.tf32,  # fp32 convolutions on TF32 tensor cores
-        "compiled_graphs": compiled_graphs() - graphs_before if cfg.compile else None,  # 0: ran eagerly
+        "compiled_graphs": modes.compiled_graphs() - graphs_before if cfg.compile else None,  # 0: ran eagerly
         "warm_up_s": warm_up_s,  # before epoch 1, in this process (a resumed run warms up again)
         "channels_last_used": trainer.setup.channels_last,
         "depthwise_impl_used": trainer.setup.impl,
