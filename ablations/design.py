@@ -14,7 +14,8 @@ from ablations.config import NOT_IDENTITY, RunConfig
 
 # Design keys added after designs were first recorded, with the value every earlier sweep had: read as that value,
 # so an old sweep.json is the same design as the command that wrote it.
-LATER_DESIGN_KEYS = {"order": "seeds"}
+LATER_DESIGN_KEYS = {"order": "seeds", "max_seeds": 0, "resolve": 0.0}
+AUTO = "auto"  # seeds: the sequential design (analysis.sequential) adds seeds stage by stage up to max_seeds
 OBJECT_KEYS = ("fixed", "baseline", "vary", "grid")  # the keys whose values are JSON objects
 
 
@@ -30,8 +31,10 @@ class Design:
     baseline: dict = field(default_factory=dict)
     vary: dict = field(default_factory=dict)
     grid: dict = field(default_factory=dict)
-    seeds: int = 0
+    seeds: int | str = 0  # per variant, or AUTO
     order: str = "seeds"  # the order its runs were trained in (ablations.sweep.grid.ORDERS)
+    max_seeds: int = 0  # with seeds AUTO: the last stage's seeds per variant
+    resolve: float = 0.0  # with seeds AUTO: the difference (points) whose interval stops a comparison
     runs: list[str] | None = None  # its run ids; None: every run of the folder (sweep.json's first format)
 
     @property

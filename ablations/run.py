@@ -12,6 +12,7 @@ this sweep's is refused; one sweep at a time works in a folder (a second is refu
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -21,16 +22,18 @@ from typing import NoReturn
 from ablations.atomic import WriteError
 from ablations.config import ConfigError, RunConfig
 from ablations.data import DataError, dataset_label
+from ablations.design import Design
 from ablations.store import DONE, FAILED, Locks, Store, StoreError
 from ablations.sweep import plan as planning
 from ablations.sweep.execute import check_processes
-from ablations.sweep.grid import Sweep, build_sweep, sweep_configs
+from ablations.sweep.grid import AUTO, Sweep, build_sweep, sweep_configs
 from ablations.sweep.local import LocalLauncher, add_local_options, device_slots, local_devices
 from ablations.sweep.plan import check_ids, outcome, run_plan
 from ablations.sweep.presets import DEFAULT_PRESET, PRESETS, keys_help
 from ablations.sweep.progress import run_label
 from ablations.sweep.slurm import SlurmLauncher, SlurmOptions, add_slurm_options, check_cluster
 from ablations.sweep.study import Study, read_study
+from analysis.sequential import FIRST_SEEDS, MAX_SEEDS, RESOLVE, check_stages, next_stage
 from convmixer.arguments import OneLineParser, folder_path, run_cli
 
 PROG = "python -m ablations.run"
@@ -41,6 +44,15 @@ MAX_RUNS = 10_000  # --max-runs's default: a design beyond it is most likely a t
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def seeds_value(text: str) -> int | str:
+    if text == AUTO:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not accepted: expected an integer >= 1 or {AUTO}") from None
 
 
 def help_preset(argv: list[str] | None) -> str:
@@ -76,7 +88,17 @@ def build_parser(preset: str = DEFAULT_PRESET) -> OneLineParser:
         help="change one key at a time from the baseline (the preset and --set values)",
     )  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE,...", help="fix keys for every run")
-    parser.add_argument("--seeds", type=int, metavar="N", help="repeat every run with seed=0..N-1 (default 1)")
+    parser.add_argument(
+        "--seeds", type=seeds_value, metavar="N|auto",
+        help="repeat every run with seed=0..N-1 (default 1); auto: stage by stage where the report needs them",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-seeds", type=int, metavar="N", help=f"with --seeds auto: the most per variant (default {MAX_SEEDS})"
+    )
+    parser.add_argument(
+        "--resolve", type=float, metavar="POINTS",
+        help=f"with --seeds auto: a comparison whose interval lies inside ±POINTS stops (default {RESOLVE:g})",
+    )  # fmt: skip
     parser.add_argument("--preset", choices=PRESETS, help=f"the recipe the keys override (default {DEFAULT_PRESET})")
     parser.add_argument("--name", help="sweep name (default: the study's, or preset and swept keys: smoke-kernel_size)")
     parser.add_argument(
@@ -115,14 +137,48 @@ def build_parser(preset: str = DEFAULT_PRESET) -> OneLineParser:
 def load_design(args: argparse.Namespace) -> tuple[Study | None, str, Sweep]:
     """(the study or None, the preset's name, the sweep) from --study or from the other options."""
     if args.study is None:
-        preset, seeds = args.preset or DEFAULT_PRESET, 1 if args.seeds is None else args.seeds
-        return None, preset, build_sweep(PRESETS[preset].values, args.set, args.grid, seeds, args.vary)
-    given = [name for name in ("grid", "vary", "set") if getattr(args, name)]
-    given += [name for name in ("seeds", "preset") if getattr(args, name) is not None]
-    if given:
-        raise ConfigError(f"--study and --{given[0]} exclude each other: the study file holds the whole design")
-    study = read_study(args.study)
-    return study, study.preset, study.sweep
+        preset, seeds = args.preset or DEFAULT_PRESET, 1 if args.seeds in (None, AUTO) else args.seeds
+        sweep = build_sweep(PRESETS[preset].values, args.set, args.grid, seeds, args.vary)
+        study = None
+    else:
+        given = [name for name in ("grid", "vary", "set") if getattr(args, name)]
+        given += [name for name in ("seeds", "preset") if getattr(args, name) not in (None, AUTO)]
+        if given:
+            raise ConfigError(f"--study and --{given[0]} exclude each other: the study file holds the whole design")
+        study = read_study(args.study)
+        preset, sweep = study.preset, study.sweep
+    return study, preset, staged_sweep(args, dataclasses.replace(sweep, auto=sweep.auto or args.seeds == AUTO))
+
+
+def staged_sweep(args: argparse.Namespace, sweep: Sweep) -> Sweep:
+    """With seeds auto, the sweep of every run it may train (seeds up to --max-seeds); refuse the stage options
+    without it."""
+    if not sweep.auto:
+        given = "--max-seeds" if args.max_seeds is not None else "--resolve" if args.resolve is not None else None
+        if given:
+            raise ConfigError(f'{given} is accepted only with seeds auto (--seeds auto, or seeds = "auto")')
+        return sweep
+    max_seeds = MAX_SEEDS if args.max_seeds is None else args.max_seeds
+    resolve = RESOLVE if args.resolve is None else args.resolve
+    try:
+        check_stages(max_seeds, resolve)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return dataclasses.replace(sweep, seeds=max_seeds, resolve=resolve)
+
+
+def stage_configs(configs: list[RunConfig], store: Store, sweep: Sweep) -> list[RunConfig]:
+    """The runs of the stage a seeds-auto sweep is in: the first stage's seeds of every variant and the seeds the
+    sequential design (analysis.sequential, the report's rule) gives the open comparisons next."""
+    lines, needed = next_stage(store.root, sweep.seeds, sweep.resolve)
+    print("\n".join(lines), flush=True)
+    wanted = [(seed, values.items()) for values, seed in needed]
+
+    def in_stage(cfg: RunConfig) -> bool:
+        values = cfg.to_dict()
+        return cfg.seed < FIRST_SEEDS or any(cfg.seed == seed and pairs <= values.items() for seed, pairs in wanted)
+
+    return [cfg for cfg in configs if in_stage(cfg)]
 
 
 def default_name(study: Study | None, preset: str, sweep: Sweep) -> str:
@@ -227,6 +283,27 @@ def main(argv: list[str] | None = None) -> int:
     store.check_folder()
     origin = f"study {args.study} (preset {preset})" if study is not None else f"preset {preset}"
     print(first_line(name, configs, origin, keys), flush=True)
+    design = sweep.design(name, preset, str(args.study) if study else None, study.description if study else "")
+    if not sweep.auto:
+        return train(args, configs, configs, keys, store, devices, design, study)[0]
+    while True:  # a stage at a time, until one has nothing to train: every stage is read off what is done
+        code, trained = train(args, stage_configs(configs, store, sweep), configs, keys, store, devices, design, study)
+        if args.dry_run or not trained:
+            return code
+
+
+def train(
+    args: argparse.Namespace,
+    configs: list[RunConfig],
+    design_configs: list[RunConfig],
+    keys: list[str],
+    store: Store,
+    devices: list[str],
+    design: Design,
+    study: Study | None,
+) -> tuple[int, int]:
+    """Train `configs` (the design's runs, or a stage of them) and say how it ended: the exit code and how many
+    runs were to train. With --dry-run, list them instead."""
     # A dry run checks the data too: a run would fail on it.
     plan = planning.plan(configs, store, args.retry_failed, keys, args.keep_checkpoints)
     for path, why in plan.damaged.items():
@@ -247,13 +324,14 @@ def main(argv: list[str] | None = None) -> int:
         print_table(configs, keys, store)
         for cfg in configs if args.show_config else []:
             print(f"{cfg.run_id()} {json.dumps(cfg.to_dict())}")
-        return 0
+        return 0, len(todo)
     create_result_dir(store.root)
-    design = sweep.design(name, preset, str(args.study) if study else None, study.description if study else "")
     launcher = make_launcher(args, store, devices)
     # Announced once the folder is locked and the design recorded: a refusal never follows "N to train".
-    run_plan(plan, launcher, design, study.text if study else None, lambda: print(line, flush=True))
-    return report(configs, keys, store)
+    # The design's runs are all it may train (every seed up to --max-seeds with seeds auto): one design per sweep.
+    ids = [cfg.run_id() for cfg in design_configs]
+    run_plan(plan, launcher, design, study.text if study else None, lambda: print(line, flush=True), ids)
+    return report(configs, keys, store), len(todo)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ablations import atomic
 from ablations.store import DONE
-from analysis import plots, provenance, seeds, style, tables
+from analysis import plots, provenance, seeds, sequential, style, tables
 from analysis.design import Scope, axis_rows, scope, variant_label
 from analysis.errors import AnalysisError
 from analysis.load import history_gaps, load_history
@@ -228,7 +228,9 @@ def contents(
     }
     files = [*texts, *(f"{stem}.{ext}" for stem in figures for ext in style.FORMATS)]
     gaps = history_gaps(chosen.done, history)
-    plan = seeds.plan_lines(*seeds.spread(chosen.done, chosen.keys), seeds.DELTAS)
+    plan = seeds.plan_lines(
+        *seeds.spread(chosen.done, chosen.keys), seeds.DELTAS, comparisons=seeds.comparison_count(chosen)
+    ) + sequential.report_lines(chosen)
     captions = {stem: plot.caption for stem, plot in figures.items()}
     texts["report.md"] = index(sweeps, chosen, table_md, f"{caption}\n\n{notes}", files, gaps, plan, captions)
     return texts, figures

@@ -2,8 +2,9 @@
 a difference of `--delta` points needs to be detected, from the seed-to-seed spread the sweep observed.
 
 The spread is the within-variant standard deviation of test accuracy, pooled over every variant with 2 seeds or
-more; the count solves a two-sided two-sample t-test's power (statsmodels.stats.power) for equal seeds per side.
-report.md carries the same plan for 0.5, 1 and 2 points.
+more; the count solves a two-sided two-sample t-test's power (statsmodels.stats.power) for equal seeds per side, at
+the level the report's rule gives one difference among its m comparisons: Holm's first step, alpha / m (the
+conservative plan: a difference found first must pass it). report.md carries the same plan for 0.5, 1 and 2 points.
 """
 
 import argparse
@@ -27,19 +28,27 @@ DELTAS = (0.5, 1.0, 2.0)  # points: report.md's plan
 
 
 def plan_lines(
-    sd: float, n_groups: int, deltas: tuple[float, ...], power: float = 0.8, alpha: float = 0.05
+    sd: float,
+    n_groups: int,
+    deltas: tuple[float, ...],
+    power: float = 0.8,
+    alpha: float = 0.05,
+    comparisons: int = 1,
 ) -> list[str]:
-    """The plan in words: the spread it starts from, then one line per difference (in points)."""
+    """The plan in words: the spread it starts from, then one line per difference (in points), each at the level
+    Holm over `comparisons` gives the first difference it finds (alpha / comparisons)."""
     from analysis.stats import seeds_needed
 
     if math.isnan(sd):
         return ["Seeds needed: no variant has 2 seeds, so there is no seed-to-seed spread to plan from."]
+    level = alpha / max(comparisons, 1)
+    rule = f"α = {alpha:g}" if comparisons <= 1 else f"α = {alpha:g} Holm over {comparisons} comparisons: {level:.2g}"
     lines = [
         f"Seed-to-seed spread: sd {sd:.2f} points (test accuracy, pooled over {n_groups} variants); seeds per "
-        f"variant to detect a true difference Δ at {power:.0%} power (two-sided t-test, α = {alpha:g}):"
+        f"variant to detect a true difference Δ at {power:.0%} power (two-sided t-test, {rule}):"
     ]
     for delta in deltas:
-        n = seeds_needed(delta, sd, power, alpha)
+        n = seeds_needed(delta, sd, power, level)
         lines.append(f"- Δ = {delta:g} points: {math.ceil(n) if not math.isnan(n) else 'n/a'} seeds")
     return lines
 
@@ -52,6 +61,13 @@ def spread(runs: "pd.DataFrame", keys: list[str]) -> tuple[float, int]:
     finished = done(runs)
     groups = [group["test_acc"] * 100 for _, group in finished.groupby(keys)] if keys else [finished["test_acc"] * 100]
     return pooled_sd(groups), sum(len(group) >= 2 for group in groups)
+
+
+def comparison_count(chosen) -> int:
+    """How many comparisons the report makes of the scope (its Holm family): each variant with its baseline."""
+    from analysis.sequential import FIRST_SEEDS, comparisons
+
+    return len(comparisons(chosen, FIRST_SEEDS).labels)
 
 
 def _number(text: str) -> float:
@@ -90,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
     chosen = scope(list(map(Path, args.sweeps)), [], design=args.design)
     sd, n_groups = spread(chosen.done, chosen.keys)
-    print("\n".join(plan_lines(sd, n_groups, tuple(args.delta or DELTAS), args.power, args.alpha)))
+    deltas, family = tuple(args.delta or DELTAS), comparison_count(chosen)
+    print("\n".join(plan_lines(sd, n_groups, deltas, args.power, args.alpha, family)))
     return 0
 
 

@@ -10,8 +10,10 @@
 #   bash benchmarks/gpu_session.sh loader      # the streaming loader's CUDA test and img/s per core with nvJPEG
 #                                              # beside Pillow and torchvision (python -m benchmarks.loader)
 #   bash benchmarks/gpu_session.sh accuracy    # 25 epochs x 2 seeds of the engine and the 16-worker reference
-#   bash benchmarks/gpu_session.sh jobs        # 25 epochs x 2 seeds of the engine, one after another and side by
-#                                              # side on one GPU (--jobs-per-device 1 vs 2)
+#   bash benchmarks/gpu_session.sh jobs        # N seeds as one grouped model vs one after another, N = 1, 2, 4, 8
+#                                              # (python -m benchmarks.grouped_speed, 60 s); then 25 epochs x 2
+#                                              # seeds of the engine, one after another and side by side on one GPU
+#                                              # (--jobs-per-device 1 vs 2)
 #   bash benchmarks/gpu_session.sh study       # the next runs of studies/cifar10-gpu.toml into results/cifar10-gpu
 #                                              # (those that fit in STUDY_MINUTES, default 7), brought back as
 #                                              # $OUT/cifar10-gpu.tar.gz without checkpoints
@@ -24,7 +26,7 @@
 # python -m benchmarks.kernels), STUDY (default studies/cifar10-gpu.toml), STORE (default results/<its stem>),
 # STUDY_MINUTES (default 7; the sweep then exits 1, its runs not all done, which session.txt shows).
 # Files in $OUT: session.txt, step_floor.json and .md, train_speed[_accuracy|_jobs].json and .md, kernels.json and
-# .md, loader.json and .md, <study>.tar.gz, logs.tar.gz.
+# .md, loader.json and .md, grouped.json and .md, <study>.tar.gz, logs.tar.gz.
 # Each step has its own time limit and the script goes on after a failure; session.txt lists every step's exit
 # code and seconds. Exit code: 0 when every step passed.
 set -u
@@ -80,8 +82,9 @@ if [ "$TINY" = 1 ]; then
     FLOOR=(--device cpu --set dim=8,depth=1,batch_size=8 --image-size 16 --kernels 3 --steps 1 --copy-mb 8
            --matmul-size 128)
     COMPILED=engine  # a cold Inductor compile takes a minute on a small CPU; the tests cover that path
+    GROUPED=(--device cpu --set dim=8,depth=1,batch_size=8 --groups 1,2 --time-budget 5)
 else
-    SHAPE=() COMPILED=engine,engine-compiled FLOOR=(--kernels 5,9)
+    SHAPE=() COMPILED=engine,engine-compiled FLOOR=(--kernels 5,9) GROUPED=(--device cuda --time-budget 60)
 fi
 case "$PART" in
     speed)
@@ -109,6 +112,7 @@ case "$PART" in
         tar -czf "$OUT/$(basename "$STORE").tar.gz" --exclude 'checkpoint.pt*' --exclude .lock \
             -C "$(dirname "$STORE")" "$(basename "$STORE")" ;;
     jobs)
+        step grouped 120 python -m benchmarks.grouped_speed "${GROUPED[@]}" --out "$OUT/grouped.json"
         step train-speed 420 python -m benchmarks.train_speed --data-root "$DATA" "${SHAPE[@]}" --seeds 2 \
             --variants engine,engine-2-per-device --out "$OUT/train_speed_jobs.json" ;;
 esac

@@ -60,7 +60,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("ablations.sweep.grid", ("ablations.design", "ablations.config", "ablations.sweep.presets")),
     ("ablations.sweep.study", ("ablations.config", "ablations.sweep.grid", "ablations.sweep.presets")),
     ("ablations.sweep", ("ablations.sweep", "ablations.store", "ablations.config", "ablations.atomic", "convmixer")),
-    ("ablations.run", ("ablations", "convmixer")),
+    ("ablations.run", ("ablations", "convmixer", "analysis.sequential")),  # seeds auto: the report's rule
     ("ablations.train", ("ablations", "convmixer")),
     ("ablations", ()),  # the package's own __init__
     (

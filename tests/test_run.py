@@ -124,7 +124,7 @@ def test_a_patch_that_does_not_divide_the_image_says_which_pixels_it_drops(tmp_p
         (["--set", "kernel_size=3", "--grid", "kernel_size=5,7"], "'kernel_size' is in both --set and --grid"),
         (["--devices", "cuda:7"], "--devices 'cuda:7' is not accepted: expected auto, cpu, cuda, or GPU indices"),
         (["--seeds", "0"], "--seeds 0 is not accepted: expected an integer >= 1"),
-        (["--seeds", "two"], "argument --seeds: invalid int value: 'two'"),
+        (["--seeds", "two"], "argument --seeds: 'two' is not accepted: expected an integer >= 1 or auto"),
         (["--preset", "imagenet-21k"], "argument --preset: invalid choice: 'imagenet-21k'"),
         (["--jobs-per-device", "0"], "--jobs-per-device 0 is not accepted"),
         (["--grid", "kernel_size=3", "7", "9"], "unrecognized arguments: 7 9 (a key's values are comma-separated"),

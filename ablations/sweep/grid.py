@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from ablations.config import ConfigError, RunConfig, field_types, parse_value, portable_path
-from ablations.design import Design
+from ablations.design import AUTO, Design
 from ablations.sweep.presets import check_data_read, sweep_data_root
 
 # The order runs are trained in. "seeds": every variant for seed 0 first, so a half-finished sweep already spans
@@ -33,6 +33,8 @@ class Sweep:
     seeds: int = 1
     vary: dict[str, list] = field(default_factory=dict)
     order: str = "seeds"  # one of ORDERS
+    auto: bool = False  # seeds "auto": `seeds` is then the most per variant, given stage by stage (analysis.sequential)
+    resolve: float = 1.0  # with auto: the difference (points) whose interval stops a comparison
 
     def varying_keys(self) -> list[str]:
         return list(self.vary) + list(self.grid) + (["seed"] if self.seeds > 1 else [])
@@ -92,7 +94,10 @@ class Sweep:
         """The sweep's design, for the store's sweep.json: what the report needs to group and compare runs."""
         fixed = {key: portable_path(value) if key == "data_root" else value for key, value in self.fixed.items()}
         values = {"fixed": fixed, "baseline": self.baseline(), "vary": self.vary, "grid": self.grid}
-        return Design(name, preset, study, description, **values, seeds=self.seeds, order=self.order)
+        seeds = {"seeds": self.seeds}
+        if self.auto:
+            seeds = {"seeds": AUTO, "max_seeds": self.seeds, "resolve": self.resolve}
+        return Design(name, preset, study, description, **values, **seeds, order=self.order)
 
 
 def check_key(key: str, option: str) -> str:

@@ -186,14 +186,16 @@ def run_plan(
     design: Design,
     study_text: str | None = None,
     announce: Callable[[], None] | None = None,
+    run_ids: list[str] | None = None,
 ) -> Outcome:
     """Run a plan: hold the folder's lock (one sweep at a time), set damaged files aside, record the design (the
     sweep's `Design`, as sweep.json holds it: Store.add_design) with its runs, train, and say how it ended.
-    `announce` is called once the sweep may start, so that what it prints never precedes a refusal."""
+    `announce` is called once the sweep may start, so that what it prints never precedes a refusal. `run_ids`:
+    the design's runs where the plan trains a part of them (a stage of seeds auto)."""
     with plan.store.lock_sweep():
         plan.store.drop_stale_temps()
         plan.store.set_aside_damaged()
-        plan.store.add_design(design, [cfg.run_id() for cfg in plan.configs], study_text)
+        plan.store.add_design(design, run_ids or [cfg.run_id() for cfg in plan.configs], study_text)
         if announce is not None:
             announce()
         train_plan(plan, launcher)

@@ -2,7 +2,7 @@
 
     description = "what the study asks"
     preset = "cifar10-jpeg"        # the recipe the keys below override
-    seeds = 3
+    seeds = 3                       # or "auto": seeds stage by stage where the report needs them (--max-seeds)
     order = "axes"                  # optional: train whole axes in turn (default "seeds": seed 0 of all first)
     [fixed]                         # keys every run shares
     dim = 48
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ablations.config import ConfigError, typed_value
-from ablations.sweep.grid import ORDERS, Sweep, check_axis, check_key, check_sweep
+from ablations.sweep.grid import AUTO, ORDERS, Sweep, check_axis, check_key, check_sweep
 from ablations.sweep.presets import PRESETS
 
 TOP_LEVEL = ("description", "preset", "seeds", "order", "fixed", "baseline", "vary", "grid")
@@ -64,8 +64,10 @@ def parse_study(data: dict, where: str) -> tuple[str, str, Sweep]:
     preset, seeds = data.get("preset", "smoke"), data.get("seeds", 1)
     if preset not in PRESETS:
         raise ConfigError(f"{where}: preset={preset!r} is not accepted: choose one of {', '.join(PRESETS)}")
-    if type(seeds) is not int:
-        raise ConfigError(f"{where}: seeds={seeds!r} is not accepted: expected an integer >= 1")
+    auto = seeds == AUTO  # the runner's --max-seeds gives the most
+    if type(seeds) is not int and not auto:
+        raise ConfigError(f"{where}: seeds={seeds!r} is not accepted: expected an integer >= 1 or {AUTO!r}")
+    seeds = 1 if auto else seeds
     order = data.get("order", "seeds")
     if order not in ORDERS:
         raise ConfigError(f"{where}: order={order!r} is not accepted: choose one of {', '.join(ORDERS)}")
@@ -82,7 +84,7 @@ def parse_study(data: dict, where: str) -> tuple[str, str, Sweep]:
     return (
         str(data.get("description", "")),
         preset,
-        Sweep({**PRESETS[preset].values, **fixed, **baseline}, grid, seeds, vary, order),
+        Sweep({**PRESETS[preset].values, **fixed, **baseline}, grid, seeds, vary, order, auto),
     )
 
 
