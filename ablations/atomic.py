@@ -150,6 +150,23 @@ def keep_files(target: Path, staging: Path, left_behind: Sequence[str] = ()) -> 
             link_or_copy(str(path), str(kept))
 
 
+@contextlib.contextmanager
+def naming_failures(path: Path | str) -> Iterator[None]:
+    """Say which file or folder a write inside the block failed on: a library's OSError (a full disk) names none,
+    so it (or an error it caused) becomes a WriteError naming `path`, one line."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except Exception as error:  # MLflow wraps the OSError in an exception of its own
+        cause = error
+        while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise WriteError(path, cause) from error
+
+
 def failure(error: BaseException) -> str:
     """Why a write failed, in a few words: the OSError behind it (on a full disk matplotlib's PDF writer raises an
     AttributeError of its own while it cleans up after the ENOSPC), else the error itself."""

@@ -47,6 +47,7 @@ LATER_KEYS: dict[str, object] = {
     "sync_bn": True,
     "accum_steps": 1,
     "checkpoint_activations": False,
+    "cuda_graphs": False,
 }
 # Hex digits of a run id (64 bits); results written before ids had 16 were named by LEGACY_RUN_ID_LENGTH.
 RUN_ID_LENGTH, LEGACY_RUN_ID_LENGTH = 16, 10
@@ -130,6 +131,7 @@ class RunConfig:
     sync_bn: bool = True  # BatchNorm statistics over the global batch; false: each process's own (as timm's runs)
     accum_steps: int = 1  # gradient accumulation: each process's batch in this many forward/backward passes
     checkpoint_activations: bool = False  # recompute each mixer block's activations in the backward pass
+    cuda_graphs: bool = False  # with compile: replay the compiled forward and backward as CUDA graphs (CUDA only)
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -184,6 +186,8 @@ class RunConfig:
                 raise ConfigError(f"{key}={value!r} is not accepted: expected a finite number")
             if not rule.accepts(value):
                 raise ConfigError(f"{key}={value!r} is not accepted: {rule.describe()}")
+        if self.cuda_graphs and not self.compile:
+            raise ConfigError("cuda_graphs=True is not accepted with compile=False: CUDA graphs replay compiled code")
         size = self.image_size or NATIVE_IMAGE_SIZE.get(self.dataset)
         if size is not None:  # else (an ImageFolder tree at its native size) build_data checks it once loaded
             self.check_image_size(size, f" of {self.dataset}")

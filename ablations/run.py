@@ -25,7 +25,7 @@ from ablations.data import DataError, dataset_label
 from ablations.design import Design
 from ablations.store import DONE, FAILED, Locks, Store, StoreError
 from ablations.sweep import plan as planning
-from ablations.sweep.execute import check_processes
+from ablations.sweep.execute import check_processes, torchrun_rank, warn_oversubscribed
 from ablations.sweep.grid import AUTO, Sweep, build_sweep, sweep_configs
 from ablations.sweep.local import LocalLauncher, add_local_options, device_slots, local_devices
 from ablations.sweep.plan import check_ids, outcome, run_plan
@@ -37,6 +37,10 @@ from analysis.sequential import FIRST_SEEDS, MAX_SEEDS, RESOLVE, check_stages, n
 from convmixer.arguments import OneLineParser, folder_path, run_cli
 
 PROG = "python -m ablations.run"
+UNDER_TORCHRUN = (
+    "ablations.run launches its runs' processes itself (--procs-per-run N); under torchrun, train one run with "
+    "torchrun --nproc-per-node N -m ablations.train (same flags: --preset, --set, --data-root, --out)"
+)
 # Where a sweep goes without --out: a folder git ignores (.gitignore), apart from the committed results/.
 DEFAULT_ROOT = Path("sweeps")
 MAX_RUNS = 10_000  # --max-runs's default: a design beyond it is most likely a typo (a list pasted as a grid axis)
@@ -210,11 +214,14 @@ def create_result_dir(root: Path) -> None:
 def check_options(args: argparse.Namespace, configs: list[RunConfig], devices: list[str]) -> None:
     import torch  # here, once the command line is parsed: --help and usage errors answer without it
 
-    from ablations.engine.train import run_dtype
+    from ablations.engine.train import check_cuda_graphs, run_dtype
 
     for precision in {cfg.precision for cfg in configs}:
         for device in devices:
             run_dtype(precision, torch.device(device))  # fp16 needs CUDA: refuse it now, not in every run
+    for cfg in configs:  # as fp16: cuda_graphs needs CUDA
+        for device in devices:
+            check_cuda_graphs(cfg, torch.device(device))
     if args.time_limit is not None and args.launcher == "slurm":
         raise ConfigError("--time-limit is not accepted with --launcher slurm: use --slurm-time for each job")
     options = SlurmOptions.from_args(args, args.procs_per_run)  # a bad --slurm-* value is refused on any sweep
@@ -276,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = sweep_configs(preset, sweep, args.data_root)
     check_processes(args.procs_per_run, configs)  # torch, once the design is known to be valid
     devices = local_devices(args) if args.launcher == "local" else []
+    if devices == ["cpu"]:  # a run's ranks share this machine's cores (a GPU each is checked by local_devices)
+        warn_oversubscribed(args.procs_per_run, "cpu")
     check_options(args, configs, devices)
     name, root = result_dir(args, default_name(study, preset, sweep))
     # Absolute: a SLURM job may start in another folder.
@@ -335,6 +344,11 @@ def train(
 
 
 def cli(argv: list[str] | None = None) -> int:
+    rank = torchrun_rank(os.environ)
+    if rank is not None:  # each rank would start its own sweep: one line (rank 0's), nothing written, exit 0 (train.py)
+        if rank == 0:
+            print(f"{PROG}: error: {UNDER_TORCHRUN}", file=sys.stderr)
+        return 0
     try:
         return run_cli(main, argv, PROG, (ConfigError, DataError, StoreError, WriteError))
     except KeyboardInterrupt:

@@ -3,7 +3,11 @@ command line is analysis/report.py), report.md, and `build_report`, which writes
 beside the report folder, then swaps it in, so that a reader sees the old report or the new one.
 """
 
-from collections.abc import Sequence
+import contextlib
+import fcntl
+import os
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -255,6 +259,30 @@ def build_report(
     target = out.resolve()  # a link to the report folder stays a link: the folder it points to is swapped
     check_out(out, target, sweeps)
     chosen = scope(sweeps, baseline_items, allow_mixed, design)
+    with report_lock(target):
+        return write_report(out, target, sweeps, chosen, (columns, bootstrap, figure_width))
+
+
+@contextlib.contextmanager
+def report_lock(target: Path) -> Iterator[None]:
+    """One report writes into a folder at a time: a second waits for the first (saying so on stderr), then writes
+    its own, so that neither removes the other's staging (atomic.recover_folder). The lock is an flock on the
+    folder that holds `target` (the first that exists): `target` itself is swapped, and no lock file is left."""
+    holder = next(folder for folder in target.parents if folder.exists())
+    fd = os.open(holder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another report into {target} to end", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def write_report(out: Path, target: Path, sweeps: list[Path], chosen: Scope, options: tuple) -> Path:
+    """build_report's writing, under its lock: every file whole, `out` as it was if anything fails."""
     atomic.recover_folder(target)  # a report a killed swap set aside is back before `existed` is decided
     existed = target.is_dir()
     try:  # before the tables and figures, so that an `out` that cannot be a folder is refused at once
@@ -262,7 +290,7 @@ def build_report(
     except OSError as error:
         raise AnalysisError(f"--out {str(out)!r} is not accepted: cannot create it ({error.strerror})") from None
     try:
-        texts, figures = contents(sweeps, chosen, columns, bootstrap, figure_width)
+        texts, figures = contents(sweeps, chosen, *options)
         try:
             atomic.write_folder(target, lambda staging: write_files(staging, target, texts, figures))
         except Exception as error:  # any failure to write, not only OSError: see atomic.failure

@@ -6,6 +6,8 @@
 #                                              # step against its floor at k = 5 and 9 (python -m benchmarks.step_floor);
 #                                              # the engine (1 seed) and the engine compiled (2 seeds: cold, then warm
 #                                              # cache), the bare step and bandwidth, the references timed over 2 epochs
+#   bash benchmarks/gpu_session.sh step        # the step eager vs compiled vs compiled + CUDA graphs at k = 5 and 9
+#                                              # against its floor, with its kernels (python -m benchmarks.fused_step)
 #   bash benchmarks/gpu_session.sh kernels     # the per-kernel-size table (python -m benchmarks.kernels)
 #   bash benchmarks/gpu_session.sh loader      # the streaming loader's CUDA test and img/s per core with nvJPEG
 #                                              # beside Pillow and torchvision (python -m benchmarks.loader)
@@ -25,8 +27,8 @@
 # CONVMIXER_CACHE (default .device-data/cache: decoded splits and Inductor's cache), KERNELS_ARGS (for
 # python -m benchmarks.kernels), STUDY (default studies/cifar10-gpu.toml), STORE (default results/<its stem>),
 # STUDY_MINUTES (default 7; the sweep then exits 1, its runs not all done, which session.txt shows).
-# Files in $OUT: session.txt, step_floor.json and .md, train_speed[_accuracy|_jobs].json and .md, kernels.json and
-# .md, loader.json and .md, grouped.json and .md, <study>.tar.gz, logs.tar.gz.
+# Files in $OUT: session.txt, step_floor.json and .md, fused_step.json and .md, train_speed[_accuracy|_jobs].json
+# and .md, kernels.json and .md, loader.json and .md, grouped.json and .md, <study>.tar.gz, logs.tar.gz.
 # Each step has its own time limit and the script goes on after a failure; session.txt lists every step's exit
 # code and seconds. Exit code: 0 when every step passed.
 set -u
@@ -34,9 +36,9 @@ cd "$(dirname "$0")/.."
 PART=speed TINY=0
 for arg in "$@"; do
     case "$arg" in
-        speed | kernels | loader | accuracy | jobs | study) PART=$arg ;;
+        speed | step | kernels | loader | accuracy | jobs | study) PART=$arg ;;
         --tiny) TINY=1 ;;
-        *) echo "gpu_session.sh: error: argument '$arg' is not accepted: expected speed, kernels, loader, accuracy, jobs, study or --tiny" >&2; exit 2 ;;
+        *) echo "gpu_session.sh: error: argument '$arg' is not accepted: expected speed, step, kernels, loader, accuracy, jobs, study or --tiny" >&2; exit 2 ;;
     esac
 done
 OUT=${OUT:-$(mktemp -d)}
@@ -86,6 +88,8 @@ if [ "$TINY" = 1 ]; then
 else
     SHAPE=() COMPILED=engine,engine-compiled FLOOR=(--kernels 5,9) GROUPED=(--device cuda --time-budget 60)
 fi
+FUSED=(--kernels 5,9)  # ConvMixer-256/8 p2, 32 px, batch 512, bf16 (the cifar10 preset); --tiny: FLOOR's tiny shape
+[ "$TINY" = 1 ] && FUSED=("${FLOOR[@]}" --modes eager)  # a compile takes a minute on a small CPU: the tests cover it
 case "$PART" in
     speed)
         step cuda-tests 150 python -m pytest -q -m cuda -p no:cacheprovider -rfEs tests/test_cuda.py tests/test_kernels.py
@@ -94,6 +98,9 @@ case "$PART" in
         step train-speed 360 python -m benchmarks.train_speed --data-root "$DATA" "${SHAPE[@]}" --seeds 1 \
             --compiled-seeds 2 --variants "$COMPILED,reference,reference-workers" --reference-epochs 2 \
             --out "$OUT/train_speed.json" ;;
+    step)  # each of 2 k x 3 modes: a compile (cold: about a minute) and 20 timed steps; a row written after each
+        step fused-tests 90 python -m pytest -q -m cuda -p no:cacheprovider -rfEs tests/test_fused_step.py
+        step fused-step 450 python -m benchmarks.fused_step "${FUSED[@]}" --out "$OUT/fused_step.json" ;;
     kernels)  # its CPU path is its own tests'
         step kernels 540 python -m benchmarks.kernels --out "$OUT/kernels.json" ${KERNELS_ARGS:-} ;;
     loader)

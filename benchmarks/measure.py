@@ -12,6 +12,7 @@ bytes one training step moves.
   the achieved memory bandwidth, which is what bounds a model this small (the GPU audit: ~19 FLOP per byte).
 """
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -77,14 +78,14 @@ def random_batch(cfg: RunConfig, image_size: int, classes: int, device: torch.de
 
 def bare_trainer(cfg: RunConfig, classes: int, device: torch.device, mode: str) -> train.Trainer:
     """The engine's Trainer for cfg; `mode` eager, compiled (as compile=true) or cudagraphs (torch.compile's
-    reduce-overhead mode: CUDA graphs of the compiled forward and backward; plain Inductor on a CPU)."""
+    reduce-overhead mode, as cuda_graphs=true: CUDA graphs of the compiled forward and backward; plain Inductor on a
+    CPU)."""
     dtype = train.run_dtype(cfg.precision, device)
-    trainer = train.Trainer(cfg, cfg.model_config(classes).build(), device, dtype)
     if mode != "eager":
         train.persistent_compile_caches()
-        options = {"mode": "reduce-overhead"} if mode == "cudagraphs" else {}
-        trainer.forward = torch.compile(trainer.model, dynamic=False, backend=train.COMPILE_BACKEND, **options)
-    return trainer
+        graphs = mode == "cudagraphs" and device.type == "cuda"
+        cfg = dataclasses.replace(cfg, compile=True, cuda_graphs=graphs)
+    return train.Trainer(cfg, cfg.model_config(classes).build(), device, dtype)
 
 
 def bare_step(cfg: RunConfig, image_size: int, classes: int, device: torch.device, mode: str, steps: int) -> dict:
@@ -98,15 +99,16 @@ def bare_step(cfg: RunConfig, image_size: int, classes: int, device: torch.devic
 
 
 class OpBytes(TorchDispatchMode):
-    """Sums the bytes of every non-view aten op's tensor inputs and outputs."""
+    """Sums the bytes of every non-view aten op's tensor inputs and outputs, and counts the ops."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.total = 0
+        self.total = self.ops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if not func.is_view:
+            self.ops += 1
             tensors = [t for t in (*args, *(kwargs or {}).values(), out) for t in flat(t)]
             self.total += sum(t.nbytes for t in tensors)
         return out

@@ -125,8 +125,12 @@ TWEET = Layout("tweet", _tweet_names, lambda keys: _depth_from_sequential(keys, 
 TIMM = Layout("timm", _timm_names, _depth_from_blocks)
 LOCUSLAB = Layout("locuslab", _locuslab_names, lambda keys: _depth_from_sequential(keys, "locuslab", "0.weight", 5))
 LAYOUTS = {layout.name: layout for layout in (MODULAR, TWEET, TIMM, LOCUSLAB)}
-# The layouts a released checkpoint comes in, in the order `load_checkpoint` tries them.
-CHECKPOINT_LAYOUTS = ("timm", "locuslab")
+# The layouts a checkpoint comes in, in the order `load_checkpoint` tries them: the released ones, then the
+# toolkit's own (a run's checkpoint.pt holds the modular state dict).
+CHECKPOINT_LAYOUTS = ("timm", "locuslab", "modular")
+# The keys by which a toolkit run's checkpoint.pt is known (some of ablations.store.schema's CHECKPOINT_KEYS, read
+# by name: convmixer does not import ablations); its model's state dict is under "model".
+RUN_CHECKPOINT = ("run_id", "epoch", "model")
 
 
 def _mismatch_message(
@@ -180,11 +184,13 @@ def modular_to_timm(state_dict: StateDict) -> dict[str, torch.Tensor]:
     return convert(state_dict, "modular", "timm")
 
 
-def infer_config(state_dict: StateDict, activation: str) -> ConvMixerConfig:
-    """The config of the model a modular state dict belongs to, read off its tensor shapes.
+def infer_config(state_dict: StateDict, activation: str, residual: str = "depthwise") -> ConvMixerConfig:
+    """The config of the model a modular state dict belongs to, read off its tensor shapes (the norm too: only
+    BatchNorm keeps running statistics).
 
-    The activation leaves no trace in the weights, so it must be given (timm's convmixer_768_32 uses "relu",
-    the other released models "gelu"). A depth-0 model has no depthwise kernel; it gets the default kernel size.
+    The activation and the residual leave no trace in the weights, so they are given (timm's convmixer_768_32 uses
+    "relu", the other released models "gelu"). A depth-0 model has no depthwise kernel; it gets the default kernel
+    size.
     """
     depth = MODULAR.infer_depth(state_dict)
     dim, in_chans, patch_size, _ = state_dict["stem.conv.weight"].shape
@@ -197,17 +203,22 @@ def infer_config(state_dict: StateDict, activation: str) -> ConvMixerConfig:
         patch_size=patch_size,
         num_classes=num_classes,
         in_chans=in_chans,
+        residual=residual,
+        norm="batch" if "stem.norm.running_mean" in state_dict else "layer",
         activation=activation,
     )
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict in a checkpoint file: bare, or wrapped by timm's train.py in {"state_dict": ...} beside its
-    arguments (an argparse.Namespace, allowed here) and epoch. Loaded with weights_only=True: nothing else runs."""
+    """The state dict in a checkpoint file: bare, wrapped by timm's train.py in {"state_dict": ...} beside its
+    arguments (an argparse.Namespace, allowed here) and epoch, or a toolkit run's checkpoint.pt (its "model").
+    Loaded with weights_only=True: nothing else runs."""
     with torch.serialization.safe_globals([argparse.Namespace]):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint:
         checkpoint = checkpoint["state_dict"]
+    elif isinstance(checkpoint, Mapping) and set(RUN_CHECKPOINT) <= set(checkpoint):
+        checkpoint = checkpoint["model"]
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a state dict")
     # A model saved inside DistributedDataParallel names every tensor "module.<name>".
@@ -218,24 +229,27 @@ def checkpoint_layout(state_dict: StateDict) -> str:
     """Which of CHECKPOINT_LAYOUTS names the tensors of `state_dict`; ValueError (one line) when none does."""
     for name in CHECKPOINT_LAYOUTS:
         layout = LAYOUTS[name]
+        if name == "modular" and "stem.conv.weight" in state_dict:  # its keys depend on the norm: load_state_dict
+            return name  # checks them against the model they build
         try:
             if set(layout.key_map(layout.infer_depth(state_dict)).values()) == set(state_dict):
                 return name
         except ValueError:  # not even this layout's key pattern
             continue
     first = sorted(state_dict)[:4]
-    raise ValueError(f"not a ConvMixer checkpoint in timm's or locuslab's layout (its first keys: {first})")
+    raise ValueError(f"not a ConvMixer checkpoint in timm's, locuslab's or the toolkit's layout (first keys: {first})")
 
 
-def load_checkpoint(checkpoint: str | Path | StateDict, activation: str) -> ConvMixer:
-    """A modular ConvMixer holding the weights of a released checkpoint, in timm's or the authors' layout (a file,
-    see `read_checkpoint`, or a state dict; a file from a trusted source holding other objects can be loaded by
-    hand and passed as a dict)."""
+def load_checkpoint(checkpoint: str | Path | StateDict, activation: str, residual: str = "depthwise") -> ConvMixer:
+    """A modular ConvMixer holding the weights of a checkpoint in timm's, the authors' or the toolkit's layout (a
+    file, see `read_checkpoint`, or a state dict; a file from a trusted source holding other objects can be loaded
+    by hand and passed as a dict)."""
     if isinstance(checkpoint, str | Path):
         checkpoint = read_checkpoint(checkpoint)
     elif "state_dict" in checkpoint:
         checkpoint = checkpoint["state_dict"]
-    modular_state_dict = convert(checkpoint, checkpoint_layout(checkpoint), "modular")
-    model = infer_config(modular_state_dict, activation).build()
+    layout = checkpoint_layout(checkpoint)
+    modular_state_dict = dict(checkpoint) if layout == "modular" else convert(checkpoint, layout, "modular")
+    model = infer_config(modular_state_dict, activation, residual).build()
     model.load_state_dict(modular_state_dict)
     return model

@@ -248,6 +248,75 @@ def test_torchrun_trains_one_run_as_the_sweep_trains_it(sweeps, tmp_path):
     assert (out / "sweep.json").exists() and not (out / "runs" / configs(False).run_id() / "checkpoint.pt").exists()
 
 
+def torchrun_command(out: Path, *args: str, module: str = "ablations.train") -> list[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", module]
+    return [*command, "--preset", "smoke", "--out", str(out), *args]
+
+
+def torchrun_rank_pid(torchrun: int, rank: int) -> int | None:
+    """The pid of the worker torchrun (pid `torchrun`) started as RANK=`rank`, or None before it has."""
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            parent = int((environ.parent / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            variables = environ.read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if parent == torchrun and f"RANK={rank}".encode() in variables:
+            return int(environ.parent.name)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_under_torchrun_a_sigkilled_rank_leaves_rank_0s_transient_failure_record(tmp_path):
+    """torchrun SIGTERMs rank 0 once rank 1 is gone: rank 0 records the failure (transient: a rerun resumes) and
+    prints its line once (torchrun's report of the killed rank follows: its exit is not the toolkit's)."""
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = torchrun_command(out, "--set", f"{SAME_FUNCTION},sync_bn=false")
+    torchrun = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    history_file = out / "runs" / configs(False).run_id() / "history.json"
+    deadline = time.monotonic() + 120
+    while not (history_file.exists() and len(read_json(history_file)) == 1):
+        assert torchrun.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch"
+        time.sleep(0.01)
+    os.kill(torchrun_rank_pid(torchrun.pid, 1), signal.SIGKILL)
+    out_text, err = (text.decode() for text in torchrun.communicate(timeout=120))
+    assert out_text.count(f"{configs(False).run_id()}: failed") == 1, (out_text, err[-3000:])
+    metrics = read_json(out / "runs" / configs(False).run_id() / "metrics.json")
+    assert metrics["status"] == "failed" and metrics["transient"], metrics
+    (row,) = read_summary(out)
+    assert row["status"] == "failed" and row["reason"].startswith("rank 0: "), row["reason"]
+
+
+@pytest.mark.slow
+def test_under_torchrun_bad_input_is_one_line_and_ablations_run_points_to_ablations_train(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for command, message in (
+        (torchrun_command(tmp_path / "a", "--set", tiny_set(batch_size=63)), "batch_size=63 is not accepted on 2"),
+        (torchrun_command(tmp_path / "b", module="ablations.run"), "torchrun --nproc-per-node N -m ablations.train"),
+    ):
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
+        ours = [line for line in done.stderr.splitlines() if line.startswith("python -m ablations.")]
+        assert done.returncode == 0 and len(ours) == 1 and message in ours[0], done.stderr
+        assert "Traceback" not in done.stderr and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_other_ranks_stay_silent_under_torchrun_and_too_many_processes_warn(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    for rank, printed in (("1", ""), ("0", "batch_size=63 is not accepted on 2 processes")):
+        monkeypatch.setenv("RANK", rank), monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("MASTER_ADDR", "127.0.0.1"), monkeypatch.setenv("MASTER_PORT", "29500")
+        assert train_cli(["--set", tiny_set(batch_size=63), "--out", str(tmp_path / "a")]) == 0
+        err = capsys.readouterr().err
+        assert (printed in err and err.count("\n") == 1) if printed else err == ""
+    monkeypatch.setattr("convmixer.runtime.usable_cores", lambda: 2)
+    execute.warn_oversubscribed(3, "cpu")
+    assert capsys.readouterr().err == "warning: 3 processes per run on 2 CPU cores: they share them, each the slower\n"
+    execute.warn_oversubscribed(2, "cpu")
+    assert capsys.readouterr().err == ""
+
+
 def wait_in_a_collective(rank: int, port: int, arrived) -> None:
     """Rank 0 all-reduces; rank 1 joins the group and never does (a hung peer)."""
     from ablations.engine import distributed

@@ -1,15 +1,21 @@
 """convmixer.evaluate: timm's evaluation transform for the ConvMixers (numbers read from timm's source, kept in the
 registry), the scores of a checkpoint on a tiny ImageFolder tree made here, and the one-line errors."""
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from ablations.config import RunConfig
+from ablations.store.schema import CHECKPOINT_KEYS
 from convmixer import registry
 from convmixer.evaluate import PROG, cli
 from convmixer.interop import convert
 from convmixer.model import ConvMixerConfig
+from convmixer.transforms import EvalTransform
 
 TINY = ConvMixerConfig(dim=8, depth=1, kernel_size=3, patch_size=4, num_classes=7)
 CLASSES = [f"n0{i}" for i in range(TINY.num_classes)]  # WordNet-id-like folder names, sorted as ImageNet's
@@ -55,21 +61,46 @@ def tiny(tmp_path, monkeypatch):
     return model, checkpoint, tmp_path / "val"
 
 
-def test_the_scores_are_the_models_own_on_the_transformed_images(tiny, capsys) -> None:
-    model, checkpoint, val = tiny
-    transform = registry.registered("tiny").eval_transform().build()
+def own_scores(model, transform, val) -> str:
+    """'top-1 x%, top-5 y%' of `model` on the images of `val` under `transform`, computed here by hand."""
     images, labels = [], []
     for label, name in enumerate(CLASSES):
         for path in sorted((val / name).iterdir()):
             images.append(transform(Image.open(path).convert("RGB")))
             labels.append(label)
     with torch.no_grad():
-        ranked = model(torch.stack(images)).topk(5, dim=1).indices
+        ranked = model.eval()(torch.stack(images)).topk(5, dim=1).indices
     hits = ranked == torch.tensor(labels)[:, None]
-    top1, top5 = 100 * hits[:, 0].float().mean(), 100 * hits.any(1).float().mean()
+    return f"top-1 {100 * hits[:, 0].float().mean():.2f}%, top-5 {100 * hits.any(1).float().mean():.2f}%"
+
+
+def test_the_scores_are_the_models_own_on_the_transformed_images(tiny, capsys) -> None:
+    model, checkpoint, val = tiny
+    scores = own_scores(model, registry.registered("tiny").eval_transform().build(), val)
     assert cli(["--model", "tiny", "--checkpoint", str(checkpoint), "--data", str(val), "--workers", "0"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith(f"tiny: top-1 {top1:.2f}%, top-5 {top5:.2f}% on 14 images of {val}")
+    assert capsys.readouterr().out.startswith(f"tiny: {scores} on 14 images of {val}")
+
+
+def test_a_toolkit_runs_checkpoint_is_scored_with_the_shape_of_its_tensors_and_its_configs_knobs(tiny, capsys):
+    """A run's checkpoint.pt (the engine's keys, the modular state dict under "model") of an unregistered shape,
+    with a layer norm, relu and no residual: the shape from the tensors, the rest and image_size from config.json."""
+    _, _, val = tiny
+    config = ConvMixerConfig(dim=12, depth=2, kernel_size=5, patch_size=3, num_classes=7, residual="none")
+    config = dataclasses.replace(config, norm="layer", activation="relu")
+    torch.manual_seed(1)
+    model = config.build()
+    run = val.parent / "runs" / "0123456789abcdef"
+    run.mkdir(parents=True)
+    saved = {key: None for key in CHECKPOINT_KEYS} | {"run_id": run.name, "epoch": 3, "model": model.state_dict()}
+    torch.save(saved, run / "checkpoint.pt")
+    recorded = RunConfig(image_size=24, residual="none", norm="layer", activation="relu").to_dict()
+    (run / "config.json").write_text(json.dumps(recorded))
+    scores = own_scores(model, EvalTransform(24, registry.CONVMIXER_EVAL).build(), val)
+    assert cli(["--checkpoint", str(run / "checkpoint.pt"), "--data", str(val), "--workers", "0"]) == 0
+    assert capsys.readouterr().out.startswith(f"ConvMixer-12/2: {scores} on 14 images of {val} (resize 25 bicubic")
+    (run / "config.json").write_text(json.dumps({**recorded, "image_size": 0}))  # the data's own size: unknown here
+    assert cli(["--checkpoint", str(run / "checkpoint.pt"), "--data", str(val), "--workers", "0"]) == 2
+    assert "has image_size=0 (the data's own size): give --image-size" in capsys.readouterr().err
 
 
 def test_bad_input_is_one_line_exit_2(tiny, tmp_path, capsys, monkeypatch) -> None:
@@ -77,11 +108,20 @@ def test_bad_input_is_one_line_exit_2(tiny, tmp_path, capsys, monkeypatch) -> No
     other = ConvMixerConfig(dim=8, depth=2, kernel_size=3, patch_size=4, num_classes=7).build()
     torch.save(convert(other.state_dict(), "modular", "timm"), tmp_path / "other.pth")
     (tmp_path / "notes.txt").write_text("not a checkpoint")
+    (tmp_path / "example.txt").write_text("example text: pickle reads its first byte as an opcode")
+    diverged = {key: value.clone() for key, value in convert(tiny[0].state_dict(), "modular", "timm").items()}
+    diverged["blocks.0.0.fn.0.weight"][0] = float("nan")
+    torch.save(diverged, tmp_path / "diverged.pth")
     (val / "extra").mkdir()
     cases = [
         (["--model", "nope"], "model 'nope' is not registered"),
         (["--checkpoint", str(tmp_path / "missing.pth")], "is not a file"),
         (["--checkpoint", str(tmp_path / "notes.txt")], "cannot be loaded with weights_only=True"),
+        (["--checkpoint", str(tmp_path / "example.txt")], "is not a torch checkpoint"),
+        (
+            ["--checkpoint", str(tmp_path / "diverged.pth")],
+            "holds non-finite weights (9 NaN or inf values in blocks.0.depthwise.conv.weight",
+        ),
         (["--checkpoint", str(tmp_path / "other.pth")], "holds a ConvMixer-8/2"),
         (["--data", str(tmp_path / "nowhere")], "is not a folder"),
         (["--batch-size", "0"], "--batch-size=0 is not accepted"),

@@ -2,6 +2,7 @@
 client, the W&B offline run's .wandb file), holds every run's history.json, config and provenance, and exporting
 twice into one folder replaces the first export instead of adding a second."""
 
+import errno
 import json
 import shutil
 import struct
@@ -248,3 +249,51 @@ def test_an_export_module_loads_no_plotting_or_statistics_stack(module):
     code = f"import sys, analysis.export.{module}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert loaded.stdout.strip() == "[]"
+
+
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to, where", [("tensorboard", "tensorboard/{sweep}/{run_id}"), ("mlflow", "mlruns/")])
+def test_a_full_disk_during_an_export_is_one_line_naming_where_and_the_next_export_recovers(
+    sweep, tmp_path, monkeypatch, capsys, to, where
+):
+    """A full disk said `[Errno 28] No space left on device` and named no file (after 571 lines, for W&B)."""
+    from mlflow.tracking import MlflowClient
+    from torch.utils.tensorboard import SummaryWriter
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    with monkeypatch.context() as patched:
+        patched.setattr(SummaryWriter, "add_scalar", disk_full)
+        patched.setattr(MlflowClient, "log_batch", disk_full)
+        assert cli([str(sweep), "--to", to, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    first = sorted(stored(sweep))[0]
+    assert err.startswith(f"python -m analysis.export: error: disk full writing {tmp_path}/") and err.count("\n") == 1
+    assert where.format(sweep=sweep.name, run_id=first) in err and first in err
+    assert cli([str(sweep), "--to", to, "--out", str(tmp_path)]) == 0
+    assert not [path for path in tmp_path.rglob(".*") if path.name != ".trash"]  # no staging left behind
+
+
+@pytest.mark.slow
+def test_an_mlflow_store_a_full_disk_or_a_kill_left_is_whole_again_after_the_next_export(sweep, tmp_path, monkeypatch):
+    """A 0-byte meta.yaml broke every later export there (and MLflow's own client); a kill left a second run."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert cli([str(sweep), "--to", "mlflow", "--out", str(tmp_path)]) == 0
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    experiment_id = client.get_experiment_by_name(sweep.name).experiment_id
+    first = sorted(stored(sweep))[0]
+    cut_short = client.create_run(experiment_id, run_name=first, tags={"convmixer.run_id": first})  # a kill, RUNNING
+    empty = tmp_path / "mlruns" / experiment_id / "0123456789abcdef0123456789abcdef"
+    empty.mkdir()
+    (empty / "meta.yaml").write_text("")  # what a full disk left
+    assert cli([str(sweep), "--to", "mlflow", "--out", str(tmp_path)]) == 0
+    found = client.search_runs([experiment_id])
+    assert sorted(made.data.tags["convmixer.run_id"] for made in found) == sorted(stored(sweep))
+    assert {made.info.status for made in found} == {"FINISHED"} and not empty.exists()
+    assert all(made.data.tags["convmixer.exported"] == "true" for made in found)
+    assert cut_short.info.run_id not in {made.info.run_id for made in found}

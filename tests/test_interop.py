@@ -211,5 +211,5 @@ def test_a_ddp_prefixed_checkpoint_loads_and_a_foreign_one_is_named(tmp_path) ->
     path = tmp_path / "ddp.pth"
     torch.save({f"module.{key}": value for key, value in timm.state_dict().items()}, path)
     assert_same_state(modular_to_timm(load_checkpoint(path, "gelu").state_dict()), timm.state_dict())
-    with pytest.raises(ValueError, match="not a ConvMixer checkpoint in timm's or locuslab's layout"):
+    with pytest.raises(ValueError, match="not a ConvMixer checkpoint in timm's, locuslab's or the toolkit's layout"):
         load_checkpoint({"fc.weight": torch.zeros(2, 2)}, "gelu")

@@ -7,8 +7,11 @@ seeds).
 """
 
 import errno
+import fcntl
 import json
 import math
+import os
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -376,3 +379,20 @@ def test_a_rerun_after_a_killed_report_is_whole_and_clears_its_leftovers(sweep, 
     assert report.main([str(sweep), "--out", str(out)]) == 0
     assert {path.name: path.read_bytes() for path in out.iterdir()} == clean
     assert [path.name for path in tmp_path.iterdir()] == ["report"] and out.stat().st_mode & 0o777 == 0o750
+
+
+@pytest.mark.slow
+def test_a_second_report_into_one_folder_waits_for_the_first(sweep, tmp_path, capsys):
+    """Two reports at once: the second's recover_folder removed the first's staging, which then failed."""
+    out = tmp_path / "rep"
+    first = os.open(tmp_path, os.O_RDONLY)  # as a report into `out` holds it while it writes
+    fcntl.flock(first, fcntl.LOCK_EX)
+    done = []
+    second = threading.Thread(target=lambda: done.append(report.cli([str(sweep), "--out", str(out)])))
+    second.start()
+    while "waiting" not in capsys.readouterr().err and second.is_alive():
+        second.join(0.05)
+    assert second.is_alive() and not out.exists()  # it waits, touching nothing
+    os.close(first)  # the first report ends
+    second.join()
+    assert done == [0] and (out / "report.md").exists()

@@ -100,7 +100,8 @@ def test_checkpoints_of_done_and_diverged_runs_are_dropped(tmp_path):
     done, diverged, running = configs()
     store.prepare([done, diverged, running])
     for cfg, status in ((done, "done"), (diverged, "diverged")):
-        atomic.write_json(store.run_dir(cfg) / "metrics.json", {"status": status, "reason": ""})
+        metrics = {"status": status, "reason": "", "test_acc": 0.5, "params": 10, "macs": 100}
+        atomic.write_json(store.run_dir(cfg) / "metrics.json", metrics)
     for cfg in (done, diverged, running):
         (store.run_dir(cfg) / "checkpoint.pt").write_bytes(b"stand-in")
         store.drop_checkpoint(store.run_dir(cfg))
@@ -431,7 +432,7 @@ def test_each_damaged_run_file_says_what_will_happen_to_it(tmp_path):
         ),
         ({"epoch": 1.5}, "in its record 1, epoch=1.5 is not accepted: expected a positive integer"),
         ({"epoch": 1, "lr": [0.1]}, "in its record 1, lr=[0.1] is not accepted: expected a finite number"),
-        ({"epoch": 1, "top5": 0.5}, "in its record 1, 'top5' is not a field of it (epoch, train_loss"),
+        ({"epoch": 1, "top5": "0.5"}, 'in its record 1, top5="0.5" is not accepted: expected a finite number'),
     ],
 )
 def test_a_history_value_of_the_wrong_type_is_one_line_of_damage_with_true_advice(tmp_path, record, why):
@@ -449,6 +450,32 @@ def test_a_history_value_of_the_wrong_type_is_one_line_of_damage_with_true_advic
     # Deleting history.json would not redo a done run (it stays done without its curves): its folder does.
     assert message.startswith(f"{path} is not accepted: {why}") and "\n" not in message
     assert message.endswith(f"; delete its run folder {store.run_dir(cfg)} to redo that run")
+
+
+def test_an_undeclared_history_metric_of_a_newer_toolkit_is_read_when_it_is_a_number(tmp_path):
+    """An older toolkit must not set a done run's curves aside for a metric a newer one added."""
+    store = Store(tmp_path)
+    cfg = configs()[0]
+    store.prepare([cfg])
+    path = store.run_dir(cfg) / "history.json"
+    atomic.write_json(path, [{"epoch": 1, "train_loss": 2.1, "top5_acc": 0.5}])
+    assert store.find_damaged() == {} and read_history(path)[0]["top5_acc"] == 0.5
+
+
+@pytest.mark.parametrize("key, value", [("train_loss", "NaN-ish"), ("test_acc", 1.5), ("params", None)])
+def test_a_done_runs_metrics_of_the_wrong_type_are_damage_so_the_run_is_not_called_done(tmp_path, key, value):
+    """The report refused such a run while the sweep called it done and never redid it."""
+    store = Store(tmp_path)
+    cfg = configs()[0]
+    store.prepare([cfg])
+    run_dir = store.run_dir(cfg)
+    metrics = {"status": "done", "test_acc": 0.5, "params": 10, "macs": 100, "train_loss": 1.0}
+    atomic.write_json(run_dir / "metrics.json", {**metrics, key: value})
+    ((path, why),) = store.find_damaged().items()
+    assert path == run_dir / "metrics.json" and f"{key}={json.dumps(value)} is not accepted for a done run" in why
+    assert store.damage_fate(path).endswith("and its run redone")
+    store.set_aside_damaged()
+    assert store.state(run_dir).status == "unfinished"
 
 
 def test_a_data_record_of_the_wrong_type_is_damage_and_an_undeclared_field_is_never_written(tmp_path):

@@ -19,7 +19,7 @@ from ablations.config import RunConfig
 from ablations.data import DataError, make_shards, shards
 from ablations.data.loaders import build_data, skipped_note
 from ablations.data.sources import load_splits
-from ablations.data.stream import crop_seed, draw_crop, resolve_decode
+from ablations.data.stream import crop_seed, draw_crop, eval_cut, resolve_decode
 from convmixer.registry import CONVMIXER_EVAL
 from convmixer.transforms import EvalTransform
 
@@ -70,6 +70,20 @@ def test_the_same_images_in_a_folder_and_in_shards_give_the_same_pixels(tree, sh
         assert torch.equal(a, b) and torch.equal(a_labels, b_labels)
 
 
+def test_shards_named_with_a_prefix_are_read_and_a_folder_without_the_naming_rule_is_told_it(shard_folder, tmp_path):
+    prefixed, unsplit = tmp_path / "prefixed", tmp_path / "unsplit"
+    prefixed.mkdir(), unsplit.mkdir()
+    for path in shard_folder.iterdir():
+        shutil.copy(path, prefixed / (path.name if path.suffix == ".txt" else f"imagenet-{path.name}"))
+        shutil.copy(path, unsplit / path.name.replace("train-", "shard-").replace("val-", "shard-val"))
+    ours, theirs = (build_data(streamed(root), CPU, resident_bytes=0, workers=0) for root in (shard_folder, prefixed))
+    assert theirs.classes == ours.classes and len(theirs.train.images.files) == len(ours.train.images.files)
+    (a, a_labels), (b, b_labels) = pixels(ours.test), pixels(theirs.test)
+    assert torch.equal(a, b) and torch.equal(a_labels, b_labels)
+    with pytest.raises(DataError, match=r"nor shards named \[<prefix>-\]train-NNNNNN\.tar \(six digits"):
+        build_data(streamed(unsplit), CPU, resident_bytes=0, workers=0)
+
+
 def test_a_training_crop_depends_on_seed_epoch_and_index_only(tree):
     data = build_data(streamed(tree), CPU, resident_bytes=0, workers=0)
     files = data.train.images.files
@@ -93,6 +107,21 @@ def test_test_images_get_timms_eval_transform(tree):
     assert torch.equal(files[(0, 0)].image, expected)
     files.cpu_decoder = "torchvision"
     assert (files[(0, 0)].image.float() - expected.float()).abs().mean() < 3
+
+
+@pytest.mark.parametrize("size", [224, 160, 32])
+def test_the_device_paths_eval_cut_sizes_images_as_timm_and_matches_its_pixels(size):
+    """eval_cut (decode=gpu's test path, here on CPU tensors) resizes to the shape torchvision's Resize(int) gives a
+    PIL image, the rule timm's eval transform applies (the longer side truncated: 500 x 375 -> 310 x 233 at 224),
+    and crops at its offsets: on noise its pixels are timm's up to the resize arithmetic."""
+    rng = np.random.default_rng(size)
+    for height, width in ((375, 500), (480, 640), (900, 1200), (300, 257), (777, 333), (233, 233), (41, 97)):
+        pixels_hwc = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        geometry = EvalTransform(size, CONVMIXER_EVAL).geometry()
+        expected = torch.from_numpy(np.array(geometry(Image.fromarray(pixels_hwc)))).permute(2, 0, 1).int()
+        difference = (eval_cut(torch.from_numpy(pixels_hwc).permute(2, 0, 1).contiguous(), size).int() - expected).abs()
+        # On noise a size or offset 1 px off is ~75 grey levels on average; the resize arithmetic alone is < 1.
+        assert difference.float().mean() < 1 and difference.max() < 32, (height, width, difference.float().mean())
 
 
 def test_grayscale_and_cmyk_jpegs_come_out_rgb(tree):

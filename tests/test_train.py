@@ -192,7 +192,8 @@ def test_a_checkpoint_of_another_run_is_set_aside_not_resumed(straight_run, tmp_
     run_dir, _ = straight_run
     (tmp_path / "checkpoint.pt").write_bytes((run_dir / "checkpoint.pt").read_bytes())
     lines = []
-    assert read_checkpoint(tmp_path / "checkpoint.pt", tiny(lr=0.03), torch.device("cpu"), lines.append) is None
+    trainer = train.Trainer(tiny(lr=0.03), tiny().model_config(10).build(), torch.device("cpu"), None)
+    assert read_checkpoint(tmp_path / "checkpoint.pt", tiny(lr=0.03), trainer, lines.append) is None
     [aside] = tmp_path.glob("checkpoint.pt.damaged-*")
     assert not (tmp_path / "checkpoint.pt").exists() and aside.name in lines[0] and "belongs to run" in lines[0]
 
@@ -345,6 +346,26 @@ def test_a_metric_the_store_does_not_declare_is_not_written(tmp_path):
     with pytest.raises(ValueError, match="'top5_acc' is not declared in ablations.store.METRIC_FIELDS"):
         write_metrics(tmp_path, {"status": "done", "top5_acc": 0.9})
     assert not (tmp_path / METRICS).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wrong", ["model", "optimizer"])
+def test_a_checkpoint_that_does_not_fit_the_model_is_set_aside_and_the_run_starts_over(straight_run, tmp_path, wrong):
+    """A tensor of another shape failed the run for good (and every --retry-failed the same way)."""
+    run_dir, metrics = straight_run
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    checkpoint["epoch"], checkpoint["history"] = 1, checkpoint["history"][:1]
+    if wrong == "model":
+        checkpoint["model"]["stem.conv.weight"] = torch.zeros(3, 3, 1, 1)
+    else:  # the model loads, then the optimizer does not: the trainer must not keep the model's half
+        checkpoint["optimizer"]["state"][0]["exp_avg"] = torch.zeros(7)
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    lines = []
+    again = train_run(tiny(), tmp_path, device="cpu", log=lines.append)
+    [aside] = tmp_path.glob("checkpoint.pt.damaged-*")
+    said = [line for line in lines if "set aside" in line]
+    assert said and aside.name in said[0] and "training from scratch" in said[0] and "\n" not in said[0]
+    assert untimed(again) == untimed(metrics)  # from its own start, to the same result as a fresh run
 
 
 @pytest.mark.slow

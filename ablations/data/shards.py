@@ -23,7 +23,10 @@ from ablations import atomic
 from ablations.data import DataError, cache_dir
 from ablations.data.files import is_data_member
 
-SHARD = re.compile(r"^(train|val|test)-(\d{6})\.tar$")
+# A shard's name: its split and six digits, after any prefix ending in "-", "_" or "." (WebDataset sets are often
+# named `imagenet-train-000000.tar`); the rule in words is SHARD_RULE, which a folder with none of them is told.
+SHARD = re.compile(r"^(?:.*[-_.])?(train|val|test)-(\d{6})\.tar$")
+SHARD_RULE = "shards named [<prefix>-]train-NNNNNN.tar (six digits; val- or test- for the test split)"
 CLASSES_FILE = "classes.txt"
 LABEL_EXT = "cls"
 CLASS_DIGITS = 6  # the zero-padded class index that names a class folder: sorted, it keeps the index order
@@ -40,8 +43,8 @@ class Member:
 
 
 def is_shard_folder(path: Path) -> bool:
-    """A folder holding train-NNNNNN.tar shards."""
-    return path.is_dir() and any(SHARD.match(entry.name) and entry.name.startswith("train") for entry in path.iterdir())
+    """A folder holding training shards ([<prefix>-]train-NNNNNN.tar)."""
+    return path.is_dir() and any((match := SHARD.match(entry.name)) and match[1] == "train" for entry in path.iterdir())
 
 
 def split_key(name: str) -> tuple[str, str]:

@@ -208,12 +208,14 @@ def train_cut(image: torch.Tensor, crop: Crop, size: int) -> torch.Tensor:
 
 
 def eval_cut(image: torch.Tensor, size: int) -> torch.Tensor:
-    """EvalTransform on a tensor: the shorter side resized to size / crop_pct (bicubic, antialiased), centre crop."""
-    height, width = image.shape[-2:]
-    factor = EvalTransform(size, CONVMIXER_EVAL).resize_size / min(height, width)
-    scaled = resize_image(image, (round(height * factor), round(width * factor)), CONVMIXER_EVAL.interpolation)
-    top, left = (scaled.shape[-2] - size) // 2, (scaled.shape[-1] - size) // 2
-    return scaled[:, top : top + size, left : left + size]
+    """EvalTransform on a uint8 tensor with torchvision's tensor kernels, so sized and placed by the rule timm's
+    transform applies to a PIL image (the shorter side to size / crop_pct, the longer one truncated; torchvision's
+    centre offsets). Its pixels differ from Pillow's by the resize arithmetic alone (docs/data.md)."""
+    from torchvision.transforms.v2 import functional
+
+    transform = EvalTransform(size, CONVMIXER_EVAL)
+    mode = functional.InterpolationMode(CONVMIXER_EVAL.interpolation)
+    return functional.center_crop(functional.resize(image, [transform.resize_size], mode, antialias=True), [size])
 
 
 def resize_image(image: torch.Tensor, shape: tuple[int, int], mode: str) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 from ablations.data import DataError
 from ablations.data.decode import DecodeFailure, decode_all, fork_workers, image_sizes
 from ablations.data.files import image_names, is_data_member
-from ablations.data.shards import CLASS_DIGITS, CLASSES_FILE, ShardSet, is_shard_folder
+from ablations.data.shards import CLASS_DIGITS, CLASSES_FILE, SHARD_RULE, ShardSet, is_shard_folder
 from convmixer.runtime import usable_cores
 
 TEST_SPLIT_NAMES = ("test", "val")
@@ -133,7 +133,9 @@ class ImageTree:
         """The one train/ folder of the tree; several mean several datasets, and which one is meant is not ours
         to guess."""
         if not train_dirs:
-            raise DataError(f"imagefolder: no train/<class>/<image> found in data_root={str(self.source)!r}")
+            raise DataError(
+                f"imagefolder: no train/<class>/<image> found in data_root={str(self.source)!r}, nor {SHARD_RULE}"
+            )
         if len(train_dirs) > 1:
             fix = "pack one tree per archive" if self.is_archive else "set data_root to the folder of one of them"
             raise DataError(

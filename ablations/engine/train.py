@@ -8,6 +8,7 @@ ends with an atomic checkpoint holding only tensors and plain Python values (rea
 Every random draw comes from (seed, epoch), so a resumed run replays exactly what an uninterrupted one would have done.
 """
 
+import copy
 import os
 import sys
 import time
@@ -74,6 +75,12 @@ def persistent_compile_caches() -> Path:
     if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, os.path.abspath(default_cache_dir())):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / COMPILE_CACHE)
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
+def check_cuda_graphs(cfg: RunConfig, device: torch.device) -> None:
+    """ConfigError if the run asks for CUDA graphs on a device that has none."""
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"cuda_graphs=True is not accepted on {device.type}: CUDA graphs need a CUDA device")
 
 
 def fused_adamw(device: torch.device) -> bool:
@@ -153,7 +160,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
 
     def compiled(self, module: nn.Module) -> nn.Module:
-        return torch.compile(module, dynamic=False, backend=COMPILE_BACKEND) if self.cfg.compile else module
+        """`module` under torch.compile if the run compiles; with cuda_graphs, in reduce-overhead mode: the compiled
+        forward and backward recorded once per batch shape as CUDA graphs and replayed, one launch each."""
+        if not self.cfg.compile:
+            return module
+        mode = "reduce-overhead" if self.cfg.cuda_graphs else None
+        return torch.compile(module, dynamic=False, backend=COMPILE_BACKEND, mode=mode)
 
     def logits(self, images: torch.Tensor, train: bool = True) -> torch.Tensor:
         forward = self.forward if train else self.eval_forward
@@ -282,12 +294,25 @@ class Trainer:
         }
 
     def load(self, checkpoint: dict) -> None:
+        """Load a checkpoint's model, optimizer and scaler, all or nothing: a checkpoint that does not fit (a tensor
+        of another shape) raises with this trainer as it was, so the run can start over from its own start."""
+        before = copy.deepcopy({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()})
+        try:
+            self._load(checkpoint)
+        except Exception:
+            self._load({**before, "scaler": self.scaler.state_dict()})
+            raise
+
+    def _load(self, checkpoint: dict) -> None:
         self.model.load_state_dict(checkpoint["model"])
         # The checkpoint may come from another device (CPU -> CUDA): keep this device's AdamW kernel, which also
         # decides where load_state_dict puts the step counters (on the GPU for fused, else wherever they were).
         for group in checkpoint["optimizer"]["param_groups"]:
             group["fused"] = self.fused
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        for param, state in self.optimizer.state.items():  # load_state_dict takes moments of any shape
+            if any(value.dim() and value.shape != param.shape for value in state.values()):
+                raise ValueError(f"an optimizer state of shape other than its parameter's {tuple(param.shape)}")
         self.scaler.load_state_dict(checkpoint["scaler"])
 
 
@@ -316,6 +341,7 @@ def train_run(
     batch = distributed.local_batch(cfg.batch_size, ranks.world_size)  # fails before any process waits for another
     device = distributed.rank_device(resolve_device(device), ranks)
     dtype = run_dtype(cfg.precision, device)  # before loading data, so a bad precision fails at once
+    check_cuda_graphs(cfg, device)
     distributed.start(ranks, device)
     try:
         return train_process(cfg, run_dir, device, dtype, log if ranks.main else lambda line: None, on_epoch, ranks,
@@ -395,9 +421,8 @@ def train_epochs(
     cfg = trainer.cfg
     history, wall_before, skipped = [], 0.0, []
     checkpoint_path = Path(run_dir) / CHECKPOINT if run_dir is not None else None
-    checkpoint = read_checkpoint_on_every_rank(checkpoint_path, cfg, trainer.device, trainer.ranks, log)
+    checkpoint = read_checkpoint_on_every_rank(checkpoint_path, cfg, trainer, log)
     if checkpoint is not None:
-        trainer.load(checkpoint)
         history, wall_before = checkpoint["history"], checkpoint["wall_time_s"]
         skipped = checkpoint.get("skipped_images", [])
         log(f"resumed from {checkpoint_path} after epoch {checkpoint['epoch']}")

@@ -26,6 +26,7 @@ from ablations.store.schema import (
     METRICS,
     RANK_FAULT,
     RUNS,
+    UNDECLARED_HISTORY_FIELD,
     config_values,
     first_bad_field,
 )
@@ -125,10 +126,13 @@ def read_config(path: Path) -> RunConfig:
 
 
 def read_metrics(path: Path) -> dict:
-    """A finished run's metrics.json: an object whose status is one of FINISHED."""
+    """A finished run's metrics.json: an object whose status is one of FINISHED, and, of a done run, with the
+    values check_done_metrics asks for (the sweep must not call done what the report refuses)."""
     metrics = read_object(path, ("status",))
     if metrics["status"] not in FINISHED:  # any other status would count the run as neither done nor failed
         raise Damaged(path, f"{path}: status {metrics['status']!r} is not accepted: expected {', '.join(FINISHED)}")
+    if metrics["status"] == DONE:
+        check_done_metrics(metrics, path)
     return metrics
 
 
@@ -146,8 +150,9 @@ def check_done_metrics(metrics: dict, path: Path) -> None:
 
 
 def read_history(path: Path, epochs: int | None = None) -> list[dict]:
-    """A run's history.json: one record per completed epoch, each with its 'epoch' and only HISTORY_FIELDS of their
-    types. Given the run's `epochs`, a file far larger than such a run writes is refused before it is parsed."""
+    """A run's history.json: one record per completed epoch, each with its 'epoch' and HISTORY_FIELDS of their types
+    (and any undeclared key of a number: schema.UNDECLARED_HISTORY_FIELD). Given the run's `epochs`, a file far
+    larger than such a run writes is refused before it is parsed."""
     size = path.stat().st_size
     if epochs is not None and size > epochs * HISTORY_BYTES_PER_EPOCH:
         raise Damaged(path, f"{path} is not accepted: {size:,} bytes, more than a run of {epochs} epochs writes")
@@ -155,7 +160,7 @@ def read_history(path: Path, epochs: int | None = None) -> list[dict]:
     if not isinstance(records, list) or not all(isinstance(record, dict) and "epoch" in record for record in records):
         raise Damaged(path, f"{path} is not accepted: expected a JSON list of objects, each with 'epoch'")
     for number, record in enumerate(records, 1):
-        why = first_bad_field(record, HISTORY_FIELDS)
+        why = first_bad_field(record, HISTORY_FIELDS, UNDECLARED_HISTORY_FIELD)
         if why:
             raise Damaged(path, f"{path} is not accepted: in its record {number}, {why}")
     return records

@@ -136,6 +136,9 @@ HISTORY_FIELDS = {
     "test_acc": Field("engine", _fraction, "a number in [0, 1]"),
     "epoch_time_s": Field("engine", _seconds, "a number >= 0"),
 }
+# A history.json key not declared above (a newer toolkit's epoch metric) is read if its value is a number, so that an
+# older toolkit keeps a newer run's curves instead of setting its history aside; the engine never writes one.
+UNDECLARED_HISTORY_FIELD = Field("newer toolkit", _number, "a finite number")
 # A history.json record is a dozen numbers (about 300 bytes): a file of more bytes than this per epoch of its run was
 # not written by the engine, and is refused unparsed (a 254 MB one cost every sweep start 35 s and 1.3 GB).
 HISTORY_BYTES_PER_EPOCH = 16_384
@@ -171,11 +174,13 @@ def config_values(written: dict) -> dict:
     return {key: written.get(key, default) for key, default in CONFIG_DEFAULTS.items()}
 
 
-def first_bad_field(values: dict, fields: dict[str, Field]) -> str:
-    """Why `values` (one record of a run file) do not fit `fields`, in a few words; "" when they do."""
+def first_bad_field(values: dict, fields: dict[str, Field], undeclared: Field | None = None) -> str:
+    """Why `values` (one record of a run file) do not fit `fields`, in a few words; "" when they do. A key `fields`
+    does not declare is refused, unless `undeclared` says what its value may be."""
     for key, value in values.items():
-        if key not in fields:
+        if key not in fields and undeclared is None:
             return f"{key!r} is not a field of it ({', '.join(fields)})"
-        if value is not None and not fields[key].check(value):
-            return f"{key}={json.dumps(value)} is not accepted: expected {fields[key].accepted}"
+        spec = fields.get(key, undeclared)
+        if value is not None and not spec.check(value):
+            return f"{key}={json.dumps(value)} is not accepted: expected {spec.accepted}"
     return ""

@@ -23,9 +23,10 @@ A run's processes are an argument: the launcher that starts them hands each its 
 import contextlib
 import os
 import socket
+import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,29 @@ def check_processes(procs_per_run: int, configs: list[RunConfig]) -> None:
         raise ConfigError(f"--procs-per-run {procs_per_run} is not accepted: expected an integer >= 1")
     for batch_size in dict.fromkeys(cfg.batch_size for cfg in configs):
         local_batch(batch_size, procs_per_run)
+
+
+def warn_oversubscribed(processes: int, device: str) -> None:
+    """A one-line warning on stderr when a run's `processes` on this machine's `device` ("cpu" or "cuda") are more
+    than its cores or GPUs: they run, but share them, each the slower."""
+    import torch
+
+    from convmixer.runtime import usable_cores
+
+    kind = torch.device(device).type
+    available, what = (usable_cores(), "CPU cores") if kind == "cpu" else (torch.cuda.device_count(), "GPUs")
+    if processes > available:
+        warning = f"warning: {processes} processes per run on {available} {what}: they share them, each the slower"
+        print(warning, file=sys.stderr)
+
+
+def torchrun_rank(environ: Mapping[str, str]) -> int | None:
+    """This process's RANK when torchrun started it (its agent sets TORCHELASTIC_RUN_ID for every worker), else
+    None: the toolkit's own launchers set RANK and WORLD_SIZE too, but never that."""
+    if "TORCHELASTIC_RUN_ID" not in environ:
+        return None
+    rank = environ.get("RANK", "")
+    return int(rank) if rank.isdigit() else 0  # a bad RANK is Ranks.from_env's one-line error, on this "rank 0"
 
 
 def one_line(error: BaseException) -> str:

@@ -7,7 +7,10 @@ would describe the machine that exported, not the one that trained. The offline 
 are the export's time: wandb.init sets them itself; the run's own start and end are in its config (finished_at) and
 summary (run/wall_time_s)."""
 
+import contextlib
+import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from ablations import atomic
@@ -45,6 +48,17 @@ def write_run(run: Run, out: Path) -> None:
         made.finish(exit_code=0 if run.status == DONE else 1)
 
 
+@contextlib.contextmanager
+def quiet_logging() -> Iterator[None]:
+    """W&B logs to a file beside the run: on a full disk each failed log line printed a `--- Logging error ---`
+    traceback (571 lines before the error itself). Python's logging keeps such failures to itself here."""
+    before, logging.raiseExceptions = logging.raiseExceptions, False
+    try:
+        yield
+    finally:
+        logging.raiseExceptions = before
+
+
 def write(runs: list[Run], out: Path) -> Path:
     """A run's new offline folder is written whole in a staging folder (W&B names it by the time), swapped in
     (atomic.publish_folder), and only then are its earlier ones removed: a second export replaces the first, so
@@ -54,7 +68,11 @@ def write(runs: list[Run], out: Path) -> Path:
     for run in runs:
         atomic.recover_folder(root / run.run_id)  # the staging folders of a killed export
         earlier = sorted(root.glob(f"offline-run-*-{run.run_id}"))
-        with atomic.staging_folder(root / run.run_id) as staging:
+        with (
+            atomic.naming_failures(root / run.run_id),
+            quiet_logging(),
+            atomic.staging_folder(root / run.run_id) as staging,
+        ):
             write_run(run, staging)
             (made,) = (staging / "wandb").glob(f"offline-run-*-{run.run_id}")
             atomic.publish_folder(made, root / made.name)
