@@ -24,8 +24,9 @@ CI_NOTE = "Accuracy: mean ± half-width of the 95% Student-t confidence interval
 DIFF_NOTE = (
     "Δ: difference of mean test accuracy from the baseline (the same variant with the baseline's values), "
     "in percentage points, with Welch's 95% confidence interval. p (Holm): Welch's two-sided p-value, "
-    "Holm-adjusted over every comparison of the table; a difference is called an effect only when it is below "
-    "0.05 (the unadjusted intervals may exclude 0 where it is not)."
+    f"Holm-adjusted over every comparison of the table; a difference is called an effect only when it is below "
+    f"{tables.SIGNIFICANCE}, and its p is marked {tables.MARK} (the unadjusted intervals may exclude 0 where it is "
+    "not)."
 )
 BOOTSTRAP_NOTE = (
     "Δ bootstrap 95% CI: percentile bootstrap of the difference of means, each side's seeds resampled "
@@ -66,6 +67,8 @@ def figure_set(
     source = provenance.figure_source(done)
     for key in scope.keys:
         on_axis = axis_rows(variants, key, scope.varied, scope.baseline)
+        if (on_axis["n"] > 0).sum() < 2:  # one measured value of the key: a single point, not a trend
+            continue
         runs_on_axis = axis_rows(done, key, scope.varied, scope.baseline)
         series_keys = [key, *(other for other in scope.grid_keys if other != key)]
         made[f"accuracy_vs_{key}"] = plots.accuracy_vs_key(
@@ -74,13 +77,15 @@ def figure_set(
     measured = variants[variants["n"] > 0]
     hardware = provenance.throughput_label(scope.runs)
     labels = point_labels(measured, scope)
-    for cost in plots.COSTS:
+    for cost in plots.COSTS if len(measured) > 1 else ():  # one variant is one point: no trade-off to draw
         made[f"accuracy_vs_{cost}"] = plots.accuracy_vs_cost(
             measured, done, cost, scope.keys, labels, hardware, source, width
         )
     gaps = history_gaps(done, history)
     with_history = done[~done["run_id"].isin(gaps)]
     done_history = history[history["run_id"].isin(with_history["run_id"])]
+    if done_history["epoch"].nunique() < 2:  # a curve of one epoch is a point: the table holds it
+        return made
     for key in scope.varied or [None]:
         runs = axis_rows(with_history, key, scope.varied, scope.baseline) if key else with_history
         left_out = len(axis_rows(done, key, scope.varied, scope.baseline) if key else done) - len(runs)
@@ -200,16 +205,25 @@ def contents(
     variants = summarise(chosen.runs, chosen.baseline, chosen.keys, bootstrap=bootstrap)
     cpu = provenance.measured_on_cpu(chosen.runs)
     made = tables.study_table(variants, chosen, cpu) if chosen.varied else tables.table(variants, chosen.keys, cpu)
-    table_md = tables.markdown_table(made)
+    compared = bool((~variants["is_baseline"]).any())
+    kept = set(made.names) - (set() if compared else tables.COMPARING)  # one variant is compared with nothing
+
+    def chosen_columns(names) -> tables.Table:
+        return made.select([name for name in names if name in kept])
+
+    table_md = tables.markdown_table(chosen_columns(name for name in made.names if name not in tables.NARROW_ONLY))
     caption = provenance.caption(chosen.runs, chosen.designs, chosen.keys)
     effects = tables.effects_text(variants, point_labels(variants, chosen))
     statistics = " ".join(part for part in (tables.noise_text(variants), effects) if part)
-    extra = f" {BOOTSTRAP_NOTE}" if bootstrap else ""
-    notes = f"{CI_NOTE} {DIFF_NOTE}{extra} {provenance.throughput_note(chosen.runs)} {PARETO_NOTE}\n\n{statistics}"
-    narrow, wide = made.select(list(tables.CORE)), made.select([*tables.CORE, "boot", *columns])
+    narrow, wide = chosen_columns(tables.NARROW), chosen_columns([*tables.CORE, "boot", *columns])
     # The histories of the done runs only, the curves' (before the first write: a damaged one leaves `out` as it was).
     history = load_history(sweeps, set(chosen.done["run_id"]))
     figures = figure_set(variants, history, chosen, figure_width)
+    # Each note only where the report has what it explains: one variant has no difference and draws no Pareto front.
+    diff = f" {DIFF_NOTE}" if compared else ""
+    extra = f" {BOOTSTRAP_NOTE}" if bootstrap else ""
+    pareto = f" {PARETO_NOTE}" if any(f"accuracy_vs_{cost}" in figures for cost in plots.COSTS) else ""
+    notes = f"{CI_NOTE}{diff}{extra} {provenance.throughput_note(chosen.runs)}{pareto}\n\n{statistics}"
     texts = {
         "table.md": f"{table_md}\n{caption}\n\n{notes}\n",
         "table.tex": tables.latex_table(narrow, tables.caption(chosen.runs, variants, chosen, narrow.names)),

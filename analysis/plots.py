@@ -69,7 +69,7 @@ def seed_note(n: pd.Series) -> str:
     low, high = int(n.min()), int(n.max())
     seeds = f"n = {low}" if low == high else f"n = {low}-{high}"
     if high == 1:
-        return f"{seeds} seed per variant: no CI"
+        return "one run: no CI" if len(n) == 1 else f"{seeds} seed per variant: no CI"
     note = f"mean ± 95% CI (clipped to 0-100%), {seeds} seeds"
     return note + (", dots: each seed" if high <= SEED_POINTS_UP_TO else "")
 
@@ -331,7 +331,7 @@ def curves_note(n: pd.Series, left_out: int) -> str:
     """How many seeds a curve averages and what its band and thin lines are; the runs left out, if any."""
     n_min, n_max = int(n.min()), int(n.max())
     if n_max == 1:
-        note = "one seed per variant: no band"
+        note = "one run: no band" if len(n) == 1 else "one seed per variant: no band"
     else:
         thin = ", thin: each seed" if n_max <= SEED_POINTS_UP_TO else ""
         seeds = f"n = {n_min}" if n_min == n_max else f"n = {n_min}-{n_max}"

@@ -16,10 +16,16 @@ from analysis import provenance, style
 from analysis.design import Scope, axis_rows
 from analysis.variants import NOT_DONE
 
-# The columns every table has (table.tex, which must fit one column of a page, has only these); the wide LaTeX table
-# adds those of options.OPTIONAL only when asked (`python -m analysis.report --columns`), "boot" with --bootstrap.
+# The columns every table has; the wide LaTeX table adds those of options.OPTIONAL only when asked (`python -m
+# analysis.report --columns`), "boot" with --bootstrap. table.tex must fit one column of a two-column paper (ICML,
+# CVPR: about 3.25 in), so it gives the difference without its interval ("delta"): p_Holm and the mark say whether
+# it holds, the wide table and table.md give the interval.
 CORE = ("acc", "diff", "p", "params", "macs")
-SIGNIFICANCE = 0.05  # an effect is called one in words when its Holm-adjusted p is below this
+NARROW = ("acc", "delta", "p", "params", "macs")
+COMPARING = {"diff", "delta", "p", "boot"}  # the columns of a comparison with the baseline
+NARROW_ONLY = set(NARROW) - set(CORE)  # the other tables have the difference with its interval
+SIGNIFICANCE = 0.05  # an effect is called one in words, and its row marked, when its Holm-adjusted p is below this
+MARK = "*"  # after the p_Holm of a row whose difference holds
 
 
 def _signed(x: float) -> str:
@@ -36,12 +42,19 @@ def interval_cell(low: float, high: float) -> str:
     return "n/a" if math.isnan(low) else f"{_signed(100 * low)}, {_signed(100 * high)}"
 
 
-def difference_cell(row: dict) -> str:
+def difference_cell(row: dict, interval: bool = True) -> str:
     if row["is_baseline"]:
         return "baseline"
     if math.isnan(row["diff"]):
         return "–"
-    return f"{_signed(100 * row['diff'])} [{interval_cell(row['diff_low'], row['diff_high'])}]"
+    return _signed(100 * row["diff"]) + (f" [{interval_cell(row['diff_low'], row['diff_high'])}]" if interval else "")
+
+
+def holm_cell(row: dict) -> str:
+    """The Holm-adjusted p, marked where the difference holds (below SIGNIFICANCE)."""
+    if row["is_baseline"]:
+        return ""
+    return p_cell(row["p_holm"]) + (MARK if row["p_holm"] < SIGNIFICANCE else "")
 
 
 def p_cell(p: float) -> str:
@@ -107,7 +120,8 @@ def columns(variants: pd.DataFrame, cpu: bool) -> list[Column]:
             "acc", "Test acc. (%)", "Acc. (%)", lambda r: accuracy_cell(r["test_acc_mean"], r["test_acc_ci"], r["n"])
         ),
         Column("diff", "Δ vs baseline (pp) [95% CI]", "Δ (pp) [95% CI]", difference_cell),
-        Column("p", "p (Holm)", "p_Holm", lambda r: "" if r["is_baseline"] else p_cell(r["p_holm"])),
+        Column("delta", "Δ vs baseline (pp)", "Δ (pp)", lambda r: difference_cell(r, interval=False)),
+        Column("p", "p (Holm)", "p_Holm", holm_cell),
     ]
     if "diff_boot_low" in variants:
         made.append(
@@ -212,6 +226,7 @@ LATEX = {
     "–": "--",
     "<": r"$<$",
     "p_Holm": r"$p_{\mathrm{Holm}}$",
+    MARK: rf"$^{{{MARK}}}$",
 }
 LATEX_SPECIAL = re.compile("|".join(map(re.escape, LATEX)))
 
@@ -237,21 +252,36 @@ def latex_cells(table: Table) -> list[str]:
     return body
 
 
+def latex_caption(text: str) -> str:
+    """A caption in LaTeX: its `$...$` spans (the paper's symbols, `$k$`, `$n = 3$`) kept as math, the rest escaped."""
+    return "".join(part if part.startswith("$") else latex_escape(part) for part in re.split(r"(\$[^$]+\$)", text))
+
+
+def header_rows(header: list[str]) -> list[list[str]]:
+    """The header in two rows, names over units ("Params" over "(k)"): a column is as wide as its widest cell, and
+    a name with its unit on one line is wider than the numbers under it."""
+    split = [cell.partition(" (") for cell in header]
+    units = [f"({rest}" if gap else "" for _, gap, rest in split]
+    return [[name for name, _, _ in split], *([units] if any(units) else [])]
+
+
 def latex_table(table: Table, caption: str, wide: bool = False) -> str:
-    """A booktabs table in small type: `table` for a one-column page, `table*` (`wide`) across a two-column page."""
+    """A booktabs table in footnote type: `table` with narrow gaps, so that the core columns fit one column of a
+    two-column paper (ICML, CVPR: about 3.25 in); `table*` (`wide`) across a two-column page, every optional column
+    still within a one-column page's text."""
     environment = "table*" if wide else "table"
-    header = table.latex_header
+    columns = len(table.latex_header)
     lines = [
-        r"% Needs \usepackage{booktabs}. Written by python -m analysis.report: table.tex for one column,"
-        r" table-wide.tex (table*) across a two-column page.",
+        r"% Needs \usepackage{booktabs}. Written by python -m analysis.report: table.tex for one column (of a one- or"
+        r" two-column page), table-wide.tex (table*) across a two-column page.",
         rf"\begin{{{environment}}}[t]",
         r"\centering",
-        r"\small",
-        r"\setlength{\tabcolsep}{4pt}",
-        rf"\caption{{{latex_escape(caption)}}}",
-        r"\begin{tabular}{" + "l" * table.n_keys + "r" * (len(header) - table.n_keys) + "}",
+        r"\footnotesize",
+        r"\setlength{\tabcolsep}{" + ("3pt" if wide else "2.5pt") + "}",
+        rf"\caption{{{latex_caption(caption)}}}",
+        r"\begin{tabular}{" + "l" * table.n_keys + "r" * (columns - table.n_keys) + "}",
         r"\toprule",
-        " & ".join(header) + r" \\",
+        *(" & ".join(cells) + r" \\" for cells in header_rows(table.latex_header)),
         r"\midrule",
         *latex_cells(table),
         r"\bottomrule",
@@ -265,6 +295,8 @@ def effects_text(variants: pd.DataFrame, labels: list[str]) -> str:
     """The differences that hold after Holm's adjustment, in words, and how many comparisons do not."""
     compared = variants.assign(label=labels)[~variants["is_baseline"] & variants["p_holm"].notna()]
     holding = compared[compared["p_holm"] < SIGNIFICANCE]
+    if variants["is_baseline"].all():
+        return "Effects: none (one variant, nothing to compare)."
     if compared.empty:
         return "Effects: none tested (a comparison needs 2 seeds on each side)."
     named = [
@@ -281,22 +313,38 @@ def effects_text(variants: pd.DataFrame, labels: list[str]) -> str:
 
 def caption(runs: pd.DataFrame, variants: pd.DataFrame, scope: Scope, names: list[str]) -> str:
     """A few lines: what is compared, on which data and model, n seeds, what ± and the brackets (and p) mean; the
-    optional columns of `names` get a word each."""
-    names_of = [style.key_label(key).split(" (")[0].lower() for key in scope.varied or scope.keys]
-    compared = " and ".join([", ".join(names_of[:-1]), names_of[-1]] if len(names_of) > 1 else names_of)
+    optional columns of `names` get a word each. The paper's symbols are in `$...$`, as the header writes them."""
+    named = [_key_words(key) for key in scope.varied or scope.keys]
+    compared = " and ".join([", ".join(named[:-1]), named[-1]] if len(named) > 1 else named)
     how = " one at a time from the baseline" if scope.varied else ""
+    varying = f", varying {compared}{how}" if named else ""
+    n = provenance.seeds_text(runs, scope.keys).split(" per")[0]
+    seeds = "one seed" if n == "1" else f"$n = {n}$ seeds" if " " not in n else f"{n} seeds"
     comparisons = int((~variants["is_baseline"] & variants["p_holm"].notna()).sum())
+    differences = bool((~variants["is_baseline"]).any())
+    interval = " [Welch 95% CI]" if "diff" in names else ""
     parts = [
-        f"Test accuracy of {provenance.model_names(runs)} on {provenance.data_text(runs)}, varying {compared}{how}; "
-        f"n = {provenance.seeds_text(runs, scope.keys).split(' per')[0]} seeds per variant.",
-        "Acc.: mean ± 95% CI over seeds. Δ: points from the baseline [Welch 95% CI];",
-        f"p_Holm: Welch's p, Holm-adjusted over the {comparisons} comparisons.",
+        f"Test accuracy of {provenance.model_names(runs)} on {provenance.data_text(runs)}{varying}; {seeds}"
+        + (" per variant." if named else "."),
+        "Acc.: mean ± 95% CI over seeds." if n != "1" else "Acc.: one run, no interval.",
+        f"Δ: points from the baseline{interval}." if differences else "",
+        f"p_Holm: Welch's p, Holm-adjusted over the {comparisons} comparisons; {MARK}: below {SIGNIFICANCE}."
+        if comparisons
+        else "",
         "Δ boot. CI: percentile bootstrap over seeds." if "boot" in names else "",
         noise_text(variants),
         "Img/s: training throughput." if "throughput" in names else "",
-        "Full recipe: report.md.",
     ]
     return " ".join(part for part in parts if part)
+
+
+def _key_words(key: str) -> str:
+    """ "kernel size $k$": a key's name in words, its symbol (where the paper has one) in math."""
+    words = style.key_label(key).split(" (")[0]
+    symbol = style.short_key(key)
+    if len(symbol) == 1 and words.endswith(f" {symbol}"):
+        words = f"{words[: -len(symbol)]}${symbol}$"
+    return words[0].lower() + words[1:]
 
 
 def noise_text(variants: pd.DataFrame) -> str:
@@ -307,5 +355,5 @@ def noise_text(variants: pd.DataFrame) -> str:
     row = rows.iloc[0]
     return (
         f"Test-set noise floor: ±{100 * row['test_acc_noise']:.2f} points "
-        f"(binomial SE at {100 * row['test_acc_mean']:.1f}% on {row['n_test']:,} images)."
+        f"(binomial SE at {100 * row['test_acc_mean']:.1f}% on {row['n_test']} images)."
     )

@@ -491,8 +491,8 @@ def test_report_and_captions_say_what_ran(sweep, tmp_path):
         text = (out / name).read_text()
         assert all(fact in text for fact in expected)
     latex = (out / "table.tex").read_text()  # a caption of a few lines: what ran, n seeds; the recipe in report.md
-    short = ["synthetic, subset: 128 train / 64 test images", "ConvMixer-8/1", "n = 3 seeds", "Full recipe: report.md"]
-    assert all(tables.latex_escape(fact) in latex for fact in short) and "onecycle" not in latex
+    short = ["synthetic, subset: 128 train / 64 test images", "ConvMixer-8/1", "kernel size $k$", "$n = 3$ seeds"]
+    assert all(fact in latex for fact in short) and "onecycle" not in latex and "report.md" not in latex
     assert "Train images/s (CPU, indicative)" in (out / "table.md").read_text()
     older = copy_runs(sweep, tmp_path / "older", lambda config: True)
     for path in (older / "runs").glob("*/metrics.json"):
@@ -641,3 +641,25 @@ def test_a_study_with_grid_axes_compares_within_each_grid_cell():
     assert choose_baseline(runs, keys, {"s": design}, []) == {"kernel_size": 5}  # not patch_size's default too
     assert choose_baseline(runs, keys, {"s": None}, []) == {"kernel_size": 5, "patch_size": 2}  # a grid's default
     assert choose_baseline(runs, keys, {"s": design}, ["patch_size=4"]) == {"kernel_size": 5, "patch_size": 4}
+
+
+@pytest.mark.slow  # writes a whole report
+def test_a_report_of_one_run_says_so_and_draws_no_single_point(sweep, tmp_path):
+    one = copy_runs(sweep, tmp_path / "one", lambda config: config["kernel_size"] == 3 and config["seed"] == 0)
+    assert report.main([str(one), "--out", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    latex, index = (out / "table.tex").read_text(), (out / "report.md").read_text()
+    assert "; one seed." in latex and "Welch" not in latex and "Delta" not in latex  # nothing compared
+    for text in (latex, index):
+        assert not any(wrong in text for wrong in ("varying ;", "n = 1 seeds", "over the 0 comparisons"))
+    assert "Effects: none (one variant, nothing to compare)." in index and "Pareto" not in index
+    assert sorted(path.stem for path in out.glob("*.png")) == ["training_curves"]  # 2 epochs: a curve, not a point
+    assert "One run: no band." in index
+
+
+def test_a_row_whose_difference_holds_is_marked_and_the_mark_is_latex():
+    assert tables.holm_cell({"is_baseline": False, "p_holm": 0.0042}) == "0.0042*"
+    assert tables.holm_cell({"is_baseline": False, "p_holm": 0.2}) == "0.20"
+    assert tables.holm_cell({"is_baseline": True, "p_holm": float("nan")}) == ""
+    assert tables.latex_escape("0.0042*") == "0.0042$^{*}$"
+    assert tables.latex_caption("kernel size $k$, 5% of $n = 3$") == r"kernel size $k$, 5\% of $n = 3$"

@@ -8,11 +8,11 @@ import shutil
 import struct
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from ablations.store import CONFIG_KEYS
 from analysis.export import FORMATS
 from analysis.export.__main__ import cli
 
@@ -31,8 +31,21 @@ def stored(sweep: Path) -> dict[str, dict]:
             "config": json.loads((run_dir / "config.json").read_text()),
             "provenance": {key: {**metrics, **data}[key] for key in PROVENANCE},
             "status": metrics["status"],
+            "run": {f"run/{k}": v for k, v in metrics.items() if type(v) in (int, float)},  # run-level numbers
+            **timestamps(metrics, history),
         }
     return runs
+
+
+def timestamps(metrics: dict, history: list[dict]) -> dict:
+    """When the run started and finished and each epoch ended, in Unix seconds, from metrics.json's finished_at and
+    wall_time_s and the epochs' epoch_time_s counted back from the end."""
+    finished = datetime.fromisoformat(metrics["finished_at"]).timestamp()
+    ended, left = {}, 0.0
+    for row in reversed(history):
+        ended[row["epoch"]] = finished - left
+        left += row["epoch_time_s"]
+    return {"started": finished - metrics["wall_time_s"], "finished": finished, "ended": ended}
 
 
 def export_twice(sweep: Path, to: str, out: Path) -> None:
@@ -51,9 +64,11 @@ def test_parquet_holds_every_number_of_every_history_once(sweep, tmp_path):
     for row in table.to_dict("records"):
         run = runs[row["run_id"]]
         assert row["value"] == run["history"][row["epoch"]][row["metric"]]
-        assert {key: row[key] for key in CONFIG_KEYS} == run["config"]
+        assert {key: row[key] for key in run["config"]} == run["config"]  # a key added since: its default
         assert {key: row[key] for key in PROVENANCE} == run["provenance"]
         assert row["status"] == run["status"] and row["sweep"] == sweep.name
+        assert {key: row[key] for key in run["run"]} == run["run"]  # params, MACs, run time... beside the epochs
+        assert row["time"].timestamp() == pytest.approx(run["ended"][row["epoch"]], abs=1e-3)  # the training's
 
 
 @pytest.mark.slow
@@ -67,12 +82,17 @@ def test_tensorboard_holds_each_run_scalars_and_hparams(sweep, tmp_path):
     assert sorted(path.name for path in root.iterdir()) == sorted(runs)  # no staging or set-aside folder left
     for run_id, run in runs.items():
         assert len(list((root / run_id).iterdir())) == 1  # one event file: the second export replaced the first
-        reader = SummaryReader(str(root / run_id))
+        reader = SummaryReader(str(root / run_id), extra_columns={"wall_time"})
         scalars = {(row["step"], row["tag"]): row["value"] for row in reader.scalars.to_dict("records")}
         expected = {(epoch, name): value for epoch, values in run["history"].items() for name, value in values.items()}
+        last = max(run["history"])
+        expected |= {(last, name): value for name, value in run["run"].items()}
         assert scalars.keys() == expected.keys()
         for key, value in expected.items():
             assert scalars[key] == pytest.approx(value, rel=1e-6, abs=1e-12)  # TensorBoard stores float32
+        for row in reader.scalars.to_dict("records"):
+            when = run["finished"] if row["tag"].startswith("run/") else run["ended"][row["step"]]
+            assert row["wall_time"] == pytest.approx(when, abs=1e-3)  # the epoch's time, not the export's
         hparams = dict(zip(reader.hparams["tag"], reader.hparams["value"], strict=True))
         assert {key: hparams[key] for key in PROVENANCE} == run["provenance"]
         assert hparams["status"] == run["status"]
@@ -102,16 +122,26 @@ def wandb_records(path: Path):
             pieces = b""
 
 
-def wandb_run(folder: Path) -> tuple[dict, dict[int, dict]]:
-    """The config and the history (by step) of an offline run's folder, from its .wandb file."""
-    config, history = {}, {}
+def _key(item) -> str:
+    return "/".join(item.nested_key) or item.key
+
+
+def wandb_run(folder: Path) -> tuple[dict, dict[int, dict], dict, dict]:
+    """The config, the history (by step, with each step's _timestamp), the summary as W&B merges it (a later
+    record's key over an earlier's) and the run record of an offline run's folder, from its .wandb file."""
+    config, history, summary, meta = {}, {}, {}, {}
     for record in wandb_records(next(folder.glob("*.wandb"))):
         if record.HasField("run"):
             config = {item.key: json.loads(item.value_json) for item in record.run.config.update}
+            meta = {"host": record.run.host}
         if record.HasField("history"):
-            items = {item.nested_key[0] or item.key: json.loads(item.value_json) for item in record.history.item}
-            history[items.pop("_step")] = {key: value for key, value in items.items() if not key.startswith("_")}
-    return config, history
+            items = {_key(item): json.loads(item.value_json) for item in record.history.item}
+            history[items.pop("_step")] = {
+                key: value for key, value in items.items() if key == "_timestamp" or not key.startswith("_")
+            }
+        if record.HasField("summary"):
+            summary |= {_key(item): json.loads(item.value_json) for item in record.summary.update}
+    return config, history, summary, meta
 
 
 @pytest.mark.slow
@@ -125,8 +155,12 @@ def test_wandb_offline_runs_hold_each_history_and_config_once(sweep, tmp_path, m
     assert sorted(folder.name.rpartition("-")[2] for folder in folders) == sorted(runs)  # one folder per run
     for folder in folders:
         run = runs[folder.name.rpartition("-")[2]]
-        config, history = wandb_run(folder)
+        config, history, summary, meta = wandb_run(folder)
+        ended = {step: values.pop("_timestamp") for step, values in history.items()}
         assert history == run["history"]
+        assert ended == pytest.approx(run["ended"], abs=1e-3)  # each step stamped when its epoch ended
+        assert {key: summary[key] for key in run["run"]} == run["run"]  # run-level, not the last epoch's
+        assert not meta["host"] and not list((folder / "files").iterdir())  # nothing of the exporting machine
         assert {key: config[key] for key in run["config"]} == run["config"]
         assert {key: config[key] for key in PROVENANCE} == run["provenance"]
         assert config["status"] == run["status"]
@@ -144,14 +178,21 @@ def test_mlflow_store_holds_one_run_per_run_with_its_history(sweep, tmp_path, mo
     assert sorted(made.data.tags["convmixer.run_id"] for made in found) == sorted(runs)  # the second replaced
     for made in found:
         run = runs[made.data.tags["convmixer.run_id"]]
-        assert made.data.params == {key: str(value) for key, value in run["config"].items()}
+        assert {key: made.data.params[key] for key in run["config"]} == {k: str(v) for k, v in run["config"].items()}
         assert {key: made.data.tags[f"convmixer.{key}"] for key in PROVENANCE} == run["provenance"]
         assert made.data.tags["mlflow.source.git.commit"] == run["provenance"]["toolkit_commit"]
         assert made.info.status == "FINISHED" and made.data.tags["convmixer.status"] == run["status"]
+        assert made.info.start_time == round(run["started"] * 1000) and made.info.end_time == round(
+            run["finished"] * 1000
+        )
+        assert {key: made.data.metrics[key] for key in run["run"]} == run["run"]
         for name in run["history"][1]:
             points = client.get_metric_history(made.info.run_id, name)
             assert {point.step: point.value for point in points} == {
                 epoch: values[name] for epoch, values in run["history"].items()
+            }
+            assert {point.step: point.timestamp for point in points} == {
+                epoch: round(when * 1000) for epoch, when in run["ended"].items()
             }
 
 

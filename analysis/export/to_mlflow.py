@@ -1,6 +1,9 @@
 """The sweep as an MLflow file store, `<out>/mlruns`: experiment <sweep>, one MLflow run per run, named by its run
-id, with its config as params, a metric step per epoch, its status and provenance as tags (the commit also as
-mlflow.source.git.commit). `mlflow ui --backend-store-uri <out>/mlruns` shows it.
+id, with its config as params, a metric step per epoch, its run-level numbers as `run/<name>` metrics at its last
+step, its status and provenance as tags (the commit also as mlflow.source.git.commit). The run starts and ends when
+the training did (finished_at less wall_time_s, and finished_at), each epoch's metrics are stamped with the time
+it ended: an MLflow run lasts as long as its training. `mlflow ui --backend-store-uri <out>/mlruns` shows it (with
+the full mlflow package: the export's extra brings mlflow-skinny, which has no UI).
 
 MLflow 3 keeps the file store in maintenance mode and refuses it unless MLFLOW_ALLOW_FILE_STORE is set: this
 module sets it for its own process, since a folder of plain files is what an export after the fact should leave
@@ -18,6 +21,10 @@ from analysis.export.runs import Run
 TAG = "convmixer."  # the prefix of this toolkit's tags
 WHOLE = f"{TAG}exported"  # set last on a run: one without it was cut short (a kill) and is removed by the next export
 BATCH = 1000  # the most metrics one log_batch takes
+
+
+def _millis(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
 
 
 def drop_unreadable(store: Path) -> None:
@@ -48,16 +55,21 @@ def write_run(client, experiment_id: str, run: Run) -> str:
     tags |= {f"{TAG}{key}": value for key, value in run.facts().items()}
     if run.provenance["toolkit_commit"]:
         tags["mlflow.source.git.commit"] = run.provenance["toolkit_commit"]
-    made = client.create_run(experiment_id, run_name=run.run_id, tags=tags).info.run_id
-    now = int(time.time() * 1000)
+    started = _millis(run.started_at)
+    made = client.create_run(experiment_id, start_time=started, run_name=run.run_id, tags=tags).info.run_id
+    ended, last = run.epoch_times(), max(run.epochs(), default=0)
+    finished = _millis(run.finished_at) or round(time.time() * 1000)  # a run with no finished_at: the export's
     metrics = [
-        Metric(name, value, now, epoch) for epoch, values in run.epochs().items() for name, value in values.items()
+        Metric(name, value, _millis(ended.get(epoch)) or finished, epoch)
+        for epoch, values in run.epochs().items()
+        for name, value in values.items()
     ]
+    metrics += [Metric(name, value, finished, last) for name, value in run.run_level().items()]
     client.log_batch(made, params=[Param(key, str(value)) for key, value in run.config.items()])
     for start in range(0, len(metrics), BATCH):
         client.log_batch(made, metrics=metrics[start : start + BATCH])
     if run.status != UNFINISHED:  # an unfinished run recorded no end: it stays RUNNING, as MLflow says of those
-        client.set_terminated(made, status="FINISHED" if run.status == DONE else "FAILED")
+        client.set_terminated(made, status="FINISHED" if run.status == DONE else "FAILED", end_time=finished)
     client.set_tag(made, WHOLE, "true")
     return made
 

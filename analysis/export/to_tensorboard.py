@@ -1,5 +1,6 @@
-"""The sweep as TensorBoard event files, `<out>/tensorboard/<sweep>/<run_id>/`: a scalar per metric and epoch, and
-the run's hparams (its config, status and provenance, with its metrics), so that TensorBoard's HPARAMS tab
+"""The sweep as TensorBoard event files, `<out>/tensorboard/<sweep>/<run_id>/`: a scalar per metric and epoch at
+the time the epoch ended (not the export's), the run-level numbers as `run/<name>` scalars at its last step, and the
+run's hparams (its config, status and provenance, with its run-level numbers), so that TensorBoard's HPARAMS tab
 compares the runs. Written with torch's SummaryWriter, which stores scalars as 32-bit floats."""
 
 import contextlib
@@ -15,15 +16,17 @@ def write_run(run: Run, folder: Path) -> None:
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
-    epochs = run.epochs()
-    last = epochs[max(epochs)] if epochs else {}
+    epochs, ended = run.epochs(), run.epoch_times()
     with SummaryWriter(log_dir=str(folder)) as writer:
         for epoch, metrics in epochs.items():
             for name, value in metrics.items():
-                writer.add_scalar(name, value, epoch)
+                writer.add_scalar(name, value, epoch, walltime=ended.get(epoch))
+        # The run-level numbers as scalars at the run's last step, which the HPARAMS tab shows beside its config.
+        for name, value in run.run_level().items():
+            writer.add_scalar(name, value, max(epochs, default=0), walltime=run.finished_at)
         # add_hparams would write into a sub-folder of its own: the hparams summaries go beside the scalars instead.
         values = {**run.config, "status": run.status, **run.facts()}
-        for summary in hparams(values, last):
+        for summary in hparams(values, run.run_level()):
             writer.file_writer.add_summary(summary)
 
 

@@ -1,8 +1,11 @@
 """The sweep as offline W&B runs, `<out>/wandb/offline-run-<time>-<run_id>/`, one per run, which `wandb sync
 <out>/wandb/offline-run-*` uploads later (nothing here touches the network): project <sweep>, run id and name the
-store's run id, its config, status and provenance as config, a history step per epoch, its final numbers as the
-summary. W&B's own capture of this machine (git, system metrics, hardware) is off: it would describe the machine
-that exported, not the one that trained."""
+store's run id, its config, status and provenance as config, a history step per epoch stamped with the time
+the epoch ended, its run-level numbers in the summary as `run/<name>` (the summary's plain names stay the last
+epoch's). W&B's own capture of this machine (git, code, installed packages, system metrics, hardware) is off: it
+would describe the machine that exported, not the one that trained. The offline folder's name and the run's start
+are the export's time: wandb.init sets them itself; the run's own start and end are in its config (finished_at) and
+summary (run/wall_time_s)."""
 
 import contextlib
 import logging
@@ -23,7 +26,10 @@ def write_run(run: Run, out: Path) -> None:
         silent=True,
         console="off",
         disable_git=True,
+        disable_code=True,
         save_code=False,
+        x_save_requirements=False,
+        host="",  # else the exporting machine's name
         x_disable_stats=True,
         x_disable_meta=True,
         x_disable_machine_info=True,
@@ -33,9 +39,11 @@ def write_run(run: Run, out: Path) -> None:
         project=run.sweep, id=run.run_id, name=run.run_id, dir=out, config=config, tags=[run.status], settings=settings
     )
     try:
+        ended = run.epoch_times()
         for epoch, metrics in run.epochs().items():
-            made.log(metrics, step=epoch)
-        made.summary.update(run.final)
+            stamp = {"_timestamp": ended[epoch]} if epoch in ended else {}  # when the epoch ended, not the export
+            made.log(metrics | stamp, step=epoch)
+        made.summary.update(run.run_level())
     finally:
         made.finish(exit_code=0 if run.status == DONE else 1)
 
