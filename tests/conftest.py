@@ -13,9 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas  # noqa: F401 (the libraries several tests need, imported once at collection: see below)
 import pytest
+import scipy.stats  # noqa: F401
+import statsmodels.stats.multitest  # noqa: F401
+import statsmodels.stats.power  # noqa: F401
 import torch
 from helpers import TINY_SWEEP
+from matplotlib.figure import Figure  # noqa: F401
 from PIL import Image
 
 from ablations.config import RunConfig
@@ -23,6 +28,8 @@ from ablations.data.sources import load_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+# Imported above, at collection, like torch: their first import (a second or more of CPU without cached bytecode)
+# would otherwise be charged to whichever fast test happens to use them first.
 FAST_TEST_CPU_SECONDS = 1.0
 TREE_CLASSES = ("cat", "dog", "emu")
 NO_AUGMENT = dict(scale=1.0, hflip=False, randaug_n=0, jitter=0.0, reprob=0.0)

@@ -137,6 +137,7 @@ def test_a_label_with_no_free_place_is_left_out_and_the_caption_says_so():
     assert not overlapping(fig)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", list(style.WIDTHS))
 def test_the_figure_width_is_the_print_width_in_the_saved_files(width, tmp_path):
     png, pdf = style.save(kind_plot("key", width).figure, tmp_path / width)
@@ -189,6 +190,7 @@ def pdf_fonts(pdf: bytes) -> tuple[list[str], list[bytes]]:
     return fonts, descriptors
 
 
+@pytest.mark.slow
 def test_pdfs_embed_truetype_fonts_not_type_3(tmp_path):
     """Journals refuse Type 3 fonts (bitmaps or outlines without hinting, text that cannot be searched)."""
     agg, runs, labels = crowded_variants()  # point labels, axis labels, and a legend with "≥"

@@ -120,6 +120,7 @@ def within(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(modules()))
 def test_a_module_imports_only_the_layers_below_it(name):
     allowed = next(rule for prefix, rule in RULES if within(name, prefix))
@@ -175,6 +176,7 @@ def test_no_modules_import_each_other_in_a_circle():
     assert circles(import_graph()) == []
 
 
+@pytest.mark.slow
 def test_the_circle_test_finds_a_circle_and_sees_an_import_inside_a_function():
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}) == [["a", "b", "c"]]
     assert "convmixer.model" in imported(modules()["convmixer.config"], "convmixer.config")  # in build() too
@@ -184,6 +186,7 @@ def test_the_circle_test_finds_a_circle_and_sees_an_import_inside_a_function():
     assert {"convmixer.config", "convmixer.model"} <= set(circle)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["ablations.run", "ablations.train"])
 def test_nothing_imports_a_command_line_module(command):
     importers = [name for name, path in modules().items() if command in imported(path, name)]

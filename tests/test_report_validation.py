@@ -114,6 +114,7 @@ def test_optional_metrics_may_be_absent_or_null_and_unfinished_runs_are_not_chec
     assert runs["test_acc"].dtype == float and runs["test_acc"].isna().sum() == 1
 
 
+@pytest.mark.slow
 def test_a_history_value_of_the_wrong_type_is_one_line_naming_the_file(sweep, tmp_path, capsys):
     """A string in history.json crashed the report in pandas, after the tables were made."""
     damaged = copy_sweep(sweep, tmp_path / "damaged")
@@ -219,6 +220,7 @@ def test_the_training_curves_draw_only_declared_history_fields():
     assert {metric for metric, *_ in plots.CURVE_PANELS} <= set(HISTORY_FIELDS)
 
 
+@pytest.mark.slow
 def test_every_figure_names_the_model_and_the_data(sweep):
     """Figures carried the n of seeds but not what was trained on what, so a pasted figure said nothing of it."""
     chosen = scope([sweep], [])
@@ -336,6 +338,7 @@ def test_a_report_replaces_its_files_in_place_and_keeps_the_users(sweep, tmp_pat
     assert all(path.stat().st_size > 0 for path in out.iterdir())
 
 
+@pytest.mark.slow
 def test_matplotlibs_own_error_after_a_full_disk_is_one_line_and_leaves_nothing(sweep, tmp_path, capsys, monkeypatch):
     """On a full disk matplotlib's PDF writer ended in a traceback: AttributeError: 'Stream' object has no attribute
     'pos', raised while it cleaned up after the ENOSPC; its staging folder and an empty --out were left."""

@@ -27,6 +27,7 @@ def holm_by_hand(p: list[float]) -> list[float]:
     return adjusted.tolist()
 
 
+@pytest.mark.slow
 def test_holm_matches_the_step_down_by_hand_and_leaves_nan_out_of_the_family():
     p = [0.01, 0.04, 0.03, 0.005, 0.2]
     assert holm(p) == pytest.approx(holm_by_hand(p))
