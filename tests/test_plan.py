@@ -11,6 +11,7 @@ import pytest
 from conftest import imagefolder, write_tree
 
 from ablations.config import ConfigError, RunConfig, portable_path
+from ablations.data import sources
 from ablations.design import Design
 from ablations.store import Locks, Store, StoreError, read_metrics, same_data
 from ablations.sweep.inprocess import InProcessLauncher
@@ -217,3 +218,23 @@ def test_a_damaged_jobs_file_says_what_it_is_and_what_to_do(tmp_path, content):
     assert message.startswith(str(tmp_path / "slurm" / "jobs.json")) and "redo that run" not in message
     assert message.endswith("it lists the jobs of earlier sweeps of this folder; cancel those still queued or running "
                             "(squeue -u $USER), then delete it and rerun")  # fmt: skip
+
+
+class Elsewhere(InProcessLauncher):
+    """A launcher that trains in other processes (local workers, SLURM jobs): what it sees of this process's data."""
+
+    trains_here = False
+
+    def run(self, configs, progress, end_run):
+        self.kept = dict(sources._loaded)
+        return {}
+
+
+def test_a_plan_whose_runs_train_elsewhere_lets_the_splits_it_checked_go(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = Store(tmp_path / "out")
+    planned = plan([tiny(pictures(tmp_path / "pictures"))], store)
+    assert sources._loaded  # the check loaded them, for a run in this process to reuse (InProcessLauncher)
+    launcher = Elsewhere(store)
+    run_plan(planned, launcher, Design("out"))
+    assert launcher.kept == {}  # trained by other processes: let go before the runs start

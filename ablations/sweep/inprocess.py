@@ -6,7 +6,7 @@ launcher does, through the plan's `EndRun`.
 """
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from ablations.config import RunConfig
 from ablations.store import Store
@@ -22,6 +22,7 @@ class InProcessLauncher:
     """run_plan's launcher that trains in this process, on `device`; `ranks`: this process's place, rank 0 of a run
     on several processes (torchrun started the others); None: the run's one process."""
 
+    trains_here: ClassVar[bool] = True
     store: Store
     device: str = "cpu"
     ranks: "Ranks | None" = None

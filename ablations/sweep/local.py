@@ -217,6 +217,8 @@ class Worker:
 
 
 class LocalLauncher:
+    trains_here = False  # in its workers
+
     def __init__(
         self, store: Store, devices: list[str], jobs_per_device: int, time_limit_s: float | None = None,
         procs_per_run: int = 1,

@@ -35,7 +35,10 @@ from convmixer.arguments import patch_grid
 
 class Launcher(Protocol):
     """What run_plan needs of a launcher (LocalLauncher, SlurmLauncher, InProcessLauncher): train the configs,
-    calling `end_run` as each run ends, and return {run_id: metrics}."""
+    calling `end_run` as each run ends, and return {run_id: metrics}. `trains_here`: in this process (else the
+    splits the plan checked here are let go before training: the runs load their own)."""
+
+    trains_here: bool
 
     def run(self, configs: list[RunConfig], progress: SweepProgress, end_run: EndRun) -> dict[str, dict]: ...
 
@@ -148,6 +151,10 @@ def train_plan(plan: Plan, launcher: Launcher) -> None:
     store.write_summary()
     if not todo:
         return
+    if not launcher.trains_here:
+        from ablations.data.sources import forget_splits  # loaded by data_record's import already
+
+        forget_splits()  # the checked splits would sit in this process's memory for the whole sweep
     progress = SweepProgress(
         {cfg.run_id(): cfg.epochs for cfg in todo},
         {cfg.run_id(): store.state(store.run_dir(cfg)).epochs for cfg in todo},

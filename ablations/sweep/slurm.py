@@ -272,6 +272,8 @@ def sacct_state(job_id: str) -> str:
 
 
 class SlurmLauncher:
+    trains_here = False  # in its jobs
+
     def __init__(self, store: Store, options: SlurmOptions) -> None:
         self.store, self.options = store, options
         self.folder = store.root / "slurm"
