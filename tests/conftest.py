@@ -5,6 +5,7 @@ On a small, busy CPU, handing microsecond-sized ops to OpenMP threads costs far 
 (measured: a 4-channel ConvMixer forward took ~300 ms with 2 threads under load, ~3 ms with 1).
 """
 
+import io
 import resource
 import shutil
 import tarfile
@@ -20,13 +21,19 @@ import statsmodels.stats.multitest  # noqa: F401
 import statsmodels.stats.power  # noqa: F401
 import torch
 from helpers import TINY_SWEEP
-from matplotlib.figure import Figure  # noqa: F401
+from matplotlib.figure import Figure
 from PIL import Image
 
+import analysis.build  # noqa: F401 (the report's own modules too: the same first-import cost)
+import analysis.report  # noqa: F401
 from ablations.config import RunConfig
 from ablations.data.sources import load_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
+
+# matplotlib's first saved figure loads its fonts (about a second of CPU): once here, not in whichever test saves first.
+for _format in ("png", "pdf"):
+    Figure().savefig(io.BytesIO(), format=_format)
 CIFAR10_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 # Imported above, at collection, like torch: their first import (a second or more of CPU without cached bytecode)
 # would otherwise be charged to whichever fast test happens to use them first.

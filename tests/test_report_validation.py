@@ -204,6 +204,7 @@ def test_latex_escapes_braces_and_every_special_once():
     )
 
 
+@pytest.mark.slow
 def test_the_latex_caption_keeps_its_braces_and_spells_every_symbol_in_latex(sweep):
     chosen = scope([sweep], [])
     made = tables.table(summarise(chosen.runs, chosen.baseline, chosen.keys), chosen.keys)
