@@ -22,6 +22,7 @@ DATASETS = ("synthetic", "cifar10", "cifar100", "imagefolder", "imagenette")
 DECODES = ("cpu", "gpu", "auto")
 BAD_IMAGES = ("error", "skip")
 RANDAUG_OP_SETS = ("torchvision", "timm")  # ablations.data.augment: rand_augment, timm_rand_augment
+TRAIN_INTERPOLATIONS = ("bilinear", "random")  # random: bilinear or bicubic, drawn per image and per resample
 SCHEDULES = ("onecycle", "cosine")
 RUN_PRECISIONS = ("auto", *sorted(AUTOCAST_PRECISIONS))  # a run's precision: auto (the device decides) or one
 DEPTHWISE_IMPLS = ("auto", *IMPLS)
@@ -51,6 +52,7 @@ LATER_KEYS: dict[str, object] = {
     "randaug_ops": "torchvision",
     "randaug_mstd": 0.0,
     "cuda_graphs": False,
+    "train_interpolation": "bilinear",
 }
 # Hex digits of a run id (64 bits); results written before ids had 16 were named by LEGACY_RUN_ID_LENGTH.
 RUN_ID_LENGTH, LEGACY_RUN_ID_LENGTH = 16, 10
@@ -115,6 +117,9 @@ class RunConfig:
     # probability 0.5, geometric ones filling with the mean colour), as the authors' `--aa rand-m9-mstd0.5-inc1`
     randaug_ops: str = "torchvision"
     randaug_mstd: float = 0.0  # timm's RandAugment only: per-image Gaussian noise on the magnitude (0..30 units)
+    # How training crops and RandAugment's geometric ops resample: bilinear, or "random", bilinear or bicubic drawn
+    # for each image at each resample (timm's `--train-interpolation random`, its default and the authors')
+    train_interpolation: str = "bilinear"
     jitter: float = 0.1  # colour jitter strength
     reprob: float = 0.25  # random erasing probability
     mixup: float = 0.0  # mixup Beta(alpha, alpha); 0 = off
@@ -276,6 +281,7 @@ ACCEPTED: dict[str, Range | Choice | AutoSwitch] = {
     "randaug_m": Range(int, 0, 30),
     "randaug_ops": Choice(RANDAUG_OP_SETS),
     "randaug_mstd": Range(float, 0.0, 30.0),
+    "train_interpolation": Choice(TRAIN_INTERPOLATIONS),
     "jitter": Range(float, 0.0, 1.0),
     "reprob": Range(float, 0.0, 1.0),
     "mixup": Range(float, 0.0, note="0: off"),

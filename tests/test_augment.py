@@ -161,6 +161,18 @@ def test_crop_and_flip(images):
     assert torch.equal(flipped[each], images[each].flip(-1))
 
 
+def test_random_interpolation_resamples_each_image_bilinearly_or_bicubically_within_range(images):
+    """train_interpolation=random: the crop's draws as before, then a coin per image: heads bicubic (clamped to
+    [0, 1]), tails the bilinear crop the same draws give."""
+    gen = generator(5)
+    bilinear = A.random_resized_crop(images, 0.3, A.Draws(gen, N))
+    heads = torch.rand(N, generator=gen) < 0.5
+    mixed = A.random_resized_crop(images, 0.3, draws(5), random_interpolation=True)
+    assert 0 < heads.sum() < N and mixed.min() >= 0 and mixed.max() <= 1
+    assert torch.allclose(mixed[~heads], bilinear[~heads], atol=1e-6)
+    assert changed(mixed[heads], bilinear[heads]).all()
+
+
 def test_random_erase_fills_one_rectangle_per_chosen_image(images):
     assert torch.equal(A.random_erase(images, 0.0, draws()), images)
     erased = A.random_erase(images, 1.0, draws())
@@ -253,11 +265,14 @@ def test_sync_free_equalize_equals_the_bincount_one_bit_for_bit(images):
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
-def test_a_process_augments_its_rows_of_the_global_batch_as_one_process_does(world_size):
+@pytest.mark.parametrize(
+    "timm", [{}, {"randaug_ops": "timm", "randaug_mstd": 1.5, "train_interpolation": "random"}], ids=["tv", "timm"]
+)
+def test_a_process_augments_its_rows_of_the_global_batch_as_one_process_does(world_size, timm):
     """Each rank's slice (paired: its share of the first half and their mirrors, data.loaders.TrainLoader.rows),
     augmented with its rows of the global draws, is the one-process batch's augmentation at those rows, mixing
     partners included."""
-    cfg = RunConfig(scale=0.35, hflip=True, randaug_n=2, randaug_m=9, jitter=0.2, reprob=0.5, mixup=0.8, cutmix=1.0)
+    cfg = RunConfig(scale=0.35, randaug_n=2, randaug_m=9, jitter=0.2, reprob=0.5, mixup=0.8, cutmix=1.0, **timm)
     augment = A.Augment(cfg, 10, torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25]))
     n = 16
     raw = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator(3))

@@ -57,9 +57,9 @@ def test_the_imagenet_preset_is_the_authors_command_and_names_what_differs() -> 
                "lr": 0.01, "schedule": "onecycle", "warmup_epochs": 0, "mixup": 0.5, "cutmix": 0.5, "reprob": 0.25,
                "clip_norm": 1.0, "weight_decay": 2e-5, "adam_eps": 1e-3, "label_smoothing": 0.1, "scale": 0.08,
                "jitter": 0.0, "randaug_n": 2, "randaug_m": 27, "batch_size": 640, "randaug_ops": "timm",
-               "randaug_mstd": 1.5}  # fmt: skip
+               "randaug_mstd": 1.5, "train_interpolation": "random"}  # fmt: skip
     assert {key: getattr(cfg, key) for key in authors} == authors
-    for missing in ("bilinear or bicubic at random", "mean colour", "erasing to zero", "per sample", "bf16 (theirs"):
+    for missing in ("mean colour", "square", "erasing to zero", "per sample", "bf16 (theirs"):
         assert missing in PRESETS["imagenet"].description
 
 
@@ -67,11 +67,10 @@ def test_the_paper_and_budget_presets() -> None:
     paper = RunConfig(**PRESETS["paper-cifar10"].values)
     assert (paper.dataset, paper.dim, paper.depth, paper.kernel_size, paper.patch_size) == ("cifar10", 256, 8, 9, 1)
     assert (paper.epochs, paper.mixup, paper.cutmix, paper.reprob, paper.scale) == (200, 0.5, 0.5, 0.25, 0.75)
-    assert (paper.randaug_ops, paper.randaug_mstd) == ("timm", 1.5) and "bilinear crops" in PRESETS[
-        "paper-cifar10"
-    ].description
-    others = [name for name in PRESETS if name not in ("imagenet", "paper-cifar10")]
-    assert {RunConfig(**PRESETS[name].values).randaug_ops for name in others} == {"torchvision"}  # ids kept
+    assert (paper.randaug_ops, paper.randaug_mstd, paper.train_interpolation) == ("timm", 1.5, "random")
+    assert "square crops" in PRESETS["paper-cifar10"].description
+    others = [RunConfig(**PRESETS[name].values) for name in PRESETS if name not in ("imagenet", "paper-cifar10")]
+    assert {(cfg.randaug_ops, cfg.train_interpolation) for cfg in others} == {("torchvision", "bilinear")}  # ids kept
     budget = RunConfig(**PRESETS["imagenet-budget"].values)
     assert (budget.dim, budget.depth, budget.patch_size, budget.epochs) == (1024, 20, 14, 16)
     assert budget.image_size < 224 and budget.image_size % budget.patch_size == 0

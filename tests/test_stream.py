@@ -97,6 +97,27 @@ def test_a_training_crop_depends_on_seed_epoch_and_index_only(tree):
     assert 0.08 * 375 * 500 * 0.9 <= crop.height * crop.width <= 375 * 500 and crop.top + crop.height <= 375
 
 
+def test_random_interpolation_resizes_each_training_crop_bilinearly_or_bicubically_as_pillow(tree):
+    """train_interpolation=random: each crop draws its resize (about half bicubic), and the worker's image is Pillow's
+    resize of that crop with that filter, then the flip."""
+    assert not draw_crop(375, 500, 0.08, True, 9).bicubic  # without the choice: bilinear, and no draw
+    assert {draw_crop(375, 500, 0.08, True, seed, True).bicubic for seed in range(16)} == {False, True}
+    files = build_data(
+        streamed(tree, train_interpolation="random"), CPU, resident_bytes=0, workers=0
+    ).train.images.files
+    filters = set()
+    for i in range(len(files)):
+        sample = files[(5, i)]
+        crop, filters = sample.crop, filters | {sample.crop.bicubic}
+        resample = Image.Resampling.BICUBIC if crop.bicubic else Image.Resampling.BILINEAR
+        box = (crop.left, crop.top, crop.left + crop.width, crop.top + crop.height)
+        with Image.open(tree / files.paths[i]) as image:
+            expected = image.convert("RGB").resize((16, 16), resample, box=box)
+        expected = expected.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if crop.flip else expected
+        assert torch.equal(sample.image, torch.from_numpy(np.array(expected)).permute(2, 0, 1))
+    assert filters == {False, True}
+
+
 def test_test_images_get_timms_eval_transform(tree):
     """Exactly EvalTransform's resize and crop with Pillow; within a few grey levels with torchvision's decoder."""
     files = build_data(streamed(tree), CPU, resident_bytes=0, workers=0).test.images.files
@@ -131,13 +152,16 @@ def test_grayscale_and_cmyk_jpegs_come_out_rgb(tree):
     assert all(files[(0, i)].image.shape == (3, 16, 16) and not files[(0, i)].problem for i in range(len(files)))
 
 
-def test_decode_on_the_device_gives_the_pixels_of_its_decoder_in_the_workers(tree):
+@pytest.mark.parametrize("interpolation", ["bilinear", "random"])
+def test_decode_on_the_device_gives_the_pixels_of_its_decoder_in_the_workers(tree, interpolation):
     """decode=gpu on a CPU device runs the device path (the worker reads, the device decodes and cuts) with
     torchvision's CPU decoder: the pixels of that decoder in the workers, and within a few grey levels of decode=cpu
     (Pillow)."""
-    pillow = build_data(streamed(tree), CPU, resident_bytes=0, workers=0)
-    device = build_data(streamed(tree, decode="gpu"), CPU, resident_bytes=0, workers=0)
-    workers = build_data(streamed(tree), CPU, resident_bytes=0, workers=0)
+    pillow = build_data(streamed(tree, train_interpolation=interpolation), CPU, resident_bytes=0, workers=0)
+    device = build_data(
+        streamed(tree, decode="gpu", train_interpolation=interpolation), CPU, resident_bytes=0, workers=0
+    )
+    workers = build_data(streamed(tree, train_interpolation=interpolation), CPU, resident_bytes=0, workers=0)
     workers.train.images.files.cpu_decoder = workers.test.images.files.cpu_decoder = "torchvision"
     for by_workers, by_device, by_pillow in (
         (workers.train.epoch(0), device.train.epoch(0), pillow.train.epoch(0)),
@@ -177,7 +201,8 @@ def test_the_resident_limit_comes_from_the_environment_or_is_one_line(monkeypatc
 
 def test_new_keys_at_their_defaults_keep_every_run_id():
     cfg = RunConfig()
-    assert cfg.run_id() == RunConfig(decode="cpu", bad_images="error").run_id()
+    assert cfg.run_id() == RunConfig(decode="cpu", bad_images="error", train_interpolation="bilinear").run_id()
+    assert cfg.run_id() != RunConfig(train_interpolation="random").run_id()
     assert cfg.run_id() != RunConfig(decode="gpu").run_id() != RunConfig(bad_images="skip").run_id()
 
 

@@ -90,18 +90,38 @@ def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
 # --- geometry: one batched affine warp; each theta maps output coordinates (in [-1, 1]) to input ones ---
 
 
-def warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+def warp(
+    images: torch.Tensor, theta: torch.Tensor, bicubic: torch.Tensor | None = None, fill: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The images resampled bilinearly, or, where `bicubic` (per-sample booleans) is true, bicubically, then clamped
+    to [0, 1] as Pillow's 8 bits are (bicubic overshoots). Outside the image: zeros, or `fill` (C, 1, 1)."""
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def sample(mode: str) -> torch.Tensor:
+        if fill is None:
+            return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
+        return F.grid_sample(images - fill, grid, mode=mode, padding_mode="zeros", align_corners=False) + fill
+
+    if bicubic is None:
+        return sample("bilinear")
+    return torch.where(per_sample(bicubic), sample("bicubic"), sample("bilinear")).clamp(0, 1)
 
 
-def random_resized_crop(images: torch.Tensor, min_area: float, draws: Draws) -> torch.Tensor:
+def bicubic_draw(random_interpolation: bool, draws: Draws) -> torch.Tensor | None:
+    """Which images a resample does bicubically (timm's train_interpolation "random": bilinear or bicubic with
+    equal chance, drawn at each resample); None, no draw at all: every image bilinear, as before the choice existed."""
+    return coin(0.5, draws) if random_interpolation else None
+
+
+def random_resized_crop(
+    images: torch.Tensor, min_area: float, draws: Draws, random_interpolation: bool = False
+) -> torch.Tensor:
     """A square crop of area fraction uniform in [min_area, 1] at a random place, resized back to full size."""
     side = uniform(min_area, 1.0, draws).sqrt()
     centre = (draws.rand(2) * 2 - 1) * (1 - side[:, None])
     zero = torch.zeros_like(side)
     theta = torch.stack([torch.stack([side, zero, centre[:, 0]], 1), torch.stack([zero, side, centre[:, 1]], 1)], 1)
-    return warp(images, theta)
+    return warp(images, theta, bicubic_draw(random_interpolation, draws))
 
 
 def random_hflip(images: torch.Tensor, draws: Draws) -> torch.Tensor:
@@ -215,7 +235,9 @@ def equalize(images: torch.Tensor) -> torch.Tensor:
     return torch.where(step > 0, equalised, images.reshape(n * c, h * w)).view(n, c, h, w)
 
 
-def rand_augment(images: torch.Tensor, magnitude: int, draws: Draws) -> torch.Tensor:
+def rand_augment(
+    images: torch.Tensor, magnitude: int, draws: Draws, random_interpolation: bool = False
+) -> torch.Tensor:
     """One RandAugment round: each image gets one op, drawn uniformly, at `magnitude` (0..30) with a random sign."""
     n = len(images)
     op = draws.randint(len(RANDAUG_OPS))
@@ -229,7 +251,8 @@ def rand_augment(images: torch.Tensor, magnitude: int, draws: Draws) -> torch.Te
         "equalize": equalize,
     }
     geometric = (op >= RANDAUG_OPS.index("shear_x")) & (op <= RANDAUG_OPS.index("rotate"))
-    images = torch.where(per_sample(geometric), warp(images, randaug_affine(op, level)), images)
+    warped = warp(images, randaug_affine(op, level), bicubic_draw(random_interpolation, draws))
+    images = torch.where(per_sample(geometric), warped, images)
     images = enhance(images, op, factor)  # each image has one op: the enhance ops see the images as they came
     for name, apply in results.items():
         images = torch.where(per_sample(op == RANDAUG_OPS.index(name)), apply(images), images)
@@ -237,7 +260,12 @@ def rand_augment(images: torch.Tensor, magnitude: int, draws: Draws) -> torch.Te
 
 
 def timm_rand_augment(
-    images: torch.Tensor, magnitude: int, magnitude_std: float, fill: torch.Tensor, draws: Draws
+    images: torch.Tensor,
+    magnitude: int,
+    magnitude_std: float,
+    fill: torch.Tensor,
+    draws: Draws,
+    random_interpolation: bool = False,
 ) -> torch.Tensor:
     """One round of timm's RandAugment with increasing ops: each image draws one of TIMM_RANDAUG_OPS, applied with
     probability 0.5, at `magnitude` (0..30) plus Gaussian noise of std `magnitude_std` (clipped to 0..30), signed
@@ -257,7 +285,7 @@ def timm_rand_augment(
     translated = (shared == RANDAUG_OPS.index("translate_x")) | (shared == RANDAUG_OPS.index("translate_y"))
     affine_level = signed * torch.where(translated, TIMM_MAX_TRANSLATE / MAX_TRANSLATE, 1.0)
     geometric = (shared >= RANDAUG_OPS.index("shear_x")) & (shared <= RANDAUG_OPS.index("rotate"))
-    warped = warp(images - fill, randaug_affine(shared, affine_level)) + fill  # the zero padding becomes `fill`
+    warped = warp(images, randaug_affine(shared, affine_level), bicubic_draw(random_interpolation, draws), fill)
     images = enhance(torch.where(per_sample(geometric), warped, images), shared, 1 + MAX_ENHANCE * signed)
     # PIL's thresholds on 8-bit levels p: posterize keeps 4 - int(4 level) bits, solarize inverts p >= 256 -
     # int(256 level), solarize_add adds int(110 level) to p < 128.
@@ -363,16 +391,17 @@ class Augment:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch augmented with `draws`; a generator alone draws for these images as the whole batch."""
         cfg, draws = self.cfg, draws if isinstance(draws, Draws) else Draws(draws, len(images))
+        random_interpolation = cfg.train_interpolation == "random"
         x = images.float() / 255
         if cfg.scale < 1 and "crop" not in self.done:
-            x = random_resized_crop(x, cfg.scale, draws)
+            x = random_resized_crop(x, cfg.scale, draws, random_interpolation)
         if cfg.hflip and "flip" not in self.done:
             x = random_hflip(x, draws)
         for _ in range(cfg.randaug_n):
             if cfg.randaug_ops == "timm":
-                x = timm_rand_augment(x, cfg.randaug_m, cfg.randaug_mstd, self.mean, draws)
+                x = timm_rand_augment(x, cfg.randaug_m, cfg.randaug_mstd, self.mean, draws, random_interpolation)
             else:
-                x = rand_augment(x, cfg.randaug_m, draws)
+                x = rand_augment(x, cfg.randaug_m, draws, random_interpolation)
         if cfg.jitter:
             x = color_jitter(x, cfg.jitter, draws)
         x = normalise(x, self.mean, self.std)

@@ -399,7 +399,10 @@ def streamed_images(
     flipped there (WORKER_STEPS), test images cut by the eval transform; decoded where cfg.decode says."""
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     decode = resolve_decode(cfg.decode, device)  # auto: one probe decode
-    train = ImageFiles(splits.train, scale=cfg.scale, flip=cfg.hflip, decode=decode)
+    random_interpolation = cfg.train_interpolation == "random"
+    train = ImageFiles(
+        splits.train, scale=cfg.scale, flip=cfg.hflip, random_interpolation=random_interpolation, decode=decode
+    )
     test = ImageFiles(splits.test, decode=decode)
     return StreamedImages(train, device, workers, cfg.bad_images), StreamedImages(test, device, workers, cfg.bad_images)
 

@@ -1,7 +1,8 @@
 """The per-image work of a streamed split, done in DataLoader workers: read an image file, check it, crop and size it.
 
 A training image gets timm's random-resized crop (area fraction uniform in [scale, 1], aspect ratio log-uniform
-in [3/4, 4/3], torchvision's draw) cut from the full-resolution image, then a flip; a test image timm's evaluation
+in [3/4, 4/3], torchvision's draw) cut from the full-resolution image and resized (bilinear, or bilinear or bicubic
+at random: train_interpolation), then a flip; a test image timm's evaluation
 transform with the ConvMixers' settings (convmixer.transforms.EvalTransform, convmixer.registry.CONVMIXER_EVAL:
 the shorter side resized to size / crop_pct, a centre crop). The
 draws of image i in epoch e come from (seed, e, i) alone, so an epoch replays exactly whichever worker, process or
@@ -48,16 +49,19 @@ class Crop(NamedTuple):
     height: int
     width: int
     flip: bool
+    bicubic: bool = False  # resized bicubically (train_interpolation "random"), else bilinearly
 
 
-def draw_crop(height: int, width: int, scale: float, flip: bool, seed: int) -> Crop:
+def draw_crop(height: int, width: int, scale: float, flip: bool, seed: int, random_interpolation: bool = False) -> Crop:
     """The random-resized crop and flip of one training image of height x width, drawn by torchvision's
-    RandomResizedCrop.get_params from a generator seeded with `seed` (the global one, forked: nothing else moves)."""
+    RandomResizedCrop.get_params from a generator seeded with `seed` (the global one, forked: nothing else moves),
+    and with `random_interpolation` its resize's (bilinear or bicubic, as timm's train_interpolation "random")."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)  # the CPU's only: torch.manual_seed would reseed CUDA's too
         box = RandomResizedCrop.get_params(torch.empty(1, height, width, device="meta"), [scale, 1.0], TRAIN_RATIO)
         flipped = flip and bool(torch.rand(1) < 0.5)
-    return Crop(*box, flipped)
+        bicubic = random_interpolation and bool(torch.rand(1) < 0.5)
+    return Crop(*box, flipped, bicubic)
 
 
 def crop_seed(epoch_seed: int, index: int) -> int:
@@ -104,17 +108,24 @@ NO_CROP = Crop(0, 0, 0, 0, False)
 
 class ImageFiles(Dataset):
     """The image files of one split (ablations.data.sources.FileSplit), streamed: item (epoch_seed, i) is image i
-    as a `Sample`. `scale` and `flip` are the training crop's (None: a test split, timm's eval transform). `decode`
+    as a `Sample`. `scale`, `flip` and `random_interpolation` are the training crop's (scale None: a test split,
+    timm's eval transform). `decode`
     "cpu" decodes a JPEG with `cpu_decoder` in the worker, "gpu" leaves it to `finish_on_device`; other files are
     Pillow's either way."""
 
     cpu_decoder = "pillow"  # "torchvision": decode_jpeg in the worker, measured slower (benchmarks/loader.py)
 
     def __init__(
-        self, files: FileSplit, *, scale: float | None = None, flip: bool = False, decode: str = "cpu"
+        self,
+        files: FileSplit,
+        *,
+        scale: float | None = None,
+        flip: bool = False,
+        random_interpolation: bool = False,
+        decode: str = "cpu",
     ) -> None:
         self.reader, self.paths, self.labels, self.size = files.reader, files.paths, files.labels, files.size
-        self.scale, self.flip, self.decode = scale, flip, decode
+        self.scale, self.flip, self.random_interpolation, self.decode = scale, flip, random_interpolation, decode
         self.eval_geometry = EvalTransform(self.size, CONVMIXER_EVAL).geometry()
 
     def __len__(self) -> int:
@@ -143,7 +154,7 @@ class ImageFiles(Dataset):
         with open_image(data) as image:
             crop, full = NO_CROP, image.size
             if self.scale is not None:
-                crop = draw_crop(image.height, image.width, self.scale, self.flip, seed)
+                crop = draw_crop(image.height, image.width, self.scale, self.flip, seed, self.random_interpolation)
             pixels = image.width * image.height
             torchvision_takes = image.format == "JPEG" and image.mode in JPEG_MODES and pixels <= DRAFT_PIXELS
             if torchvision_takes and (self.decode == "gpu" or self.cpu_decoder == "torchvision"):
@@ -164,7 +175,8 @@ class ImageFiles(Dataset):
 
     def train_crop(self, image: Image.Image, crop: Crop) -> Image.Image:
         box = (crop.left, crop.top, crop.left + crop.width, crop.top + crop.height)
-        image = image.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
+        resample = Image.Resampling.BICUBIC if crop.bicubic else Image.Resampling.BILINEAR
+        image = image.resize((self.size, self.size), resample, box=box)
         return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if crop.flip else image
 
 
@@ -173,7 +185,7 @@ def rescaled(crop: Crop, size: tuple[int, int], full: tuple[int, int]) -> Crop:
     sx, sy = size[0] / full[0], size[1] / full[1]
     top, left = round(crop.top * sy), round(crop.left * sx)
     height, width = max(1, round(crop.height * sy)), max(1, round(crop.width * sx))
-    return Crop(top, left, min(height, size[1] - top), min(width, size[0] - left), crop.flip)
+    return crop._replace(top=top, left=left, height=min(height, size[1] - top), width=min(width, size[0] - left))
 
 
 def finish_on_device(batch: Batch, size: int, device: torch.device, train: bool) -> torch.Tensor:
@@ -203,7 +215,7 @@ def decode_jpeg_rgb(files: list[torch.Tensor], device: torch.device) -> list[tor
 
 def train_cut(image: torch.Tensor, crop: Crop, size: int) -> torch.Tensor:
     region = image[:, crop.top : crop.top + crop.height, crop.left : crop.left + crop.width]
-    resized = resize_image(region, (size, size), "bilinear")
+    resized = resize_image(region, (size, size), "bicubic" if crop.bicubic else "bilinear")
     return resized.flip(-1) if crop.flip else resized
 
 
