@@ -59,7 +59,7 @@ def test_the_imagenet_preset_is_the_authors_command_and_names_what_differs() -> 
                "jitter": 0.0, "randaug_n": 2, "randaug_m": 27, "batch_size": 640, "randaug_ops": "timm",
                "randaug_mstd": 1.5, "train_interpolation": "random"}  # fmt: skip
     assert {key: getattr(cfg, key) for key in authors} == authors
-    for missing in ("mean colour", "square", "erasing to zero", "per sample", "bf16 (theirs"):
+    for missing in ("own mean colour", "square", "erasing to zero", "per sample", "bf16 (theirs"):
         assert missing in PRESETS["imagenet"].description
 
 

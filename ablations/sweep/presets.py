@@ -83,10 +83,10 @@ IMAGENET_RECIPE = {
 TIMM_AUGMENT = {"randaug_ops": "timm", "randaug_mstd": 1.5, "train_interpolation": "random"}
 # What the toolkit cannot do as their timm did; said in the description, never silently (docs/sweeps.md).
 IMAGENET_DIFFERENCES = (
-    "RandAugment fills with the data's mean colour (theirs ImageNet's), random erasing to zero (theirs: noise), "
-    "mixup per sample (theirs per batch), weight decay on every parameter, bf16 (theirs fp16), "
-    "BatchNorm over the whole batch (theirs 64 per GPU), and a subset small enough to sit on the device gets square "
-    "crops of pre-resized images (streamed, as the whole set is, crops come from the full-size file as theirs)"
+    "random erasing to zero (theirs: noise), mixup per sample (theirs per batch), weight decay on every parameter, "
+    "bf16 (theirs fp16), BatchNorm over the whole batch (theirs 64 per GPU), and a subset small enough to sit on the "
+    "device gets square crops of pre-resized images, normalised by and filled with its own mean colour (streamed, "
+    "as the whole set is, crops come from the full-size file and RandAugment fills with ImageNet's mean, as theirs)"
 )
 
 
@@ -144,8 +144,9 @@ PRESETS = {
     ),
     "paper-cifar10": Preset(
         "ConvMixer-256/8 k9 p1, 200 epochs, the paper's CIFAR-10 setting (Table 4: 96.03%) as locuslab/convmixer#15 "
-        "spelt it in timm flags (95.89% there); unlike theirs, as imagenet: mean fill of this data, square crops, "
-        "erasing to zero, mixup per sample",
+        "spelt it in timm flags (95.89% there); unlike theirs, as imagenet: square crops, erasing to zero, mixup per "
+        "sample; normalised by, and RandAugment filling with, CIFAR-10's mean as their --mean (its training split's, "
+        "computed)",
         {
             "dataset": "cifar10",
             **model_values("convmixer_256_8_ks9_p1_cifar10"),
