@@ -202,7 +202,9 @@ def contents(
 
     table.tex holds the core columns (it must fit one column of a page), table-wide.tex adds the bootstrap CI (when
     computed) and those of `columns` (tables.OPTIONAL); table.md and report.md hold them all."""
-    variants = summarise(chosen.runs, chosen.baseline, chosen.keys, bootstrap=bootstrap)
+    variants = sequential.with_design_p(
+        summarise(chosen.runs, chosen.baseline, chosen.keys, bootstrap=bootstrap), chosen
+    )
     cpu = provenance.measured_on_cpu(chosen.runs)
     made = tables.study_table(variants, chosen, cpu) if chosen.varied else tables.table(variants, chosen.keys, cpu)
     compared = bool((~variants["is_baseline"]).any())

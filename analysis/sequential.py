@@ -336,21 +336,48 @@ def next_stage(sweep, max_seeds: int, resolve: float) -> tuple[list[str], list[t
     return [design_line(max_seeds, resolve), *state_lines(found, state, resolve), where], runs
 
 
-def report_lines(scope) -> list[str]:
-    """report.md's account of a seeds-auto design: the design, each comparison's stage and why the undecided ones
-    stopped, and the runs it took against the fixed design at its maximum; [] for a design of fixed seeds."""
+def auto_design(scope) -> tuple[Comparisons, Walk, int, float] | None:
+    """A seeds-auto scope's comparisons, where the design stands (its latest auto design's stages and resolve), its
+    max_seeds and resolve; None for a design of fixed seeds."""
     from ablations.design import AUTO
 
     auto = [design for design in scope.designs.values() if design is not None and design.seeds == AUTO]
     if not auto:
-        return []
+        return None
     max_seeds, resolve = auto[-1].max_seeds, auto[-1].resolve
     found = comparisons(scope, max_seeds)
-    state = walk(found.variant, found.baseline, max_seeds, resolve)
-    fixed = (len(found.labels) + 1) * max_seeds
+    return found, walk(found.variant, found.baseline, max_seeds, resolve), max_seeds, resolve
+
+
+def with_design_p(variants, scope):
+    """The report's variants frame with p_holm the design's: for seeds auto, each comparison's Holm-adjusted
+    sequential p (the rule its decisions follow; Welch's p at the last look alone would not hold its error rate
+    under stopping), marked in `attrs["p_holm"]`; the frame unchanged for fixed seeds."""
+    found = auto_design(scope)
+    if found is None:
+        return variants
+    comparisons_found, state = found[0], found[1]
+    by_values = {
+        tuple(values[key] for key in scope.keys): state.p_holm[0, i] if state.tested[0, i] else math.nan
+        for i, values in enumerate(comparisons_found.variants)
+    }
+    design_p = [by_values.get(tuple(row[key] for key in scope.keys), math.nan) for row in variants.to_dict("records")]
+    variants = variants.assign(p_holm=design_p)
+    variants.attrs["p_holm"] = "sequential"
+    return variants
+
+
+def report_lines(scope) -> list[str]:
+    """report.md's account of a seeds-auto design: the design, each comparison's stage and why the undecided ones
+    stopped, and the runs it took against the fixed design at its maximum; [] for a design of fixed seeds."""
+    found = auto_design(scope)
+    if found is None:
+        return []
+    comparisons_found, state, max_seeds, resolve = found
+    fixed = (len(comparisons_found.labels) + 1) * max_seeds
     return [
         "",
-        design_line(max_seeds, resolve) + " The decisions below are this design's (its sequential p-values).",
-        *state_lines(found, state, resolve),
+        design_line(max_seeds, resolve) + " The decisions below, and the table's p_Holm, are this design's.",
+        *state_lines(comparisons_found, state, resolve),
         f"Runs: {len(scope.done)} done, where a fixed design of {max_seeds} seeds per variant trains {fixed}.",
     ]

@@ -26,6 +26,11 @@ COMPARING = {"diff", "delta", "p", "boot"}  # the columns of a comparison with t
 NARROW_ONLY = set(NARROW) - set(CORE)  # the other tables have the difference with its interval
 SIGNIFICANCE = 0.05  # an effect is called one in words, and its row marked, when its Holm-adjusted p is below this
 MARK = "*"  # after the p_Holm of a row whose difference holds
+# What p_Holm adjusts: Welch's p (fixed seeds), or a seeds-auto design's sequential p (analysis.sequential).
+P_RULES = {
+    False: "Welch's p",
+    True: "the sequential design's p (the least over its looks of Welch's p over the look's share of α)",
+}
 
 
 def _signed(x: float) -> str:
@@ -291,6 +296,11 @@ def latex_table(table: Table, caption: str, wide: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sequential(variants: pd.DataFrame) -> bool:
+    """Whether p_holm is a seeds-auto design's sequential p (analysis.sequential.with_design_p), not Welch's."""
+    return variants.attrs.get("p_holm") == "sequential"
+
+
 def effects_text(variants: pd.DataFrame, labels: list[str]) -> str:
     """The differences that hold after Holm's adjustment, in words, and how many comparisons do not."""
     compared = variants.assign(label=labels)[~variants["is_baseline"] & variants["p_holm"].notna()]
@@ -306,9 +316,8 @@ def effects_text(variants: pd.DataFrame, labels: list[str]) -> str:
     held = "; ".join(named) if named else "none"
     rest = len(compared) - len(holding)
     noise = f" The other {rest} {'difference is' if rest == 1 else 'differences are'} not told apart from seed noise."
-    return f"Effects (Holm-adjusted p < {SIGNIFICANCE} over the {len(compared)} comparisons): {held}." + (
-        noise if rest else ""
-    )
+    rule = "the sequential design's Holm-adjusted p" if sequential(variants) else "Holm-adjusted p"
+    return f"Effects ({rule} < {SIGNIFICANCE} over the {len(compared)} comparisons): {held}." + (noise if rest else "")
 
 
 def caption(runs: pd.DataFrame, variants: pd.DataFrame, scope: Scope, names: list[str]) -> str:
@@ -328,7 +337,8 @@ def caption(runs: pd.DataFrame, variants: pd.DataFrame, scope: Scope, names: lis
         + (" per variant." if named else "."),
         "Acc.: mean ± 95% CI over seeds." if n != "1" else "Acc.: one run, no interval.",
         f"Δ: points from the baseline{interval}." if differences else "",
-        f"p_Holm: Welch's p, Holm-adjusted over the {comparisons} comparisons; {MARK}: below {SIGNIFICANCE}."
+        f"p_Holm: {P_RULES[sequential(variants)]}, Holm-adjusted over the {comparisons} comparisons; {MARK}: below "
+        f"{SIGNIFICANCE}."
         if comparisons
         else "",
         "Δ boot. CI: percentile bootstrap over seeds." if "boot" in names else "",

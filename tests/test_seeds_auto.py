@@ -4,6 +4,8 @@ refused in one line."""
 
 import argparse
 import dataclasses
+import json
+import shutil
 
 import pytest
 
@@ -11,6 +13,9 @@ from ablations.design import AUTO, Design
 from ablations.run import cli, stage_configs, staged_sweep
 from ablations.store import Store
 from ablations.sweep.study import parse_study, read_study
+from analysis import sequential, tables
+from analysis.design import scope
+from analysis.variants import summarise
 
 
 def options(**given) -> argparse.Namespace:
@@ -80,3 +85,22 @@ def test_an_auto_sweep_runs_stage_after_stage_and_a_rerun_has_nothing_left(tmp_p
     assert trained in (6, 12)  # stage 2 only where the comparison stayed open
     assert cli([*args, "--devices", "cpu", "--dry-run"]) == 0
     assert "0 to train" in capsys.readouterr().out
+
+
+def test_the_report_of_an_auto_design_marks_what_the_design_decides(tmp_path):
+    """The committed study read as an auto design at its first stage: the table's p_Holm is the design's sequential
+    p, so kernel 3, an effect at 3 seeds by Welch's p, stays unmarked while the design holds it open."""
+    store = shutil.copytree("results/cifar10-cpu", tmp_path / "cifar10-cpu", ignore=shutil.ignore_patterns("report"))
+    sweep_json = store / "sweep.json"
+    sweep_json.write_text(
+        json.dumps(json.loads(sweep_json.read_text()) | {"seeds": AUTO, "max_seeds": 6, "resolve": 1.0})
+    )
+    chosen = scope([store], [])
+    fixed = summarise(chosen.runs, chosen.baseline, chosen.keys).set_index("kernel_size")
+    variants = sequential.with_design_p(summarise(chosen.runs, chosen.baseline, chosen.keys), chosen)
+    p = variants.set_index(["kernel_size", "patch_size", "residual", "norm"])["p_holm"]
+    assert fixed.loc[3, "p_holm"].min() < 0.05 <= p[(3, 2, "depthwise", "batch")]
+    assert p[(5, 2, "depthwise", "layer")] == pytest.approx(0.0068, abs=5e-5) and p[(5, 4, "depthwise", "batch")] < 0.05
+    effects = tables.effects_text(variants, [""] * len(variants))
+    assert effects.startswith("Effects (the sequential design's Holm-adjusted p < 0.05 over the 10 comparisons)")
+    assert "sequential design's p" in tables.caption(chosen.runs, variants, chosen, ["p"])
