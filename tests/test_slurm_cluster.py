@@ -290,11 +290,21 @@ def test_a_killed_sweep_process_reruns_without_losing_or_duplicating_runs(cluste
     sweep.kill()  # the jobs live on in SLURM, one running and two queued
     sweep.wait()
     assert len(list(out.glob("runs/*/metrics.json"))) < 3 and live_jobs()
+    # Queued jobs held, so they are still queued however long the rerun takes to start on a busy machine.
+    held = [line.split()[0] for line in live_jobs() if line.split()[1] == "PENDING"]
+    assert held
+    subprocess.run(["scontrol", "hold", *held], check=True, capture_output=True)
 
-    rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert re.search(r"following [123] jobs submitted earlier and still in the queue", rerun.stdout)
-    assert "submitted job array" not in rerun.stdout  # nothing submitted twice
+    log = tmp_path / "rerun.txt"
+    with log.open("w") as stdout:
+        unbuffered = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        rerun = start_sweep(command, stdout=stdout, stderr=subprocess.STDOUT, env=unbuffered)
+        wait_for(lambda: "still in the queue" in log.read_text(), "the rerun to follow the queued jobs")
+        subprocess.run(["scontrol", "release", *held], check=True, capture_output=True)
+        assert rerun.wait(timeout=300) == 0, log.read_text()
+    printed = log.read_text()
+    assert re.search(r"following [123] jobs submitted earlier and still in the queue", printed)
+    assert "submitted job array" not in printed  # nothing submitted twice
     assert len(list((out / "slurm").glob("*_submission.sh"))) == 1
     rows = read_summary(out)
     assert len(rows) == 3 and {row["status"] for row in rows} == {"done"}
