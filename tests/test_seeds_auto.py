@@ -96,10 +96,10 @@ def test_the_report_of_an_auto_design_marks_what_the_design_decides(tmp_path):
         json.dumps(json.loads(sweep_json.read_text()) | {"seeds": AUTO, "max_seeds": 6, "resolve": 1.0})
     )
     chosen = scope([store], [])
-    fixed = summarise(chosen.runs, chosen.baseline, chosen.keys).set_index("kernel_size")
-    variants = sequential.with_design_p(summarise(chosen.runs, chosen.baseline, chosen.keys), chosen)
+    fixed = summarise(chosen.runs, chosen.baseline, chosen.keys)
+    variants = sequential.with_design_p(fixed, chosen)
     p = variants.set_index(["kernel_size", "patch_size", "residual", "norm"])["p_holm"]
-    assert fixed.loc[3, "p_holm"].min() < 0.05 <= p[(3, 2, "depthwise", "batch")]
+    assert fixed.set_index("kernel_size").loc[3, "p_holm"] < 0.05 <= p[(3, 2, "depthwise", "batch")]
     assert p[(5, 2, "depthwise", "layer")] == pytest.approx(0.0068, abs=5e-5) and p[(5, 4, "depthwise", "batch")] < 0.05
     effects = tables.effects_text(variants, [""] * len(variants))
     assert effects.startswith("Effects (the sequential design's Holm-adjusted p < 0.05 over the 10 comparisons)")
