@@ -172,15 +172,20 @@ def staged_sweep(args: argparse.Namespace, sweep: Sweep) -> Sweep:
 
 
 def stage_configs(configs: list[RunConfig], store: Store, sweep: Sweep) -> list[RunConfig]:
-    """The runs of the stage a seeds-auto sweep is in: the first stage's seeds of every variant and the seeds the
-    sequential design (analysis.sequential, the report's rule) gives the open comparisons next."""
+    """The runs of the stage a seeds-auto sweep is in: the first stage's seeds of every variant, the seeds the
+    sequential design (analysis.sequential, the report's rule) gives the open comparisons next, and those an
+    earlier stage finished (so the counts printed are the sweep's)."""
     lines, needed = next_stage(store.root, sweep.seeds, sweep.resolve)
     print("\n".join(lines), flush=True)
     wanted = [(seed, values.items()) for values, seed in needed]
 
     def in_stage(cfg: RunConfig) -> bool:
         values = cfg.to_dict()
-        return cfg.seed < FIRST_SEEDS or any(cfg.seed == seed and pairs <= values.items() for seed, pairs in wanted)
+        return (
+            cfg.seed < FIRST_SEEDS
+            or any(cfg.seed == seed and pairs <= values.items() for seed, pairs in wanted)
+            or store.metrics(store.run_dir(cfg)) is not None
+        )
 
     return [cfg for cfg in configs if in_stage(cfg)]
 
