@@ -302,3 +302,24 @@ def test_timms_rand_augment_applies_each_op_with_probability_half_and_fills_with
                                      ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")]))  # fmt: skip
     assert geometric.any()
     assert torch.allclose(A.timm_rand_augment(flat, 27, 1.5, fill, draws(9, n))[geometric], flat[geometric], atol=1e-5)
+
+
+@pytest.mark.parametrize("magnitude", range(11))
+def test_timms_posterize_and_solarize_ops_match_pil_at_each_magnitude(magnitude):
+    """timm's PosterizeIncreasing, SolarizeIncreasing and SolarizeAdd are PIL calls with integer arguments from
+    magnitude / 10 (timm/data/auto_augment.py); ours, at this toolkit's magnitude 3 x theirs, give PIL's pixels on
+    every grey level."""
+    grey = torch.arange(256, dtype=torch.uint8).view(1, 16, 16).expand(3, 16, 16)
+    image = Image.fromarray(grey.permute(1, 2, 0).numpy())
+    level = torch.full((1,), float(3 * magnitude)) / 30  # as timm_rand_augment turns 0..30 into a level
+    timm_level = magnitude / 10
+    add = int(timm_level * 110)
+    bits = 4 - int(timm_level * 4)  # 0 at magnitude 10: black, what a 0-bit mask gives (this Pillow refuses 0 bits)
+    expected = {
+        A.timm_posterize: ImageOps.posterize(image, bits) if bits else Image.new("RGB", image.size),
+        A.timm_solarize: ImageOps.solarize(image, 256 - int(timm_level * 256)),
+        A.timm_solarize_add: image.point([min(255, p + add) if p < 128 else p for p in range(256)] * 3),
+    }
+    for op, pil in expected.items():
+        ours = (op(grey[None].float() / 255, level)[0] * 255).round().to(torch.uint8)
+        assert torch.equal(ours, pil_to_tensor(pil)), op.__name__

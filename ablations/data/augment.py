@@ -259,6 +259,25 @@ def rand_augment(
     return images
 
 
+# timm's 8-bit ops at a per-sample level in [0, 1] (its magnitude / 10), on grey levels p = 255 x pixel.
+
+
+def timm_posterize(images: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """PosterizeIncreasing: ImageOps.posterize keeping 4 - int(4 level) bits."""
+    return posterize(images, 4 + (4 * level).long())
+
+
+def timm_solarize(images: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """SolarizeIncreasing: ImageOps.solarize at threshold 256 - int(256 level), inverting p >= threshold."""
+    return solarize(images, (255.5 - (256 * level).floor()) / 255)
+
+
+def timm_solarize_add(images: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """SolarizeAdd: int(110 level) added to p < 128, capped at 255."""
+    add = per_sample((TIMM_SOLARIZE_ADD * level).floor() / 255)
+    return torch.where(images < 127.5 / 255, (images + add).clamp(max=1), images)
+
+
 def timm_rand_augment(
     images: torch.Tensor,
     magnitude: int,
@@ -287,16 +306,13 @@ def timm_rand_augment(
     geometric = (shared >= RANDAUG_OPS.index("shear_x")) & (shared <= RANDAUG_OPS.index("rotate"))
     warped = warp(images, randaug_affine(shared, affine_level), bicubic_draw(random_interpolation, draws), fill)
     images = enhance(torch.where(per_sample(geometric), warped, images), shared, 1 + MAX_ENHANCE * signed)
-    # PIL's thresholds on 8-bit levels p: posterize keeps 4 - int(4 level) bits, solarize inverts p >= 256 -
-    # int(256 level), solarize_add adds int(110 level) to p < 128.
-    add = per_sample((TIMM_SOLARIZE_ADD * level).floor() / 255)
     results = {
         "autocontrast": autocontrast,
         "equalize": equalize,
         "invert": lambda x: 1 - x,
-        "posterize": lambda x: posterize(x, 4 + (4 * level).long()),
-        "solarize": lambda x: solarize(x, (255.5 - (256 * level).floor()) / 255),
-        "solarize_add": lambda x: torch.where(x < 127.5 / 255, (x + add).clamp(max=1), x),
+        "posterize": lambda x: timm_posterize(x, level),
+        "solarize": lambda x: timm_solarize(x, level),
+        "solarize_add": lambda x: timm_solarize_add(x, level),
     }
     for name, apply in results.items():
         images = torch.where(per_sample(op == TIMM_RANDAUG_OPS.index(name)), apply(images), images)
