@@ -93,8 +93,9 @@ def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
 def warp(
     images: torch.Tensor, theta: torch.Tensor, bicubic: torch.Tensor | None = None, fill: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The images resampled bilinearly, or, where `bicubic` (per-sample booleans) is true, bicubically, then clamped
-    to [0, 1] as Pillow's 8 bits are (bicubic overshoots). Outside the image: zeros, or `fill` (C, 1, 1)."""
+    """The images resampled bilinearly or, where `bicubic` (per-sample booleans) is true, bicubically; a batch with
+    bicubic rows is clamped to [0, 1] as Pillow's 8 bits are (bicubic overshoots). Outside the image: zeros, or
+    `fill` (C, 1, 1)."""
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
 
     def sample(mode: str) -> torch.Tensor:
