@@ -202,8 +202,9 @@ def contents(
 
     table.tex holds the core columns (it must fit one column of a page), table-wide.tex adds the bootstrap CI (when
     computed) and those of `columns` (tables.OPTIONAL); table.md and report.md hold them all."""
+    auto = sequential.standing(chosen)  # None unless the seeds are the sequential design's
     variants = sequential.with_design_p(
-        summarise(chosen.runs, chosen.baseline, chosen.keys, bootstrap=bootstrap), chosen
+        summarise(chosen.runs, chosen.baseline, chosen.keys, bootstrap=bootstrap), chosen, auto
     )
     cpu = provenance.measured_on_cpu(chosen.runs)
     made = tables.study_table(variants, chosen, cpu) if chosen.varied else tables.table(variants, chosen.keys, cpu)
@@ -236,7 +237,7 @@ def contents(
     gaps = history_gaps(chosen.done, history)
     plan = seeds.plan_lines(
         *seeds.spread(chosen.done, chosen.keys), seeds.DELTAS, comparisons=seeds.comparison_count(chosen)
-    ) + sequential.report_lines(chosen)
+    ) + sequential.report_lines(chosen, auto)
     captions = {stem: plot.caption for stem, plot in figures.items()}
     texts["report.md"] = index(sweeps, chosen, table_md, f"{caption}\n\n{notes}", files, gaps, plan, captions)
     return texts, figures

@@ -23,6 +23,7 @@ the simulation that proves the error rate and the power runs vectorised in numpy
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -336,9 +337,18 @@ def next_stage(sweep, max_seeds: int, resolve: float) -> tuple[list[str], list[t
     return [design_line(max_seeds, resolve), *state_lines(found, state, resolve), where], runs
 
 
-def auto_design(scope) -> tuple[Comparisons, Walk, int, float] | None:
-    """A seeds-auto scope's comparisons, where the design stands (its latest auto design's stages and resolve), its
-    max_seeds and resolve; None for a design of fixed seeds."""
+class Standing(NamedTuple):
+    """Where a seeds-auto study stands: its comparisons, the design's walk over them, and the design's settings."""
+
+    found: Comparisons
+    state: Walk
+    max_seeds: int
+    resolve: float
+
+
+def standing(scope) -> Standing | None:
+    """A seeds-auto scope's standing under its latest auto design (its stages and resolve); None for a design of
+    fixed seeds. The report computes it once for its table and its account of the design."""
     from ablations.design import AUTO
 
     auto = [design for design in scope.designs.values() if design is not None and design.seeds == AUTO]
@@ -346,20 +356,18 @@ def auto_design(scope) -> tuple[Comparisons, Walk, int, float] | None:
         return None
     max_seeds, resolve = auto[-1].max_seeds, auto[-1].resolve
     found = comparisons(scope, max_seeds)
-    return found, walk(found.variant, found.baseline, max_seeds, resolve), max_seeds, resolve
+    return Standing(found, walk(found.variant, found.baseline, max_seeds, resolve), max_seeds, resolve)
 
 
-def with_design_p(variants, scope):
-    """The report's variants frame with p_holm the design's: for seeds auto, each comparison's Holm-adjusted
-    sequential p (the rule its decisions follow; Welch's p at the last look alone would not hold its error rate
-    under stopping), marked in `attrs["p_holm"]`; the frame unchanged for fixed seeds."""
-    found = auto_design(scope)
-    if found is None:
+def with_design_p(variants, scope, auto: Standing | None):
+    """The report's variants frame with p_holm the design's: for seeds auto (`auto`, the scope's standing), each
+    comparison's Holm-adjusted sequential p (the rule its decisions follow; Welch's p at the last look alone would
+    not hold its error rate under stopping), marked in `attrs["p_holm"]`; the frame unchanged for fixed seeds."""
+    if auto is None:
         return variants
-    comparisons_found, state = found[0], found[1]
     by_values = {
-        tuple(values[key] for key in scope.keys): state.p_holm[0, i] if state.tested[0, i] else math.nan
-        for i, values in enumerate(comparisons_found.variants)
+        tuple(values[key] for key in scope.keys): auto.state.p_holm[0, i] if auto.state.tested[0, i] else math.nan
+        for i, values in enumerate(auto.found.variants)
     }
     design_p = [by_values.get(tuple(row[key] for key in scope.keys), math.nan) for row in variants.to_dict("records")]
     variants = variants.assign(p_holm=design_p)
@@ -367,17 +375,16 @@ def with_design_p(variants, scope):
     return variants
 
 
-def report_lines(scope) -> list[str]:
-    """report.md's account of a seeds-auto design: the design, each comparison's stage and why the undecided ones
-    stopped, and the runs it took against the fixed design at its maximum; [] for a design of fixed seeds."""
-    found = auto_design(scope)
-    if found is None:
+def report_lines(scope, auto: Standing | None) -> list[str]:
+    """report.md's account of a seeds-auto design (`auto`, the scope's standing): the design, each comparison's
+    stage and why the undecided ones stopped, and the runs it took against the fixed design at its maximum; [] for
+    a design of fixed seeds."""
+    if auto is None:
         return []
-    comparisons_found, state, max_seeds, resolve = found
-    fixed = (len(comparisons_found.labels) + 1) * max_seeds
+    fixed = (len(auto.found.labels) + 1) * auto.max_seeds
     return [
         "",
-        design_line(max_seeds, resolve) + " The decisions below, and the table's p_Holm, are this design's.",
-        *state_lines(comparisons_found, state, resolve),
-        f"Runs: {len(scope.done)} done, where a fixed design of {max_seeds} seeds per variant trains {fixed}.",
+        design_line(auto.max_seeds, auto.resolve) + " The decisions below, and the table's p_Holm, are this design's.",
+        *state_lines(auto.found, auto.state, auto.resolve),
+        f"Runs: {len(scope.done)} done, where a fixed design of {auto.max_seeds} seeds per variant trains {fixed}.",
     ]

@@ -97,7 +97,7 @@ def test_the_report_of_an_auto_design_marks_what_the_design_decides(tmp_path):
     )
     chosen = scope([store], [])
     fixed = summarise(chosen.runs, chosen.baseline, chosen.keys)
-    variants = sequential.with_design_p(fixed, chosen)
+    variants = sequential.with_design_p(fixed, chosen, sequential.standing(chosen))
     p = variants.set_index(["kernel_size", "patch_size", "residual", "norm"])["p_holm"]
     assert fixed.set_index("kernel_size").loc[3, "p_holm"] < 0.05 <= p[(3, 2, "depthwise", "batch")]
     assert p[(5, 2, "depthwise", "layer")] == pytest.approx(0.0068, abs=5e-5) and p[(5, 4, "depthwise", "batch")] < 0.05
